@@ -1,0 +1,376 @@
+//! The app API: how a pipeline is written, once, with no notion of cores, nodes or slots.
+//!
+//! ```
+//! use quokka_engine::{App, DecodeError};
+//!
+//! let app = App::source("text", |frame: &[u8]| {
+//!         std::str::from_utf8(frame).map(str::to_owned).map_err(|_| DecodeError::new("not UTF-8"))
+//!     })
+//!     .flat_map(|line: String, out| line.split(' ').for_each(|w| out.emit(w.to_owned())))
+//!     .key_by(|word: &String| word.as_bytes())
+//!     .stateful(|count: &mut u64, word: String, out| {
+//!         *count += 1;
+//!         out.emit((word, *count));
+//!     })
+//!     .sink(|(word, count): &(String, u64), bytes: &mut Vec<u8>| {
+//!         bytes.extend_from_slice(format!("{word} => {count}\n").as_bytes())
+//!     })
+//!     .named("word_count");
+//! assert_eq!(app.sources(), ["text"]);
+//! ```
+//!
+//! The typed builder is a thin generic layer; it erases its closures into the [`Dataflow`]
+//! objects the runtime drives, so the engine is not monomorphised per app.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+
+use crate::hash::{slot_of, stable_hash};
+use crate::routing::RoutingTable;
+use crate::runtime::sink::SinkBuffer;
+use crate::store::SlotStore;
+
+/// A frame a source's decoder could not read: a bad input, reported per connection.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct DecodeError {
+    reason: Cow<'static, str>,
+}
+
+impl DecodeError {
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self { reason: reason.into() }
+    }
+}
+
+/// Hands values to the next step; a step may emit zero, one or many per input.
+pub struct Emit<'a, T>(&'a mut dyn FnMut(T));
+
+impl<T> Emit<'_, T> {
+    pub fn emit(&mut self, value: T) {
+        (self.0)(value)
+    }
+}
+
+/// What a state entity must be: a plain value with a default, archivable with rkyv so the engine
+/// can move it between cores and machines.
+pub trait State:
+    Default
+    + Send
+    + 'static
+    + rkyv::Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                                  + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>>
+    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+impl<S> State for S where
+    S: Default
+        + Send
+        + 'static
+        + rkyv::Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                                      + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+type Decode<I> = Arc<dyn Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync>;
+type Chain<I, T> = Arc<dyn Fn(I, &mut dyn FnMut(T)) + Send + Sync>;
+type KeyFn<T> = Arc<dyn Fn(&T) -> &[u8] + Send + Sync>;
+type StepFn<S, T, R> = Arc<dyn Fn(&mut S, T, &mut Emit<R>) + Send + Sync>;
+type Encode<O> = Arc<dyn Fn(&O, &mut Vec<u8>) + Send + Sync>;
+
+struct Source<I> {
+    name: String,
+    decode: Decode<I>,
+}
+
+/// Extends a chain of stateless steps by one step.
+fn then<I: 'static, T: 'static, U: 'static>(
+    chain: Chain<I, T>,
+    step: impl Fn(T, &mut Emit<U>) + Send + Sync + 'static,
+) -> Chain<I, U> {
+    Arc::new(move |input, out| chain(input, &mut |t| step(t, &mut Emit(out))))
+}
+
+/// Messages decoded from one or more sources, before `key_by`.
+pub struct Stream<I, T> {
+    sources: Vec<Source<I>>,
+    chain: Chain<I, T>,
+}
+
+impl App {
+    /// Starts a pipeline at a source whose frames `decode` turns into messages.
+    pub fn source<I: Send + 'static>(
+        name: impl Into<String>,
+        decode: impl Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync + 'static,
+    ) -> Stream<I, I> {
+        let first = Source { name: name.into(), decode: Arc::new(decode) };
+        Stream { sources: vec![first], chain: Arc::new(|i, out| out(i)) }
+    }
+}
+
+impl<I: Send + 'static> Stream<I, I> {
+    /// Merges one more source into the pipeline; its decoder yields the same message type.
+    pub fn source(
+        mut self,
+        name: impl Into<String>,
+        decode: impl Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync + 'static,
+    ) -> Self {
+        self.sources.push(Source { name: name.into(), decode: Arc::new(decode) });
+        self
+    }
+}
+
+impl<I: 'static, T: 'static> Stream<I, T> {
+    pub fn map<U: 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Stream<I, U> {
+        let chain = then(self.chain, move |t, out| out.emit(f(t)));
+        Stream { sources: self.sources, chain }
+    }
+
+    pub fn filter(self, keep: impl Fn(&T) -> bool + Send + Sync + 'static) -> Stream<I, T> {
+        let chain = then(self.chain, move |t, out| {
+            if keep(&t) {
+                out.emit(t)
+            }
+        });
+        Stream { sources: self.sources, chain }
+    }
+
+    pub fn flat_map<U: 'static>(
+        self,
+        f: impl Fn(T, &mut Emit<U>) + Send + Sync + 'static,
+    ) -> Stream<I, U> {
+        Stream { sources: self.sources, chain: then(self.chain, f) }
+    }
+
+    /// Names the key of each message: all messages with equal key bytes see one state entity.
+    pub fn key_by(self, key: impl Fn(&T) -> &[u8] + Send + Sync + 'static) -> Keyed<I, T> {
+        Keyed { stream: self, key: Arc::new(key) }
+    }
+}
+
+/// A stream with a key, ready for its stateful step.
+pub struct Keyed<I, T> {
+    stream: Stream<I, T>,
+    key: KeyFn<T>,
+}
+
+impl<I: 'static, T: Send + 'static> Keyed<I, T> {
+    /// The stateful step: runs on the core that owns the message's key, with that key's state.
+    pub fn stateful<S: State, R: 'static>(
+        self,
+        step: impl Fn(&mut S, T, &mut Emit<R>) + Send + Sync + 'static,
+    ) -> Outputs<I, T, S, R, R> {
+        Outputs { keyed: self, step: Arc::new(step), chain: Arc::new(|r, out| out(r)) }
+    }
+}
+
+/// What the stateful step emits, through further stateless steps.
+pub struct Outputs<I, T, S, R, O> {
+    keyed: Keyed<I, T>,
+    step: StepFn<S, T, R>,
+    chain: Chain<R, O>,
+}
+
+impl<I, T, S, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
+    pub fn map<U: 'static>(self, f: impl Fn(O) -> U + Send + Sync + 'static) -> Outputs<I, T, S, R, U> {
+        let chain = then(self.chain, move |o, out| out.emit(f(o)));
+        Outputs { keyed: self.keyed, step: self.step, chain }
+    }
+
+    pub fn filter(self, keep: impl Fn(&O) -> bool + Send + Sync + 'static) -> Outputs<I, T, S, R, O> {
+        let chain = then(self.chain, move |o, out| {
+            if keep(&o) {
+                out.emit(o)
+            }
+        });
+        Outputs { keyed: self.keyed, step: self.step, chain }
+    }
+
+    pub fn flat_map<U: 'static>(
+        self,
+        f: impl Fn(O, &mut Emit<U>) + Send + Sync + 'static,
+    ) -> Outputs<I, T, S, R, U> {
+        Outputs { keyed: self.keyed, step: self.step, chain: then(self.chain, f) }
+    }
+}
+
+impl<I: Send + 'static, T: Send + 'static, S: State, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
+    /// Ends the pipeline at a sink; `encode` appends one output's bytes.
+    pub fn sink(self, encode: impl Fn(&O, &mut Vec<u8>) + Send + Sync + 'static) -> Pipeline {
+        let Stream { sources, chain: pre } = self.keyed.stream;
+        let names = sources.iter().map(|s| s.name.clone()).collect();
+        let dataflow = Typed {
+            decoders: sources.into_iter().map(|s| s.decode).collect(),
+            pre,
+            key: self.keyed.key,
+            step: self.step,
+            post: self.chain,
+            encode: Arc::new(encode),
+        };
+        Pipeline { sources: names, dataflow: Arc::new(dataflow) }
+    }
+}
+
+/// A finished pipeline, to be given a name.
+pub struct Pipeline {
+    sources: Vec<String>,
+    dataflow: Arc<dyn Dataflow>,
+}
+
+impl Pipeline {
+    pub fn named(self, name: impl Into<String>) -> App {
+        App { name: name.into(), sources: self.sources, dataflow: self.dataflow }
+    }
+}
+
+/// An app: a named pipeline the engine can run on any number of cores.
+#[derive(Clone)]
+pub struct App {
+    name: String,
+    sources: Vec<String>,
+    pub(crate) dataflow: Arc<dyn Dataflow>,
+}
+
+impl App {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The source names, in the order they were added.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+}
+
+// ---- The erased form the runtime drives. ----
+
+/// A batch of keyed messages for one core: a `Vec<KeyedMsg<T>>` behind `Any`.
+pub(crate) type Batch = Box<dyn Any + Send>;
+
+/// A message after `key_by`, on its way to the core that owns its slot.
+pub(crate) struct KeyedMsg<T> {
+    hash: u64,
+    ingress: u64,
+    value: T,
+}
+
+/// The app as the runtime sees it: factories for per-connection and per-core parts.
+pub(crate) trait Dataflow: Send + Sync {
+    /// The part that runs on the core reading a connection of source `source`.
+    fn ingress(&self, source: usize, n_cores: usize) -> Box<dyn Ingress>;
+    /// The keyed part of one core: its state entities and the steps after `key_by`.
+    fn keyed(&self, n_slots: u32) -> Box<dyn KeyedCore>;
+}
+
+/// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
+pub(crate) trait Ingress {
+    /// Decodes a frame and runs it to `key_by`; the keyed messages wait in per-core batches.
+    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError>;
+    /// The batch waiting for `core`, if any.
+    fn take_batch(&mut self, core: usize) -> Option<Batch>;
+}
+
+/// One core's keyed state and the steps from the stateful one to the sink encoder.
+pub(crate) trait KeyedCore {
+    /// Applies a batch (from [`Ingress::take_batch`] of this dataflow) in order.
+    fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer);
+    /// State entities held.
+    fn entities(&self) -> usize;
+}
+
+struct Typed<I, T, S, R, O> {
+    decoders: Vec<Decode<I>>,
+    pre: Chain<I, T>,
+    key: KeyFn<T>,
+    step: StepFn<S, T, R>,
+    post: Chain<R, O>,
+    encode: Encode<O>,
+}
+
+impl<I, T, S, R, O> Dataflow for Typed<I, T, S, R, O>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    S: State,
+    R: 'static,
+    O: 'static,
+{
+    fn ingress(&self, source: usize, n_cores: usize) -> Box<dyn Ingress> {
+        Box::new(TypedIngress {
+            decode: self.decoders[source].clone(),
+            pre: self.pre.clone(),
+            key: self.key.clone(),
+            batches: (0..n_cores).map(|_| Vec::new()).collect(),
+        })
+    }
+
+    fn keyed(&self, n_slots: u32) -> Box<dyn KeyedCore> {
+        Box::new(TypedKeyed {
+            store: SlotStore::new(n_slots),
+            key: self.key.clone(),
+            step: self.step.clone(),
+            post: self.post.clone(),
+            encode: self.encode.clone(),
+        })
+    }
+}
+
+struct TypedIngress<I, T> {
+    decode: Decode<I>,
+    pre: Chain<I, T>,
+    key: KeyFn<T>,
+    batches: Vec<Vec<KeyedMsg<T>>>,
+}
+
+impl<I, T: Send + 'static> Ingress for TypedIngress<I, T> {
+    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError> {
+        let input = (self.decode)(frame)?;
+        let Self { pre, key, batches, .. } = self;
+        pre(input, &mut |value| {
+            let hash = stable_hash(key(&value));
+            let owner = routes.owner(slot_of(hash, routes.n_slots()));
+            batches[usize::from(owner)].push(KeyedMsg { hash, ingress, value });
+        });
+        Ok(())
+    }
+
+    fn take_batch(&mut self, core: usize) -> Option<Batch> {
+        let batch = &mut self.batches[core];
+        (!batch.is_empty()).then(|| Box::new(std::mem::take(batch)) as Batch)
+    }
+}
+
+struct TypedKeyed<T, S, R, O> {
+    store: SlotStore<S>,
+    key: KeyFn<T>,
+    step: StepFn<S, T, R>,
+    post: Chain<R, O>,
+    encode: Encode<O>,
+}
+
+impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
+    fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer) {
+        let batch: &mut Vec<KeyedMsg<T>> = batch.downcast_mut().expect("a batch of this dataflow");
+        let Self { store, key, step, post, encode } = self;
+        for msg in batch.drain(..) {
+            let state = store.entry(msg.hash, key(&msg.value));
+            let ingress = msg.ingress;
+            step(state, msg.value, &mut Emit(&mut |r| {
+                post(r, &mut |o| sink.push(ingress, |bytes| encode(&o, bytes)))
+            }));
+        }
+    }
+
+    fn entities(&self) -> usize {
+        self.store.len()
+    }
+}

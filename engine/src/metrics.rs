@@ -1,0 +1,177 @@
+//! Counters and source-to-sink latency: each core keeps its own, the summary merges them.
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Monotonic nanoseconds since the process's first call; the ingress time of messages.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 1 hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// What one core did while the engine ran.
+#[derive(Debug, Clone)]
+pub struct CoreReport {
+    pub core: usize,
+    /// Source connections this core read.
+    pub connections: u64,
+    /// Connections closed because of bad framing, a bad frame or a read error.
+    pub connection_errors: u64,
+    /// Frames read from sources on this core.
+    pub frames: u64,
+    /// Outputs written to the sink.
+    pub outputs: u64,
+    /// Outputs the sink could not deliver before shutdown gave up.
+    pub undelivered: u64,
+    /// State entities held at the end.
+    pub entities: u64,
+    /// Source-to-sink latency of the outputs written, in nanoseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl CoreReport {
+    pub fn new(core: usize) -> Self {
+        Self {
+            core,
+            connections: 0,
+            connection_errors: 0,
+            frames: 0,
+            outputs: 0,
+            undelivered: 0,
+            entities: 0,
+            latency: latency_histogram(),
+        }
+    }
+}
+
+/// What the whole engine did: per-core reports and their totals.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub cores: Vec<CoreReport>,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    fn total(&self, f: impl Fn(&CoreReport) -> u64) -> u64 {
+        self.cores.iter().map(f).sum()
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.total(|c| c.frames)
+    }
+
+    pub fn outputs(&self) -> u64 {
+        self.total(|c| c.outputs)
+    }
+
+    pub fn undelivered(&self) -> u64 {
+        self.total(|c| c.undelivered)
+    }
+
+    pub fn entities(&self) -> u64 {
+        self.total(|c| c.entities)
+    }
+
+    pub fn connection_errors(&self) -> u64 {
+        self.total(|c| c.connection_errors)
+    }
+
+    /// Source-to-sink latency over all cores.
+    pub fn latency(&self) -> Histogram<u64> {
+        let mut all = latency_histogram();
+        for c in &self.cores {
+            all.add(&c.latency).expect("same histogram bounds");
+        }
+        all
+    }
+}
+
+/// Formats nanoseconds for people: `850ns`, `12.3us`, `4.56ms`, `1.20s`.
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+/// One line of latency percentiles: `p50 12.0us  p99 80.1us  p99.9 ...  max ...`.
+pub fn percentiles(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "no samples".into();
+    }
+    let q = |p: f64| human_ns(h.value_at_quantile(p));
+    format!(
+        "p50 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        q(0.9999),
+        human_ns(h.max())
+    )
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "ran {:.1}s on {} cores: {} frames in, {} outputs out ({:.0} outputs/s), {} entities",
+            secs,
+            self.cores.len(),
+            self.frames(),
+            self.outputs(),
+            self.outputs() as f64 / secs,
+            self.entities()
+        )?;
+        writeln!(f, "source-to-sink latency: {}", percentiles(&self.latency()))?;
+        for c in &self.cores {
+            writeln!(
+                f,
+                "  core {}: {} connections ({} closed on errors), {} frames, {} outputs, {} entities",
+                c.core, c.connections, c.connection_errors, c.frames, c.outputs, c.entities
+            )?;
+        }
+        if self.undelivered() > 0 {
+            writeln!(f, "WARNING: {} outputs could not be delivered to the sink", self.undelivered())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_ns(850), "850ns");
+        assert_eq!(human_ns(12_345), "12.3us");
+        assert_eq!(human_ns(4_560_000), "4.56ms");
+        assert_eq!(human_ns(1_200_000_000), "1.20s");
+    }
+
+    #[test]
+    fn summary_merges_cores() {
+        let mut a = CoreReport::new(0);
+        let mut b = CoreReport::new(1);
+        a.outputs = 3;
+        b.outputs = 4;
+        a.latency.record(1_000).unwrap();
+        b.latency.record(9_000).unwrap();
+        let s = Summary { cores: vec![a, b], elapsed: Duration::from_secs(1) };
+        assert_eq!(s.outputs(), 7);
+        assert_eq!(s.latency().len(), 2);
+        assert!(s.latency().max() >= 9_000);
+        assert!(s.to_string().contains("7 outputs out"));
+    }
+}

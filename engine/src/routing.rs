@@ -1,0 +1,69 @@
+//! The routing table: slot -> core, with an epoch that grows by one at every change.
+
+/// Index of a core (one executor) within this node.
+pub type CoreId = u16;
+
+/// Which core owns each slot, at one epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingTable {
+    epoch: u64,
+    owners: Vec<CoreId>,
+}
+
+impl RoutingTable {
+    /// Epoch 0: `n_slots` slots dealt to `n_cores` cores in contiguous, even ranges (each core
+    /// gets `n_slots / n_cores` slots, give or take one).
+    pub fn uniform(n_slots: u32, n_cores: u16) -> Self {
+        assert!(n_slots > 0 && n_cores > 0, "need at least one slot and one core");
+        let owners = (0..u64::from(n_slots))
+            .map(|s| (s * u64::from(n_cores) / u64::from(n_slots)) as CoreId)
+            .collect();
+        Self { epoch: 0, owners }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn n_slots(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    /// The core that owns `slot`.
+    pub fn owner(&self, slot: u32) -> CoreId {
+        self.owners[slot as usize]
+    }
+
+    /// How many slots each of `n_cores` cores owns.
+    pub fn slots_per_core(&self, n_cores: u16) -> Vec<u32> {
+        let mut counts = vec![0; usize::from(n_cores)];
+        for &o in &self.owners {
+            counts[usize::from(o)] += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_tables_are_even_and_contiguous() {
+        for (slots, cores) in [(4096, 1), (4096, 2), (4096, 3), (7, 3), (5, 5), (4096, 64)] {
+            let t = RoutingTable::uniform(slots, cores);
+            assert_eq!(t.epoch(), 0);
+            let counts = t.slots_per_core(cores);
+            let (lo, hi) = (slots / u32::from(cores), slots.div_ceil(u32::from(cores)));
+            assert!(counts.iter().all(|&c| c == lo || c == hi), "{slots}/{cores}: {counts:?}");
+            assert_eq!(counts.iter().sum::<u32>(), slots);
+            assert!((1..slots).all(|s| t.owner(s) >= t.owner(s - 1)), "ranges are contiguous");
+        }
+    }
+
+    #[test]
+    fn one_core_owns_everything() {
+        let t = RoutingTable::uniform(4096, 1);
+        assert!((0..4096).all(|s| t.owner(s) == 0));
+    }
+}

@@ -1,0 +1,93 @@
+//! A core's sink: outputs are encoded into a bounded buffer, and a writer task sends the buffer to
+//! the sink connection, recording each output's source-to-sink latency once it is written.
+
+use std::time::Instant;
+
+use quokka_io::tcp::TcpSink;
+
+use super::core::Core;
+use crate::metrics::now_ns;
+
+/// Encoded outputs waiting for the sink connection.
+#[derive(Default)]
+pub struct SinkBuffer {
+    bytes: Vec<u8>,
+    /// End offset of each output in `bytes`.
+    ends: Vec<usize>,
+    /// Ingress time of each output's input message.
+    ingress: Vec<u64>,
+}
+
+impl SinkBuffer {
+    /// Appends one output that `encode` writes.
+    pub fn push(&mut self, ingress: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+        encode(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+        self.ingress.push(ingress);
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.ingress.clear();
+    }
+}
+
+/// Drains the core's sink buffer into the sink connection until the core finishes.
+pub(crate) async fn write_outputs(core: &Core) {
+    let mut sink = TcpSink::new(core.config.output);
+    let mut writing = SinkBuffer::default();
+    let give_up = || core.drain_deadline.get().is_some_and(|t| Instant::now() >= t);
+    loop {
+        while core.sink.borrow().is_empty() {
+            if core.finished.get() {
+                sink.close().await;
+                return;
+            }
+            core.sink_ready.wait().await;
+        }
+        std::mem::swap(&mut writing, &mut *core.sink.borrow_mut());
+        core.sink_drained.notify_all();
+        let result = sink.write_records(&writing.bytes, &writing.ends, &give_up).await;
+        let mut report = core.report.borrow_mut();
+        match result {
+            Ok(()) => {
+                let now = now_ns();
+                for &t in &writing.ingress {
+                    report.latency.saturating_record(now.saturating_sub(t).max(1));
+                }
+                report.outputs += writing.ends.len() as u64;
+            }
+            Err(e) => {
+                tracing::error!(core = core.id, "{e}");
+                report.undelivered += writing.ends.len() as u64;
+            }
+        }
+        writing.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_records_boundaries_and_times() {
+        let mut b = SinkBuffer::default();
+        b.push(5, |v| v.extend_from_slice(b"a => 1\n"));
+        b.push(7, |v| v.extend_from_slice(b"bb => 1\n"));
+        assert_eq!(b.ends, vec![7, 15]);
+        assert_eq!(b.ingress, vec![5, 7]);
+        assert_eq!(b.len_bytes(), 15);
+        b.clear();
+        assert!(b.is_empty());
+    }
+}

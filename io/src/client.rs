@@ -1,0 +1,263 @@
+//! Blocking clients for the tools, tests and benchmarks: send frames to a source, collect what a
+//! sink writes.
+
+use std::io::{BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::framing::encode_frame;
+
+/// Connects to `addr`, retrying until `timeout` (the engine may still be starting).
+pub fn connect_retry(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A source connection that sends Wallaroo frames.
+pub struct FrameSender {
+    out: BufWriter<TcpStream>,
+    scratch: Vec<u8>,
+}
+
+impl FrameSender {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
+        let stream = connect_retry(addr, timeout)?;
+        Ok(Self { out: BufWriter::with_capacity(64 * 1024, stream), scratch: Vec::new() })
+    }
+
+    /// Frames and queues one payload.
+    pub fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        self.scratch.clear();
+        encode_frame(payload, &mut self.scratch);
+        self.out.write_all(&self.scratch)
+    }
+
+    /// Queues bytes as they are (already framed, or deliberately broken).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Flushes and closes the connection (the engine sees a clean end of stream).
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// How a sink's byte stream splits into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// Newline-terminated lines (word count's `word => count\n`); the newline is dropped.
+    Lines,
+    /// Wallaroo frames; the length header is dropped.
+    Frames,
+}
+
+impl Records {
+    /// Splits whole records off the front of `buf`, returning how many bytes were consumed.
+    pub fn split(self, buf: &[u8], mut each: impl FnMut(&[u8])) -> usize {
+        let mut at = 0;
+        match self {
+            Records::Lines => {
+                while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
+                    each(&buf[at..at + nl]);
+                    at += nl + 1;
+                }
+            }
+            Records::Frames => {
+                while buf.len() - at >= 4 {
+                    let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+                    if buf.len() - at - 4 < len {
+                        break;
+                    }
+                    each(&buf[at + 4..at + 4 + len]);
+                    at += 4 + len;
+                }
+            }
+        }
+        at
+    }
+}
+
+/// Accepts sink connections and hands every record to a callback with the connection's index
+/// (records of one connection arrive in order).
+pub struct Collector {
+    addr: SocketAddr,
+    shared: Arc<CollectorShared>,
+    _acceptor: JoinHandle<()>,
+}
+
+struct CollectorShared {
+    records: AtomicU64,
+    bytes: AtomicU64,
+    last_record: Mutex<Option<Instant>>,
+    changed: Condvar,
+}
+
+impl Collector {
+    /// Starts accepting on `listener`.
+    pub fn start(
+        listener: TcpListener,
+        records: Records,
+        on_record: impl Fn(usize, &[u8]) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(CollectorShared {
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last_record: Mutex::new(None),
+            changed: Condvar::new(),
+        });
+        let on_record = Arc::new(on_record);
+        let sh = shared.clone();
+        let acceptor = std::thread::spawn(move || {
+            for (conn, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { continue };
+                let (sh, on_record) = (sh.clone(), on_record.clone());
+                std::thread::spawn(move || read_records(conn, stream, records, &sh, &*on_record));
+            }
+        });
+        Ok(Self { addr, shared, _acceptor: acceptor })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Records received so far.
+    pub fn records(&self) -> u64 {
+        self.shared.records.load(Ordering::Acquire)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Acquire)
+    }
+
+    /// When the latest record arrived.
+    pub fn last_record_at(&self) -> Option<Instant> {
+        *self.shared.last_record.lock().unwrap()
+    }
+
+    /// Waits until `n` records arrived; false if `timeout` passed first.
+    pub fn wait_for(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.shared.last_record.lock().unwrap();
+        while self.records() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = self.shared.changed.wait_timeout(guard, left).unwrap().0;
+        }
+        true
+    }
+
+    /// Waits until no record has arrived for `idle`, or `n` records arrived, whichever is first.
+    pub fn wait_idle(&self, n: Option<u64>, idle: Duration) {
+        let mut guard = self.shared.last_record.lock().unwrap();
+        let mut seen = self.records();
+        loop {
+            if n.is_some_and(|n| self.records() >= n) {
+                return;
+            }
+            guard = self.shared.changed.wait_timeout(guard, idle).unwrap().0;
+            let now = self.records();
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+fn read_records(
+    conn: usize,
+    mut stream: TcpStream,
+    records: Records,
+    shared: &CollectorShared,
+    on_record: &(dyn Fn(usize, &[u8]) + Send + Sync),
+) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut end = 0;
+    loop {
+        if end == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match stream.read(&mut buf[end..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        end += n;
+        let mut count = 0;
+        let used = records.split(&buf[..end], |r| {
+            on_record(conn, r);
+            count += 1;
+        });
+        buf.copy_within(used..end, 0);
+        end -= used;
+        shared.bytes.fetch_add(n as u64, Ordering::AcqRel);
+        if count > 0 {
+            let mut last = shared.last_record.lock().unwrap();
+            shared.records.fetch_add(count, Ordering::AcqRel);
+            *last = Some(Instant::now());
+            shared.changed.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_split_keeps_partial_tail() {
+        let mut got = Vec::new();
+        let used = Records::Lines.split(b"a => 1\nb => 2\npart", |r| got.push(r.to_vec()));
+        assert_eq!(got, vec![b"a => 1".to_vec(), b"b => 2".to_vec()]);
+        assert_eq!(used, 14);
+
+        let mut framed = Vec::new();
+        encode_frame(b"xy", &mut framed);
+        encode_frame(b"", &mut framed);
+        framed.extend_from_slice(&[0, 0, 0, 9, 1]);
+        let mut got = Vec::new();
+        let used = Records::Frames.split(&framed, |r| got.push(r.to_vec()));
+        assert_eq!(got, vec![b"xy".to_vec(), vec![]]);
+        assert_eq!(used, 10);
+    }
+
+    #[test]
+    fn sender_and_collector_round_trip() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let collector = Collector::start(listener, Records::Frames, move |_, r| {
+            g.lock().unwrap().push(r.to_vec())
+        })
+        .unwrap();
+        let mut sender = FrameSender::connect(collector.addr(), Duration::from_secs(5)).unwrap();
+        for i in 0..1000u32 {
+            sender.send(&i.to_be_bytes()).unwrap();
+        }
+        sender.finish().unwrap();
+        assert!(collector.wait_for(1000, Duration::from_secs(10)));
+        let got = got.lock().unwrap();
+        assert!(got.iter().enumerate().all(|(i, r)| r[..] == (i as u32).to_be_bytes()));
+    }
+}

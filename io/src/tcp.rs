@@ -1,0 +1,153 @@
+//! TCP edges on a glommio executor: source connections read as frames, and the sink connection.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use thiserror::Error;
+
+use crate::framing::{FrameDecoder, FrameError};
+
+/// Why a source connection was closed with an error.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("bad framing: {0}")]
+    Framing(#[from] FrameError),
+    #[error("read failed: {0}")]
+    Read(#[from] std::io::Error),
+}
+
+/// A source connection: reads bytes from the socket and yields whole frames.
+pub struct FrameReader {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    /// Adopts an accepted connection; must run on the glommio executor that will read it.
+    pub fn new(stream: std::net::TcpStream, max_frame: usize) -> Self {
+        // SAFETY: `into_raw_fd` hands over sole ownership of an open, connected socket, which
+        // the glommio stream takes (glommio 0.9 only converts from socket2 0.4, hence the fd).
+        let stream = unsafe { TcpStream::from_raw_fd(stream.into_raw_fd()) };
+        Self { stream, decoder: FrameDecoder::new(max_frame) }
+    }
+
+    /// Reads what the socket has; `Ok(false)` on a clean end of stream (not inside a frame).
+    pub async fn read_more(&mut self) -> Result<bool, SourceError> {
+        let n = self.stream.read(self.decoder.spare()).await?;
+        if n == 0 {
+            self.decoder.finish()?;
+            return Ok(false);
+        }
+        self.decoder.filled(n);
+        Ok(true)
+    }
+
+    /// The next whole frame already read.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        self.decoder.next_frame()
+    }
+}
+
+/// Why a sink could not deliver.
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error("gave up delivering {records} records ({bytes} bytes) to {addr}: {reason}")]
+    GaveUp { addr: SocketAddr, records: usize, bytes: usize, reason: String },
+}
+
+/// The connection to the sink address; connects lazily and reconnects with backoff.
+pub struct TcpSink {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    failures: u32,
+}
+
+impl TcpSink {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, stream: None, failures: 0 }
+    }
+
+    /// Writes `bytes`, holding records that end at `record_ends`. If the connection fails, it
+    /// reconnects and resends from the first record not wholly written, so no record is lost or
+    /// cut (one may arrive twice if the peer had it before the failure). Retries connecting
+    /// until `give_up()` says to stop (it is asked after each failed attempt).
+    pub async fn write_records(
+        &mut self,
+        bytes: &[u8],
+        record_ends: &[usize],
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<(), SinkError> {
+        let mut off = 0;
+        while off < bytes.len() {
+            let stream = match self.stream.as_mut() {
+                Some(s) => s,
+                None => {
+                    if let Err(reason) = self.connect(give_up).await {
+                        let first = record_ends.partition_point(|&e| e <= off);
+                        return Err(SinkError::GaveUp {
+                            addr: self.addr,
+                            records: record_ends.len() - first,
+                            bytes: bytes.len() - off,
+                            reason,
+                        });
+                    }
+                    self.stream.as_mut().expect("connected")
+                }
+            };
+            match stream.write(&bytes[off..]).await {
+                Ok(n) if n > 0 => off += n,
+                result => {
+                    let why = result.map_or_else(|e| e.to_string(), |_| "peer closed".into());
+                    tracing::warn!(sink = %self.addr, "sink connection lost: {why}; reconnecting");
+                    self.stream = None;
+                    let first = record_ends.partition_point(|&e| e <= off);
+                    off = if first == 0 { 0 } else { record_ends[first - 1] };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes the connection.
+    pub async fn close(&mut self) {
+        if let Some(mut s) = self.stream.take() {
+            let _ = s.flush().await;
+            let _ = s.close().await;
+        }
+    }
+
+    async fn connect(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), String> {
+        loop {
+            match TcpStream::connect(self.addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    if self.failures > 0 {
+                        tracing::info!(sink = %self.addr, "sink connected after {} attempts", self.failures + 1);
+                    }
+                    self.failures = 0;
+                    self.stream = Some(s);
+                    return Ok(());
+                }
+                Err(e) => {
+                    if self.failures % 50 == 0 {
+                        tracing::warn!(sink = %self.addr, "cannot connect to sink: {e}; retrying");
+                    }
+                    self.failures += 1;
+                    if give_up() {
+                        return Err(e.to_string());
+                    }
+                    let backoff = Self::FIRST_BACKOFF
+                        .saturating_mul(1 << self.failures.min(7))
+                        .min(Self::MAX_BACKOFF);
+                    glommio::timer::sleep(backoff).await;
+                }
+            }
+        }
+    }
+}
