@@ -1,1 +1,14 @@
-//! placeholder
+//! Black-box tests of Quokka, one module per feature, all over real loopback TCP: the engine
+//! in-process (many cases, fast) and the real `quokka` binary (its CLI and signals).
+//!
+//! [`harness`] starts an engine with a collecting sink; [`reference`] computes what the output
+//! must be, independently of the app code under test.
+
+#[cfg(test)]
+mod bad_input;
+#[cfg(test)]
+mod binary;
+pub mod harness;
+pub mod reference;
+#[cfg(test)]
+mod word_count;

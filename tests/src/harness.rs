@@ -1,0 +1,104 @@
+//! Runs an app in-process on real loopback sockets and collects what its sink receives.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quokka_engine::{App, Config, Engine, Summary};
+use quokka_io::client::{Collector, FrameSender, Records};
+
+/// How long a test waits for a condition before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Each sink connection's records, in arrival order.
+pub type Outputs = Arc<Mutex<Vec<Vec<Vec<u8>>>>>;
+
+/// A collecting sink: listens on loopback and keeps every record per connection.
+pub struct Sink {
+    pub collector: Collector,
+    outputs: Outputs,
+}
+
+impl Sink {
+    pub fn start(records: Records) -> Sink {
+        Self::on(TcpListener::bind("127.0.0.1:0").expect("bind sink"), records)
+    }
+
+    pub fn on(listener: TcpListener, records: Records) -> Sink {
+        let outputs: Outputs = Arc::default();
+        let out = outputs.clone();
+        let collector = Collector::start(listener, records, move |conn, record| {
+            let mut all = out.lock().unwrap();
+            if all.len() <= conn {
+                all.resize(conn + 1, Vec::new());
+            }
+            all[conn].push(record.to_vec());
+        })
+        .expect("start collector");
+        Sink { collector, outputs }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.collector.addr()
+    }
+
+    /// Waits for `n` records; panics with the count so far after [`DEADLINE`].
+    pub fn wait_for(&self, n: u64) {
+        assert!(
+            self.collector.wait_for(n, DEADLINE),
+            "only {} of {n} outputs arrived",
+            self.collector.records()
+        );
+    }
+
+    /// Each connection's records as text lines.
+    pub fn lines(&self) -> Vec<Vec<String>> {
+        let all = self.outputs.lock().unwrap();
+        all.iter()
+            .map(|conn| conn.iter().map(|r| String::from_utf8(r.clone()).expect("UTF-8 output")).collect())
+            .collect()
+    }
+}
+
+/// An engine running `app` on `cores` cores with every source on an ephemeral loopback port.
+pub struct Running {
+    pub engine: Engine,
+    pub sink: Sink,
+}
+
+impl Running {
+    pub fn start(app: &App, cores: usize, records: Records) -> Running {
+        Self::start_with(app, records, |c| c.cores = cores)
+    }
+
+    pub fn start_with(app: &App, records: Records, tune: impl FnOnce(&mut Config)) -> Running {
+        let sink = Sink::start(records);
+        let inputs = app.sources().iter().map(|_| "127.0.0.1:0".parse().unwrap()).collect();
+        let mut config = Config::new(inputs, sink.addr());
+        tune(&mut config);
+        let engine = Engine::start(app, config).expect("engine starts");
+        Running { engine, sink }
+    }
+
+    pub fn input(&self, source: usize) -> SocketAddr {
+        self.engine.input_addrs()[source]
+    }
+
+    /// Sends `frames` over one new connection and closes it.
+    pub fn send(&self, source: usize, frames: &[&[u8]]) {
+        send_frames(self.input(source), frames)
+    }
+
+    pub fn stop(self) -> (Summary, Sink) {
+        (self.engine.stop(), self.sink)
+    }
+}
+
+/// Sends `frames` over one new connection to `addr` and closes it.
+pub fn send_frames(addr: SocketAddr, frames: &[&[u8]]) {
+    let mut sender = FrameSender::connect(addr, DEADLINE).expect("connect to source");
+    for f in frames {
+        sender.send(f).expect("send frame");
+    }
+    sender.finish().expect("close source connection");
+}

@@ -1,0 +1,121 @@
+//! `quokka demo`: word count over real loopback TCP on the bundled Bill of Rights plus a
+//! generated Zipf corpus; checks every final count and prints the top words, throughput and
+//! latency.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use quokka_apps::corpus::{self, CorpusSpec};
+use quokka_apps::word_count;
+use quokka_engine::metrics::percentiles;
+use quokka_engine::{Config, Engine};
+use quokka_io::client::{Collector, FrameSender, Records};
+
+const BILL_OF_RIGHTS: &str = include_str!("../../../apps/data/bill_of_rights.txt");
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Engine cores.
+    #[arg(long, default_value_t = 2)]
+    cores: usize,
+    /// Words of generated text sent after the Bill of Rights.
+    #[arg(long, default_value_t = 1_000_000)]
+    words: usize,
+    /// Distinct words in the generated text's vocabulary (Zipf-distributed).
+    #[arg(long, default_value_t = 100_000)]
+    vocabulary: usize,
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let mut lines: Vec<String> = BILL_OF_RIGHTS.lines().map(str::to_owned).collect();
+    let spec = CorpusSpec { words: args.words, vocabulary: args.vocabulary.max(1), ..CorpusSpec::default() };
+    lines.extend(corpus::lines(spec));
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for line in &lines {
+        word_count::words(line, |w| *expected.entry(w.to_owned()).or_default() += 1);
+    }
+    let total_words: u64 = expected.values().sum();
+    println!(
+        "word count demo: {} lines, {} words ({} distinct), {} cores, over loopback TCP",
+        lines.len(),
+        total_words,
+        expected.len(),
+        args.cores
+    );
+
+    let finals: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let sink = TcpListener::bind("127.0.0.1:0")?;
+    let collector = Collector::start(sink, Records::Lines, {
+        let finals = finals.clone();
+        move |_, line| {
+            let text = String::from_utf8_lossy(line);
+            if let Some((word, count)) = text.rsplit_once(" => ") {
+                let count = count.parse().unwrap_or(0);
+                let mut finals = finals.lock().unwrap();
+                let best = finals.entry(word.to_owned()).or_default();
+                *best = (*best).max(count);
+            }
+        }
+    })?;
+
+    let app = word_count::app();
+    let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
+    config.cores = args.cores;
+    let engine = Engine::start(&app, config)?;
+    let input = engine.input_addrs()[0];
+
+    let started = Instant::now();
+    send_in_parallel(input, &lines, args.cores.max(1))?;
+    if !collector.wait_for(total_words, Duration::from_secs(120)) {
+        bail!("only {} of {} outputs arrived within 120 s", collector.records(), total_words);
+    }
+    let elapsed = collector.last_record_at().unwrap_or_else(Instant::now) - started;
+    let summary = engine.stop();
+
+    let finals = finals.lock().unwrap();
+    if *finals != expected {
+        bail!("final counts differ from the reference ({} words vs {})", finals.len(), expected.len());
+    }
+    let mut top: Vec<(&String, &u64)> = finals.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    println!("top words:");
+    for (word, count) in top.iter().take(10) {
+        println!("  {word:<12} {count}");
+    }
+    println!("every final count matches the reference ({} words)", finals.len());
+    println!(
+        "{} words in {:.2}s: {:.0} words/s end to end",
+        total_words,
+        elapsed.as_secs_f64(),
+        total_words as f64 / elapsed.as_secs_f64()
+    );
+    println!("source-to-sink latency: {}", percentiles(&summary.latency()));
+    Ok(())
+}
+
+/// Sends the lines over `connections` connections, each a contiguous share, and closes them.
+fn send_in_parallel(addr: SocketAddr, lines: &[String], connections: usize) -> Result<()> {
+    let chunk = lines.len().div_ceil(connections).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = lines
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || -> Result<()> {
+                    let mut sender = FrameSender::connect(addr, Duration::from_secs(5))?;
+                    for line in part {
+                        sender.send(line.as_bytes())?;
+                    }
+                    sender.finish()?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("sender thread").context("sending the corpus")?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,12 @@
+//! Shared pieces of the `quokka`, `quokka-send` and `quokka-recv` binaries: logging set-up,
+//! command-line address parsing, and the built-in demo.
+
+pub mod demo;
+pub mod inputs;
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (`info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
