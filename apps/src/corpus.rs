@@ -51,7 +51,12 @@ pub struct CorpusSpec {
 
 impl Default for CorpusSpec {
     fn default() -> Self {
-        Self { seed: 42, words: 1_000_000, vocabulary: 100_000, words_per_line: 12 }
+        Self {
+            seed: 42,
+            words: 1_000_000,
+            vocabulary: 100_000,
+            words_per_line: 12,
+        }
     }
 }
 
@@ -109,12 +114,18 @@ mod tests {
     fn vocabulary_words_are_distinct_letters() {
         let words: std::collections::HashSet<String> = (0..200_000).map(vocab_word).collect();
         assert_eq!(words.len(), 200_000);
-        assert!(words.iter().all(|w| w.bytes().all(|b| b.is_ascii_lowercase())));
+        assert!(words
+            .iter()
+            .all(|w| w.bytes().all(|b| b.is_ascii_lowercase())));
     }
 
     #[test]
     fn corpus_is_deterministic_and_sized() {
-        let spec = CorpusSpec { words: 10_000, vocabulary: 1000, ..CorpusSpec::default() };
+        let spec = CorpusSpec {
+            words: 10_000,
+            vocabulary: 1000,
+            ..CorpusSpec::default()
+        };
         let a = lines(spec);
         assert_eq!(a, lines(spec));
         let n: usize = a.iter().map(|l| l.split(' ').count()).sum();

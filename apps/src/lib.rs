@@ -18,7 +18,8 @@ pub struct AppInfo {
 pub fn all() -> Vec<AppInfo> {
     vec![AppInfo {
         name: "word_count",
-        about: "running count per word of text lines; outputs `word => count` (Wallaroo's word count)",
+        about:
+            "running count per word of text lines; outputs `word => count` (Wallaroo's word count)",
         build: word_count::app,
     }]
 }

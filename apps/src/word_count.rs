@@ -70,8 +70,14 @@ mod tests {
     fn word_rule_matches_wallaroo() {
         assert_eq!(split_all("Hello, World!"), ["hello", "world"]);
         assert_eq!(split_all("  double  spaces  "), ["double", "spaces"]);
-        assert_eq!(split_all("don't \"quote\" (x) -- ..."), ["don't", "quote", "x"]);
-        assert_eq!(split_all("tab\tstays one token"), ["tab\tstays", "one", "token"]);
+        assert_eq!(
+            split_all("don't \"quote\" (x) -- ..."),
+            ["don't", "quote", "x"]
+        );
+        assert_eq!(
+            split_all("tab\tstays one token"),
+            ["tab\tstays", "one", "token"]
+        );
         assert_eq!(split_all("a.b.c. [_x_]"), ["a.b.c", "x"]);
         assert_eq!(split_all("ÉCOLE Straße"), ["école", "straße"]);
         assert_eq!(split_all(""), Vec::<String>::new());

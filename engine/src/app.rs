@@ -46,7 +46,9 @@ pub struct DecodeError {
 
 impl DecodeError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
-        Self { reason: reason.into() }
+        Self {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -65,8 +67,10 @@ pub trait State:
     Default
     + Send
     + 'static
-    + rkyv::Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-                                  + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>>
+    + rkyv::Archive<
+        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                      + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>,
+    >
     + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
 {
 }
@@ -75,8 +79,10 @@ impl<S> State for S where
     S: Default
         + Send
         + 'static
-        + rkyv::Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-                                      + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>>
+        + rkyv::Archive<
+            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                          + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>,
+        >
         + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
 {
 }
@@ -112,8 +118,14 @@ impl App {
         name: impl Into<String>,
         decode: impl Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync + 'static,
     ) -> Stream<I, I> {
-        let first = Source { name: name.into(), decode: Arc::new(decode) };
-        Stream { sources: vec![first], chain: Arc::new(|i, out| out(i)) }
+        let first = Source {
+            name: name.into(),
+            decode: Arc::new(decode),
+        };
+        Stream {
+            sources: vec![first],
+            chain: Arc::new(|i, out| out(i)),
+        }
     }
 }
 
@@ -124,7 +136,10 @@ impl<I: Send + 'static> Stream<I, I> {
         name: impl Into<String>,
         decode: impl Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync + 'static,
     ) -> Self {
-        self.sources.push(Source { name: name.into(), decode: Arc::new(decode) });
+        self.sources.push(Source {
+            name: name.into(),
+            decode: Arc::new(decode),
+        });
         self
     }
 }
@@ -132,7 +147,10 @@ impl<I: Send + 'static> Stream<I, I> {
 impl<I: 'static, T: 'static> Stream<I, T> {
     pub fn map<U: 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Stream<I, U> {
         let chain = then(self.chain, move |t, out| out.emit(f(t)));
-        Stream { sources: self.sources, chain }
+        Stream {
+            sources: self.sources,
+            chain,
+        }
     }
 
     pub fn filter(self, keep: impl Fn(&T) -> bool + Send + Sync + 'static) -> Stream<I, T> {
@@ -141,19 +159,28 @@ impl<I: 'static, T: 'static> Stream<I, T> {
                 out.emit(t)
             }
         });
-        Stream { sources: self.sources, chain }
+        Stream {
+            sources: self.sources,
+            chain,
+        }
     }
 
     pub fn flat_map<U: 'static>(
         self,
         f: impl Fn(T, &mut Emit<U>) + Send + Sync + 'static,
     ) -> Stream<I, U> {
-        Stream { sources: self.sources, chain: then(self.chain, f) }
+        Stream {
+            sources: self.sources,
+            chain: then(self.chain, f),
+        }
     }
 
     /// Names the key of each message: all messages with equal key bytes see one state entity.
     pub fn key_by(self, key: impl Fn(&T) -> &[u8] + Send + Sync + 'static) -> Keyed<I, T> {
-        Keyed { stream: self, key: Arc::new(key) }
+        Keyed {
+            stream: self,
+            key: Arc::new(key),
+        }
     }
 }
 
@@ -169,7 +196,11 @@ impl<I: 'static, T: Send + 'static> Keyed<I, T> {
         self,
         step: impl Fn(&mut S, T, &mut Emit<R>) + Send + Sync + 'static,
     ) -> Outputs<I, T, S, R, R> {
-        Outputs { keyed: self, step: Arc::new(step), chain: Arc::new(|r, out| out(r)) }
+        Outputs {
+            keyed: self,
+            step: Arc::new(step),
+            chain: Arc::new(|r, out| out(r)),
+        }
     }
 }
 
@@ -181,32 +212,55 @@ pub struct Outputs<I, T, S, R, O> {
 }
 
 impl<I, T, S, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
-    pub fn map<U: 'static>(self, f: impl Fn(O) -> U + Send + Sync + 'static) -> Outputs<I, T, S, R, U> {
+    pub fn map<U: 'static>(
+        self,
+        f: impl Fn(O) -> U + Send + Sync + 'static,
+    ) -> Outputs<I, T, S, R, U> {
         let chain = then(self.chain, move |o, out| out.emit(f(o)));
-        Outputs { keyed: self.keyed, step: self.step, chain }
+        Outputs {
+            keyed: self.keyed,
+            step: self.step,
+            chain,
+        }
     }
 
-    pub fn filter(self, keep: impl Fn(&O) -> bool + Send + Sync + 'static) -> Outputs<I, T, S, R, O> {
+    pub fn filter(
+        self,
+        keep: impl Fn(&O) -> bool + Send + Sync + 'static,
+    ) -> Outputs<I, T, S, R, O> {
         let chain = then(self.chain, move |o, out| {
             if keep(&o) {
                 out.emit(o)
             }
         });
-        Outputs { keyed: self.keyed, step: self.step, chain }
+        Outputs {
+            keyed: self.keyed,
+            step: self.step,
+            chain,
+        }
     }
 
     pub fn flat_map<U: 'static>(
         self,
         f: impl Fn(O, &mut Emit<U>) + Send + Sync + 'static,
     ) -> Outputs<I, T, S, R, U> {
-        Outputs { keyed: self.keyed, step: self.step, chain: then(self.chain, f) }
+        Outputs {
+            keyed: self.keyed,
+            step: self.step,
+            chain: then(self.chain, f),
+        }
     }
 }
 
-impl<I: Send + 'static, T: Send + 'static, S: State, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
+impl<I: Send + 'static, T: Send + 'static, S: State, R: 'static, O: 'static>
+    Outputs<I, T, S, R, O>
+{
     /// Ends the pipeline at a sink; `encode` appends one output's bytes.
     pub fn sink(self, encode: impl Fn(&O, &mut Vec<u8>) + Send + Sync + 'static) -> Pipeline {
-        let Stream { sources, chain: pre } = self.keyed.stream;
+        let Stream {
+            sources,
+            chain: pre,
+        } = self.keyed.stream;
         let names = sources.iter().map(|s| s.name.clone()).collect();
         let dataflow = Typed {
             decoders: sources.into_iter().map(|s| s.decode).collect(),
@@ -216,7 +270,10 @@ impl<I: Send + 'static, T: Send + 'static, S: State, R: 'static, O: 'static> Out
             post: self.chain,
             encode: Arc::new(encode),
         };
-        Pipeline { sources: names, dataflow: Arc::new(dataflow) }
+        Pipeline {
+            sources: names,
+            dataflow: Arc::new(dataflow),
+        }
     }
 }
 
@@ -228,7 +285,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn named(self, name: impl Into<String>) -> App {
-        App { name: name.into(), sources: self.sources, dataflow: self.dataflow }
+        App {
+            name: name.into(),
+            sources: self.sources,
+            dataflow: self.dataflow,
+        }
     }
 }
 
@@ -274,7 +335,12 @@ pub(crate) trait Dataflow: Send + Sync {
 /// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
 pub(crate) trait Ingress {
     /// Decodes a frame and runs it to `key_by`; the keyed messages wait in per-core batches.
-    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError>;
+    fn push(
+        &mut self,
+        frame: &[u8],
+        ingress: u64,
+        routes: &RoutingTable,
+    ) -> Result<(), DecodeError>;
     /// The batch waiting for `core`, if any.
     fn take_batch(&mut self, core: usize) -> Option<Batch>;
 }
@@ -332,13 +398,24 @@ struct TypedIngress<I, T> {
 }
 
 impl<I, T: Send + 'static> Ingress for TypedIngress<I, T> {
-    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError> {
+    fn push(
+        &mut self,
+        frame: &[u8],
+        ingress: u64,
+        routes: &RoutingTable,
+    ) -> Result<(), DecodeError> {
         let input = (self.decode)(frame)?;
-        let Self { pre, key, batches, .. } = self;
+        let Self {
+            pre, key, batches, ..
+        } = self;
         pre(input, &mut |value| {
             let hash = stable_hash(key(&value));
             let owner = routes.owner(slot_of(hash, routes.n_slots()));
-            batches[usize::from(owner)].push(KeyedMsg { hash, ingress, value });
+            batches[usize::from(owner)].push(KeyedMsg {
+                hash,
+                ingress,
+                value,
+            });
         });
         Ok(())
     }
@@ -360,13 +437,21 @@ struct TypedKeyed<T, S, R, O> {
 impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
     fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer) {
         let batch: &mut Vec<KeyedMsg<T>> = batch.downcast_mut().expect("a batch of this dataflow");
-        let Self { store, key, step, post, encode } = self;
+        let Self {
+            store,
+            key,
+            step,
+            post,
+            encode,
+        } = self;
         for msg in batch.drain(..) {
             let state = store.entry(msg.hash, key(&msg.value));
             let ingress = msg.ingress;
-            step(state, msg.value, &mut Emit(&mut |r| {
-                post(r, &mut |o| sink.push(ingress, |bytes| encode(&o, bytes)))
-            }));
+            step(
+                state,
+                msg.value,
+                &mut Emit(&mut |r| post(r, &mut |o| sink.push(ingress, |bytes| encode(&o, bytes)))),
+            );
         }
     }
 

@@ -47,7 +47,11 @@ mod tests {
             counts[s as usize] += 1;
         }
         // 100 keys per slot on average; a uniform hash keeps every slot well within 2x.
-        assert!(counts.iter().all(|&c| (40..=170).contains(&c)), "{:?}", counts.iter().max());
+        assert!(
+            counts.iter().all(|&c| (40..=170).contains(&c)),
+            "{:?}",
+            counts.iter().max()
+        );
         assert_eq!(slot_of(u64::MAX, 7), (u64::MAX % 7) as u32);
     }
 
@@ -58,6 +62,10 @@ mod tests {
         let mut low: Vec<u64> = hashes.iter().map(|&h| table_hash(h) & 1023).collect();
         low.sort_unstable();
         low.dedup();
-        assert!(low.len() > 550, "only {} distinct buckets of 1024", low.len());
+        assert!(
+            low.len() > 550,
+            "only {} distinct buckets of 1024",
+            low.len()
+        );
     }
 }

@@ -33,8 +33,12 @@ pub struct CoreReport {
     pub undelivered: u64,
     /// State entities held at the end.
     pub entities: u64,
-    /// Source-to-sink latency of the outputs written, in nanoseconds.
+    /// Source-to-sink latency of the outputs written, in nanoseconds: from the read of the input
+    /// to the completed write of the output to the sink socket.
     pub latency: Histogram<u64>,
+    /// The engine's own share: from the read of the input until the sink writer takes the
+    /// output (excludes the socket write and so a slow receiver).
+    pub handoff_latency: Histogram<u64>,
 }
 
 impl CoreReport {
@@ -48,6 +52,7 @@ impl CoreReport {
             undelivered: 0,
             entities: 0,
             latency: latency_histogram(),
+            handoff_latency: latency_histogram(),
         }
     }
 }
@@ -86,9 +91,18 @@ impl Summary {
 
     /// Source-to-sink latency over all cores.
     pub fn latency(&self) -> Histogram<u64> {
+        self.merged(|c| &c.latency)
+    }
+
+    /// The engine's share of the latency (until the sink writer takes the output), all cores.
+    pub fn handoff_latency(&self) -> Histogram<u64> {
+        self.merged(|c| &c.handoff_latency)
+    }
+
+    fn merged(&self, f: impl Fn(&CoreReport) -> &Histogram<u64>) -> Histogram<u64> {
         let mut all = latency_histogram();
         for c in &self.cores {
-            all.add(&c.latency).expect("same histogram bounds");
+            all.add(f(c)).expect("same histogram bounds");
         }
         all
     }
@@ -133,7 +147,16 @@ impl fmt::Display for Summary {
             self.outputs() as f64 / secs,
             self.entities()
         )?;
-        writeln!(f, "source-to-sink latency: {}", percentiles(&self.latency()))?;
+        writeln!(
+            f,
+            "source-to-sink latency: {}",
+            percentiles(&self.latency())
+        )?;
+        writeln!(
+            f,
+            "  engine share (to sink hand-off): {}",
+            percentiles(&self.handoff_latency())
+        )?;
         for c in &self.cores {
             writeln!(
                 f,
@@ -142,7 +165,11 @@ impl fmt::Display for Summary {
             )?;
         }
         if self.undelivered() > 0 {
-            writeln!(f, "WARNING: {} outputs could not be delivered to the sink", self.undelivered())?;
+            writeln!(
+                f,
+                "WARNING: {} outputs could not be delivered to the sink",
+                self.undelivered()
+            )?;
         }
         Ok(())
     }
@@ -168,7 +195,10 @@ mod tests {
         b.outputs = 4;
         a.latency.record(1_000).unwrap();
         b.latency.record(9_000).unwrap();
-        let s = Summary { cores: vec![a, b], elapsed: Duration::from_secs(1) };
+        let s = Summary {
+            cores: vec![a, b],
+            elapsed: Duration::from_secs(1),
+        };
         assert_eq!(s.outputs(), 7);
         assert_eq!(s.latency().len(), 2);
         assert!(s.latency().max() >= 9_000);

@@ -14,7 +14,10 @@ impl RoutingTable {
     /// Epoch 0: `n_slots` slots dealt to `n_cores` cores in contiguous, even ranges (each core
     /// gets `n_slots / n_cores` slots, give or take one).
     pub fn uniform(n_slots: u32, n_cores: u16) -> Self {
-        assert!(n_slots > 0 && n_cores > 0, "need at least one slot and one core");
+        assert!(
+            n_slots > 0 && n_cores > 0,
+            "need at least one slot and one core"
+        );
         let owners = (0..u64::from(n_slots))
             .map(|s| (s * u64::from(n_cores) / u64::from(n_slots)) as CoreId)
             .collect();
@@ -55,9 +58,15 @@ mod tests {
             assert_eq!(t.epoch(), 0);
             let counts = t.slots_per_core(cores);
             let (lo, hi) = (slots / u32::from(cores), slots.div_ceil(u32::from(cores)));
-            assert!(counts.iter().all(|&c| c == lo || c == hi), "{slots}/{cores}: {counts:?}");
+            assert!(
+                counts.iter().all(|&c| c == lo || c == hi),
+                "{slots}/{cores}: {counts:?}"
+            );
             assert_eq!(counts.iter().sum::<u32>(), slots);
-            assert!((1..slots).all(|s| t.owner(s) >= t.owner(s - 1)), "ranges are contiguous");
+            assert!(
+                (1..slots).all(|s| t.owner(s) >= t.owner(s - 1)),
+                "ranges are contiguous"
+            );
         }
     }
 

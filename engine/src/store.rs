@@ -18,7 +18,11 @@ pub struct SlotStore<S> {
 
 impl<S: Default> SlotStore<S> {
     pub fn new(n_slots: u32) -> Self {
-        Self { n_slots, slots: (0..n_slots).map(|_| HashTable::new()).collect(), len: 0 }
+        Self {
+            n_slots,
+            slots: (0..n_slots).map(|_| HashTable::new()).collect(),
+            len: 0,
+        }
     }
 
     /// The state of `key` (whose stable hash is `hash`), created with `S::default()` if new.
@@ -28,7 +32,10 @@ impl<S: Default> SlotStore<S> {
         let entry = table.entry(th, |e| *e.key == *key, |e| table_hash(stable_hash(&e.key)));
         let entity = entry.or_insert_with(|| {
             self.len += 1;
-            Entity { key: key.into(), state: S::default() }
+            Entity {
+                key: key.into(),
+                state: S::default(),
+            }
         });
         &mut entity.into_mut().state
     }
@@ -37,7 +44,9 @@ impl<S: Default> SlotStore<S> {
     pub fn get(&self, key: &[u8]) -> Option<&S> {
         let hash = stable_hash(key);
         let table = &self.slots[slot_of(hash, self.n_slots) as usize];
-        table.find(table_hash(hash), |e| *e.key == *key).map(|e| &e.state)
+        table
+            .find(table_hash(hash), |e| *e.key == *key)
+            .map(|e| &e.state)
     }
 
     /// Entities held.

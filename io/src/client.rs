@@ -34,7 +34,10 @@ pub struct FrameSender {
 impl FrameSender {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
         let stream = connect_retry(addr, timeout)?;
-        Ok(Self { out: BufWriter::with_capacity(64 * 1024, stream), scratch: Vec::new() })
+        Ok(Self {
+            out: BufWriter::with_capacity(64 * 1024, stream),
+            scratch: Vec::new(),
+        })
     }
 
     /// Frames and queues one payload.
@@ -71,7 +74,7 @@ pub enum Records {
 
 impl Records {
     /// Splits whole records off the front of `buf`, returning how many bytes were consumed.
-    pub fn split(self, buf: &[u8], mut each: impl FnMut(&[u8])) -> usize {
+    pub fn split<'a>(self, buf: &'a [u8], mut each: impl FnMut(&'a [u8])) -> usize {
         let mut at = 0;
         match self {
             Records::Lines => {
@@ -133,7 +136,11 @@ impl Collector {
                 std::thread::spawn(move || read_records(conn, stream, records, &sh, &*on_record));
             }
         });
-        Ok(Self { addr, shared, _acceptor: acceptor })
+        Ok(Self {
+            addr,
+            shared,
+            _acceptor: acceptor,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -258,6 +265,9 @@ mod tests {
         sender.finish().unwrap();
         assert!(collector.wait_for(1000, Duration::from_secs(10)));
         let got = got.lock().unwrap();
-        assert!(got.iter().enumerate().all(|(i, r)| r[..] == (i as u32).to_be_bytes()));
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r[..] == (i as u32).to_be_bytes()));
     }
 }

@@ -44,7 +44,12 @@ impl FrameDecoder {
     const MIN_READ: usize = 64 * 1024;
 
     pub fn new(max_frame: usize) -> Self {
-        Self { buf: vec![0; Self::MIN_READ], start: 0, end: 0, max_frame }
+        Self {
+            buf: vec![0; Self::MIN_READ],
+            start: 0,
+            end: 0,
+            max_frame,
+        }
     }
 
     /// Space to read into; call [`filled`](Self::filled) with the bytes written.
@@ -76,10 +81,15 @@ impl FrameDecoder {
         if avail < HEADER {
             return Ok(None);
         }
-        let header: [u8; HEADER] = self.buf[self.start..self.start + HEADER].try_into().unwrap();
+        let header: [u8; HEADER] = self.buf[self.start..self.start + HEADER]
+            .try_into()
+            .unwrap();
         let len = u32::from_be_bytes(header) as usize;
         if len > self.max_frame {
-            return Err(FrameError::Oversized { len, max: self.max_frame });
+            return Err(FrameError::Oversized {
+                len,
+                max: self.max_frame,
+            });
         }
         if avail < HEADER + len {
             return Ok(None);
@@ -98,7 +108,9 @@ impl FrameDecoder {
         let need = if have < HEADER {
             HEADER
         } else {
-            let header: [u8; HEADER] = self.buf[self.start..self.start + HEADER].try_into().unwrap();
+            let header: [u8; HEADER] = self.buf[self.start..self.start + HEADER]
+                .try_into()
+                .unwrap();
             HEADER + u32::from_be_bytes(header) as usize
         };
         Err(FrameError::Truncated { have, need })
@@ -135,7 +147,10 @@ mod tests {
     fn decodes_whole_frames_including_empty_ones() {
         let mut dec = FrameDecoder::new(100);
         feed(&mut dec, &stream(&[b"hello", b"", b"world"]));
-        assert_eq!(drain(&mut dec), vec![b"hello".to_vec(), vec![], b"world".to_vec()]);
+        assert_eq!(
+            drain(&mut dec),
+            vec![b"hello".to_vec(), vec![], b"world".to_vec()]
+        );
         assert_eq!(dec.finish(), Ok(()));
     }
 
@@ -176,7 +191,10 @@ mod tests {
         let mut dec = FrameDecoder::new(4);
         feed(&mut dec, &stream(&[b"ok", b"too long"]));
         assert_eq!(dec.next_frame().unwrap(), Some(&b"ok"[..]));
-        assert_eq!(dec.next_frame(), Err(FrameError::Oversized { len: 8, max: 4 }));
+        assert_eq!(
+            dec.next_frame(),
+            Err(FrameError::Oversized { len: 8, max: 4 })
+        );
     }
 
     #[test]
@@ -196,9 +214,15 @@ mod tests {
     fn truncation_is_reported_at_finish() {
         let mut dec = FrameDecoder::new(100);
         feed(&mut dec, &[0, 0]);
-        assert_eq!(dec.finish(), Err(FrameError::Truncated { have: 2, need: 4 }));
+        assert_eq!(
+            dec.finish(),
+            Err(FrameError::Truncated { have: 2, need: 4 })
+        );
         feed(&mut dec, &[0, 5, b'a']);
         assert_eq!(dec.next_frame(), Ok(None));
-        assert_eq!(dec.finish(), Err(FrameError::Truncated { have: 5, need: 9 }));
+        assert_eq!(
+            dec.finish(),
+            Err(FrameError::Truncated { have: 5, need: 9 })
+        );
     }
 }

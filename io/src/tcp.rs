@@ -31,7 +31,10 @@ impl FrameReader {
         // SAFETY: `into_raw_fd` hands over sole ownership of an open, connected socket, which
         // the glommio stream takes (glommio 0.9 only converts from socket2 0.4, hence the fd).
         let stream = unsafe { TcpStream::from_raw_fd(stream.into_raw_fd()) };
-        Self { stream, decoder: FrameDecoder::new(max_frame) }
+        Self {
+            stream,
+            decoder: FrameDecoder::new(max_frame),
+        }
     }
 
     /// Reads what the socket has; `Ok(false)` on a clean end of stream (not inside a frame).
@@ -55,7 +58,12 @@ impl FrameReader {
 #[derive(Debug, Error)]
 pub enum SinkError {
     #[error("gave up delivering {records} records ({bytes} bytes) to {addr}: {reason}")]
-    GaveUp { addr: SocketAddr, records: usize, bytes: usize, reason: String },
+    GaveUp {
+        addr: SocketAddr,
+        records: usize,
+        bytes: usize,
+        reason: String,
+    },
 }
 
 /// The connection to the sink address; connects lazily and reconnects with backoff.
@@ -70,7 +78,11 @@ impl TcpSink {
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, stream: None, failures: 0 }
+        Self {
+            addr,
+            stream: None,
+            failures: 0,
+        }
     }
 
     /// Writes `bytes`, holding records that end at `record_ends`. If the connection fails, it
@@ -107,7 +119,11 @@ impl TcpSink {
                     tracing::warn!(sink = %self.addr, "sink connection lost: {why}; reconnecting");
                     self.stream = None;
                     let first = record_ends.partition_point(|&e| e <= off);
-                    off = if first == 0 { 0 } else { record_ends[first - 1] };
+                    off = if first == 0 {
+                        0
+                    } else {
+                        record_ends[first - 1]
+                    };
                 }
             }
         }
@@ -135,7 +151,7 @@ impl TcpSink {
                     return Ok(());
                 }
                 Err(e) => {
-                    if self.failures % 50 == 0 {
+                    if self.failures.is_multiple_of(50) {
                         tracing::warn!(sink = %self.addr, "cannot connect to sink: {e}; retrying");
                     }
                     self.failures += 1;

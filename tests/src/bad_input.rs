@@ -42,7 +42,11 @@ fn bad_connection_case(bad: Vec<u8>, complete: &[&str]) {
     run.sink.wait_for(expected.values().sum());
     let (summary, sink) = run.stop();
     check_running_totals(&sink.lines(), &expected);
-    assert_eq!(summary.connection_errors(), 1, "the bad connection is reported");
+    assert_eq!(
+        summary.connection_errors(),
+        1,
+        "the bad connection is reported"
+    );
 }
 
 #[test]
@@ -90,7 +94,11 @@ fn half_frame_then_stall() {
     run.sink.wait_for(expected.values().sum());
     let (summary, sink) = run.stop(); // returns although `stalled` is still open
     check_running_totals(&sink.lines(), &expected);
-    assert_eq!(summary.connection_errors(), 1, "the cut frame is reported at shutdown");
+    assert_eq!(
+        summary.connection_errors(),
+        1,
+        "the cut frame is reported at shutdown"
+    );
     drop(stalled);
 }
 
@@ -98,7 +106,9 @@ fn half_frame_then_stall() {
 #[test]
 fn abrupt_disconnect_mid_stream() {
     let run = Running::start(&word_count::app(), 2, Records::Lines);
-    let first: Vec<String> = (0..2000).map(|i| format!("reset client line {i}")).collect();
+    let first: Vec<String> = (0..2000)
+        .map(|i| format!("reset client line {i}"))
+        .collect();
     let first_refs: Vec<&str> = first.iter().map(String::as_str).collect();
     let mut client = connect_retry(run.input(0), DEADLINE).unwrap();
     client.write_all(&framed(&first_refs)).unwrap();
@@ -117,6 +127,8 @@ fn abrupt_disconnect_mid_stream() {
 
 /// Closes with a TCP reset instead of a clean end of stream.
 fn reset(stream: TcpStream) {
-    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(stream);
 }

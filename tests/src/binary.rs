@@ -18,22 +18,46 @@ fn quokka() -> &'static PathBuf {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "quokka", "--bins", "--manifest-path", manifest]);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "quokka",
+            "--bins",
+            "--manifest-path",
+            manifest,
+        ]);
         if !cfg!(debug_assertions) {
             build.arg("--release");
         }
-        assert!(build.status().expect("run cargo build").success(), "cargo build -p quokka failed");
-        let profile_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+        assert!(
+            build.status().expect("run cargo build").success(),
+            "cargo build -p quokka failed"
+        );
+        let profile_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
         profile_dir.join("quokka")
     })
 }
 
 fn quokka_output(args: &[&str]) -> Output {
-    Command::new(quokka()).args(args).output().expect("run quokka")
+    Command::new(quokka())
+        .args(args)
+        .output()
+        .expect("run quokka")
 }
 
 fn free_port() -> String {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -59,11 +83,23 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
     let out = quokka_output(&["run", "nope", "--in", "127.0.0.1:1", "--out", "127.0.0.1:2"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("no app named `nope`") && err.contains("word_count"), "{err}");
+    assert!(
+        err.contains("no app named `nope`") && err.contains("word_count"),
+        "{err}"
+    );
 
-    let out = quokka_output(&["run", "word_count", "--in", "nowhere", "--out", "127.0.0.1:2"]);
+    let out = quokka_output(&[
+        "run",
+        "word_count",
+        "--in",
+        "nowhere",
+        "--out",
+        "127.0.0.1:2",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("not a HOST:PORT"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("not a HOST:PORT"));
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -72,7 +108,10 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "quokka did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "quokka did not exit after SIGTERM"
+        );
         std::thread::yield_now();
     }
 }
@@ -82,7 +121,16 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
     let sink = Sink::start(Records::Lines);
     let input = free_port();
     let mut child = Command::new(quokka())
-        .args(["run", "word_count", "--in", &input, "--out", &sink.addr().to_string(), "--cores", "2"])
+        .args([
+            "run",
+            "word_count",
+            "--in",
+            &input,
+            "--out",
+            &sink.addr().to_string(),
+            "--cores",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -96,13 +144,19 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
     let total: u64 = expected.values().sum();
     sink.wait_for(total);
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = wait_exit(&mut child);
     assert!(status.success(), "exit status {status}");
     let mut stdout = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(stdout.contains(&format!("{} frames in, {total} outputs out", lines.len())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} frames in, {total} outputs out", lines.len())),
+        "{stdout}"
+    );
     assert!(stdout.contains("source-to-sink latency: p50"), "{stdout}");
     check_running_totals(&sink.lines(), &expected);
 }

@@ -21,7 +21,10 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(records: Records) -> Sink {
-        Self::on(TcpListener::bind("127.0.0.1:0").expect("bind sink"), records)
+        Self::on(
+            TcpListener::bind("127.0.0.1:0").expect("bind sink"),
+            records,
+        )
     }
 
     pub fn on(listener: TcpListener, records: Records) -> Sink {
@@ -55,7 +58,11 @@ impl Sink {
     pub fn lines(&self) -> Vec<Vec<String>> {
         let all = self.outputs.lock().unwrap();
         all.iter()
-            .map(|conn| conn.iter().map(|r| String::from_utf8(r.clone()).expect("UTF-8 output")).collect())
+            .map(|conn| {
+                conn.iter()
+                    .map(|r| String::from_utf8(r.clone()).expect("UTF-8 output"))
+                    .collect()
+            })
             .collect()
     }
 }
@@ -73,7 +80,11 @@ impl Running {
 
     pub fn start_with(app: &App, records: Records, tune: impl FnOnce(&mut Config)) -> Running {
         let sink = Sink::start(records);
-        let inputs = app.sources().iter().map(|_| "127.0.0.1:0".parse().unwrap()).collect();
+        let inputs = app
+            .sources()
+            .iter()
+            .map(|_| "127.0.0.1:0".parse().unwrap())
+            .collect();
         let mut config = Config::new(inputs, sink.addr());
         tune(&mut config);
         let engine = Engine::start(app, config).expect("engine starts");

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 pub fn reference_words(line: &str) -> Vec<String> {
     line.to_lowercase()
         .split(' ')
-        .map(|t| t.trim_matches(|c: char| c.is_ascii_punctuation()).to_string())
+        .map(|t| {
+            t.trim_matches(|c: char| c.is_ascii_punctuation())
+                .to_string()
+        })
         .filter(|w| !w.is_empty())
         .collect()
 }
@@ -30,15 +33,31 @@ pub fn check_running_totals(outputs: &[Vec<String>], expected: &HashMap<String, 
     let mut seen: HashMap<&str, (usize, u64)> = HashMap::new();
     for (conn, lines) in outputs.iter().enumerate() {
         for line in lines {
-            let (word, count) = line.rsplit_once(" => ").unwrap_or_else(|| panic!("bad output line {line:?}"));
-            let count: u64 = count.parse().unwrap_or_else(|_| panic!("bad count in {line:?}"));
+            let (word, count) = line
+                .rsplit_once(" => ")
+                .unwrap_or_else(|| panic!("bad output line {line:?}"));
+            let count: u64 = count
+                .parse()
+                .unwrap_or_else(|_| panic!("bad count in {line:?}"));
             let last = seen.entry(word).or_insert((conn, 0));
-            assert_eq!(last.0, conn, "word {word:?} arrived on two sink connections");
-            assert_eq!(count, last.1 + 1, "word {word:?}: {count} follows {}", last.1);
+            assert_eq!(
+                last.0, conn,
+                "word {word:?} arrived on two sink connections"
+            );
+            assert_eq!(
+                count,
+                last.1 + 1,
+                "word {word:?}: {count} follows {}",
+                last.1
+            );
             last.1 = count;
         }
     }
-    let missing: Vec<_> = expected.iter().filter(|(w, _)| !seen.contains_key(w.as_str())).take(5).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(w, _)| !seen.contains_key(w.as_str()))
+        .take(5)
+        .collect();
     assert!(missing.is_empty(), "words never output, e.g. {missing:?}");
     for (word, (_, count)) in &seen {
         assert_eq!(Some(count), expected.get(*word), "final count of {word:?}");
@@ -51,7 +70,10 @@ mod tests {
 
     #[test]
     fn reference_rule() {
-        assert_eq!(reference_words("The cat's, \"HAT\"  ...!"), ["the", "cat's", "hat"]);
+        assert_eq!(
+            reference_words("The cat's, \"HAT\"  ...!"),
+            ["the", "cat's", "hat"]
+        );
     }
 
     #[test]
@@ -72,6 +94,9 @@ mod tests {
     #[should_panic(expected = "follows")]
     fn a_duplicate_is_caught() {
         let expected = reference_counts(["a a"]);
-        check_running_totals(&[vec!["a => 1".into(), "a => 1".into(), "a => 2".into()]], &expected);
+        check_running_totals(
+            &[vec!["a => 1".into(), "a => 1".into(), "a => 2".into()]],
+            &expected,
+        );
     }
 }

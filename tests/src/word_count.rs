@@ -42,7 +42,11 @@ fn generated_corpus_on(cores: usize) {
     let lines = corpus::lines(CorpusSpec::default());
     let expected = reference_counts(lines.iter().map(String::as_str));
     let total: u64 = expected.values().sum();
-    assert!(total >= 1_000_000 && expected.len() >= 50_000, "{total} words, {} distinct", expected.len());
+    assert!(
+        total >= 1_000_000 && expected.len() >= 50_000,
+        "{total} words, {} distinct",
+        expected.len()
+    );
 
     let run = Running::start(&word_count::app(), cores, Records::Lines);
     let input = run.input(0);

@@ -32,6 +32,10 @@ pub(crate) enum CoreMsg {
     Stop,
 }
 
+/// Frames a source connection handles before it flushes its batches and lets other tasks run:
+/// bounds the time a message waits behind the rest of its read.
+const FRAMES_PER_STEP: usize = 64;
+
 /// The state shared by the tasks of one core.
 pub(crate) struct Core {
     pub id: usize,
@@ -68,7 +72,14 @@ pub(crate) struct CoreSetup {
 
 /// Runs one core until it is stopped and every core's in-flight messages are applied.
 pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
-    let CoreSetup { id, config, dataflow, routes, peers, inbox } = setup;
+    let CoreSetup {
+        id,
+        config,
+        dataflow,
+        routes,
+        peers,
+        inbox,
+    } = setup;
     let core = Rc::new(Core {
         id,
         keyed: RefCell::new(dataflow.keyed(routes.n_slots())),
@@ -93,7 +104,9 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
 
     let mut producers_done = 0;
     while producers_done < core.peers.len() {
-        let Ok(msg) = inbox.recv_async().await else { break };
+        let Ok(msg) = inbox.recv_async().await else {
+            break;
+        };
         match msg {
             CoreMsg::Connection { source, stream } => {
                 glommio::spawn_local(read_source(core.clone(), source, stream)).detach();
@@ -124,7 +137,9 @@ impl Core {
         while self.sink.borrow().len_bytes() >= self.config.sink_buffer {
             self.sink_drained.wait().await;
         }
-        self.keyed.borrow_mut().apply(&mut **batch, &mut self.sink.borrow_mut());
+        self.keyed
+            .borrow_mut()
+            .apply(&mut **batch, &mut self.sink.borrow_mut());
         self.sink_ready.notify_all();
     }
 
@@ -132,11 +147,20 @@ impl Core {
     /// Awaiting each send in turn keeps the connection's order on every channel.
     async fn flush(&self, ingress: &mut dyn Ingress) {
         for dest in 0..self.peers.len() {
-            let Some(mut batch) = ingress.take_batch(dest) else { continue };
+            let Some(mut batch) = ingress.take_batch(dest) else {
+                continue;
+            };
             if dest == self.id {
                 self.apply(&mut batch).await;
-            } else if self.peers[dest].send_async(CoreMsg::Batch(batch)).await.is_err() {
-                tracing::error!(core = self.id, "core {dest} is gone; a batch for it was lost");
+            } else if self.peers[dest]
+                .send_async(CoreMsg::Batch(batch))
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    core = self.id,
+                    "core {dest} is gone; a batch for it was lost"
+                );
             }
         }
     }
@@ -158,7 +182,9 @@ async fn finish_producing(core: Rc<Core>) {
 
 /// Reads one source connection until it ends, fails, or the core stops.
 async fn read_source(core: Rc<Core>, source: usize, stream: TcpStream) {
-    let peer = stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
     let key = core.next_source.get();
     core.next_source.set(key + 1);
     match stream.try_clone() {
@@ -180,35 +206,43 @@ async fn read_source(core: Rc<Core>, source: usize, stream: TcpStream) {
 
     let mut reader = FrameReader::new(stream, core.config.max_frame);
     let mut ingress = core.dataflow.ingress(source, core.peers.len());
-    let error = loop {
+    let error = 'read: loop {
         match reader.read_more().await {
             Ok(true) => {}
             Ok(false) => break None,
             Err(e) => break Some(e.to_string()),
         }
         let now = now_ns();
-        let mut frames = 0;
-        let mut error = None;
+        // Work through what was read in steps of FRAMES_PER_STEP, flushing and yielding between
+        // steps so the sink writer and other connections are never held up by one large read.
         loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => match ingress.push(frame, now, &core.routes) {
-                    Ok(()) => frames += 1,
+            let mut frames = 0;
+            let mut error = None;
+            while frames < FRAMES_PER_STEP {
+                match reader.next_frame() {
+                    Ok(Some(frame)) => match ingress.push(frame, now, &core.routes) {
+                        Ok(()) => frames += 1,
+                        Err(e) => {
+                            error = Some(format!("a frame was rejected by the decoder: {e}"));
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
                     Err(e) => {
-                        error = Some(format!("frame {} rejected by the decoder: {e}", frames + 1));
+                        error = Some(SourceError::from(e).to_string());
                         break;
                     }
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    error = Some(SourceError::from(e).to_string());
-                    break;
                 }
             }
-        }
-        core.report.borrow_mut().frames += frames;
-        core.flush(&mut *ingress).await;
-        if error.is_some() {
-            break error;
+            core.report.borrow_mut().frames += frames as u64;
+            core.flush(&mut *ingress).await;
+            if error.is_some() {
+                break 'read error;
+            }
+            if frames < FRAMES_PER_STEP {
+                break;
+            }
+            futures_lite::future::yield_now().await;
         }
     };
     if let Some(reason) = error {
@@ -223,6 +257,10 @@ async fn read_source(core: Rc<Core>, source: usize, stream: TcpStream) {
 
 impl Core {
     fn dataflow_source_name(&self, source: usize) -> String {
-        self.config.source_names.get(source).cloned().unwrap_or_default()
+        self.config
+            .source_names
+            .get(source)
+            .cloned()
+            .unwrap_or_default()
     }
 }

@@ -24,7 +24,6 @@ use crate::app::App;
 use crate::metrics::{CoreReport, Summary};
 use crate::routing::RoutingTable;
 
-
 /// How to run an app.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -71,11 +70,18 @@ pub fn default_cores() -> usize {
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("app `{app}` has {sources} source(s) but {inputs} input address(es) were given")]
-    InputCount { app: String, sources: usize, inputs: usize },
+    InputCount {
+        app: String,
+        sources: usize,
+        inputs: usize,
+    },
     #[error("invalid configuration: {0}")]
     Config(&'static str),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(
         "core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)"
     )]
@@ -113,14 +119,21 @@ impl Engine {
         let listeners = config
             .inputs
             .iter()
-            .map(|&addr| TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source }))
+            .map(|&addr| {
+                TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let input_addrs = listeners.iter().map(|l| l.local_addr().expect("bound")).collect();
+        let input_addrs = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound"))
+            .collect();
 
         let n = config.cores;
         let cpus = default_cores();
         if n > cpus {
-            tracing::warn!("{n} cores on {cpus} CPUs: executors share CPUs (placement wraps around)");
+            tracing::warn!(
+                "{n} cores on {cpus} CPUs: executors share CPUs (placement wraps around)"
+            );
         }
         let config = Arc::new(config);
         let routes = RoutingTable::uniform(config.n_slots, n as u16);
@@ -145,7 +158,12 @@ impl Engine {
                 });
             match spawned {
                 Ok(handle) => executors.push(handle),
-                Err(e) => return Err(StartError::Executor { core: id, reason: e.to_string() }),
+                Err(e) => {
+                    return Err(StartError::Executor {
+                        core: id,
+                        reason: e.to_string(),
+                    })
+                }
             }
         }
         drop(ready_tx);
@@ -154,10 +172,16 @@ impl Engine {
                 // A core's closure was dropped unrun: its executor failed; join tells why.
                 for (core, handle) in executors.into_iter().enumerate() {
                     if let Err(e) = handle.join() {
-                        return Err(StartError::Executor { core, reason: e.to_string() });
+                        return Err(StartError::Executor {
+                            core,
+                            reason: e.to_string(),
+                        });
                     }
                 }
-                return Err(StartError::Executor { core: 0, reason: "unknown".into() });
+                return Err(StartError::Executor {
+                    core: 0,
+                    reason: "unknown".into(),
+                });
             }
         }
 
@@ -215,7 +239,10 @@ impl Engine {
                 })
             })
             .collect();
-        Summary { cores, elapsed: self.started.elapsed() }
+        Summary {
+            cores,
+            elapsed: self.started.elapsed(),
+        }
     }
 }
 
@@ -236,7 +263,10 @@ fn accept(
                 let _ = stream.set_nodelay(true);
                 let core = next % inboxes.len();
                 next += 1;
-                if inboxes[core].send(CoreMsg::Connection { source, stream }).is_err() {
+                if inboxes[core]
+                    .send(CoreMsg::Connection { source, stream })
+                    .is_err()
+                {
                     return;
                 }
             }

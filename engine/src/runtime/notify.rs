@@ -24,7 +24,10 @@ impl Notify {
     }
 
     pub fn wait(&self) -> Wait<'_> {
-        Wait { notify: self, generation: self.generation.get() }
+        Wait {
+            notify: self,
+            generation: self.generation.get(),
+        }
     }
 }
 

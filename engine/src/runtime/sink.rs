@@ -45,7 +45,11 @@ impl SinkBuffer {
 pub(crate) async fn write_outputs(core: &Core) {
     let mut sink = TcpSink::new(core.config.output);
     let mut writing = SinkBuffer::default();
-    let give_up = || core.drain_deadline.get().is_some_and(|t| Instant::now() >= t);
+    let give_up = || {
+        core.drain_deadline
+            .get()
+            .is_some_and(|t| Instant::now() >= t)
+    };
     loop {
         while core.sink.borrow().is_empty() {
             if core.finished.get() {
@@ -56,13 +60,26 @@ pub(crate) async fn write_outputs(core: &Core) {
         }
         std::mem::swap(&mut writing, &mut *core.sink.borrow_mut());
         core.sink_drained.notify_all();
-        let result = sink.write_records(&writing.bytes, &writing.ends, &give_up).await;
+        {
+            let now = now_ns();
+            let mut report = core.report.borrow_mut();
+            for &t in &writing.ingress {
+                report
+                    .handoff_latency
+                    .saturating_record(now.saturating_sub(t).max(1));
+            }
+        }
+        let result = sink
+            .write_records(&writing.bytes, &writing.ends, &give_up)
+            .await;
         let mut report = core.report.borrow_mut();
         match result {
             Ok(()) => {
                 let now = now_ns();
                 for &t in &writing.ingress {
-                    report.latency.saturating_record(now.saturating_sub(t).max(1));
+                    report
+                        .latency
+                        .saturating_record(now.saturating_sub(t).max(1));
                 }
                 report.outputs += writing.ends.len() as u64;
             }

@@ -31,7 +31,11 @@ pub struct DemoArgs {
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let mut lines: Vec<String> = BILL_OF_RIGHTS.lines().map(str::to_owned).collect();
-    let spec = CorpusSpec { words: args.words, vocabulary: args.vocabulary.max(1), ..CorpusSpec::default() };
+    let spec = CorpusSpec {
+        words: args.words,
+        vocabulary: args.vocabulary.max(1),
+        ..CorpusSpec::default()
+    };
     lines.extend(corpus::lines(spec));
     let mut expected: HashMap<String, u64> = HashMap::new();
     for line in &lines {
@@ -70,14 +74,22 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     send_in_parallel(input, &lines, args.cores.max(1))?;
     if !collector.wait_for(total_words, Duration::from_secs(120)) {
-        bail!("only {} of {} outputs arrived within 120 s", collector.records(), total_words);
+        bail!(
+            "only {} of {} outputs arrived within 120 s",
+            collector.records(),
+            total_words
+        );
     }
     let elapsed = collector.last_record_at().unwrap_or_else(Instant::now) - started;
     let summary = engine.stop();
 
     let finals = finals.lock().unwrap();
     if *finals != expected {
-        bail!("final counts differ from the reference ({} words vs {})", finals.len(), expected.len());
+        bail!(
+            "final counts differ from the reference ({} words vs {})",
+            finals.len(),
+            expected.len()
+        );
     }
     let mut top: Vec<(&String, &u64)> = finals.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -85,14 +97,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for (word, count) in top.iter().take(10) {
         println!("  {word:<12} {count}");
     }
-    println!("every final count matches the reference ({} words)", finals.len());
+    println!(
+        "every final count matches the reference ({} words)",
+        finals.len()
+    );
     println!(
         "{} words in {:.2}s: {:.0} words/s end to end",
         total_words,
         elapsed.as_secs_f64(),
         total_words as f64 / elapsed.as_secs_f64()
     );
-    println!("source-to-sink latency: {}", percentiles(&summary.latency()));
+    println!(
+        "source-to-sink latency: {}",
+        percentiles(&summary.latency())
+    );
     Ok(())
 }
 
@@ -114,7 +132,9 @@ fn send_in_parallel(addr: SocketAddr, lines: &[String], connections: usize) -> R
             })
             .collect();
         for h in handles {
-            h.join().expect("sender thread").context("sending the corpus")?;
+            h.join()
+                .expect("sender thread")
+                .context("sending the corpus")?;
         }
         Ok(())
     })

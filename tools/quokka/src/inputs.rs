@@ -22,14 +22,15 @@ pub fn resolve(sources: &[String], args: &[String]) -> Result<Vec<SocketAddr>> {
     for arg in args {
         let (index, addr) = match arg.split_once('@') {
             Some((name, addr)) => {
-                let i = sources
-                    .iter()
-                    .position(|s| s == name)
-                    .ok_or_else(|| anyhow!("--in {arg}: the app has no source `{name}` (it has: {names})"))?;
+                let i = sources.iter().position(|s| s == name).ok_or_else(|| {
+                    anyhow!("--in {arg}: the app has no source `{name}` (it has: {names})")
+                })?;
                 (i, addr)
             }
             None if sources.len() == 1 => (0, arg.as_str()),
-            None => bail!("--in {arg}: this app has several sources ({names}); write NAME@HOST:PORT"),
+            None => {
+                bail!("--in {arg}: this app has several sources ({names}); write NAME@HOST:PORT")
+            }
         };
         if addrs[index].is_some() {
             bail!("--in: source `{}` is given twice", sources[index]);
@@ -55,25 +56,29 @@ mod tests {
         names(a)
     }
 
+    fn sock(a: &str) -> SocketAddr {
+        a.parse().unwrap()
+    }
+
     #[test]
     fn bare_address_for_one_source() {
         let got = resolve(&names(&["text"]), &args(&["127.0.0.1:7000"])).unwrap();
-        assert_eq!(got, vec!["127.0.0.1:7000".parse().unwrap()]);
+        assert_eq!(got, vec![sock("127.0.0.1:7000")]);
         let got = resolve(&names(&["text"]), &args(&["text@127.0.0.1:7001"])).unwrap();
-        assert_eq!(got, vec!["127.0.0.1:7001".parse().unwrap()]);
+        assert_eq!(got, vec![sock("127.0.0.1:7001")]);
     }
 
     #[test]
     fn named_addresses_follow_source_order() {
         let srcs = names(&["orders", "nbbo"]);
         let got = resolve(&srcs, &args(&["nbbo@127.0.0.1:2", "orders@127.0.0.1:1"])).unwrap();
-        assert_eq!(got, vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
+        assert_eq!(got, vec![sock("127.0.0.1:1"), sock("127.0.0.1:2")]);
     }
 
     #[test]
     fn mistakes_are_explained() {
         let srcs = names(&["orders", "nbbo"]);
-        let err = |a: &[&str]| resolve(&srcs, &args(a)).unwrap_err().to_string();
+        let err = |a: &[&str]| format!("{:#}", resolve(&srcs, &args(a)).unwrap_err());
         assert!(err(&[]).contains("no --in"));
         assert!(err(&["127.0.0.1:1"]).contains("NAME@HOST:PORT"));
         assert!(err(&["trades@127.0.0.1:1"]).contains("no source `trades`"));

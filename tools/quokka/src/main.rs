@@ -77,7 +77,11 @@ fn main() {
 fn run(args: RunArgs) -> Result<()> {
     let info = quokka_apps::find(&args.app).with_context(|| {
         let names: Vec<_> = quokka_apps::all().iter().map(|a| a.name).collect();
-        format!("no app named `{}` (linked apps: {})", args.app, names.join(", "))
+        format!(
+            "no app named `{}` (linked apps: {})",
+            args.app,
+            names.join(", ")
+        )
     })?;
     let app = (info.build)();
     let inputs = resolve(app.sources(), &args.inputs)?;
@@ -102,7 +106,11 @@ fn run(args: RunArgs) -> Result<()> {
         .zip(engine.input_addrs())
         .map(|(name, addr)| format!("{name}@{addr}"))
         .collect();
-    tracing::info!("{} running: sources {}, sink {output}", app.name(), listening.join(" "));
+    tracing::info!(
+        "{} running: sources {}, sink {output}",
+        app.name(),
+        listening.join(" ")
+    );
     let signal = signals.forever().next();
     tracing::info!("signal {signal:?}: stopping sources, draining in-flight messages");
     let summary = engine.stop();

@@ -1,0 +1,36 @@
+//! `quokka-bench`: end-to-end benchmarks of the engine over loopback TCP. Each prints the cost
+//! per message and latency percentiles, and times a baseline in the same run so results can be
+//! quoted as ratios. Results worth keeping go to `bench/RESULTS.md`.
+
+mod channels;
+mod util;
+mod wordcount;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Quokka's benchmarks.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Word count: throughput at max rate, latency at half of it, memory per entity, against a
+    /// single-threaded in-process baseline.
+    Wordcount(wordcount::Args),
+    /// Cross-core channels (flume against glommio's shared channel), single and batched.
+    Channels(channels::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Wordcount(args) => wordcount::run(args),
+        Bench::Channels(args) => channels::run(args),
+    }
+}

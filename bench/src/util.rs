@@ -1,0 +1,68 @@
+//! Helpers shared by the benchmarks: pinning, pacing, resident memory, medians.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use quokka_io::client::FrameSender;
+
+/// Pins the calling thread (and the threads it spawns later) to the last CPU, leaving the first
+/// ones to the engine's executors.
+pub fn pin_to_last_cpu() -> usize {
+    let ids = core_affinity::get_core_ids().unwrap_or_default();
+    match ids.last() {
+        Some(&id) => {
+            core_affinity::set_for_current(id);
+            id.id
+        }
+        None => 0,
+    }
+}
+
+/// Resident memory of this process, in bytes.
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Sends `frames` over one connection, at most `rate` frames/s if given. Returns when the last
+/// frame is written and the connection closed.
+pub fn send_paced(addr: SocketAddr, frames: &[&[u8]], rate: Option<f64>) -> Result<()> {
+    let mut sender = FrameSender::connect(addr, Duration::from_secs(10)).context("connect")?;
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while sent < frames.len() {
+        let due = match rate {
+            // Frames due by now, sent in one burst.
+            Some(r) => ((started.elapsed().as_secs_f64() * r) as usize + 1).min(frames.len()),
+            None => frames.len(),
+        };
+        if due <= sent {
+            let next = started + Duration::from_secs_f64((sent + 1) as f64 / rate.unwrap_or(1.0));
+            let wait = next.saturating_duration_since(Instant::now());
+            // Sleep rather than spin: the sender shares its CPU with the receiver (and, on a
+            // 2-core machine, with an engine core).
+            std::thread::sleep(wait.max(Duration::from_micros(20)));
+            continue;
+        }
+        for f in &frames[sent..due] {
+            sender.send(f)?;
+        }
+        sender.flush()?;
+        sent = due;
+    }
+    sender.finish()?;
+    Ok(())
+}
+
+/// The median of `xs` (the lower middle for an even count).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[(v.len() - 1) / 2]
+}

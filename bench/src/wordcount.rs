@@ -1,0 +1,214 @@
+//! Word count end to end: engine + sender + receiver over loopback, against a single-threaded
+//! in-process baseline (split + hash-map update + format) timed in the same run.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
+use quokka_apps::word_count;
+use quokka_engine::metrics::{human_ns, percentiles};
+use quokka_engine::{Config, Engine, Summary};
+use quokka_io::client::{Collector, Records};
+
+use crate::util::{median, pin_to_last_cpu, resident_bytes, send_paced};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Words per throughput run.
+    #[arg(long, default_value_t = 5_000_000)]
+    words: usize,
+    /// Engine core counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    cores: Vec<usize>,
+    /// Seconds of load at half of the max rate, per latency run.
+    #[arg(long, default_value_t = 5.0)]
+    paced_secs: f64,
+    /// Distinct words held in state for the memory measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    distinct: usize,
+}
+
+struct Run {
+    words_per_sec: f64,
+    summary: Summary,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cpu = pin_to_last_cpu();
+    println!(
+        "# word count benchmark ({} runs each; sender and receiver pinned to CPU {cpu})",
+        args.runs
+    );
+    let spec = CorpusSpec {
+        words: args.words,
+        ..CorpusSpec::default()
+    };
+    let lines = corpus::lines(spec);
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    let total_words = count_words(&lines);
+
+    let base: Vec<f64> = (0..args.runs)
+        .map(|_| baseline(&lines, total_words))
+        .collect();
+    let base_median = median(&base);
+    println!(
+        "baseline (1 thread, no engine, no sockets): {:.2} M words/s",
+        base_median / 1e6
+    );
+
+    for &cores in &args.cores {
+        let max: Vec<Run> = (0..args.runs)
+            .map(|_| one_run(cores, &frames, total_words, None))
+            .collect::<Result<_>>()?;
+        let rates: Vec<f64> = max.iter().map(|r| r.words_per_sec).collect();
+        let max_rate = median(&rates);
+        println!(
+            "cores={cores} max rate: {:.2} M words/s (runs: {}), {:.2}x the baseline, {} ns/word",
+            max_rate / 1e6,
+            list(&rates),
+            max_rate / base_median,
+            (1e9 / max_rate) as u64
+        );
+        println!(
+            "  latency at max rate (median run): {}",
+            percentiles(&median_run(&max).summary.latency())
+        );
+
+        let half = max_rate / 2.0;
+        let words_per_line = total_words as f64 / lines.len() as f64;
+        let n_lines = ((half * args.paced_secs / words_per_line) as usize).min(lines.len());
+        let paced: Vec<Run> = (0..args.runs)
+            .map(|_| {
+                let part = &frames[..n_lines];
+                one_run(
+                    cores,
+                    part,
+                    count_words(&lines[..n_lines]),
+                    Some(half / words_per_line),
+                )
+            })
+            .collect::<Result<_>>()?;
+        let p99s: Vec<f64> = paced
+            .iter()
+            .map(|r| r.summary.latency().value_at_quantile(0.99) as f64)
+            .collect();
+        println!(
+            "cores={cores} at half rate ({:.2} M words/s offered): p99 median {} (runs: {})",
+            half / 1e6,
+            human_ns(median(&p99s) as u64),
+            p99s.iter()
+                .map(|&p| human_ns(p as u64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let paced_median = &median_run(&paced).summary;
+        println!(
+            "  latency (median run): {}",
+            percentiles(&paced_median.latency())
+        );
+        println!(
+            "  engine share (median run): {}",
+            percentiles(&paced_median.handoff_latency())
+        );
+    }
+    memory(args.distinct)?;
+    Ok(())
+}
+
+fn count_words(lines: &[String]) -> u64 {
+    let mut n = 0;
+    for l in lines {
+        word_count::words(l, |_| n += 1);
+    }
+    n
+}
+
+fn list(xs: &[f64]) -> String {
+    xs.iter()
+        .map(|x| format!("{:.2}", x / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn median_run(runs: &[Run]) -> &Run {
+    let rates: Vec<f64> = runs.iter().map(|r| r.words_per_sec).collect();
+    let m = median(&rates);
+    runs.iter()
+        .find(|r| r.words_per_sec == m)
+        .expect("median is one of the runs")
+}
+
+/// The same work with no engine: split, count in one hash map, format the output line.
+fn baseline(lines: &[String], total_words: u64) -> f64 {
+    let started = Instant::now();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut out = Vec::with_capacity(1 << 20);
+    for line in lines {
+        word_count::words(line, |w| {
+            let c = counts.entry(w.to_owned()).or_insert(0);
+            *c += 1;
+            word_count::encode(w, *c, &mut out);
+        });
+        if out.len() > (1 << 20) - 4096 {
+            std::hint::black_box(&out);
+            out.clear();
+        }
+    }
+    std::hint::black_box(&out);
+    total_words as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One engine run: sends `frames` (at `rate` lines/s, or flat out) and waits for every output.
+fn one_run(cores: usize, frames: &[&[u8]], words: u64, rate: Option<f64>) -> Result<Run> {
+    let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
+    let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
+    config.cores = cores;
+    let engine = Engine::start(&word_count::app(), config)?;
+    let started = Instant::now();
+    send_paced(engine.input_addrs()[0], frames, rate)?;
+    if !collector.wait_for(words, Duration::from_secs(300)) {
+        bail!("only {} of {words} outputs arrived", collector.records());
+    }
+    let elapsed = collector.last_record_at().expect("outputs arrived") - started;
+    let summary = engine.stop();
+    Ok(Run {
+        words_per_sec: words as f64 / elapsed.as_secs_f64(),
+        summary,
+    })
+}
+
+/// Resident memory with `distinct` words in state: bytes per entity beyond key and value.
+fn memory(distinct: usize) -> Result<()> {
+    let words: Vec<String> = (0..distinct).map(vocab_word).collect();
+    let key_bytes: usize = words.iter().map(String::len).sum();
+    let lines: Vec<String> = words.chunks(12).map(|c| c.join(" ")).collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+
+    let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
+    let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
+    config.cores = 1;
+    let engine = Engine::start(&word_count::app(), config)?;
+    let before = resident_bytes();
+    send_paced(engine.input_addrs()[0], &frames, None)?;
+    if !collector.wait_for(distinct as u64, Duration::from_secs(300)) {
+        bail!("only {} of {distinct} outputs arrived", collector.records());
+    }
+    let after = resident_bytes();
+    let summary = engine.stop();
+    let per_entity = (after - before) as f64 / summary.entities() as f64;
+    let payload = (key_bytes + 8 * distinct) as f64 / distinct as f64;
+    println!(
+        "memory: {} entities (1 core) grew resident memory by {:.1} MB = {:.1} bytes/entity; key+value {:.1} bytes, overhead {:.1} bytes/entity",
+        summary.entities(),
+        (after - before) as f64 / 1e6,
+        per_entity,
+        payload,
+        per_entity - payload
+    );
+    Ok(())
+}
