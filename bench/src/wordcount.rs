@@ -6,9 +6,10 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
 use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
 use quokka_apps::word_count;
-use quokka_engine::metrics::{human_ns, percentiles};
+use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
 
@@ -74,10 +75,8 @@ pub fn run(args: Args) -> Result<()> {
             max_rate / base_median,
             (1e9 / max_rate) as u64
         );
-        println!(
-            "  latency at max rate (median run): {}",
-            percentiles(&median_run(&max).summary.latency())
-        );
+        let at_max = median_percentiles(&max, |s| s.latency());
+        println!("  latency at max rate (median of runs): {at_max}");
 
         let half = max_rate / 2.0;
         let words_per_line = total_words as f64 / lines.len() as f64;
@@ -106,15 +105,10 @@ pub fn run(args: Args) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let paced_median = &median_run(&paced).summary;
-        println!(
-            "  latency (median run): {}",
-            percentiles(&paced_median.latency())
-        );
-        println!(
-            "  engine share (median run): {}",
-            percentiles(&paced_median.handoff_latency())
-        );
+        let latency = median_percentiles(&paced, |s| s.latency());
+        let share = median_percentiles(&paced, |s| s.handoff_latency());
+        println!("  latency (median of runs): {latency}");
+        println!("  engine share (median of runs): {share}");
     }
     memory(args.distinct)?;
     Ok(())
@@ -135,12 +129,27 @@ fn list(xs: &[f64]) -> String {
         .join(", ")
 }
 
-fn median_run(runs: &[Run]) -> &Run {
-    let rates: Vec<f64> = runs.iter().map(|r| r.words_per_sec).collect();
-    let m = median(&rates);
-    runs.iter()
-        .find(|r| r.words_per_sec == m)
-        .expect("median is one of the runs")
+/// Each latency percentile as the median over the runs.
+fn median_percentiles(runs: &[Run], hist: impl Fn(&Summary) -> Histogram<u64>) -> String {
+    let hists: Vec<Histogram<u64>> = runs.iter().map(|r| hist(&r.summary)).collect();
+    let at = |q: f64| {
+        let xs: Vec<f64> = hists
+            .iter()
+            .map(|h| h.value_at_quantile(q) as f64)
+            .collect();
+        human_ns(median(&xs) as u64)
+    };
+    let qs = [
+        (0.5, "p50"),
+        (0.99, "p99"),
+        (0.999, "p99.9"),
+        (0.9999, "p99.99"),
+        (1.0, "max"),
+    ];
+    qs.iter()
+        .map(|&(q, name)| format!("{name} {}", at(q)))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 /// The same work with no engine: split, count in one hash map, format the output line.
@@ -183,32 +192,46 @@ fn one_run(cores: usize, frames: &[&[u8]], words: u64, rate: Option<f64>) -> Res
 }
 
 /// Resident memory with `distinct` words in state: bytes per entity beyond key and value.
+/// A control run first sends as many words that are all one word: its growth is the engine's
+/// transient memory (buffers), which the allocator then reuses in the measured run.
 fn memory(distinct: usize) -> Result<()> {
     let words: Vec<String> = (0..distinct).map(vocab_word).collect();
     let key_bytes: usize = words.iter().map(String::len).sum();
+    let same: Vec<String> = vec!["same".to_string(); distinct];
+    let (control, _) = resident_growth(&same)?;
+    let (growth, entities) = resident_growth(&words)?;
+    let per_entity = growth as f64 / entities as f64;
+    let payload = (key_bytes + 8 * distinct) as f64 / distinct as f64;
+    println!(
+        "memory: {entities} entities (1 core) grew resident memory by {:.1} MB = {:.1} bytes/entity; \
+         key+value {:.1} bytes, overhead {:.1} bytes/entity (control run with 1 entity grew {:.1} MB)",
+        growth as f64 / 1e6,
+        per_entity,
+        payload,
+        per_entity - payload,
+        control as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Runs word count on one core over `words` and returns (resident growth, entities).
+fn resident_growth(words: &[String]) -> Result<(u64, u64)> {
     let lines: Vec<String> = words.chunks(12).map(|c| c.join(" ")).collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
-
     let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
     config.cores = 1;
     let engine = Engine::start(&word_count::app(), config)?;
     let before = resident_bytes();
     send_paced(engine.input_addrs()[0], &frames, None)?;
-    if !collector.wait_for(distinct as u64, Duration::from_secs(300)) {
-        bail!("only {} of {distinct} outputs arrived", collector.records());
+    if !collector.wait_for(words.len() as u64, Duration::from_secs(300)) {
+        bail!(
+            "only {} of {} outputs arrived",
+            collector.records(),
+            words.len()
+        );
     }
     let after = resident_bytes();
     let summary = engine.stop();
-    let per_entity = (after - before) as f64 / summary.entities() as f64;
-    let payload = (key_bytes + 8 * distinct) as f64 / distinct as f64;
-    println!(
-        "memory: {} entities (1 core) grew resident memory by {:.1} MB = {:.1} bytes/entity; key+value {:.1} bytes, overhead {:.1} bytes/entity",
-        summary.entities(),
-        (after - before) as f64 / 1e6,
-        per_entity,
-        payload,
-        per_entity - payload
-    );
-    Ok(())
+    Ok((after.saturating_sub(before), summary.entities()))
 }
