@@ -13,6 +13,8 @@
 pub mod app;
 pub mod hash;
 pub mod metrics;
+pub mod migration;
+pub mod planner;
 pub mod routing;
 pub mod runtime;
 pub mod store;

@@ -28,6 +28,10 @@ impl RoutingTable {
         self.epoch
     }
 
+    pub(crate) fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
     pub fn n_slots(&self) -> u32 {
         self.owners.len() as u32
     }
@@ -45,6 +49,34 @@ impl RoutingTable {
         }
         counts
     }
+
+    /// How many slots `core` owns.
+    pub fn slots_of(&self, core: CoreId) -> u32 {
+        self.owners.iter().filter(|&&o| o == core).count() as u32
+    }
+
+    /// The slots `core` owns, in order.
+    pub fn owned_by(&self, core: CoreId) -> impl Iterator<Item = u32> + '_ {
+        (0..self.n_slots()).filter(move |&s| self.owner(s) == core)
+    }
+
+    /// The next epoch's table: this one with `moves` applied.
+    pub fn with_moves(&self, moves: &[Move]) -> RoutingTable {
+        let mut owners = self.owners.clone();
+        for m in moves {
+            debug_assert_eq!(owners[m.slot as usize], m.from, "move of slot {} from a non-owner", m.slot);
+            owners[m.slot as usize] = m.to;
+        }
+        RoutingTable { epoch: self.epoch + 1, owners }
+    }
+}
+
+/// A slot changing owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub slot: u32,
+    pub from: CoreId,
+    pub to: CoreId,
 }
 
 #[cfg(test)]

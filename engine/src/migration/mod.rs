@@ -1,0 +1,394 @@
+//! The slot migration protocol of one core, as a pure state machine over plain data; the runtime
+//! only carries out what it returns. One routing change is cut into steps; each step moves a
+//! bounded set of slots from epoch `e` to `e + 1`:
+//!
+//! 1. **prepare** (every core, before any switches): a core learns which slots come to it and
+//!    which leave. Incoming slots start buffering, so a message routed at `e + 1` can never reach
+//!    a core that does not expect it.
+//! 2. **switch** (every core, in any order): the core routes at `e + 1` from now on and sends an
+//!    epoch marker to every old owner of a moving slot. Channels are FIFO, so nothing routed at
+//!    `e` follows the marker.
+//! 3. An old owner keeps applying messages of its leaving slots until it holds the markers of
+//!    every producer; then the slots are complete and it hands them off (archive + send).
+//! 4. The new owner installs a handoff, applies the messages it buffered in arrival order, and
+//!    acknowledges; the old owner keeps the slot's entities until then.
+//!
+//! Slots that do not move are never held up: they stay `Owned` throughout.
+
+#[cfg(test)]
+mod simulation;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::routing::{CoreId, Move, RoutingTable};
+
+/// One step of a routing change: from the current epoch to `table.epoch()`.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The next epoch's table.
+    pub table: Arc<RoutingTable>,
+    /// The slots that change owner in this step.
+    pub moves: Vec<Move>,
+    /// Every core that routes keyed messages at the old epoch; each owes every old owner a marker.
+    pub producers: Vec<CoreId>,
+}
+
+impl Transition {
+    /// The cores giving up slots in this step.
+    pub fn old_owners(&self) -> BTreeSet<CoreId> {
+        self.moves.iter().map(|m| m.from).collect()
+    }
+}
+
+/// A protocol violation: a bug in the runtime or the coordinator, reported, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    #[error("a step to epoch {0} is still in progress")]
+    Busy(u64),
+    #[error("transition to epoch {got} does not follow epoch {current}")]
+    EpochGap { current: u64, got: u64 },
+    #[error("no step is in progress")]
+    NoStep,
+    #[error("slot {slot} is {state}, expected {expected}")]
+    SlotState { slot: u32, state: &'static str, expected: &'static str },
+    #[error("marker from core {from} for epoch {epoch}, which this step does not expect")]
+    UnexpectedMarker { from: CoreId, epoch: u64 },
+}
+
+/// What became of a keyed message delivered to this core.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery<M> {
+    /// The core owns the slot: apply the message now.
+    Apply(M),
+    /// The slot is on its way here: the message waits for the handoff.
+    Buffered,
+    /// The core neither owns nor expects the slot: a routing bug; the message is returned.
+    Misrouted(M),
+}
+
+/// What a core must do after switching epochs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Switched {
+    /// Send an epoch marker to each of these cores (after everything already sent to them).
+    pub markers_to: Vec<CoreId>,
+    /// Slots now complete: archive and hand them off.
+    pub handoffs: Vec<Move>,
+}
+
+#[derive(Debug)]
+enum SlotState<M> {
+    Absent,
+    Owned,
+    Incoming(Vec<M>),
+    Outgoing,
+    HandedOff,
+}
+
+impl<M> SlotState<M> {
+    fn name(&self) -> &'static str {
+        match self {
+            SlotState::Absent => "absent",
+            SlotState::Owned => "owned",
+            SlotState::Incoming(_) => "incoming",
+            SlotState::Outgoing => "outgoing",
+            SlotState::HandedOff => "handed off",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Step {
+    to_epoch: u64,
+    switched: bool,
+    outgoing: Vec<Move>,
+    markers_missing: BTreeSet<CoreId>,
+    marker_targets: Vec<CoreId>,
+    incoming_left: usize,
+    unacknowledged: usize,
+    handed_off: bool,
+}
+
+/// One core's view of slot ownership during migrations, generic over the buffered message type.
+#[derive(Debug)]
+pub struct Protocol<M> {
+    me: CoreId,
+    epoch: u64,
+    slots: Vec<SlotState<M>>,
+    step: Option<Step>,
+}
+
+impl<M> Protocol<M> {
+    /// A core that owns what `table` gives it.
+    pub fn new(me: CoreId, table: &RoutingTable) -> Self {
+        let slots = (0..table.n_slots())
+            .map(|s| if table.owner(s) == me { SlotState::Owned } else { SlotState::Absent })
+            .collect();
+        Self { me, epoch: table.epoch(), slots, step: None }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// True while a step involves this core.
+    pub fn in_step(&self) -> bool {
+        self.step.is_some()
+    }
+
+    /// Slots this core owns now (leaving slots count until they are handed off).
+    pub fn owned(&self) -> usize {
+        self.slots.iter().filter(|s| matches!(s, SlotState::Owned | SlotState::Outgoing)).count()
+    }
+
+    /// Messages waiting for incoming slots.
+    pub fn buffered(&self) -> usize {
+        self.slots.iter().map(|s| if let SlotState::Incoming(b) = s { b.len() } else { 0 }).sum()
+    }
+
+    /// Learns a step before anyone switches: starts buffering for incoming slots.
+    pub fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError> {
+        if let Some(step) = &self.step {
+            return Err(ProtocolError::Busy(step.to_epoch));
+        }
+        if t.table.epoch() != self.epoch + 1 {
+            return Err(ProtocolError::EpochGap { current: self.epoch, got: t.table.epoch() });
+        }
+        for m in &t.moves {
+            let state = &self.slots[m.slot as usize];
+            let ok = (m.to != self.me || matches!(state, SlotState::Absent))
+                && (m.from != self.me || matches!(state, SlotState::Owned));
+            if !ok {
+                let expected = if m.to == self.me { "absent" } else { "owned" };
+                return Err(ProtocolError::SlotState { slot: m.slot, state: state.name(), expected });
+            }
+        }
+        let outgoing: Vec<Move> = t.moves.iter().filter(|m| m.from == self.me).copied().collect();
+        let mut incoming_left = 0;
+        for m in t.moves.iter().filter(|m| m.to == self.me) {
+            self.slots[m.slot as usize] = SlotState::Incoming(Vec::new());
+            incoming_left += 1;
+        }
+        for m in &outgoing {
+            self.slots[m.slot as usize] = SlotState::Outgoing;
+        }
+        let markers_missing =
+            if outgoing.is_empty() { BTreeSet::new() } else { t.producers.iter().copied().collect() };
+        let marker_targets = t.old_owners().into_iter().filter(|&c| c != self.me).collect();
+        self.step = Some(Step {
+            to_epoch: t.table.epoch(),
+            switched: false,
+            outgoing,
+            markers_missing,
+            marker_targets,
+            incoming_left,
+            unacknowledged: 0,
+            handed_off: false,
+        });
+        Ok(())
+    }
+
+    /// Switches to the step's epoch: from now on this core routes with the new table.
+    pub fn switch(&mut self) -> Result<Switched, ProtocolError> {
+        let me = self.me;
+        let step = self.step.as_mut().ok_or(ProtocolError::NoStep)?;
+        if step.switched {
+            return Err(ProtocolError::Busy(step.to_epoch));
+        }
+        step.switched = true;
+        step.markers_missing.remove(&me);
+        self.epoch = step.to_epoch;
+        let markers_to = step.marker_targets.clone();
+        let handoffs = self.ready_handoffs();
+        self.finish_if_done();
+        Ok(Switched { markers_to, handoffs })
+    }
+
+    /// A producer's marker: it sends nothing more routed at the old epoch. Returns the slots
+    /// that became complete.
+    pub fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError> {
+        let step = self.step.as_mut().ok_or(ProtocolError::UnexpectedMarker { from, epoch })?;
+        if epoch + 1 != step.to_epoch || !step.markers_missing.remove(&from) {
+            return Err(ProtocolError::UnexpectedMarker { from, epoch });
+        }
+        Ok(self.ready_handoffs())
+    }
+
+    fn ready_handoffs(&mut self) -> Vec<Move> {
+        let Some(step) = self.step.as_mut() else { return Vec::new() };
+        if !step.switched || !step.markers_missing.is_empty() || step.handed_off {
+            return Vec::new();
+        }
+        step.handed_off = true;
+        step.unacknowledged = step.outgoing.len();
+        for m in &step.outgoing {
+            self.slots[m.slot as usize] = SlotState::HandedOff;
+        }
+        std::mem::take(&mut step.outgoing)
+    }
+
+    /// Routes a keyed message for `slot` that arrived here.
+    pub fn deliver(&mut self, slot: u32, msg: M) -> Delivery<M> {
+        match &mut self.slots[slot as usize] {
+            SlotState::Owned | SlotState::Outgoing => Delivery::Apply(msg),
+            SlotState::Incoming(buffer) => {
+                buffer.push(msg);
+                Delivery::Buffered
+            }
+            SlotState::Absent | SlotState::HandedOff => Delivery::Misrouted(msg),
+        }
+    }
+
+    /// The handoff of `slot` is installed: the slot is owned here; returns the messages that
+    /// waited for it, in arrival order.
+    pub fn install(&mut self, slot: u32) -> Result<Vec<M>, ProtocolError> {
+        let state = std::mem::replace(&mut self.slots[slot as usize], SlotState::Owned);
+        let SlotState::Incoming(buffer) = state else {
+            let name = state.name();
+            self.slots[slot as usize] = state;
+            return Err(ProtocolError::SlotState { slot, state: name, expected: "incoming" });
+        };
+        if let Some(step) = self.step.as_mut() {
+            step.incoming_left -= 1;
+        }
+        self.finish_if_done();
+        Ok(buffer)
+    }
+
+    /// The new owner acknowledged `slot`: its entities here may be dropped.
+    pub fn acknowledged(&mut self, slot: u32) -> Result<(), ProtocolError> {
+        let state = &self.slots[slot as usize];
+        if !matches!(state, SlotState::HandedOff) {
+            let state = state.name();
+            return Err(ProtocolError::SlotState { slot, state, expected: "handed off" });
+        }
+        self.slots[slot as usize] = SlotState::Absent;
+        if let Some(step) = self.step.as_mut() {
+            step.unacknowledged -= 1;
+        }
+        self.finish_if_done();
+        Ok(())
+    }
+
+    fn finish_if_done(&mut self) {
+        let done = self.step.as_ref().is_some_and(|s| {
+            s.switched
+                && s.markers_missing.is_empty()
+                && s.outgoing.is_empty()
+                && s.incoming_left == 0
+                && s.unacknowledged == 0
+        });
+        if done {
+            self.step = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots 0..4; core 0 owns 0,1 and core 1 owns 2,3 at epoch 0; slot 1 moves to core 1.
+    fn setup() -> (RoutingTable, Transition) {
+        let t0 = RoutingTable::uniform(4, 2);
+        let moves = vec![Move { slot: 1, from: 0, to: 1 }];
+        let t1 = t0.with_moves(&moves);
+        (t0, Transition { table: Arc::new(t1), moves, producers: vec![0, 1] })
+    }
+
+    #[test]
+    fn old_owner_applies_until_every_marker_then_hands_off() {
+        let (t0, tr) = setup();
+        let mut p = Protocol::<&str>::new(0, &t0);
+        p.prepare(&tr).unwrap();
+        assert_eq!(p.deliver(1, "late e0 message"), Delivery::Apply("late e0 message"));
+        let sw = p.switch().unwrap();
+        assert_eq!(sw.markers_to, Vec::<CoreId>::new(), "no other old owner");
+        assert!(sw.handoffs.is_empty(), "core 1's marker is missing");
+        assert_eq!(p.deliver(1, "still e0 from core 1"), Delivery::Apply("still e0 from core 1"));
+        let ready = p.on_marker(1, 0).unwrap();
+        assert_eq!(ready, vec![Move { slot: 1, from: 0, to: 1 }]);
+        assert!(matches!(p.deliver(1, "x"), Delivery::Misrouted("x")));
+        assert!(p.in_step(), "waits for the acknowledgement");
+        p.acknowledged(1).unwrap();
+        assert!(!p.in_step());
+        assert_eq!(p.epoch(), 1);
+        assert_eq!(p.owned(), 1);
+    }
+
+    #[test]
+    fn marker_before_own_switch_counts() {
+        let (t0, tr) = setup();
+        let mut p = Protocol::<u8>::new(0, &t0);
+        p.prepare(&tr).unwrap();
+        assert!(p.on_marker(1, 0).unwrap().is_empty(), "not switched yet");
+        let sw = p.switch().unwrap();
+        assert_eq!(sw.handoffs.len(), 1);
+    }
+
+    #[test]
+    fn new_owner_buffers_until_install_and_returns_in_order() {
+        let (t0, tr) = setup();
+        let mut p = Protocol::<u32>::new(1, &t0);
+        assert!(matches!(p.deliver(1, 0), Delivery::Misrouted(0)));
+        p.prepare(&tr).unwrap();
+        assert_eq!(p.deliver(1, 1), Delivery::Buffered);
+        let sw = p.switch().unwrap();
+        assert_eq!(sw.markers_to, vec![0], "core 0 gives up a slot and needs our marker");
+        assert!(sw.handoffs.is_empty());
+        assert_eq!(p.deliver(1, 2), Delivery::Buffered);
+        assert_eq!(p.deliver(2, 9), Delivery::Apply(9), "unmoved slots never wait");
+        assert_eq!(p.buffered(), 2);
+        assert_eq!(p.install(1).unwrap(), vec![1, 2]);
+        assert_eq!(p.deliver(1, 3), Delivery::Apply(3));
+        assert!(!p.in_step());
+        assert_eq!(p.owned(), 3);
+    }
+
+    #[test]
+    fn bystander_finishes_at_switch() {
+        let t0 = RoutingTable::uniform(6, 3);
+        let moves = vec![Move { slot: 0, from: 0, to: 1 }];
+        let tr = Transition { table: Arc::new(t0.with_moves(&moves)), moves, producers: vec![0, 1, 2] };
+        let mut p = Protocol::<u8>::new(2, &t0);
+        p.prepare(&tr).unwrap();
+        assert_eq!(p.switch().unwrap().markers_to, vec![0]);
+        assert!(!p.in_step());
+    }
+
+    #[test]
+    fn violations_are_errors() {
+        let (t0, tr) = setup();
+        let mut p = Protocol::<u8>::new(0, &t0);
+        assert_eq!(p.switch(), Err(ProtocolError::NoStep));
+        assert_eq!(p.on_marker(1, 0), Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 0 }));
+        let mut skip = tr.clone();
+        skip.table = Arc::new(tr.table.with_moves(&[]));
+        assert_eq!(p.prepare(&skip), Err(ProtocolError::EpochGap { current: 0, got: 2 }));
+        p.prepare(&tr).unwrap();
+        assert_eq!(p.prepare(&tr), Err(ProtocolError::Busy(1)));
+        assert_eq!(p.on_marker(1, 5), Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 5 }));
+        assert_eq!(p.on_marker(7, 0), Err(ProtocolError::UnexpectedMarker { from: 7, epoch: 0 }));
+        assert!(matches!(p.install(1), Err(ProtocolError::SlotState { slot: 1, .. })));
+        assert!(matches!(p.acknowledged(0), Err(ProtocolError::SlotState { slot: 0, .. })));
+        p.switch().unwrap();
+        assert_eq!(p.switch(), Err(ProtocolError::Busy(1)));
+        assert_eq!(p.on_marker(1, 0).unwrap().len(), 1);
+        assert_eq!(p.on_marker(1, 0), Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 0 }));
+    }
+
+    #[test]
+    fn prepare_checks_slot_states() {
+        let (t0, _) = setup();
+        let moves = vec![Move { slot: 2, from: 0, to: 1 }]; // core 0 does not own slot 2
+        let tr = Transition { table: Arc::new(t0.with_moves(&[])), moves, producers: vec![0, 1] };
+        let mut p = Protocol::<u8>::new(0, &t0);
+        assert!(matches!(p.prepare(&tr), Err(ProtocolError::SlotState { slot: 2, .. })));
+        let mut q = Protocol::<u8>::new(1, &t0);
+        let moves = vec![Move { slot: 2, from: 0, to: 1 }]; // core 1 already owns slot 2
+        let tr = Transition { table: Arc::new(t0.with_moves(&[])), moves, producers: vec![0, 1] };
+        assert!(matches!(q.prepare(&tr), Err(ProtocolError::SlotState { slot: 2, .. })));
+    }
+}

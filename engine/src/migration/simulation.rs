@@ -1,0 +1,293 @@
+//! A deterministic, seeded simulation of the migration protocol: cores produce keyed messages,
+//! FIFO channels between every pair of cores deliver them in random interleavings, and a series
+//! of grow/shrink changes runs through prepare, switch (in random order and at random times),
+//! markers, handoffs and acknowledgements. Checks per-key order and exactly-once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::{Delivery, Protocol, Transition};
+use crate::planner::{plan, steps, Change};
+use crate::routing::{CoreId, Move, RoutingTable};
+
+/// A message: which producer sent it, its sequence number for that (producer, key), the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Msg {
+    producer: CoreId,
+    seq: u64,
+    key: u32,
+}
+
+/// Per-key state: messages applied, and the last sequence number seen per producer.
+#[derive(Debug, Clone, Default)]
+struct KeyState {
+    applied: u64,
+    last_seq: HashMap<CoreId, u64>,
+}
+
+enum Wire {
+    Data(u32, Msg),
+    Marker(u64),
+    Handoff(u32, HashMap<u32, KeyState>),
+    Ack(u32),
+}
+
+struct Core {
+    protocol: Protocol<Msg>,
+    table: Arc<RoutingTable>,
+    state: HashMap<u32, KeyState>,
+    pending_switch: bool,
+}
+
+/// xorshift64*: deterministic per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const N_CORES: usize = 4;
+const N_SLOTS: u32 = 16;
+const N_KEYS: u32 = 40;
+
+struct Sim {
+    rng: Rng,
+    cores: Vec<Core>,
+    /// FIFO channel from core `i` to core `j` at `i * N_CORES + j`.
+    channels: Vec<VecDeque<Wire>>,
+    produced: HashMap<(CoreId, u32), u64>,
+    members: Vec<CoreId>,
+    table: RoutingTable,
+    plan: VecDeque<(RoutingTable, Vec<Move>)>,
+    active: Option<usize>,
+}
+
+fn slot_of_key(key: u32) -> u32 {
+    key % N_SLOTS
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let table = RoutingTable::uniform(N_SLOTS, 1);
+        let cores = (0..N_CORES as CoreId)
+            .map(|c| Core {
+                protocol: Protocol::new(c, &table),
+                table: Arc::new(table.clone()),
+                state: HashMap::new(),
+                pending_switch: false,
+            })
+            .collect();
+        Sim {
+            rng: Rng(seed | 1),
+            cores,
+            channels: (0..N_CORES * N_CORES).map(|_| VecDeque::new()).collect(),
+            produced: HashMap::new(),
+            members: vec![0],
+            table,
+            plan: VecDeque::new(),
+            active: None,
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, wire: Wire) {
+        if from == to {
+            self.receive(to, from, wire);
+        } else {
+            self.channels[from * N_CORES + to].push_back(wire);
+        }
+    }
+
+    fn produce(&mut self, core: usize) {
+        let key = self.rng.below(N_KEYS as usize) as u32;
+        let seq = self.produced.entry((core as CoreId, key)).or_insert(0);
+        *seq += 1;
+        let msg = Msg { producer: core as CoreId, seq: *seq, key };
+        let slot = slot_of_key(key);
+        let owner = usize::from(self.cores[core].table.owner(slot));
+        self.send(core, owner, Wire::Data(slot, msg));
+    }
+
+    fn apply(&mut self, core: usize, msg: Msg) {
+        let entry = self.cores[core].state.entry(msg.key).or_default();
+        let last = entry.last_seq.entry(msg.producer).or_insert(0);
+        assert_eq!(msg.seq, *last + 1, "key {} from producer {}: order or exactly-once broken", msg.key, msg.producer);
+        *last = msg.seq;
+        entry.applied += 1;
+    }
+
+    fn receive(&mut self, core: usize, from: usize, wire: Wire) {
+        match wire {
+            Wire::Data(slot, msg) => match self.cores[core].protocol.deliver(slot, msg) {
+                Delivery::Apply(m) => self.apply(core, m),
+                Delivery::Buffered => {}
+                Delivery::Misrouted(m) => panic!("core {core} got {m:?} for slot {slot} it does not own"),
+            },
+            Wire::Marker(epoch) => {
+                let ready = self.cores[core].protocol.on_marker(from as CoreId, epoch).unwrap();
+                self.hand_off(core, ready);
+            }
+            Wire::Handoff(slot, entities) => {
+                self.cores[core].state.extend(entities);
+                for m in self.cores[core].protocol.install(slot).unwrap() {
+                    self.apply(core, m);
+                }
+                self.send(core, from, Wire::Ack(slot));
+            }
+            Wire::Ack(slot) => self.cores[core].protocol.acknowledged(slot).unwrap(),
+        }
+    }
+
+    fn hand_off(&mut self, core: usize, moves: Vec<Move>) {
+        for m in moves {
+            let keys: Vec<u32> =
+                self.cores[core].state.keys().copied().filter(|&k| slot_of_key(k) == m.slot).collect();
+            let entities = keys.iter().map(|k| (*k, self.cores[core].state.remove(k).unwrap())).collect();
+            self.send(core, usize::from(m.to), Wire::Handoff(m.slot, entities));
+        }
+    }
+
+    fn switch(&mut self, core: usize) {
+        self.cores[core].pending_switch = false;
+        let next = Arc::new(self.table.clone());
+        self.cores[core].table = next;
+        let sw = self.cores[core].protocol.switch().unwrap();
+        let epoch = self.cores[core].protocol.epoch() - 1;
+        for target in sw.markers_to {
+            self.send(core, usize::from(target), Wire::Marker(epoch));
+        }
+        self.hand_off(core, sw.handoffs);
+    }
+
+    /// Starts the next step of the plan, or plans a new random change.
+    fn coordinate(&mut self) {
+        if self.active.is_some() {
+            let busy = self.cores.iter().any(|c| c.protocol.in_step() || c.pending_switch);
+            if busy {
+                return;
+            }
+            self.active = None;
+        }
+        if self.plan.is_empty() {
+            let grow = self.members.len() == 1 || (self.members.len() < N_CORES && self.rng.below(2) == 0);
+            let change = if grow {
+                let free: Vec<CoreId> = (0..N_CORES as CoreId).filter(|c| !self.members.contains(c)).collect();
+                Change::Add(vec![free[self.rng.below(free.len())]])
+            } else {
+                Change::Remove(vec![self.members[self.rng.below(self.members.len())]])
+            };
+            let p = plan(&self.table, &self.members, &change).unwrap();
+            self.members = p.members;
+            self.plan = steps(&self.table, &p.moves, 1 + self.rng.below(5)).into();
+            if self.plan.is_empty() {
+                return;
+            }
+        }
+        let (next, moves) = self.plan.pop_front().unwrap();
+        let t = Transition {
+            table: Arc::new(next.clone()),
+            moves,
+            producers: (0..N_CORES as CoreId).collect(),
+        };
+        for c in &mut self.cores {
+            c.protocol.prepare(&t).unwrap();
+            c.pending_switch = true;
+        }
+        self.table = next;
+        self.active = Some(0);
+    }
+
+    fn step(&mut self) {
+        match self.rng.below(10) {
+            0..=3 => {
+                let core = self.rng.below(N_CORES);
+                self.produce(core);
+            }
+            4..=7 => {
+                let busy: Vec<usize> = (0..self.channels.len()).filter(|&i| !self.channels[i].is_empty()).collect();
+                if !busy.is_empty() {
+                    let ch = busy[self.rng.below(busy.len())];
+                    let wire = self.channels[ch].pop_front().unwrap();
+                    self.receive(ch % N_CORES, ch / N_CORES, wire);
+                }
+            }
+            8 => {
+                let waiting: Vec<usize> = (0..N_CORES).filter(|&c| self.cores[c].pending_switch).collect();
+                if !waiting.is_empty() {
+                    let core = waiting[self.rng.below(waiting.len())];
+                    self.switch(core);
+                }
+            }
+            _ => self.coordinate(),
+        }
+    }
+
+    /// Delivers everything in flight and finishes the current step.
+    fn drain(&mut self) {
+        loop {
+            let waiting: Vec<usize> = (0..N_CORES).filter(|&c| self.cores[c].pending_switch).collect();
+            for c in waiting {
+                self.switch(c);
+            }
+            let Some(ch) = (0..self.channels.len()).find(|&i| !self.channels[i].is_empty()) else { break };
+            let wire = self.channels[ch].pop_front().unwrap();
+            self.receive(ch % N_CORES, ch / N_CORES, wire);
+        }
+    }
+
+    fn check(&self) {
+        for c in &self.cores {
+            assert!(!c.protocol.in_step(), "a step never finished");
+            assert_eq!(c.protocol.buffered(), 0);
+        }
+        let mut applied: HashMap<u32, KeyState> = HashMap::new();
+        for (core, c) in self.cores.iter().enumerate() {
+            for (&key, st) in &c.state {
+                assert_eq!(usize::from(self.table.owner(slot_of_key(key))), core, "key {key} lives on its owner");
+                assert!(applied.insert(key, st.clone()).is_none(), "key {key} on two cores");
+            }
+        }
+        for (&(producer, key), &n) in &self.produced {
+            let st = &applied[&key];
+            assert_eq!(st.last_seq[&producer], n, "key {key} producer {producer}: every message applied");
+        }
+        for (key, st) in &applied {
+            let sent: u64 = self.produced.iter().filter(|((_, k), _)| k == key).map(|(_, n)| n).sum();
+            assert_eq!(st.applied, sent, "key {key} applied exactly once each");
+        }
+    }
+}
+
+#[test]
+fn random_interleavings_keep_order_and_exactly_once() {
+    for seed in 1..=300u64 {
+        let mut sim = Sim::new(seed);
+        for _ in 0..3000 {
+            sim.step();
+        }
+        sim.drain();
+        sim.check();
+    }
+}
+
+#[test]
+fn simulation_really_migrates() {
+    let mut sim = Sim::new(42);
+    let mut epochs = 0;
+    for _ in 0..3000 {
+        sim.step();
+        epochs = epochs.max(sim.table.epoch());
+    }
+    sim.drain();
+    sim.check();
+    assert!(epochs >= 10, "only {epochs} epochs: the simulation must exercise many steps");
+    assert!(sim.cores.iter().filter(|c| !c.state.is_empty()).count() >= 1);
+}
