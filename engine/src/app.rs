@@ -19,10 +19,9 @@
 //! assert_eq!(app.sources(), ["text"]);
 //! ```
 //!
-//! The typed builder is a thin generic layer; it erases its closures into the [`Dataflow`]
-//! objects the runtime drives, so the engine is not monomorphised per app.
+//! The typed builder is a thin generic layer; it erases its closures into the `Dataflow`
+//! objects the runtime drives (see `dataflow.rs`), so the engine is not monomorphised per app.
 
-use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -32,10 +31,7 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
-use crate::hash::{slot_of, stable_hash};
-use crate::routing::RoutingTable;
-use crate::runtime::sink::SinkBuffer;
-use crate::store::SlotStore;
+use crate::dataflow::{Dataflow, Typed};
 
 /// A frame a source's decoder could not read: a bad input, reported per connection.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,7 +49,7 @@ impl DecodeError {
 }
 
 /// Hands values to the next step; a step may emit zero, one or many per input.
-pub struct Emit<'a, T>(&'a mut dyn FnMut(T));
+pub struct Emit<'a, T>(pub(crate) &'a mut dyn FnMut(T));
 
 impl<T> Emit<'_, T> {
     pub fn emit(&mut self, value: T) {
@@ -68,10 +64,10 @@ pub trait State:
     + Send
     + 'static
     + rkyv::Archive<
-        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-                      + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>,
+        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                      + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
     >
-    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
 {
 }
 
@@ -80,18 +76,18 @@ impl<S> State for S where
         + Send
         + 'static
         + rkyv::Archive<
-            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-                          + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>,
+            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                          + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
         >
-        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
 {
 }
 
-type Decode<I> = Arc<dyn Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync>;
-type Chain<I, T> = Arc<dyn Fn(I, &mut dyn FnMut(T)) + Send + Sync>;
-type KeyFn<T> = Arc<dyn Fn(&T) -> &[u8] + Send + Sync>;
-type StepFn<S, T, R> = Arc<dyn Fn(&mut S, T, &mut Emit<R>) + Send + Sync>;
-type Encode<O> = Arc<dyn Fn(&O, &mut Vec<u8>) + Send + Sync>;
+pub(crate) type Decode<I> = Arc<dyn Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync>;
+pub(crate) type Chain<I, T> = Arc<dyn Fn(I, &mut dyn FnMut(T)) + Send + Sync>;
+pub(crate) type KeyFn<T> = Arc<dyn Fn(&T) -> &[u8] + Send + Sync>;
+pub(crate) type StepFn<S, T, R> = Arc<dyn Fn(&mut S, T, &mut Emit<R>) + Send + Sync>;
+pub(crate) type Encode<O> = Arc<dyn Fn(&O, &mut Vec<u8>) + Send + Sync>;
 
 struct Source<I> {
     name: String,
@@ -309,153 +305,5 @@ impl App {
     /// The source names, in the order they were added.
     pub fn sources(&self) -> &[String] {
         &self.sources
-    }
-}
-
-// ---- The erased form the runtime drives. ----
-
-/// A batch of keyed messages for one core: a `Vec<KeyedMsg<T>>` behind `Any`.
-pub(crate) type Batch = Box<dyn Any + Send>;
-
-/// A message after `key_by`, on its way to the core that owns its slot.
-pub(crate) struct KeyedMsg<T> {
-    hash: u64,
-    ingress: u64,
-    value: T,
-}
-
-/// The app as the runtime sees it: factories for per-connection and per-core parts.
-pub(crate) trait Dataflow: Send + Sync {
-    /// The part that runs on the core reading a connection of source `source`.
-    fn ingress(&self, source: usize, n_cores: usize) -> Box<dyn Ingress>;
-    /// The keyed part of one core: its state entities and the steps after `key_by`.
-    fn keyed(&self, n_slots: u32) -> Box<dyn KeyedCore>;
-}
-
-/// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
-pub(crate) trait Ingress {
-    /// Decodes a frame and runs it to `key_by`; the keyed messages wait in per-core batches.
-    fn push(
-        &mut self,
-        frame: &[u8],
-        ingress: u64,
-        routes: &RoutingTable,
-    ) -> Result<(), DecodeError>;
-    /// The batch waiting for `core`, if any.
-    fn take_batch(&mut self, core: usize) -> Option<Batch>;
-}
-
-/// One core's keyed state and the steps from the stateful one to the sink encoder.
-pub(crate) trait KeyedCore {
-    /// Applies a batch (from [`Ingress::take_batch`] of this dataflow) in order.
-    fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer);
-    /// State entities held.
-    fn entities(&self) -> usize;
-}
-
-struct Typed<I, T, S, R, O> {
-    decoders: Vec<Decode<I>>,
-    pre: Chain<I, T>,
-    key: KeyFn<T>,
-    step: StepFn<S, T, R>,
-    post: Chain<R, O>,
-    encode: Encode<O>,
-}
-
-impl<I, T, S, R, O> Dataflow for Typed<I, T, S, R, O>
-where
-    I: Send + 'static,
-    T: Send + 'static,
-    S: State,
-    R: 'static,
-    O: 'static,
-{
-    fn ingress(&self, source: usize, n_cores: usize) -> Box<dyn Ingress> {
-        Box::new(TypedIngress {
-            decode: self.decoders[source].clone(),
-            pre: self.pre.clone(),
-            key: self.key.clone(),
-            batches: (0..n_cores).map(|_| Vec::new()).collect(),
-        })
-    }
-
-    fn keyed(&self, n_slots: u32) -> Box<dyn KeyedCore> {
-        Box::new(TypedKeyed {
-            store: SlotStore::new(n_slots),
-            key: self.key.clone(),
-            step: self.step.clone(),
-            post: self.post.clone(),
-            encode: self.encode.clone(),
-        })
-    }
-}
-
-struct TypedIngress<I, T> {
-    decode: Decode<I>,
-    pre: Chain<I, T>,
-    key: KeyFn<T>,
-    batches: Vec<Vec<KeyedMsg<T>>>,
-}
-
-impl<I, T: Send + 'static> Ingress for TypedIngress<I, T> {
-    fn push(
-        &mut self,
-        frame: &[u8],
-        ingress: u64,
-        routes: &RoutingTable,
-    ) -> Result<(), DecodeError> {
-        let input = (self.decode)(frame)?;
-        let Self {
-            pre, key, batches, ..
-        } = self;
-        pre(input, &mut |value| {
-            let hash = stable_hash(key(&value));
-            let owner = routes.owner(slot_of(hash, routes.n_slots()));
-            batches[usize::from(owner)].push(KeyedMsg {
-                hash,
-                ingress,
-                value,
-            });
-        });
-        Ok(())
-    }
-
-    fn take_batch(&mut self, core: usize) -> Option<Batch> {
-        let batch = &mut self.batches[core];
-        (!batch.is_empty()).then(|| Box::new(std::mem::take(batch)) as Batch)
-    }
-}
-
-struct TypedKeyed<T, S, R, O> {
-    store: SlotStore<S>,
-    key: KeyFn<T>,
-    step: StepFn<S, T, R>,
-    post: Chain<R, O>,
-    encode: Encode<O>,
-}
-
-impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
-    fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer) {
-        let batch: &mut Vec<KeyedMsg<T>> = batch.downcast_mut().expect("a batch of this dataflow");
-        let Self {
-            store,
-            key,
-            step,
-            post,
-            encode,
-        } = self;
-        for msg in batch.drain(..) {
-            let state = store.entry(msg.hash, key(&msg.value));
-            let ingress = msg.ingress;
-            step(
-                state,
-                msg.value,
-                &mut Emit(&mut |r| post(r, &mut |o| sink.push(ingress, |bytes| encode(&o, bytes)))),
-            );
-        }
-    }
-
-    fn entities(&self) -> usize {
-        self.store.len()
     }
 }

@@ -11,6 +11,8 @@
 //! `quokka-io`.
 
 pub mod app;
+pub mod archive;
+mod dataflow;
 pub mod hash;
 pub mod metrics;
 pub mod migration;

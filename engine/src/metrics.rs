@@ -31,6 +31,9 @@ pub struct CoreReport {
     pub outputs: u64,
     /// Outputs the sink could not deliver before shutdown gave up.
     pub undelivered: u64,
+    /// Keyed messages that reached a core owning neither the slot nor expecting it: a bug, so
+    /// tests assert it stays 0.
+    pub misrouted: u64,
     /// State entities held at the end.
     pub entities: u64,
     /// Source-to-sink latency of the outputs written, in nanoseconds: from the read of the input
@@ -50,6 +53,7 @@ impl CoreReport {
             frames: 0,
             outputs: 0,
             undelivered: 0,
+            misrouted: 0,
             entities: 0,
             latency: latency_histogram(),
             handoff_latency: latency_histogram(),
@@ -89,6 +93,10 @@ impl Summary {
         self.total(|c| c.connection_errors)
     }
 
+    pub fn misrouted(&self) -> u64 {
+        self.total(|c| c.misrouted)
+    }
+
     /// Source-to-sink latency over all cores.
     pub fn latency(&self) -> Histogram<u64> {
         self.merged(|c| &c.latency)
@@ -106,6 +114,46 @@ impl Summary {
         }
         all
     }
+}
+
+/// A core's figures for the last whole second, kept by its ticker.
+#[derive(Debug)]
+pub struct Window {
+    /// Latency of outputs written in the current second.
+    pub latency: Histogram<u64>,
+    pub last_latency: Histogram<u64>,
+    pub last_frames_per_sec: f64,
+    pub last_outputs_per_sec: f64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            latency: latency_histogram(),
+            last_latency: latency_histogram(),
+            last_frames_per_sec: 0.0,
+            last_outputs_per_sec: 0.0,
+        }
+    }
+}
+
+/// One core as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct CoreStatus {
+    pub core: u16,
+    pub cpu: usize,
+    pub epoch: u64,
+    pub slots: usize,
+    pub entities: usize,
+    /// Messages waiting for slots on their way to this core.
+    pub buffered: usize,
+    pub connections: usize,
+    pub frames: u64,
+    pub outputs: u64,
+    pub frames_per_sec: f64,
+    pub outputs_per_sec: f64,
+    /// Source-to-sink latency over the last second.
+    pub latency: Histogram<u64>,
 }
 
 /// Formats nanoseconds for people: `850ns`, `12.3us`, `4.56ms`, `1.20s`.
@@ -163,6 +211,9 @@ impl fmt::Display for Summary {
                 "  core {}: {} connections ({} closed on errors), {} frames, {} outputs, {} entities",
                 c.core, c.connections, c.connection_errors, c.frames, c.outputs, c.entities
             )?;
+        }
+        if self.misrouted() > 0 {
+            writeln!(f, "BUG: {} messages reached a core that did not own their slot", self.misrouted())?;
         }
         if self.undelivered() > 0 {
             writeln!(

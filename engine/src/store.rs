@@ -2,12 +2,8 @@
 
 use hashbrown::HashTable;
 
+use crate::archive::Entity;
 use crate::hash::{slot_of, stable_hash, table_hash};
-
-struct Entity<S> {
-    key: Box<[u8]>,
-    state: S,
-}
 
 /// The state entities a core holds, one hash table per slot.
 pub struct SlotStore<S> {
@@ -62,6 +58,25 @@ impl<S: Default> SlotStore<S> {
     pub fn slot_len(&self, slot: u32) -> usize {
         self.slots[slot as usize].len()
     }
+
+    /// Takes every entity of `slot` out (to archive it), leaving the slot empty.
+    pub fn take_slot(&mut self, slot: u32) -> Vec<Entity<S>> {
+        let table = std::mem::take(&mut self.slots[slot as usize]);
+        self.len -= table.len();
+        table.into_iter().collect()
+    }
+
+    /// Puts `entities` (restored from an archive of `slot`) into the slot.
+    pub fn install_slot(&mut self, slot: u32, entities: Vec<Entity<S>>) {
+        let table = &mut self.slots[slot as usize];
+        table.reserve(entities.len(), |e| table_hash(stable_hash(&e.key)));
+        for e in entities {
+            let th = table_hash(stable_hash(&e.key));
+            debug_assert!(table.find(th, |x| x.key == e.key).is_none(), "a key installed twice");
+            table.insert_unique(th, e, |x| table_hash(stable_hash(&x.key)));
+            self.len += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +93,30 @@ mod tests {
         assert_eq!(store.get(b"b"), Some(&1));
         assert_eq!(store.get(b"zzz"), None);
         assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn a_slot_taken_out_and_installed_elsewhere_keeps_every_entity() {
+        let mut a = SlotStore::<u64>::new(4);
+        for i in 0..1000u64 {
+            let k = format!("k{i}");
+            *a.entry(stable_hash(k.as_bytes()), k.as_bytes()) = i;
+        }
+        let in_slot_2 = a.slot_len(2);
+        let taken = a.take_slot(2);
+        assert_eq!(taken.len(), in_slot_2);
+        assert_eq!(a.len(), 1000 - in_slot_2);
+        assert_eq!(a.slot_len(2), 0);
+        let mut b = SlotStore::<u64>::new(4);
+        b.install_slot(2, taken);
+        assert_eq!(b.len(), in_slot_2);
+        for i in 0..1000u64 {
+            let k = format!("k{i}");
+            let home = slot_of(stable_hash(k.as_bytes()), 4);
+            let (here, there) = if home == 2 { (&b, &a) } else { (&a, &b) };
+            assert_eq!(here.get(k.as_bytes()), Some(&i));
+            assert_eq!(there.get(k.as_bytes()), None);
+        }
     }
 
     #[test]

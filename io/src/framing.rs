@@ -99,6 +99,22 @@ impl FrameDecoder {
         Ok(Some(&self.buf[payload]))
     }
 
+    /// Bytes received but not yet returned as frames (a partial frame, or frames not yet taken).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Starts a decoder with bytes already received elsewhere (a connection changing readers).
+    pub fn with_pending(max_frame: usize, pending: &[u8]) -> Self {
+        let mut dec = Self::new(max_frame);
+        if dec.buf.len() < pending.len() {
+            dec.buf.resize(pending.len(), 0);
+        }
+        dec.buf[..pending.len()].copy_from_slice(pending);
+        dec.end = pending.len();
+        dec
+    }
+
     /// Checks the stream may end here: not inside a frame.
     pub fn finish(&self) -> Result<(), FrameError> {
         let have = self.end - self.start;
@@ -208,6 +224,17 @@ mod tests {
             got.extend(drain(&mut dec));
         }
         assert_eq!(got, vec![big]);
+    }
+
+    #[test]
+    fn pending_bytes_carry_over_to_a_new_decoder() {
+        let bytes = stream(&[b"one", b"two", b"three"]);
+        let mut dec = FrameDecoder::new(100);
+        feed(&mut dec, &bytes[..12]); // "one" whole, "two" cut after 1 byte of payload
+        assert_eq!(dec.next_frame().unwrap(), Some(&b"one"[..]));
+        let mut next = FrameDecoder::with_pending(100, dec.pending());
+        feed(&mut next, &bytes[12..]);
+        assert_eq!(drain(&mut next), vec![b"two".to_vec(), b"three".to_vec()]);
     }
 
     #[test]

@@ -26,14 +26,15 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    /// Adopts an accepted connection; must run on the glommio executor that will read it.
-    pub fn new(stream: std::net::TcpStream, max_frame: usize) -> Self {
+    /// Adopts an accepted connection, with `pending` bytes already read from it by a previous
+    /// reader; must run on the glommio executor that will read it.
+    pub fn new(stream: std::net::TcpStream, max_frame: usize, pending: &[u8]) -> Self {
         // SAFETY: `into_raw_fd` hands over sole ownership of an open, connected socket, which
         // the glommio stream takes (glommio 0.9 only converts from socket2 0.4, hence the fd).
         let stream = unsafe { TcpStream::from_raw_fd(stream.into_raw_fd()) };
         Self {
             stream,
-            decoder: FrameDecoder::new(max_frame),
+            decoder: FrameDecoder::with_pending(max_frame, pending),
         }
     }
 
@@ -46,6 +47,13 @@ impl FrameReader {
         }
         self.decoder.filled(n);
         Ok(true)
+    }
+
+    /// Bytes read but not yet returned as frames, for a reader that takes the connection over.
+    /// Reading can stop at any `.await` of [`read_more`](Self::read_more) without losing bytes:
+    /// glommio only waits for readiness there and reads with a non-blocking `recv`.
+    pub fn pending(&self) -> Vec<u8> {
+        self.decoder.pending().to_vec()
     }
 
     /// The next whole frame already read.

@@ -1,128 +1,200 @@
-//! One core: a glommio executor that owns a share of the slots, reads the source connections it
-//! was given, applies keyed batches from every core, and writes its outputs to its own sink
-//! connection.
+//! One core: a glommio executor that owns a share of the slots. Its tasks: one per source
+//! connection it reads, the inbox loop (batches from other cores, control and migration
+//! messages), one sender per peer core (see `outbox.rs`), the sink writer, and a ticker that
+//! keeps per-second figures for `status`.
 //!
-//! Tasks on a core share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
+//! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_lite::future;
 use quokka_io::tcp::{FrameReader, SourceError};
 
 use super::notify::Notify;
-use super::sink::{write_outputs, SinkBuffer};
+use super::outbox::Outbox;
+use super::sink::{flushed, write_outputs, SinkBuffer};
 use super::Config;
-use crate::app::{Batch, Dataflow, Ingress, KeyedCore};
-use crate::metrics::{now_ns, CoreReport};
-use crate::routing::RoutingTable;
+use crate::archive::SlotArchive;
+use crate::dataflow::{Batch, Dataflow, Ingress, KeyedCore};
+use crate::metrics::{latency_histogram, now_ns, CoreReport, CoreStatus, Window};
+use crate::migration::Transition;
+use crate::routing::{CoreId, Move, RoutingTable};
+
+/// Frames a source connection handles before it dispatches its batches and lets other tasks
+/// run: bounds the time a message waits behind the rest of its read.
+const FRAMES_PER_STEP: usize = 64;
+
+/// Handed-off slots archived before the hand-off task yields to other work.
+const SLOTS_PER_YIELD: usize = 4;
+
+/// Times a rejected handoff is sent again before the slot is reported stuck (it is never lost:
+/// the old owner keeps it).
+const HANDOFF_ATTEMPTS: u32 = 3;
+
+/// A source connection on its way to the core that will read it.
+pub(crate) struct Handover {
+    pub source: usize,
+    pub stream: TcpStream,
+    /// Bytes a previous reader received but did not decode yet.
+    pub pending: Vec<u8>,
+}
 
 /// What travels on a core's inbox channel.
 pub(crate) enum CoreMsg {
     /// A source connection for this core to read.
-    Connection { source: usize, stream: TcpStream },
-    /// Keyed messages whose slots this core owns, from one source connection, in order.
-    Batch(Batch),
+    Connection(Handover),
+    /// Keyed messages from one source connection, in order.
+    Batch { batch: Batch },
+    /// The sender routes nothing more at `epoch` (it switched to `epoch + 1`).
+    Marker { from: CoreId, epoch: u64 },
+    /// A slot's entities, handed over by its old owner.
+    Handoff { from: CoreId, archive: SlotArchive },
+    /// The new owner installed `slot`.
+    HandoffAck { slot: u32 },
+    /// The new owner could not install `slot`; the old owner still has it.
+    HandoffRejected { slot: u32, reason: String },
+    /// The next migration step: start buffering for incoming slots.
+    Prepare(Arc<Transition>),
+    /// Route with the prepared step's table from now on.
+    Switch,
+    AddPeers(Vec<(CoreId, flume::Sender<CoreMsg>)>),
+    RemovePeer(CoreId),
+    /// This core owns no slot any more: hand its source connections to `heirs` and report.
+    Leave { heirs: Vec<CoreId> },
+    Status(flume::Sender<CoreStatus>),
+    /// Stop reading sources; expect `producers` `ProducerDone`s (this core's own included).
+    Stop { producers: usize },
     /// The sending core has no more batches for anyone (its sources are closed and flushed).
     ProducerDone,
-    /// Stop reading sources, finish what is in flight, flush the sink.
-    Stop,
+    /// A core that left: flush the sink and end.
+    Retire,
 }
 
-/// Frames a source connection handles before it flushes its batches and lets other tasks run:
-/// bounds the time a message waits behind the rest of its read.
-const FRAMES_PER_STEP: usize = 64;
+/// What cores tell the coordinator.
+#[derive(Debug)]
+pub(crate) enum CoreEvent {
+    Prepared(CoreId),
+    StepDone { core: CoreId, epoch: u64 },
+    Installed { entities: u32, bytes: usize },
+    Left(CoreId),
+    Failed { core: CoreId, error: String },
+}
 
 /// The state shared by the tasks of one core.
 pub(crate) struct Core {
-    pub id: usize,
+    pub id: CoreId,
+    pub cpu: usize,
     pub config: Arc<Config>,
     dataflow: Arc<dyn Dataflow>,
-    routes: RoutingTable,
-    /// Every core's inbox, this one's included.
-    peers: Vec<flume::Sender<CoreMsg>>,
+    table: RefCell<Arc<RoutingTable>>,
+    prepared: RefCell<Option<Arc<Transition>>>,
+    awaiting_step_done: Cell<bool>,
     keyed: RefCell<Box<dyn KeyedCore>>,
+    outboxes: RefCell<BTreeMap<CoreId, Rc<Outbox>>>,
+    /// Signalled when an outbox sends a message.
+    outbox_progress: Rc<Notify>,
+    events: flume::Sender<CoreEvent>,
+    /// Slots handed off and not yet acknowledged: new owner and attempts.
+    handing_off: RefCell<HashMap<u32, (CoreId, u32)>>,
     pub sink: RefCell<SinkBuffer>,
     /// Signalled when outputs are added to `sink`, and when the core finishes.
     pub sink_ready: Notify,
-    /// Signalled when the writer takes the buffer.
-    pub sink_drained: Notify,
+    /// Signalled when the writer takes the buffer and when it finishes a write.
+    pub sink_progress: Notify,
+    /// Outputs written to the sink (or given up on).
+    pub written: Cell<u64>,
     pub report: RefCell<CoreReport>,
-    /// Read halves of open source connections, to shut down on stop.
+    pub window: RefCell<Window>,
+    /// Duplicates of open source connections: to shut down on stop, to hand over on leave.
     sources: RefCell<HashMap<u64, TcpStream>>,
-    sources_closed: Notify,
+    sources_changed: Notify,
     next_source: Cell<u64>,
+    leaving: Cell<bool>,
+    leave_signal: Notify,
+    handovers: RefCell<Vec<Handover>>,
+    heirs: RefCell<Vec<CoreId>>,
+    next_heir: Cell<usize>,
+    producers_done: Cell<usize>,
     /// Set on stop: when the sink stops retrying an unreachable receiver.
     pub drain_deadline: Cell<Option<Instant>>,
-    /// Set when every producer is done: the writer exits once the buffer is empty.
+    /// Set when the core is done: the writer exits once the buffer is empty.
     pub finished: Cell<bool>,
 }
 
 pub(crate) struct CoreSetup {
-    pub id: usize,
+    pub id: CoreId,
+    pub cpu: usize,
     pub config: Arc<Config>,
     pub dataflow: Arc<dyn Dataflow>,
-    pub routes: RoutingTable,
-    pub peers: Vec<flume::Sender<CoreMsg>>,
+    pub table: Arc<RoutingTable>,
+    pub peers: Vec<(CoreId, flume::Sender<CoreMsg>)>,
     pub inbox: flume::Receiver<CoreMsg>,
+    pub events: flume::Sender<CoreEvent>,
 }
 
-/// Runs one core until it is stopped and every core's in-flight messages are applied.
+/// Runs one core until it is stopped (or retired) and everything in flight is applied.
 pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
-    let CoreSetup {
-        id,
-        config,
-        dataflow,
-        routes,
-        peers,
-        inbox,
-    } = setup;
+    let CoreSetup { id, cpu, config, dataflow, table, peers, inbox, events } = setup;
     let core = Rc::new(Core {
         id,
-        keyed: RefCell::new(dataflow.keyed(routes.n_slots())),
+        cpu,
+        keyed: RefCell::new(dataflow.keyed(id, &table)),
+        table: RefCell::new(table),
+        prepared: RefCell::new(None),
+        awaiting_step_done: Cell::new(false),
         config,
         dataflow,
-        routes,
-        peers,
+        outboxes: RefCell::default(),
+        outbox_progress: Rc::default(),
+        events,
+        handing_off: RefCell::default(),
         sink: RefCell::default(),
         sink_ready: Notify::default(),
-        sink_drained: Notify::default(),
-        report: RefCell::new(CoreReport::new(id)),
+        sink_progress: Notify::default(),
+        written: Cell::new(0),
+        report: RefCell::new(CoreReport::new(usize::from(id))),
+        window: RefCell::new(Window::default()),
         sources: RefCell::default(),
-        sources_closed: Notify::default(),
+        sources_changed: Notify::default(),
         next_source: Cell::new(0),
+        leaving: Cell::new(false),
+        leave_signal: Notify::default(),
+        handovers: RefCell::default(),
+        heirs: RefCell::default(),
+        next_heir: Cell::new(0),
+        producers_done: Cell::new(0),
         drain_deadline: Cell::new(None),
         finished: Cell::new(false),
     });
+    core.add_peers(peers);
     let writer = glommio::spawn_local({
         let core = core.clone();
         async move { write_outputs(&core).await }
     });
+    glommio::spawn_local(tick(core.clone())).detach();
 
-    let mut producers_done = 0;
-    while producers_done < core.peers.len() {
-        let Ok(msg) = inbox.recv_async().await else {
+    let mut producers: Option<usize> = None;
+    loop {
+        if producers.is_some_and(|n| core.producers_done.get() >= n) {
             break;
-        };
+        }
+        let Ok(msg) = inbox.recv_async().await else { break };
         match msg {
-            CoreMsg::Connection { source, stream } => {
-                glommio::spawn_local(read_source(core.clone(), source, stream)).detach();
-            }
-            CoreMsg::Batch(mut batch) => {
-                core.apply(&mut batch).await;
-                glommio::yield_if_needed().await;
-            }
-            CoreMsg::ProducerDone => producers_done += 1,
-            CoreMsg::Stop => {
-                let deadline = Instant::now() + core.config.drain_timeout;
-                core.drain_deadline.set(Some(deadline));
+            CoreMsg::Retire => break,
+            CoreMsg::Stop { producers: n } => {
+                producers = Some(n);
+                core.drain_deadline.set(Some(Instant::now() + core.config.drain_timeout));
                 glommio::spawn_local(finish_producing(core.clone())).detach();
             }
+            msg => core.handle(msg).await,
         }
     }
+    core.flush_outboxes().await;
     core.finished.set(true);
     core.sink_ready.notify_all();
     writer.await;
@@ -132,38 +204,296 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
 }
 
 impl Core {
-    /// Applies a batch owned by this core, once the sink buffer has room.
-    async fn apply(&self, batch: &mut Batch) {
-        while self.sink.borrow().len_bytes() >= self.config.sink_buffer {
-            self.sink_drained.wait().await;
+    async fn handle(self: &Rc<Self>, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Connection(handover) => {
+                if self.leaving.get() {
+                    let heir = self.next_heir();
+                    self.outbox(heir).push(CoreMsg::Connection(handover));
+                } else {
+                    glommio::spawn_local(read_source(self.clone(), handover)).detach();
+                }
+            }
+            CoreMsg::Batch { mut batch } => {
+                self.wait_sink_room().await;
+                let misrouted = self.keyed.borrow_mut().apply(&mut *batch, &mut self.sink.borrow_mut());
+                self.after_apply(misrouted);
+                glommio::yield_if_needed().await;
+            }
+            CoreMsg::Marker { from, epoch } => {
+                let ready = self.keyed.borrow_mut().on_marker(from, epoch);
+                match ready {
+                    Ok(moves) => self.start_handoffs(moves),
+                    Err(e) => self.fail(format!("marker from core {from}: {e}")),
+                }
+            }
+            CoreMsg::Handoff { from, archive } => {
+                self.wait_sink_room().await;
+                let installed = self.keyed.borrow_mut().install(&archive, &mut self.sink.borrow_mut());
+                self.sink_ready.notify_all();
+                match installed {
+                    Ok(entities) => {
+                        self.outbox(from).push(CoreMsg::HandoffAck { slot: archive.slot });
+                        let bytes = archive.bytes.len();
+                        let _ = self.events.send(CoreEvent::Installed { entities, bytes });
+                        self.report_step_if_done();
+                    }
+                    Err(e) => {
+                        tracing::error!(core = self.id, from, "rejected the handoff of slot {}: {e}", archive.slot);
+                        let reason = e.to_string();
+                        self.outbox(from).push(CoreMsg::HandoffRejected { slot: archive.slot, reason });
+                    }
+                }
+            }
+            CoreMsg::HandoffAck { slot } => {
+                self.handing_off.borrow_mut().remove(&slot);
+                let released = self.keyed.borrow_mut().release(slot);
+                match released {
+                    Ok(()) => self.report_step_if_done(),
+                    Err(e) => self.fail(format!("acknowledgement of slot {slot}: {e}")),
+                }
+            }
+            CoreMsg::HandoffRejected { slot, reason } => self.retry_handoff(slot, &reason),
+            CoreMsg::Prepare(t) => {
+                let prepared = self.keyed.borrow_mut().prepare(&t);
+                match prepared {
+                    Ok(()) => {
+                        *self.prepared.borrow_mut() = Some(t);
+                        self.awaiting_step_done.set(true);
+                        let _ = self.events.send(CoreEvent::Prepared(self.id));
+                    }
+                    Err(e) => self.fail(format!("prepare: {e}")),
+                }
+            }
+            CoreMsg::Switch => self.switch(),
+            CoreMsg::AddPeers(peers) => self.add_peers(peers),
+            CoreMsg::RemovePeer(peer) => {
+                if let Some(outbox) = self.outboxes.borrow_mut().remove(&peer) {
+                    outbox.close();
+                }
+            }
+            CoreMsg::Leave { heirs } => {
+                *self.heirs.borrow_mut() = heirs;
+                self.leaving.set(true);
+                self.leave_signal.notify_all();
+                glommio::spawn_local(leave(self.clone())).detach();
+            }
+            CoreMsg::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            CoreMsg::ProducerDone => self.producers_done.set(self.producers_done.get() + 1),
+            CoreMsg::Stop { .. } | CoreMsg::Retire => unreachable!("handled by the inbox loop"),
         }
-        self.keyed
-            .borrow_mut()
-            .apply(&mut **batch, &mut self.sink.borrow_mut());
-        self.sink_ready.notify_all();
     }
 
-    /// Sends every waiting batch of a connection to its owner core (applying its own directly).
-    /// Awaiting each send in turn keeps the connection's order on every channel.
-    async fn flush(&self, ingress: &mut dyn Ingress) {
-        for dest in 0..self.peers.len() {
-            let Some(mut batch) = ingress.take_batch(dest) else {
-                continue;
-            };
-            if dest == self.id {
-                self.apply(&mut batch).await;
-            } else if self.peers[dest]
-                .send_async(CoreMsg::Batch(batch))
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    core = self.id,
-                    "core {dest} is gone; a batch for it was lost"
-                );
+    fn add_peers(&self, peers: Vec<(CoreId, flume::Sender<CoreMsg>)>) {
+        let mut outboxes = self.outboxes.borrow_mut();
+        for (peer, inbox) in peers {
+            if peer != self.id {
+                outboxes.insert(peer, Outbox::start(peer, inbox, self.outbox_progress.clone()));
             }
         }
     }
+
+    fn outbox(&self, peer: CoreId) -> Rc<Outbox> {
+        self.outboxes.borrow().get(&peer).cloned().unwrap_or_else(|| {
+            panic!("core {} has no outbox for core {peer}: the coordinator adds peers before routing to them", self.id)
+        })
+    }
+
+    fn next_heir(&self) -> CoreId {
+        let heirs = self.heirs.borrow();
+        let i = self.next_heir.get();
+        self.next_heir.set(i + 1);
+        heirs[i % heirs.len()]
+    }
+
+    fn fail(&self, error: String) {
+        tracing::error!(core = self.id, "migration protocol violation: {error}");
+        let _ = self.events.send(CoreEvent::Failed { core: self.id, error });
+    }
+
+    fn after_apply(&self, misrouted: usize) {
+        self.sink_ready.notify_all();
+        if misrouted > 0 {
+            tracing::error!(core = self.id, "{misrouted} messages for slots this core does not own");
+            self.report.borrow_mut().misrouted += misrouted as u64;
+        }
+    }
+
+    /// Switches to the prepared epoch: one synchronous action, so every batch this core routed
+    /// at the old epoch is already queued ahead of the markers.
+    fn switch(self: &Rc<Self>) {
+        let Some(t) = self.prepared.borrow_mut().take() else {
+            return self.fail("switch without a prepared step".into());
+        };
+        let switched = self.keyed.borrow_mut().switch();
+        match switched {
+            Ok(sw) => {
+                *self.table.borrow_mut() = t.table.clone();
+                let epoch = t.table.epoch() - 1;
+                for peer in sw.markers_to {
+                    self.outbox(peer).push(CoreMsg::Marker { from: self.id, epoch });
+                }
+                self.start_handoffs(sw.handoffs);
+                self.report_step_if_done();
+            }
+            Err(e) => self.fail(format!("switch: {e}")),
+        }
+    }
+
+    fn report_step_if_done(&self) {
+        let keyed = self.keyed.borrow();
+        if self.awaiting_step_done.get() && !keyed.in_step() {
+            self.awaiting_step_done.set(false);
+            let _ = self.events.send(CoreEvent::StepDone { core: self.id, epoch: keyed.epoch() });
+        }
+    }
+
+    fn start_handoffs(self: &Rc<Self>, moves: Vec<Move>) {
+        if !moves.is_empty() {
+            glommio::spawn_local(hand_off(self.clone(), moves)).detach();
+        }
+    }
+
+    fn retry_handoff(&self, slot: u32, reason: &str) {
+        let Some(&(to, attempts)) = self.handing_off.borrow().get(&slot) else {
+            return self.fail(format!("rejection of slot {slot}, which is not being handed off"));
+        };
+        if attempts >= HANDOFF_ATTEMPTS {
+            return self.fail(format!(
+                "slot {slot} was rejected {attempts} times by core {to} ({reason}); its state stays on core {}",
+                self.id
+            ));
+        }
+        tracing::warn!(core = self.id, "core {to} rejected slot {slot} ({reason}); sending it again");
+        let archive = self.keyed.borrow_mut().archive(slot);
+        match archive {
+            Ok(archive) => {
+                self.handing_off.borrow_mut().insert(slot, (to, attempts + 1));
+                self.outbox(to).push(CoreMsg::Handoff { from: self.id, archive });
+            }
+            Err(e) => self.fail(format!("archiving slot {slot}: {e}")),
+        }
+    }
+
+    async fn wait_sink_room(&self) {
+        while self.sink.borrow().len_bytes() >= self.config.sink_buffer {
+            self.sink_progress.wait().await;
+        }
+    }
+
+    /// Waits until the sink and every outbox can take another step's output.
+    async fn wait_room(&self) {
+        loop {
+            self.wait_sink_room().await;
+            let full = self.outboxes.borrow().values().find(|o| !o.has_room()).cloned();
+            match full {
+                Some(_) => self.outbox_progress.wait().await,
+                None => return,
+            }
+        }
+    }
+
+    /// Waits until everything queued for other cores has reached their inboxes.
+    async fn flush_outboxes(&self) {
+        loop {
+            let pending = self.outboxes.borrow().values().any(|o| !o.is_flushed());
+            if !pending {
+                return;
+            }
+            self.outbox_progress.wait().await;
+        }
+    }
+
+    /// Routes a connection's waiting batches: this core's own are applied in place, the others
+    /// queued for their owners.
+    fn dispatch(&self, ingress: &mut dyn Ingress) {
+        let mut misrouted = 0;
+        ingress.take_batches(&mut |owner, mut batch| {
+            if owner == self.id {
+                misrouted += self.keyed.borrow_mut().apply(&mut *batch, &mut self.sink.borrow_mut());
+            } else {
+                self.outbox(owner).push(CoreMsg::Batch { batch });
+            }
+        });
+        self.after_apply(misrouted);
+    }
+
+    fn status(&self) -> CoreStatus {
+        let keyed = self.keyed.borrow();
+        let report = self.report.borrow();
+        let window = self.window.borrow();
+        CoreStatus {
+            core: self.id,
+            cpu: self.cpu,
+            epoch: keyed.epoch(),
+            slots: keyed.owned_slots(),
+            entities: keyed.entities(),
+            buffered: keyed.buffered(),
+            connections: self.sources.borrow().len(),
+            frames: report.frames,
+            outputs: report.outputs,
+            frames_per_sec: window.last_frames_per_sec,
+            outputs_per_sec: window.last_outputs_per_sec,
+            latency: window.last_latency.clone(),
+        }
+    }
+}
+
+/// Every second: the last second's rates and latency, for `status`.
+async fn tick(core: Rc<Core>) {
+    let mut last = Instant::now();
+    let (mut frames, mut outputs) = (0, 0);
+    while !core.finished.get() {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        let secs = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        let report = core.report.borrow();
+        let mut w = core.window.borrow_mut();
+        w.last_frames_per_sec = (report.frames - frames) as f64 / secs;
+        w.last_outputs_per_sec = (report.outputs - outputs) as f64 / secs;
+        (frames, outputs) = (report.frames, report.outputs);
+        w.last_latency = std::mem::replace(&mut w.latency, latency_histogram());
+    }
+}
+
+/// An old owner's side of a handoff: once this core's outputs so far are written (so a reader
+/// of the sink never sees a key's later count before an earlier one), archive each complete
+/// slot and send it to its new owner.
+async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
+    flushed(&core).await;
+    for (i, m) in moves.iter().enumerate() {
+        let archive = core.keyed.borrow_mut().archive(m.slot);
+        match archive {
+            Ok(archive) => {
+                core.handing_off.borrow_mut().insert(m.slot, (m.to, 1));
+                core.outbox(m.to).push(CoreMsg::Handoff { from: core.id, archive });
+            }
+            Err(e) => core.fail(format!("archiving slot {}: {e}", m.slot)),
+        }
+        if i % SLOTS_PER_YIELD == SLOTS_PER_YIELD - 1 {
+            future::yield_now().await;
+        }
+    }
+}
+
+/// A leaving core: once its connection tasks have stopped and everything they routed has
+/// reached its owners, the connections (with their undecoded bytes) go to the heirs.
+async fn leave(core: Rc<Core>) {
+    while !core.sources.borrow().is_empty() {
+        core.sources_changed.wait().await;
+    }
+    core.flush_outboxes().await;
+    let handovers = std::mem::take(&mut *core.handovers.borrow_mut());
+    let moved = handovers.len();
+    for h in handovers {
+        let heir = core.next_heir();
+        core.outbox(heir).push(CoreMsg::Connection(h));
+    }
+    core.flush_outboxes().await;
+    tracing::info!(core = core.id, "left; {moved} source connections handed to other cores");
+    let _ = core.events.send(CoreEvent::Left(core.id));
 }
 
 /// On stop: closes the read side of every source connection, waits for their tasks to flush,
@@ -173,22 +503,32 @@ async fn finish_producing(core: Rc<Core>) {
         let _ = stream.shutdown(std::net::Shutdown::Read);
     }
     while !core.sources.borrow().is_empty() {
-        core.sources_closed.wait().await;
+        core.sources_changed.wait().await;
     }
-    for peer in &core.peers {
-        let _ = peer.send_async(CoreMsg::ProducerDone).await;
+    for outbox in core.outboxes.borrow().values() {
+        outbox.push(CoreMsg::ProducerDone);
     }
+    core.producers_done.set(core.producers_done.get() + 1);
 }
 
-/// Reads one source connection until it ends, fails, or the core stops.
-async fn read_source(core: Rc<Core>, source: usize, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+enum Wake {
+    Read(Result<bool, SourceError>),
+    Leave,
+}
+
+/// Reads one source connection until it ends, fails, the core stops, or the core leaves (then
+/// the connection is handed over with the bytes not yet decoded).
+async fn read_source(core: Rc<Core>, handover: Handover) {
+    let Handover { source, stream, pending } = handover;
+    let peer = stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
     let key = core.next_source.get();
     core.next_source.set(key + 1);
     match stream.try_clone() {
         Ok(handle) => {
+            if core.drain_deadline.get().is_some() {
+                // Stopping already: the connection arrived too late to be read.
+                let _ = handle.shutdown(std::net::Shutdown::Read);
+            }
             core.sources.borrow_mut().insert(key, handle);
         }
         Err(e) => {
@@ -196,71 +536,82 @@ async fn read_source(core: Rc<Core>, source: usize, stream: TcpStream) {
             return;
         }
     }
-    if core.drain_deadline.get().is_some() {
-        // Stopping already: the connection arrived too late to be read.
-        let _ = stream.shutdown(std::net::Shutdown::Read);
-    }
     core.report.borrow_mut().connections += 1;
-    let source_name = core.dataflow_source_name(source);
-    tracing::debug!(core = core.id, %peer, source = %source_name, "source connection opened");
+    let source_name = core.config.source_names.get(source).cloned().unwrap_or_default();
+    tracing::debug!(core = core.id, %peer, source = %source_name, "reading source connection");
 
-    let mut reader = FrameReader::new(stream, core.config.max_frame);
-    let mut ingress = core.dataflow.ingress(source, core.peers.len());
-    let error = 'read: loop {
-        match reader.read_more().await {
-            Ok(true) => {}
-            Ok(false) => break None,
-            Err(e) => break Some(e.to_string()),
-        }
-        let now = now_ns();
-        // Work through what was read in steps of FRAMES_PER_STEP, flushing and yielding between
-        // steps so the sink writer and other connections are never held up by one large read.
+    let mut reader = FrameReader::new(stream, core.config.max_frame, &pending);
+    let mut ingress = core.dataflow.ingress(source);
+    let mut now = now_ns();
+    let outcome: Result<bool, String> = 'read: loop {
+        // Work through what was read in bounded steps, yielding between them.
         loop {
-            let mut frames = 0;
-            let mut error = None;
-            while frames < FRAMES_PER_STEP {
-                match reader.next_frame() {
-                    Ok(Some(frame)) => match ingress.push(frame, now, &core.routes) {
-                        Ok(()) => frames += 1,
-                        Err(e) => {
-                            error = Some(format!("a frame was rejected by the decoder: {e}"));
-                            break;
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        error = Some(SourceError::from(e).to_string());
-                        break;
-                    }
-                }
+            match step(&core, &mut reader, &mut *ingress, now).await {
+                Ok(true) => future::yield_now().await,
+                Ok(false) => break,
+                Err(e) => break 'read Err(e),
             }
-            core.report.borrow_mut().frames += frames as u64;
-            core.flush(&mut *ingress).await;
-            if error.is_some() {
-                break 'read error;
-            }
-            if frames < FRAMES_PER_STEP {
-                break;
-            }
-            futures_lite::future::yield_now().await;
+        }
+        if core.leaving.get() {
+            break Ok(true);
+        }
+        let leave = core.leave_signal.wait();
+        let woke = future::or(async { Wake::Read(reader.read_more().await) }, async {
+            leave.await;
+            Wake::Leave
+        })
+        .await;
+        match woke {
+            Wake::Read(Ok(true)) => now = now_ns(),
+            Wake::Read(Ok(false)) => break Ok(false),
+            Wake::Read(Err(e)) => break Err(e.to_string()),
+            Wake::Leave => break Ok(true),
         }
     };
-    if let Some(reason) = error {
-        tracing::error!(core = core.id, %peer, source = %source_name, "closing source connection: {reason}");
-        core.report.borrow_mut().connection_errors += 1;
-    } else {
-        tracing::debug!(core = core.id, %peer, "source connection closed");
+    let handle = core.sources.borrow_mut().remove(&key);
+    match outcome {
+        Ok(true) => {
+            if let Some(stream) = handle {
+                let pending = reader.pending();
+                core.handovers.borrow_mut().push(Handover { source, stream, pending });
+            }
+        }
+        Ok(false) => tracing::debug!(core = core.id, %peer, "source connection closed"),
+        Err(reason) => {
+            tracing::error!(core = core.id, %peer, source = %source_name, "closing source connection: {reason}");
+            core.report.borrow_mut().connection_errors += 1;
+        }
     }
-    core.sources.borrow_mut().remove(&key);
-    core.sources_closed.notify_all();
+    core.sources_changed.notify_all();
 }
 
-impl Core {
-    fn dataflow_source_name(&self, source: usize) -> String {
-        self.config
-            .source_names
-            .get(source)
-            .cloned()
-            .unwrap_or_default()
+/// One bounded step of a connection: up to [`FRAMES_PER_STEP`] frames decoded, routed and
+/// dispatched in one synchronous action. `Ok(true)` if more frames may be waiting.
+async fn step(core: &Core, reader: &mut FrameReader, ingress: &mut dyn Ingress, now: u64) -> Result<bool, String> {
+    core.wait_room().await;
+    let table = core.table.borrow().clone();
+    let mut frames = 0;
+    let mut error = None;
+    while frames < FRAMES_PER_STEP {
+        match reader.next_frame() {
+            Ok(Some(frame)) => match ingress.push(frame, now, &table) {
+                Ok(()) => frames += 1,
+                Err(e) => {
+                    error = Some(format!("a frame was rejected by the decoder: {e}"));
+                    break;
+                }
+            },
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(SourceError::from(e).to_string());
+                break;
+            }
+        }
+    }
+    core.report.borrow_mut().frames += frames as u64;
+    core.dispatch(ingress);
+    match error {
+        Some(e) => Err(e),
+        None => Ok(frames == FRAMES_PER_STEP),
     }
 }

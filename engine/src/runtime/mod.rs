@@ -1,28 +1,32 @@
-//! The thread-per-core runtime: starts one pinned glommio executor per core, hands source
-//! connections to them, and stops them in order.
+//! The thread-per-core runtime: one pinned glommio executor per core, acceptor threads that deal
+//! source connections to them, and a coordinator that adds and removes cores while the app runs.
 //!
 //! Data path: a core reads a source connection, runs the stateless steps and `key_by`, and
 //! batches each keyed message for the core that owns its slot. Its own batches it applies in
-//! place; the others go on the owner's bounded inbox (flume). A full inbox blocks the sender,
-//! which then stops reading its sockets: back-pressure, never a drop.
+//! place; the others go through an ordered outbox to the owner's bounded inbox (flume). A full
+//! inbox holds the sender, which then stops reading its sockets: back-pressure, never a drop.
 
+mod coordinator;
 pub(crate) mod core;
 mod notify;
+mod outbox;
 pub mod sink;
+mod status;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
-use self::core::{CoreMsg, CoreSetup};
+use self::coordinator::Coordinator;
+use self::core::{CoreMsg, Handover};
+pub use self::coordinator::MAX_SLOTS_PER_STEP;
+pub use self::status::{ChangeError, ChangeReport, MigrationProgress, Status};
 use crate::app::App;
-use crate::metrics::{CoreReport, Summary};
-use crate::routing::RoutingTable;
+use crate::metrics::Summary;
 
 /// How to run an app.
 #[derive(Debug, Clone)]
@@ -70,30 +74,21 @@ pub fn default_cores() -> usize {
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("app `{app}` has {sources} source(s) but {inputs} input address(es) were given")]
-    InputCount {
-        app: String,
-        sources: usize,
-        inputs: usize,
-    },
+    InputCount { app: String, sources: usize, inputs: usize },
     #[error("invalid configuration: {0}")]
     Config(&'static str),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(
-        "core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)"
-    )]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)")]
     Executor { core: usize, reason: String },
 }
 
-/// A running engine.
+/// A running engine. Its methods take `&self`, so a control thread can share it.
 pub struct Engine {
-    inboxes: Vec<flume::Sender<CoreMsg>>,
-    executors: Vec<ExecutorJoinHandle<CoreReport>>,
+    coordinator: Mutex<Coordinator>,
+    view: Arc<Mutex<status::View>>,
     listeners: Vec<TcpListener>,
-    acceptors: Vec<JoinHandle<()>>,
+    acceptors: Mutex<Vec<JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
     input_addrs: Vec<SocketAddr>,
     started: Instant,
@@ -119,91 +114,31 @@ impl Engine {
         let listeners = config
             .inputs
             .iter()
-            .map(|&addr| {
-                TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })
-            })
+            .map(|&addr| TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source }))
             .collect::<Result<Vec<_>, _>>()?;
-        let input_addrs = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("bound"))
-            .collect();
-
-        let n = config.cores;
-        let cpus = default_cores();
-        if n > cpus {
-            tracing::warn!(
-                "{n} cores on {cpus} CPUs: executors share CPUs (placement wraps around)"
-            );
-        }
-        let config = Arc::new(config);
-        let routes = RoutingTable::uniform(config.n_slots, n as u16);
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| flume::bounded(64)).unzip();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let mut executors = Vec::with_capacity(n);
-        for (id, inbox) in receivers.into_iter().enumerate() {
-            let setup = CoreSetup {
-                id,
-                config: config.clone(),
-                dataflow: app.dataflow.clone(),
-                routes: routes.clone(),
-                peers: senders.clone(),
-                inbox,
-            };
-            let ready = ready_tx.clone();
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
-                .name(&format!("quokka-core-{id}"))
-                .spawn(move || async move {
-                    let _ = ready.send(id);
-                    core::run(setup).await
-                });
-            match spawned {
-                Ok(handle) => executors.push(handle),
-                Err(e) => {
-                    return Err(StartError::Executor {
-                        core: id,
-                        reason: e.to_string(),
-                    })
-                }
-            }
-        }
-        drop(ready_tx);
-        for _ in 0..n {
-            if ready_rx.recv().is_err() {
-                // A core's closure was dropped unrun: its executor failed; join tells why.
-                for (core, handle) in executors.into_iter().enumerate() {
-                    if let Err(e) = handle.join() {
-                        return Err(StartError::Executor {
-                            core,
-                            reason: e.to_string(),
-                        });
-                    }
-                }
-                return Err(StartError::Executor {
-                    core: 0,
-                    reason: "unknown".into(),
-                });
-            }
-        }
-
+        let input_addrs = listeners.iter().map(|l| l.local_addr().expect("bound")).collect();
+        let n_slots = config.n_slots;
+        let coordinator = Coordinator::start(Arc::new(config), app.dataflow.clone())?;
+        let view = coordinator.view.clone();
         let stopping = Arc::new(AtomicBool::new(false));
         let acceptors = listeners
             .iter()
             .enumerate()
             .map(|(source, listener)| {
                 let listener = listener.try_clone().expect("clone listener");
-                let (inboxes, stopping) = (senders.clone(), stopping.clone());
+                let (targets, stopping) = (coordinator.accept_targets.clone(), stopping.clone());
                 std::thread::Builder::new()
                     .name(format!("quokka-accept-{source}"))
-                    .spawn(move || accept(source, listener, inboxes, stopping))
+                    .spawn(move || accept(source, listener, targets, stopping))
                     .expect("spawn acceptor thread")
             })
             .collect();
-        tracing::info!(cores = n, slots = config.n_slots, "engine started");
+        tracing::info!(cores = coordinator.cores.len(), slots = n_slots, "engine started");
         Ok(Engine {
-            inboxes: senders,
-            executors,
+            coordinator: Mutex::new(coordinator),
+            view,
             listeners,
-            acceptors,
+            acceptors: Mutex::new(acceptors),
             stopping,
             input_addrs,
             started: Instant::now(),
@@ -215,34 +150,68 @@ impl Engine {
         &self.input_addrs
     }
 
+    /// Adds `n` cores while the app runs; slots rebalance onto them.
+    pub fn grow(&self, n: usize) -> Result<ChangeReport, ChangeError> {
+        self.change(|c| c.grow(n))
+    }
+
+    /// Removes the `n` newest cores while the app runs: their slots and source connections move
+    /// to the others, then their executors stop.
+    pub fn shrink(&self, n: usize) -> Result<ChangeReport, ChangeError> {
+        self.change(|c| c.shrink(n))
+    }
+
+    /// One change at a time: a second one is refused, not queued behind the first.
+    fn change(&self, f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>) -> Result<ChangeReport, ChangeError> {
+        let mut coordinator = match self.coordinator.try_lock() {
+            Ok(c) => c,
+            Err(TryLockError::WouldBlock) => {
+                let doing = self.view.lock().unwrap().migration.as_ref().map_or("starting".into(), |m| m.to_string());
+                return Err(ChangeError::Busy(doing));
+            }
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        f(&mut coordinator)
+    }
+
+    /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
+    pub fn status(&self) -> Status {
+        let (epoch, n_slots, cores, migration, retired) = {
+            let v = self.view.lock().unwrap();
+            (v.epoch, v.n_slots, v.cores.clone(), v.migration.clone(), v.retired)
+        };
+        let (reply_tx, reply_rx) = flume::unbounded();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for (_, _, inbox) in &cores {
+            let _ = inbox.send_deadline(CoreMsg::Status(reply_tx.clone()), deadline);
+        }
+        drop(reply_tx);
+        let mut answers = Vec::new();
+        while answers.len() < cores.len() {
+            match reply_rx.recv_deadline(deadline) {
+                Ok(s) => answers.push(s),
+                Err(_) => break,
+            }
+        }
+        answers.sort_by_key(|s| s.core);
+        let silent = cores.iter().map(|c| c.0).filter(|id| !answers.iter().any(|s| s.core == *id)).collect();
+        Status { epoch, n_slots, cores: answers, silent, migration, retired }
+    }
+
     /// Stops reading sources, applies everything in flight, flushes the sinks, and reports.
-    pub fn stop(self) -> Summary {
+    /// Waits for a change in progress to finish first.
+    pub fn stop(&self) -> Summary {
         self.stopping.store(true, Ordering::Release);
         for l in &self.listeners {
             // Wakes the acceptor blocked in accept() (Linux returns EINVAL after shutdown).
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
         }
-        for a in self.acceptors {
+        for a in std::mem::take(&mut *self.acceptors.lock().unwrap()) {
             let _ = a.join();
         }
-        for inbox in &self.inboxes {
-            let _ = inbox.send(CoreMsg::Stop);
-        }
-        let cores = self
-            .executors
-            .into_iter()
-            .enumerate()
-            .map(|(id, h)| {
-                h.join().unwrap_or_else(|e| {
-                    tracing::error!(core = id, "core failed: {e}");
-                    CoreReport::new(id)
-                })
-            })
-            .collect();
-        Summary {
-            cores,
-            elapsed: self.started.elapsed(),
-        }
+        let mut coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());
+        let cores = coordinator.stop();
+        Summary { cores, elapsed: self.started.elapsed() }
     }
 }
 
@@ -250,7 +219,7 @@ impl Engine {
 fn accept(
     source: usize,
     listener: TcpListener,
-    inboxes: Vec<flume::Sender<CoreMsg>>,
+    targets: Arc<RwLock<Vec<flume::Sender<CoreMsg>>>>,
     stopping: Arc<AtomicBool>,
 ) {
     let mut next = source;
@@ -261,12 +230,13 @@ fn accept(
         match stream {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let core = next % inboxes.len();
+                // Holding the read lock while sending: a shrink that takes a core out of the
+                // targets waits for this send, so no connection reaches a core after it left.
+                let targets = targets.read().unwrap();
+                let core = next % targets.len();
                 next += 1;
-                if inboxes[core]
-                    .send(CoreMsg::Connection { source, stream })
-                    .is_err()
-                {
+                let handover = Handover { source, stream, pending: Vec::new() };
+                if targets[core].send(CoreMsg::Connection(handover)).is_err() {
                     return;
                 }
             }

@@ -1,5 +1,5 @@
 //! A core's sink: outputs are encoded into a bounded buffer, and a writer task sends the buffer to
-//! the sink connection, recording each output's source-to-sink latency once it is written.
+//! the core's sink connection, recording each output's source-to-sink latency once it is written.
 
 use std::time::Instant;
 
@@ -16,6 +16,8 @@ pub struct SinkBuffer {
     ends: Vec<usize>,
     /// Ingress time of each output's input message.
     ingress: Vec<u64>,
+    /// Outputs ever pushed into this buffer.
+    pushed: u64,
 }
 
 impl SinkBuffer {
@@ -24,6 +26,7 @@ impl SinkBuffer {
         encode(&mut self.bytes);
         self.ends.push(self.bytes.len());
         self.ingress.push(ingress);
+        self.pushed += 1;
     }
 
     pub fn len_bytes(&self) -> usize {
@@ -32,6 +35,18 @@ impl SinkBuffer {
 
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// Outputs ever pushed.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Exchanges the waiting outputs with `other`'s (the counter stays).
+    fn swap_contents(&mut self, other: &mut SinkBuffer) {
+        std::mem::swap(&mut self.bytes, &mut other.bytes);
+        std::mem::swap(&mut self.ends, &mut other.ends);
+        std::mem::swap(&mut self.ingress, &mut other.ingress);
     }
 
     fn clear(&mut self) {
@@ -45,11 +60,7 @@ impl SinkBuffer {
 pub(crate) async fn write_outputs(core: &Core) {
     let mut sink = TcpSink::new(core.config.output);
     let mut writing = SinkBuffer::default();
-    let give_up = || {
-        core.drain_deadline
-            .get()
-            .is_some_and(|t| Instant::now() >= t)
-    };
+    let give_up = || core.drain_deadline.get().is_some_and(|t| Instant::now() >= t);
     loop {
         while core.sink.borrow().is_empty() {
             if core.finished.get() {
@@ -58,37 +69,47 @@ pub(crate) async fn write_outputs(core: &Core) {
             }
             core.sink_ready.wait().await;
         }
-        std::mem::swap(&mut writing, &mut *core.sink.borrow_mut());
-        core.sink_drained.notify_all();
+        core.sink.borrow_mut().swap_contents(&mut writing);
+        core.sink_progress.notify_all();
+        let taken = now_ns();
         {
-            let now = now_ns();
             let mut report = core.report.borrow_mut();
             for &t in &writing.ingress {
-                report
-                    .handoff_latency
-                    .saturating_record(now.saturating_sub(t).max(1));
+                report.handoff_latency.saturating_record(taken.saturating_sub(t).max(1));
             }
         }
-        let result = sink
-            .write_records(&writing.bytes, &writing.ends, &give_up)
-            .await;
-        let mut report = core.report.borrow_mut();
-        match result {
-            Ok(()) => {
-                let now = now_ns();
-                for &t in &writing.ingress {
-                    report
-                        .latency
-                        .saturating_record(now.saturating_sub(t).max(1));
+        let result = sink.write_records(&writing.bytes, &writing.ends, &give_up).await;
+        let n = writing.ends.len() as u64;
+        {
+            let mut report = core.report.borrow_mut();
+            match result {
+                Ok(()) => {
+                    let now = now_ns();
+                    let mut window = core.window.borrow_mut();
+                    for &t in &writing.ingress {
+                        let latency = now.saturating_sub(t).max(1);
+                        report.latency.saturating_record(latency);
+                        window.latency.saturating_record(latency);
+                    }
+                    report.outputs += n;
                 }
-                report.outputs += writing.ends.len() as u64;
-            }
-            Err(e) => {
-                tracing::error!(core = core.id, "{e}");
-                report.undelivered += writing.ends.len() as u64;
+                Err(e) => {
+                    tracing::error!(core = core.id, "{e}");
+                    report.undelivered += n;
+                }
             }
         }
+        core.written.set(core.written.get() + n);
+        core.sink_progress.notify_all();
         writing.clear();
+    }
+}
+
+/// Waits until every output pushed so far has been written (or given up on).
+pub(crate) async fn flushed(core: &Core) {
+    let target = core.sink.borrow().pushed();
+    while core.written.get() < target {
+        core.sink_progress.wait().await;
     }
 }
 
@@ -104,7 +125,10 @@ mod tests {
         assert_eq!(b.ends, vec![7, 15]);
         assert_eq!(b.ingress, vec![5, 7]);
         assert_eq!(b.len_bytes(), 15);
-        b.clear();
+        let mut other = SinkBuffer::default();
+        b.swap_contents(&mut other);
         assert!(b.is_empty());
+        assert_eq!(b.pushed(), 2, "the count stays with the buffer producers push into");
+        assert_eq!(other.ends, vec![7, 15]);
     }
 }

@@ -1,0 +1,242 @@
+//! The erased form of an app that the runtime drives: per-connection [`Ingress`] objects (decode,
+//! stateless steps, `key_by`, batches per owner core) and one [`KeyedCore`] per core (slot
+//! protocol, state entities, the stateful step and everything after it).
+//!
+//! Messages cross cores as `Box<dyn Any>` batches of a `Vec<KeyedMsg<T>>`: one allocation per
+//! batch, never per message.
+
+use std::any::Any;
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+use crate::app::{Chain, Decode, DecodeError, Emit, Encode, KeyFn, State, StepFn};
+use crate::archive::{ArchiveError, Entity, SlotArchive};
+use crate::hash::{slot_of, stable_hash};
+use crate::migration::{Delivery, Protocol, ProtocolError, Switched, Transition};
+use crate::routing::{CoreId, Move, RoutingTable};
+use crate::runtime::sink::SinkBuffer;
+use crate::store::SlotStore;
+
+/// A batch of keyed messages for one core: a `Vec<KeyedMsg<T>>` behind `Any`.
+pub(crate) type Batch = Box<dyn Any + Send>;
+
+/// A message after `key_by`, on its way to the core that owns its slot.
+pub(crate) struct KeyedMsg<T> {
+    hash: u64,
+    ingress: u64,
+    value: T,
+}
+
+/// The app as the runtime sees it: factories for per-connection and per-core parts.
+pub(crate) trait Dataflow: Send + Sync {
+    /// The part that runs on the core reading a connection of source `source`.
+    fn ingress(&self, source: usize) -> Box<dyn Ingress>;
+    /// The keyed part of core `me`, owning what `table` gives it.
+    fn keyed(&self, me: CoreId, table: &RoutingTable) -> Box<dyn KeyedCore>;
+}
+
+/// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
+pub(crate) trait Ingress {
+    /// Decodes a frame and runs it to `key_by`; the keyed messages wait in per-core batches.
+    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError>;
+    /// Takes every waiting batch, with the core it is for.
+    fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch));
+}
+
+/// Why a handoff could not be installed.
+#[derive(Debug, Error)]
+pub(crate) enum InstallError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// One core's keyed state and the steps from the stateful one to the sink encoder.
+pub(crate) trait KeyedCore {
+    /// Applies (or buffers, for a slot on its way here) a batch from [`Ingress::take_batches`].
+    /// Returns how many messages were misrouted (a bug; they are logged and counted).
+    fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer) -> usize;
+    fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError>;
+    fn switch(&mut self) -> Result<Switched, ProtocolError>;
+    fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError>;
+    /// Archives a slot that was handed off; its entities stay here until [`Self::release`].
+    fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError>;
+    /// Installs a handoff and applies the messages that waited for it; returns the entities.
+    fn install(&mut self, archive: &SlotArchive, sink: &mut SinkBuffer) -> Result<u32, InstallError>;
+    /// The new owner has the slot: drop the entities kept here.
+    fn release(&mut self, slot: u32) -> Result<(), ProtocolError>;
+    fn in_step(&self) -> bool;
+    fn epoch(&self) -> u64;
+    fn owned_slots(&self) -> usize;
+    fn buffered(&self) -> usize;
+    fn entities(&self) -> usize;
+}
+
+pub(crate) struct Typed<I, T, S, R, O> {
+    pub decoders: Vec<Decode<I>>,
+    pub pre: Chain<I, T>,
+    pub key: KeyFn<T>,
+    pub step: StepFn<S, T, R>,
+    pub post: Chain<R, O>,
+    pub encode: Encode<O>,
+}
+
+impl<I, T, S, R, O> Dataflow for Typed<I, T, S, R, O>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    S: State,
+    R: 'static,
+    O: 'static,
+{
+    fn ingress(&self, source: usize) -> Box<dyn Ingress> {
+        Box::new(TypedIngress {
+            decode: self.decoders[source].clone(),
+            pre: self.pre.clone(),
+            key: self.key.clone(),
+            batches: Vec::new(),
+        })
+    }
+
+    fn keyed(&self, me: CoreId, table: &RoutingTable) -> Box<dyn KeyedCore> {
+        Box::new(TypedKeyed {
+            protocol: Protocol::new(me, table),
+            store: SlotStore::new(table.n_slots()),
+            frozen: HashMap::new(),
+            n_slots: table.n_slots(),
+            key: self.key.clone(),
+            step: self.step.clone(),
+            post: self.post.clone(),
+            encode: self.encode.clone(),
+        })
+    }
+}
+
+struct TypedIngress<I, T> {
+    decode: Decode<I>,
+    pre: Chain<I, T>,
+    key: KeyFn<T>,
+    /// Waiting messages, indexed by owner core.
+    batches: Vec<Vec<KeyedMsg<T>>>,
+}
+
+impl<I, T: Send + 'static> Ingress for TypedIngress<I, T> {
+    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError> {
+        let input = (self.decode)(frame)?;
+        let Self { pre, key, batches, .. } = self;
+        pre(input, &mut |value| {
+            let hash = stable_hash(key(&value));
+            let owner = usize::from(routes.owner(slot_of(hash, routes.n_slots())));
+            if owner >= batches.len() {
+                batches.resize_with(owner + 1, Vec::new);
+            }
+            batches[owner].push(KeyedMsg { hash, ingress, value });
+        });
+        Ok(())
+    }
+
+    fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch)) {
+        for (core, batch) in self.batches.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                each(core as CoreId, Box::new(std::mem::take(batch)));
+            }
+        }
+    }
+}
+
+struct TypedKeyed<T, S, R, O> {
+    protocol: Protocol<KeyedMsg<T>>,
+    store: SlotStore<S>,
+    /// Entities of slots handed off, kept until the new owner acknowledges.
+    frozen: HashMap<u32, Vec<Entity<S>>>,
+    n_slots: u32,
+    key: KeyFn<T>,
+    step: StepFn<S, T, R>,
+    post: Chain<R, O>,
+    encode: Encode<O>,
+}
+
+impl<T, S: State, R, O> TypedKeyed<T, S, R, O> {
+    fn apply_one(&mut self, msg: KeyedMsg<T>, sink: &mut SinkBuffer) {
+        let Self { store, key, step, post, encode, .. } = self;
+        let state = store.entry(msg.hash, key(&msg.value));
+        let ingress = msg.ingress;
+        step(
+            state,
+            msg.value,
+            &mut Emit(&mut |r| post(r, &mut |o| sink.push(ingress, |bytes| encode(&o, bytes)))),
+        );
+    }
+}
+
+impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
+    fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer) -> usize {
+        let batch: &mut Vec<KeyedMsg<T>> = batch.downcast_mut().expect("a batch of this dataflow");
+        let mut misrouted = 0;
+        for msg in batch.drain(..) {
+            match self.protocol.deliver(slot_of(msg.hash, self.n_slots), msg) {
+                Delivery::Apply(msg) => self.apply_one(msg, sink),
+                Delivery::Buffered => {}
+                Delivery::Misrouted(_) => misrouted += 1,
+            }
+        }
+        misrouted
+    }
+
+    fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError> {
+        self.protocol.prepare(t)
+    }
+
+    fn switch(&mut self) -> Result<Switched, ProtocolError> {
+        self.protocol.switch()
+    }
+
+    fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError> {
+        self.protocol.on_marker(from, epoch)
+    }
+
+    fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError> {
+        let store = &mut self.store;
+        let entities = self.frozen.entry(slot).or_insert_with(|| store.take_slot(slot));
+        SlotArchive::write(slot, entities)
+    }
+
+    fn install(&mut self, archive: &SlotArchive, sink: &mut SinkBuffer) -> Result<u32, InstallError> {
+        let entities = archive.read::<S>()?;
+        let count = entities.len() as u32;
+        let waiting = self.protocol.install(archive.slot)?;
+        self.store.install_slot(archive.slot, entities);
+        for msg in waiting {
+            self.apply_one(msg, sink);
+        }
+        Ok(count)
+    }
+
+    fn release(&mut self, slot: u32) -> Result<(), ProtocolError> {
+        self.protocol.acknowledged(slot)?;
+        self.frozen.remove(&slot);
+        Ok(())
+    }
+
+    fn in_step(&self) -> bool {
+        self.protocol.in_step()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.protocol.epoch()
+    }
+
+    fn owned_slots(&self) -> usize {
+        self.protocol.owned()
+    }
+
+    fn buffered(&self) -> usize {
+        self.protocol.buffered()
+    }
+
+    fn entities(&self) -> usize {
+        self.store.len() + self.frozen.values().map(Vec::len).sum::<usize>()
+    }
+}

@@ -1,0 +1,93 @@
+//! A core's ordered queue of messages for one peer core, drained into the peer's inbox by a task
+//! of its own.
+//!
+//! Tasks enqueue without awaiting, so routing a step's messages, an epoch switch and its markers
+//! are each one synchronous action, and the order they are enqueued in is the order the peer
+//! receives them. Only the sender task awaits the peer's bounded inbox; data producers wait for
+//! [`Outbox::has_room`] before a step, which is how back-pressure reaches the sockets. Protocol
+//! messages (markers, handoffs, acknowledgements) are never held back.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use super::core::CoreMsg;
+use super::notify::Notify;
+use crate::routing::CoreId;
+
+/// Data batches queued for one peer before producers wait.
+const MAX_QUEUED_BATCHES: usize = 16;
+
+pub(crate) struct Outbox {
+    pub peer: CoreId,
+    queue: RefCell<VecDeque<CoreMsg>>,
+    queued_batches: Cell<usize>,
+    sending: Cell<bool>,
+    closed: Cell<bool>,
+    ready: Notify,
+}
+
+impl Outbox {
+    /// Creates the outbox and starts its sender task on this executor. `progress` is signalled
+    /// whenever a message leaves the queue (room for producers, flush waiters).
+    pub fn start(peer: CoreId, inbox: flume::Sender<CoreMsg>, progress: Rc<Notify>) -> Rc<Outbox> {
+        let outbox = Rc::new(Outbox {
+            peer,
+            queue: RefCell::default(),
+            queued_batches: Cell::new(0),
+            sending: Cell::new(false),
+            closed: Cell::new(false),
+            ready: Notify::default(),
+        });
+        let me = outbox.clone();
+        glommio::spawn_local(async move { me.send_all(inbox, &progress).await }).detach();
+        outbox
+    }
+
+    pub fn push(&self, msg: CoreMsg) {
+        if matches!(msg, CoreMsg::Batch { .. }) {
+            self.queued_batches.set(self.queued_batches.get() + 1);
+        }
+        self.queue.borrow_mut().push_back(msg);
+        self.ready.notify_all();
+    }
+
+    /// Whether producers may add another step's batches.
+    pub fn has_room(&self) -> bool {
+        self.queued_batches.get() < MAX_QUEUED_BATCHES
+    }
+
+    /// Everything enqueued so far has been handed to the peer's inbox.
+    pub fn is_flushed(&self) -> bool {
+        self.queue.borrow().is_empty() && !self.sending.get()
+    }
+
+    /// Sends what is queued, then stops the sender task.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.ready.notify_all();
+    }
+
+    async fn send_all(&self, inbox: flume::Sender<CoreMsg>, progress: &Notify) {
+        loop {
+            let next = self.queue.borrow_mut().pop_front();
+            let Some(msg) = next else {
+                if self.closed.get() {
+                    return;
+                }
+                self.ready.wait().await;
+                continue;
+            };
+            if matches!(msg, CoreMsg::Batch { .. }) {
+                self.queued_batches.set(self.queued_batches.get() - 1);
+            }
+            self.sending.set(true);
+            let sent = inbox.send_async(msg).await;
+            self.sending.set(false);
+            progress.notify_all();
+            if sent.is_err() {
+                tracing::error!(peer = self.peer, "core {} is gone: a message to it was lost", self.peer);
+            }
+        }
+    }
+}

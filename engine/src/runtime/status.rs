@@ -1,0 +1,138 @@
+//! What the engine reports about itself: `status`, and the outcome of a change of cores.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::core::CoreMsg;
+use crate::metrics::{human_ns, CoreStatus};
+use crate::routing::{CoreId, RoutingTable};
+
+/// The coordinator's published picture, readable while a change runs.
+pub(crate) struct View {
+    pub epoch: u64,
+    pub n_slots: u32,
+    pub cores: Vec<(CoreId, usize, flume::Sender<CoreMsg>)>,
+    pub migration: Option<MigrationProgress>,
+    pub retired: usize,
+}
+
+impl View {
+    pub fn new(table: &RoutingTable) -> Self {
+        Self { epoch: table.epoch(), n_slots: table.n_slots(), cores: Vec::new(), migration: None, retired: 0 }
+    }
+}
+
+/// A change of cores under way.
+#[derive(Debug, Clone)]
+pub struct MigrationProgress {
+    pub change: String,
+    pub started: Instant,
+    pub steps_done: usize,
+    pub steps: usize,
+    pub slots_moved: usize,
+    pub slots: usize,
+}
+
+impl fmt::Display for MigrationProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: step {}/{}, {}/{} slots moved, running {:.1}s",
+            self.change,
+            self.steps_done,
+            self.steps,
+            self.slots_moved,
+            self.slots,
+            self.started.elapsed().as_secs_f64()
+        )
+    }
+}
+
+/// What a finished change of cores did.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeReport {
+    pub cores_before: usize,
+    pub cores_after: usize,
+    pub steps: usize,
+    pub slots_moved: usize,
+    pub entities_moved: u64,
+    /// Bytes of slot archives moved.
+    pub bytes_moved: u64,
+    /// From the request to the end of the last step.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for ChangeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "{} -> {} cores in {:.1} ms: {} slots in {} steps, {} entities, {:.1} MB of state ({:.0} MB/s)",
+            self.cores_before,
+            self.cores_after,
+            secs * 1e3,
+            self.slots_moved,
+            self.steps,
+            self.entities_moved,
+            self.bytes_moved as f64 / 1e6,
+            self.bytes_moved as f64 / 1e6 / secs
+        )
+    }
+}
+
+/// Why a change of cores was refused or failed.
+#[derive(Debug, Error)]
+pub enum ChangeError {
+    #[error("a change is already in progress ({0}); try again when `status` shows none")]
+    Busy(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot start a core: {0}")]
+    Start(String),
+    #[error("migration failed: {0}")]
+    Protocol(String),
+    #[error("the engine is stopping")]
+    Stopped,
+}
+
+/// The engine as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub epoch: u64,
+    pub n_slots: u32,
+    pub cores: Vec<CoreStatus>,
+    /// Cores that did not answer in time (busy).
+    pub silent: Vec<CoreId>,
+    pub migration: Option<MigrationProgress>,
+    pub retired: usize,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "routing epoch {}, {} slots, {} cores ({} retired)", self.epoch, self.n_slots, self.cores.len() + self.silent.len(), self.retired)?;
+        match &self.migration {
+            Some(m) => writeln!(f, "migration in progress: {m}")?,
+            None => writeln!(f, "no migration in progress")?,
+        }
+        writeln!(
+            f,
+            "{:>4} {:>3} {:>6} {:>10} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}",
+            "core", "cpu", "slots", "entities", "conns", "frames/s", "outputs/s", "p50", "p99", "max"
+        )?;
+        for c in &self.cores {
+            let q = |p: f64| if c.latency.is_empty() { "-".to_string() } else { human_ns(c.latency.value_at_quantile(p)) };
+            let max = if c.latency.is_empty() { "-".to_string() } else { human_ns(c.latency.max()) };
+            writeln!(
+                f,
+                "{:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}",
+                c.core, c.cpu, c.slots, c.entities, c.connections, c.frames_per_sec, c.outputs_per_sec, q(0.5), q(0.99), max
+            )?;
+        }
+        for id in &self.silent {
+            writeln!(f, "{id:>4} (busy: no answer within 2 s)")?;
+        }
+        Ok(())
+    }
+}
