@@ -44,24 +44,46 @@ pub enum ArchiveError {
 impl SlotArchive {
     /// Archives `entities` of `slot`.
     pub fn write<S: State>(slot: u32, entities: &Vec<Entity<S>>) -> Result<Self, ArchiveError> {
-        let bytes = rkyv::to_bytes::<BoxedError>(entities)
-            .map_err(|e| ArchiveError::Serialize { slot, reason: e.to_string() })?;
-        Ok(Self { slot, entities: entities.len() as u32, checksum: stable_hash(&bytes), bytes })
+        let bytes =
+            rkyv::to_bytes::<BoxedError>(entities).map_err(|e| ArchiveError::Serialize {
+                slot,
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            slot,
+            entities: entities.len() as u32,
+            checksum: stable_hash(&bytes),
+            bytes,
+        })
     }
 
     /// Checks and reads the entities back.
     pub fn read<S: State>(&self) -> Result<Vec<Entity<S>>, ArchiveError> {
         let slot = self.slot;
         if stable_hash(&self.bytes) != self.checksum {
-            return Err(ArchiveError::Checksum { slot, len: self.bytes.len() });
+            return Err(ArchiveError::Checksum {
+                slot,
+                len: self.bytes.len(),
+            });
         }
         let archived = rkyv::access::<rkyv::Archived<Vec<Entity<S>>>, BoxedError>(&self.bytes)
-            .map_err(|e| ArchiveError::Invalid { slot, reason: e.to_string() })?;
+            .map_err(|e| ArchiveError::Invalid {
+                slot,
+                reason: e.to_string(),
+            })?;
         if archived.len() != self.entities as usize {
-            return Err(ArchiveError::Count { slot, got: archived.len(), want: self.entities });
+            return Err(ArchiveError::Count {
+                slot,
+                got: archived.len(),
+                want: self.entities,
+            });
         }
-        rkyv::deserialize::<Vec<Entity<S>>, BoxedError>(archived)
-            .map_err(|e| ArchiveError::Invalid { slot, reason: e.to_string() })
+        rkyv::deserialize::<Vec<Entity<S>>, BoxedError>(archived).map_err(|e| {
+            ArchiveError::Invalid {
+                slot,
+                reason: e.to_string(),
+            }
+        })
     }
 }
 
@@ -70,7 +92,12 @@ mod tests {
     use super::*;
 
     fn words(n: usize) -> Vec<Entity<u64>> {
-        (0..n).map(|i| Entity { key: format!("word{i}").into_bytes().into(), state: i as u64 * 3 }).collect()
+        (0..n)
+            .map(|i| Entity {
+                key: format!("word{i}").into_bytes().into(),
+                state: i as u64 * 3,
+            })
+            .collect()
     }
 
     #[test]
@@ -85,15 +112,28 @@ mod tests {
 
     #[test]
     fn structured_state_round_trips() {
-        #[derive(Debug, Default, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        #[derive(
+            Debug, Default, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+        )]
         struct Quote {
             bid: f64,
             offer: f64,
             reject: bool,
             history: Vec<u32>,
         }
-        let e = vec![Entity { key: b"IBM ".to_vec().into(), state: Quote { bid: 1.5, offer: 1.6, reject: true, history: vec![1, 2] } }];
-        assert_eq!(SlotArchive::write(0, &e).unwrap().read::<Quote>().unwrap(), e);
+        let e = vec![Entity {
+            key: b"IBM ".to_vec().into(),
+            state: Quote {
+                bid: 1.5,
+                offer: 1.6,
+                reject: true,
+                history: vec![1, 2],
+            },
+        }];
+        assert_eq!(
+            SlotArchive::write(0, &e).unwrap().read::<Quote>().unwrap(),
+            e
+        );
     }
 
     #[test]
@@ -102,7 +142,10 @@ mod tests {
         let mid = a.bytes.len() / 2;
         a.bytes[mid] ^= 0x40;
         let err = a.read::<u64>().unwrap_err();
-        assert!(matches!(err, ArchiveError::Checksum { slot: 3, .. }), "{err}");
+        assert!(
+            matches!(err, ArchiveError::Checksum { slot: 3, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("corrupt"));
     }
 
@@ -116,7 +159,10 @@ mod tests {
         }
         a.checksum = stable_hash(&a.bytes);
         let err = a.read::<u64>().unwrap_err();
-        assert!(matches!(err, ArchiveError::Invalid { slot: 4, .. }), "{err}");
+        assert!(
+            matches!(err, ArchiveError::Invalid { slot: 4, .. }),
+            "{err}"
+        );
         assert!(!err.to_string().is_empty());
     }
 
@@ -124,6 +170,13 @@ mod tests {
     fn entity_count_must_match() {
         let mut a = SlotArchive::write(5, &words(3)).unwrap();
         a.entities = 4;
-        assert!(matches!(a.read::<u64>(), Err(ArchiveError::Count { got: 3, want: 4, .. })));
+        assert!(matches!(
+            a.read::<u64>(),
+            Err(ArchiveError::Count {
+                got: 3,
+                want: 4,
+                ..
+            })
+        ));
     }
 }

@@ -39,7 +39,12 @@ pub(crate) trait Dataflow: Send + Sync {
 /// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
 pub(crate) trait Ingress {
     /// Decodes a frame and runs it to `key_by`; the keyed messages wait in per-core batches.
-    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError>;
+    fn push(
+        &mut self,
+        frame: &[u8],
+        ingress: u64,
+        routes: &RoutingTable,
+    ) -> Result<(), DecodeError>;
     /// Takes every waiting batch, with the core it is for.
     fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch));
 }
@@ -64,7 +69,11 @@ pub(crate) trait KeyedCore {
     /// Archives a slot that was handed off; its entities stay here until [`Self::release`].
     fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError>;
     /// Installs a handoff and applies the messages that waited for it; returns the entities.
-    fn install(&mut self, archive: &SlotArchive, sink: &mut SinkBuffer) -> Result<u32, InstallError>;
+    fn install(
+        &mut self,
+        archive: &SlotArchive,
+        sink: &mut SinkBuffer,
+    ) -> Result<u32, InstallError>;
     /// The new owner has the slot: drop the entities kept here.
     fn release(&mut self, slot: u32) -> Result<(), ProtocolError>;
     fn in_step(&self) -> bool;
@@ -123,16 +132,27 @@ struct TypedIngress<I, T> {
 }
 
 impl<I, T: Send + 'static> Ingress for TypedIngress<I, T> {
-    fn push(&mut self, frame: &[u8], ingress: u64, routes: &RoutingTable) -> Result<(), DecodeError> {
+    fn push(
+        &mut self,
+        frame: &[u8],
+        ingress: u64,
+        routes: &RoutingTable,
+    ) -> Result<(), DecodeError> {
         let input = (self.decode)(frame)?;
-        let Self { pre, key, batches, .. } = self;
+        let Self {
+            pre, key, batches, ..
+        } = self;
         pre(input, &mut |value| {
             let hash = stable_hash(key(&value));
             let owner = usize::from(routes.owner(slot_of(hash, routes.n_slots())));
             if owner >= batches.len() {
                 batches.resize_with(owner + 1, Vec::new);
             }
-            batches[owner].push(KeyedMsg { hash, ingress, value });
+            batches[owner].push(KeyedMsg {
+                hash,
+                ingress,
+                value,
+            });
         });
         Ok(())
     }
@@ -160,7 +180,14 @@ struct TypedKeyed<T, S, R, O> {
 
 impl<T, S: State, R, O> TypedKeyed<T, S, R, O> {
     fn apply_one(&mut self, msg: KeyedMsg<T>, sink: &mut SinkBuffer) {
-        let Self { store, key, step, post, encode, .. } = self;
+        let Self {
+            store,
+            key,
+            step,
+            post,
+            encode,
+            ..
+        } = self;
         let state = store.entry(msg.hash, key(&msg.value));
         let ingress = msg.ingress;
         step(
@@ -199,11 +226,18 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
 
     fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError> {
         let store = &mut self.store;
-        let entities = self.frozen.entry(slot).or_insert_with(|| store.take_slot(slot));
+        let entities = self
+            .frozen
+            .entry(slot)
+            .or_insert_with(|| store.take_slot(slot));
         SlotArchive::write(slot, entities)
     }
 
-    fn install(&mut self, archive: &SlotArchive, sink: &mut SinkBuffer) -> Result<u32, InstallError> {
+    fn install(
+        &mut self,
+        archive: &SlotArchive,
+        sink: &mut SinkBuffer,
+    ) -> Result<u32, InstallError> {
         let entities = archive.read::<S>()?;
         let count = entities.len() as u32;
         let waiting = self.protocol.install(archive.slot)?;

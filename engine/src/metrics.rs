@@ -25,6 +25,8 @@ pub struct CoreReport {
     pub connections: u64,
     /// Connections closed because of bad framing, a bad frame or a read error.
     pub connection_errors: u64,
+    /// Connections this core handed to another core when it left.
+    pub handed_over: u64,
     /// Frames read from sources on this core.
     pub frames: u64,
     /// Outputs written to the sink.
@@ -50,6 +52,7 @@ impl CoreReport {
             core,
             connections: 0,
             connection_errors: 0,
+            handed_over: 0,
             frames: 0,
             outputs: 0,
             undelivered: 0,
@@ -91,6 +94,10 @@ impl Summary {
 
     pub fn connection_errors(&self) -> u64 {
         self.total(|c| c.connection_errors)
+    }
+
+    pub fn handed_over(&self) -> u64 {
+        self.total(|c| c.handed_over)
     }
 
     pub fn misrouted(&self) -> u64 {
@@ -213,7 +220,11 @@ impl fmt::Display for Summary {
             )?;
         }
         if self.misrouted() > 0 {
-            writeln!(f, "BUG: {} messages reached a core that did not own their slot", self.misrouted())?;
+            writeln!(
+                f,
+                "BUG: {} messages reached a core that did not own their slot",
+                self.misrouted()
+            )?;
         }
         if self.undelivered() > 0 {
             writeln!(

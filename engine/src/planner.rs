@@ -38,7 +38,11 @@ pub struct Plan {
 }
 
 /// Plans `change` from `current`, whose members are `members` (cores owning no slot included).
-pub fn plan(current: &RoutingTable, members: &[CoreId], change: &Change) -> Result<Plan, PlanError> {
+pub fn plan(
+    current: &RoutingTable,
+    members: &[CoreId],
+    change: &Change,
+) -> Result<Plan, PlanError> {
     let now: BTreeSet<CoreId> = members.iter().copied().collect();
     let (next, removed): (BTreeSet<CoreId>, BTreeSet<CoreId>) = match change {
         Change::Add(cores) => {
@@ -97,12 +101,20 @@ pub fn plan(current: &RoutingTable, members: &[CoreId], change: &Change) -> Resu
     moves.sort_unstable_by_key(|m| m.slot);
     let mut target = current.with_moves(&moves);
     target.set_epoch(current.epoch());
-    Ok(Plan { members: next.into_iter().collect(), target, moves })
+    Ok(Plan {
+        members: next.into_iter().collect(),
+        target,
+        moves,
+    })
 }
 
 /// Cuts `moves` into steps of at most `max_slots` moves: each step is one epoch, so no slot waits
 /// behind a large move. Returns each step's table (epochs `current + 1, + 2, ...`) and moves.
-pub fn steps(current: &RoutingTable, moves: &[Move], max_slots: usize) -> Vec<(RoutingTable, Vec<Move>)> {
+pub fn steps(
+    current: &RoutingTable,
+    moves: &[Move],
+    max_slots: usize,
+) -> Vec<(RoutingTable, Vec<Move>)> {
     let mut table = current.clone();
     moves
         .chunks(max_slots.max(1))
@@ -153,9 +165,18 @@ mod tests {
     #[test]
     fn errors() {
         let t = RoutingTable::uniform(16, 2);
-        assert_eq!(plan(&t, &[0, 1], &Change::Add(vec![1])), Err(PlanError::AlreadyMember(1)));
-        assert_eq!(plan(&t, &[0, 1], &Change::Remove(vec![5])), Err(PlanError::NotMember(5)));
-        assert_eq!(plan(&t, &[0, 1], &Change::Remove(vec![0, 1])), Err(PlanError::NoCoreLeft));
+        assert_eq!(
+            plan(&t, &[0, 1], &Change::Add(vec![1])),
+            Err(PlanError::AlreadyMember(1))
+        );
+        assert_eq!(
+            plan(&t, &[0, 1], &Change::Remove(vec![5])),
+            Err(PlanError::NotMember(5))
+        );
+        assert_eq!(
+            plan(&t, &[0, 1], &Change::Remove(vec![0, 1])),
+            Err(PlanError::NoCoreLeft)
+        );
     }
 
     #[test]
@@ -165,7 +186,10 @@ mod tests {
         let s = steps(&t, &p.moves, 100);
         assert_eq!(s.len(), p.moves.len().div_ceil(100));
         assert!(s.iter().all(|(_, m)| m.len() <= 100));
-        assert_eq!(s.iter().map(|(t, _)| t.epoch()).collect::<Vec<_>>(), (1..=s.len() as u64).collect::<Vec<_>>());
+        assert_eq!(
+            s.iter().map(|(t, _)| t.epoch()).collect::<Vec<_>>(),
+            (1..=s.len() as u64).collect::<Vec<_>>()
+        );
         let last = &s.last().unwrap().0;
         assert!((0..4096).all(|slot| last.owner(slot) == p.target.owner(slot)));
     }

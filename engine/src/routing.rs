@@ -64,10 +64,17 @@ impl RoutingTable {
     pub fn with_moves(&self, moves: &[Move]) -> RoutingTable {
         let mut owners = self.owners.clone();
         for m in moves {
-            debug_assert_eq!(owners[m.slot as usize], m.from, "move of slot {} from a non-owner", m.slot);
+            debug_assert_eq!(
+                owners[m.slot as usize], m.from,
+                "move of slot {} from a non-owner",
+                m.slot
+            );
             owners[m.slot as usize] = m.to;
         }
-        RoutingTable { epoch: self.epoch + 1, owners }
+        RoutingTable {
+            epoch: self.epoch + 1,
+            owners,
+        }
     }
 }
 

@@ -72,7 +72,10 @@ impl<S: Default> SlotStore<S> {
         table.reserve(entities.len(), |e| table_hash(stable_hash(&e.key)));
         for e in entities {
             let th = table_hash(stable_hash(&e.key));
-            debug_assert!(table.find(th, |x| x.key == e.key).is_none(), "a key installed twice");
+            debug_assert!(
+                table.find(th, |x| x.key == e.key).is_none(),
+                "a key installed twice"
+            );
             table.insert_unique(th, e, |x| table_hash(stable_hash(&x.key)));
             self.len += 1;
         }

@@ -79,6 +79,7 @@ impl Running {
     }
 
     pub fn start_with(app: &App, records: Records, tune: impl FnOnce(&mut Config)) -> Running {
+        init_logging();
         let sink = Sink::start(records);
         let inputs = app
             .sources()
@@ -103,6 +104,17 @@ impl Running {
     pub fn stop(self) -> (Summary, Sink) {
         (self.engine.stop(), self.sink)
     }
+}
+
+/// Engine logs go to the test's captured output (shown when a test fails); `RUST_LOG` sets the
+/// level (default `warn`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Sends `frames` over one new connection to `addr` and closes it.

@@ -11,4 +11,6 @@ mod binary;
 pub mod harness;
 pub mod reference;
 #[cfg(test)]
+mod scaling;
+#[cfg(test)]
 mod word_count;

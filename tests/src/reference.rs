@@ -26,12 +26,14 @@ pub fn reference_counts<'a>(lines: impl IntoIterator<Item = &'a str>) -> HashMap
     counts
 }
 
-/// Checks word count's whole output: for every word exactly the running totals 1..=n in order
-/// (within the one sink connection that carried it), no gap, no duplicate, and the final counts
-/// equal `expected`. `outputs` holds each sink connection's lines in arrival order.
+/// Checks word count's whole output: for every word exactly the running totals 1..=n, each
+/// once, no gap, no duplicate, and the final counts equal `expected`. `outputs` holds each sink
+/// connection's lines in arrival order; a word's outputs may be spread over several connections
+/// when its slot moved between cores, but within each connection they must rise.
 pub fn check_running_totals(outputs: &[Vec<String>], expected: &HashMap<String, u64>) {
-    let mut seen: HashMap<&str, (usize, u64)> = HashMap::new();
-    for (conn, lines) in outputs.iter().enumerate() {
+    let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
+    for lines in outputs {
+        let mut last_here: HashMap<&str, u64> = HashMap::new();
         for line in lines {
             let (word, count) = line
                 .rsplit_once(" => ")
@@ -39,18 +41,14 @@ pub fn check_running_totals(outputs: &[Vec<String>], expected: &HashMap<String, 
             let count: u64 = count
                 .parse()
                 .unwrap_or_else(|_| panic!("bad count in {line:?}"));
-            let last = seen.entry(word).or_insert((conn, 0));
-            assert_eq!(
-                last.0, conn,
-                "word {word:?} arrived on two sink connections"
+            let last = last_here.entry(word).or_insert(0);
+            assert!(
+                count > *last,
+                "word {word:?}: {count} follows {} on one connection",
+                *last
             );
-            assert_eq!(
-                count,
-                last.1 + 1,
-                "word {word:?}: {count} follows {}",
-                last.1
-            );
-            last.1 = count;
+            *last = count;
+            seen.entry(word).or_default().push(count);
         }
     }
     let missing: Vec<_> = expected
@@ -59,8 +57,19 @@ pub fn check_running_totals(outputs: &[Vec<String>], expected: &HashMap<String, 
         .take(5)
         .collect();
     assert!(missing.is_empty(), "words never output, e.g. {missing:?}");
-    for (word, (_, count)) in &seen {
-        assert_eq!(Some(count), expected.get(*word), "final count of {word:?}");
+    for (word, counts) in &mut seen {
+        let n = *expected
+            .get(*word)
+            .unwrap_or_else(|| panic!("unexpected word {word:?}"));
+        counts.sort_unstable();
+        let exact =
+            counts.len() as u64 == n && counts.iter().enumerate().all(|(i, &c)| c == i as u64 + 1);
+        assert!(
+            exact,
+            "word {word:?}: want 1..={n} once each, got {} outputs {:?}...",
+            counts.len(),
+            &counts[..counts.len().min(8)]
+        );
     }
 }
 
@@ -77,14 +86,14 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "follows")]
+    #[should_panic(expected = "once each")]
     fn a_gap_is_caught() {
         let expected = reference_counts(["a a a"]);
         check_running_totals(&[vec!["a => 1".into(), "a => 3".into()]], &expected);
     }
 
     #[test]
-    #[should_panic(expected = "final count")]
+    #[should_panic(expected = "once each")]
     fn a_missing_tail_is_caught() {
         let expected = reference_counts(["a a a"]);
         check_running_totals(&[vec!["a => 1".into(), "a => 2".into()]], &expected);
@@ -96,6 +105,31 @@ mod tests {
         let expected = reference_counts(["a a"]);
         check_running_totals(
             &[vec!["a => 1".into(), "a => 1".into(), "a => 2".into()]],
+            &expected,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "once each")]
+    fn a_duplicate_across_connections_is_caught() {
+        let expected = reference_counts(["a a"]);
+        check_running_totals(
+            &[
+                vec!["a => 1".into()],
+                vec!["a => 1".into(), "a => 2".into()],
+            ],
+            &expected,
+        );
+    }
+
+    #[test]
+    fn a_word_may_move_between_connections() {
+        let expected = reference_counts(["a a a"]);
+        check_running_totals(
+            &[
+                vec!["a => 1".into(), "a => 2".into()],
+                vec!["a => 3".into()],
+            ],
             &expected,
         );
     }

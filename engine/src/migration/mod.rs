@@ -53,7 +53,11 @@ pub enum ProtocolError {
     #[error("no step is in progress")]
     NoStep,
     #[error("slot {slot} is {state}, expected {expected}")]
-    SlotState { slot: u32, state: &'static str, expected: &'static str },
+    SlotState {
+        slot: u32,
+        state: &'static str,
+        expected: &'static str,
+    },
     #[error("marker from core {from} for epoch {epoch}, which this step does not expect")]
     UnexpectedMarker { from: CoreId, epoch: u64 },
 }
@@ -124,9 +128,20 @@ impl<M> Protocol<M> {
     /// A core that owns what `table` gives it.
     pub fn new(me: CoreId, table: &RoutingTable) -> Self {
         let slots = (0..table.n_slots())
-            .map(|s| if table.owner(s) == me { SlotState::Owned } else { SlotState::Absent })
+            .map(|s| {
+                if table.owner(s) == me {
+                    SlotState::Owned
+                } else {
+                    SlotState::Absent
+                }
+            })
             .collect();
-        Self { me, epoch: table.epoch(), slots, step: None }
+        Self {
+            me,
+            epoch: table.epoch(),
+            slots,
+            step: None,
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -140,12 +155,24 @@ impl<M> Protocol<M> {
 
     /// Slots this core owns now (leaving slots count until they are handed off).
     pub fn owned(&self) -> usize {
-        self.slots.iter().filter(|s| matches!(s, SlotState::Owned | SlotState::Outgoing)).count()
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, SlotState::Owned | SlotState::Outgoing))
+            .count()
     }
 
     /// Messages waiting for incoming slots.
     pub fn buffered(&self) -> usize {
-        self.slots.iter().map(|s| if let SlotState::Incoming(b) = s { b.len() } else { 0 }).sum()
+        self.slots
+            .iter()
+            .map(|s| {
+                if let SlotState::Incoming(b) = s {
+                    b.len()
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 
     /// Learns a step before anyone switches: starts buffering for incoming slots.
@@ -154,7 +181,10 @@ impl<M> Protocol<M> {
             return Err(ProtocolError::Busy(step.to_epoch));
         }
         if t.table.epoch() != self.epoch + 1 {
-            return Err(ProtocolError::EpochGap { current: self.epoch, got: t.table.epoch() });
+            return Err(ProtocolError::EpochGap {
+                current: self.epoch,
+                got: t.table.epoch(),
+            });
         }
         for m in &t.moves {
             let state = &self.slots[m.slot as usize];
@@ -162,10 +192,19 @@ impl<M> Protocol<M> {
                 && (m.from != self.me || matches!(state, SlotState::Owned));
             if !ok {
                 let expected = if m.to == self.me { "absent" } else { "owned" };
-                return Err(ProtocolError::SlotState { slot: m.slot, state: state.name(), expected });
+                return Err(ProtocolError::SlotState {
+                    slot: m.slot,
+                    state: state.name(),
+                    expected,
+                });
             }
         }
-        let outgoing: Vec<Move> = t.moves.iter().filter(|m| m.from == self.me).copied().collect();
+        let outgoing: Vec<Move> = t
+            .moves
+            .iter()
+            .filter(|m| m.from == self.me)
+            .copied()
+            .collect();
         let mut incoming_left = 0;
         for m in t.moves.iter().filter(|m| m.to == self.me) {
             self.slots[m.slot as usize] = SlotState::Incoming(Vec::new());
@@ -174,9 +213,16 @@ impl<M> Protocol<M> {
         for m in &outgoing {
             self.slots[m.slot as usize] = SlotState::Outgoing;
         }
-        let markers_missing =
-            if outgoing.is_empty() { BTreeSet::new() } else { t.producers.iter().copied().collect() };
-        let marker_targets = t.old_owners().into_iter().filter(|&c| c != self.me).collect();
+        let markers_missing = if outgoing.is_empty() {
+            BTreeSet::new()
+        } else {
+            t.producers.iter().copied().collect()
+        };
+        let marker_targets = t
+            .old_owners()
+            .into_iter()
+            .filter(|&c| c != self.me)
+            .collect();
         self.step = Some(Step {
             to_epoch: t.table.epoch(),
             switched: false,
@@ -203,13 +249,19 @@ impl<M> Protocol<M> {
         let markers_to = step.marker_targets.clone();
         let handoffs = self.ready_handoffs();
         self.finish_if_done();
-        Ok(Switched { markers_to, handoffs })
+        Ok(Switched {
+            markers_to,
+            handoffs,
+        })
     }
 
     /// A producer's marker: it sends nothing more routed at the old epoch. Returns the slots
     /// that became complete.
     pub fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError> {
-        let step = self.step.as_mut().ok_or(ProtocolError::UnexpectedMarker { from, epoch })?;
+        let step = self
+            .step
+            .as_mut()
+            .ok_or(ProtocolError::UnexpectedMarker { from, epoch })?;
         if epoch + 1 != step.to_epoch || !step.markers_missing.remove(&from) {
             return Err(ProtocolError::UnexpectedMarker { from, epoch });
         }
@@ -217,7 +269,9 @@ impl<M> Protocol<M> {
     }
 
     fn ready_handoffs(&mut self) -> Vec<Move> {
-        let Some(step) = self.step.as_mut() else { return Vec::new() };
+        let Some(step) = self.step.as_mut() else {
+            return Vec::new();
+        };
         if !step.switched || !step.markers_missing.is_empty() || step.handed_off {
             return Vec::new();
         }
@@ -248,7 +302,11 @@ impl<M> Protocol<M> {
         let SlotState::Incoming(buffer) = state else {
             let name = state.name();
             self.slots[slot as usize] = state;
-            return Err(ProtocolError::SlotState { slot, state: name, expected: "incoming" });
+            return Err(ProtocolError::SlotState {
+                slot,
+                state: name,
+                expected: "incoming",
+            });
         };
         if let Some(step) = self.step.as_mut() {
             step.incoming_left -= 1;
@@ -262,7 +320,11 @@ impl<M> Protocol<M> {
         let state = &self.slots[slot as usize];
         if !matches!(state, SlotState::HandedOff) {
             let state = state.name();
-            return Err(ProtocolError::SlotState { slot, state, expected: "handed off" });
+            return Err(ProtocolError::SlotState {
+                slot,
+                state,
+                expected: "handed off",
+            });
         }
         self.slots[slot as usize] = SlotState::Absent;
         if let Some(step) = self.step.as_mut() {
@@ -293,9 +355,20 @@ mod tests {
     /// Slots 0..4; core 0 owns 0,1 and core 1 owns 2,3 at epoch 0; slot 1 moves to core 1.
     fn setup() -> (RoutingTable, Transition) {
         let t0 = RoutingTable::uniform(4, 2);
-        let moves = vec![Move { slot: 1, from: 0, to: 1 }];
+        let moves = vec![Move {
+            slot: 1,
+            from: 0,
+            to: 1,
+        }];
         let t1 = t0.with_moves(&moves);
-        (t0, Transition { table: Arc::new(t1), moves, producers: vec![0, 1] })
+        (
+            t0,
+            Transition {
+                table: Arc::new(t1),
+                moves,
+                producers: vec![0, 1],
+            },
+        )
     }
 
     #[test]
@@ -303,13 +376,26 @@ mod tests {
         let (t0, tr) = setup();
         let mut p = Protocol::<&str>::new(0, &t0);
         p.prepare(&tr).unwrap();
-        assert_eq!(p.deliver(1, "late e0 message"), Delivery::Apply("late e0 message"));
+        assert_eq!(
+            p.deliver(1, "late e0 message"),
+            Delivery::Apply("late e0 message")
+        );
         let sw = p.switch().unwrap();
         assert_eq!(sw.markers_to, Vec::<CoreId>::new(), "no other old owner");
         assert!(sw.handoffs.is_empty(), "core 1's marker is missing");
-        assert_eq!(p.deliver(1, "still e0 from core 1"), Delivery::Apply("still e0 from core 1"));
+        assert_eq!(
+            p.deliver(1, "still e0 from core 1"),
+            Delivery::Apply("still e0 from core 1")
+        );
         let ready = p.on_marker(1, 0).unwrap();
-        assert_eq!(ready, vec![Move { slot: 1, from: 0, to: 1 }]);
+        assert_eq!(
+            ready,
+            vec![Move {
+                slot: 1,
+                from: 0,
+                to: 1
+            }]
+        );
         assert!(matches!(p.deliver(1, "x"), Delivery::Misrouted("x")));
         assert!(p.in_step(), "waits for the acknowledgement");
         p.acknowledged(1).unwrap();
@@ -336,10 +422,18 @@ mod tests {
         p.prepare(&tr).unwrap();
         assert_eq!(p.deliver(1, 1), Delivery::Buffered);
         let sw = p.switch().unwrap();
-        assert_eq!(sw.markers_to, vec![0], "core 0 gives up a slot and needs our marker");
+        assert_eq!(
+            sw.markers_to,
+            vec![0],
+            "core 0 gives up a slot and needs our marker"
+        );
         assert!(sw.handoffs.is_empty());
         assert_eq!(p.deliver(1, 2), Delivery::Buffered);
-        assert_eq!(p.deliver(2, 9), Delivery::Apply(9), "unmoved slots never wait");
+        assert_eq!(
+            p.deliver(2, 9),
+            Delivery::Apply(9),
+            "unmoved slots never wait"
+        );
         assert_eq!(p.buffered(), 2);
         assert_eq!(p.install(1).unwrap(), vec![1, 2]);
         assert_eq!(p.deliver(1, 3), Delivery::Apply(3));
@@ -350,8 +444,16 @@ mod tests {
     #[test]
     fn bystander_finishes_at_switch() {
         let t0 = RoutingTable::uniform(6, 3);
-        let moves = vec![Move { slot: 0, from: 0, to: 1 }];
-        let tr = Transition { table: Arc::new(t0.with_moves(&moves)), moves, producers: vec![0, 1, 2] };
+        let moves = vec![Move {
+            slot: 0,
+            from: 0,
+            to: 1,
+        }];
+        let tr = Transition {
+            table: Arc::new(t0.with_moves(&moves)),
+            moves,
+            producers: vec![0, 1, 2],
+        };
         let mut p = Protocol::<u8>::new(2, &t0);
         p.prepare(&tr).unwrap();
         assert_eq!(p.switch().unwrap().markers_to, vec![0]);
@@ -363,32 +465,75 @@ mod tests {
         let (t0, tr) = setup();
         let mut p = Protocol::<u8>::new(0, &t0);
         assert_eq!(p.switch(), Err(ProtocolError::NoStep));
-        assert_eq!(p.on_marker(1, 0), Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 0 }));
+        assert_eq!(
+            p.on_marker(1, 0),
+            Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 0 })
+        );
         let mut skip = tr.clone();
         skip.table = Arc::new(tr.table.with_moves(&[]));
-        assert_eq!(p.prepare(&skip), Err(ProtocolError::EpochGap { current: 0, got: 2 }));
+        assert_eq!(
+            p.prepare(&skip),
+            Err(ProtocolError::EpochGap { current: 0, got: 2 })
+        );
         p.prepare(&tr).unwrap();
         assert_eq!(p.prepare(&tr), Err(ProtocolError::Busy(1)));
-        assert_eq!(p.on_marker(1, 5), Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 5 }));
-        assert_eq!(p.on_marker(7, 0), Err(ProtocolError::UnexpectedMarker { from: 7, epoch: 0 }));
-        assert!(matches!(p.install(1), Err(ProtocolError::SlotState { slot: 1, .. })));
-        assert!(matches!(p.acknowledged(0), Err(ProtocolError::SlotState { slot: 0, .. })));
+        assert_eq!(
+            p.on_marker(1, 5),
+            Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 5 })
+        );
+        assert_eq!(
+            p.on_marker(7, 0),
+            Err(ProtocolError::UnexpectedMarker { from: 7, epoch: 0 })
+        );
+        assert!(matches!(
+            p.install(1),
+            Err(ProtocolError::SlotState { slot: 1, .. })
+        ));
+        assert!(matches!(
+            p.acknowledged(0),
+            Err(ProtocolError::SlotState { slot: 0, .. })
+        ));
         p.switch().unwrap();
         assert_eq!(p.switch(), Err(ProtocolError::Busy(1)));
         assert_eq!(p.on_marker(1, 0).unwrap().len(), 1);
-        assert_eq!(p.on_marker(1, 0), Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 0 }));
+        assert_eq!(
+            p.on_marker(1, 0),
+            Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 0 })
+        );
     }
 
     #[test]
     fn prepare_checks_slot_states() {
         let (t0, _) = setup();
-        let moves = vec![Move { slot: 2, from: 0, to: 1 }]; // core 0 does not own slot 2
-        let tr = Transition { table: Arc::new(t0.with_moves(&[])), moves, producers: vec![0, 1] };
+        let moves = vec![Move {
+            slot: 2,
+            from: 0,
+            to: 1,
+        }]; // core 0 does not own slot 2
+        let tr = Transition {
+            table: Arc::new(t0.with_moves(&[])),
+            moves,
+            producers: vec![0, 1],
+        };
         let mut p = Protocol::<u8>::new(0, &t0);
-        assert!(matches!(p.prepare(&tr), Err(ProtocolError::SlotState { slot: 2, .. })));
+        assert!(matches!(
+            p.prepare(&tr),
+            Err(ProtocolError::SlotState { slot: 2, .. })
+        ));
         let mut q = Protocol::<u8>::new(1, &t0);
-        let moves = vec![Move { slot: 2, from: 0, to: 1 }]; // core 1 already owns slot 2
-        let tr = Transition { table: Arc::new(t0.with_moves(&[])), moves, producers: vec![0, 1] };
-        assert!(matches!(q.prepare(&tr), Err(ProtocolError::SlotState { slot: 2, .. })));
+        let moves = vec![Move {
+            slot: 2,
+            from: 0,
+            to: 1,
+        }]; // core 1 already owns slot 2
+        let tr = Transition {
+            table: Arc::new(t0.with_moves(&[])),
+            moves,
+            producers: vec![0, 1],
+        };
+        assert!(matches!(
+            q.prepare(&tr),
+            Err(ProtocolError::SlotState { slot: 2, .. })
+        ));
     }
 }

@@ -110,7 +110,11 @@ impl Sim {
         let key = self.rng.below(N_KEYS as usize) as u32;
         let seq = self.produced.entry((core as CoreId, key)).or_insert(0);
         *seq += 1;
-        let msg = Msg { producer: core as CoreId, seq: *seq, key };
+        let msg = Msg {
+            producer: core as CoreId,
+            seq: *seq,
+            key,
+        };
         let slot = slot_of_key(key);
         let owner = usize::from(self.cores[core].table.owner(slot));
         self.send(core, owner, Wire::Data(slot, msg));
@@ -119,7 +123,13 @@ impl Sim {
     fn apply(&mut self, core: usize, msg: Msg) {
         let entry = self.cores[core].state.entry(msg.key).or_default();
         let last = entry.last_seq.entry(msg.producer).or_insert(0);
-        assert_eq!(msg.seq, *last + 1, "key {} from producer {}: order or exactly-once broken", msg.key, msg.producer);
+        assert_eq!(
+            msg.seq,
+            *last + 1,
+            "key {} from producer {}: order or exactly-once broken",
+            msg.key,
+            msg.producer
+        );
         *last = msg.seq;
         entry.applied += 1;
     }
@@ -129,10 +139,15 @@ impl Sim {
             Wire::Data(slot, msg) => match self.cores[core].protocol.deliver(slot, msg) {
                 Delivery::Apply(m) => self.apply(core, m),
                 Delivery::Buffered => {}
-                Delivery::Misrouted(m) => panic!("core {core} got {m:?} for slot {slot} it does not own"),
+                Delivery::Misrouted(m) => {
+                    panic!("core {core} got {m:?} for slot {slot} it does not own")
+                }
             },
             Wire::Marker(epoch) => {
-                let ready = self.cores[core].protocol.on_marker(from as CoreId, epoch).unwrap();
+                let ready = self.cores[core]
+                    .protocol
+                    .on_marker(from as CoreId, epoch)
+                    .unwrap();
                 self.hand_off(core, ready);
             }
             Wire::Handoff(slot, entities) => {
@@ -148,9 +163,16 @@ impl Sim {
 
     fn hand_off(&mut self, core: usize, moves: Vec<Move>) {
         for m in moves {
-            let keys: Vec<u32> =
-                self.cores[core].state.keys().copied().filter(|&k| slot_of_key(k) == m.slot).collect();
-            let entities = keys.iter().map(|k| (*k, self.cores[core].state.remove(k).unwrap())).collect();
+            let keys: Vec<u32> = self.cores[core]
+                .state
+                .keys()
+                .copied()
+                .filter(|&k| slot_of_key(k) == m.slot)
+                .collect();
+            let entities = keys
+                .iter()
+                .map(|k| (*k, self.cores[core].state.remove(k).unwrap()))
+                .collect();
             self.send(core, usize::from(m.to), Wire::Handoff(m.slot, entities));
         }
     }
@@ -170,16 +192,22 @@ impl Sim {
     /// Starts the next step of the plan, or plans a new random change.
     fn coordinate(&mut self) {
         if self.active.is_some() {
-            let busy = self.cores.iter().any(|c| c.protocol.in_step() || c.pending_switch);
+            let busy = self
+                .cores
+                .iter()
+                .any(|c| c.protocol.in_step() || c.pending_switch);
             if busy {
                 return;
             }
             self.active = None;
         }
         if self.plan.is_empty() {
-            let grow = self.members.len() == 1 || (self.members.len() < N_CORES && self.rng.below(2) == 0);
+            let grow =
+                self.members.len() == 1 || (self.members.len() < N_CORES && self.rng.below(2) == 0);
             let change = if grow {
-                let free: Vec<CoreId> = (0..N_CORES as CoreId).filter(|c| !self.members.contains(c)).collect();
+                let free: Vec<CoreId> = (0..N_CORES as CoreId)
+                    .filter(|c| !self.members.contains(c))
+                    .collect();
                 Change::Add(vec![free[self.rng.below(free.len())]])
             } else {
                 Change::Remove(vec![self.members[self.rng.below(self.members.len())]])
@@ -212,7 +240,9 @@ impl Sim {
                 self.produce(core);
             }
             4..=7 => {
-                let busy: Vec<usize> = (0..self.channels.len()).filter(|&i| !self.channels[i].is_empty()).collect();
+                let busy: Vec<usize> = (0..self.channels.len())
+                    .filter(|&i| !self.channels[i].is_empty())
+                    .collect();
                 if !busy.is_empty() {
                     let ch = busy[self.rng.below(busy.len())];
                     let wire = self.channels[ch].pop_front().unwrap();
@@ -220,7 +250,9 @@ impl Sim {
                 }
             }
             8 => {
-                let waiting: Vec<usize> = (0..N_CORES).filter(|&c| self.cores[c].pending_switch).collect();
+                let waiting: Vec<usize> = (0..N_CORES)
+                    .filter(|&c| self.cores[c].pending_switch)
+                    .collect();
                 if !waiting.is_empty() {
                     let core = waiting[self.rng.below(waiting.len())];
                     self.switch(core);
@@ -233,11 +265,15 @@ impl Sim {
     /// Delivers everything in flight and finishes the current step.
     fn drain(&mut self) {
         loop {
-            let waiting: Vec<usize> = (0..N_CORES).filter(|&c| self.cores[c].pending_switch).collect();
+            let waiting: Vec<usize> = (0..N_CORES)
+                .filter(|&c| self.cores[c].pending_switch)
+                .collect();
             for c in waiting {
                 self.switch(c);
             }
-            let Some(ch) = (0..self.channels.len()).find(|&i| !self.channels[i].is_empty()) else { break };
+            let Some(ch) = (0..self.channels.len()).find(|&i| !self.channels[i].is_empty()) else {
+                break;
+            };
             let wire = self.channels[ch].pop_front().unwrap();
             self.receive(ch % N_CORES, ch / N_CORES, wire);
         }
@@ -251,16 +287,31 @@ impl Sim {
         let mut applied: HashMap<u32, KeyState> = HashMap::new();
         for (core, c) in self.cores.iter().enumerate() {
             for (&key, st) in &c.state {
-                assert_eq!(usize::from(self.table.owner(slot_of_key(key))), core, "key {key} lives on its owner");
-                assert!(applied.insert(key, st.clone()).is_none(), "key {key} on two cores");
+                assert_eq!(
+                    usize::from(self.table.owner(slot_of_key(key))),
+                    core,
+                    "key {key} lives on its owner"
+                );
+                assert!(
+                    applied.insert(key, st.clone()).is_none(),
+                    "key {key} on two cores"
+                );
             }
         }
         for (&(producer, key), &n) in &self.produced {
             let st = &applied[&key];
-            assert_eq!(st.last_seq[&producer], n, "key {key} producer {producer}: every message applied");
+            assert_eq!(
+                st.last_seq[&producer], n,
+                "key {key} producer {producer}: every message applied"
+            );
         }
         for (key, st) in &applied {
-            let sent: u64 = self.produced.iter().filter(|((_, k), _)| k == key).map(|(_, n)| n).sum();
+            let sent: u64 = self
+                .produced
+                .iter()
+                .filter(|((_, k), _)| k == key)
+                .map(|(_, n)| n)
+                .sum();
             assert_eq!(st.applied, sent, "key {key} applied exactly once each");
         }
     }
@@ -288,6 +339,9 @@ fn simulation_really_migrates() {
     }
     sim.drain();
     sim.check();
-    assert!(epochs >= 10, "only {epochs} epochs: the simulation must exercise many steps");
+    assert!(
+        epochs >= 10,
+        "only {epochs} epochs: the simulation must exercise many steps"
+    );
     assert!(sim.cores.iter().filter(|c| !c.state.is_empty()).count() >= 1);
 }

@@ -47,7 +47,10 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub fn start(config: Arc<Config>, dataflow: Arc<dyn Dataflow>) -> Result<Self, StartError> {
-        let table = Arc::new(RoutingTable::uniform(config.n_slots, config.cores as CoreId));
+        let table = Arc::new(RoutingTable::uniform(
+            config.n_slots,
+            config.cores as CoreId,
+        ));
         let (events_tx, events) = flume::unbounded();
         let mut c = Coordinator {
             view: Arc::new(Mutex::new(View::new(&table))),
@@ -75,9 +78,16 @@ impl Coordinator {
         let ids: Vec<CoreId> = (0..n).map(|i| self.next_id + i as CoreId).collect();
         self.next_id += n as CoreId;
         let channels: Vec<_> = ids.iter().map(|_| flume::bounded(INBOX_CAPACITY)).collect();
-        let mut peers: Vec<(CoreId, flume::Sender<CoreMsg>)> =
-            self.cores.iter().map(|(&id, h)| (id, h.inbox.clone())).collect();
-        peers.extend(ids.iter().zip(&channels).map(|(&id, (tx, _))| (id, tx.clone())));
+        let mut peers: Vec<(CoreId, flume::Sender<CoreMsg>)> = self
+            .cores
+            .iter()
+            .map(|(&id, h)| (id, h.inbox.clone()))
+            .collect();
+        peers.extend(
+            ids.iter()
+                .zip(&channels)
+                .map(|(&id, (tx, _))| (id, tx.clone())),
+        );
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut started = Vec::new();
@@ -100,8 +110,18 @@ impl Coordinator {
                     let _ = ready.send(id);
                     core::run(setup).await
                 })
-                .map_err(|e| StartError::Executor { core: usize::from(id), reason: e.to_string() })?;
-            self.cores.insert(id, CoreHandle { inbox: tx, cpu, executor: spawned });
+                .map_err(|e| StartError::Executor {
+                    core: usize::from(id),
+                    reason: e.to_string(),
+                })?;
+            self.cores.insert(
+                id,
+                CoreHandle {
+                    inbox: tx,
+                    cpu,
+                    executor: spawned,
+                },
+            );
             started.push(id);
         }
         drop(ready_tx);
@@ -116,7 +136,10 @@ impl Coordinator {
                         }
                     }
                 }
-                return Err(StartError::Executor { core: usize::from(ids[0]), reason });
+                return Err(StartError::Executor {
+                    core: usize::from(ids[0]),
+                    reason,
+                });
             }
         }
         if self.cores.len() > cpus {
@@ -131,7 +154,9 @@ impl Coordinator {
     }
 
     fn least_used_cpu(&self, cpus: usize) -> usize {
-        (0..cpus).min_by_key(|&cpu| (self.cores.values().filter(|h| h.cpu == cpu).count(), cpu)).unwrap_or(0)
+        (0..cpus)
+            .min_by_key(|&cpu| (self.cores.values().filter(|h| h.cpu == cpu).count(), cpu))
+            .unwrap_or(0)
     }
 
     /// Adds `n` cores and moves slots onto them.
@@ -146,12 +171,20 @@ impl Coordinator {
         let started = Instant::now();
         let before = self.cores.len();
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
-        let ids = self.spawn_cores(n).map_err(|e| ChangeError::Start(e.to_string()))?;
-        let new_peers: Vec<_> = ids.iter().map(|id| (*id, self.cores[id].inbox.clone())).collect();
+        let ids = self
+            .spawn_cores(n)
+            .map_err(|e| ChangeError::Start(e.to_string()))?;
+        let new_peers: Vec<_> = ids
+            .iter()
+            .map(|id| (*id, self.cores[id].inbox.clone()))
+            .collect();
         for id in &old {
-            let _ = self.cores[id].inbox.send(CoreMsg::AddPeers(new_peers.clone()));
+            let _ = self.cores[id]
+                .inbox
+                .send(CoreMsg::AddPeers(new_peers.clone()));
         }
-        let p = plan(&self.table, &old, &Change::Add(ids.clone())).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let p = plan(&self.table, &old, &Change::Add(ids.clone()))
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         let label = format!("grow-cores {n}");
         let mut report = self.migrate(p, &label)?;
         report.cores_before = before;
@@ -177,7 +210,10 @@ impl Coordinator {
         let heirs: Vec<CoreId> = members[..members.len() - n].to_vec();
         {
             let mut targets = self.accept_targets.write().unwrap();
-            *targets = heirs.iter().map(|id| self.cores[id].inbox.clone()).collect();
+            *targets = heirs
+                .iter()
+                .map(|id| self.cores[id].inbox.clone())
+                .collect();
         }
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
@@ -185,15 +221,20 @@ impl Coordinator {
         let mut report = self.migrate(p, &label)?;
 
         for v in &victims {
-            let _ = self.cores[v].inbox.send(CoreMsg::Leave { heirs: heirs.clone() });
+            let _ = self.cores[v].inbox.send(CoreMsg::Leave {
+                heirs: heirs.clone(),
+            });
         }
         let mut left: BTreeSet<CoreId> = BTreeSet::new();
-        self.wait_events(&format!("cores {victims:?} to hand over their connections"), |e| {
-            if let CoreEvent::Left(c) = e {
-                left.insert(*c);
-            }
-            left.len() == victims.len()
-        })?;
+        self.wait_events(
+            &format!("cores {victims:?} to hand over their connections"),
+            |e| {
+                if let CoreEvent::Left(c) = e {
+                    left.insert(*c);
+                }
+                left.len() == victims.len()
+            },
+        )?;
         for h in &heirs {
             for v in &victims {
                 let _ = self.cores[h].inbox.send(CoreMsg::RemovePeer(*v));
@@ -218,7 +259,10 @@ impl Coordinator {
     /// Carries out `p` in bounded steps, each one epoch.
     fn migrate(&mut self, p: Plan, label: &str) -> Result<ChangeReport, ChangeError> {
         let steps = steps(&self.table, &p.moves, MAX_SLOTS_PER_STEP);
-        let mut report = ChangeReport { slots_moved: p.moves.len(), ..ChangeReport::default() };
+        let mut report = ChangeReport {
+            slots_moved: p.moves.len(),
+            ..ChangeReport::default()
+        };
         let mut progress = MigrationProgress {
             change: label.to_string(),
             started: Instant::now(),
@@ -231,7 +275,11 @@ impl Coordinator {
         for (table, moves) in steps {
             let epoch = table.epoch();
             let n_moves = moves.len();
-            let t = Arc::new(Transition { table: Arc::new(table), moves, producers: self.cores.keys().copied().collect() });
+            let t = Arc::new(Transition {
+                table: Arc::new(table),
+                moves,
+                producers: self.cores.keys().copied().collect(),
+            });
             for h in self.cores.values() {
                 let _ = h.inbox.send(CoreMsg::Prepare(t.clone()));
             }
@@ -252,7 +300,9 @@ impl Coordinator {
                     done.insert(*core);
                     done.len() == n
                 }
-                CoreEvent::Installed { entities, bytes, .. } => {
+                CoreEvent::Installed {
+                    entities, bytes, ..
+                } => {
                     report.entities_moved += u64::from(*entities);
                     report.bytes_moved += *bytes as u64;
                     false
@@ -270,7 +320,11 @@ impl Coordinator {
     }
 
     /// Waits for core events until `done` says so; a core's protocol failure ends the wait.
-    fn wait_events(&self, what: &str, mut done: impl FnMut(&CoreEvent) -> bool) -> Result<(), ChangeError> {
+    fn wait_events(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&CoreEvent) -> bool,
+    ) -> Result<(), ChangeError> {
         let mut waited = Duration::ZERO;
         loop {
             match self.events.recv_timeout(Duration::from_secs(5)) {
@@ -284,9 +338,14 @@ impl Coordinator {
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {
                     waited += Duration::from_secs(5);
-                    tracing::warn!("still waiting for {what} after {}s (is the sink up?)", waited.as_secs());
+                    tracing::warn!(
+                        "still waiting for {what} after {}s (is the sink up?)",
+                        waited.as_secs()
+                    );
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => unreachable!("the coordinator holds a sender"),
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    unreachable!("the coordinator holds a sender")
+                }
             }
         }
     }
@@ -302,7 +361,11 @@ impl Coordinator {
     fn publish(&self, migration: Option<MigrationProgress>) {
         let mut view = self.view.lock().unwrap();
         view.epoch = self.table.epoch();
-        view.cores = self.cores.iter().map(|(&id, h)| (id, h.cpu, h.inbox.clone())).collect();
+        view.cores = self
+            .cores
+            .iter()
+            .map(|(&id, h)| (id, h.cpu, h.inbox.clone()))
+            .collect();
         view.migration = migration;
         view.retired = self.retired.len();
     }

@@ -49,15 +49,28 @@ pub(crate) enum CoreMsg {
     /// A source connection for this core to read.
     Connection(Handover),
     /// Keyed messages from one source connection, in order.
-    Batch { batch: Batch },
+    Batch {
+        batch: Batch,
+    },
     /// The sender routes nothing more at `epoch` (it switched to `epoch + 1`).
-    Marker { from: CoreId, epoch: u64 },
+    Marker {
+        from: CoreId,
+        epoch: u64,
+    },
     /// A slot's entities, handed over by its old owner.
-    Handoff { from: CoreId, archive: SlotArchive },
+    Handoff {
+        from: CoreId,
+        archive: SlotArchive,
+    },
     /// The new owner installed `slot`.
-    HandoffAck { slot: u32 },
+    HandoffAck {
+        slot: u32,
+    },
     /// The new owner could not install `slot`; the old owner still has it.
-    HandoffRejected { slot: u32, reason: String },
+    HandoffRejected {
+        slot: u32,
+        reason: String,
+    },
     /// The next migration step: start buffering for incoming slots.
     Prepare(Arc<Transition>),
     /// Route with the prepared step's table from now on.
@@ -65,10 +78,14 @@ pub(crate) enum CoreMsg {
     AddPeers(Vec<(CoreId, flume::Sender<CoreMsg>)>),
     RemovePeer(CoreId),
     /// This core owns no slot any more: hand its source connections to `heirs` and report.
-    Leave { heirs: Vec<CoreId> },
+    Leave {
+        heirs: Vec<CoreId>,
+    },
     Status(flume::Sender<CoreStatus>),
     /// Stop reading sources; expect `producers` `ProducerDone`s (this core's own included).
-    Stop { producers: usize },
+    Stop {
+        producers: usize,
+    },
     /// The sending core has no more batches for anyone (its sources are closed and flushed).
     ProducerDone,
     /// A core that left: flush the sink and end.
@@ -139,7 +156,16 @@ pub(crate) struct CoreSetup {
 
 /// Runs one core until it is stopped (or retired) and everything in flight is applied.
 pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
-    let CoreSetup { id, cpu, config, dataflow, table, peers, inbox, events } = setup;
+    let CoreSetup {
+        id,
+        cpu,
+        config,
+        dataflow,
+        table,
+        peers,
+        inbox,
+        events,
+    } = setup;
     let core = Rc::new(Core {
         id,
         cpu,
@@ -183,12 +209,15 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         if producers.is_some_and(|n| core.producers_done.get() >= n) {
             break;
         }
-        let Ok(msg) = inbox.recv_async().await else { break };
+        let Ok(msg) = inbox.recv_async().await else {
+            break;
+        };
         match msg {
             CoreMsg::Retire => break,
             CoreMsg::Stop { producers: n } => {
                 producers = Some(n);
-                core.drain_deadline.set(Some(Instant::now() + core.config.drain_timeout));
+                core.drain_deadline
+                    .set(Some(Instant::now() + core.config.drain_timeout));
                 glommio::spawn_local(finish_producing(core.clone())).detach();
             }
             msg => core.handle(msg).await,
@@ -216,7 +245,10 @@ impl Core {
             }
             CoreMsg::Batch { mut batch } => {
                 self.wait_sink_room().await;
-                let misrouted = self.keyed.borrow_mut().apply(&mut *batch, &mut self.sink.borrow_mut());
+                let misrouted = self
+                    .keyed
+                    .borrow_mut()
+                    .apply(&mut *batch, &mut self.sink.borrow_mut());
                 self.after_apply(misrouted);
                 glommio::yield_if_needed().await;
             }
@@ -229,19 +261,31 @@ impl Core {
             }
             CoreMsg::Handoff { from, archive } => {
                 self.wait_sink_room().await;
-                let installed = self.keyed.borrow_mut().install(&archive, &mut self.sink.borrow_mut());
+                let installed = self
+                    .keyed
+                    .borrow_mut()
+                    .install(&archive, &mut self.sink.borrow_mut());
                 self.sink_ready.notify_all();
                 match installed {
                     Ok(entities) => {
-                        self.outbox(from).push(CoreMsg::HandoffAck { slot: archive.slot });
+                        self.outbox(from)
+                            .push(CoreMsg::HandoffAck { slot: archive.slot });
                         let bytes = archive.bytes.len();
                         let _ = self.events.send(CoreEvent::Installed { entities, bytes });
                         self.report_step_if_done();
                     }
                     Err(e) => {
-                        tracing::error!(core = self.id, from, "rejected the handoff of slot {}: {e}", archive.slot);
+                        tracing::error!(
+                            core = self.id,
+                            from,
+                            "rejected the handoff of slot {}: {e}",
+                            archive.slot
+                        );
                         let reason = e.to_string();
-                        self.outbox(from).push(CoreMsg::HandoffRejected { slot: archive.slot, reason });
+                        self.outbox(from).push(CoreMsg::HandoffRejected {
+                            slot: archive.slot,
+                            reason,
+                        });
                     }
                 }
             }
@@ -290,7 +334,10 @@ impl Core {
         let mut outboxes = self.outboxes.borrow_mut();
         for (peer, inbox) in peers {
             if peer != self.id {
-                outboxes.insert(peer, Outbox::start(peer, inbox, self.outbox_progress.clone()));
+                outboxes.insert(
+                    peer,
+                    Outbox::start(peer, inbox, self.outbox_progress.clone()),
+                );
             }
         }
     }
@@ -310,13 +357,19 @@ impl Core {
 
     fn fail(&self, error: String) {
         tracing::error!(core = self.id, "migration protocol violation: {error}");
-        let _ = self.events.send(CoreEvent::Failed { core: self.id, error });
+        let _ = self.events.send(CoreEvent::Failed {
+            core: self.id,
+            error,
+        });
     }
 
     fn after_apply(&self, misrouted: usize) {
         self.sink_ready.notify_all();
         if misrouted > 0 {
-            tracing::error!(core = self.id, "{misrouted} messages for slots this core does not own");
+            tracing::error!(
+                core = self.id,
+                "{misrouted} messages for slots this core does not own"
+            );
             self.report.borrow_mut().misrouted += misrouted as u64;
         }
     }
@@ -333,7 +386,10 @@ impl Core {
                 *self.table.borrow_mut() = t.table.clone();
                 let epoch = t.table.epoch() - 1;
                 for peer in sw.markers_to {
-                    self.outbox(peer).push(CoreMsg::Marker { from: self.id, epoch });
+                    self.outbox(peer).push(CoreMsg::Marker {
+                        from: self.id,
+                        epoch,
+                    });
                 }
                 self.start_handoffs(sw.handoffs);
                 self.report_step_if_done();
@@ -346,7 +402,10 @@ impl Core {
         let keyed = self.keyed.borrow();
         if self.awaiting_step_done.get() && !keyed.in_step() {
             self.awaiting_step_done.set(false);
-            let _ = self.events.send(CoreEvent::StepDone { core: self.id, epoch: keyed.epoch() });
+            let _ = self.events.send(CoreEvent::StepDone {
+                core: self.id,
+                epoch: keyed.epoch(),
+            });
         }
     }
 
@@ -358,7 +417,9 @@ impl Core {
 
     fn retry_handoff(&self, slot: u32, reason: &str) {
         let Some(&(to, attempts)) = self.handing_off.borrow().get(&slot) else {
-            return self.fail(format!("rejection of slot {slot}, which is not being handed off"));
+            return self.fail(format!(
+                "rejection of slot {slot}, which is not being handed off"
+            ));
         };
         if attempts >= HANDOFF_ATTEMPTS {
             return self.fail(format!(
@@ -366,12 +427,20 @@ impl Core {
                 self.id
             ));
         }
-        tracing::warn!(core = self.id, "core {to} rejected slot {slot} ({reason}); sending it again");
+        tracing::warn!(
+            core = self.id,
+            "core {to} rejected slot {slot} ({reason}); sending it again"
+        );
         let archive = self.keyed.borrow_mut().archive(slot);
         match archive {
             Ok(archive) => {
-                self.handing_off.borrow_mut().insert(slot, (to, attempts + 1));
-                self.outbox(to).push(CoreMsg::Handoff { from: self.id, archive });
+                self.handing_off
+                    .borrow_mut()
+                    .insert(slot, (to, attempts + 1));
+                self.outbox(to).push(CoreMsg::Handoff {
+                    from: self.id,
+                    archive,
+                });
             }
             Err(e) => self.fail(format!("archiving slot {slot}: {e}")),
         }
@@ -387,7 +456,12 @@ impl Core {
     async fn wait_room(&self) {
         loop {
             self.wait_sink_room().await;
-            let full = self.outboxes.borrow().values().find(|o| !o.has_room()).cloned();
+            let full = self
+                .outboxes
+                .borrow()
+                .values()
+                .find(|o| !o.has_room())
+                .cloned();
             match full {
                 Some(_) => self.outbox_progress.wait().await,
                 None => return,
@@ -412,7 +486,10 @@ impl Core {
         let mut misrouted = 0;
         ingress.take_batches(&mut |owner, mut batch| {
             if owner == self.id {
-                misrouted += self.keyed.borrow_mut().apply(&mut *batch, &mut self.sink.borrow_mut());
+                misrouted += self
+                    .keyed
+                    .borrow_mut()
+                    .apply(&mut *batch, &mut self.sink.borrow_mut());
             } else {
                 self.outbox(owner).push(CoreMsg::Batch { batch });
             }
@@ -468,7 +545,10 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
         match archive {
             Ok(archive) => {
                 core.handing_off.borrow_mut().insert(m.slot, (m.to, 1));
-                core.outbox(m.to).push(CoreMsg::Handoff { from: core.id, archive });
+                core.outbox(m.to).push(CoreMsg::Handoff {
+                    from: core.id,
+                    archive,
+                });
             }
             Err(e) => core.fail(format!("archiving slot {}: {e}", m.slot)),
         }
@@ -487,12 +567,16 @@ async fn leave(core: Rc<Core>) {
     core.flush_outboxes().await;
     let handovers = std::mem::take(&mut *core.handovers.borrow_mut());
     let moved = handovers.len();
+    core.report.borrow_mut().handed_over += moved as u64;
     for h in handovers {
         let heir = core.next_heir();
         core.outbox(heir).push(CoreMsg::Connection(h));
     }
     core.flush_outboxes().await;
-    tracing::info!(core = core.id, "left; {moved} source connections handed to other cores");
+    tracing::info!(
+        core = core.id,
+        "left; {moved} source connections handed to other cores"
+    );
     let _ = core.events.send(CoreEvent::Left(core.id));
 }
 
@@ -519,8 +603,14 @@ enum Wake {
 /// Reads one source connection until it ends, fails, the core stops, or the core leaves (then
 /// the connection is handed over with the bytes not yet decoded).
 async fn read_source(core: Rc<Core>, handover: Handover) {
-    let Handover { source, stream, pending } = handover;
-    let peer = stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+    let Handover {
+        source,
+        stream,
+        pending,
+    } = handover;
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
     let key = core.next_source.get();
     core.next_source.set(key + 1);
     match stream.try_clone() {
@@ -537,7 +627,12 @@ async fn read_source(core: Rc<Core>, handover: Handover) {
         }
     }
     core.report.borrow_mut().connections += 1;
-    let source_name = core.config.source_names.get(source).cloned().unwrap_or_default();
+    let source_name = core
+        .config
+        .source_names
+        .get(source)
+        .cloned()
+        .unwrap_or_default();
     tracing::debug!(core = core.id, %peer, source = %source_name, "reading source connection");
 
     let mut reader = FrameReader::new(stream, core.config.max_frame, &pending);
@@ -573,7 +668,11 @@ async fn read_source(core: Rc<Core>, handover: Handover) {
         Ok(true) => {
             if let Some(stream) = handle {
                 let pending = reader.pending();
-                core.handovers.borrow_mut().push(Handover { source, stream, pending });
+                core.handovers.borrow_mut().push(Handover {
+                    source,
+                    stream,
+                    pending,
+                });
             }
         }
         Ok(false) => tracing::debug!(core = core.id, %peer, "source connection closed"),
@@ -587,7 +686,12 @@ async fn read_source(core: Rc<Core>, handover: Handover) {
 
 /// One bounded step of a connection: up to [`FRAMES_PER_STEP`] frames decoded, routed and
 /// dispatched in one synchronous action. `Ok(true)` if more frames may be waiting.
-async fn step(core: &Core, reader: &mut FrameReader, ingress: &mut dyn Ingress, now: u64) -> Result<bool, String> {
+async fn step(
+    core: &Core,
+    reader: &mut FrameReader,
+    ingress: &mut dyn Ingress,
+    now: u64,
+) -> Result<bool, String> {
     core.wait_room().await;
     let table = core.table.borrow().clone();
     let mut frames = 0;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use self::coordinator::Coordinator;
-use self::core::{CoreMsg, Handover};
 pub use self::coordinator::MAX_SLOTS_PER_STEP;
+use self::core::{CoreMsg, Handover};
 pub use self::status::{ChangeError, ChangeReport, MigrationProgress, Status};
 use crate::app::App;
 use crate::metrics::Summary;
@@ -74,11 +74,18 @@ pub fn default_cores() -> usize {
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("app `{app}` has {sources} source(s) but {inputs} input address(es) were given")]
-    InputCount { app: String, sources: usize, inputs: usize },
+    InputCount {
+        app: String,
+        sources: usize,
+        inputs: usize,
+    },
     #[error("invalid configuration: {0}")]
     Config(&'static str),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)")]
     Executor { core: usize, reason: String },
 }
@@ -114,9 +121,14 @@ impl Engine {
         let listeners = config
             .inputs
             .iter()
-            .map(|&addr| TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source }))
+            .map(|&addr| {
+                TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let input_addrs = listeners.iter().map(|l| l.local_addr().expect("bound")).collect();
+        let input_addrs = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound"))
+            .collect();
         let n_slots = config.n_slots;
         let coordinator = Coordinator::start(Arc::new(config), app.dataflow.clone())?;
         let view = coordinator.view.clone();
@@ -133,7 +145,11 @@ impl Engine {
                     .expect("spawn acceptor thread")
             })
             .collect();
-        tracing::info!(cores = coordinator.cores.len(), slots = n_slots, "engine started");
+        tracing::info!(
+            cores = coordinator.cores.len(),
+            slots = n_slots,
+            "engine started"
+        );
         Ok(Engine {
             coordinator: Mutex::new(coordinator),
             view,
@@ -162,11 +178,20 @@ impl Engine {
     }
 
     /// One change at a time: a second one is refused, not queued behind the first.
-    fn change(&self, f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>) -> Result<ChangeReport, ChangeError> {
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>,
+    ) -> Result<ChangeReport, ChangeError> {
         let mut coordinator = match self.coordinator.try_lock() {
             Ok(c) => c,
             Err(TryLockError::WouldBlock) => {
-                let doing = self.view.lock().unwrap().migration.as_ref().map_or("starting".into(), |m| m.to_string());
+                let doing = self
+                    .view
+                    .lock()
+                    .unwrap()
+                    .migration
+                    .as_ref()
+                    .map_or("starting".into(), |m| m.to_string());
                 return Err(ChangeError::Busy(doing));
             }
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
@@ -178,7 +203,13 @@ impl Engine {
     pub fn status(&self) -> Status {
         let (epoch, n_slots, cores, migration, retired) = {
             let v = self.view.lock().unwrap();
-            (v.epoch, v.n_slots, v.cores.clone(), v.migration.clone(), v.retired)
+            (
+                v.epoch,
+                v.n_slots,
+                v.cores.clone(),
+                v.migration.clone(),
+                v.retired,
+            )
         };
         let (reply_tx, reply_rx) = flume::unbounded();
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -194,8 +225,19 @@ impl Engine {
             }
         }
         answers.sort_by_key(|s| s.core);
-        let silent = cores.iter().map(|c| c.0).filter(|id| !answers.iter().any(|s| s.core == *id)).collect();
-        Status { epoch, n_slots, cores: answers, silent, migration, retired }
+        let silent = cores
+            .iter()
+            .map(|c| c.0)
+            .filter(|id| !answers.iter().any(|s| s.core == *id))
+            .collect();
+        Status {
+            epoch,
+            n_slots,
+            cores: answers,
+            silent,
+            migration,
+            retired,
+        }
     }
 
     /// Stops reading sources, applies everything in flight, flushes the sinks, and reports.
@@ -211,7 +253,10 @@ impl Engine {
         }
         let mut coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());
         let cores = coordinator.stop();
-        Summary { cores, elapsed: self.started.elapsed() }
+        Summary {
+            cores,
+            elapsed: self.started.elapsed(),
+        }
     }
 }
 
@@ -235,7 +280,11 @@ fn accept(
                 let targets = targets.read().unwrap();
                 let core = next % targets.len();
                 next += 1;
-                let handover = Handover { source, stream, pending: Vec::new() };
+                let handover = Handover {
+                    source,
+                    stream,
+                    pending: Vec::new(),
+                };
                 if targets[core].send(CoreMsg::Connection(handover)).is_err() {
                     return;
                 }

@@ -86,7 +86,11 @@ impl Outbox {
             self.sending.set(false);
             progress.notify_all();
             if sent.is_err() {
-                tracing::error!(peer = self.peer, "core {} is gone: a message to it was lost", self.peer);
+                tracing::error!(
+                    peer = self.peer,
+                    "core {} is gone: a message to it was lost",
+                    self.peer
+                );
             }
         }
     }

@@ -60,7 +60,11 @@ impl SinkBuffer {
 pub(crate) async fn write_outputs(core: &Core) {
     let mut sink = TcpSink::new(core.config.output);
     let mut writing = SinkBuffer::default();
-    let give_up = || core.drain_deadline.get().is_some_and(|t| Instant::now() >= t);
+    let give_up = || {
+        core.drain_deadline
+            .get()
+            .is_some_and(|t| Instant::now() >= t)
+    };
     loop {
         while core.sink.borrow().is_empty() {
             if core.finished.get() {
@@ -75,10 +79,14 @@ pub(crate) async fn write_outputs(core: &Core) {
         {
             let mut report = core.report.borrow_mut();
             for &t in &writing.ingress {
-                report.handoff_latency.saturating_record(taken.saturating_sub(t).max(1));
+                report
+                    .handoff_latency
+                    .saturating_record(taken.saturating_sub(t).max(1));
             }
         }
-        let result = sink.write_records(&writing.bytes, &writing.ends, &give_up).await;
+        let result = sink
+            .write_records(&writing.bytes, &writing.ends, &give_up)
+            .await;
         let n = writing.ends.len() as u64;
         {
             let mut report = core.report.borrow_mut();
@@ -128,7 +136,11 @@ mod tests {
         let mut other = SinkBuffer::default();
         b.swap_contents(&mut other);
         assert!(b.is_empty());
-        assert_eq!(b.pushed(), 2, "the count stays with the buffer producers push into");
+        assert_eq!(
+            b.pushed(),
+            2,
+            "the count stays with the buffer producers push into"
+        );
         assert_eq!(other.ends, vec![7, 15]);
     }
 }

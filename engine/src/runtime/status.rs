@@ -20,7 +20,13 @@ pub(crate) struct View {
 
 impl View {
     pub fn new(table: &RoutingTable) -> Self {
-        Self { epoch: table.epoch(), n_slots: table.n_slots(), cores: Vec::new(), migration: None, retired: 0 }
+        Self {
+            epoch: table.epoch(),
+            n_slots: table.n_slots(),
+            cores: Vec::new(),
+            migration: None,
+            retired: 0,
+        }
     }
 }
 
@@ -111,7 +117,14 @@ pub struct Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "routing epoch {}, {} slots, {} cores ({} retired)", self.epoch, self.n_slots, self.cores.len() + self.silent.len(), self.retired)?;
+        writeln!(
+            f,
+            "routing epoch {}, {} slots, {} cores ({} retired)",
+            self.epoch,
+            self.n_slots,
+            self.cores.len() + self.silent.len(),
+            self.retired
+        )?;
         match &self.migration {
             Some(m) => writeln!(f, "migration in progress: {m}")?,
             None => writeln!(f, "no migration in progress")?,
@@ -119,15 +132,43 @@ impl fmt::Display for Status {
         writeln!(
             f,
             "{:>4} {:>3} {:>6} {:>10} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}",
-            "core", "cpu", "slots", "entities", "conns", "frames/s", "outputs/s", "p50", "p99", "max"
+            "core",
+            "cpu",
+            "slots",
+            "entities",
+            "conns",
+            "frames/s",
+            "outputs/s",
+            "p50",
+            "p99",
+            "max"
         )?;
         for c in &self.cores {
-            let q = |p: f64| if c.latency.is_empty() { "-".to_string() } else { human_ns(c.latency.value_at_quantile(p)) };
-            let max = if c.latency.is_empty() { "-".to_string() } else { human_ns(c.latency.max()) };
+            let q = |p: f64| {
+                if c.latency.is_empty() {
+                    "-".to_string()
+                } else {
+                    human_ns(c.latency.value_at_quantile(p))
+                }
+            };
+            let max = if c.latency.is_empty() {
+                "-".to_string()
+            } else {
+                human_ns(c.latency.max())
+            };
             writeln!(
                 f,
                 "{:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}",
-                c.core, c.cpu, c.slots, c.entities, c.connections, c.frames_per_sec, c.outputs_per_sec, q(0.5), q(0.99), max
+                c.core,
+                c.cpu,
+                c.slots,
+                c.entities,
+                c.connections,
+                c.frames_per_sec,
+                c.outputs_per_sec,
+                q(0.5),
+                q(0.99),
+                max
             )?;
         }
         for id in &self.silent {
