@@ -3,6 +3,7 @@
 //! quoted as ratios. Results worth keeping go to `bench/RESULTS.md`.
 
 mod channels;
+mod migrate;
 mod util;
 mod wordcount;
 
@@ -26,11 +27,20 @@ enum Bench {
     Wordcount(wordcount::Args),
     /// Cross-core channels (flume against glommio's shared channel), single and batched.
     Channels(channels::Args),
+    /// Grow 1 -> 2 cores and shrink back under load with a million words in state.
+    Migrate(migrate::Args),
 }
 
 fn main() -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().bench {
         Bench::Wordcount(args) => wordcount::run(args),
         Bench::Channels(args) => channels::run(args),
+        Bench::Migrate(args) => migrate::run(args),
     }
 }

@@ -19,6 +19,16 @@ pub fn pin_to_last_cpu() -> usize {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10; threads it spawns inherit it), so
+/// that on a CPU shared with an engine core the clients yield to the engine, as they would if
+/// they ran on another machine.
+pub fn yield_to_engine() {
+    // SAFETY: setpriority on the calling thread's own id only changes its nice value.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+    // SAFETY: as above; a failure (no permission) leaves the priority unchanged.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+}
+
 /// Resident memory of this process, in bytes.
 pub fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

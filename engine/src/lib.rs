@@ -23,4 +23,4 @@ pub mod store;
 
 pub use app::{App, DecodeError, Emit, State};
 pub use metrics::Summary;
-pub use runtime::{Config, Engine, StartError};
+pub use runtime::{ChangeError, ChangeReport, Config, Engine, StartError, Status};

@@ -128,6 +128,8 @@ impl Summary {
 pub struct Window {
     /// Latency of outputs written in the current second.
     pub latency: Histogram<u64>,
+    /// Latency of outputs written since the last `Engine::take_latency`.
+    pub interval: Histogram<u64>,
     pub last_latency: Histogram<u64>,
     pub last_frames_per_sec: f64,
     pub last_outputs_per_sec: f64,
@@ -137,6 +139,7 @@ impl Default for Window {
     fn default() -> Self {
         Self {
             latency: latency_histogram(),
+            interval: latency_histogram(),
             last_latency: latency_histogram(),
             last_frames_per_sec: 0.0,
             last_outputs_per_sec: 0.0,

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use super::core::{self, CoreEvent, CoreMsg, CoreSetup};
+use super::core::{self, CoreAddr, CoreEvent, CoreMsg, CoreSetup};
 use super::status::{ChangeError, ChangeReport, MigrationProgress, View};
 use super::{Config, StartError};
 use crate::dataflow::Dataflow;
-use crate::metrics::CoreReport;
+use hdrhistogram::Histogram;
+
+use crate::metrics::{latency_histogram, CoreReport};
 use crate::migration::Transition;
 use crate::planner::{plan, steps, Change, Plan};
 use crate::routing::{CoreId, RoutingTable};
@@ -21,11 +23,12 @@ use crate::routing::{CoreId, RoutingTable};
 /// Slots moved per migration step: bounds how long any one key waits for its slot.
 pub const MAX_SLOTS_PER_STEP: usize = 64;
 
-/// Capacity of a core's inbox, in messages (mostly batches).
-const INBOX_CAPACITY: usize = 64;
+/// Capacity of a core's data channel, in messages (mostly batches): small, because everything
+/// queued there is latency, for data and for the epoch markers behind it.
+const INBOX_CAPACITY: usize = 16;
 
 pub(crate) struct CoreHandle {
-    pub inbox: flume::Sender<CoreMsg>,
+    pub addr: CoreAddr,
     pub cpu: usize,
     executor: ExecutorJoinHandle<CoreReport>,
 }
@@ -42,6 +45,8 @@ pub(crate) struct Coordinator {
     pub accept_targets: Arc<RwLock<Vec<flume::Sender<CoreMsg>>>>,
     pub view: Arc<Mutex<View>>,
     retired: Vec<CoreReport>,
+    /// Latency recorded by retired cores since the last `take_latency`.
+    pub retired_latency: Arc<Mutex<Histogram<u64>>>,
     stopped: bool,
 }
 
@@ -63,6 +68,7 @@ impl Coordinator {
             events,
             accept_targets: Arc::default(),
             retired: Vec::new(),
+            retired_latency: Arc::new(Mutex::new(latency_histogram())),
             stopped: false,
         };
         let n = c.config.cores;
@@ -77,21 +83,28 @@ impl Coordinator {
         let cpus = super::default_cores();
         let ids: Vec<CoreId> = (0..n).map(|i| self.next_id + i as CoreId).collect();
         self.next_id += n as CoreId;
-        let channels: Vec<_> = ids.iter().map(|_| flume::bounded(INBOX_CAPACITY)).collect();
-        let mut peers: Vec<(CoreId, flume::Sender<CoreMsg>)> = self
+        let channels: Vec<_> = ids
+            .iter()
+            .map(|_| {
+                let (data, data_rx) = flume::bounded(INBOX_CAPACITY);
+                let (control, control_rx) = flume::unbounded();
+                (CoreAddr { data, control }, data_rx, control_rx)
+            })
+            .collect();
+        let mut peers: Vec<(CoreId, CoreAddr)> = self
             .cores
             .iter()
-            .map(|(&id, h)| (id, h.inbox.clone()))
+            .map(|(&id, h)| (id, h.addr.clone()))
             .collect();
         peers.extend(
             ids.iter()
                 .zip(&channels)
-                .map(|(&id, (tx, _))| (id, tx.clone())),
+                .map(|(&id, (addr, _, _))| (id, addr.clone())),
         );
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut started = Vec::new();
-        for (&id, (tx, rx)) in ids.iter().zip(channels) {
+        for (&id, (addr, data_rx, control_rx)) in ids.iter().zip(channels) {
             let cpu = self.least_used_cpu(cpus);
             let setup = CoreSetup {
                 id,
@@ -100,7 +113,8 @@ impl Coordinator {
                 dataflow: self.dataflow.clone(),
                 table: self.table.clone(),
                 peers: peers.clone(),
-                inbox: rx,
+                data: data_rx,
+                control: control_rx,
                 events: self.events_tx.clone(),
             };
             let ready = ready_tx.clone();
@@ -117,7 +131,7 @@ impl Coordinator {
             self.cores.insert(
                 id,
                 CoreHandle {
-                    inbox: tx,
+                    addr,
                     cpu,
                     executor: spawned,
                 },
@@ -149,7 +163,7 @@ impl Coordinator {
             );
         }
         let mut targets = self.accept_targets.write().unwrap();
-        targets.extend(ids.iter().map(|id| self.cores[id].inbox.clone()));
+        targets.extend(ids.iter().map(|id| self.cores[id].addr.data.clone()));
         Ok(ids)
     }
 
@@ -176,11 +190,12 @@ impl Coordinator {
             .map_err(|e| ChangeError::Start(e.to_string()))?;
         let new_peers: Vec<_> = ids
             .iter()
-            .map(|id| (*id, self.cores[id].inbox.clone()))
+            .map(|id| (*id, self.cores[id].addr.clone()))
             .collect();
         for id in &old {
             let _ = self.cores[id]
-                .inbox
+                .addr
+                .control
                 .send(CoreMsg::AddPeers(new_peers.clone()));
         }
         let p = plan(&self.table, &old, &Change::Add(ids.clone()))
@@ -212,7 +227,7 @@ impl Coordinator {
             let mut targets = self.accept_targets.write().unwrap();
             *targets = heirs
                 .iter()
-                .map(|id| self.cores[id].inbox.clone())
+                .map(|id| self.cores[id].addr.data.clone())
                 .collect();
         }
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
@@ -221,7 +236,7 @@ impl Coordinator {
         let mut report = self.migrate(p, &label)?;
 
         for v in &victims {
-            let _ = self.cores[v].inbox.send(CoreMsg::Leave {
+            let _ = self.cores[v].addr.control.send(CoreMsg::Leave {
                 heirs: heirs.clone(),
             });
         }
@@ -237,12 +252,17 @@ impl Coordinator {
         )?;
         for h in &heirs {
             for v in &victims {
-                let _ = self.cores[h].inbox.send(CoreMsg::RemovePeer(*v));
+                let _ = self.cores[h].addr.control.send(CoreMsg::RemovePeer(*v));
             }
         }
         for v in &victims {
             let handle = self.cores.remove(v).expect("victim is a member");
-            let _ = handle.inbox.send(CoreMsg::Retire);
+            let (tx, rx) = flume::bounded(1);
+            let _ = handle.addr.control.send(CoreMsg::TakeLatency(tx));
+            if let Ok(h) = rx.recv() {
+                let _ = self.retired_latency.lock().unwrap().add(&h);
+            }
+            let _ = handle.addr.control.send(CoreMsg::Retire);
             match handle.executor.join() {
                 Ok(r) => self.retired.push(r),
                 Err(e) => tracing::error!(core = v, "retired core failed: {e}"),
@@ -280,8 +300,9 @@ impl Coordinator {
                 moves,
                 producers: self.cores.keys().copied().collect(),
             });
+            let step_started = Instant::now();
             for h in self.cores.values() {
-                let _ = h.inbox.send(CoreMsg::Prepare(t.clone()));
+                let _ = h.addr.control.send(CoreMsg::Prepare(t.clone()));
             }
             let n = self.cores.len();
             let mut prepared = BTreeSet::new();
@@ -291,8 +312,9 @@ impl Coordinator {
                 }
                 prepared.len() == n
             })?;
+            let prepared_in = step_started.elapsed();
             for h in self.cores.values() {
-                let _ = h.inbox.send(CoreMsg::Switch);
+                let _ = h.addr.control.send(CoreMsg::Switch);
             }
             let mut done = BTreeSet::new();
             self.wait_events(&format!("cores to finish epoch {epoch}"), |e| match e {
@@ -309,6 +331,7 @@ impl Coordinator {
                 }
                 _ => false,
             })?;
+            tracing::debug!(epoch, slots = n_moves, ?prepared_in, total = ?step_started.elapsed(), "migration step done");
             self.table = t.table.clone();
             report.steps += 1;
             progress.steps_done += 1;
@@ -364,7 +387,7 @@ impl Coordinator {
         view.cores = self
             .cores
             .iter()
-            .map(|(&id, h)| (id, h.cpu, h.inbox.clone()))
+            .map(|(&id, h)| (id, h.cpu, h.addr.control.clone()))
             .collect();
         view.migration = migration;
         view.retired = self.retired.len();
@@ -375,7 +398,7 @@ impl Coordinator {
         self.stopped = true;
         let n = self.cores.len();
         for h in self.cores.values() {
-            let _ = h.inbox.send(CoreMsg::Stop { producers: n });
+            let _ = h.addr.control.send(CoreMsg::Stop { producers: n });
         }
         let mut reports: Vec<CoreReport> = std::mem::take(&mut self.cores)
             .into_iter()

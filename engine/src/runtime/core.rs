@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
+use hdrhistogram::Histogram;
 use quokka_io::tcp::{FrameReader, SourceError};
 
 use super::notify::Notify;
@@ -44,7 +45,16 @@ pub(crate) struct Handover {
     pub pending: Vec<u8>,
 }
 
-/// What travels on a core's inbox channel.
+/// How to reach a core. Two channels: `data` (bounded, FIFO per sender: batches, markers,
+/// connections, `ProducerDone`, whose order matters) and `control` (unbounded, served first:
+/// coordinator requests and handoffs, which must not wait behind a queue of batches).
+#[derive(Clone)]
+pub(crate) struct CoreAddr {
+    pub data: flume::Sender<CoreMsg>,
+    pub control: flume::Sender<CoreMsg>,
+}
+
+/// What travels on a core's channels.
 pub(crate) enum CoreMsg {
     /// A source connection for this core to read.
     Connection(Handover),
@@ -75,13 +85,15 @@ pub(crate) enum CoreMsg {
     Prepare(Arc<Transition>),
     /// Route with the prepared step's table from now on.
     Switch,
-    AddPeers(Vec<(CoreId, flume::Sender<CoreMsg>)>),
+    AddPeers(Vec<(CoreId, CoreAddr)>),
     RemovePeer(CoreId),
     /// This core owns no slot any more: hand its source connections to `heirs` and report.
     Leave {
         heirs: Vec<CoreId>,
     },
     Status(flume::Sender<CoreStatus>),
+    /// Reply with the latency recorded since the last such request, and start afresh.
+    TakeLatency(flume::Sender<Histogram<u64>>),
     /// Stop reading sources; expect `producers` `ProducerDone`s (this core's own included).
     Stop {
         producers: usize,
@@ -113,6 +125,8 @@ pub(crate) struct Core {
     awaiting_step_done: Cell<bool>,
     keyed: RefCell<Box<dyn KeyedCore>>,
     outboxes: RefCell<BTreeMap<CoreId, Rc<Outbox>>>,
+    /// Peers' control channels, for handoffs and acknowledgements.
+    controls: RefCell<BTreeMap<CoreId, flume::Sender<CoreMsg>>>,
     /// Signalled when an outbox sends a message.
     outbox_progress: Rc<Notify>,
     events: flume::Sender<CoreEvent>,
@@ -149,8 +163,9 @@ pub(crate) struct CoreSetup {
     pub config: Arc<Config>,
     pub dataflow: Arc<dyn Dataflow>,
     pub table: Arc<RoutingTable>,
-    pub peers: Vec<(CoreId, flume::Sender<CoreMsg>)>,
-    pub inbox: flume::Receiver<CoreMsg>,
+    pub peers: Vec<(CoreId, CoreAddr)>,
+    pub data: flume::Receiver<CoreMsg>,
+    pub control: flume::Receiver<CoreMsg>,
     pub events: flume::Sender<CoreEvent>,
 }
 
@@ -163,7 +178,8 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         dataflow,
         table,
         peers,
-        inbox,
+        data,
+        control,
         events,
     } = setup;
     let core = Rc::new(Core {
@@ -176,6 +192,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         config,
         dataflow,
         outboxes: RefCell::default(),
+        controls: RefCell::default(),
         outbox_progress: Rc::default(),
         events,
         handing_off: RefCell::default(),
@@ -209,11 +226,20 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         if producers.is_some_and(|n| core.producers_done.get() >= n) {
             break;
         }
-        let Ok(msg) = inbox.recv_async().await else {
-            break;
+        let next = match control.try_recv() {
+            Ok(msg) => Ok(msg),
+            Err(_) => future::or(control.recv_async(), data.recv_async()).await,
         };
+        let Ok(msg) = next else { break };
         match msg {
-            CoreMsg::Retire => break,
+            CoreMsg::Retire => {
+                // A connection dealt here just before this core left the acceptors' targets
+                // may still wait on the data channel: pass it on before ending.
+                while let Ok(msg) = data.try_recv() {
+                    core.handle(msg).await;
+                }
+                break;
+            }
             CoreMsg::Stop { producers: n } => {
                 producers = Some(n);
                 core.drain_deadline
@@ -268,8 +294,7 @@ impl Core {
                 self.sink_ready.notify_all();
                 match installed {
                     Ok(entities) => {
-                        self.outbox(from)
-                            .push(CoreMsg::HandoffAck { slot: archive.slot });
+                        self.send_control(from, CoreMsg::HandoffAck { slot: archive.slot });
                         let bytes = archive.bytes.len();
                         let _ = self.events.send(CoreEvent::Installed { entities, bytes });
                         self.report_step_if_done();
@@ -282,10 +307,8 @@ impl Core {
                             archive.slot
                         );
                         let reason = e.to_string();
-                        self.outbox(from).push(CoreMsg::HandoffRejected {
-                            slot: archive.slot,
-                            reason,
-                        });
+                        let slot = archive.slot;
+                        self.send_control(from, CoreMsg::HandoffRejected { slot, reason });
                     }
                 }
             }
@@ -312,6 +335,7 @@ impl Core {
             CoreMsg::Switch => self.switch(),
             CoreMsg::AddPeers(peers) => self.add_peers(peers),
             CoreMsg::RemovePeer(peer) => {
+                self.controls.borrow_mut().remove(&peer);
                 if let Some(outbox) = self.outboxes.borrow_mut().remove(&peer) {
                     outbox.close();
                 }
@@ -325,14 +349,21 @@ impl Core {
             CoreMsg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            CoreMsg::TakeLatency(reply) => {
+                let taken =
+                    std::mem::replace(&mut self.window.borrow_mut().interval, latency_histogram());
+                let _ = reply.send(taken);
+            }
             CoreMsg::ProducerDone => self.producers_done.set(self.producers_done.get() + 1),
             CoreMsg::Stop { .. } | CoreMsg::Retire => unreachable!("handled by the inbox loop"),
         }
     }
 
-    fn add_peers(&self, peers: Vec<(CoreId, flume::Sender<CoreMsg>)>) {
+    fn add_peers(&self, peers: Vec<(CoreId, CoreAddr)>) {
         let mut outboxes = self.outboxes.borrow_mut();
-        for (peer, inbox) in peers {
+        for (peer, addr) in peers {
+            self.controls.borrow_mut().insert(peer, addr.control);
+            let inbox = addr.data;
             if peer != self.id {
                 outboxes.insert(
                     peer,
@@ -346,6 +377,18 @@ impl Core {
         self.outboxes.borrow().get(&peer).cloned().unwrap_or_else(|| {
             panic!("core {} has no outbox for core {peer}: the coordinator adds peers before routing to them", self.id)
         })
+    }
+
+    /// Sends on a peer's control channel (unbounded: never waits).
+    fn send_control(&self, peer: CoreId, msg: CoreMsg) {
+        let control = self.controls.borrow().get(&peer).cloned();
+        match control {
+            Some(c) if c.send(msg).is_ok() => {}
+            _ => tracing::error!(
+                core = self.id,
+                "core {peer} is gone: a control message to it was lost"
+            ),
+        }
     }
 
     fn next_heir(&self) -> CoreId {
@@ -437,10 +480,13 @@ impl Core {
                 self.handing_off
                     .borrow_mut()
                     .insert(slot, (to, attempts + 1));
-                self.outbox(to).push(CoreMsg::Handoff {
-                    from: self.id,
-                    archive,
-                });
+                self.send_control(
+                    to,
+                    CoreMsg::Handoff {
+                        from: self.id,
+                        archive,
+                    },
+                );
             }
             Err(e) => self.fail(format!("archiving slot {slot}: {e}")),
         }
@@ -539,16 +585,21 @@ async fn tick(core: Rc<Core>) {
 /// of the sink never sees a key's later count before an earlier one), archive each complete
 /// slot and send it to its new owner.
 async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
+    let started = Instant::now();
     flushed(&core).await;
+    let flush = started.elapsed();
     for (i, m) in moves.iter().enumerate() {
         let archive = core.keyed.borrow_mut().archive(m.slot);
         match archive {
             Ok(archive) => {
                 core.handing_off.borrow_mut().insert(m.slot, (m.to, 1));
-                core.outbox(m.to).push(CoreMsg::Handoff {
-                    from: core.id,
-                    archive,
-                });
+                core.send_control(
+                    m.to,
+                    CoreMsg::Handoff {
+                        from: core.id,
+                        archive,
+                    },
+                );
             }
             Err(e) => core.fail(format!("archiving slot {}: {e}", m.slot)),
         }
@@ -556,6 +607,7 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
             future::yield_now().await;
         }
     }
+    tracing::debug!(core = core.id, slots = moves.len(), ?flush, total = ?started.elapsed(), "handed off");
 }
 
 /// A leaving core: once its connection tasks have stopped and everything they routed has

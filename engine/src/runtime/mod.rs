@@ -26,7 +26,9 @@ pub use self::coordinator::MAX_SLOTS_PER_STEP;
 use self::core::{CoreMsg, Handover};
 pub use self::status::{ChangeError, ChangeReport, MigrationProgress, Status};
 use crate::app::App;
-use crate::metrics::Summary;
+use hdrhistogram::Histogram;
+
+use crate::metrics::{latency_histogram, Summary};
 
 /// How to run an app.
 #[derive(Debug, Clone)]
@@ -65,9 +67,10 @@ impl Config {
     }
 }
 
-/// The CPUs this process may run on.
+/// The machine's online CPUs: the default core count, and what placement wraps around. Not the
+/// calling thread's affinity (a pinned caller must not squeeze every executor onto its CPU).
 pub fn default_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    glommio::CpuSet::online().map_or(1, |set| set.len().max(1))
 }
 
 /// Why the engine could not start.
@@ -93,6 +96,7 @@ pub enum StartError {
 /// A running engine. Its methods take `&self`, so a control thread can share it.
 pub struct Engine {
     coordinator: Mutex<Coordinator>,
+    retired_latency: Arc<Mutex<Histogram<u64>>>,
     view: Arc<Mutex<status::View>>,
     listeners: Vec<TcpListener>,
     acceptors: Mutex<Vec<JoinHandle<()>>>,
@@ -151,6 +155,7 @@ impl Engine {
             "engine started"
         );
         Ok(Engine {
+            retired_latency: coordinator.retired_latency.clone(),
             coordinator: Mutex::new(coordinator),
             view,
             listeners,
@@ -238,6 +243,32 @@ impl Engine {
             migration,
             retired,
         }
+    }
+
+    /// Source-to-sink latency of the outputs written since the previous call (all cores), for
+    /// measuring a window of time such as a migration.
+    pub fn take_latency(&self) -> Histogram<u64> {
+        let cores: Vec<_> = self
+            .view
+            .lock()
+            .unwrap()
+            .cores
+            .iter()
+            .map(|c| c.2.clone())
+            .collect();
+        let (reply_tx, reply_rx) = flume::unbounded();
+        for inbox in &cores {
+            let _ = inbox.send(CoreMsg::TakeLatency(reply_tx.clone()));
+        }
+        drop(reply_tx);
+        let mut all = std::mem::replace(
+            &mut *self.retired_latency.lock().unwrap(),
+            latency_histogram(),
+        );
+        for h in reply_rx.iter() {
+            all.add(&h).expect("same histogram bounds");
+        }
+        all
     }
 
     /// Stops reading sources, applies everything in flight, flushes the sinks, and reports.

@@ -16,7 +16,7 @@ use super::notify::Notify;
 use crate::routing::CoreId;
 
 /// Data batches queued for one peer before producers wait.
-const MAX_QUEUED_BATCHES: usize = 16;
+const MAX_QUEUED_BATCHES: usize = 4;
 
 pub(crate) struct Outbox {
     pub peer: CoreId,

@@ -98,6 +98,7 @@ pub(crate) async fn write_outputs(core: &Core) {
                         let latency = now.saturating_sub(t).max(1);
                         report.latency.saturating_record(latency);
                         window.latency.saturating_record(latency);
+                        window.interval.saturating_record(latency);
                     }
                     report.outputs += n;
                 }

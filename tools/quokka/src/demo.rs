@@ -1,6 +1,6 @@
 //! `quokka demo`: word count over real loopback TCP on the bundled Bill of Rights plus a
-//! generated Zipf corpus; checks every final count and prints the top words, throughput and
-//! latency.
+//! generated Zipf corpus. It starts on one core and grows mid-stream; at the end it checks every
+//! word's outputs against a reference and prints the top words, throughput and latency.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -18,7 +18,7 @@ const BILL_OF_RIGHTS: &str = include_str!("../../../apps/data/bill_of_rights.txt
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Engine cores.
+    /// Cores to grow to mid-stream (the demo starts on 1).
     #[arg(long, default_value_t = 2)]
     cores: usize,
     /// Words of generated text sent after the Bill of Rights.
@@ -30,6 +30,9 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
+    if args.cores == 0 {
+        bail!("--cores must be at least 1");
+    }
     let mut lines: Vec<String> = BILL_OF_RIGHTS.lines().map(str::to_owned).collect();
     let spec = CorpusSpec {
         words: args.words,
@@ -43,36 +46,47 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     let total_words: u64 = expected.values().sum();
     println!(
-        "word count demo: {} lines, {} words ({} distinct), {} cores, over loopback TCP",
+        "word count demo: {} lines, {} words ({} distinct) over loopback TCP; 1 core, growing to {} mid-stream",
         lines.len(),
         total_words,
         expected.len(),
         args.cores
     );
 
-    let finals: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, Outputs>>> = Arc::default();
     let sink = TcpListener::bind("127.0.0.1:0")?;
     let collector = Collector::start(sink, Records::Lines, {
-        let finals = finals.clone();
+        let seen = seen.clone();
         move |_, line| {
             let text = String::from_utf8_lossy(line);
             if let Some((word, count)) = text.rsplit_once(" => ") {
                 let count = count.parse().unwrap_or(0);
-                let mut finals = finals.lock().unwrap();
-                let best = finals.entry(word.to_owned()).or_default();
-                *best = (*best).max(count);
+                seen.lock()
+                    .unwrap()
+                    .entry(word.to_owned())
+                    .or_default()
+                    .add(count);
             }
         }
     })?;
 
     let app = word_count::app();
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
-    config.cores = args.cores;
+    config.cores = 1;
     let engine = Engine::start(&app, config)?;
     let input = engine.input_addrs()[0];
 
     let started = Instant::now();
-    send_in_parallel(input, &lines, args.cores.max(1))?;
+    std::thread::scope(|s| -> Result<()> {
+        let sender = s.spawn(|| send_in_parallel(input, &lines, 2));
+        if args.cores > 1 {
+            collector.wait_for(total_words / 2, Duration::from_secs(120));
+            let at = collector.records();
+            let report = engine.grow(args.cores - 1)?;
+            println!("grew mid-stream (after {at} outputs): {report}");
+        }
+        sender.join().expect("sender thread")
+    })?;
     if !collector.wait_for(total_words, Duration::from_secs(120)) {
         bail!(
             "only {} of {} outputs arrived within 120 s",
@@ -83,23 +97,31 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let elapsed = collector.last_record_at().unwrap_or_else(Instant::now) - started;
     let summary = engine.stop();
 
-    let finals = finals.lock().unwrap();
-    if *finals != expected {
+    let seen = seen.lock().unwrap();
+    for (word, &n) in &expected {
+        if !seen.get(word).is_some_and(|o| o.is_one_to(n)) {
+            bail!(
+                "the outputs of {word:?} are not exactly 1..={n}: {:?}",
+                seen.get(word)
+            );
+        }
+    }
+    if seen.len() != expected.len() {
         bail!(
-            "final counts differ from the reference ({} words vs {})",
-            finals.len(),
+            "{} distinct words were output, {} expected",
+            seen.len(),
             expected.len()
         );
     }
-    let mut top: Vec<(&String, &u64)> = finals.iter().collect();
+    let mut top: Vec<(&String, &u64)> = expected.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     println!("top words:");
     for (word, count) in top.iter().take(10) {
         println!("  {word:<12} {count}");
     }
     println!(
-        "every final count matches the reference ({} words)",
-        finals.len()
+        "every word's outputs are exactly its running totals 1..n ({} words checked)",
+        seen.len()
     );
     println!(
         "{} words in {:.2}s: {:.0} words/s end to end",
@@ -112,6 +134,32 @@ pub fn run(args: DemoArgs) -> Result<()> {
         percentiles(&summary.latency())
     );
     Ok(())
+}
+
+/// What arrived for one word: enough to tell whether the counts were exactly 1..=n.
+#[derive(Debug, Default)]
+struct Outputs {
+    count: u64,
+    max: u64,
+    sum: u128,
+    sum_of_squares: u128,
+}
+
+impl Outputs {
+    fn add(&mut self, c: u64) {
+        self.count += 1;
+        self.max = self.max.max(c);
+        self.sum += u128::from(c);
+        self.sum_of_squares += u128::from(c) * u128::from(c);
+    }
+
+    fn is_one_to(&self, n: u64) -> bool {
+        let n = u128::from(n);
+        self.count as u128 == n
+            && u128::from(self.max) == n
+            && self.sum == n * (n + 1) / 2
+            && self.sum_of_squares == n * (n + 1) * (2 * n + 1) / 6
+    }
 }
 
 /// Sends the lines over `connections` connections, each a contiguous share, and closes them.

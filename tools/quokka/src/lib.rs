@@ -1,6 +1,7 @@
 //! Shared pieces of the `quokka`, `quokka-send` and `quokka-recv` binaries: logging set-up,
-//! command-line address parsing, and the built-in demo.
+//! command-line address parsing, the control endpoint and client, and the built-in demo.
 
+pub mod control;
 pub mod demo;
 pub mod inputs;
 

@@ -1,11 +1,14 @@
 //! `quokka`: runs a linked app as a service, lists the apps, or runs the built-in demo.
 
+use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use quokka::inputs::{parse_addr, resolve};
 use quokka_engine::{Config, Engine};
+use quokka_io::control::{Request, Response};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,8 +27,30 @@ enum Command {
     Run(RunArgs),
     /// List the apps linked into this binary.
     Apps,
-    /// Run word count on bundled and generated text over loopback TCP and print the results.
+    /// Run word count on bundled and generated text over loopback TCP, growing from 1 core
+    /// mid-stream, and print the results.
     Demo(quokka::demo::DemoArgs),
+    /// Drive a running engine through its control endpoint.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The engine's control address (`quokka run --control`).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:6000")]
+    control: String,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Cores, slots per core, routing epoch, per-core rates and latency, any migration.
+    Status,
+    /// Start N more cores and move slots onto them while the app runs.
+    GrowCores { n: u16 },
+    /// Move the slots and connections of the N newest cores to the others, then stop them.
+    ShrinkCores { n: u16 },
 }
 
 #[derive(clap::Args)]
@@ -54,6 +79,9 @@ struct RunArgs {
     /// On shutdown, seconds to keep retrying an unreachable sink before giving up (and saying so).
     #[arg(long, default_value_t = 10)]
     drain_timeout: u64,
+    /// Where `quokka ctl` reaches this engine.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:6000")]
+    control: String,
 }
 
 fn main() {
@@ -67,10 +95,27 @@ fn main() {
             Ok(())
         }
         Command::Demo(args) => quokka::demo::run(args),
+        Command::Ctl(args) => ctl(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+fn ctl(args: CtlArgs) -> Result<()> {
+    let addr = parse_addr(&args.control).context("--control")?;
+    let request = match args.command {
+        CtlCommand::Status => Request::Status,
+        CtlCommand::GrowCores { n } => Request::GrowCores(n),
+        CtlCommand::ShrinkCores { n } => Request::ShrinkCores(n),
+    };
+    match quokka::control::request(addr, &request)? {
+        Response::Ok(text) => {
+            println!("{}", text.trim_end());
+            Ok(())
+        }
+        Response::Error(text) => anyhow::bail!("{text}"),
     }
 }
 
@@ -95,11 +140,18 @@ fn run(args: RunArgs) -> Result<()> {
     config.sink_buffer = args.sink_buffer;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
 
+    let control_addr = parse_addr(&args.control).context("--control")?;
+    let control = TcpListener::bind(control_addr).with_context(|| {
+        format!(
+            "cannot listen for control connections on {control_addr} (choose another --control)"
+        )
+    })?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
-    let engine = Engine::start(&app, config)?;
+    let engine = Arc::new(Engine::start(&app, config)?);
+    quokka::control::serve(control, engine.clone());
     let listening: Vec<String> = app
         .sources()
         .iter()

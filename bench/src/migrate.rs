@@ -1,0 +1,202 @@
+//! Migration under load: word count with a million distinct words in state, at a steady offered
+//! rate, grows from 1 to 2 cores and shrinks back. Measures each change's duration, state moved
+//! and MB/s, and source-to-sink latency in the migration window against steady state before it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
+use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
+use quokka_apps::word_count;
+use quokka_engine::metrics::human_ns;
+use quokka_engine::{ChangeReport, Config, Engine};
+use quokka_io::client::{Collector, FrameSender, Records};
+
+use crate::util::{median, pin_to_last_cpu, send_paced, yield_to_engine};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Offered load in words/s while migrating (about half of one core's max on this machine).
+    #[arg(long, default_value_t = 2_000_000.0)]
+    rate: f64,
+    /// Distinct words in state before the changes.
+    #[arg(long, default_value_t = 1_000_000)]
+    distinct: usize,
+    /// Seconds of steady state measured before each change.
+    #[arg(long, default_value_t = 2.0)]
+    steady_secs: f64,
+    /// Run the client threads at nice 10 so the engine core sharing their CPU comes first.
+    #[arg(long)]
+    nice_clients: bool,
+}
+
+struct Phase {
+    report: ChangeReport,
+    steady: Histogram<u64>,
+    during: Histogram<u64>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cpu = pin_to_last_cpu();
+    if args.nice_clients {
+        yield_to_engine();
+    }
+    println!(
+        "# migration under load: {} distinct words in state, {:.2} M words/s offered, {} runs (clients on CPU {cpu})",
+        args.distinct,
+        args.rate / 1e6,
+        args.runs
+    );
+    let mut grows = Vec::new();
+    let mut shrinks = Vec::new();
+    for _ in 0..args.runs {
+        let (g, s) = one_run(&args)?;
+        println!("  run: grow {} | shrink {}", g.report, s.report);
+        grows.push(g);
+        shrinks.push(s);
+    }
+    summarize("grow 1 -> 2", &grows);
+    summarize("shrink 2 -> 1", &shrinks);
+    Ok(())
+}
+
+fn summarize(name: &str, phases: &[Phase]) {
+    let ms: Vec<f64> = phases
+        .iter()
+        .map(|p| p.report.elapsed.as_secs_f64() * 1e3)
+        .collect();
+    let mb: Vec<f64> = phases
+        .iter()
+        .map(|p| p.report.bytes_moved as f64 / 1e6)
+        .collect();
+    let rate: Vec<f64> = phases
+        .iter()
+        .map(|p| p.report.bytes_moved as f64 / 1e6 / p.report.elapsed.as_secs_f64())
+        .collect();
+    println!(
+        "{name}: {:.1} ms, {:.1} MB moved, {:.0} MB/s (medians; runs: {})",
+        median(&ms),
+        median(&mb),
+        median(&rate),
+        rate.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let pct = |hs: Vec<&Histogram<u64>>, q: f64| {
+        let xs: Vec<f64> = hs.iter().map(|h| if q >= 1.0 { h.max() } else { h.value_at_quantile(q) } as f64).collect();
+        human_ns(median(&xs) as u64)
+    };
+    for (label, pick) in [("steady before", 0), ("during change", 1)] {
+        let hs: Vec<&Histogram<u64>> = phases
+            .iter()
+            .map(|p| if pick == 0 { &p.steady } else { &p.during })
+            .collect();
+        println!(
+            "  {label:<14} latency p50 {}  p99 {}  p99.9 {}  max {}",
+            pct(hs.clone(), 0.5),
+            pct(hs.clone(), 0.99),
+            pct(hs.clone(), 0.999),
+            pct(hs, 1.0)
+        );
+    }
+}
+
+fn one_run(args: &Args) -> Result<(Phase, Phase)> {
+    let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
+    let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
+    config.cores = 1;
+    let engine = Engine::start(&word_count::app(), config)?;
+    let input = engine.input_addrs()[0];
+
+    // Fill the state.
+    let words: Vec<String> = (0..args.distinct).map(vocab_word).collect();
+    let lines: Vec<String> = words.chunks(12).map(|c| c.join(" ")).collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_paced(input, &frames, None)?;
+    if !collector.wait_for(args.distinct as u64, Duration::from_secs(120)) {
+        bail!("state did not fill");
+    }
+
+    // Steady load for the whole run.
+    let load = corpus::lines(CorpusSpec {
+        words: 2_000_000,
+        ..CorpusSpec::default()
+    });
+    let per_line = 12.0;
+    let stop = AtomicBool::new(false);
+    let (grow, shrink, sent) = std::thread::scope(|s| -> Result<_> {
+        let sender = s.spawn(|| send_until(input, &load, args.rate / per_line, &stop));
+        let steady = Duration::from_secs_f64(args.steady_secs);
+        let grow = phase(&engine, steady, |e| e.grow(1))?;
+        let shrink = phase(&engine, steady, |e| e.shrink(1))?;
+        stop.store(true, Ordering::Release);
+        let sent = sender.join().expect("sender")?;
+        Ok((grow, shrink, sent))
+    })?;
+    let words_sent: u64 = load
+        .iter()
+        .cycle()
+        .take(sent)
+        .map(|l| l.split(' ').count() as u64)
+        .sum();
+    let expected = args.distinct as u64 + words_sent;
+    if !collector.wait_for(expected, Duration::from_secs(120)) {
+        bail!("only {} of {expected} outputs arrived", collector.records());
+    }
+    let summary = engine.stop();
+    if summary.outputs() != expected || summary.misrouted() != 0 {
+        bail!(
+            "output not exact: {} outputs, {expected} expected, {} misrouted",
+            summary.outputs(),
+            summary.misrouted()
+        );
+    }
+    Ok((grow, shrink))
+}
+
+/// Measures `steady` of steady state, then the change and the window until it has finished
+/// (plus 100 ms for outputs of messages that waited for their slot).
+fn phase(
+    engine: &Engine,
+    steady: Duration,
+    change: impl Fn(&Engine) -> Result<ChangeReport, quokka_engine::ChangeError>,
+) -> Result<Phase> {
+    engine.take_latency();
+    std::thread::sleep(steady);
+    let steady = engine.take_latency();
+    let report = change(engine)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let during = engine.take_latency();
+    Ok(Phase {
+        report,
+        steady,
+        during,
+    })
+}
+
+/// Sends `lines` round and round at `rate` lines/s until `stop`; returns the lines sent.
+fn send_until(addr: SocketAddr, lines: &[String], rate: f64, stop: &AtomicBool) -> Result<usize> {
+    let mut sender = FrameSender::connect(addr, Duration::from_secs(10))?;
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while !stop.load(Ordering::Acquire) {
+        let due = (started.elapsed().as_secs_f64() * rate) as usize + 1;
+        if due <= sent {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        for i in sent..due {
+            sender.send(lines[i % lines.len()].as_bytes())?;
+        }
+        sender.flush()?;
+        sent = due;
+    }
+    sender.finish()?;
+    Ok(sent)
+}
