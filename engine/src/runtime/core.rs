@@ -644,7 +644,8 @@ async fn finish_producing(core: Rc<Core>) {
     for outbox in core.outboxes.borrow().values() {
         outbox.push(CoreMsg::ProducerDone);
     }
-    core.producers_done.set(core.producers_done.get() + 1);
+    // Through the inbox, so the loop waiting there wakes up and counts it.
+    core.send_control(core.id, CoreMsg::ProducerDone);
 }
 
 enum Wake {
