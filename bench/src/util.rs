@@ -19,6 +19,21 @@ pub fn pin_to_last_cpu() -> usize {
     }
 }
 
+/// Lets the calling thread run on any CPU again (threads it already spawned keep their pinning).
+pub fn unpin() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(64)
+    {
+        // SAFETY: cpu < CPU_SETSIZE (1024); the set is a valid cpu_set_t.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; the set outlives the call.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
 /// Lowers the calling thread's scheduling priority (nice 10; threads it spawns inherit it), so
 /// that on a CPU shared with an engine core the clients yield to the engine, as they would if
 /// they ran on another machine.

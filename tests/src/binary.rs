@@ -160,3 +160,94 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
     assert!(stdout.contains("source-to-sink latency: p50"), "{stdout}");
     check_running_totals(&sink.lines(), &expected);
 }
+
+/// `quokka ctl` drives a running `quokka run`: grow, status, shrink, a refused change, and a
+/// garbled control connection that changes nothing.
+#[test]
+fn ctl_grows_shrinks_and_reports_a_running_engine() {
+    let sink = Sink::start(Records::Lines);
+    let (input, control) = (free_port(), free_port());
+    let mut child = Command::new(quokka())
+        .args([
+            "run",
+            "word_count",
+            "--in",
+            &input,
+            "--out",
+            &sink.addr().to_string(),
+        ])
+        .args(["--cores", "1", "--control", &control])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        // The engine may still be starting: the first call retries until it answers.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let out = quokka_output(&[&["ctl", "--control", &control][..], args].concat());
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            if !err.contains("cannot reach") || Instant::now() > deadline {
+                return (
+                    out.status.code(),
+                    String::from_utf8(out.stdout).unwrap(),
+                    err,
+                );
+            }
+        }
+    };
+
+    let text = include_str!("../../apps/data/bill_of_rights.txt");
+    let lines: Vec<&str> = text.lines().collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_frames(input.parse().unwrap(), &frames);
+
+    let (code, out, err) = ctl(&["grow-cores", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 -> 2 cores"), "{out}");
+    let (code, out, _) = ctl(&["status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("routing epoch")
+            && out.contains("2 cores")
+            && out.contains("no migration in progress"),
+        "{out}"
+    );
+
+    // Garbage on the control port: refused, and the engine carries on.
+    let mut garbage = std::net::TcpStream::connect(&control).unwrap();
+    std::io::Write::write_all(&mut garbage, b"\x00\x00\x00\x05hello").unwrap();
+    let reply = quokka_io::control::read_frame(&mut garbage).unwrap();
+    let reply = quokka_io::control::Response::decode(&reply).unwrap();
+    assert!(
+        matches!(&reply, quokka_io::control::Response::Error(e) if e.contains("bad magic")),
+        "{reply:?}"
+    );
+
+    let (code, _, err) = ctl(&["shrink-cores", "2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("at least one must remain"), "{err}");
+    let (code, out, err) = ctl(&["shrink-cores", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 -> 1 cores"), "{out}");
+
+    send_frames(input.parse().unwrap(), &frames);
+    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
+    let expected = reference_counts(doubled.iter().copied());
+    sink.wait_for(expected.values().sum());
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(wait_exit(&mut child).success());
+    check_running_totals(&sink.lines(), &expected);
+
+    let gone = quokka_output(&["ctl", "--control", &control, "status"]);
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "no engine is listening any more"
+    );
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach"));
+}

@@ -63,7 +63,7 @@ fn random_grow_and_shrink_under_continuous_load() {
         vocabulary: 5_000,
         ..CorpusSpec::default()
     });
-    let hot = vec!["hot".to_string()];
+    let hot = ["hot".to_string()];
     let stop = Arc::new(AtomicBool::new(false));
 
     let parts: Vec<&[String]> = text.chunks(text.len() / 3 + 1).chain([&hot[..]]).collect();
@@ -81,7 +81,7 @@ fn random_grow_and_shrink_under_continuous_load() {
         let mut cores: usize = 4;
         let mut ops = 0;
         while ops < 24 {
-            let grow = cores == 1 || (cores < 4 && rng.next_u64() % 2 == 0);
+            let grow = cores == 1 || (cores < 4 && rng.next_u64().is_multiple_of(2));
             if ops == 12 {
                 // A connection opened mid-way lands on whichever cores exist now.
                 let late = &parts[0][..100];
