@@ -102,6 +102,17 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
         .contains("not a HOST:PORT"));
 }
 
+/// Starts `quokka run word_count` reading `input`, writing to `sink`, with `extra` flags.
+fn spawn_word_count(input: &str, sink: &Sink, extra: &[&str]) -> Child {
+    Command::new(quokka())
+        .args(["run", "word_count", "--in", input, "--out", &sink.addr().to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -120,21 +131,8 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 fn run_serves_until_sigterm_then_drains_and_summarises() {
     let sink = Sink::start(Records::Lines);
     let input = free_port();
-    let mut child = Command::new(quokka())
-        .args([
-            "run",
-            "word_count",
-            "--in",
-            &input,
-            "--out",
-            &sink.addr().to_string(),
-            "--cores",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let control = free_port();
+    let mut child = spawn_word_count(&input, &sink, &["--cores", "2", "--control", &control]);
 
     let text = include_str!("../../apps/data/bill_of_rights.txt");
     let lines: Vec<&str> = text.lines().collect();
@@ -167,20 +165,7 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
 fn ctl_grows_shrinks_and_reports_a_running_engine() {
     let sink = Sink::start(Records::Lines);
     let (input, control) = (free_port(), free_port());
-    let mut child = Command::new(quokka())
-        .args([
-            "run",
-            "word_count",
-            "--in",
-            &input,
-            "--out",
-            &sink.addr().to_string(),
-        ])
-        .args(["--cores", "1", "--control", &control])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_word_count(&input, &sink, &["--cores", "1", "--control", &control]);
     let ctl = |args: &[&str]| {
         // The engine may still be starting: the first call retries until it answers.
         let deadline = Instant::now() + DEADLINE;
