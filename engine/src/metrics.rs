@@ -38,6 +38,8 @@ pub struct CoreReport {
     pub misrouted: u64,
     /// State entities held at the end.
     pub entities: u64,
+    /// The core left before the end (`shrink`); its counters are still part of the totals.
+    pub retired: bool,
     /// Source-to-sink latency of the outputs written, in nanoseconds: from the read of the input
     /// to the completed write of the output to the sink socket.
     pub latency: Histogram<u64>,
@@ -58,6 +60,7 @@ impl CoreReport {
             undelivered: 0,
             misrouted: 0,
             entities: 0,
+            retired: false,
             latency: latency_histogram(),
             handoff_latency: latency_histogram(),
         }
@@ -195,11 +198,18 @@ pub fn percentiles(h: &Histogram<u64>) -> String {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let retired = self.cores.iter().filter(|c| c.retired).count();
+        let running = self.cores.len() - retired;
+        let cores = if retired > 0 {
+            format!("{running} cores ({retired} retired)")
+        } else {
+            format!("{running} cores")
+        };
         writeln!(
             f,
-            "ran {:.1}s on {} cores: {} frames in, {} outputs out ({:.0} outputs/s), {} entities",
+            "ran {:.1}s on {}: {} frames in, {} outputs out ({:.0} outputs/s), {} entities",
             secs,
-            self.cores.len(),
+            cores,
             self.frames(),
             self.outputs(),
             self.outputs() as f64 / secs,
@@ -218,8 +228,15 @@ impl fmt::Display for Summary {
         for c in &self.cores {
             writeln!(
                 f,
-                "  core {}: {} connections ({} closed on errors), {} frames, {} outputs, {} entities",
-                c.core, c.connections, c.connection_errors, c.frames, c.outputs, c.entities
+                "  core {}{}: {} connections ({} closed on errors, {} handed over), {} frames, {} outputs, {} entities",
+                c.core,
+                if c.retired { " (retired)" } else { "" },
+                c.connections,
+                c.connection_errors,
+                c.handed_over,
+                c.frames,
+                c.outputs,
+                c.entities
             )?;
         }
         if self.misrouted() > 0 {

@@ -105,7 +105,14 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
 /// Starts `quokka run word_count` reading `input`, writing to `sink`, with `extra` flags.
 fn spawn_word_count(input: &str, sink: &Sink, extra: &[&str]) -> Child {
     Command::new(quokka())
-        .args(["run", "word_count", "--in", input, "--out", &sink.addr().to_string()])
+        .args([
+            "run",
+            "word_count",
+            "--in",
+            input,
+            "--out",
+            &sink.addr().to_string(),
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -264,7 +264,7 @@ impl Coordinator {
             }
             let _ = handle.addr.control.send(CoreMsg::Retire);
             match handle.executor.join() {
-                Ok(r) => self.retired.push(r),
+                Ok(r) => self.retired.push(CoreReport { retired: true, ..r }),
                 Err(e) => tracing::error!(core = v, "retired core failed: {e}"),
             }
         }
