@@ -11,6 +11,11 @@ use quokka_io::client::Records;
 use crate::harness::{send_frames, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
 
+/// Path of a binary built alongside `quokka` (`quokka-send`, `quokka-recv`).
+fn tool(name: &str) -> PathBuf {
+    quokka().with_file_name(name)
+}
+
 /// Builds the `quokka` binary once (same profile as these tests) and returns its path.
 fn quokka() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -242,4 +247,151 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
         "no engine is listening any more"
     );
     assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach"));
+}
+
+/// The tools a user drives by hand: `quokka-send --lines` into `quokka run`, `quokka-recv
+/// --expect --out` collecting the outputs into a file, each exiting 0 with a summary.
+#[test]
+fn send_and_recv_tools_carry_a_file_through_the_engine() {
+    let dir = std::env::temp_dir().join(format!("quokka-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let corpus = dir.join("corpus.txt");
+    let text = include_str!("../../apps/data/bill_of_rights.txt");
+    std::fs::write(&corpus, text).unwrap();
+    let out_file = dir.join("counts.txt");
+    let lines: Vec<&str> = text.lines().collect();
+    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
+    let expected = reference_counts(doubled.iter().copied());
+    let total: u64 = expected.values().sum();
+
+    let (input, output, control) = (free_port(), free_port(), free_port());
+    let recv = Command::new(tool("quokka-recv"))
+        .args([
+            "--listen",
+            &output,
+            "--out",
+            out_file.to_str().unwrap(),
+            "--expect",
+            &total.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut engine = Command::new(quokka())
+        .args([
+            "run",
+            "word_count",
+            "--in",
+            &input,
+            "--out",
+            &output,
+            "--cores",
+            "2",
+            "--control",
+            &control,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let send = Command::new(tool("quokka-send"))
+        .args([
+            "--to",
+            &input,
+            "--file",
+            corpus.to_str().unwrap(),
+            "--lines",
+            "--repeat",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    let sent = String::from_utf8(send.stdout).unwrap();
+    assert!(
+        sent.contains(&format!("sent {} frames", 2 * lines.len())),
+        "{sent}"
+    );
+
+    let received = recv.wait_with_output().unwrap();
+    assert!(
+        received.status.success(),
+        "quokka-recv exits 0 once --expect records arrived"
+    );
+    let summary = String::from_utf8(received.stdout).unwrap();
+    assert!(
+        summary.contains(&format!("received {total} records")),
+        "{summary}"
+    );
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    let written: Vec<String> = written.lines().map(str::to_owned).collect();
+    // One file holds both sink connections interleaved: check counts, not cross-connection order.
+    let mut by_word: std::collections::HashMap<&str, Vec<u64>> = std::collections::HashMap::new();
+    for line in &written {
+        let (w, c) = line.rsplit_once(" => ").unwrap();
+        by_word.entry(w).or_default().push(c.parse().unwrap());
+    }
+    for (word, n) in &expected {
+        let mut counts = by_word.remove(word.as_str()).unwrap_or_default();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=*n).collect::<Vec<_>>(), "{word}");
+    }
+    assert!(by_word.is_empty());
+
+    let killed = Command::new("kill")
+        .args(["-INT", &engine.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(wait_exit(&mut engine).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tools_reject_bad_input_clearly() {
+    let out = Command::new(tool("quokka-send"))
+        .args(["--to", "127.0.0.1:1", "--file", "/nonexistent", "--lines"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent"));
+
+    let dir = std::env::temp_dir().join(format!("quokka-framed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.msg");
+    std::fs::write(&bad, [0, 0, 0, 9, 1, 2]).unwrap();
+    let out = Command::new(tool("quokka-send"))
+        .args([
+            "--to",
+            "127.0.0.1:1",
+            "--file",
+            bad.to_str().unwrap(),
+            "--framed",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not whole frames"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let port = free_port();
+    let out = Command::new(tool("quokka-recv"))
+        .args(["--listen", &port, "--expect", "1", "--idle-timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nothing arrived before the idle timeout"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected 1 records, got 0"));
 }
