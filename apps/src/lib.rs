@@ -2,7 +2,9 @@
 //! no notion of cores, nodes or slots; plus the data generators their demos, tests and
 //! benchmarks use.
 
+pub mod alphabet;
 pub mod corpus;
+pub mod market_spread;
 pub mod word_count;
 
 use quokka_engine::App;

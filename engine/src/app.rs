@@ -51,7 +51,12 @@ impl DecodeError {
 /// Hands values to the next step; a step may emit zero, one or many per input.
 pub struct Emit<'a, T>(pub(crate) &'a mut dyn FnMut(T));
 
-impl<T> Emit<'_, T> {
+impl<'a, T> Emit<'a, T> {
+    /// An emitter that hands values to `out` (for unit tests of steps).
+    pub fn new(out: &'a mut dyn FnMut(T)) -> Self {
+        Emit(out)
+    }
+
     pub fn emit(&mut self, value: T) {
         (self.0)(value)
     }

@@ -81,6 +81,8 @@ pub(crate) trait KeyedCore {
     fn owned_slots(&self) -> usize;
     fn buffered(&self) -> usize;
     fn entities(&self) -> usize;
+    /// Keyed messages applied so far.
+    fn applied(&self) -> u64;
 }
 
 pub(crate) struct Typed<I, T, S, R, O> {
@@ -114,6 +116,7 @@ where
             protocol: Protocol::new(me, table),
             store: SlotStore::new(table.n_slots()),
             frozen: HashMap::new(),
+            applied: 0,
             n_slots: table.n_slots(),
             key: self.key.clone(),
             step: self.step.clone(),
@@ -171,6 +174,7 @@ struct TypedKeyed<T, S, R, O> {
     store: SlotStore<S>,
     /// Entities of slots handed off, kept until the new owner acknowledges.
     frozen: HashMap<u32, Vec<Entity<S>>>,
+    applied: u64,
     n_slots: u32,
     key: KeyFn<T>,
     step: StepFn<S, T, R>,
@@ -180,6 +184,7 @@ struct TypedKeyed<T, S, R, O> {
 
 impl<T, S: State, R, O> TypedKeyed<T, S, R, O> {
     fn apply_one(&mut self, msg: KeyedMsg<T>, sink: &mut SinkBuffer) {
+        self.applied += 1;
         let Self {
             store,
             key,
@@ -272,5 +277,9 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
 
     fn entities(&self) -> usize {
         self.store.len() + self.frozen.values().map(Vec::len).sum::<usize>()
+    }
+
+    fn applied(&self) -> u64 {
+        self.applied
     }
 }

@@ -162,6 +162,8 @@ pub struct CoreStatus {
     pub buffered: usize,
     pub connections: usize,
     pub frames: u64,
+    /// Keyed messages applied by this core's stateful step.
+    pub applied: u64,
     pub outputs: u64,
     pub frames_per_sec: f64,
     pub outputs_per_sec: f64,

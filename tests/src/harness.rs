@@ -54,6 +54,11 @@ impl Sink {
         );
     }
 
+    /// Each connection's records as they arrived.
+    pub fn records(&self) -> Vec<Vec<Vec<u8>>> {
+        self.outputs.lock().unwrap().clone()
+    }
+
     /// Each connection's records as text lines.
     pub fn lines(&self) -> Vec<Vec<String>> {
         let all = self.outputs.lock().unwrap();

@@ -5,6 +5,8 @@
 //! must be, independently of the app code under test.
 
 #[cfg(test)]
+mod apps;
+#[cfg(test)]
 mod bad_input;
 #[cfg(test)]
 mod binary;

@@ -556,6 +556,7 @@ impl Core {
             buffered: keyed.buffered(),
             connections: self.sources.borrow().len(),
             frames: report.frames,
+            applied: keyed.applied(),
             outputs: report.outputs,
             frames_per_sec: window.last_frames_per_sec,
             outputs_per_sec: window.last_outputs_per_sec,
