@@ -18,15 +18,41 @@ pub struct AppInfo {
 
 /// Every linked app.
 pub fn all() -> Vec<AppInfo> {
-    vec![AppInfo {
-        name: "word_count",
-        about:
-            "running count per word of text lines; outputs `word => count` (Wallaroo's word count)",
-        build: word_count::app,
-    }]
+    vec![
+        AppInfo {
+            name: "word_count",
+            about: "running count per word of text lines; outputs `word => count` (Wallaroo's word count)",
+            build: word_count::app,
+        },
+        AppInfo {
+            name: "alphabet",
+            about: "running total of votes per letter (frames: u8 letter, u32 votes); outputs `letter => total`",
+            build: alphabet::app,
+        },
+        AppInfo {
+            name: "market_spread",
+            about: "orders checked against NBBO spreads per symbol (sources orders, nbbo); outputs order results",
+            build: market_spread::app,
+        },
+    ]
 }
 
 /// The app called `name`.
 pub fn find(name: &str) -> Option<AppInfo> {
     all().into_iter().find(|a| a.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_app_is_linked_under_its_own_name() {
+        let names: Vec<&str> = all().iter().map(|a| a.name).collect();
+        assert_eq!(names, ["word_count", "alphabet", "market_spread"]);
+        for info in all() {
+            assert_eq!((info.build)().name(), info.name);
+        }
+        assert!(find("nope").is_none());
+    }
 }

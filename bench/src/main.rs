@@ -3,6 +3,7 @@
 //! quoted as ratios. Results worth keeping go to `bench/RESULTS.md`.
 
 mod channels;
+mod market_spread;
 mod migrate;
 mod util;
 mod wordcount;
@@ -29,6 +30,8 @@ enum Bench {
     Channels(channels::Args),
     /// Grow 1 -> 2 cores and shrink back under load with a million words in state.
     Migrate(migrate::Args),
+    /// Market Spread (Wallaroo's benchmark app): messages/s and latency, 1 and 2 cores.
+    MarketSpread(market_spread::Args),
 }
 
 fn main() -> Result<()> {
@@ -42,5 +45,6 @@ fn main() -> Result<()> {
         Bench::Wordcount(args) => wordcount::run(args),
         Bench::Channels(args) => channels::run(args),
         Bench::Migrate(args) => migrate::run(args),
+        Bench::MarketSpread(args) => market_spread::run(args),
     }
 }

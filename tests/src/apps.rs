@@ -67,7 +67,11 @@ fn wait_applied(engine: &Engine, n: u64) {
         if applied >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "only {applied} of {n} messages applied:\n{}", engine.status());
+        assert!(
+            Instant::now() < deadline,
+            "only {applied} of {n} messages applied:\n{}",
+            engine.status()
+        );
     }
 }
 

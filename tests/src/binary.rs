@@ -70,7 +70,9 @@ fn apps_lists_word_count() {
     let out = quokka_output(&["apps"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.lines().any(|l| l.starts_with("word_count ")), "{text}");
+    for app in ["word_count ", "alphabet ", "market_spread "] {
+        assert!(text.lines().any(|l| l.starts_with(app)), "{text}");
+    }
 }
 
 #[test]
