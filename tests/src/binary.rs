@@ -397,3 +397,60 @@ fn tools_reject_bad_input_clearly() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected 1 records, got 0"));
 }
+
+/// Alphabet through the real binaries, as the README shows: `quokka-send --framed` sends
+/// Wallaroo's votes.msg as it is; every letter's totals arrive in order.
+#[test]
+fn alphabet_votes_sent_framed_by_the_tool() {
+    let sink = Sink::start(Records::Lines);
+    let (input, control) = (free_port(), free_port());
+    let mut engine = Command::new(quokka())
+        .args([
+            "run",
+            "alphabet",
+            "--in",
+            &input,
+            "--out",
+            &sink.addr().to_string(),
+            "--control",
+            &control,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let votes = concat!(env!("CARGO_MANIFEST_DIR"), "/../apps/data/votes.msg");
+    let send = Command::new(tool("quokka-send"))
+        .args(["--to", &input, "--file", votes, "--framed"])
+        .output()
+        .unwrap();
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    sink.wait_for(10_000);
+
+    let bytes = std::fs::read(votes).unwrap();
+    let mut totals = std::collections::HashMap::new();
+    let mut expected: std::collections::HashMap<char, Vec<u64>> = std::collections::HashMap::new();
+    for frame in bytes.chunks(9) {
+        let t = totals.entry(frame[4] as char).or_insert(0u64);
+        *t += u64::from(u32::from_be_bytes(frame[5..9].try_into().unwrap()));
+        expected.entry(frame[4] as char).or_default().push(*t);
+    }
+    let mut got: std::collections::HashMap<char, Vec<u64>> = std::collections::HashMap::new();
+    for line in sink.lines().iter().flatten() {
+        let (l, t) = line.split_once(" => ").unwrap();
+        got.entry(l.chars().next().unwrap())
+            .or_default()
+            .push(t.parse().unwrap());
+    }
+    assert_eq!(got, expected);
+    let killed = Command::new("kill")
+        .args(["-TERM", &engine.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(wait_exit(&mut engine).success());
+}
