@@ -167,8 +167,11 @@ pub struct CoreStatus {
     pub outputs: u64,
     pub frames_per_sec: f64,
     pub outputs_per_sec: f64,
-    /// Source-to-sink latency over the last second.
-    pub latency: Histogram<u64>,
+    /// Source-to-sink latency over the last second (`None`: no output in it). Percentiles, not
+    /// the histogram, so that asking for status costs the core next to nothing.
+    pub latency_p50: Option<u64>,
+    pub latency_p99: Option<u64>,
+    pub latency_max: Option<u64>,
 }
 
 /// Formats nanoseconds for people: `850ns`, `12.3us`, `4.56ms`, `1.20s`.

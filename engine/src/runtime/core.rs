@@ -547,6 +547,7 @@ impl Core {
         let keyed = self.keyed.borrow();
         let report = self.report.borrow();
         let window = self.window.borrow();
+        let last = Some(&window.last_latency).filter(|h| !h.is_empty());
         CoreStatus {
             core: self.id,
             cpu: self.cpu,
@@ -560,7 +561,9 @@ impl Core {
             outputs: report.outputs,
             frames_per_sec: window.last_frames_per_sec,
             outputs_per_sec: window.last_outputs_per_sec,
-            latency: window.last_latency.clone(),
+            latency_p50: last.map(|h| h.value_at_quantile(0.5)),
+            latency_p99: last.map(|h| h.value_at_quantile(0.99)),
+            latency_max: last.map(|h| h.max()),
         }
     }
 }

@@ -144,18 +144,12 @@ impl fmt::Display for Status {
             "max"
         )?;
         for c in &self.cores {
-            let q = |p: f64| {
-                if c.latency.is_empty() {
-                    "-".to_string()
-                } else {
-                    human_ns(c.latency.value_at_quantile(p))
-                }
-            };
-            let max = if c.latency.is_empty() {
-                "-".to_string()
-            } else {
-                human_ns(c.latency.max())
-            };
+            let show = |ns: Option<u64>| ns.map_or("-".to_string(), human_ns);
+            let (p50, p99, max) = (
+                show(c.latency_p50),
+                show(c.latency_p99),
+                show(c.latency_max),
+            );
             writeln!(
                 f,
                 "{:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}",
@@ -166,8 +160,8 @@ impl fmt::Display for Status {
                 c.connections,
                 c.frames_per_sec,
                 c.outputs_per_sec,
-                q(0.5),
-                q(0.99),
+                p50,
+                p99,
                 max
             )?;
         }
