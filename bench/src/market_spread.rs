@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use quokka_apps::market_spread::{self, generate, read_symbols, GenSpec};
-use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
 
-use crate::util::{median, pin_to_last_cpu, send_paced};
+use crate::util::{self, median, pin_to_last_cpu, send_paced};
 
 const SYMBOLS: &[u8] = include_bytes!("../../apps/data/r3k-legal-symbols.msg");
 const INITIAL_NBBO: &[u8] = include_bytes!("../../apps/data/350-symbols_initial-nbbo-fixish.msg");
@@ -84,20 +83,7 @@ pub fn run(args: Args) -> Result<()> {
 
 fn median_percentiles(runs: &[(f64, Summary)]) -> String {
     let hists: Vec<Histogram<u64>> = runs.iter().map(|r| r.1.latency()).collect();
-    let at = |q: f64| {
-        let xs: Vec<f64> = hists
-            .iter()
-            .map(|h| h.value_at_quantile(q) as f64)
-            .collect();
-        human_ns(median(&xs) as u64)
-    };
-    format!(
-        "p50 {}  p99 {}  p99.9 {}  p99.99 {} (medians of runs)",
-        at(0.5),
-        at(0.99),
-        at(0.999),
-        at(0.9999)
-    )
+    format!("{} (medians of runs)", util::median_percentiles(&hists))
 }
 
 /// One run: fixture first, then orders and NBBO on two connections (paced to `rate` msgs/s in

@@ -91,3 +91,25 @@ pub fn median(xs: &[f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[(v.len() - 1) / 2]
 }
+
+/// Latency percentiles, each the median over runs' histograms.
+pub fn median_percentiles(hists: &[hdrhistogram::Histogram<u64>]) -> String {
+    let at = |q: f64| {
+        let xs: Vec<f64> = hists
+            .iter()
+            .map(|h| h.value_at_quantile(q) as f64)
+            .collect();
+        quokka_engine::metrics::human_ns(median(&xs) as u64)
+    };
+    let qs = [
+        (0.5, "p50"),
+        (0.99, "p99"),
+        (0.999, "p99.9"),
+        (0.9999, "p99.99"),
+        (1.0, "max"),
+    ];
+    qs.iter()
+        .map(|&(q, name)| format!("{name} {}", at(q)))
+        .collect::<Vec<_>>()
+        .join("  ")
+}

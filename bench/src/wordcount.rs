@@ -13,7 +13,7 @@ use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
 
-use crate::util::{median, pin_to_last_cpu, resident_bytes, send_paced};
+use crate::util::{self, median, pin_to_last_cpu, resident_bytes, send_paced};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -132,24 +132,7 @@ fn list(xs: &[f64]) -> String {
 /// Each latency percentile as the median over the runs.
 fn median_percentiles(runs: &[Run], hist: impl Fn(&Summary) -> Histogram<u64>) -> String {
     let hists: Vec<Histogram<u64>> = runs.iter().map(|r| hist(&r.summary)).collect();
-    let at = |q: f64| {
-        let xs: Vec<f64> = hists
-            .iter()
-            .map(|h| h.value_at_quantile(q) as f64)
-            .collect();
-        human_ns(median(&xs) as u64)
-    };
-    let qs = [
-        (0.5, "p50"),
-        (0.99, "p99"),
-        (0.999, "p99.9"),
-        (0.9999, "p99.99"),
-        (1.0, "max"),
-    ];
-    qs.iter()
-        .map(|&(q, name)| format!("{name} {}", at(q)))
-        .collect::<Vec<_>>()
-        .join("  ")
+    util::median_percentiles(&hists)
 }
 
 /// The same work with no engine: split, count in one hash map, format the output line.

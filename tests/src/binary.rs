@@ -109,17 +109,10 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
         .contains("not a HOST:PORT"));
 }
 
-/// Starts `quokka run word_count` reading `input`, writing to `sink`, with `extra` flags.
-fn spawn_word_count(input: &str, sink: &Sink, extra: &[&str]) -> Child {
+/// Starts `quokka run APP` reading `input`, writing to `sink`, with `extra` flags.
+fn spawn_app(app: &str, input: &str, sink: &Sink, extra: &[&str]) -> Child {
     Command::new(quokka())
-        .args([
-            "run",
-            "word_count",
-            "--in",
-            input,
-            "--out",
-            &sink.addr().to_string(),
-        ])
+        .args(["run", app, "--in", input, "--out", &sink.addr().to_string()])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -146,7 +139,12 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
     let sink = Sink::start(Records::Lines);
     let input = free_port();
     let control = free_port();
-    let mut child = spawn_word_count(&input, &sink, &["--cores", "2", "--control", &control]);
+    let mut child = spawn_app(
+        "word_count",
+        &input,
+        &sink,
+        &["--cores", "2", "--control", &control],
+    );
 
     let text = include_str!("../../apps/data/bill_of_rights.txt");
     let lines: Vec<&str> = text.lines().collect();
@@ -179,7 +177,12 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
 fn ctl_grows_shrinks_and_reports_a_running_engine() {
     let sink = Sink::start(Records::Lines);
     let (input, control) = (free_port(), free_port());
-    let mut child = spawn_word_count(&input, &sink, &["--cores", "1", "--control", &control]);
+    let mut child = spawn_app(
+        "word_count",
+        &input,
+        &sink,
+        &["--cores", "1", "--control", &control],
+    );
     let ctl = |args: &[&str]| {
         // The engine may still be starting: the first call retries until it answers.
         let deadline = Instant::now() + DEADLINE;
@@ -404,21 +407,7 @@ fn tools_reject_bad_input_clearly() {
 fn alphabet_votes_sent_framed_by_the_tool() {
     let sink = Sink::start(Records::Lines);
     let (input, control) = (free_port(), free_port());
-    let mut engine = Command::new(quokka())
-        .args([
-            "run",
-            "alphabet",
-            "--in",
-            &input,
-            "--out",
-            &sink.addr().to_string(),
-            "--control",
-            &control,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine = spawn_app("alphabet", &input, &sink, &["--control", &control]);
     let votes = concat!(env!("CARGO_MANIFEST_DIR"), "/../apps/data/votes.msg");
     let send = Command::new(tool("quokka-send"))
         .args(["--to", &input, "--file", votes, "--framed"])
