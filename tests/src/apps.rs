@@ -142,7 +142,9 @@ fn market_spread_case(cores: usize, during: impl FnOnce(&Engine) + Send) {
     );
     let run = Running::start(&market_spread::app(), cores, Records::Frames);
     let (orders_source, nbbo_source) = (0, 1);
+    // Two connections may land on two cores: order between them only by waiting.
     send_framed(&run, nbbo_source, INITIAL_NBBO);
+    wait_applied(&run.engine, 350);
     send_framed(&run, nbbo_source, &nbbo);
     wait_applied(&run.engine, 350 + 6_000);
 
