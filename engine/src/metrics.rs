@@ -126,14 +126,16 @@ impl Summary {
     }
 }
 
-/// A core's figures for the last whole second, kept by its ticker.
+/// A core's latency samples and the views kept of them: the whole run, the current and the last
+/// whole second (for `status`), and since the last `Engine::take_latency`. The sink writer records
+/// each output once, into `fresh`; the views are brought up to date by [`Window::fold`], about
+/// once a second, so the hot path pays for one histogram, not one per view.
 #[derive(Debug)]
 pub struct Window {
-    /// Latency of outputs written in the current second.
-    pub latency: Histogram<u64>,
-    /// Latency of outputs written since the last `Engine::take_latency`.
-    pub interval: Histogram<u64>,
-    pub last_latency: Histogram<u64>,
+    fresh: Histogram<u64>,
+    second: Histogram<u64>,
+    pub last_second: Histogram<u64>,
+    interval: Histogram<u64>,
     pub last_frames_per_sec: f64,
     pub last_outputs_per_sec: f64,
 }
@@ -141,12 +143,46 @@ pub struct Window {
 impl Default for Window {
     fn default() -> Self {
         Self {
-            latency: latency_histogram(),
+            fresh: latency_histogram(),
+            second: latency_histogram(),
+            last_second: latency_histogram(),
             interval: latency_histogram(),
-            last_latency: latency_histogram(),
             last_frames_per_sec: 0.0,
             last_outputs_per_sec: 0.0,
         }
+    }
+}
+
+impl Window {
+    /// One output's source-to-sink latency, in nanoseconds.
+    pub fn record(&mut self, ns: u64) {
+        self.fresh.saturating_record(ns.max(1));
+    }
+
+    /// Moves the fresh samples into `total` (the whole run) and the windows.
+    pub fn fold(&mut self, total: &mut Histogram<u64>) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        for view in [total, &mut self.second, &mut self.interval] {
+            view.add(&self.fresh).expect("same histogram bounds");
+        }
+        self.fresh.reset();
+    }
+
+    /// Closes the current second: it becomes the last whole second.
+    pub fn end_second(&mut self, total: &mut Histogram<u64>) {
+        self.fold(total);
+        std::mem::swap(&mut self.second, &mut self.last_second);
+        self.second.reset();
+    }
+
+    /// The samples since the previous call.
+    pub fn take_interval(&mut self, total: &mut Histogram<u64>) -> Histogram<u64> {
+        self.fold(total);
+        let taken = self.interval.clone();
+        self.interval.reset();
+        taken
     }
 }
 
@@ -272,6 +308,29 @@ mod tests {
         assert_eq!(human_ns(12_345), "12.3us");
         assert_eq!(human_ns(4_560_000), "4.56ms");
         assert_eq!(human_ns(1_200_000_000), "1.20s");
+    }
+
+    #[test]
+    fn every_sample_reaches_each_view_once() {
+        let mut w = Window::default();
+        let mut total = latency_histogram();
+        w.record(1_000);
+        w.record(2_000);
+        assert_eq!(w.take_interval(&mut total).len(), 2);
+        w.record(3_000);
+        w.end_second(&mut total);
+        assert_eq!(
+            w.last_second.len(),
+            3,
+            "the second holds samples taken mid-second too"
+        );
+        assert_eq!(w.take_interval(&mut total).len(), 1);
+        w.record(4_000);
+        w.fold(&mut total);
+        w.fold(&mut total);
+        assert_eq!(total.len(), 4, "folding twice counts nothing twice");
+        w.end_second(&mut total);
+        assert_eq!(w.last_second.len(), 1);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::sink::{flushed, write_outputs, SinkBuffer};
 use super::Config;
 use crate::archive::SlotArchive;
 use crate::dataflow::{Batch, Dataflow, Ingress, KeyedCore};
-use crate::metrics::{latency_histogram, now_ns, CoreReport, CoreStatus, Window};
+use crate::metrics::{now_ns, CoreReport, CoreStatus, Window};
 use crate::migration::Transition;
 use crate::routing::{CoreId, Move, RoutingTable};
 
@@ -253,6 +253,9 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
     core.finished.set(true);
     core.sink_ready.notify_all();
     writer.await;
+    core.window
+        .borrow_mut()
+        .fold(&mut core.report.borrow_mut().latency);
     let mut report = core.report.borrow().clone();
     report.entities = core.keyed.borrow().entities() as u64;
     report
@@ -350,9 +353,8 @@ impl Core {
                 let _ = reply.send(self.status());
             }
             CoreMsg::TakeLatency(reply) => {
-                let taken =
-                    std::mem::replace(&mut self.window.borrow_mut().interval, latency_histogram());
-                let _ = reply.send(taken);
+                let total = &mut self.report.borrow_mut().latency;
+                let _ = reply.send(self.window.borrow_mut().take_interval(total));
             }
             CoreMsg::ProducerDone => self.producers_done.set(self.producers_done.get() + 1),
             CoreMsg::Stop { .. } | CoreMsg::Retire => unreachable!("handled by the inbox loop"),
@@ -547,7 +549,7 @@ impl Core {
         let keyed = self.keyed.borrow();
         let report = self.report.borrow();
         let window = self.window.borrow();
-        let last = Some(&window.last_latency).filter(|h| !h.is_empty());
+        let last = Some(&window.last_second).filter(|h| !h.is_empty());
         CoreStatus {
             core: self.id,
             cpu: self.cpu,
@@ -576,12 +578,12 @@ async fn tick(core: Rc<Core>) {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         let secs = last.elapsed().as_secs_f64();
         last = Instant::now();
-        let report = core.report.borrow();
+        let mut report = core.report.borrow_mut();
         let mut w = core.window.borrow_mut();
         w.last_frames_per_sec = (report.frames - frames) as f64 / secs;
         w.last_outputs_per_sec = (report.outputs - outputs) as f64 / secs;
         (frames, outputs) = (report.frames, report.outputs);
-        w.last_latency = std::mem::replace(&mut w.latency, latency_histogram());
+        w.end_second(&mut report.latency);
     }
 }
 

@@ -95,10 +95,7 @@ pub(crate) async fn write_outputs(core: &Core) {
                     let now = now_ns();
                     let mut window = core.window.borrow_mut();
                     for &t in &writing.ingress {
-                        let latency = now.saturating_sub(t).max(1);
-                        report.latency.saturating_record(latency);
-                        window.latency.saturating_record(latency);
-                        window.interval.saturating_record(latency);
+                        window.record(now.saturating_sub(t));
                     }
                     report.outputs += n;
                 }
