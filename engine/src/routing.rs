@@ -41,15 +41,6 @@ impl RoutingTable {
         self.owners[slot as usize]
     }
 
-    /// How many slots each of `n_cores` cores owns.
-    pub fn slots_per_core(&self, n_cores: u16) -> Vec<u32> {
-        let mut counts = vec![0; usize::from(n_cores)];
-        for &o in &self.owners {
-            counts[usize::from(o)] += 1;
-        }
-        counts
-    }
-
     /// How many slots `core` owns.
     pub fn slots_of(&self, core: CoreId) -> u32 {
         self.owners.iter().filter(|&&o| o == core).count() as u32
@@ -95,7 +86,7 @@ mod tests {
         for (slots, cores) in [(4096, 1), (4096, 2), (4096, 3), (7, 3), (5, 5), (4096, 64)] {
             let t = RoutingTable::uniform(slots, cores);
             assert_eq!(t.epoch(), 0);
-            let counts = t.slots_per_core(cores);
+            let counts: Vec<u32> = (0..cores).map(|c| t.slots_of(c)).collect();
             let (lo, hi) = (slots / u32::from(cores), slots.div_ceil(u32::from(cores)));
             assert!(
                 counts.iter().all(|&c| c == lo || c == hi),

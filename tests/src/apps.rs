@@ -8,7 +8,7 @@ use quokka_apps::market_spread::{
 };
 use quokka_apps::{alphabet, market_spread::OrderResult};
 use quokka_engine::Engine;
-use quokka_io::client::{connect_retry, Records};
+use quokka_io::client::{FrameSender, Records};
 
 use crate::harness::{Running, DEADLINE};
 
@@ -18,9 +18,9 @@ const INITIAL_NBBO: &[u8] = include_bytes!("../../apps/data/350-symbols_initial-
 
 /// Sends already-framed bytes over one connection to `source` and closes it.
 fn send_framed(run: &Running, source: usize, bytes: &[u8]) {
-    let mut stream = connect_retry(run.input(source), DEADLINE).expect("connect");
-    std::io::Write::write_all(&mut stream, bytes).expect("send");
-    stream.shutdown(std::net::Shutdown::Write).expect("close");
+    let mut sender = FrameSender::connect(run.input(source), DEADLINE).expect("connect");
+    sender.send_raw(bytes).expect("send");
+    sender.finish().expect("close");
 }
 
 fn alphabet_on(cores: usize) {

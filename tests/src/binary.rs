@@ -120,6 +120,15 @@ fn spawn_app(app: &str, input: &str, sink: &Sink, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Sends `sig` (`-TERM`, `-INT`) to a child process.
+fn signal(child: &Child, sig: &str) {
+    let sent = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {sig} failed");
+}
+
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -154,11 +163,7 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
     let total: u64 = expected.values().sum();
     sink.wait_for(total);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "-TERM");
     let status = wait_exit(&mut child);
     assert!(status.success(), "exit status {status}");
     let mut stdout = String::new();
@@ -237,11 +242,7 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
     let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
     let expected = reference_counts(doubled.iter().copied());
     sink.wait_for(expected.values().sum());
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "-TERM");
     assert!(wait_exit(&mut child).success());
     check_running_totals(&sink.lines(), &expected);
 
@@ -348,11 +349,7 @@ fn send_and_recv_tools_carry_a_file_through_the_engine() {
     }
     assert!(by_word.is_empty());
 
-    let killed = Command::new("kill")
-        .args(["-INT", &engine.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&engine, "-INT");
     assert!(wait_exit(&mut engine).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -436,10 +433,6 @@ fn alphabet_votes_sent_framed_by_the_tool() {
             .push(t.parse().unwrap());
     }
     assert_eq!(got, expected);
-    let killed = Command::new("kill")
-        .args(["-TERM", &engine.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&engine, "-TERM");
     assert!(wait_exit(&mut engine).success());
 }

@@ -216,19 +216,8 @@ impl Engine {
                 v.retired,
             )
         };
-        let (reply_tx, reply_rx) = flume::unbounded();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for (_, _, inbox) in &cores {
-            let _ = inbox.send_deadline(CoreMsg::Status(reply_tx.clone()), deadline);
-        }
-        drop(reply_tx);
-        let mut answers = Vec::new();
-        while answers.len() < cores.len() {
-            match reply_rx.recv_deadline(deadline) {
-                Ok(s) => answers.push(s),
-                Err(_) => break,
-            }
-        }
+        let inboxes: Vec<_> = cores.iter().map(|c| c.2.clone()).collect();
+        let mut answers = ask_cores(&inboxes, CoreMsg::Status, Duration::from_secs(2));
         answers.sort_by_key(|s| s.core);
         let silent = cores
             .iter()
@@ -248,7 +237,7 @@ impl Engine {
     /// Source-to-sink latency of the outputs written since the previous call (all cores), for
     /// measuring a window of time such as a migration.
     pub fn take_latency(&self) -> Histogram<u64> {
-        let cores: Vec<_> = self
+        let inboxes: Vec<_> = self
             .view
             .lock()
             .unwrap()
@@ -256,16 +245,11 @@ impl Engine {
             .iter()
             .map(|c| c.2.clone())
             .collect();
-        let (reply_tx, reply_rx) = flume::unbounded();
-        for inbox in &cores {
-            let _ = inbox.send(CoreMsg::TakeLatency(reply_tx.clone()));
-        }
-        drop(reply_tx);
         let mut all = std::mem::replace(
             &mut *self.retired_latency.lock().unwrap(),
             latency_histogram(),
         );
-        for h in reply_rx.iter() {
+        for h in ask_cores(&inboxes, CoreMsg::TakeLatency, Duration::from_secs(10)) {
             all.add(&h).expect("same histogram bounds");
         }
         all
@@ -289,6 +273,29 @@ impl Engine {
             elapsed: self.started.elapsed(),
         }
     }
+}
+
+/// Asks every core one question on its control channel (served first, so a busy core still
+/// answers soon); returns the answers that arrive within `wait`.
+fn ask_cores<T>(
+    inboxes: &[flume::Sender<CoreMsg>],
+    ask: impl Fn(flume::Sender<T>) -> CoreMsg,
+    wait: Duration,
+) -> Vec<T> {
+    let (reply_tx, reply_rx) = flume::unbounded();
+    for inbox in inboxes {
+        let _ = inbox.send(ask(reply_tx.clone()));
+    }
+    drop(reply_tx);
+    let deadline = Instant::now() + wait;
+    let mut answers = Vec::with_capacity(inboxes.len());
+    while answers.len() < inboxes.len() {
+        match reply_rx.recv_deadline(deadline) {
+            Ok(a) => answers.push(a),
+            Err(_) => break,
+        }
+    }
+    answers
 }
 
 /// Accepts connections of one source and deals them to the cores in turn.
