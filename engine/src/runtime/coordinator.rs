@@ -103,7 +103,6 @@ impl Coordinator {
         );
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let mut started = Vec::new();
         for (&id, (addr, data_rx, control_rx)) in ids.iter().zip(channels) {
             let cpu = self.least_used_cpu(cpus);
             let setup = CoreSetup {
@@ -136,7 +135,6 @@ impl Coordinator {
                     executor: spawned,
                 },
             );
-            started.push(id);
         }
         drop(ready_tx);
         for _ in &ids {
