@@ -5,7 +5,7 @@
 use quokka_engine::{App, DecodeError, Emit};
 
 /// A decoded vote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Vote {
     pub letter: u8,
     pub votes: u32,

@@ -18,7 +18,7 @@ pub const ORDER_LEN: usize = 53;
 pub const NBBO_LEN: usize = 42;
 pub const RESULT_LEN: usize = 55;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Order {
     pub side: u8,
     pub account: u32,
@@ -28,7 +28,7 @@ pub struct Order {
     pub price: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Nbbo {
     pub symbol: [u8; 4],
     pub bid: f64,
@@ -36,7 +36,7 @@ pub struct Nbbo {
 }
 
 /// What both sources decode to.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Market {
     Order(Order),
     Nbbo(Nbbo),

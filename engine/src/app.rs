@@ -62,10 +62,10 @@ impl<'a, T> Emit<'a, T> {
     }
 }
 
-/// What a state entity must be: a plain value with a default, archivable with rkyv so the engine
-/// can move it between cores and machines.
-pub trait State:
-    Default
+/// What a keyed message must be: a plain value archivable with rkyv, so the engine can send it
+/// to the node that owns its key.
+pub trait Message:
+    Sized
     + Send
     + 'static
     + rkyv::Archive<
@@ -76,9 +76,8 @@ pub trait State:
 {
 }
 
-impl<S> State for S where
-    S: Default
-        + Send
+impl<M> Message for M where
+    M: Send
         + 'static
         + rkyv::Archive<
             Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
@@ -87,6 +86,12 @@ impl<S> State for S where
         + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
 {
 }
+
+/// What a state entity must be: a plain value with a default, archivable with rkyv so the engine
+/// can move it between cores and machines.
+pub trait State: Message + Default {}
+
+impl<S: Message + Default> State for S {}
 
 pub(crate) type Decode<I> = Arc<dyn Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync>;
 pub(crate) type Chain<I, T> = Arc<dyn Fn(I, &mut dyn FnMut(T)) + Send + Sync>;
@@ -191,7 +196,7 @@ pub struct Keyed<I, T> {
     key: KeyFn<T>,
 }
 
-impl<I: 'static, T: Send + 'static> Keyed<I, T> {
+impl<I: 'static, T: Message> Keyed<I, T> {
     /// The stateful step: runs on the core that owns the message's key, with that key's state.
     pub fn stateful<S: State, R: 'static>(
         self,
@@ -253,9 +258,7 @@ impl<I, T, S, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
     }
 }
 
-impl<I: Send + 'static, T: Send + 'static, S: State, R: 'static, O: 'static>
-    Outputs<I, T, S, R, O>
-{
+impl<I: Send + 'static, T: Message, S: State, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
     /// Ends the pipeline at a sink; `encode` appends one output's bytes.
     pub fn sink(self, encode: impl Fn(&O, &mut Vec<u8>) + Send + Sync + 'static) -> Pipeline {
         let Stream {

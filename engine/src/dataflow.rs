@@ -10,7 +10,10 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::app::{Chain, Decode, DecodeError, Emit, Encode, KeyFn, State, StepFn};
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+
+use crate::app::{Chain, Decode, DecodeError, Emit, Encode, KeyFn, Message, State, StepFn};
 use crate::archive::{ArchiveError, Entity, SlotArchive};
 use crate::hash::{slot_of, stable_hash};
 use crate::migration::{Delivery, Protocol, ProtocolError, Switched, Transition};
@@ -22,6 +25,7 @@ use crate::store::SlotStore;
 pub(crate) type Batch = Box<dyn Any + Send>;
 
 /// A message after `key_by`, on its way to the core that owns its slot.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) struct KeyedMsg<T> {
     hash: u64,
     ingress: u64,
@@ -34,6 +38,10 @@ pub(crate) trait Dataflow: Send + Sync {
     fn ingress(&self, source: usize) -> Box<dyn Ingress>;
     /// The keyed part of core `me`, owning what `table` gives it.
     fn keyed(&self, me: CoreId, table: &RoutingTable) -> Box<dyn KeyedCore>;
+    /// A batch as bytes, to cross to another node.
+    fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, String>;
+    /// A batch from another node, validated before it is read.
+    fn decode_batch(&self, bytes: &[u8]) -> Result<Batch, String>;
 }
 
 /// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
@@ -97,7 +105,7 @@ pub(crate) struct Typed<I, T, S, R, O> {
 impl<I, T, S, R, O> Dataflow for Typed<I, T, S, R, O>
 where
     I: Send + 'static,
-    T: Send + 'static,
+    T: Message,
     S: State,
     R: 'static,
     O: 'static,
@@ -123,6 +131,19 @@ where
             post: self.post.clone(),
             encode: self.encode.clone(),
         })
+    }
+
+    fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, String> {
+        let batch: &Vec<KeyedMsg<T>> = batch.downcast_ref().expect("a batch of this dataflow");
+        rkyv::to_bytes::<BoxedError>(batch).map_err(|e| e.to_string())
+    }
+
+    fn decode_batch(&self, bytes: &[u8]) -> Result<Batch, String> {
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let batch = rkyv::from_bytes::<Vec<KeyedMsg<T>>, BoxedError>(&aligned)
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(batch))
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod archive;
+pub mod cluster;
 mod dataflow;
 pub mod hash;
 pub mod metrics;
@@ -21,6 +22,7 @@ pub mod routing;
 pub mod runtime;
 pub mod store;
 
-pub use app::{App, DecodeError, Emit, State};
+pub use app::{App, DecodeError, Emit, Message, State};
+pub use cluster::Ending;
 pub use metrics::Summary;
 pub use runtime::{ChangeError, ChangeReport, Config, Engine, StartError, Status};

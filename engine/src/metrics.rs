@@ -1,15 +1,21 @@
 //! Counters and source-to-sink latency: each core keeps its own, the summary merges them.
 
 use std::fmt;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-/// Monotonic nanoseconds since the process's first call; the ingress time of messages.
+/// The system-wide monotonic clock (`CLOCK_MONOTONIC`) in nanoseconds: the ingress time of
+/// messages. One clock for every process on a machine, so latency stays meaningful when a message
+/// crosses to another node on the same host (across hosts it is not comparable).
 pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A latency histogram in nanoseconds, 1 ns to 1 hour, 3 significant digits.
@@ -187,8 +193,10 @@ impl Window {
 }
 
 /// One core as `status` shows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct CoreStatus {
+    /// The node that runs the core (filled in by the node that answers).
+    pub node: String,
     pub core: u16,
     pub cpu: usize,
     pub epoch: u64,

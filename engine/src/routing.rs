@@ -1,6 +1,7 @@
 //! The routing table: slot -> core, with an epoch that grows by one at every change.
 
-/// Index of a core (one executor) within this node.
+/// A core (one executor) of the cluster: ids are unique across nodes, given out by the
+/// coordinator, and never reused while the cluster runs.
 pub type CoreId = u16;
 
 /// Which core owns each slot, at one epoch.
@@ -22,6 +23,11 @@ impl RoutingTable {
             .map(|s| (s * u64::from(n_cores) / u64::from(n_slots)) as CoreId)
             .collect();
         Self { epoch: 0, owners }
+    }
+
+    /// A table received from another node; `None` if it has no slot.
+    pub fn from_owners(epoch: u64, owners: Vec<CoreId>) -> Option<Self> {
+        (!owners.is_empty()).then_some(Self { epoch, owners })
     }
 
     pub fn epoch(&self) -> u64 {

@@ -1,7 +1,8 @@
-//! The control protocol spoken by `quokka ctl` and `quokka run --control`: one request frame,
-//! one response frame, each a Wallaroo frame (`u32` big-endian length + payload) whose payload
-//! starts with a magic, a version and a kind. Decoding is pure and total: any bytes give a
-//! message or an error, never a panic.
+//! The control protocol spoken by `quokka ctl`, by a joining node and by `quokka run --control`:
+//! requests and responses, each a Wallaroo frame (`u32` big-endian length + payload) whose
+//! payload starts with a magic, a version and a kind. A request then carries the cluster token
+//! (one length byte, then the bytes), then its body. Decoding is pure and total: any bytes give
+//! a message or an error, never a panic.
 
 use std::io::{Read, Write};
 
@@ -12,7 +13,7 @@ use crate::framing::encode_frame;
 /// First bytes of every control payload.
 pub const MAGIC: [u8; 2] = *b"QK";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest control payload accepted.
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 
@@ -21,12 +22,27 @@ pub enum Request {
     Status,
     GrowCores(u16),
     ShrinkCores(u16),
+    /// Move a node's slots away, then let it exit.
+    RemoveNode(String),
+    /// A node asks to join; the body is the engine's join request (opaque here).
+    Join(Vec<u8>),
+    /// The joining node started its cores and links: move slots to it.
+    Ready,
+}
+
+/// A request with the cluster token it was sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub token: String,
+    pub request: Request,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Ok(String),
     Error(String),
+    /// The answer to a join: the engine's welcome (opaque here).
+    Welcome(Vec<u8>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -45,6 +61,8 @@ pub enum ControlError {
     },
     #[error("control message text is not UTF-8")]
     BadText,
+    #[error("cluster token longer than 255 bytes")]
+    TokenTooLong,
     #[error("control frame of {0} bytes exceeds the maximum")]
     Oversized(usize),
     #[error("control connection closed before a whole message")]
@@ -56,8 +74,12 @@ pub enum ControlError {
 const STATUS: u8 = 1;
 const GROW_CORES: u8 = 2;
 const SHRINK_CORES: u8 = 3;
+const REMOVE_NODE: u8 = 4;
+const JOIN: u8 = 5;
+const READY: u8 = 6;
 const OK: u8 = 0x81;
 const ERROR: u8 = 0x82;
+const WELCOME: u8 = 0x83;
 
 fn header(kind: u8) -> Vec<u8> {
     vec![MAGIC[0], MAGIC[1], VERSION, kind]
@@ -78,16 +100,39 @@ fn open(payload: &[u8]) -> Result<(u8, &[u8]), ControlError> {
 }
 
 impl Request {
-    pub fn encode(&self) -> Vec<u8> {
-        match *self {
-            Request::Status => header(STATUS),
-            Request::GrowCores(n) => [header(GROW_CORES), n.to_be_bytes().to_vec()].concat(),
-            Request::ShrinkCores(n) => [header(SHRINK_CORES), n.to_be_bytes().to_vec()].concat(),
-        }
+    /// The payload of this request sent with `token` (at most 255 bytes).
+    pub fn encode(&self, token: &str) -> Result<Vec<u8>, ControlError> {
+        let (kind, body): (u8, &[u8]) = match self {
+            Request::Status => (STATUS, &[]),
+            Request::GrowCores(n) => return Self::with_body(GROW_CORES, token, &n.to_be_bytes()),
+            Request::ShrinkCores(n) => {
+                return Self::with_body(SHRINK_CORES, token, &n.to_be_bytes())
+            }
+            Request::RemoveNode(name) => (REMOVE_NODE, name.as_bytes()),
+            Request::Join(body) => (JOIN, body),
+            Request::Ready => (READY, &[]),
+        };
+        Self::with_body(kind, token, body)
     }
 
-    pub fn decode(payload: &[u8]) -> Result<Request, ControlError> {
-        let (kind, body) = open(payload)?;
+    fn with_body(kind: u8, token: &str, body: &[u8]) -> Result<Vec<u8>, ControlError> {
+        let len = u8::try_from(token.len()).map_err(|_| ControlError::TokenTooLong)?;
+        let mut out = header(kind);
+        out.push(len);
+        out.extend_from_slice(token.as_bytes());
+        out.extend_from_slice(body);
+        Ok(out)
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Envelope, ControlError> {
+        let (kind, rest) = open(payload)?;
+        if !(STATUS..=READY).contains(&kind) {
+            return Err(ControlError::UnknownKind(kind));
+        }
+        let len = usize::from(*rest.first().ok_or(ControlError::Truncated)?);
+        let token = rest.get(1..1 + len).ok_or(ControlError::Truncated)?;
+        let token = String::from_utf8(token.to_vec()).map_err(|_| ControlError::BadText)?;
+        let body = &rest[1 + len..];
         let count = |body: &[u8]| -> Result<u16, ControlError> {
             let bytes: [u8; 2] = body.try_into().map_err(|_| ControlError::BadLength {
                 kind,
@@ -96,28 +141,41 @@ impl Request {
             })?;
             Ok(u16::from_be_bytes(bytes))
         };
-        match kind {
-            STATUS if body.is_empty() => Ok(Request::Status),
-            STATUS => Err(ControlError::BadLength {
-                kind,
-                len: body.len(),
-                expected: "0",
-            }),
-            GROW_CORES => Ok(Request::GrowCores(count(body)?)),
-            SHRINK_CORES => Ok(Request::ShrinkCores(count(body)?)),
-            _ => Err(ControlError::UnknownKind(kind)),
-        }
+        let empty = |body: &[u8], r: Request| {
+            if body.is_empty() {
+                Ok(r)
+            } else {
+                Err(ControlError::BadLength {
+                    kind,
+                    len: body.len(),
+                    expected: "0",
+                })
+            }
+        };
+        let request = match kind {
+            STATUS => empty(body, Request::Status)?,
+            GROW_CORES => Request::GrowCores(count(body)?),
+            SHRINK_CORES => Request::ShrinkCores(count(body)?),
+            REMOVE_NODE => Request::RemoveNode(
+                String::from_utf8(body.to_vec()).map_err(|_| ControlError::BadText)?,
+            ),
+            JOIN => Request::Join(body.to_vec()),
+            READY => empty(body, Request::Ready)?,
+            _ => return Err(ControlError::UnknownKind(kind)),
+        };
+        Ok(Envelope { token, request })
     }
 }
 
 impl Response {
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, text) = match self {
-            Response::Ok(t) => (OK, t),
-            Response::Error(t) => (ERROR, t),
+        let (kind, body) = match self {
+            Response::Ok(t) => (OK, t.as_bytes()),
+            Response::Error(t) => (ERROR, t.as_bytes()),
+            Response::Welcome(body) => (WELCOME, &body[..]),
         };
         let mut out = header(kind);
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(body);
         out
     }
 
@@ -127,6 +185,7 @@ impl Response {
         match kind {
             OK => Ok(Response::Ok(text()?)),
             ERROR => Ok(Response::Error(text()?)),
+            WELCOME => Ok(Response::Welcome(body.to_vec())),
             _ => Err(ControlError::UnknownKind(kind)),
         }
     }
@@ -143,10 +202,15 @@ pub fn write_frame(out: &mut impl Write, payload: &[u8]) -> Result<(), ControlEr
 
 /// Reads one control frame's payload.
 pub fn read_frame(input: &mut impl Read) -> Result<Vec<u8>, ControlError> {
+    read_frame_up_to(input, MAX_CONTROL_FRAME)
+}
+
+/// Reads one frame's payload of at most `max` bytes (node links carry larger frames).
+pub fn read_frame_up_to(input: &mut impl Read, max: usize) -> Result<Vec<u8>, ControlError> {
     let mut header = [0u8; 4];
     read_exact(input, &mut header)?;
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_CONTROL_FRAME {
+    if len > max {
         return Err(ControlError::Oversized(len));
     }
     let mut payload = vec![0; len];
@@ -165,19 +229,38 @@ fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), ControlError>
 mod tests {
     use super::*;
 
+    fn env(token: &str, request: Request) -> Envelope {
+        Envelope {
+            token: token.into(),
+            request,
+        }
+    }
+
     #[test]
     fn requests_and_responses_round_trip() {
         for r in [
             Request::Status,
             Request::GrowCores(1),
             Request::ShrinkCores(65535),
+            Request::RemoveNode("w2".into()),
+            Request::Join(vec![0, 1, 2, 255]),
+            Request::Join(Vec::new()),
+            Request::Ready,
         ] {
-            assert_eq!(Request::decode(&r.encode()), Ok(r));
+            for token in ["", "secret", &"t".repeat(255)] {
+                let payload = r.encode(token).unwrap();
+                assert_eq!(Request::decode(&payload), Ok(env(token, r.clone())));
+            }
         }
+        assert_eq!(
+            Request::Status.encode(&"t".repeat(256)),
+            Err(ControlError::TokenTooLong)
+        );
         for r in [
             Response::Ok("fine\nlines".into()),
             Response::Error("no".into()),
             Response::Ok(String::new()),
+            Response::Welcome(vec![9, 8, 7]),
         ] {
             assert_eq!(Response::decode(&r.encode()), Ok(r));
         }
@@ -191,25 +274,41 @@ mod tests {
             Err(ControlError::BadMagic)
         );
         assert_eq!(Request::decode(b"QK"), Err(ControlError::Truncated));
-        assert_eq!(Request::decode(b"QK\x01"), Err(ControlError::Truncated));
+        assert_eq!(Request::decode(b"QK\x02"), Err(ControlError::Truncated));
         assert_eq!(
             Request::decode(b"QK\x00\x01"),
             Err(ControlError::Version(0))
         );
+        // Version 1 (before cluster tokens) is refused by name.
         assert_eq!(
-            Request::decode(b"QK\x02\x01"),
-            Err(ControlError::Version(2))
+            Request::decode(b"QK\x01\x01"),
+            Err(ControlError::Version(1))
+        );
+        assert_eq!(Request::decode(b"QK\x02\x01"), Err(ControlError::Truncated));
+        assert_eq!(
+            Request::decode(b"QK\x02\x01\x05ab"),
+            Err(ControlError::Truncated),
+            "token shorter than its length"
         );
         assert_eq!(
-            Request::decode(b"QK\x01\x09"),
+            Request::decode(b"QK\x02\x01\x02\xff\xfe"),
+            Err(ControlError::BadText),
+            "token not UTF-8"
+        );
+        assert_eq!(
+            Request::decode(b"QK\x02\x09\x00"),
             Err(ControlError::UnknownKind(9))
         );
         assert!(matches!(
-            Request::decode(b"QK\x01\x01x"),
+            Request::decode(b"QK\x02\x01\x00x"),
             Err(ControlError::BadLength { kind: 1, .. })
         ));
         assert!(matches!(
-            Request::decode(b"QK\x01\x02\x00"),
+            Request::decode(b"QK\x02\x06\x00x"),
+            Err(ControlError::BadLength { kind: 6, .. })
+        ));
+        assert!(matches!(
+            Request::decode(b"QK\x02\x02\x00\x00"),
             Err(ControlError::BadLength {
                 kind: 2,
                 len: 1,
@@ -217,16 +316,25 @@ mod tests {
             })
         ));
         assert!(matches!(
-            Request::decode(b"QK\x01\x03\x00\x01\x02"),
+            Request::decode(b"QK\x02\x03\x00\x00\x01\x02"),
             Err(ControlError::BadLength { len: 3, .. })
         ));
+        assert_eq!(
+            Request::decode(b"QK\x02\x04\x00\xff"),
+            Err(ControlError::BadText),
+            "node name not UTF-8"
+        );
         assert_eq!(
             Request::decode(&Response::Ok("x".into()).encode()),
             Err(ControlError::UnknownKind(OK))
         );
         assert_eq!(
-            Response::decode(b"QK\x01\x81\xff\xfe"),
+            Response::decode(b"QK\x02\x81\xff\xfe"),
             Err(ControlError::BadText)
+        );
+        assert_eq!(
+            Response::decode(b"QK\x02\x05"),
+            Err(ControlError::UnknownKind(JOIN))
         );
     }
 
@@ -244,19 +352,22 @@ mod tests {
                 .collect();
             let _ = Request::decode(&bytes);
             let _ = Response::decode(&bytes);
-            let mut prefixed = b"QK\x01".to_vec();
-            prefixed.extend_from_slice(&bytes);
-            let _ = Request::decode(&prefixed);
+            for prefix in [&b"QK\x02"[..], b"QK\x02\x05", b"QK\x02\x04\x00"] {
+                let mut prefixed = prefix.to_vec();
+                prefixed.extend_from_slice(&bytes);
+                let _ = Request::decode(&prefixed);
+                let _ = Response::decode(&prefixed);
+            }
         }
     }
 
     #[test]
     fn frames_are_bounded_and_whole() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Request::GrowCores(2).encode()).unwrap();
+        write_frame(&mut buf, &Request::GrowCores(2).encode("").unwrap()).unwrap();
         assert_eq!(
             Request::decode(&read_frame(&mut &buf[..]).unwrap()),
-            Ok(Request::GrowCores(2))
+            Ok(env("", Request::GrowCores(2)))
         );
         assert_eq!(read_frame(&mut &buf[..5]), Err(ControlError::Truncated));
         let huge = (MAX_CONTROL_FRAME as u32 + 1).to_be_bytes();

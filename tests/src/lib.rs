@@ -10,6 +10,8 @@ mod apps;
 mod bad_input;
 #[cfg(test)]
 mod binary;
+#[cfg(test)]
+mod cluster;
 pub mod harness;
 pub mod reference;
 #[cfg(test)]

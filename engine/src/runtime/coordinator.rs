@@ -1,7 +1,11 @@
-//! The coordinator: owns the set of cores and the routing table, and carries out changes of
-//! cores (grow, shrink) as a series of migration steps. It runs on the caller's thread (a control
-//! connection or the embedding program) and talks to the cores only through their inboxes and
-//! the events they send back.
+//! The coordinator: owns the set of cores (on this node and, in a cluster, on the others) and
+//! the routing table, and carries out changes (grow, shrink, a node joining or leaving) as a
+//! series of migration steps. It runs on the caller's thread (a control connection or the
+//! embedding program) and talks to the cores only through their addresses (a core on another
+//! node through the link to it) and the events they send back.
+//!
+//! A member node (one that joined) runs the same type for its own cores only: it starts them,
+//! and stops or retires them when the coordinator says so; it never changes anything itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,6 +16,8 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use super::core::{self, CoreAddr, CoreEvent, CoreMsg, CoreSetup};
 use super::status::{ChangeError, ChangeReport, MigrationProgress, View};
 use super::{Config, StartError};
+use crate::cluster::wire::{JoinRequest, Member, Welcome, Wire};
+use crate::cluster::Node;
 use crate::dataflow::Dataflow;
 use hdrhistogram::Histogram;
 
@@ -30,16 +36,19 @@ const INBOX_CAPACITY: usize = 16;
 pub(crate) struct CoreHandle {
     pub addr: CoreAddr,
     pub cpu: usize,
-    executor: ExecutorJoinHandle<CoreReport>,
+    /// The node that runs the core.
+    pub node: String,
+    /// Only for a core on this node.
+    executor: Option<ExecutorJoinHandle<CoreReport>>,
 }
 
 pub(crate) struct Coordinator {
     config: Arc<Config>,
     dataflow: Arc<dyn Dataflow>,
+    pub node: Arc<Node>,
     table: Arc<RoutingTable>,
     pub cores: BTreeMap<CoreId, CoreHandle>,
     next_id: CoreId,
-    events_tx: flume::Sender<CoreEvent>,
     events: flume::Receiver<CoreEvent>,
     /// The inboxes acceptor threads deal new connections to.
     pub accept_targets: Arc<RwLock<Vec<flume::Sender<CoreMsg>>>>,
@@ -51,44 +60,97 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn start(config: Arc<Config>, dataflow: Arc<dyn Dataflow>) -> Result<Self, StartError> {
-        let table = Arc::new(RoutingTable::uniform(
-            config.n_slots,
-            config.cores as CoreId,
-        ));
-        let (events_tx, events) = flume::unbounded();
-        let mut c = Coordinator {
+    /// The coordinator of a new cluster (or of a single node): `config.cores` cores share the
+    /// slots evenly.
+    pub fn start(
+        config: Arc<Config>,
+        dataflow: Arc<dyn Dataflow>,
+        node: Arc<Node>,
+        events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
+    ) -> Result<Self, StartError> {
+        let table = RoutingTable::uniform(config.n_slots, config.cores as CoreId);
+        let mut c = Self::new(config, dataflow, node, events, table);
+        let ids: Vec<CoreId> = (0..c.config.cores as CoreId).collect();
+        c.next_id = ids.len() as CoreId;
+        c.spawn_cores(&ids)?;
+        c.publish(None);
+        Ok(c)
+    }
+
+    /// A member node's cores, as the coordinator's welcome names them, knowing every core of
+    /// the cluster as a peer (links to the other members are open already).
+    pub fn start_member(
+        config: Arc<Config>,
+        dataflow: Arc<dyn Dataflow>,
+        node: Arc<Node>,
+        events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
+        welcome: &Welcome,
+        table: RoutingTable,
+    ) -> Result<Self, StartError> {
+        let mut c = Self::new(config, dataflow, node, events, table);
+        for m in &welcome.members {
+            c.add_remote(m);
+        }
+        c.spawn_cores(&welcome.cores)?;
+        c.publish(None);
+        Ok(c)
+    }
+
+    fn new(
+        config: Arc<Config>,
+        dataflow: Arc<dyn Dataflow>,
+        node: Arc<Node>,
+        (_, events): (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
+        table: RoutingTable,
+    ) -> Self {
+        let table = Arc::new(table);
+        Coordinator {
             view: Arc::new(Mutex::new(View::new(&table))),
             config,
             dataflow,
+            node,
             table,
             cores: BTreeMap::new(),
             next_id: 0,
-            events_tx,
             events,
             accept_targets: Arc::default(),
             retired: Vec::new(),
             retired_latency: Arc::new(Mutex::new(latency_histogram())),
             stopped: false,
-        };
-        let n = c.config.cores;
-        c.spawn_cores(n)?;
-        c.publish(None);
-        Ok(c)
+        }
     }
 
-    /// Starts `n` executors that own no slots yet (at start, the uniform table gives them
+    pub fn config_inputs(&self) -> Vec<std::net::SocketAddr> {
+        self.config.inputs.clone()
+    }
+
+    /// Registers the cores of another node, reached through the link to it.
+    fn add_remote(&mut self, m: &Member) {
+        for &id in &m.cores {
+            if let Some(addr) = self.node.addr_of(id, &m.name) {
+                self.cores.insert(
+                    id,
+                    CoreHandle {
+                        addr,
+                        cpu: 0,
+                        node: m.name.clone(),
+                        executor: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Starts executors for `ids` that own no slots yet (at start, the table gives them
     /// theirs), each knowing every core as a peer.
-    fn spawn_cores(&mut self, n: usize) -> Result<Vec<CoreId>, StartError> {
+    fn spawn_cores(&mut self, ids: &[CoreId]) -> Result<(), StartError> {
         let cpus = super::default_cores();
-        let ids: Vec<CoreId> = (0..n).map(|i| self.next_id + i as CoreId).collect();
-        self.next_id += n as CoreId;
         let channels: Vec<_> = ids
             .iter()
             .map(|_| {
                 let (data, data_rx) = flume::bounded(INBOX_CAPACITY);
                 let (control, control_rx) = flume::unbounded();
-                (CoreAddr { data, control }, data_rx, control_rx)
+                (CoreAddr::Local { data, control }, data_rx, control_rx)
             })
             .collect();
         let mut peers: Vec<(CoreId, CoreAddr)> = self
@@ -114,7 +176,8 @@ impl Coordinator {
                 peers: peers.clone(),
                 data: data_rx,
                 control: control_rx,
-                events: self.events_tx.clone(),
+                events: self.node.events.clone(),
+                open_sources: self.node.open_sources.clone(),
             };
             let ready = ready_tx.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -127,23 +190,26 @@ impl Coordinator {
                     core: usize::from(id),
                     reason: e.to_string(),
                 })?;
+            self.node.local.write().unwrap().insert(id, addr.clone());
             self.cores.insert(
                 id,
                 CoreHandle {
                     addr,
                     cpu,
-                    executor: spawned,
+                    node: self.node.name.clone(),
+                    executor: Some(spawned),
                 },
             );
         }
         drop(ready_tx);
-        for _ in &ids {
+        for _ in ids {
             if ready_rx.recv().is_err() {
                 // A core's closure was dropped unrun: its executor failed; join tells why.
                 let mut reason = "unknown".to_string();
-                for id in &ids {
+                for id in ids {
+                    self.node.local.write().unwrap().remove(id);
                     if let Some(h) = self.cores.remove(id) {
-                        if let Err(e) = h.executor.join() {
+                        if let Some(Err(e)) = h.executor.map(|e| e.join()) {
                             reason = e.to_string();
                         }
                     }
@@ -154,26 +220,64 @@ impl Coordinator {
                 });
             }
         }
-        if self.cores.len() > cpus {
+        let local = self.local_ids().len();
+        if local > cpus {
             tracing::warn!(
-                "{} cores on {cpus} CPUs: executors share CPUs (placement wraps around); production runs one per CPU",
-                self.cores.len()
+                "{local} cores on {cpus} CPUs: executors share CPUs (placement wraps around); production runs one per CPU"
             );
         }
         let mut targets = self.accept_targets.write().unwrap();
-        targets.extend(ids.iter().map(|id| self.cores[id].addr.data.clone()));
-        Ok(ids)
+        targets.extend(
+            ids.iter()
+                .filter_map(|id| self.cores[id].addr.local_data().cloned()),
+        );
+        Ok(())
     }
 
     fn least_used_cpu(&self, cpus: usize) -> usize {
         (0..cpus)
-            .min_by_key(|&cpu| (self.cores.values().filter(|h| h.cpu == cpu).count(), cpu))
+            .min_by_key(|&cpu| {
+                let on_cpu = self
+                    .cores
+                    .values()
+                    .filter(|h| h.executor.is_some() && h.cpu == cpu)
+                    .count();
+                (on_cpu, cpu)
+            })
             .unwrap_or(0)
+    }
+
+    /// The cores this node runs, oldest first.
+    fn local_ids(&self) -> Vec<CoreId> {
+        self.cores
+            .iter()
+            .filter(|(_, h)| h.executor.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Changes are decided here only on the coordinator, and only while every node is alive.
+    fn check_can_change(&self) -> Result<(), ChangeError> {
+        self.check_running()?;
+        if !self.node.coordinator {
+            return Err(ChangeError::Invalid(
+                "this node is a member: send changes to the coordinator".into(),
+            ));
+        }
+        if let Some(lost) = self.node.lost_nodes().first() {
+            return Err(ChangeError::Invalid(format!(
+                "node {} was lost ({}); changes are refused until recovery exists",
+                lost.name, lost.reason
+            )));
+        }
+        // Events of an earlier, failed change must not end this one.
+        while self.events.try_recv().is_ok() {}
+        Ok(())
     }
 
     /// Adds `n` cores and moves slots onto them.
     pub fn grow(&mut self, n: usize) -> Result<ChangeReport, ChangeError> {
-        self.check_running()?;
+        self.check_can_change()?;
         if n == 0 {
             return Err(ChangeError::Invalid("grow-cores needs at least 1".into()));
         }
@@ -183,19 +287,11 @@ impl Coordinator {
         let started = Instant::now();
         let before = self.cores.len();
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
-        let ids = self
-            .spawn_cores(n)
+        let ids: Vec<CoreId> = (0..n).map(|i| self.next_id + i as CoreId).collect();
+        self.next_id += n as CoreId;
+        self.spawn_cores(&ids)
             .map_err(|e| ChangeError::Start(e.to_string()))?;
-        let new_peers: Vec<_> = ids
-            .iter()
-            .map(|id| (*id, self.cores[id].addr.clone()))
-            .collect();
-        for id in &old {
-            let _ = self.cores[id]
-                .addr
-                .control
-                .send(CoreMsg::AddPeers(new_peers.clone()));
-        }
+        self.introduce(&old, &ids);
         let p = plan(&self.table, &old, &Change::Add(ids.clone()))
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         let label = format!("grow-cores {n}");
@@ -207,25 +303,40 @@ impl Coordinator {
         Ok(report)
     }
 
-    /// Moves the slots of the `n` newest cores away, hands their connections over, stops them.
+    /// Tells the cores `old` about the cores `new` (the links to their node exist already).
+    fn introduce(&self, old: &[CoreId], new: &[CoreId]) {
+        let new_peers: Vec<_> = new
+            .iter()
+            .map(|id| (*id, self.cores[id].addr.clone()))
+            .collect();
+        for id in old {
+            self.cores[id]
+                .addr
+                .send_control(CoreMsg::AddPeers(new_peers.clone()));
+        }
+    }
+
+    /// Moves the slots of this node's `n` newest cores away, hands their connections to this
+    /// node's other cores, stops them.
     pub fn shrink(&mut self, n: usize) -> Result<ChangeReport, ChangeError> {
-        self.check_running()?;
-        if n == 0 || n >= self.cores.len() {
+        self.check_can_change()?;
+        let local = self.local_ids();
+        if n == 0 || n >= local.len() {
             return Err(ChangeError::Invalid(format!(
                 "cannot shrink {} cores by {n}: at least one must remain and at least one must go",
-                self.cores.len()
+                local.len()
             )));
         }
         let started = Instant::now();
         let before = self.cores.len();
         let members: Vec<CoreId> = self.cores.keys().copied().collect();
-        let victims: Vec<CoreId> = members[members.len() - n..].to_vec();
-        let heirs: Vec<CoreId> = members[..members.len() - n].to_vec();
+        let victims: Vec<CoreId> = local[local.len() - n..].to_vec();
+        let heirs: Vec<CoreId> = local[..local.len() - n].to_vec();
         {
             let mut targets = self.accept_targets.write().unwrap();
             *targets = heirs
                 .iter()
-                .map(|id| self.cores[id].addr.data.clone())
+                .filter_map(|id| self.cores[id].addr.local_data().cloned())
                 .collect();
         }
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
@@ -234,7 +345,7 @@ impl Coordinator {
         let mut report = self.migrate(p, &label)?;
 
         for v in &victims {
-            let _ = self.cores[v].addr.control.send(CoreMsg::Leave {
+            self.cores[v].addr.send_control(CoreMsg::Leave {
                 heirs: heirs.clone(),
             });
         }
@@ -248,24 +359,192 @@ impl Coordinator {
                 left.len() == victims.len()
             },
         )?;
-        for h in &heirs {
-            for v in &victims {
-                let _ = self.cores[h].addr.control.send(CoreMsg::RemovePeer(*v));
-            }
-        }
+        self.forget(&victims);
         for v in &victims {
+            self.node.local.write().unwrap().remove(v);
             let handle = self.cores.remove(v).expect("victim is a member");
             let (tx, rx) = flume::bounded(1);
-            let _ = handle.addr.control.send(CoreMsg::TakeLatency(tx));
+            handle.addr.send_control(CoreMsg::TakeLatency(tx));
             if let Ok(h) = rx.recv() {
                 let _ = self.retired_latency.lock().unwrap().add(&h);
             }
-            let _ = handle.addr.control.send(CoreMsg::Retire);
-            match handle.executor.join() {
-                Ok(r) => self.retired.push(CoreReport { retired: true, ..r }),
-                Err(e) => tracing::error!(core = v, "retired core failed: {e}"),
+            handle.addr.send_control(CoreMsg::Retire);
+            match handle.executor.map(|e| e.join()) {
+                Some(Ok(r)) => self.retired.push(CoreReport { retired: true, ..r }),
+                Some(Err(e)) => tracing::error!(core = v, "retired core failed: {e}"),
+                None => {}
             }
         }
+        self.publish(None);
+        report.cores_before = before;
+        report.cores_after = self.cores.len();
+        report.elapsed = started.elapsed();
+        tracing::info!("{label}: {report}");
+        Ok(report)
+    }
+
+    /// Tells every core but `gone` to forget the cores `gone`.
+    fn forget(&self, gone: &[CoreId]) {
+        for (id, h) in &self.cores {
+            if !gone.contains(id) {
+                for g in gone {
+                    h.addr.send_control(CoreMsg::RemovePeer(*g));
+                }
+            }
+        }
+    }
+
+    /// Checks a join request and gives the new node its core ids and the cluster's picture.
+    pub fn welcome(&mut self, join: &JoinRequest, app: &str) -> Result<Welcome, ChangeError> {
+        self.check_can_change()?;
+        let refuse = |why: String| Err(ChangeError::Invalid(why));
+        if join.version != crate::cluster::wire::VERSION {
+            return refuse(format!(
+                "node protocol version {} is not supported (this cluster speaks {})",
+                join.version,
+                crate::cluster::wire::VERSION
+            ));
+        }
+        if join.app != app {
+            return refuse(format!(
+                "this cluster runs app `{app}`, the joining node runs `{}`",
+                join.app
+            ));
+        }
+        if join.n_slots != self.table.n_slots() {
+            return refuse(format!(
+                "this cluster has {} slots, the joining node was started with {}",
+                self.table.n_slots(),
+                join.n_slots
+            ));
+        }
+        if join.node.is_empty()
+            || join.node == self.node.name
+            || self.node.link(&join.node).is_some()
+        {
+            return refuse(format!(
+                "a node named `{}` is already a member; choose another --name",
+                join.node
+            ));
+        }
+        if join.cores == 0
+            || usize::from(self.next_id) + usize::from(join.cores) > usize::from(CoreId::MAX)
+        {
+            return refuse(format!("cannot give {} cores to a node", join.cores));
+        }
+        let cores = (0..join.cores).map(|i| self.next_id + i).collect();
+        self.next_id += join.cores;
+        let mut members = vec![Member {
+            name: self.node.name.clone(),
+            data_addr: self.node.data_addr.to_string(),
+            cores: self.local_ids(),
+        }];
+        members.extend(self.node.members());
+        Ok(Welcome {
+            cores,
+            members,
+            table: (&*self.table).into(),
+            output: self.config.output.to_string(),
+        })
+    }
+
+    /// The welcomed node is up: link to it, tell the others, move slots to its cores.
+    pub fn add_node(
+        &mut self,
+        join: &JoinRequest,
+        ids: &[CoreId],
+    ) -> Result<ChangeReport, ChangeError> {
+        let started = Instant::now();
+        let before = self.cores.len();
+        let member = Member {
+            name: join.node.clone(),
+            data_addr: join.data_addr.clone(),
+            cores: ids.to_vec(),
+        };
+        let others = self.node.members();
+        self.node
+            .add_member(member.clone())
+            .map_err(ChangeError::Invalid)?;
+        for other in &others {
+            if let Some(link) = self.node.link(&other.name) {
+                link.send_node(Wire::Joined(member.clone()));
+            }
+        }
+        let old: Vec<CoreId> = self.cores.keys().copied().collect();
+        self.add_remote(&member);
+        self.introduce(&old, ids);
+        let p = plan(&self.table, &old, &Change::Add(ids.to_vec()))
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let label = format!("join {}", join.node);
+        let mut report = self.migrate(p, &label)?;
+        report.cores_before = before;
+        report.cores_after = self.cores.len();
+        report.elapsed = started.elapsed();
+        tracing::info!("{label}: {report}");
+        Ok(report)
+    }
+
+    /// Moves every slot of node `name` to the other cores, then lets it go. A node with open
+    /// source connections refuses (they cannot move to another process).
+    pub fn remove_node(&mut self, name: &str) -> Result<ChangeReport, ChangeError> {
+        self.check_can_change()?;
+        if name == self.node.name {
+            return Err(ChangeError::Invalid(format!(
+                "{name} is the coordinator and cannot be removed; stop the cluster with SIGTERM on it"
+            )));
+        }
+        let Some(link) = self.node.link(name) else {
+            let names: Vec<_> = self.node.members().into_iter().map(|m| m.name).collect();
+            return Err(ChangeError::Invalid(format!(
+                "no member named `{name}` (members: {}, {})",
+                self.node.name,
+                names.join(", ")
+            )));
+        };
+        let wait = Duration::from_secs(10);
+        use crate::cluster::wire::{Answer, Question};
+        match self.node.ask(name, Question::Quiesce, wait) {
+            Some(Answer::Quiesced { open_sources: 0 }) => {}
+            Some(Answer::Quiesced { open_sources }) => {
+                self.node.ask(name, Question::Resume, wait);
+                return Err(ChangeError::Invalid(format!(
+                    "node {name} has {open_sources} open source connection(s); close them (or send to another node) and try again"
+                )));
+            }
+            _ => {
+                return Err(ChangeError::Invalid(format!(
+                    "node {name} did not answer within {wait:?}"
+                )))
+            }
+        }
+        let started = Instant::now();
+        let before = self.cores.len();
+        let members: Vec<CoreId> = self.cores.keys().copied().collect();
+        let victims: Vec<CoreId> = self
+            .cores
+            .iter()
+            .filter(|(_, h)| h.node == name)
+            .map(|(&id, _)| id)
+            .collect();
+        let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let label = format!("remove-node {name}");
+        let mut report = self.migrate(p, &label)?;
+        self.forget(&victims);
+        for v in &victims {
+            self.cores.remove(v);
+        }
+        for other in self.node.members() {
+            if other.name != name {
+                if let Some(l) = self.node.link(&other.name) {
+                    l.send_node(Wire::Gone {
+                        node: name.to_string(),
+                    });
+                }
+            }
+        }
+        link.send_node(Wire::Depart);
+        self.node.remove_member(name);
         self.publish(None);
         report.cores_before = before;
         report.cores_after = self.cores.len();
@@ -300,7 +579,7 @@ impl Coordinator {
             });
             let step_started = Instant::now();
             for h in self.cores.values() {
-                let _ = h.addr.control.send(CoreMsg::Prepare(t.clone()));
+                h.addr.send_control(CoreMsg::Prepare(t.clone()));
             }
             let n = self.cores.len();
             let mut prepared = BTreeSet::new();
@@ -312,7 +591,7 @@ impl Coordinator {
             })?;
             let prepared_in = step_started.elapsed();
             for h in self.cores.values() {
-                let _ = h.addr.control.send(CoreMsg::Switch);
+                h.addr.send_control(CoreMsg::Switch);
             }
             let mut done = BTreeSet::new();
             self.wait_events(&format!("cores to finish epoch {epoch}"), |e| match e {
@@ -382,31 +661,64 @@ impl Coordinator {
     fn publish(&self, migration: Option<MigrationProgress>) {
         let mut view = self.view.lock().unwrap();
         view.epoch = self.table.epoch();
+        view.table = self.table.clone();
         view.cores = self
             .cores
             .iter()
-            .map(|(&id, h)| (id, h.cpu, h.addr.control.clone()))
+            .filter_map(|(&id, h)| Some((id, h.cpu, h.addr.local_control()?.clone())))
             .collect();
         view.migration = migration;
         view.retired = self.retired.len();
     }
 
-    /// Stops every core: sources stop, everything in flight is applied, sinks flush.
+    /// Stops every core of the cluster: sources stop, everything in flight is applied, sinks
+    /// flush. Returns this node's core reports once its cores are done.
     pub fn stop(&mut self) -> Vec<CoreReport> {
         self.stopped = true;
-        let n = self.cores.len();
-        for h in self.cores.values() {
-            let _ = h.addr.control.send(CoreMsg::Stop { producers: n });
+        let lost: Vec<CoreId> = self
+            .node
+            .lost_nodes()
+            .into_iter()
+            .flat_map(|l| l.cores)
+            .collect();
+        let producers: Vec<CoreId> = self
+            .cores
+            .keys()
+            .copied()
+            .filter(|id| !lost.contains(id))
+            .collect();
+        for id in &producers {
+            self.cores[id].addr.send_control(CoreMsg::Stop {
+                producers: producers.clone(),
+            });
         }
+        self.finish()
+    }
+
+    /// A member leaving the cluster: its cores (which own no slot any more) flush and end.
+    pub fn retire_all(&mut self) -> Vec<CoreReport> {
+        self.stopped = true;
+        for id in self.local_ids() {
+            self.cores[&id].addr.send_control(CoreMsg::Retire);
+        }
+        self.finish()
+    }
+
+    /// Waits for this node's cores to end, then closes the links to the other nodes.
+    pub fn finish(&mut self) -> Vec<CoreReport> {
+        self.stopped = true;
         let mut reports: Vec<CoreReport> = std::mem::take(&mut self.cores)
             .into_iter()
-            .map(|(id, h)| {
-                h.executor.join().unwrap_or_else(|e| {
+            .filter_map(|(id, h)| {
+                let executor = h.executor?;
+                Some(executor.join().unwrap_or_else(|e| {
                     tracing::error!(core = id, "core failed: {e}");
                     CoreReport::new(usize::from(id))
-                })
+                }))
             })
             .collect();
+        self.node.local.write().unwrap().clear();
+        self.node.close_links();
         reports.append(&mut self.retired);
         reports.sort_by_key(|r| r.core);
         self.publish(None);

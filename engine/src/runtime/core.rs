@@ -6,9 +6,10 @@
 //! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpStream;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use super::outbox::Outbox;
 use super::sink::{flushed, write_outputs, SinkBuffer};
 use super::Config;
 use crate::archive::SlotArchive;
+use crate::cluster::link::Link;
 use crate::dataflow::{Batch, Dataflow, Ingress, KeyedCore};
 use crate::metrics::{now_ns, CoreReport, CoreStatus, Window};
 use crate::migration::Transition;
@@ -45,13 +47,54 @@ pub(crate) struct Handover {
     pub pending: Vec<u8>,
 }
 
-/// How to reach a core. Two channels: `data` (bounded, FIFO per sender: batches, markers,
+/// How to reach a core. Two lanes: `data` (bounded, FIFO per sender: batches, markers,
 /// connections, `ProducerDone`, whose order matters) and `control` (unbounded, served first:
-/// coordinator requests and handoffs, which must not wait behind a queue of batches).
+/// coordinator requests and handoffs, which must not wait behind a queue of batches). A core on
+/// another node is reached through the link to that node, which keeps both lanes.
 #[derive(Clone)]
-pub(crate) struct CoreAddr {
-    pub data: flume::Sender<CoreMsg>,
-    pub control: flume::Sender<CoreMsg>,
+pub(crate) enum CoreAddr {
+    Local {
+        data: flume::Sender<CoreMsg>,
+        control: flume::Sender<CoreMsg>,
+    },
+    Remote {
+        core: CoreId,
+        link: Arc<Link>,
+    },
+}
+
+impl CoreAddr {
+    /// Sends on the control lane (unbounded: never waits). False if the core is gone.
+    pub fn send_control(&self, msg: CoreMsg) -> bool {
+        match self {
+            CoreAddr::Local { control, .. } => control.send(msg).is_ok(),
+            CoreAddr::Remote { core, link } => link.send_control(*core, msg),
+        }
+    }
+
+    /// Sends on the data lane, waiting while it is full. False if the core is gone.
+    pub async fn send_data(&self, msg: CoreMsg) -> bool {
+        match self {
+            CoreAddr::Local { data, .. } => data.send_async(msg).await.is_ok(),
+            CoreAddr::Remote { core, link } => link.send_data(*core, msg).await,
+        }
+    }
+
+    /// The data lane of a core on this node.
+    pub fn local_data(&self) -> Option<&flume::Sender<CoreMsg>> {
+        match self {
+            CoreAddr::Local { data, .. } => Some(data),
+            CoreAddr::Remote { .. } => None,
+        }
+    }
+
+    /// The control lane of a core on this node.
+    pub fn local_control(&self) -> Option<&flume::Sender<CoreMsg>> {
+        match self {
+            CoreAddr::Local { control, .. } => Some(control),
+            CoreAddr::Remote { .. } => None,
+        }
+    }
 }
 
 /// What travels on a core's channels.
@@ -94,12 +137,17 @@ pub(crate) enum CoreMsg {
     Status(flume::Sender<CoreStatus>),
     /// Reply with the latency recorded since the last such request, and start afresh.
     TakeLatency(flume::Sender<Histogram<u64>>),
-    /// Stop reading sources; expect `producers` `ProducerDone`s (this core's own included).
+    /// Stop reading sources; end after a `ProducerDone` from each of `producers` (this core
+    /// included).
     Stop {
-        producers: usize,
+        producers: Vec<CoreId>,
     },
     /// The sending core has no more batches for anyone (its sources are closed and flushed).
-    ProducerDone,
+    ProducerDone {
+        from: CoreId,
+    },
+    /// These cores' node was lost: expect nothing more from them.
+    PeerLost(Vec<CoreId>),
     /// A core that left: flush the sink and end.
     Retire,
 }
@@ -125,8 +173,8 @@ pub(crate) struct Core {
     awaiting_step_done: Cell<bool>,
     keyed: RefCell<Box<dyn KeyedCore>>,
     outboxes: RefCell<BTreeMap<CoreId, Rc<Outbox>>>,
-    /// Peers' control channels, for handoffs and acknowledgements.
-    controls: RefCell<BTreeMap<CoreId, flume::Sender<CoreMsg>>>,
+    /// Peers' addresses, for handoffs and acknowledgements on their control lanes.
+    controls: RefCell<BTreeMap<CoreId, CoreAddr>>,
     /// Signalled when an outbox sends a message.
     outbox_progress: Rc<Notify>,
     events: flume::Sender<CoreEvent>,
@@ -150,7 +198,11 @@ pub(crate) struct Core {
     handovers: RefCell<Vec<Handover>>,
     heirs: RefCell<Vec<CoreId>>,
     next_heir: Cell<usize>,
-    producers_done: Cell<usize>,
+    /// On stop: the producers whose `ProducerDone` this core waits for.
+    producers_pending: RefCell<Option<BTreeSet<CoreId>>>,
+    producers_done: RefCell<BTreeSet<CoreId>>,
+    /// Source connections open on this node (shared with the acceptors).
+    open_sources: Arc<AtomicUsize>,
     /// Set on stop: when the sink stops retrying an unreachable receiver.
     pub drain_deadline: Cell<Option<Instant>>,
     /// Set when the core is done: the writer exits once the buffer is empty.
@@ -167,6 +219,7 @@ pub(crate) struct CoreSetup {
     pub data: flume::Receiver<CoreMsg>,
     pub control: flume::Receiver<CoreMsg>,
     pub events: flume::Sender<CoreEvent>,
+    pub open_sources: Arc<AtomicUsize>,
 }
 
 /// Runs one core until it is stopped (or retired) and everything in flight is applied.
@@ -181,6 +234,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         data,
         control,
         events,
+        open_sources,
     } = setup;
     let core = Rc::new(Core {
         id,
@@ -210,7 +264,9 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         handovers: RefCell::default(),
         heirs: RefCell::default(),
         next_heir: Cell::new(0),
-        producers_done: Cell::new(0),
+        producers_pending: RefCell::default(),
+        producers_done: RefCell::default(),
+        open_sources,
         drain_deadline: Cell::new(None),
         finished: Cell::new(false),
     });
@@ -221,9 +277,8 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
     });
     glommio::spawn_local(tick(core.clone())).detach();
 
-    let mut producers: Option<usize> = None;
     loop {
-        if producers.is_some_and(|n| core.producers_done.get() >= n) {
+        if core.all_producers_done() {
             break;
         }
         let next = match control.try_recv() {
@@ -240,8 +295,8 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
                 }
                 break;
             }
-            CoreMsg::Stop { producers: n } => {
-                producers = Some(n);
+            CoreMsg::Stop { producers } => {
+                *core.producers_pending.borrow_mut() = Some(producers.into_iter().collect());
                 core.drain_deadline
                     .set(Some(Instant::now() + core.config.drain_timeout));
                 glommio::spawn_local(finish_producing(core.clone())).detach();
@@ -337,12 +392,7 @@ impl Core {
             }
             CoreMsg::Switch => self.switch(),
             CoreMsg::AddPeers(peers) => self.add_peers(peers),
-            CoreMsg::RemovePeer(peer) => {
-                self.controls.borrow_mut().remove(&peer);
-                if let Some(outbox) = self.outboxes.borrow_mut().remove(&peer) {
-                    outbox.close();
-                }
-            }
+            CoreMsg::RemovePeer(peer) => self.forget_peer(peer),
             CoreMsg::Leave { heirs } => {
                 *self.heirs.borrow_mut() = heirs;
                 self.leaving.set(true);
@@ -356,7 +406,14 @@ impl Core {
                 let total = &mut self.report.borrow_mut().latency;
                 let _ = reply.send(self.window.borrow_mut().take_interval(total));
             }
-            CoreMsg::ProducerDone => self.producers_done.set(self.producers_done.get() + 1),
+            CoreMsg::ProducerDone { from } => {
+                self.producers_done.borrow_mut().insert(from);
+            }
+            CoreMsg::PeerLost(peers) => {
+                // Their outboxes stay: what is routed to them is dropped (and counted) by the
+                // broken link, so routing needs no special case and nothing waits on them.
+                self.producers_done.borrow_mut().extend(peers);
+            }
             CoreMsg::Stop { .. } | CoreMsg::Retire => unreachable!("handled by the inbox loop"),
         }
     }
@@ -364,15 +421,30 @@ impl Core {
     fn add_peers(&self, peers: Vec<(CoreId, CoreAddr)>) {
         let mut outboxes = self.outboxes.borrow_mut();
         for (peer, addr) in peers {
-            self.controls.borrow_mut().insert(peer, addr.control);
-            let inbox = addr.data;
             if peer != self.id {
                 outboxes.insert(
                     peer,
-                    Outbox::start(peer, inbox, self.outbox_progress.clone()),
+                    Outbox::start(peer, addr.clone(), self.outbox_progress.clone()),
                 );
             }
+            self.controls.borrow_mut().insert(peer, addr);
         }
+    }
+
+    fn forget_peer(&self, peer: CoreId) {
+        self.controls.borrow_mut().remove(&peer);
+        if let Some(outbox) = self.outboxes.borrow_mut().remove(&peer) {
+            outbox.close();
+        }
+    }
+
+    /// Stopping, and every expected producer has said it is done.
+    fn all_producers_done(&self) -> bool {
+        let done = self.producers_done.borrow();
+        self.producers_pending
+            .borrow()
+            .as_ref()
+            .is_some_and(|pending| pending.is_subset(&done))
     }
 
     fn outbox(&self, peer: CoreId) -> Rc<Outbox> {
@@ -385,7 +457,7 @@ impl Core {
     fn send_control(&self, peer: CoreId, msg: CoreMsg) {
         let control = self.controls.borrow().get(&peer).cloned();
         match control {
-            Some(c) if c.send(msg).is_ok() => {}
+            Some(c) if c.send_control(msg) => {}
             _ => tracing::error!(
                 core = self.id,
                 "core {peer} is gone: a control message to it was lost"
@@ -551,6 +623,7 @@ impl Core {
         let window = self.window.borrow();
         let last = Some(&window.last_second).filter(|h| !h.is_empty());
         CoreStatus {
+            node: String::new(),
             core: self.id,
             cpu: self.cpu,
             epoch: keyed.epoch(),
@@ -648,10 +721,10 @@ async fn finish_producing(core: Rc<Core>) {
         core.sources_changed.wait().await;
     }
     for outbox in core.outboxes.borrow().values() {
-        outbox.push(CoreMsg::ProducerDone);
+        outbox.push(CoreMsg::ProducerDone { from: core.id });
     }
     // Through the inbox, so the loop waiting there wakes up and counts it.
-    core.send_control(core.id, CoreMsg::ProducerDone);
+    core.send_control(core.id, CoreMsg::ProducerDone { from: core.id });
 }
 
 enum Wake {
@@ -682,6 +755,7 @@ async fn read_source(core: Rc<Core>, handover: Handover) {
         }
         Err(e) => {
             tracing::error!(core = core.id, %peer, "cannot adopt source connection: {e}");
+            core.open_sources.fetch_sub(1, Ordering::AcqRel);
             return;
         }
     }
@@ -734,8 +808,12 @@ async fn read_source(core: Rc<Core>, handover: Handover) {
                 });
             }
         }
-        Ok(false) => tracing::debug!(core = core.id, %peer, "source connection closed"),
+        Ok(false) => {
+            core.open_sources.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(core = core.id, %peer, "source connection closed");
+        }
         Err(reason) => {
+            core.open_sources.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(core = core.id, %peer, source = %source_name, "closing source connection: {reason}");
             core.report.borrow_mut().connection_errors += 1;
         }

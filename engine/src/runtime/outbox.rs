@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::core::CoreMsg;
+use super::core::{CoreAddr, CoreMsg};
 use super::notify::Notify;
 use crate::routing::CoreId;
 
@@ -30,7 +30,7 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Creates the outbox and starts its sender task on this executor. `progress` is signalled
     /// whenever a message leaves the queue (room for producers, flush waiters).
-    pub fn start(peer: CoreId, inbox: flume::Sender<CoreMsg>, progress: Rc<Notify>) -> Rc<Outbox> {
+    pub fn start(peer: CoreId, inbox: CoreAddr, progress: Rc<Notify>) -> Rc<Outbox> {
         let outbox = Rc::new(Outbox {
             peer,
             queue: RefCell::default(),
@@ -68,7 +68,7 @@ impl Outbox {
         self.ready.notify_all();
     }
 
-    async fn send_all(&self, inbox: flume::Sender<CoreMsg>, progress: &Notify) {
+    async fn send_all(&self, inbox: CoreAddr, progress: &Notify) {
         loop {
             let next = self.queue.borrow_mut().pop_front();
             let Some(msg) = next else {
@@ -82,10 +82,10 @@ impl Outbox {
                 self.queued_batches.set(self.queued_batches.get() - 1);
             }
             self.sending.set(true);
-            let sent = inbox.send_async(msg).await;
+            let sent = inbox.send_data(msg).await;
             self.sending.set(false);
             progress.notify_all();
-            if sent.is_err() {
+            if !sent {
                 tracing::error!(
                     peer = self.peer,
                     "core {} is gone: a message to it was lost",

@@ -1,17 +1,20 @@
 //! What the engine reports about itself: `status`, and the outcome of a change of cores.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use super::core::CoreMsg;
+use crate::cluster::LostNode;
 use crate::metrics::{human_ns, CoreStatus};
 use crate::routing::{CoreId, RoutingTable};
 
 /// The coordinator's published picture, readable while a change runs.
 pub(crate) struct View {
     pub epoch: u64,
+    pub table: Arc<RoutingTable>,
     pub n_slots: u32,
     pub cores: Vec<(CoreId, usize, flume::Sender<CoreMsg>)>,
     pub migration: Option<MigrationProgress>,
@@ -19,9 +22,10 @@ pub(crate) struct View {
 }
 
 impl View {
-    pub fn new(table: &RoutingTable) -> Self {
+    pub fn new(table: &Arc<RoutingTable>) -> Self {
         Self {
             epoch: table.epoch(),
+            table: table.clone(),
             n_slots: table.n_slots(),
             cores: Vec::new(),
             migration: None,
@@ -103,12 +107,31 @@ pub enum ChangeError {
     Stopped,
 }
 
+/// A node of the cluster as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Where the other nodes reach it.
+    pub data_addr: String,
+    pub coordinator: bool,
+}
+
+/// A node that went away without leaving, with the slots that went with it.
+#[derive(Debug, Clone)]
+pub struct LostReport {
+    pub node: LostNode,
+    pub slots: u32,
+}
+
 /// The engine as `status` shows it.
 #[derive(Debug, Clone)]
 pub struct Status {
     pub epoch: u64,
     pub n_slots: u32,
+    pub nodes: Vec<NodeInfo>,
+    /// Every core of the cluster that answered, by node then id.
     pub cores: Vec<CoreStatus>,
+    pub lost: Vec<LostReport>,
     /// Cores that did not answer in time (busy).
     pub silent: Vec<CoreId>,
     pub migration: Option<MigrationProgress>,
@@ -129,9 +152,21 @@ impl fmt::Display for Status {
             Some(m) => writeln!(f, "migration in progress: {m}")?,
             None => writeln!(f, "no migration in progress")?,
         }
+        for n in &self.nodes {
+            let role = if n.coordinator { " (coordinator)" } else { "" };
+            writeln!(f, "node {}{role}: data {}", n.name, n.data_addr)?;
+        }
+        for l in &self.lost {
+            writeln!(
+                f,
+                "LOST node {}: cores {:?}, {} slots without an owner ({})",
+                l.node.name, l.node.cores, l.slots, l.node.reason
+            )?;
+        }
         writeln!(
             f,
-            "{:>4} {:>3} {:>6} {:>10} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}",
+            "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}",
+            "node",
             "core",
             "cpu",
             "slots",
@@ -152,7 +187,8 @@ impl fmt::Display for Status {
             );
             writeln!(
                 f,
-                "{:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}",
+                "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}",
+                c.node,
                 c.core,
                 c.cpu,
                 c.slots,

@@ -36,11 +36,39 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CtlArgs {
-    /// The engine's control address (`quokka run --control`).
+    /// The coordinator's control address (`quokka run --control`).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:6000")]
     control: String,
+    #[command(flatten)]
+    token: TokenArgs,
     #[command(subcommand)]
     command: CtlCommand,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The cluster's shared secret: every join, control and data connection must present it
+    /// [default: none, and then none is checked]
+    #[arg(long, value_name = "TOKEN")]
+    cluster_token: Option<String>,
+    /// Read the cluster token from a file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "cluster_token")]
+    cluster_token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    fn token(&self) -> Result<String> {
+        match (&self.cluster_token, &self.cluster_token_file) {
+            (Some(t), _) => Ok(t.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read --cluster-token-file {}", path.display())
+                })?;
+                Ok(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (None, None) => Ok(String::new()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -51,6 +79,9 @@ enum CtlCommand {
     GrowCores { n: u16 },
     /// Move the slots and connections of the N newest cores to the others, then stop them.
     ShrinkCores { n: u16 },
+    /// Move every slot of a member node to the others, then let it exit. A node with open source
+    /// connections refuses (close them, or send to another node, first).
+    RemoveNode { name: String },
 }
 
 #[derive(clap::Args)]
@@ -58,12 +89,32 @@ struct RunArgs {
     /// The app to run (see `quokka apps`).
     app: String,
     /// A source to listen on: NAME@HOST:PORT, or HOST:PORT for a one-source app. Repeat for
-    /// each source.
-    #[arg(long = "in", value_name = "[NAME@]HOST:PORT", required = true)]
+    /// each source. Optional on a joining node (it then hosts no source connections).
+    #[arg(
+        long = "in",
+        value_name = "[NAME@]HOST:PORT",
+        required_unless_present = "join"
+    )]
     inputs: Vec<String>,
-    /// The sink: every core connects here and writes its outputs (retrying until it is up).
-    #[arg(long = "out", value_name = "HOST:PORT")]
-    output: String,
+    /// The sink: every core of every node connects here and writes its outputs (retrying until
+    /// it is up). A joining node uses the cluster's unless given.
+    #[arg(
+        long = "out",
+        value_name = "HOST:PORT",
+        required_unless_present = "join"
+    )]
+    output: Option<String>,
+    /// This node's name in the cluster [default: w1, or node-PID when joining]
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the other nodes link to this one [default: the control address's host, any port]
+    #[arg(long, value_name = "HOST:PORT")]
+    data: Option<String>,
+    /// Join the running cluster whose coordinator has this control address.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
     /// Executors (one per CPU in production; more than the CPUs share them) [default: all CPUs]
     #[arg(long)]
     cores: Option<usize>,
@@ -79,9 +130,10 @@ struct RunArgs {
     /// On shutdown, seconds to keep retrying an unreachable sink before giving up (and saying so).
     #[arg(long, default_value_t = 10)]
     drain_timeout: u64,
-    /// Where `quokka ctl` reaches this engine.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:6000")]
-    control: String,
+    /// Where `quokka ctl` reaches this engine [default: 127.0.0.1:6000; none on a joining node,
+    /// whose cluster is driven through its coordinator]
+    #[arg(long, value_name = "HOST:PORT")]
+    control: Option<String>,
 }
 
 fn main() {
@@ -109,13 +161,15 @@ fn ctl(args: CtlArgs) -> Result<()> {
         CtlCommand::Status => Request::Status,
         CtlCommand::GrowCores { n } => Request::GrowCores(n),
         CtlCommand::ShrinkCores { n } => Request::ShrinkCores(n),
+        CtlCommand::RemoveNode { name } => Request::RemoveNode(name),
     };
-    match quokka::control::request(addr, &request)? {
+    match quokka::control::request(addr, &args.token.token()?, &request)? {
         Response::Ok(text) => {
             println!("{}", text.trim_end());
             Ok(())
         }
         Response::Error(text) => anyhow::bail!("{text}"),
+        Response::Welcome(_) => anyhow::bail!("unexpected answer (a welcome) from {addr}"),
     }
 }
 
@@ -129,9 +183,24 @@ fn run(args: RunArgs) -> Result<()> {
         )
     })?;
     let app = (info.build)();
-    let inputs = resolve(app.sources(), &args.inputs)?;
-    let output = parse_addr(&args.output).context("--out")?;
-    let mut config = Config::new(inputs, output);
+    let joining = args
+        .join
+        .as_deref()
+        .map(parse_addr)
+        .transpose()
+        .context("--join")?;
+    let inputs = if joining.is_some() && args.inputs.is_empty() {
+        Vec::new()
+    } else {
+        resolve(app.sources(), &args.inputs)?
+    };
+    let output = args
+        .output
+        .as_deref()
+        .map(parse_addr)
+        .transpose()
+        .context("--out")?;
+    let mut config = Config::new(inputs, output.unwrap_or(([127, 0, 0, 1], 0).into()));
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
@@ -139,19 +208,65 @@ fn run(args: RunArgs) -> Result<()> {
     config.max_frame = args.max_frame;
     config.sink_buffer = args.sink_buffer;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
+    config.token = args.token.token()?;
+    config.name = match (&args.name, joining) {
+        (Some(name), _) => name.clone(),
+        (None, None) => "w1".into(),
+        (None, Some(_)) => format!("node-{}", std::process::id()),
+    };
+    config.data = args
+        .data
+        .as_deref()
+        .map(parse_addr)
+        .transpose()
+        .context("--data")?;
+    let control = match (&args.control, joining) {
+        (Some(addr), _) => Some(addr.clone()),
+        (None, None) => Some("127.0.0.1:6000".into()),
+        (None, Some(_)) => None,
+    };
+    let control = control
+        .map(|addr| -> Result<TcpListener> {
+            let addr = parse_addr(&addr).context("--control")?;
+            TcpListener::bind(addr).with_context(|| {
+                format!(
+                    "cannot listen for control connections on {addr} (choose another --control)"
+                )
+            })
+        })
+        .transpose()?;
+    if config.data.is_none() {
+        if let Some(l) = &control {
+            config.data = Some((l.local_addr()?.ip(), 0).into());
+        }
+    }
 
-    let control_addr = parse_addr(&args.control).context("--control")?;
-    let control = TcpListener::bind(control_addr).with_context(|| {
-        format!(
-            "cannot listen for control connections on {control_addr} (choose another --control)"
-        )
-    })?;
+    // Signals go into a channel, so the main thread can also wait for the cluster's word.
+    let (signal_tx, signal_rx) = flume::unbounded();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
-    let engine = Arc::new(Engine::start(&app, config)?);
-    quokka::control::serve(control, engine.clone());
+    std::thread::spawn(move || {
+        for s in signals.forever() {
+            if signal_tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+
+    let engine = match joining {
+        None => Engine::start(&app, config)?,
+        Some(coordinator) => {
+            let (engine, report) = Engine::join(&app, config, coordinator, output)?;
+            tracing::info!("{}: {report}", engine.node_name());
+            engine
+        }
+    };
+    let engine = Arc::new(engine);
+    if let Some(control) = control {
+        quokka::control::serve(control, engine.clone());
+    }
     let listening: Vec<String> = app
         .sources()
         .iter()
@@ -159,13 +274,40 @@ fn run(args: RunArgs) -> Result<()> {
         .map(|(name, addr)| format!("{name}@{addr}"))
         .collect();
     tracing::info!(
-        "{} running: sources {}, sink {output}",
+        "{} running as node {} (data {}): sources {}",
         app.name(),
-        listening.join(" ")
+        engine.node_name(),
+        engine.data_addr(),
+        if listening.is_empty() {
+            "none".to_string()
+        } else {
+            listening.join(" ")
+        },
     );
-    let signal = signals.forever().next();
-    tracing::info!("signal {signal:?}: stopping sources, draining in-flight messages");
-    let summary = engine.stop();
+    let summary = loop {
+        let event = flume::Selector::new()
+            .recv(&signal_rx, |s| s.ok().map(Err))
+            .recv(engine.ended(), |e| e.ok().map(Ok))
+            .wait();
+        match event {
+            Some(Ok(ending)) => {
+                tracing::info!("{ending:?}: finishing");
+                break engine.finish(ending);
+            }
+            Some(Err(signal)) if joining.is_some() => {
+                tracing::info!("signal {signal}: asking the coordinator to remove this node");
+                match engine.request_leave() {
+                    Ok(report) => tracing::info!("{report}"),
+                    Err(e) => tracing::error!("cannot leave the cluster: {e}"),
+                }
+            }
+            Some(Err(signal)) => {
+                tracing::info!("signal {signal}: stopping sources, draining in-flight messages");
+                break engine.stop();
+            }
+            None => break engine.stop(),
+        }
+    };
     print!("{summary}");
     if summary.undelivered() > 0 {
         anyhow::bail!("{} outputs were not delivered", summary.undelivered());

@@ -1,0 +1,316 @@
+//! Links between nodes: one TCP connection per ordered pair of nodes (FIFO is what the migration
+//! protocol needs), `TCP_NODELAY`, written by a thread of the sending node and read by a thread
+//! of the receiving one. A link keeps a core's two lanes: the data lane is bounded (a slow peer
+//! back-pressures the cores that route to it), the control lane is not and is written first.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quokka_io::control::read_frame_up_to;
+use quokka_io::framing::encode_frame;
+
+use super::wire::{self, Wire, MAX_LINK_FRAME};
+use super::Node;
+use crate::routing::CoreId;
+use crate::runtime::core::{CoreAddr, CoreMsg};
+
+/// Batches (and markers) queued for one remote node before the cores routing there wait.
+const LINK_DATA_CAPACITY: usize = 64;
+
+/// How long a node keeps trying to open a link, and waits for a peer's hello.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Outgoing {
+    Core(CoreId, CoreMsg),
+    Node(Wire),
+    /// Write what is queued, say goodbye, close.
+    Close,
+}
+
+/// The sending end of a link to one node.
+pub(crate) struct Link {
+    pub node: String,
+    data: flume::Sender<(CoreId, CoreMsg)>,
+    control: flume::Sender<Outgoing>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Link {
+    /// Connects to `peer` at `addr`, says hello with the cluster token, starts the writer.
+    pub fn open(node: &Arc<Node>, peer: &str, addr: SocketAddr) -> std::io::Result<Arc<Link>> {
+        let deadline = Instant::now() + LINK_TIMEOUT;
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, LINK_TIMEOUT) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        stream.set_nodelay(true)?;
+        let mut out = BufWriter::with_capacity(1 << 16, stream);
+        let hello = Wire::Hello {
+            node: node.name.clone(),
+            token: node.token.clone(),
+        };
+        write_wire(&mut out, &hello)?;
+        out.flush()?;
+        let (data, data_rx) = flume::bounded(LINK_DATA_CAPACITY);
+        let (control, control_rx) = flume::unbounded();
+        let writer = std::thread::Builder::new()
+            .name(format!("quokka-link-{peer}"))
+            .spawn({
+                let (node, peer) = (node.clone(), peer.to_string());
+                move || write_link(&node, &peer, out, &data_rx, &control_rx)
+            })?;
+        Ok(Arc::new(Link {
+            node: peer.to_string(),
+            data,
+            control,
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    pub fn send_control(&self, core: CoreId, msg: CoreMsg) -> bool {
+        self.control.send(Outgoing::Core(core, msg)).is_ok()
+    }
+
+    pub async fn send_data(&self, core: CoreId, msg: CoreMsg) -> bool {
+        self.data.send_async((core, msg)).await.is_ok()
+    }
+
+    /// A message for the node itself (not one of its cores).
+    pub fn send_node(&self, msg: Wire) -> bool {
+        self.control.send(Outgoing::Node(msg)).is_ok()
+    }
+
+    /// Writes everything queued, says goodbye and closes; returns when the writer is done.
+    pub fn close(&self) {
+        let _ = self.control.send(Outgoing::Close);
+        if let Some(writer) = self.writer.lock().unwrap().take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn write_wire(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
+    let payload = wire::encode(msg);
+    let mut framed = Vec::with_capacity(payload.len() + 4);
+    encode_frame(&payload, &mut framed);
+    out.write_all(&framed)
+}
+
+/// The writer thread: control lane first, flushes when both lanes are empty. After a write
+/// error it keeps taking messages (and drops them) so no core ever waits on a dead link; the
+/// reader on the other side, or this node's reader from that peer, reports the loss.
+fn write_link(
+    node: &Node,
+    peer: &str,
+    out: BufWriter<TcpStream>,
+    data: &flume::Receiver<(CoreId, CoreMsg)>,
+    control: &flume::Receiver<Outgoing>,
+) {
+    let mut w = LinkWriter {
+        node,
+        peer,
+        out,
+        broken: false,
+        dropped: 0,
+    };
+    loop {
+        let next = control
+            .try_recv()
+            .ok()
+            .or_else(|| data.try_recv().ok().map(|(c, m)| Outgoing::Core(c, m)));
+        let next = match next {
+            Some(n) => n,
+            None => {
+                w.flush();
+                let waited = flume::Selector::new()
+                    .recv(control, Result::ok)
+                    .recv(data, |r| r.ok().map(|(c, m)| Outgoing::Core(c, m)))
+                    .wait();
+                match waited {
+                    Some(n) => n,
+                    None => break,
+                }
+            }
+        };
+        match next {
+            Outgoing::Core(core, msg) => w.write(to_wire(node, core, msg)),
+            Outgoing::Node(msg) => w.write(Some(msg)),
+            Outgoing::Close => {
+                while let Ok((core, msg)) = data.try_recv() {
+                    w.write(to_wire(node, core, msg));
+                }
+                w.write(Some(Wire::Bye));
+                break;
+            }
+        }
+    }
+    if w.dropped > 0 {
+        tracing::warn!(node = %node.name, "{} messages for node {peer} were dropped after its link broke", w.dropped);
+    }
+    w.flush();
+    let _ = w.out.get_ref().shutdown(Shutdown::Write);
+}
+
+struct LinkWriter<'a> {
+    node: &'a Node,
+    peer: &'a str,
+    out: BufWriter<TcpStream>,
+    broken: bool,
+    dropped: u64,
+}
+
+impl LinkWriter<'_> {
+    fn write(&mut self, msg: Option<Wire>) {
+        let Some(msg) = msg else { return };
+        if self.broken {
+            self.dropped += 1;
+        } else if let Err(e) = write_wire(&mut self.out, &msg) {
+            self.fail(&e);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.broken {
+            if let Err(e) = self.out.flush() {
+                self.fail(&e);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &std::io::Error) {
+        tracing::error!(node = %self.node.name, "link to node {} broke: {e}", self.peer);
+        self.broken = true;
+    }
+}
+
+/// A core message as it crosses to another node. Messages that only make sense inside a node
+/// (connections, replies through channels) never reach a link; if one does, it is a bug, logged.
+fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
+    Some(match msg {
+        CoreMsg::Batch { batch } => match node.dataflow.encode_batch(&*batch) {
+            Ok(bytes) => Wire::Batch {
+                to,
+                bytes: bytes.to_vec(),
+            },
+            Err(e) => {
+                tracing::error!(node = %node.name, "cannot encode a batch for core {to}: {e}");
+                return None;
+            }
+        },
+        CoreMsg::Marker { from, epoch } => Wire::Marker { to, from, epoch },
+        CoreMsg::ProducerDone { from } => Wire::ProducerDone { to, from },
+        CoreMsg::Handoff { from, archive } => Wire::Handoff {
+            to,
+            from,
+            slot: archive.slot,
+            entities: archive.entities,
+            checksum: archive.checksum,
+            bytes: archive.bytes.to_vec(),
+        },
+        CoreMsg::HandoffAck { slot } => Wire::HandoffAck { to, slot },
+        CoreMsg::HandoffRejected { slot, reason } => Wire::HandoffRejected { to, slot, reason },
+        CoreMsg::Prepare(t) => Wire::Prepare {
+            to,
+            table: (&*t.table).into(),
+            moves: wire::moves_to_wire(&t.moves),
+            producers: t.producers.clone(),
+        },
+        CoreMsg::Switch => Wire::Switch { to },
+        CoreMsg::AddPeers(peers) => Wire::AddPeers {
+            to,
+            peers: peers
+                .iter()
+                .map(|(id, addr)| {
+                    let at = match addr {
+                        CoreAddr::Local { .. } => node.name.clone(),
+                        CoreAddr::Remote { link, .. } => link.node.clone(),
+                    };
+                    (*id, at)
+                })
+                .collect(),
+        },
+        CoreMsg::RemovePeer(peer) => Wire::RemovePeer { to, peer },
+        CoreMsg::Stop { producers } => Wire::Stop { to, producers },
+        CoreMsg::Connection(_)
+        | CoreMsg::Leave { .. }
+        | CoreMsg::Status(_)
+        | CoreMsg::TakeLatency(_)
+        | CoreMsg::Retire
+        | CoreMsg::PeerLost(_) => {
+            tracing::error!(node = %node.name, "bug: a node-local message was addressed to remote core {to}");
+            return None;
+        }
+    })
+}
+
+/// Accepts links from other nodes for as long as the listener is open.
+pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
+    std::thread::Builder::new()
+        .name("quokka-links".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        let node = node.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("quokka-link-in".into())
+                            .spawn(move || read_link(&node, stream));
+                    }
+                    Err(_) if node.is_closing() => return,
+                    Err(e) => tracing::warn!(node = %node.name, "accepting a link failed: {e}"),
+                }
+            }
+        })
+        .expect("spawn link acceptor");
+}
+
+/// The reader thread of one incoming link: checks the hello (protocol version, cluster token),
+/// then hands every message to the node. A link that ends without a goodbye is a lost node.
+fn read_link(node: &Arc<Node>, stream: TcpStream) {
+    let from_addr = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown address".into(), |a| a.to_string());
+    let _ = stream.set_read_timeout(Some(LINK_TIMEOUT));
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    let hello = read_frame_up_to(&mut reader, 4096)
+        .map_err(|e| e.to_string())
+        .and_then(|p| wire::decode(&p).map_err(|e| e.to_string()));
+    let peer = match hello {
+        Ok(Wire::Hello { node: peer, token }) if token == node.token => peer,
+        Ok(Wire::Hello { node: peer, .. }) => {
+            tracing::warn!(node = %node.name, "refused a link from {from_addr} (node `{peer}`): wrong cluster token");
+            return;
+        }
+        Ok(_) => {
+            tracing::warn!(node = %node.name, "refused a link from {from_addr}: it did not start with a hello");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(node = %node.name, "refused a connection on the data port from {from_addr}: {e}");
+            return;
+        }
+    };
+    let _ = reader.get_ref().set_read_timeout(None);
+    tracing::debug!(node = %node.name, "link from node {peer} ({from_addr}) open");
+    let reason = loop {
+        let payload = match read_frame_up_to(&mut reader, MAX_LINK_FRAME) {
+            Ok(p) => p,
+            Err(e) => break e.to_string(),
+        };
+        match wire::decode(&payload) {
+            Ok(Wire::Bye) => {
+                tracing::debug!(node = %node.name, "link from node {peer} closed");
+                return;
+            }
+            Ok(msg) => node.deliver(&peer, msg),
+            Err(e) => break format!("garbled message: {e}"),
+        }
+    };
+    node.lost(&peer, &reason);
+}

@@ -1,0 +1,424 @@
+//! A node in a cluster: its local cores, its links to the other nodes, and what it does with a
+//! message from another node. The coordinator (in `runtime/coordinator.rs`) stays the one place
+//! that decides changes; to it a core on another node is a core like any other, reached through
+//! a link (`CoreAddr::Remote`), whose events come back over a link.
+
+pub(crate) mod link;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::serialization::Serializer;
+use rkyv::util::AlignedVec;
+
+use self::link::Link;
+use self::wire::{Answer, EventWire, Member, Question, Wire};
+use crate::archive::SlotArchive;
+use crate::dataflow::Dataflow;
+use crate::metrics::latency_histogram;
+use crate::migration::Transition;
+use crate::routing::CoreId;
+use crate::runtime::core::{CoreAddr, CoreEvent, CoreMsg};
+
+/// Why a member node's engine ends without a local stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The coordinator removed this node: its slots moved away.
+    Departed,
+    /// The coordinator stopped the cluster.
+    ClusterStopped,
+}
+
+/// A node that went away without saying goodbye.
+#[derive(Debug, Clone)]
+pub struct LostNode {
+    pub name: String,
+    pub cores: Vec<CoreId>,
+    pub reason: String,
+}
+
+pub(crate) struct Node {
+    pub name: String,
+    pub token: String,
+    pub dataflow: Arc<dyn Dataflow>,
+    /// Where the other nodes reach this one.
+    pub data_addr: SocketAddr,
+    /// The cores this node runs.
+    pub local: RwLock<BTreeMap<CoreId, CoreAddr>>,
+    /// The other members, by name.
+    members: Mutex<BTreeMap<String, Member>>,
+    links: Mutex<BTreeMap<String, Arc<Link>>>,
+    /// Where core events go: the coordinator's channel, or (on a member) a forwarder's.
+    pub events: flume::Sender<CoreEvent>,
+    /// Whether this node is the coordinator (lost cores are reported to its migrations).
+    pub coordinator: bool,
+    pending: Mutex<HashMap<u64, flume::Sender<Answer>>>,
+    next_ask: AtomicU64,
+    lost: Mutex<Vec<LostNode>>,
+    /// Acceptors take new source connections only while this is set.
+    pub accepting: AtomicBool,
+    pub open_sources: Arc<AtomicUsize>,
+    /// Local cores told to stop by the coordinator.
+    stopped_cores: Mutex<usize>,
+    ending: flume::Sender<Ending>,
+    pub ended: flume::Receiver<Ending>,
+    closing: AtomicBool,
+}
+
+impl Node {
+    pub fn new(
+        name: String,
+        token: String,
+        dataflow: Arc<dyn Dataflow>,
+        data_addr: SocketAddr,
+        events: flume::Sender<CoreEvent>,
+        coordinator: bool,
+    ) -> Self {
+        let (ending, ended) = flume::unbounded();
+        Node {
+            name,
+            token,
+            dataflow,
+            data_addr,
+            local: RwLock::default(),
+            members: Mutex::default(),
+            links: Mutex::default(),
+            events,
+            coordinator,
+            pending: Mutex::default(),
+            next_ask: AtomicU64::new(0),
+            lost: Mutex::default(),
+            accepting: AtomicBool::new(true),
+            open_sources: Arc::default(),
+            stopped_cores: Mutex::new(0),
+            ending,
+            ended,
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Opens a link to `member` and remembers it. Its cores are reached through the link.
+    pub fn add_member(self: &Arc<Self>, member: Member) -> Result<Arc<Link>, String> {
+        let addr: SocketAddr = member
+            .data_addr
+            .parse()
+            .map_err(|e| format!("node {} has a bad data address: {e}", member.name))?;
+        let link = Link::open(self, &member.name, addr)
+            .map_err(|e| format!("cannot link to node {} at {addr}: {e}", member.name))?;
+        self.links
+            .lock()
+            .unwrap()
+            .insert(member.name.clone(), link.clone());
+        self.members
+            .lock()
+            .unwrap()
+            .insert(member.name.clone(), member);
+        Ok(link)
+    }
+
+    /// Forgets a member that left on purpose and closes the link to it.
+    pub fn remove_member(&self, name: &str) {
+        self.members.lock().unwrap().remove(name);
+        let link = self.links.lock().unwrap().remove(name);
+        if let Some(link) = link {
+            link.close();
+        }
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        self.members.lock().unwrap().values().cloned().collect()
+    }
+
+    pub fn link(&self, name: &str) -> Option<Arc<Link>> {
+        self.links.lock().unwrap().get(name).cloned()
+    }
+
+    /// The address of core `id` on node `at`.
+    pub fn addr_of(&self, id: CoreId, at: &str) -> Option<CoreAddr> {
+        if at == self.name {
+            return self.local.read().unwrap().get(&id).cloned();
+        }
+        self.link(at)
+            .map(|link| CoreAddr::Remote { core: id, link })
+    }
+
+    pub fn lost_nodes(&self) -> Vec<LostNode> {
+        self.lost.lock().unwrap().clone()
+    }
+
+    /// Asks node `name` a question; `None` if it does not answer within `wait`.
+    pub fn ask(&self, name: &str, question: Question, wait: Duration) -> Option<Answer> {
+        let link = self.link(name)?;
+        let id = self.next_ask.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = flume::bounded(1);
+        self.pending.lock().unwrap().insert(id, tx);
+        link.send_node(Wire::Ask { id, question });
+        let answer = rx.recv_deadline(Instant::now() + wait).ok();
+        self.pending.lock().unwrap().remove(&id);
+        answer
+    }
+
+    /// Says goodbye on every link and closes them (the last thing a node does).
+    pub fn close_links(&self) {
+        self.closing.store(true, Ordering::Release);
+        let links: Vec<_> = std::mem::take(&mut *self.links.lock().unwrap())
+            .into_values()
+            .collect();
+        for link in links {
+            link.close();
+        }
+    }
+
+    fn to_core(&self, to: CoreId, msg: CoreMsg, data_lane: bool) {
+        let addr = self.local.read().unwrap().get(&to).cloned();
+        let sent = match &addr {
+            Some(CoreAddr::Local { data, .. }) if data_lane => data.send(msg).is_ok(),
+            Some(CoreAddr::Local { control, .. }) => control.send(msg).is_ok(),
+            _ => false,
+        };
+        if !sent {
+            tracing::error!(node = %self.name, "a message for core {to}, which is not on this node, was dropped");
+        }
+    }
+
+    /// Handles one message from node `from`.
+    pub fn deliver(self: &Arc<Self>, from: &str, msg: Wire) {
+        match msg {
+            Wire::Batch { to, bytes } => match self.dataflow.decode_batch(&bytes) {
+                Ok(batch) => self.to_core(to, CoreMsg::Batch { batch }, true),
+                Err(e) => {
+                    tracing::error!(node = %self.name, "dropped a garbled batch from node {from}: {e}")
+                }
+            },
+            Wire::Marker {
+                to,
+                from: core,
+                epoch,
+            } => self.to_core(to, CoreMsg::Marker { from: core, epoch }, true),
+            Wire::ProducerDone { to, from: core } => {
+                self.to_core(to, CoreMsg::ProducerDone { from: core }, true);
+            }
+            Wire::Handoff {
+                to,
+                from: core,
+                slot,
+                entities,
+                checksum,
+                bytes,
+            } => {
+                let mut aligned = AlignedVec::with_capacity(bytes.len());
+                aligned.extend_from_slice(&bytes);
+                let archive = SlotArchive {
+                    slot,
+                    entities,
+                    checksum,
+                    bytes: aligned,
+                };
+                self.to_core(
+                    to,
+                    CoreMsg::Handoff {
+                        from: core,
+                        archive,
+                    },
+                    false,
+                );
+            }
+            Wire::HandoffAck { to, slot } => self.to_core(to, CoreMsg::HandoffAck { slot }, false),
+            Wire::HandoffRejected { to, slot, reason } => {
+                self.to_core(to, CoreMsg::HandoffRejected { slot, reason }, false);
+            }
+            Wire::Prepare {
+                to,
+                table,
+                moves,
+                producers,
+            } => match table.to_table() {
+                Ok(table) => {
+                    let t = Transition {
+                        table: Arc::new(table),
+                        moves: wire::moves_from_wire(&moves),
+                        producers,
+                    };
+                    self.to_core(to, CoreMsg::Prepare(Arc::new(t)), false);
+                }
+                Err(e) => tracing::error!(node = %self.name, "bad prepare from node {from}: {e}"),
+            },
+            Wire::Switch { to } => self.to_core(to, CoreMsg::Switch, false),
+            Wire::AddPeers { to, peers } => {
+                let mut resolved = Vec::with_capacity(peers.len());
+                for (id, at) in peers {
+                    match self.addr_of(id, &at) {
+                        Some(addr) => resolved.push((id, addr)),
+                        None => {
+                            tracing::error!(node = %self.name, "peer core {id} on unknown node {at}")
+                        }
+                    }
+                }
+                self.to_core(to, CoreMsg::AddPeers(resolved), false);
+            }
+            Wire::RemovePeer { to, peer } => self.to_core(to, CoreMsg::RemovePeer(peer), false),
+            Wire::Stop { to, producers } => {
+                self.to_core(to, CoreMsg::Stop { producers }, false);
+                let mut stopped = self.stopped_cores.lock().unwrap();
+                *stopped += 1;
+                if *stopped == self.local.read().unwrap().len() {
+                    let _ = self.ending.send(Ending::ClusterStopped);
+                }
+            }
+            Wire::Event(e) => {
+                let _ = self.events.send(e.into());
+            }
+            Wire::Joined(member) => {
+                let name = member.name.clone();
+                if let Err(e) = self.add_member(member) {
+                    tracing::error!(node = %self.name, "node {name} joined but: {e}");
+                }
+            }
+            Wire::Gone { node } => self.remove_member(&node),
+            Wire::Ask { id, question } => {
+                let answer = self.answer(question);
+                match self.link(from) {
+                    Some(link) => {
+                        link.send_node(Wire::Answer { id, answer });
+                    }
+                    None => {
+                        tracing::warn!(node = %self.name, "no link back to node {from} to answer it")
+                    }
+                }
+            }
+            Wire::Answer { id, answer } => {
+                if let Some(reply) = self.pending.lock().unwrap().remove(&id) {
+                    let _ = reply.send(answer);
+                }
+            }
+            Wire::Depart => {
+                let _ = self.ending.send(Ending::Departed);
+            }
+            Wire::Hello { .. } | Wire::Bye => {
+                tracing::warn!(node = %self.name, "unexpected hello or goodbye inside the link from node {from}");
+            }
+        }
+    }
+
+    fn local_controls(&self) -> Vec<flume::Sender<CoreMsg>> {
+        self.local
+            .read()
+            .unwrap()
+            .values()
+            .filter_map(|a| a.local_control().cloned())
+            .collect()
+    }
+
+    /// Statuses of this node's cores, with the node's name.
+    pub fn local_status(&self) -> Vec<crate::metrics::CoreStatus> {
+        let mut statuses = crate::runtime::ask_cores(
+            &self.local_controls(),
+            CoreMsg::Status,
+            Duration::from_secs(2),
+        );
+        for s in &mut statuses {
+            s.node = self.name.clone();
+        }
+        statuses.sort_by_key(|s| s.core);
+        statuses
+    }
+
+    fn answer(&self, question: Question) -> Answer {
+        match question {
+            Question::Status => Answer::Status(self.local_status()),
+            Question::Latency => {
+                let mut all = latency_histogram();
+                for h in crate::runtime::ask_cores(
+                    &self.local_controls(),
+                    CoreMsg::TakeLatency,
+                    Duration::from_secs(10),
+                ) {
+                    let _ = all.add(&h);
+                }
+                let mut bytes = Vec::new();
+                let _ =
+                    hdrhistogram::serialization::V2Serializer::new().serialize(&all, &mut bytes);
+                Answer::Latency(bytes)
+            }
+            Question::Quiesce => {
+                self.accepting.store(false, Ordering::Release);
+                Answer::Quiesced {
+                    open_sources: self.open_sources.load(Ordering::Acquire) as u32,
+                }
+            }
+            Question::Resume => {
+                self.accepting.store(true, Ordering::Release);
+                Answer::Done
+            }
+        }
+    }
+
+    /// A member went away without a goodbye: report it with its cores, stop expecting anything
+    /// from them, and end any migration waiting on them. Its slots' state is gone (recovery is
+    /// not built yet); the survivors keep running.
+    pub fn lost(&self, name: &str, reason: &str) {
+        let Some(member) = self.members.lock().unwrap().remove(name) else {
+            return;
+        };
+        self.links.lock().unwrap().remove(name);
+        tracing::error!(
+            node = %self.name,
+            "lost node {name} ({reason}): its cores {:?} and their slots are gone; messages for them are dropped",
+            member.cores
+        );
+        for control in self.local_controls() {
+            let _ = control.send(CoreMsg::PeerLost(member.cores.clone()));
+        }
+        if self.coordinator {
+            for &core in &member.cores {
+                let _ = self.events.send(CoreEvent::Failed {
+                    core,
+                    error: format!("node {name} was lost ({reason})"),
+                });
+            }
+        }
+        self.lost.lock().unwrap().push(LostNode {
+            name: name.to_string(),
+            cores: member.cores,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+impl From<EventWire> for CoreEvent {
+    fn from(e: EventWire) -> Self {
+        match e {
+            EventWire::Prepared(c) => CoreEvent::Prepared(c),
+            EventWire::StepDone { core, epoch } => CoreEvent::StepDone { core, epoch },
+            EventWire::Installed { entities, bytes } => CoreEvent::Installed {
+                entities,
+                bytes: bytes as usize,
+            },
+            EventWire::Left(c) => CoreEvent::Left(c),
+            EventWire::Failed { core, error } => CoreEvent::Failed { core, error },
+        }
+    }
+}
+
+impl From<CoreEvent> for EventWire {
+    fn from(e: CoreEvent) -> Self {
+        match e {
+            CoreEvent::Prepared(c) => EventWire::Prepared(c),
+            CoreEvent::StepDone { core, epoch } => EventWire::StepDone { core, epoch },
+            CoreEvent::Installed { entities, bytes } => EventWire::Installed {
+                entities,
+                bytes: bytes as u64,
+            },
+            CoreEvent::Left(c) => EventWire::Left(c),
+            CoreEvent::Failed { core, error } => EventWire::Failed { core, error },
+        }
+    }
+}

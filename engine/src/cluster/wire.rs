@@ -1,0 +1,381 @@
+//! What nodes say to each other: the join handshake (inside control frames) and the messages on
+//! node-to-node links. Every link frame is a Wallaroo frame whose payload is `QN`, a version
+//! byte, then one rkyv archive of a [`Wire`] message, validated (bytecheck) before it is read:
+//! garbage, a truncated archive or another version is an error value, never a panic.
+
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+use thiserror::Error;
+
+use crate::metrics::CoreStatus;
+use crate::routing::{CoreId, Move, RoutingTable};
+
+/// First bytes of every link payload.
+pub const MAGIC: [u8; 2] = *b"QN";
+/// The node protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// Largest link frame accepted (a batch or one slot's archive).
+pub const MAX_LINK_FRAME: usize = 256 << 20;
+
+/// A node asking to join (the body of a control `Join` request).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JoinRequest {
+    pub version: u8,
+    pub node: String,
+    pub app: String,
+    pub n_slots: u32,
+    pub cores: u16,
+    /// Where the joining node accepts links from the others.
+    pub data_addr: String,
+}
+
+/// A member of the cluster as others reach it.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub data_addr: String,
+    pub cores: Vec<CoreId>,
+}
+
+/// The coordinator's answer to an accepted join.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Welcome {
+    /// The core ids the joining node runs.
+    pub cores: Vec<CoreId>,
+    /// Every current member, the coordinator first.
+    pub members: Vec<Member>,
+    pub table: TableWire,
+    /// The sink address the cluster writes to.
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TableWire {
+    pub epoch: u64,
+    pub owners: Vec<CoreId>,
+}
+
+impl From<&RoutingTable> for TableWire {
+    fn from(t: &RoutingTable) -> Self {
+        TableWire {
+            epoch: t.epoch(),
+            owners: (0..t.n_slots()).map(|s| t.owner(s)).collect(),
+        }
+    }
+}
+
+impl TableWire {
+    pub fn to_table(&self) -> Result<RoutingTable, WireError> {
+        RoutingTable::from_owners(self.epoch, self.owners.clone())
+            .ok_or(WireError::Invalid("empty routing table".into()))
+    }
+}
+
+/// A core event on its way to the coordinator (see `runtime::core::CoreEvent`).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum EventWire {
+    Prepared(CoreId),
+    StepDone { core: CoreId, epoch: u64 },
+    Installed { entities: u32, bytes: u64 },
+    Left(CoreId),
+    Failed { core: CoreId, error: String },
+}
+
+/// One message on a link. `to` names the core a message is for; the rest are for the node.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Wire {
+    /// The first message on a link: who is speaking, with the cluster token.
+    Hello {
+        node: String,
+        token: String,
+    },
+    /// The last message on a link: the sender closes it on purpose (not a failure).
+    Bye,
+    Batch {
+        to: CoreId,
+        bytes: Vec<u8>,
+    },
+    Marker {
+        to: CoreId,
+        from: CoreId,
+        epoch: u64,
+    },
+    ProducerDone {
+        to: CoreId,
+        from: CoreId,
+    },
+    Handoff {
+        to: CoreId,
+        from: CoreId,
+        slot: u32,
+        entities: u32,
+        checksum: u64,
+        bytes: Vec<u8>,
+    },
+    HandoffAck {
+        to: CoreId,
+        slot: u32,
+    },
+    HandoffRejected {
+        to: CoreId,
+        slot: u32,
+        reason: String,
+    },
+    Prepare {
+        to: CoreId,
+        table: TableWire,
+        moves: Vec<(u32, CoreId, CoreId)>,
+        producers: Vec<CoreId>,
+    },
+    Switch {
+        to: CoreId,
+    },
+    /// Peers by core id and the node that runs them.
+    AddPeers {
+        to: CoreId,
+        peers: Vec<(CoreId, String)>,
+    },
+    RemovePeer {
+        to: CoreId,
+        peer: CoreId,
+    },
+    Stop {
+        to: CoreId,
+        producers: Vec<CoreId>,
+    },
+    /// From a member to the coordinator.
+    Event(EventWire),
+    /// A node joined: open a link to it.
+    Joined(Member),
+    /// A node left on purpose: close the link to it.
+    Gone {
+        node: String,
+    },
+    /// Questions with an id; the answer goes back on the asker's link.
+    Ask {
+        id: u64,
+        question: Question,
+    },
+    Answer {
+        id: u64,
+        answer: Answer,
+    },
+    /// The coordinator tells a node whose slots all moved away to retire its cores and exit.
+    Depart,
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Question {
+    Status,
+    /// Latency since the last such question (hdrhistogram V2 serialization).
+    Latency,
+    /// Stop accepting source connections and say how many are open (before a removal).
+    Quiesce,
+    /// Accept source connections again (a removal was refused).
+    Resume,
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Answer {
+    Status(Vec<CoreStatus>),
+    Latency(Vec<u8>),
+    Quiesced { open_sources: u32 },
+    Done,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("not a Quokka node message (bad magic)")]
+    BadMagic,
+    #[error("node protocol version {0} is not supported (this build speaks {VERSION})")]
+    Version(u8),
+    #[error("node message failed validation: {0}")]
+    Invalid(String),
+}
+
+/// The link payload of `msg`.
+pub fn encode(msg: &Wire) -> Vec<u8> {
+    let bytes = rkyv::to_bytes::<BoxedError>(msg).expect("wire messages always serialize");
+    let mut out = Vec::with_capacity(3 + bytes.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// Reads a link payload back.
+pub fn decode(payload: &[u8]) -> Result<Wire, WireError> {
+    decode_body(payload)
+}
+
+pub fn encode_join(j: &JoinRequest) -> Vec<u8> {
+    encode_body(j)
+}
+
+pub fn decode_join(payload: &[u8]) -> Result<JoinRequest, WireError> {
+    decode_body(payload)
+}
+
+pub fn encode_welcome(w: &Welcome) -> Vec<u8> {
+    encode_body(w)
+}
+
+pub fn decode_welcome(payload: &[u8]) -> Result<Welcome, WireError> {
+    decode_body(payload)
+}
+
+fn encode_body<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            BoxedError,
+        >,
+    >,
+{
+    let bytes = rkyv::to_bytes::<BoxedError>(value).expect("wire messages always serialize");
+    [&MAGIC[..], &[VERSION], &bytes].concat()
+}
+
+fn decode_body<T>(payload: &[u8]) -> Result<T, WireError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, BoxedError>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<BoxedError>>,
+{
+    if payload.len() < 2 || payload[..2] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    match payload.get(2) {
+        Some(&VERSION) => {}
+        Some(&v) => return Err(WireError::Version(v)),
+        None => return Err(WireError::Invalid("no version".into())),
+    }
+    let mut aligned = AlignedVec::<16>::with_capacity(payload.len() - 3);
+    aligned.extend_from_slice(&payload[3..]);
+    rkyv::from_bytes::<T, BoxedError>(&aligned).map_err(|e| WireError::Invalid(e.to_string()))
+}
+
+pub fn moves_to_wire(moves: &[Move]) -> Vec<(u32, CoreId, CoreId)> {
+    moves.iter().map(|m| (m.slot, m.from, m.to)).collect()
+}
+
+pub fn moves_from_wire(moves: &[(u32, CoreId, CoreId)]) -> Vec<Move> {
+    moves
+        .iter()
+        .map(|&(slot, from, to)| Move { slot, from, to })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Wire> {
+        vec![
+            Wire::Hello {
+                node: "w1".into(),
+                token: "secret".into(),
+            },
+            Wire::Bye,
+            Wire::Batch {
+                to: 3,
+                bytes: vec![1, 2, 3],
+            },
+            Wire::Marker {
+                to: 1,
+                from: 2,
+                epoch: 7,
+            },
+            Wire::Handoff {
+                to: 1,
+                from: 0,
+                slot: 4095,
+                entities: 2,
+                checksum: 99,
+                bytes: vec![0; 100],
+            },
+            Wire::Prepare {
+                to: 2,
+                table: TableWire {
+                    epoch: 3,
+                    owners: vec![0, 1, 2],
+                },
+                moves: vec![(1, 1, 2)],
+                producers: vec![0, 1, 2],
+            },
+            Wire::AddPeers {
+                to: 0,
+                peers: vec![(4, "w3".into())],
+            },
+            Wire::Event(EventWire::Failed {
+                core: 1,
+                error: "x".into(),
+            }),
+            Wire::Ask {
+                id: 5,
+                question: Question::Quiesce,
+            },
+            Wire::Answer {
+                id: 5,
+                answer: Answer::Quiesced { open_sources: 2 },
+            },
+            Wire::Depart,
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for m in samples() {
+            assert_eq!(decode(&encode(&m)), Ok(m));
+        }
+        let j = JoinRequest {
+            version: VERSION,
+            node: "w2".into(),
+            app: "word_count".into(),
+            n_slots: 4096,
+            cores: 1,
+            data_addr: "127.0.0.1:6001".into(),
+        };
+        assert_eq!(decode_join(&encode_join(&j)), Ok(j));
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        assert_eq!(decode(b""), Err(WireError::BadMagic));
+        assert_eq!(decode(b"QK\x01"), Err(WireError::BadMagic));
+        assert!(matches!(decode(b"QN"), Err(WireError::Invalid(_))));
+        assert_eq!(decode(b"QN\x00abc"), Err(WireError::Version(0)));
+        assert!(matches!(decode(b"QN\x01"), Err(WireError::Invalid(_))));
+        assert!(matches!(
+            decode_join(b"QN\x01garbage!"),
+            Err(WireError::Invalid(_))
+        ));
+        // Every truncation of every sample is refused (or, rarely, reads as another valid
+        // message), never a panic.
+        for m in samples() {
+            let bytes = encode(&m);
+            for cut in 0..bytes.len() {
+                assert_ne!(decode(&bytes[..cut]).ok(), Some(m.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut x: u64 = 0x9e37_79b9;
+        for len in 0..300 {
+            let mut bytes = b"QN\x01".to_vec();
+            bytes.extend((0..len).map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            }));
+            let _ = decode(&bytes);
+            let _ = decode_join(&bytes);
+            let _ = decode_welcome(&bytes);
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Nodes joining and leaving a running cluster, in one process (each node an `Engine` with its
+//! own cores, control endpoint and data port; links over loopback TCP), and joins that must be
+//! refused. The same scenario with real processes is in `nodes.rs`.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use quokka_apps::corpus::{self, CorpusSpec};
+use quokka_apps::{alphabet, word_count};
+use quokka_engine::cluster::wire::{self, JoinRequest};
+use quokka_engine::{App, Config, Ending, Engine, StartError};
+use quokka_io::client::{FrameSender, Records};
+use quokka_io::control::{read_frame, write_frame, Request, Response};
+
+use crate::harness::{init_logging, send_frames, Sink, DEADLINE};
+use crate::reference::{check_running_totals, reference_counts};
+
+const TOKEN: &str = "quokka-test-token";
+
+/// A node of a test cluster: its engine and, for the coordinator, its control address.
+struct TestNode {
+    engine: Arc<Engine>,
+    control: SocketAddr,
+}
+
+fn config(app: &App, sink: SocketAddr, name: &str, with_inputs: bool) -> Config {
+    let inputs = if with_inputs {
+        app.sources()
+            .iter()
+            .map(|_| "127.0.0.1:0".parse().unwrap())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut c = Config::new(inputs, sink);
+    c.cores = 1;
+    c.name = name.into();
+    c.token = TOKEN.into();
+    c
+}
+
+fn serve_control(engine: Engine) -> TestNode {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = listener.local_addr().unwrap();
+    let engine = Arc::new(engine);
+    quokka::control::serve(listener, engine.clone());
+    TestNode { engine, control }
+}
+
+fn start_lead(app: &App, sink: &Sink) -> TestNode {
+    init_logging();
+    serve_control(Engine::start(app, config(app, sink.addr(), "w1", true)).expect("w1 starts"))
+}
+
+fn join(app: &App, lead: &TestNode, name: &str) -> Arc<Engine> {
+    let c = config(app, "127.0.0.1:1".parse().unwrap(), name, true);
+    let (engine, report) = Engine::join(app, c, lead.control, None).expect("join");
+    assert!(report.contains(&format!("join {name}")), "{report}");
+    Arc::new(engine)
+}
+
+/// Removes a member through the coordinator; retries while the member still counts a source
+/// connection that its sender already closed (the node notices the close a moment later).
+fn remove(lead: &TestNode, member: &Engine) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match lead.engine.remove_node(member.node_name()) {
+            Ok(_) => break,
+            Err(e) if e.to_string().contains("open source") && Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("remove-node {}: {e}", member.node_name()),
+        }
+    }
+    let ending = member.ended().recv_deadline(Instant::now() + DEADLINE);
+    assert_eq!(ending, Ok(Ending::Departed));
+    let summary = member.finish(Ending::Departed);
+    assert_eq!(summary.misrouted(), 0);
+}
+
+/// start w1, join w2, join w3, remove w2, join a new w2, remove w3, under a load that runs the
+/// whole time on w1 plus a burst into each joined node while it is a member.
+#[test]
+fn nodes_join_and_leave_under_continuous_load() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let text = corpus::lines(CorpusSpec {
+        words: 40_000,
+        vocabulary: 3_000,
+        ..CorpusSpec::default()
+    });
+    let burst: Vec<&[u8]> = text[..300].iter().map(|l| l.as_bytes()).collect();
+    let stop = AtomicBool::new(false);
+    let input = lead.engine.input_addrs()[0];
+
+    let (sent, bursts) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let mut sender = FrameSender::connect(input, DEADLINE).unwrap();
+            let mut sent = 0;
+            for line in text.iter().cycle() {
+                if stop.load(Ordering::Acquire) && sent > 0 {
+                    break;
+                }
+                sender.send(line.as_bytes()).unwrap();
+                sent += 1;
+                if sent % 256 == 0 {
+                    sender.flush().unwrap();
+                    // Pacing the load generator, not synchronisation.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            sender.finish().unwrap();
+            sent
+        });
+        let mut bursts = 0;
+        let mut burst_into = |node: &Engine| {
+            send_frames(node.input_addrs()[0], &burst);
+            bursts += 1;
+        };
+        let w2 = join(&app, &lead, "w2");
+        burst_into(&w2);
+        let w3 = join(&app, &lead, "w3");
+        burst_into(&w3);
+        let status = lead.engine.status();
+        assert_eq!(status.nodes.len(), 3, "{status}");
+        assert_eq!(status.cores.iter().map(|c| c.slots).sum::<usize>(), 4096);
+        assert!(status.cores.iter().all(|c| c.slots > 1000), "{status}");
+        remove(&lead, &w2);
+        let w2 = join(&app, &lead, "w2");
+        burst_into(&w2);
+        remove(&lead, &w3);
+        let status = lead.engine.status();
+        assert_eq!(
+            status
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>(),
+            ["w1", "w2"],
+            "{status}"
+        );
+        stop.store(true, Ordering::Release);
+        let sent = load.join().unwrap();
+        // Stopping the coordinator stops the cluster: the member drains and ends too.
+        let summary = lead.engine.stop();
+        assert_eq!(summary.misrouted(), 0);
+        assert_eq!(
+            w2.ended().recv_deadline(Instant::now() + DEADLINE),
+            Ok(Ending::ClusterStopped)
+        );
+        assert_eq!(w2.finish(Ending::ClusterStopped).misrouted(), 0);
+        (sent, bursts)
+    });
+
+    let all = text
+        .iter()
+        .cycle()
+        .take(sent)
+        .chain(std::iter::repeat_n(&text[..300], bursts).flatten());
+    let expected = reference_counts(all.map(String::as_str));
+    sink.wait_for(expected.values().sum());
+    check_running_totals(&sink.lines(), &expected);
+}
+
+/// What a refused join looks like to the joining node.
+fn refused(result: Result<(Engine, String), StartError>) -> String {
+    match result {
+        Ok(_) => panic!("the join was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// One raw control exchange.
+fn exchange(control: SocketAddr, payload: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(control).unwrap();
+    write_frame(&mut stream, payload).unwrap();
+    Response::decode(&read_frame(&mut stream).unwrap()).unwrap()
+}
+
+fn error_of(r: Response) -> String {
+    match r {
+        Response::Error(e) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Another app, another slot count, a wrong token, an old protocol version, garbage on the
+/// control and data ports: each refused with a clear error; the cluster loses nothing.
+#[test]
+fn bad_joins_and_garbage_are_refused_and_change_nothing() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let lines: Vec<&str> = include_str!("../../apps/data/bill_of_rights.txt")
+        .lines()
+        .collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_frames(lead.engine.input_addrs()[0], &frames);
+
+    let other = alphabet::app();
+    let e = refused(Engine::join(
+        &other,
+        config(&other, sink.addr(), "w2", false),
+        lead.control,
+        None,
+    ));
+    assert!(
+        e.contains("runs app `word_count`") && e.contains("`alphabet`"),
+        "{e}"
+    );
+
+    let mut c = config(&app, sink.addr(), "w2", false);
+    c.n_slots = 1024;
+    let e = refused(Engine::join(&app, c, lead.control, None));
+    assert!(e.contains("4096 slots") && e.contains("1024"), "{e}");
+
+    let mut c = config(&app, sink.addr(), "w2", false);
+    c.token = "guess".into();
+    let e = refused(Engine::join(&app, c, lead.control, None));
+    assert!(e.contains("wrong cluster token"), "{e}");
+
+    let e = refused(Engine::join(
+        &app,
+        config(&app, sink.addr(), "w1", false),
+        lead.control,
+        None,
+    ));
+    assert!(e.contains("already a member"), "{e}");
+
+    // An old node protocol inside a current control frame, and an old control protocol.
+    let old = JoinRequest {
+        version: 0,
+        node: "w9".into(),
+        app: "word_count".into(),
+        n_slots: 4096,
+        cores: 1,
+        data_addr: "127.0.0.1:1".into(),
+    };
+    let payload = Request::Join(wire::encode_join(&old))
+        .encode(TOKEN)
+        .unwrap();
+    let e = error_of(exchange(lead.control, &payload));
+    assert!(
+        e.contains("node protocol version 0 is not supported"),
+        "{e}"
+    );
+    let e = error_of(exchange(lead.control, b"QK\x01\x01"));
+    assert!(e.contains("version 1 is not supported"), "{e}");
+    // Garbage where a join request should be, and on the control port.
+    let payload = Request::Join(b"garbage".to_vec()).encode(TOKEN).unwrap();
+    let e = error_of(exchange(lead.control, &payload));
+    assert!(e.contains("bad join request"), "{e}");
+    let e = error_of(exchange(lead.control, b"GET / HTTP/1.1\r\n"));
+    assert!(e.contains("bad control message"), "{e}");
+    // A control request without the token.
+    let e = error_of(exchange(lead.control, &Request::Status.encode("").unwrap()));
+    assert!(e.contains("wrong cluster token"), "{e}");
+
+    // Garbage and a wrong-token hello on the data port: the node closes those connections.
+    let data = lead.engine.data_addr();
+    for payload in [
+        b"\x00\x00\x00\x07garbage".to_vec(),
+        wire::encode(&wire::Wire::Hello {
+            node: "w7".into(),
+            token: "guess".into(),
+        }),
+        b"\xff\xff\xff\xff".to_vec(),
+    ] {
+        let mut stream = TcpStream::connect(data).unwrap();
+        let mut framed = Vec::new();
+        quokka_io::framing::encode_frame(&payload, &mut framed);
+        std::io::Write::write_all(&mut stream, &framed).unwrap();
+        let mut rest = Vec::new();
+        let read = std::io::Read::read_to_end(&mut stream, &mut rest);
+        assert!(
+            matches!(read, Ok(0)) || read.is_err(),
+            "the data port closed the connection"
+        );
+    }
+
+    // Still one node, every slot where it was, and the output exact after more input.
+    let status = lead.engine.status();
+    assert_eq!(status.nodes.len(), 1, "{status}");
+    assert_eq!(status.cores.len(), 1, "{status}");
+    assert_eq!(status.cores[0].slots, 4096);
+    assert!(status.lost.is_empty());
+    send_frames(lead.engine.input_addrs()[0], &frames);
+    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
+    let expected = reference_counts(doubled.iter().copied());
+    sink.wait_for(expected.values().sum());
+    let summary = lead.engine.stop();
+    assert_eq!(summary.misrouted(), 0);
+    check_running_totals(&sink.lines(), &expected);
+}
+
+/// A member with an open source connection refuses to leave (its connection cannot move to
+/// another process), says why, and keeps working; once the connection closes it may leave.
+#[test]
+fn a_node_with_open_sources_refuses_to_leave() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let w2 = join(&app, &lead, "w2");
+    let mut open = FrameSender::connect(w2.input_addrs()[0], DEADLINE).unwrap();
+    open.send(b"still here").unwrap();
+    open.flush().unwrap();
+    sink.wait_for(2);
+    let e = lead.engine.remove_node("w2").unwrap_err().to_string();
+    assert!(e.contains("1 open source connection"), "{e}");
+    open.send(b"here").unwrap();
+    open.finish().unwrap();
+    sink.wait_for(3);
+    remove(&lead, &w2);
+    send_frames(lead.engine.input_addrs()[0], &[b"here"]);
+    sink.wait_for(4);
+    lead.engine.stop();
+    let expected = reference_counts(["still here", "here", "here"]);
+    check_running_totals(&sink.lines(), &expected);
+}
