@@ -12,12 +12,12 @@ use crate::harness::{send_frames, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
 
 /// Path of a binary built alongside `quokka` (`quokka-send`, `quokka-recv`).
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     quokka().with_file_name(name)
 }
 
 /// Builds the `quokka` binary once (same profile as these tests) and returns its path.
-fn quokka() -> &'static PathBuf {
+pub(crate) fn quokka() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
@@ -50,14 +50,14 @@ fn quokka() -> &'static PathBuf {
     })
 }
 
-fn quokka_output(args: &[&str]) -> Output {
+pub(crate) fn quokka_output(args: &[&str]) -> Output {
     Command::new(quokka())
         .args(args)
         .output()
         .expect("run quokka")
 }
 
-fn free_port() -> String {
+pub(crate) fn free_port() -> String {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -121,7 +121,7 @@ fn spawn_app(app: &str, input: &str, sink: &Sink, extra: &[&str]) -> Child {
 }
 
 /// Sends `sig` (`-TERM`, `-INT`) to a child process.
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let sent = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -129,7 +129,7 @@ fn signal(child: &Child, sig: &str) {
     assert!(sent.success(), "kill {sig} failed");
 }
 
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

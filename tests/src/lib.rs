@@ -13,6 +13,8 @@ mod binary;
 #[cfg(test)]
 mod cluster;
 pub mod harness;
+#[cfg(test)]
+mod nodes;
 pub mod reference;
 #[cfg(test)]
 mod scaling;

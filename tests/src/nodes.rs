@@ -1,0 +1,438 @@
+//! A cluster of real `quokka` processes: nodes join and leave under continuous load, on loopback
+//! and with each node in its own network namespace (veth pairs on a bridge); a refused join; a
+//! node killed with SIGKILL, which the survivors report and survive.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use quokka_apps::corpus::{self, CorpusSpec};
+use quokka_io::client::{FrameSender, Records};
+
+use crate::binary::{free_port, quokka, quokka_output, signal, wait_exit};
+use crate::harness::{send_frames, Sink, DEADLINE};
+use crate::reference::{check_running_totals, reference_counts};
+
+const TOKEN: &str = "nodes-test-token";
+
+/// Where a test's nodes live: the address of node `i` (its ports are chosen per node), and the
+/// command prefix that runs a program there.
+trait Net {
+    fn host(&self, i: usize) -> String;
+    fn sink_host(&self) -> String;
+    fn command(&self, i: usize) -> Command;
+    fn free_port(&self, i: usize) -> String;
+}
+
+struct Loopback;
+
+impl Net for Loopback {
+    fn host(&self, _: usize) -> String {
+        "127.0.0.1".into()
+    }
+    fn sink_host(&self) -> String {
+        "127.0.0.1".into()
+    }
+    fn command(&self, _: usize) -> Command {
+        Command::new(quokka())
+    }
+    fn free_port(&self, _: usize) -> String {
+        free_port().rsplit_once(':').unwrap().1.to_string()
+    }
+}
+
+/// Network namespaces, one per node, each with a veth pair whose other end is on a bridge in
+/// the test's namespace (which holds the sink and drives the nodes). Removed on drop.
+struct Namespaces {
+    names: Vec<String>,
+    bridge: String,
+    subnet: String,
+    next_port: std::sync::atomic::AtomicU16,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl Namespaces {
+    fn create(n: usize) -> Result<Namespaces, String> {
+        let tag = std::process::id() % 100_000;
+        let ns = Namespaces {
+            names: (0..n).map(|i| format!("quokka-{tag}-{i}")).collect(),
+            bridge: format!("qkbr{tag}"),
+            subnet: format!("10.231.{}", 20 + tag % 200),
+            next_port: 7000.into(),
+        };
+        ip(&["link", "add", &ns.bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.254/24", ns.subnet),
+            "dev",
+            &ns.bridge,
+        ])?;
+        ip(&["link", "set", &ns.bridge, "up"])?;
+        for (i, name) in ns.names.iter().enumerate() {
+            let (outer, inner) = (format!("qkv{tag}x{i}"), format!("qkv{tag}y{i}"));
+            ip(&["netns", "add", name])?;
+            ip(&["netns", "exec", name, "ip", "link", "set", "lo", "up"])?;
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ])?;
+            ip(&["link", "set", &inner, "netns", name])?;
+            ip(&["link", "set", &outer, "master", &ns.bridge, "up"])?;
+            let addr = format!("{}/24", ns.host(i));
+            ip(&[
+                "netns", "exec", name, "ip", "addr", "add", &addr, "dev", &inner,
+            ])?;
+            ip(&["netns", "exec", name, "ip", "link", "set", &inner, "up"])?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = ip(&["netns", "del", name]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+impl Net for Namespaces {
+    fn host(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+    fn sink_host(&self) -> String {
+        format!("{}.254", self.subnet)
+    }
+    fn command(&self, i: usize) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.names[i]]).arg(quokka());
+        c
+    }
+    fn free_port(&self, _: usize) -> String {
+        // Each namespace is fresh: its ports are all free.
+        self.next_port.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+}
+
+/// One `quokka run` process, its log (stderr) in a file.
+struct NodeProc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    input: String,
+}
+
+impl NodeProc {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log shows `needle`; fails with the log if the process exits first.
+    fn wait_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {needle:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn wait_exit_ok(&mut self) {
+        let status = wait_exit(&mut self.child);
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+}
+
+/// Starts node `name` as process slot `i` of `net`; `join` is the coordinator's control address.
+fn spawn_node(
+    net: &dyn Net,
+    i: usize,
+    name: &str,
+    join: Option<&str>,
+    extra: &[&str],
+) -> (NodeProc, String) {
+    let host = net.host(i);
+    let input = format!("{host}:{}", net.free_port(i));
+    let control = format!("{host}:{}", net.free_port(i));
+    let data = format!("{host}:{}", net.free_port(i));
+    static LOGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let log = std::env::temp_dir().join(format!(
+        "quokka-nodes-{}-{}-{name}.log",
+        std::process::id(),
+        LOGS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut cmd = net.command(i);
+    cmd.args(["run", "word_count", "--name", name, "--cores", "1"])
+        .args(["--in", &input, "--data", &data, "--cluster-token", TOKEN])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    match join {
+        Some(lead) => cmd.args(["--join", lead]),
+        None => cmd.args(["--control", &control]),
+    };
+    let child = cmd.spawn().expect("spawn quokka run");
+    let mut node = NodeProc {
+        name: name.into(),
+        child,
+        log,
+        input,
+    };
+    node.wait_log(&format!("running as node {name}"));
+    (node, control)
+}
+
+/// `quokka ctl` against the coordinator; returns (exit code, stdout, stderr).
+fn ctl(control: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = quokka_output(
+        &[
+            &["ctl", "--control", control, "--cluster-token", TOKEN][..],
+            args,
+        ]
+        .concat(),
+    );
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `remove-node`, retried while the node still counts a source connection its sender already
+/// closed (it notices the close a moment later); then the node exits 0.
+fn remove_node(control: &str, node: &mut NodeProc) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (code, out, err) = ctl(control, &["remove-node", &node.name]);
+        if code == Some(0) {
+            assert!(out.contains(&format!("remove-node {}", node.name)), "{out}");
+            break;
+        }
+        assert!(
+            err.contains("open source") && Instant::now() < deadline,
+            "remove-node {}: {err}",
+            node.name
+        );
+    }
+    node.wait_exit_ok();
+}
+
+/// start w1, join w2, join w3, remove w2, join a new w2, remove w3 — each a process — under a
+/// load on w1 the whole time and a burst into each joined node; the output equals the reference.
+fn join_and_leave_scenario(net: &dyn Net) {
+    let sink = Sink::on(
+        TcpListener::bind(format!("{}:0", net.sink_host())).unwrap(),
+        Records::Lines,
+    );
+    let out = sink.addr().to_string();
+    let (mut w1, control) = spawn_node(net, 0, "w1", None, &["--out", &out]);
+    let text = corpus::lines(CorpusSpec {
+        words: 40_000,
+        vocabulary: 3_000,
+        ..CorpusSpec::default()
+    });
+    let burst: Vec<&[u8]> = text[..300].iter().map(|l| l.as_bytes()).collect();
+    let stop = AtomicBool::new(false);
+    let w1_input: SocketAddr = w1.input.parse().unwrap();
+
+    let (sent, bursts) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let mut sender = FrameSender::connect(w1_input, DEADLINE).unwrap();
+            let mut sent = 0;
+            for line in text.iter().cycle() {
+                if stop.load(Ordering::Acquire) && sent > 0 {
+                    break;
+                }
+                sender.send(line.as_bytes()).unwrap();
+                sent += 1;
+                if sent % 256 == 0 {
+                    sender.flush().unwrap();
+                    // Pacing the load generator, not synchronisation.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            sender.finish().unwrap();
+            sent
+        });
+        let mut bursts = 0;
+        let mut burst_into = |node: &NodeProc| {
+            send_frames(node.input.parse().unwrap(), &burst);
+            bursts += 1;
+        };
+        let (mut w2, _) = spawn_node(net, 1, "w2", Some(&control), &[]);
+        burst_into(&w2);
+        let (mut w3, _) = spawn_node(net, 2, "w3", Some(&control), &[]);
+        burst_into(&w3);
+        let (code, status, err) = ctl(&control, &["status"]);
+        assert_eq!(code, Some(0), "{err}");
+        for line in ["node w1 (coordinator)", "node w2", "node w3", "3 cores"] {
+            assert!(status.contains(line), "status lacks {line:?}:\n{status}");
+        }
+        remove_node(&control, &mut w2);
+        let (mut w2, _) = spawn_node(net, 1, "w2", Some(&control), &[]);
+        burst_into(&w2);
+        remove_node(&control, &mut w3);
+        let (_, status, _) = ctl(&control, &["status"]);
+        assert!(
+            status.contains("node w2") && !status.contains("node w3"),
+            "{status}"
+        );
+        stop.store(true, Ordering::Release);
+        let sent = load.join().unwrap();
+        let all = text
+            .iter()
+            .cycle()
+            .take(sent)
+            .chain(std::iter::repeat_n(&text[..300], bursts).flatten());
+        sink.wait_for(reference_counts(all.map(String::as_str)).values().sum());
+        // SIGTERM on the coordinator stops the whole cluster; every node drains and exits 0.
+        signal(&w1.child, "-TERM");
+        w1.wait_exit_ok();
+        w2.wait_exit_ok();
+        assert!(
+            w2.log_text().contains("ClusterStopped"),
+            "{}",
+            w2.log_text()
+        );
+        (sent, bursts)
+    });
+    let all = text
+        .iter()
+        .cycle()
+        .take(sent)
+        .chain(std::iter::repeat_n(&text[..300], bursts).flatten());
+    let expected = reference_counts(all.map(String::as_str));
+    check_running_totals(&sink.lines(), &expected);
+    assert!(!w1.log_text().contains("lost node"), "{}", w1.log_text());
+}
+
+#[test]
+fn processes_join_and_leave_on_loopback() {
+    join_and_leave_scenario(&Loopback);
+}
+
+#[test]
+fn processes_join_and_leave_across_network_namespaces() {
+    let net = Namespaces::create(3).unwrap_or_else(|e| {
+        panic!("cannot create network namespaces for this test (it needs root and iproute2): {e}")
+    });
+    join_and_leave_scenario(&net);
+}
+
+/// A join with the wrong token is refused in both logs; then a member killed with SIGKILL: the
+/// coordinator reports the lost node and its slots, refuses changes, and still stops cleanly.
+#[test]
+fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
+    let sink = Sink::start(Records::Lines);
+    let out = sink.addr().to_string();
+    let (mut w1, control) = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+
+    let refused = Command::new(quokka())
+        .args(["run", "word_count", "--name", "w9", "--join", &control])
+        .args(["--cluster-token", "guess"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("wrong cluster token"), "{err}");
+    w1.wait_log("refused a control connection: wrong cluster token");
+
+    let (mut w2, _) = spawn_node(&Loopback, 1, "w2", Some(&control), &[]);
+    let lines: Vec<&str> = include_str!("../../apps/data/bill_of_rights.txt")
+        .lines()
+        .collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_frames(w1.input.parse().unwrap(), &frames);
+    let expected = reference_counts(lines.iter().copied());
+    sink.wait_for(expected.values().sum());
+
+    signal(&w2.child, "-KILL");
+    let _ = wait_exit(&mut w2.child);
+    w1.wait_log("lost node w2");
+    let (code, status, err) = ctl(&control, &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        status.contains("LOST node w2") && status.contains("2048 slots without an owner"),
+        "{status}"
+    );
+    let (code, _, err) = ctl(&control, &["grow-cores", "1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("node w2 was lost"), "{err}");
+
+    // Input for the survivor's own slots still flows.
+    send_frames(w1.input.parse().unwrap(), &frames);
+    signal(&w1.child, "-TERM");
+    let status = wait_exit(&mut w1.child);
+    assert!(
+        status.code().is_some(),
+        "w1 ended by a signal:\n{}",
+        w1.log_text()
+    );
+    assert!(!w1.log_text().contains("panicked"), "{}", w1.log_text());
+    // Words of w1's slots counted on through the second round; words of w2's slots stopped
+    // with the kill, after the first. Either way each word's totals run 1..n without a gap.
+    let mut totals: std::collections::HashMap<&str, Vec<u64>> = Default::default();
+    let lines = sink.lines();
+    for line in lines.iter().flatten() {
+        let (word, n) = line.rsplit_once(" => ").unwrap();
+        totals.entry(word).or_default().push(n.parse().unwrap());
+    }
+    let mut survived = 0;
+    for (word, n) in &expected {
+        let mut got = totals.remove(word.as_str()).unwrap_or_default();
+        got.sort_unstable();
+        assert!(
+            got.len() as u64 == *n || got.len() as u64 == 2 * n,
+            "word {word:?}: {} outputs for {n} per round",
+            got.len()
+        );
+        assert!(
+            got.iter().copied().eq(1..=got.len() as u64),
+            "word {word:?}: {got:?}"
+        );
+        survived += usize::from(got.len() as u64 == 2 * n);
+    }
+    assert!(
+        survived > 0 && survived < expected.len(),
+        "{survived} of {}",
+        expected.len()
+    );
+}
