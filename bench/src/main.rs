@@ -3,6 +3,7 @@
 //! quoted as ratios. Results worth keeping go to `bench/RESULTS.md`.
 
 mod channels;
+mod cluster;
 mod market_spread;
 mod migrate;
 mod util;
@@ -32,6 +33,9 @@ enum Bench {
     Migrate(migrate::Args),
     /// Market Spread (Wallaroo's benchmark app): messages/s and latency, 1 and 2 cores.
     MarketSpread(market_spread::Args),
+    /// Two nodes on this machine: cross-node routing against one node, and a node joining
+    /// while a million words are in state.
+    Cluster(cluster::Args),
 }
 
 fn main() -> Result<()> {
@@ -46,5 +50,6 @@ fn main() -> Result<()> {
         Bench::Channels(args) => channels::run(args),
         Bench::Migrate(args) => migrate::run(args),
         Bench::MarketSpread(args) => market_spread::run(args),
+        Bench::Cluster(args) => cluster::run(args),
     }
 }

@@ -215,7 +215,12 @@ fn phase(
 }
 
 /// Sends `lines` round and round at `rate` lines/s until `stop`; returns the lines sent.
-fn send_until(addr: SocketAddr, lines: &[String], rate: f64, stop: &AtomicBool) -> Result<usize> {
+pub(crate) fn send_until(
+    addr: SocketAddr,
+    lines: &[String],
+    rate: f64,
+    stop: &AtomicBool,
+) -> Result<usize> {
     let mut sender = FrameSender::connect(addr, Duration::from_secs(10))?;
     let started = Instant::now();
     let mut sent = 0usize;

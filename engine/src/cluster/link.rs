@@ -1,7 +1,8 @@
-//! Links between nodes: one TCP connection per ordered pair of nodes (FIFO is what the migration
-//! protocol needs), `TCP_NODELAY`, written by a thread of the sending node and read by a thread
-//! of the receiving one. A link keeps a core's two lanes: the data lane is bounded (a slow peer
-//! back-pressures the cores that route to it), the control lane is not and is written first.
+//! Links between nodes: TCP connections per ordered pair of nodes (FIFO is what the migration
+//! protocol needs), `TCP_NODELAY`, written by threads of the sending node and read by threads
+//! of the receiving one. A link keeps a core's two lanes apart, one connection each: the data
+//! lane is bounded (a slow peer back-pressures the cores that route to it), and the control lane
+//! (migration steps, handoffs, node messages) never waits behind data, as inside a node.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -18,7 +19,7 @@ use crate::routing::CoreId;
 use crate::runtime::core::{CoreAddr, CoreMsg};
 
 /// Batches (and markers) queued for one remote node before the cores routing there wait.
-const LINK_DATA_CAPACITY: usize = 64;
+const LINK_DATA_CAPACITY: usize = 16;
 
 /// How long a node keeps trying to open a link, and waits for a peer's hello.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,43 +34,32 @@ enum Outgoing {
 /// The sending end of a link to one node.
 pub(crate) struct Link {
     pub node: String,
-    data: flume::Sender<(CoreId, CoreMsg)>,
+    data: flume::Sender<Outgoing>,
     control: flume::Sender<Outgoing>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Link {
-    /// Connects to `peer` at `addr`, says hello with the cluster token, starts the writer.
+    /// Connects to `peer` at `addr` (one connection per lane), says hello with the cluster
+    /// token, starts the writers.
     pub fn open(node: &Arc<Node>, peer: &str, addr: SocketAddr) -> std::io::Result<Arc<Link>> {
-        let deadline = Instant::now() + LINK_TIMEOUT;
-        let stream = loop {
-            match TcpStream::connect_timeout(&addr, LINK_TIMEOUT) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        stream.set_nodelay(true)?;
-        let mut out = BufWriter::with_capacity(1 << 16, stream);
-        let hello = Wire::Hello {
-            node: node.name.clone(),
-            token: node.token.clone(),
-        };
-        write_wire(&mut out, &hello)?;
-        out.flush()?;
         let (data, data_rx) = flume::bounded(LINK_DATA_CAPACITY);
         let (control, control_rx) = flume::unbounded();
-        let writer = std::thread::Builder::new()
-            .name(format!("quokka-link-{peer}"))
-            .spawn({
-                let (node, peer) = (node.clone(), peer.to_string());
-                move || write_link(&node, &peer, out, &data_rx, &control_rx)
-            })?;
+        let mut writers = Vec::new();
+        for (lane, rx) in [("data", data_rx), ("control", control_rx)] {
+            let out = connect(node, addr)?;
+            let (node, peer) = (node.clone(), peer.to_string());
+            writers.push(
+                std::thread::Builder::new()
+                    .name(format!("quokka-{lane}-{peer}"))
+                    .spawn(move || write_link(&node, &peer, out, &rx))?,
+            );
+        }
         Ok(Arc::new(Link {
             node: peer.to_string(),
             data,
             control,
-            writer: Mutex::new(Some(writer)),
+            writers: Mutex::new(writers),
         }))
     }
 
@@ -78,7 +68,10 @@ impl Link {
     }
 
     pub async fn send_data(&self, core: CoreId, msg: CoreMsg) -> bool {
-        self.data.send_async((core, msg)).await.is_ok()
+        self.data
+            .send_async(Outgoing::Core(core, msg))
+            .await
+            .is_ok()
     }
 
     /// A message for the node itself (not one of its cores).
@@ -86,13 +79,34 @@ impl Link {
         self.control.send(Outgoing::Node(msg)).is_ok()
     }
 
-    /// Writes everything queued, says goodbye and closes; returns when the writer is done.
+    /// Writes everything queued, says goodbye and closes; returns when the writers are done.
     pub fn close(&self) {
+        let _ = self.data.send(Outgoing::Close);
         let _ = self.control.send(Outgoing::Close);
-        if let Some(writer) = self.writer.lock().unwrap().take() {
+        for writer in std::mem::take(&mut *self.writers.lock().unwrap()) {
             let _ = writer.join();
         }
     }
+}
+
+fn connect(node: &Node, addr: SocketAddr) -> std::io::Result<BufWriter<TcpStream>> {
+    let deadline = Instant::now() + LINK_TIMEOUT;
+    let stream = loop {
+        match TcpStream::connect_timeout(&addr, LINK_TIMEOUT) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    stream.set_nodelay(true)?;
+    let mut out = BufWriter::with_capacity(1 << 16, stream);
+    let hello = Wire::Hello {
+        node: node.name.clone(),
+        token: node.token.clone(),
+    };
+    write_wire(&mut out, &hello)?;
+    out.flush()?;
+    Ok(out)
 }
 
 fn write_wire(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
@@ -102,15 +116,14 @@ fn write_wire(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
     out.write_all(&framed)
 }
 
-/// The writer thread: control lane first, flushes when both lanes are empty. After a write
-/// error it keeps taking messages (and drops them) so no core ever waits on a dead link; the
-/// reader on the other side, or this node's reader from that peer, reports the loss.
+/// A writer thread: writes one lane's messages, flushing whenever the lane is empty. After a
+/// write error it keeps taking messages (and drops them) so no core ever waits on a dead link;
+/// this node's reader of that peer's link reports the loss.
 fn write_link(
     node: &Node,
     peer: &str,
     out: BufWriter<TcpStream>,
-    data: &flume::Receiver<(CoreId, CoreMsg)>,
-    control: &flume::Receiver<Outgoing>,
+    lane: &flume::Receiver<Outgoing>,
 ) {
     let mut w = LinkWriter {
         node,
@@ -120,21 +133,13 @@ fn write_link(
         dropped: 0,
     };
     loop {
-        let next = control
-            .try_recv()
-            .ok()
-            .or_else(|| data.try_recv().ok().map(|(c, m)| Outgoing::Core(c, m)));
-        let next = match next {
-            Some(n) => n,
-            None => {
+        let next = match lane.try_recv() {
+            Ok(n) => n,
+            Err(_) => {
                 w.flush();
-                let waited = flume::Selector::new()
-                    .recv(control, Result::ok)
-                    .recv(data, |r| r.ok().map(|(c, m)| Outgoing::Core(c, m)))
-                    .wait();
-                match waited {
-                    Some(n) => n,
-                    None => break,
+                match lane.recv() {
+                    Ok(n) => n,
+                    Err(_) => break,
                 }
             }
         };
@@ -142,9 +147,6 @@ fn write_link(
             Outgoing::Core(core, msg) => w.write(to_wire(node, core, msg)),
             Outgoing::Node(msg) => w.write(Some(msg)),
             Outgoing::Close => {
-                while let Ok((core, msg)) = data.try_recv() {
-                    w.write(to_wire(node, core, msg));
-                }
                 w.write(Some(Wire::Bye));
                 break;
             }
@@ -205,15 +207,20 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
         },
         CoreMsg::Marker { from, epoch } => Wire::Marker { to, from, epoch },
         CoreMsg::ProducerDone { from } => Wire::ProducerDone { to, from },
-        CoreMsg::Handoff { from, archive } => Wire::Handoff {
+        CoreMsg::Handoff { from, archives } => Wire::Handoff {
             to,
             from,
-            slot: archive.slot,
-            entities: archive.entities,
-            checksum: archive.checksum,
-            bytes: archive.bytes.to_vec(),
+            archives: archives
+                .into_iter()
+                .map(|a| wire::ArchiveWire {
+                    slot: a.slot,
+                    entities: a.entities,
+                    checksum: a.checksum,
+                    bytes: a.bytes.to_vec(),
+                })
+                .collect(),
         },
-        CoreMsg::HandoffAck { slot } => Wire::HandoffAck { to, slot },
+        CoreMsg::HandoffAck { slots } => Wire::HandoffAck { to, slots },
         CoreMsg::HandoffRejected { slot, reason } => Wire::HandoffRejected { to, slot, reason },
         CoreMsg::Prepare(t) => Wire::Prepare {
             to,

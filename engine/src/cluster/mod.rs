@@ -209,29 +209,33 @@ impl Node {
             Wire::Handoff {
                 to,
                 from: core,
-                slot,
-                entities,
-                checksum,
-                bytes,
+                archives,
             } => {
-                let mut aligned = AlignedVec::with_capacity(bytes.len());
-                aligned.extend_from_slice(&bytes);
-                let archive = SlotArchive {
-                    slot,
-                    entities,
-                    checksum,
-                    bytes: aligned,
-                };
+                let archives = archives
+                    .into_iter()
+                    .map(|a| {
+                        let mut bytes = AlignedVec::with_capacity(a.bytes.len());
+                        bytes.extend_from_slice(&a.bytes);
+                        SlotArchive {
+                            slot: a.slot,
+                            entities: a.entities,
+                            checksum: a.checksum,
+                            bytes,
+                        }
+                    })
+                    .collect();
                 self.to_core(
                     to,
                     CoreMsg::Handoff {
                         from: core,
-                        archive,
+                        archives,
                     },
                     false,
                 );
             }
-            Wire::HandoffAck { to, slot } => self.to_core(to, CoreMsg::HandoffAck { slot }, false),
+            Wire::HandoffAck { to, slots } => {
+                self.to_core(to, CoreMsg::HandoffAck { slots }, false)
+            }
             Wire::HandoffRejected { to, slot, reason } => {
                 self.to_core(to, CoreMsg::HandoffRejected { slot, reason }, false);
             }

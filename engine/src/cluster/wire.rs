@@ -71,6 +71,15 @@ impl TableWire {
     }
 }
 
+/// One slot's archive on the wire (see `archive::SlotArchive`).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ArchiveWire {
+    pub slot: u32,
+    pub entities: u32,
+    pub checksum: u64,
+    pub bytes: Vec<u8>,
+}
+
 /// A core event on its way to the coordinator (see `runtime::core::CoreEvent`).
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum EventWire {
@@ -107,14 +116,11 @@ pub enum Wire {
     Handoff {
         to: CoreId,
         from: CoreId,
-        slot: u32,
-        entities: u32,
-        checksum: u64,
-        bytes: Vec<u8>,
+        archives: Vec<ArchiveWire>,
     },
     HandoffAck {
         to: CoreId,
-        slot: u32,
+        slots: Vec<u32>,
     },
     HandoffRejected {
         to: CoreId,
@@ -291,10 +297,16 @@ mod tests {
             Wire::Handoff {
                 to: 1,
                 from: 0,
-                slot: 4095,
-                entities: 2,
-                checksum: 99,
-                bytes: vec![0; 100],
+                archives: vec![ArchiveWire {
+                    slot: 4095,
+                    entities: 2,
+                    checksum: 99,
+                    bytes: vec![0; 100],
+                }],
+            },
+            Wire::HandoffAck {
+                to: 0,
+                slots: vec![1, 2],
             },
             Wire::Prepare {
                 to: 2,

@@ -144,7 +144,11 @@ impl Coordinator {
     /// Starts executors for `ids` that own no slots yet (at start, the table gives them
     /// theirs), each knowing every core as a peer.
     fn spawn_cores(&mut self, ids: &[CoreId]) -> Result<(), StartError> {
-        let cpus = super::default_cores();
+        let cpus: Vec<usize> = if self.config.cpus.is_empty() {
+            (0..super::default_cores()).collect()
+        } else {
+            self.config.cpus.clone()
+        };
         let channels: Vec<_> = ids
             .iter()
             .map(|_| {
@@ -166,7 +170,7 @@ impl Coordinator {
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (&id, (addr, data_rx, control_rx)) in ids.iter().zip(channels) {
-            let cpu = self.least_used_cpu(cpus);
+            let cpu = self.least_used_cpu(&cpus);
             let setup = CoreSetup {
                 id,
                 cpu,
@@ -221,9 +225,10 @@ impl Coordinator {
             }
         }
         let local = self.local_ids().len();
-        if local > cpus {
+        if local > cpus.len() {
             tracing::warn!(
-                "{local} cores on {cpus} CPUs: executors share CPUs (placement wraps around); production runs one per CPU"
+                "{local} cores on {} CPUs: executors share CPUs (placement wraps around); production runs one per CPU",
+                cpus.len()
             );
         }
         let mut targets = self.accept_targets.write().unwrap();
@@ -234,8 +239,9 @@ impl Coordinator {
         Ok(())
     }
 
-    fn least_used_cpu(&self, cpus: usize) -> usize {
-        (0..cpus)
+    fn least_used_cpu(&self, cpus: &[usize]) -> usize {
+        cpus.iter()
+            .copied()
             .min_by_key(|&cpu| {
                 let on_cpu = self
                     .cores

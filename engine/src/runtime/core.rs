@@ -32,8 +32,9 @@ use crate::routing::{CoreId, Move, RoutingTable};
 /// run: bounds the time a message waits behind the rest of its read.
 const FRAMES_PER_STEP: usize = 64;
 
-/// Handed-off slots archived before the hand-off task yields to other work.
-const SLOTS_PER_YIELD: usize = 4;
+/// Handed-off slots archived (and sent as one message) before the hand-off task yields to
+/// other work: bounds both the pause of this core's other tasks and the round trips per step.
+const SLOTS_PER_YIELD: usize = 16;
 
 /// Times a rejected handoff is sent again before the slot is reported stuck (it is never lost:
 /// the old owner keeps it).
@@ -110,14 +111,15 @@ pub(crate) enum CoreMsg {
         from: CoreId,
         epoch: u64,
     },
-    /// A slot's entities, handed over by its old owner.
+    /// Slots' entities, handed over by their old owner (several per message: one message per
+    /// chunk of a step, not per slot, keeps the round trips few).
     Handoff {
         from: CoreId,
-        archive: SlotArchive,
+        archives: Vec<SlotArchive>,
     },
-    /// The new owner installed `slot`.
+    /// The new owner installed `slots`.
     HandoffAck {
-        slot: u32,
+        slots: Vec<u32>,
     },
     /// The new owner could not install `slot`; the old owner still has it.
     HandoffRejected {
@@ -283,6 +285,20 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         }
         let next = match control.try_recv() {
             Ok(msg) => Ok(msg),
+            // A full sink holds data back, never control: a migration step (or a status
+            // question) does not wait for a slow sink to drain.
+            Err(_) if core.sink_is_full() => {
+                let progress = core.sink_progress.wait();
+                match future::or(async { Some(control.recv_async().await) }, async {
+                    progress.await;
+                    None
+                })
+                .await
+                {
+                    Some(msg) => msg,
+                    None => continue,
+                }
+            }
             Err(_) => future::or(control.recv_async(), data.recv_async()).await,
         };
         let Ok(msg) = next else { break };
@@ -343,40 +359,49 @@ impl Core {
                     Err(e) => self.fail(format!("marker from core {from}: {e}")),
                 }
             }
-            CoreMsg::Handoff { from, archive } => {
-                self.wait_sink_room().await;
-                let installed = self
-                    .keyed
-                    .borrow_mut()
-                    .install(&archive, &mut self.sink.borrow_mut());
-                self.sink_ready.notify_all();
-                match installed {
-                    Ok(entities) => {
-                        self.send_control(from, CoreMsg::HandoffAck { slot: archive.slot });
-                        let bytes = archive.bytes.len();
-                        let _ = self.events.send(CoreEvent::Installed { entities, bytes });
-                        self.report_step_if_done();
+            CoreMsg::Handoff { from, archives } => {
+                let (mut installed, mut entities, mut bytes) = (Vec::new(), 0, 0);
+                for archive in archives {
+                    self.wait_sink_room().await;
+                    let result = self
+                        .keyed
+                        .borrow_mut()
+                        .install(&archive, &mut self.sink.borrow_mut());
+                    self.sink_ready.notify_all();
+                    match result {
+                        Ok(n) => {
+                            installed.push(archive.slot);
+                            entities += n;
+                            bytes += archive.bytes.len();
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                core = self.id,
+                                from,
+                                "rejected the handoff of slot {}: {e}",
+                                archive.slot
+                            );
+                            let reason = e.to_string();
+                            let slot = archive.slot;
+                            self.send_control(from, CoreMsg::HandoffRejected { slot, reason });
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(
-                            core = self.id,
-                            from,
-                            "rejected the handoff of slot {}: {e}",
-                            archive.slot
-                        );
-                        let reason = e.to_string();
-                        let slot = archive.slot;
-                        self.send_control(from, CoreMsg::HandoffRejected { slot, reason });
-                    }
+                }
+                if !installed.is_empty() {
+                    self.send_control(from, CoreMsg::HandoffAck { slots: installed });
+                    let _ = self.events.send(CoreEvent::Installed { entities, bytes });
+                    self.report_step_if_done();
                 }
             }
-            CoreMsg::HandoffAck { slot } => {
-                self.handing_off.borrow_mut().remove(&slot);
-                let released = self.keyed.borrow_mut().release(slot);
-                match released {
-                    Ok(()) => self.report_step_if_done(),
-                    Err(e) => self.fail(format!("acknowledgement of slot {slot}: {e}")),
+            CoreMsg::HandoffAck { slots } => {
+                for slot in slots {
+                    self.handing_off.borrow_mut().remove(&slot);
+                    let released = self.keyed.borrow_mut().release(slot);
+                    if let Err(e) = released {
+                        self.fail(format!("acknowledgement of slot {slot}: {e}"));
+                    }
                 }
+                self.report_step_if_done();
             }
             CoreMsg::HandoffRejected { slot, reason } => self.retry_handoff(slot, &reason),
             CoreMsg::Prepare(t) => {
@@ -558,12 +583,16 @@ impl Core {
                     to,
                     CoreMsg::Handoff {
                         from: self.id,
-                        archive,
+                        archives: vec![archive],
                     },
                 );
             }
             Err(e) => self.fail(format!("archiving slot {slot}: {e}")),
         }
+    }
+
+    fn sink_is_full(&self) -> bool {
+        self.sink.borrow().len_bytes() >= self.config.sink_buffer
     }
 
     async fn wait_sink_room(&self) {
@@ -667,22 +696,25 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
     let started = Instant::now();
     flushed(&core).await;
     let flush = started.elapsed();
-    for (i, m) in moves.iter().enumerate() {
-        let archive = core.keyed.borrow_mut().archive(m.slot);
-        match archive {
-            Ok(archive) => {
-                core.handing_off.borrow_mut().insert(m.slot, (m.to, 1));
-                core.send_control(
-                    m.to,
-                    CoreMsg::Handoff {
-                        from: core.id,
-                        archive,
-                    },
-                );
+    let mut by_owner: BTreeMap<CoreId, Vec<u32>> = BTreeMap::new();
+    for m in &moves {
+        by_owner.entry(m.to).or_default().push(m.slot);
+    }
+    for (to, slots) in by_owner {
+        for chunk in slots.chunks(SLOTS_PER_YIELD) {
+            let mut archives = Vec::with_capacity(chunk.len());
+            for &slot in chunk {
+                let archive = core.keyed.borrow_mut().archive(slot);
+                match archive {
+                    Ok(archive) => {
+                        core.handing_off.borrow_mut().insert(slot, (to, 1));
+                        archives.push(archive);
+                    }
+                    Err(e) => core.fail(format!("archiving slot {slot}: {e}")),
+                }
             }
-            Err(e) => core.fail(format!("archiving slot {}: {e}", m.slot)),
-        }
-        if i % SLOTS_PER_YIELD == SLOTS_PER_YIELD - 1 {
+            let from = core.id;
+            core.send_control(to, CoreMsg::Handoff { from, archives });
             future::yield_now().await;
         }
     }

@@ -61,6 +61,8 @@ pub struct Config {
     pub data: Option<SocketAddr>,
     /// The shared secret every join, control and data connection must present.
     pub token: String,
+    /// The CPUs this node's executors are placed on (empty: every online CPU).
+    pub cpus: Vec<usize>,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             name: "w1".into(),
             data: None,
             token: String::new(),
+            cpus: Vec::new(),
         }
     }
 }

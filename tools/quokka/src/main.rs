@@ -118,6 +118,10 @@ struct RunArgs {
     /// Executors (one per CPU in production; more than the CPUs share them) [default: all CPUs]
     #[arg(long)]
     cores: Option<usize>,
+    /// CPUs to place this node's executors on, e.g. `1` or `0,2` (two nodes on one machine
+    /// should not share CPUs) [default: every online CPU]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cpus: Vec<usize>,
     /// Slots in the routing table (the unit of placement).
     #[arg(long, default_value_t = 4096)]
     slots: u32,
@@ -205,6 +209,7 @@ fn run(args: RunArgs) -> Result<()> {
         config.cores = cores;
     }
     config.n_slots = args.slots;
+    config.cpus = args.cpus;
     config.max_frame = args.max_frame;
     config.sink_buffer = args.sink_buffer;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);

@@ -1,0 +1,272 @@
+//! Two nodes on this machine (two engines in this process, each with its own cores, control
+//! endpoint and data port, linked over loopback TCP): word count on one node against two nodes
+//! where half the keys cross to the other node; then a node joining while a million words are in
+//! state, under load: time, bytes and MB/s of the move, latency during the join against before.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
+use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
+use quokka_apps::word_count;
+use quokka_engine::metrics::human_ns;
+use quokka_engine::{Config, Ending, Engine};
+use quokka_io::client::{Collector, Records};
+
+use crate::migrate::send_until;
+use crate::util::{median, median_percentiles, pin_to_last_cpu, send_paced, unpin};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Words sent flat out for the throughput runs.
+    #[arg(long, default_value_t = 4_000_000)]
+    words: usize,
+    /// Offered load in words/s for the latency runs and during the join.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    rate: f64,
+    /// Distinct words in state before the join.
+    #[arg(long, default_value_t = 1_000_000)]
+    distinct: usize,
+    /// Seconds of steady load measured for latency (and before the join).
+    #[arg(long, default_value_t = 2.0)]
+    steady_secs: f64,
+    /// The CPU of w2's core (w1's is CPU 0; the clients run on the last CPU).
+    #[arg(long, default_value_t = 1)]
+    member_cpu: usize,
+}
+
+/// A cluster of one or two nodes in this process: w1 on CPU 0, w2 (if any) on CPU 1.
+struct Cluster {
+    collector: Collector,
+    lead: Arc<Engine>,
+    control: SocketAddr,
+    member: Option<Engine>,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster> {
+        let collector =
+            Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
+        let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
+        config.cores = 1;
+        config.cpus = vec![0];
+        // The engines' own threads (acceptors, links) run where the OS finds room; only the
+        // clients stay pinned to the last CPU.
+        unpin();
+        let lead = Engine::start(&word_count::app(), config);
+        pin_to_last_cpu();
+        let lead = Arc::new(lead?);
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let control = listener.local_addr()?;
+        quokka::control::serve(listener, lead.clone());
+        Ok(Cluster {
+            collector,
+            lead,
+            control,
+            member: None,
+        })
+    }
+
+    /// w2 joins on CPU 1; returns the coordinator's report of the join.
+    fn join(&mut self, cpu: usize) -> Result<String> {
+        let mut config = Config::new(Vec::new(), self.collector.addr());
+        config.cores = 1;
+        config.cpus = vec![cpu];
+        config.name = "w2".into();
+        unpin();
+        let joined = Engine::join(&word_count::app(), config, self.control, None);
+        pin_to_last_cpu();
+        let (member, report) = joined?;
+        self.member = Some(member);
+        Ok(report)
+    }
+
+    fn input(&self) -> SocketAddr {
+        self.lead.input_addrs()[0]
+    }
+
+    /// Stops the cluster; checks that exactly `expected` outputs arrived and none was misrouted.
+    fn stop(self, expected: u64) -> Result<()> {
+        if !self.collector.wait_for(expected, Duration::from_secs(300)) {
+            bail!(
+                "only {} of {expected} outputs arrived",
+                self.collector.records()
+            );
+        }
+        let mut misrouted = self.lead.stop().misrouted();
+        if let Some(m) = self.member {
+            m.ended().recv_timeout(Duration::from_secs(60))?;
+            misrouted += m.finish(Ending::ClusterStopped).misrouted();
+        }
+        if misrouted > 0 || self.collector.records() != expected {
+            bail!(
+                "output not exact: {} outputs for {expected}, {misrouted} misrouted",
+                self.collector.records()
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cpu = pin_to_last_cpu();
+    println!(
+        "# two nodes on one machine: w1 on CPU 0, w2 on CPU 1, clients on CPU {cpu}; {} runs",
+        args.runs
+    );
+    let lines = corpus::lines(CorpusSpec {
+        words: args.words,
+        ..CorpusSpec::default()
+    });
+    let words: u64 = lines.iter().map(|l| l.split(' ').count() as u64).sum();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    for nodes in [1, 2] {
+        let mut rates = Vec::new();
+        let mut latencies = Vec::new();
+        for _ in 0..args.runs {
+            let mut c = Cluster::start()?;
+            if nodes == 2 {
+                c.join(args.member_cpu)?;
+            }
+            let started = Instant::now();
+            send_paced(c.input(), &frames, None)?;
+            if !c.collector.wait_for(words, Duration::from_secs(300)) {
+                bail!("only {} of {words} outputs arrived", c.collector.records());
+            }
+            let elapsed = c.collector.last_record_at().expect("outputs") - started;
+            rates.push(words as f64 / elapsed.as_secs_f64());
+            // Latency at a steady offered rate.
+            let per_line = words as f64 / lines.len() as f64;
+            let stop = AtomicBool::new(false);
+            let (sent, latency) = std::thread::scope(|s| -> Result<_> {
+                let sender = s.spawn(|| send_until(c.input(), &lines, args.rate / per_line, &stop));
+                std::thread::sleep(Duration::from_millis(300));
+                c.lead.take_latency();
+                std::thread::sleep(Duration::from_secs_f64(args.steady_secs));
+                let latency = c.lead.take_latency();
+                stop.store(true, std::sync::atomic::Ordering::Release);
+                Ok((sender.join().expect("sender")?, latency))
+            })?;
+            latencies.push(latency);
+            let paced: u64 = lines
+                .iter()
+                .cycle()
+                .take(sent)
+                .map(|l| l.split(' ').count() as u64)
+                .sum();
+            c.stop(words + paced)?;
+        }
+        println!(
+            "{nodes} node(s): {:.2} M words/s flat out (runs: {}); at {:.2} M words/s: {}",
+            median(&rates) / 1e6,
+            rates
+                .iter()
+                .map(|r| format!("{:.2}", r / 1e6))
+                .collect::<Vec<_>>()
+                .join(", "),
+            args.rate / 1e6,
+            median_percentiles(&latencies)
+        );
+    }
+    join_with_state(&args)
+}
+
+/// w1 holds `distinct` words; w2 joins under load. Reports the move and latency around it.
+fn join_with_state(args: &Args) -> Result<()> {
+    let load = corpus::lines(CorpusSpec {
+        words: 2_000_000,
+        ..CorpusSpec::default()
+    });
+    let per_line =
+        load.iter().map(|l| l.split(' ').count()).sum::<usize>() as f64 / load.len() as f64;
+    let mut reports = Vec::new();
+    let (mut steadies, mut durings) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let mut c = Cluster::start()?;
+        let words: Vec<String> = (0..args.distinct).map(vocab_word).collect();
+        let fill: Vec<String> = words.chunks(12).map(|c| c.join(" ")).collect();
+        let frames: Vec<&[u8]> = fill.iter().map(|l| l.as_bytes()).collect();
+        send_paced(c.input(), &frames, None)?;
+        if !c
+            .collector
+            .wait_for(args.distinct as u64, Duration::from_secs(120))
+        {
+            bail!("state did not fill");
+        }
+        let stop = AtomicBool::new(false);
+        let (report, steady, during, sent) = std::thread::scope(|s| -> Result<_> {
+            let input = c.input();
+            let (load, stop) = (&load, &stop);
+            let sender = s.spawn(move || send_until(input, load, args.rate / per_line, stop));
+            c.lead.take_latency();
+            std::thread::sleep(Duration::from_secs_f64(args.steady_secs));
+            let steady = c.lead.take_latency();
+            let report = c.join(args.member_cpu)?;
+            std::thread::sleep(Duration::from_millis(100));
+            let during = c.lead.take_latency();
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            Ok((report, steady, during, sender.join().expect("sender")?))
+        })?;
+        println!("  run: {report}");
+        reports.push(report_numbers(&report));
+        steadies.push(steady);
+        durings.push(during);
+        let sent_words: u64 = load
+            .iter()
+            .cycle()
+            .take(sent)
+            .map(|l| l.split(' ').count() as u64)
+            .sum();
+        c.stop(args.distinct as u64 + sent_words)?;
+    }
+    let p999 = |hs: &[Histogram<u64>]| {
+        let xs: Vec<f64> = hs
+            .iter()
+            .map(|h| h.value_at_quantile(0.999) as f64)
+            .collect();
+        human_ns(median(&xs) as u64)
+    };
+    let ms: Vec<f64> = reports.iter().map(|r| r.0).collect();
+    let mb: Vec<f64> = reports.iter().map(|r| r.1).collect();
+    let rate: Vec<f64> = reports.iter().map(|r| r.1 / r.0 * 1e3).collect();
+    println!(
+        "join: {:.1} ms, {:.1} MB of state moved, {:.0} MB/s (medians; runs: {})",
+        median(&ms),
+        median(&mb),
+        median(&rate),
+        rate.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "join with {} words in state at {:.2} M words/s: p99.9 before {}, during {} (medians)",
+        args.distinct,
+        args.rate / 1e6,
+        p999(&steadies),
+        p999(&durings)
+    );
+    println!("  steady before: {}", median_percentiles(&steadies));
+    println!("  during join:   {}", median_percentiles(&durings));
+    Ok(())
+}
+
+/// (milliseconds, MB of state) from a change report's text ("... in 12.3 ms: ... 4.5 MB of
+/// state ...").
+fn report_numbers(report: &str) -> (f64, f64) {
+    let before = |marker: &str| -> f64 {
+        report
+            .split(marker)
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (before(" ms:"), before(" MB of state"))
+}
