@@ -27,8 +27,9 @@ pub struct Args {
     /// Words sent flat out for the throughput runs.
     #[arg(long, default_value_t = 4_000_000)]
     words: usize,
-    /// Offered load in words/s for the latency runs and during the join.
-    #[arg(long, default_value_t = 1_000_000.0)]
+    /// Offered load in words/s for the latency runs and during the join (an eighth of one
+    /// core's flat-out rate here: w2 shares its CPU with the clients).
+    #[arg(long, default_value_t = 500_000.0)]
     rate: f64,
     /// Distinct words in state before the join.
     #[arg(long, default_value_t = 1_000_000)]

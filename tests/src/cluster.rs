@@ -14,7 +14,7 @@ use quokka_engine::{App, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{read_frame, write_frame, Request, Response};
 
-use crate::harness::{init_logging, send_frames, Sink, DEADLINE};
+use crate::harness::{init_logging, send_frames, send_until, sent_lines, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
 
 const TOKEN: &str = "quokka-test-token";
@@ -97,24 +97,7 @@ fn nodes_join_and_leave_under_continuous_load() {
     let input = lead.engine.input_addrs()[0];
 
     let (sent, bursts) = std::thread::scope(|s| {
-        let load = s.spawn(|| {
-            let mut sender = FrameSender::connect(input, DEADLINE).unwrap();
-            let mut sent = 0;
-            for line in text.iter().cycle() {
-                if stop.load(Ordering::Acquire) && sent > 0 {
-                    break;
-                }
-                sender.send(line.as_bytes()).unwrap();
-                sent += 1;
-                if sent % 256 == 0 {
-                    sender.flush().unwrap();
-                    // Pacing the load generator, not synchronisation.
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            }
-            sender.finish().unwrap();
-            sent
-        });
+        let load = s.spawn(|| send_until(input, &text, &stop, usize::MAX));
         let mut bursts = 0;
         let mut burst_into = |node: &Engine| {
             send_frames(node.input_addrs()[0], &burst);
@@ -155,12 +138,8 @@ fn nodes_join_and_leave_under_continuous_load() {
         (sent, bursts)
     });
 
-    let all = text
-        .iter()
-        .cycle()
-        .take(sent)
-        .chain(std::iter::repeat_n(&text[..300], bursts).flatten());
-    let expected = reference_counts(all.map(String::as_str));
+    let bursts = std::iter::repeat_n(&text[..300], bursts).flatten();
+    let expected = reference_counts(sent_lines(&text, sent).chain(bursts.map(String::as_str)));
     sink.wait_for(expected.values().sum());
     check_running_totals(&sink.lines(), &expected);
 }

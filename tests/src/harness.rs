@@ -1,6 +1,7 @@
 //! Runs an app in-process on real loopback sockets and collects what its sink receives.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -129,4 +130,41 @@ pub fn send_frames(addr: SocketAddr, frames: &[&[u8]]) {
         sender.send(f).expect("send frame");
     }
     sender.finish().expect("close source connection");
+}
+
+/// Lines per second each load connection offers: steady load, well below what a debug build
+/// of the engine takes on this machine, so migrations are measured against traffic, not a
+/// backlog.
+pub const LINES_PER_SEC: f64 = 20_000.0;
+
+/// Sends `lines` round and round over one connection at [`LINES_PER_SEC`] until `stop` is set
+/// (or `limit` lines); returns how many lines it sent.
+pub fn send_until(
+    addr: std::net::SocketAddr,
+    lines: &[String],
+    stop: &AtomicBool,
+    limit: usize,
+) -> usize {
+    let mut sender = FrameSender::connect(addr, DEADLINE).expect("connect");
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    for line in lines.iter().cycle().take(limit) {
+        if stop.load(Ordering::Acquire) && sent > 0 {
+            break;
+        }
+        sender.send(line.as_bytes()).expect("send");
+        sent += 1;
+        if sent % 64 == 0 {
+            sender.flush().expect("flush");
+            // Pacing the load generator (not synchronisation): wait until the next batch is due.
+            let due = started + std::time::Duration::from_secs_f64(sent as f64 / LINES_PER_SEC);
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
+    }
+    sender.finish().expect("finish");
+    sent
+}
+
+pub fn sent_lines(lines: &[String], n: usize) -> impl Iterator<Item = &str> {
+    lines.iter().cycle().take(n).map(String::as_str)
 }

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use quokka_apps::corpus::{self, CorpusSpec};
-use quokka_io::client::{FrameSender, Records};
+use quokka_io::client::Records;
 
 use crate::binary::{free_port, quokka, quokka_output, signal, wait_exit};
-use crate::harness::{send_frames, Sink, DEADLINE};
+use crate::harness::{send_frames, send_until, sent_lines, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
 
 const TOKEN: &str = "nodes-test-token";
@@ -273,25 +273,8 @@ fn join_and_leave_scenario(net: &dyn Net) {
     let stop = AtomicBool::new(false);
     let w1_input: SocketAddr = w1.input.parse().unwrap();
 
-    let (sent, bursts) = std::thread::scope(|s| {
-        let load = s.spawn(|| {
-            let mut sender = FrameSender::connect(w1_input, DEADLINE).unwrap();
-            let mut sent = 0;
-            for line in text.iter().cycle() {
-                if stop.load(Ordering::Acquire) && sent > 0 {
-                    break;
-                }
-                sender.send(line.as_bytes()).unwrap();
-                sent += 1;
-                if sent % 256 == 0 {
-                    sender.flush().unwrap();
-                    // Pacing the load generator, not synchronisation.
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            }
-            sender.finish().unwrap();
-            sent
-        });
+    let expected = std::thread::scope(|s| {
+        let load = s.spawn(|| send_until(w1_input, &text, &stop, usize::MAX));
         let mut bursts = 0;
         let mut burst_into = |node: &NodeProc| {
             send_frames(node.input.parse().unwrap(), &burst);
@@ -317,12 +300,9 @@ fn join_and_leave_scenario(net: &dyn Net) {
         );
         stop.store(true, Ordering::Release);
         let sent = load.join().unwrap();
-        let all = text
-            .iter()
-            .cycle()
-            .take(sent)
-            .chain(std::iter::repeat_n(&text[..300], bursts).flatten());
-        sink.wait_for(reference_counts(all.map(String::as_str)).values().sum());
+        let bursts = std::iter::repeat_n(&text[..300], bursts).flatten();
+        let expected = reference_counts(sent_lines(&text, sent).chain(bursts.map(String::as_str)));
+        sink.wait_for(expected.values().sum());
         // SIGTERM on the coordinator stops the whole cluster; every node drains and exits 0.
         signal(&w1.child, "-TERM");
         w1.wait_exit_ok();
@@ -332,14 +312,8 @@ fn join_and_leave_scenario(net: &dyn Net) {
             "{}",
             w2.log_text()
         );
-        (sent, bursts)
+        expected
     });
-    let all = text
-        .iter()
-        .cycle()
-        .take(sent)
-        .chain(std::iter::repeat_n(&text[..300], bursts).flatten());
-    let expected = reference_counts(all.map(String::as_str));
     check_running_totals(&sink.lines(), &expected);
     assert!(!w1.log_text().contains("lost node"), "{}", w1.log_text());
 }

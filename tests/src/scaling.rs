@@ -7,49 +7,12 @@ use std::time::Instant;
 
 use quokka_apps::corpus::{self, vocab_word, CorpusSpec, SplitMix64};
 use quokka_apps::word_count;
-use quokka_io::client::{FrameSender, Records};
+use quokka_io::client::Records;
 
 use quokka_engine::{Config, Engine};
 
-use crate::harness::{send_frames, Running, Sink, DEADLINE};
+use crate::harness::{send_frames, send_until, sent_lines, Running, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
-
-/// Lines per second each load connection offers: steady load, well below what a debug build
-/// of the engine takes on this machine, so migrations are measured against traffic, not a
-/// backlog.
-const LINES_PER_SEC: f64 = 20_000.0;
-
-/// Sends `lines` round and round over one connection at [`LINES_PER_SEC`] until `stop` is set
-/// (or `limit` lines); returns how many lines it sent.
-fn send_until(
-    addr: std::net::SocketAddr,
-    lines: &[String],
-    stop: &AtomicBool,
-    limit: usize,
-) -> usize {
-    let mut sender = FrameSender::connect(addr, DEADLINE).expect("connect");
-    let started = std::time::Instant::now();
-    let mut sent = 0;
-    for line in lines.iter().cycle().take(limit) {
-        if stop.load(Ordering::Acquire) && sent > 0 {
-            break;
-        }
-        sender.send(line.as_bytes()).expect("send");
-        sent += 1;
-        if sent % 64 == 0 {
-            sender.flush().expect("flush");
-            // Pacing the load generator (not synchronisation): wait until the next batch is due.
-            let due = started + std::time::Duration::from_secs_f64(sent as f64 / LINES_PER_SEC);
-            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
-        }
-    }
-    sender.finish().expect("finish");
-    sent
-}
-
-fn sent_lines(lines: &[String], n: usize) -> impl Iterator<Item = &str> {
-    lines.iter().cycle().take(n).map(String::as_str)
-}
 
 /// 24 random grow/shrink operations between 1 and 4 cores, with three text connections and one
 /// hot-key connection sending the whole time. They start spread over 4 cores, so shrinking hands

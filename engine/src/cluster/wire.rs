@@ -201,12 +201,7 @@ pub enum WireError {
 
 /// The link payload of `msg`.
 pub fn encode(msg: &Wire) -> Vec<u8> {
-    let bytes = rkyv::to_bytes::<BoxedError>(msg).expect("wire messages always serialize");
-    let mut out = Vec::with_capacity(3 + bytes.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&bytes);
-    out
+    encode_body(msg)
 }
 
 /// Reads a link payload back.
