@@ -411,3 +411,28 @@ fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
         );
     }
 }
+
+/// The coordinator killed with SIGKILL: the member reports it and, on SIGTERM, stops on its own
+/// (it cannot ask a dead coordinator to remove it) instead of hanging.
+#[test]
+fn a_member_whose_coordinator_was_killed_stops_on_its_own() {
+    let sink = Sink::start(Records::Lines);
+    let out = sink.addr().to_string();
+    let (mut w1, control) = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+    let (mut w2, _) = spawn_node(&Loopback, 1, "w2", Some(&control), &[]);
+    send_frames(w2.input.parse().unwrap(), &[b"one two", b"two"]);
+    sink.wait_for(3);
+
+    signal(&w1.child, "-KILL");
+    let _ = wait_exit(&mut w1.child);
+    w2.wait_log("lost node w1");
+    signal(&w2.child, "-TERM");
+    let status = wait_exit(&mut w2.child);
+    assert!(
+        status.code().is_some(),
+        "w2 ended by a signal:\n{}",
+        w2.log_text()
+    );
+    w2.wait_log("the coordinator is lost; stopping this node on its own");
+    assert!(!w2.log_text().contains("panicked"), "{}", w2.log_text());
+}

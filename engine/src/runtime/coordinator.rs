@@ -678,7 +678,8 @@ impl Coordinator {
     }
 
     /// Stops every core of the cluster: sources stop, everything in flight is applied, sinks
-    /// flush. Returns this node's core reports once its cores are done.
+    /// flush. Returns this node's core reports once its cores are done. On a member (whose
+    /// coordinator was lost) only this node's cores stop, waiting for each other only.
     pub fn stop(&mut self) -> Vec<CoreReport> {
         self.stopped = true;
         let lost: Vec<CoreId> = self
@@ -687,12 +688,15 @@ impl Coordinator {
             .into_iter()
             .flat_map(|l| l.cores)
             .collect();
-        let producers: Vec<CoreId> = self
-            .cores
-            .keys()
-            .copied()
-            .filter(|id| !lost.contains(id))
-            .collect();
+        let producers: Vec<CoreId> = if self.node.coordinator {
+            self.cores
+                .keys()
+                .copied()
+                .filter(|id| !lost.contains(id))
+                .collect()
+        } else {
+            self.local_ids()
+        };
         for id in &producers {
             self.cores[id].addr.send_control(CoreMsg::Stop {
                 producers: producers.clone(),

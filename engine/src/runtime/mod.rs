@@ -118,8 +118,8 @@ pub struct Engine {
     coordinator: Mutex<Coordinator>,
     node: Arc<Node>,
     app_name: String,
-    /// A member's coordinator (its control address), for leaving.
-    joined: Option<SocketAddr>,
+    /// A member's coordinator: its control address (for leaving) and its node name.
+    joined: Option<(SocketAddr, String)>,
     retired_latency: Arc<Mutex<Histogram<u64>>>,
     view: Arc<Mutex<status::View>>,
     listeners: Vec<TcpListener>,
@@ -248,7 +248,9 @@ impl Engine {
             &welcome,
             table,
         )?;
-        let engine = Self::serve_inputs(app, coordinator_state, node, Some(coordinator))?;
+        let lead_name = welcome.members[0].name.clone();
+        let engine =
+            Self::serve_inputs(app, coordinator_state, node, Some((coordinator, lead_name)))?;
         // The cores run and the links are open: now the coordinator moves slots here.
         let _ = control.set_read_timeout(None);
         match converse(&mut control, &engine.node.token, &Request::Ready) {
@@ -300,7 +302,7 @@ impl Engine {
         app: &App,
         coordinator: Coordinator,
         node: Arc<Node>,
-        joined: Option<SocketAddr>,
+        joined: Option<(SocketAddr, String)>,
     ) -> Result<Engine, StartError> {
         let inputs = coordinator.config_inputs();
         let listeners = inputs
@@ -371,10 +373,10 @@ impl Engine {
     /// On a member: asks the coordinator to remove this node. On success the coordinator has
     /// moved every slot away and [`Self::ended`] reports [`Ending::Departed`].
     pub fn request_leave(&self) -> Result<String, String> {
-        let Some(addr) = self.joined else {
+        let Some((addr, _)) = &self.joined else {
             return Err("this node is the coordinator".into());
         };
-        let mut control = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        let mut control = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5))
             .map_err(|e| format!("cannot reach the coordinator at {addr}: {e}"))?;
         match converse(
             &mut control,
@@ -385,6 +387,14 @@ impl Engine {
             Response::Error(e) => Err(e),
             Response::Welcome(_) => Err("unexpected welcome".into()),
         }
+    }
+
+    /// On a member: whether the coordinator went away without leaving (then this node can
+    /// only [`Self::stop`] on its own).
+    pub fn coordinator_lost(&self) -> bool {
+        self.joined
+            .as_ref()
+            .is_some_and(|(_, lead)| self.node.lost_nodes().iter().any(|l| &l.name == lead))
     }
 
     /// On a member, after [`Self::ended`]: retires (departed) or waits for (cluster stopped)
@@ -577,7 +587,8 @@ impl Engine {
     }
 
     /// Stops reading sources, applies everything in flight, flushes the sinks, and reports.
-    /// Waits for a change in progress to finish first.
+    /// Waits for a change in progress to finish first. On the coordinator this stops the whole
+    /// cluster; on a member whose coordinator was lost, this node alone.
     pub fn stop(&self) -> Summary {
         self.close_inputs();
         let mut coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());

@@ -299,6 +299,12 @@ fn run(args: RunArgs) -> Result<()> {
                 tracing::info!("{ending:?}: finishing");
                 break engine.finish(ending);
             }
+            Some(Err(signal)) if joining.is_some() && engine.coordinator_lost() => {
+                tracing::warn!(
+                    "signal {signal}: the coordinator is lost; stopping this node on its own"
+                );
+                break engine.stop();
+            }
             Some(Err(signal)) if joining.is_some() => {
                 tracing::info!("signal {signal}: asking the coordinator to remove this node");
                 match engine.request_leave() {
