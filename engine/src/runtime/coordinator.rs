@@ -500,10 +500,10 @@ impl Coordinator {
             )));
         }
         let Some(link) = self.node.link(name) else {
-            let names: Vec<_> = self.node.members().into_iter().map(|m| m.name).collect();
+            let mut names = vec![self.node.name.clone()];
+            names.extend(self.node.members().into_iter().map(|m| m.name));
             return Err(ChangeError::Invalid(format!(
-                "no member named `{name}` (members: {}, {})",
-                self.node.name,
+                "no member named `{name}` (members: {})",
                 names.join(", ")
             )));
         };
