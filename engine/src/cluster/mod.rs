@@ -23,6 +23,7 @@ use crate::metrics::latency_histogram;
 use crate::migration::Transition;
 use crate::routing::CoreId;
 use crate::runtime::core::{CoreAddr, CoreEvent, CoreMsg};
+use crate::runtime::Config;
 
 /// Why a member node's engine ends without a local stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct LostNode {
 pub(crate) struct Node {
     pub name: String,
     pub token: String,
+    /// Link threads run with real-time priority (`Config::realtime`).
+    pub realtime: bool,
     pub dataflow: Arc<dyn Dataflow>,
     /// Where the other nodes reach this one.
     pub data_addr: SocketAddr,
@@ -71,8 +74,7 @@ pub(crate) struct Node {
 
 impl Node {
     pub fn new(
-        name: String,
-        token: String,
+        config: &Config,
         dataflow: Arc<dyn Dataflow>,
         data_addr: SocketAddr,
         events: flume::Sender<CoreEvent>,
@@ -80,8 +82,9 @@ impl Node {
     ) -> Self {
         let (ending, ended) = flume::unbounded();
         Node {
-            name,
-            token,
+            name: config.name.clone(),
+            token: config.token.clone(),
+            realtime: config.realtime,
             dataflow,
             data_addr,
             local: RwLock::default(),
