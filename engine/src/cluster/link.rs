@@ -262,6 +262,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
 
 /// Accepts links from other nodes for as long as the listener is open.
 pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
+    node.keep_listener(&listener);
     std::thread::Builder::new()
         .name("quokka-links".into())
         .spawn(move || {
@@ -274,7 +275,10 @@ pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
                             .spawn(move || read_link(&node, stream));
                     }
                     Err(_) if node.is_closing() => return,
-                    Err(e) => tracing::warn!(node = %node.name, "accepting a link failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(node = %node.name, "accepting a link failed: {e}");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
             }
         })

@@ -7,7 +7,7 @@ pub(crate) mod link;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ pub(crate) struct Node {
     ending: flume::Sender<Ending>,
     pub ended: flume::Receiver<Ending>,
     closing: AtomicBool,
+    /// The data port, to close when the node ends.
+    listener: Mutex<Option<TcpListener>>,
 }
 
 impl Node {
@@ -101,11 +103,16 @@ impl Node {
             ending,
             ended,
             closing: AtomicBool::new(false),
+            listener: Mutex::default(),
         }
     }
 
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    pub fn keep_listener(&self, listener: &TcpListener) {
+        *self.listener.lock().unwrap() = listener.try_clone().ok();
     }
 
     /// Opens a link to `member` and remembers it. Its cores are reached through the link.
@@ -172,6 +179,10 @@ impl Node {
     /// Says goodbye on every link and closes them (the last thing a node does).
     pub fn close_links(&self) {
         self.closing.store(true, Ordering::Release);
+        if let Some(listener) = self.listener.lock().unwrap().take() {
+            // Wakes the acceptor blocked in accept() (Linux returns EINVAL after shutdown).
+            let _ = socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Both);
+        }
         let links: Vec<_> = std::mem::take(&mut *self.links.lock().unwrap())
             .into_values()
             .collect();
@@ -291,15 +302,20 @@ impl Node {
             }
             Wire::Gone { node } => self.remove_member(&node),
             Wire::Ask { id, question } => {
-                let answer = self.answer(question);
-                match self.link(from) {
-                    Some(link) => {
-                        link.send_node(Wire::Answer { id, answer });
+                // Answered on a thread of its own: asking the cores may take a moment, and the
+                // link must keep delivering meanwhile.
+                let (node, from) = (self.clone(), from.to_string());
+                std::thread::spawn(move || {
+                    let answer = node.answer(question);
+                    match node.link(&from) {
+                        Some(link) => {
+                            link.send_node(Wire::Answer { id, answer });
+                        }
+                        None => {
+                            tracing::warn!(node = %node.name, "no link back to node {from} to answer it")
+                        }
                     }
-                    None => {
-                        tracing::warn!(node = %self.name, "no link back to node {from} to answer it")
-                    }
-                }
+                });
             }
             Wire::Answer { id, answer } => {
                 if let Some(reply) = self.pending.lock().unwrap().remove(&id) {
