@@ -40,9 +40,6 @@ pub struct Args {
     /// The CPU of w2's core (w1's is CPU 0; the clients run on the last CPU).
     #[arg(long, default_value_t = 1)]
     member_cpu: usize,
-    /// Run the engine with real-time priority (`Config::realtime`).
-    #[arg(long)]
-    realtime: bool,
 }
 
 /// A cluster of one or two nodes in this process: w1 on CPU 0, w2 (if any) on CPU 1.
@@ -51,17 +48,15 @@ struct Cluster {
     lead: Arc<Engine>,
     control: SocketAddr,
     member: Option<Engine>,
-    realtime: bool,
 }
 
 impl Cluster {
-    fn start(realtime: bool) -> Result<Cluster> {
+    fn start() -> Result<Cluster> {
         let collector =
             Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
         let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
         config.cores = 1;
         config.cpus = vec![0];
-        config.realtime = realtime;
         // The engines' own threads (acceptors, links) run where the OS finds room; only the
         // clients stay pinned to the last CPU.
         unpin();
@@ -76,7 +71,6 @@ impl Cluster {
             lead,
             control,
             member: None,
-            realtime,
         })
     }
 
@@ -85,7 +79,6 @@ impl Cluster {
         let mut config = Config::new(Vec::new(), self.collector.addr());
         config.cores = 1;
         config.cpus = vec![cpu];
-        config.realtime = self.realtime;
         config.name = "w2".into();
         unpin();
         let joined = Engine::join(&word_count::app(), config, self.control, None);
@@ -138,7 +131,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut rates = Vec::new();
         let mut latencies = Vec::new();
         for _ in 0..args.runs {
-            let mut c = Cluster::start(args.realtime)?;
+            let mut c = Cluster::start()?;
             if nodes == 2 {
                 c.join(args.member_cpu)?;
             }
@@ -196,7 +189,7 @@ fn join_with_state(args: &Args) -> Result<()> {
     let mut reports = Vec::new();
     let (mut steadies, mut durings) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
-        let mut c = Cluster::start(args.realtime)?;
+        let mut c = Cluster::start()?;
         let words: Vec<String> = (0..args.distinct).map(vocab_word).collect();
         let fill: Vec<String> = words.chunks(12).map(|c| c.join(" ")).collect();
         let frames: Vec<&[u8]> = fill.iter().map(|l| l.as_bytes()).collect();

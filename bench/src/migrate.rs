@@ -36,9 +36,6 @@ pub struct Args {
     /// Run the client threads at nice 10 so the engine core sharing their CPU comes first.
     #[arg(long)]
     nice_clients: bool,
-    /// Run the engine with real-time priority (`Config::realtime`).
-    #[arg(long)]
-    realtime: bool,
 }
 
 struct Phase {
@@ -144,7 +141,6 @@ fn one_run(args: &Args) -> Result<(Phase, Phase)> {
     let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
     config.cores = 1;
-    config.realtime = args.realtime;
     let engine = Engine::start(&word_count::app(), config)?;
     let input = engine.input_addrs()[0];
 

@@ -436,35 +436,3 @@ fn alphabet_votes_sent_framed_by_the_tool() {
     signal(&engine, "-TERM");
     assert!(wait_exit(&mut engine).success());
 }
-
-/// `--realtime` puts the executors under SCHED_FIFO (this suite runs as root, as CI does).
-#[test]
-fn realtime_runs_executors_under_sched_fifo() {
-    let sink = Sink::start(Records::Lines);
-    let (input, control) = (free_port(), free_port());
-    let mut child = spawn_app(
-        "word_count",
-        &input,
-        &sink,
-        &["--cores", "1", "--control", &control, "--realtime"],
-    );
-    send_frames(input.parse().unwrap(), &[b"ready"]);
-    sink.wait_for(1);
-    // Field 41 of /proc/PID/task/TID/stat is the scheduling policy (1 = SCHED_FIFO); the
-    // executor's threads are named after its core (glommio adds a helper thread of that name).
-    let policies: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-        .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
-        .filter_map(|stat| {
-            let (name, rest) = stat.split_once(") ")?;
-            name.contains("(quokka-core-0")
-                .then(|| rest.split(' ').nth(38)?.parse().ok())?
-        })
-        .collect();
-    assert!(
-        policies.contains(&1),
-        "the core runs under SCHED_FIFO: {policies:?}"
-    );
-    signal(&child, "-TERM");
-    assert!(wait_exit(&mut child).success());
-}

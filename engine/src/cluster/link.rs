@@ -17,7 +17,6 @@ use super::wire::{self, Wire, MAX_LINK_FRAME};
 use super::Node;
 use crate::routing::CoreId;
 use crate::runtime::core::{CoreAddr, CoreMsg};
-use crate::runtime::realtime;
 
 /// Batches (and markers) queued for one remote node before the cores routing there wait.
 const LINK_DATA_CAPACITY: usize = 16;
@@ -126,9 +125,6 @@ fn write_link(
     out: BufWriter<TcpStream>,
     lane: &flume::Receiver<Outgoing>,
 ) {
-    if node.realtime {
-        realtime::enter(realtime::STEP_PRIORITY, "a link writer");
-    }
     let mut w = LinkWriter {
         node,
         peer,
@@ -288,9 +284,6 @@ pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
 /// The reader thread of one incoming link: checks the hello (protocol version, cluster token),
 /// then hands every message to the node. A link that ends without a goodbye is a lost node.
 fn read_link(node: &Arc<Node>, stream: TcpStream) {
-    if node.realtime {
-        realtime::enter(realtime::STEP_PRIORITY, "a link reader");
-    }
     let from_addr = stream
         .peer_addr()
         .map_or_else(|_| "unknown address".into(), |a| a.to_string());

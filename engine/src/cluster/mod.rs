@@ -23,7 +23,6 @@ use crate::metrics::latency_histogram;
 use crate::migration::Transition;
 use crate::routing::CoreId;
 use crate::runtime::core::{CoreAddr, CoreEvent, CoreMsg};
-use crate::runtime::Config;
 
 /// Why a member node's engine ends without a local stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +44,6 @@ pub struct LostNode {
 pub(crate) struct Node {
     pub name: String,
     pub token: String,
-    /// Link threads run with real-time priority (`Config::realtime`).
-    pub realtime: bool,
     pub dataflow: Arc<dyn Dataflow>,
     /// Where the other nodes reach this one.
     pub data_addr: SocketAddr,
@@ -76,7 +73,8 @@ pub(crate) struct Node {
 
 impl Node {
     pub fn new(
-        config: &Config,
+        name: String,
+        token: String,
         dataflow: Arc<dyn Dataflow>,
         data_addr: SocketAddr,
         events: flume::Sender<CoreEvent>,
@@ -84,9 +82,8 @@ impl Node {
     ) -> Self {
         let (ending, ended) = flume::unbounded();
         Node {
-            name: config.name.clone(),
-            token: config.token.clone(),
-            realtime: config.realtime,
+            name,
+            token,
             dataflow,
             data_addr,
             local: RwLock::default(),

@@ -226,12 +226,6 @@ pub(crate) struct CoreSetup {
 
 /// Runs one core until it is stopped (or retired) and everything in flight is applied.
 pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
-    if setup.config.realtime {
-        super::realtime::enter(
-            super::realtime::CORE_PRIORITY,
-            &format!("core {}", setup.id),
-        );
-    }
     let CoreSetup {
         id,
         cpu,

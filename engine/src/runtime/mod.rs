@@ -10,7 +10,6 @@ mod coordinator;
 pub(crate) mod core;
 mod notify;
 mod outbox;
-pub(crate) mod realtime;
 pub mod sink;
 mod status;
 
@@ -64,9 +63,6 @@ pub struct Config {
     pub token: String,
     /// The CPUs this node's executors are placed on (empty: every online CPU).
     pub cpus: Vec<usize>,
-    /// Run executors, links and changes with real-time priority (`SCHED_FIFO`): for machines
-    /// where each executor has its CPU (see `runtime/realtime.rs`).
-    pub realtime: bool,
 }
 
 impl Config {
@@ -85,7 +81,6 @@ impl Config {
             data: None,
             token: String::new(),
             cpus: Vec::new(),
-            realtime: false,
         }
     }
 }
@@ -142,7 +137,8 @@ impl Engine {
         let data = Self::bind_data(config.data.unwrap_or(([127, 0, 0, 1], 0).into()))?;
         let events = flume::unbounded();
         let node = Arc::new(Node::new(
-            &config,
+            config.name.clone(),
+            config.token.clone(),
             app.dataflow.clone(),
             data.local_addr().expect("bound"),
             events.0.clone(),
@@ -219,7 +215,8 @@ impl Engine {
             .map_err(|e| refused(e.to_string()))?;
         let (forward, forwarded) = flume::unbounded();
         let node = Arc::new(Node::new(
-            &config,
+            config.name.clone(),
+            config.token.clone(),
             app.dataflow.clone(),
             data_addr,
             forward.clone(),
@@ -235,9 +232,6 @@ impl Engine {
             .spawn({
                 let node = node.clone();
                 move || {
-                    if node.realtime {
-                        realtime::enter(realtime::STEP_PRIORITY, "the event forwarder");
-                    }
                     for e in forwarded {
                         if let Some(link) = node.link(&lead) {
                             link.send_node(wire::Wire::Event(e.into()));
@@ -480,7 +474,6 @@ impl Engine {
         &self,
         f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>,
     ) -> Result<ChangeReport, ChangeError> {
-        let _realtime = realtime::Guard::new(self.node.realtime, "the thread running a change");
         let mut coordinator = match self.coordinator.try_lock() {
             Ok(c) => c,
             Err(TryLockError::WouldBlock) => {

@@ -123,11 +123,6 @@ struct RunArgs {
     /// should not share CPUs) [default: every online CPU]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cpus: Vec<usize>,
-    /// Run executors and migration steps with real-time priority (SCHED_FIFO; needs root or
-    /// CAP_SYS_NICE). Only where each executor has its CPU: a busy executor leaves other threads
-    /// on its CPU almost nothing
-    #[arg(long)]
-    realtime: bool,
     /// Slots in the routing table (the unit of placement).
     #[arg(long, default_value_t = 4096)]
     slots: u32,
@@ -216,7 +211,6 @@ fn run(args: RunArgs) -> Result<()> {
     }
     config.n_slots = args.slots;
     config.cpus = args.cpus;
-    config.realtime = args.realtime;
     config.max_frame = args.max_frame;
     config.sink_buffer = args.sink_buffer;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
