@@ -17,7 +17,9 @@ use quokka_engine::{Config, Ending, Engine};
 use quokka_io::client::{Collector, Records};
 
 use crate::migrate::send_until;
-use crate::util::{median, median_percentiles, pin_to_last_cpu, send_paced, unpin};
+use crate::util::{
+    median, median_percentiles, pin_to_last_cpu, print_moves, send_paced, unpin, words_in_cycle,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -155,13 +157,7 @@ pub fn run(args: Args) -> Result<()> {
                 Ok((sender.join().expect("sender")?, latency))
             })?;
             latencies.push(latency);
-            let paced: u64 = lines
-                .iter()
-                .cycle()
-                .take(sent)
-                .map(|l| l.split(' ').count() as u64)
-                .sum();
-            c.stop(words + paced)?;
+            c.stop(words + words_in_cycle(&lines, sent))?;
         }
         println!(
             "{nodes} node(s): {:.2} M words/s flat out (runs: {}); at {:.2} M words/s: {}",
@@ -218,13 +214,7 @@ fn join_with_state(args: &Args) -> Result<()> {
         reports.push(report_numbers(&report));
         steadies.push(steady);
         durings.push(during);
-        let sent_words: u64 = load
-            .iter()
-            .cycle()
-            .take(sent)
-            .map(|l| l.split(' ').count() as u64)
-            .sum();
-        c.stop(args.distinct as u64 + sent_words)?;
+        c.stop(args.distinct as u64 + words_in_cycle(&load, sent))?;
     }
     let p999 = |hs: &[Histogram<u64>]| {
         let xs: Vec<f64> = hs
@@ -233,19 +223,7 @@ fn join_with_state(args: &Args) -> Result<()> {
             .collect();
         human_ns(median(&xs) as u64)
     };
-    let ms: Vec<f64> = reports.iter().map(|r| r.0).collect();
-    let mb: Vec<f64> = reports.iter().map(|r| r.1).collect();
-    let rate: Vec<f64> = reports.iter().map(|r| r.1 / r.0 * 1e3).collect();
-    println!(
-        "join: {:.1} ms, {:.1} MB of state moved, {:.0} MB/s (medians; runs: {})",
-        median(&ms),
-        median(&mb),
-        median(&rate),
-        rate.iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    print_moves("join", &reports);
     println!(
         "join with {} words in state at {:.2} M words/s: p99.9 before {}, during {} (medians)",
         args.distinct,

@@ -17,7 +17,9 @@ use quokka_engine::store::SlotStore;
 use quokka_engine::{ChangeReport, Config, Engine};
 use quokka_io::client::{Collector, FrameSender, Records};
 
-use crate::util::{median, pin_to_last_cpu, send_paced, unpin, yield_to_engine};
+use crate::util::{
+    median, pin_to_last_cpu, print_moves, send_paced, unpin, words_in_cycle, yield_to_engine,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -96,28 +98,14 @@ fn raw_move(distinct: usize) -> f64 {
 }
 
 fn summarize(name: &str, phases: &[Phase]) {
-    let ms: Vec<f64> = phases
+    let runs: Vec<(f64, f64)> = phases
         .iter()
-        .map(|p| p.report.elapsed.as_secs_f64() * 1e3)
+        .map(|p| {
+            let ms = p.report.elapsed.as_secs_f64() * 1e3;
+            (ms, p.report.bytes_moved as f64 / 1e6)
+        })
         .collect();
-    let mb: Vec<f64> = phases
-        .iter()
-        .map(|p| p.report.bytes_moved as f64 / 1e6)
-        .collect();
-    let rate: Vec<f64> = phases
-        .iter()
-        .map(|p| p.report.bytes_moved as f64 / 1e6 / p.report.elapsed.as_secs_f64())
-        .collect();
-    println!(
-        "{name}: {:.1} ms, {:.1} MB moved, {:.0} MB/s (medians; runs: {})",
-        median(&ms),
-        median(&mb),
-        median(&rate),
-        rate.iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    print_moves(name, &runs);
     let pct = |hs: Vec<&Histogram<u64>>, q: f64| {
         let xs: Vec<f64> = hs.iter().map(|h| if q >= 1.0 { h.max() } else { h.value_at_quantile(q) } as f64).collect();
         human_ns(median(&xs) as u64)
@@ -172,13 +160,7 @@ fn one_run(args: &Args) -> Result<(Phase, Phase)> {
         let sent = sender.join().expect("sender")?;
         Ok((grow, shrink, sent))
     })?;
-    let words_sent: u64 = load
-        .iter()
-        .cycle()
-        .take(sent)
-        .map(|l| l.split(' ').count() as u64)
-        .sum();
-    let expected = args.distinct as u64 + words_sent;
+    let expected = args.distinct as u64 + words_in_cycle(&load, sent);
     if !collector.wait_for(expected, Duration::from_secs(120)) {
         bail!("only {} of {expected} outputs arrived", collector.records());
     }

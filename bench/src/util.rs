@@ -113,3 +113,30 @@ pub fn median_percentiles(hists: &[hdrhistogram::Histogram<u64>]) -> String {
         .collect::<Vec<_>>()
         .join("  ")
 }
+
+/// Words in the first `n` lines of `lines` sent round and round (`send_until`'s count).
+pub fn words_in_cycle(lines: &[String], n: usize) -> u64 {
+    lines
+        .iter()
+        .cycle()
+        .take(n)
+        .map(|l| l.split(' ').count() as u64)
+        .sum()
+}
+
+/// One line for moves of state: median time, MB and MB/s over runs of (ms, MB).
+pub fn print_moves(label: &str, runs: &[(f64, f64)]) {
+    let ms: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mb: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let rate: Vec<f64> = runs.iter().map(|r| r.1 / r.0 * 1e3).collect();
+    println!(
+        "{label}: {:.1} ms, {:.1} MB of state moved, {:.0} MB/s (medians; runs: {})",
+        median(&ms),
+        median(&mb),
+        median(&rate),
+        rate.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}

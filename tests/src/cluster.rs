@@ -7,14 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quokka_apps::corpus::{self, CorpusSpec};
 use quokka_apps::{alphabet, word_count};
 use quokka_engine::cluster::wire::{self, JoinRequest};
 use quokka_engine::{App, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{read_frame, write_frame, Request, Response};
 
-use crate::harness::{init_logging, send_frames, send_until, sent_lines, Sink, DEADLINE};
+use crate::harness::{
+    init_logging, load_text, send_frames, send_until, sent_lines, Sink, DEADLINE,
+};
 use crate::reference::{check_running_totals, reference_counts};
 
 const TOKEN: &str = "quokka-test-token";
@@ -87,11 +88,7 @@ fn nodes_join_and_leave_under_continuous_load() {
     let app = word_count::app();
     let sink = Sink::start(Records::Lines);
     let lead = start_lead(&app, &sink);
-    let text = corpus::lines(CorpusSpec {
-        words: 40_000,
-        vocabulary: 3_000,
-        ..CorpusSpec::default()
-    });
+    let text = load_text();
     let burst: Vec<&[u8]> = text[..300].iter().map(|l| l.as_bytes()).collect();
     let stop = AtomicBool::new(false);
     let input = lead.engine.input_addrs()[0];

@@ -168,3 +168,12 @@ pub fn send_until(
 pub fn sent_lines(lines: &[String], n: usize) -> impl Iterator<Item = &str> {
     lines.iter().cycle().take(n).map(String::as_str)
 }
+
+/// Text to keep a cluster busy while it changes: 40k Zipf words over 3k distinct, in lines.
+pub fn load_text() -> Vec<String> {
+    quokka_apps::corpus::lines(quokka_apps::corpus::CorpusSpec {
+        words: 40_000,
+        vocabulary: 3_000,
+        ..quokka_apps::corpus::CorpusSpec::default()
+    })
+}

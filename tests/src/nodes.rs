@@ -8,11 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use quokka_apps::corpus::{self, CorpusSpec};
 use quokka_io::client::Records;
 
 use crate::binary::{free_port, quokka, quokka_output, signal, wait_exit};
-use crate::harness::{send_frames, send_until, sent_lines, Sink, DEADLINE};
+use crate::harness::{load_text, send_frames, send_until, sent_lines, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
 
 const TOKEN: &str = "nodes-test-token";
@@ -264,11 +263,7 @@ fn join_and_leave_scenario(net: &dyn Net) {
     );
     let out = sink.addr().to_string();
     let (mut w1, control) = spawn_node(net, 0, "w1", None, &["--out", &out]);
-    let text = corpus::lines(CorpusSpec {
-        words: 40_000,
-        vocabulary: 3_000,
-        ..CorpusSpec::default()
-    });
+    let text = load_text();
     let burst: Vec<&[u8]> = text[..300].iter().map(|l| l.as_bytes()).collect();
     let stop = AtomicBool::new(false);
     let w1_input: SocketAddr = w1.input.parse().unwrap();

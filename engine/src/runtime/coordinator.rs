@@ -297,16 +297,38 @@ impl Coordinator {
         self.next_id += n as CoreId;
         self.spawn_cores(&ids)
             .map_err(|e| ChangeError::Start(e.to_string()))?;
-        self.introduce(&old, &ids);
-        let p = plan(&self.table, &old, &Change::Add(ids.clone()))
+        self.move_onto(&old, &ids, &format!("grow-cores {n}"), started, before)
+    }
+
+    /// Tells the cores `old` about the cores `new`, then moves slots onto `new`.
+    fn move_onto(
+        &mut self,
+        old: &[CoreId],
+        new: &[CoreId],
+        label: &str,
+        started: Instant,
+        before: usize,
+    ) -> Result<ChangeReport, ChangeError> {
+        self.introduce(old, new);
+        let p = plan(&self.table, old, &Change::Add(new.to_vec()))
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        let label = format!("grow-cores {n}");
-        let mut report = self.migrate(p, &label)?;
+        let report = self.migrate(p, label)?;
+        Ok(self.finished(report, label, started, before))
+    }
+
+    /// Completes and logs the report of a change.
+    fn finished(
+        &self,
+        mut report: ChangeReport,
+        label: &str,
+        started: Instant,
+        before: usize,
+    ) -> ChangeReport {
         report.cores_before = before;
         report.cores_after = self.cores.len();
         report.elapsed = started.elapsed();
         tracing::info!("{label}: {report}");
-        Ok(report)
+        report
     }
 
     /// Tells the cores `old` about the cores `new` (the links to their node exist already).
@@ -348,7 +370,7 @@ impl Coordinator {
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         let label = format!("shrink-cores {n}");
-        let mut report = self.migrate(p, &label)?;
+        let report = self.migrate(p, &label)?;
 
         for v in &victims {
             self.cores[v].addr.send_control(CoreMsg::Leave {
@@ -382,11 +404,7 @@ impl Coordinator {
             }
         }
         self.publish(None);
-        report.cores_before = before;
-        report.cores_after = self.cores.len();
-        report.elapsed = started.elapsed();
-        tracing::info!("{label}: {report}");
-        Ok(report)
+        Ok(self.finished(report, &label, started, before))
     }
 
     /// Tells every core but `gone` to forget the cores `gone`.
@@ -478,16 +496,7 @@ impl Coordinator {
         }
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
         self.add_remote(&member);
-        self.introduce(&old, ids);
-        let p = plan(&self.table, &old, &Change::Add(ids.to_vec()))
-            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        let label = format!("join {}", join.node);
-        let mut report = self.migrate(p, &label)?;
-        report.cores_before = before;
-        report.cores_after = self.cores.len();
-        report.elapsed = started.elapsed();
-        tracing::info!("{label}: {report}");
-        Ok(report)
+        self.move_onto(&old, ids, &format!("join {}", join.node), started, before)
     }
 
     /// Moves every slot of node `name` to the other cores, then lets it go. A node with open
@@ -535,7 +544,7 @@ impl Coordinator {
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         let label = format!("remove-node {name}");
-        let mut report = self.migrate(p, &label)?;
+        let report = self.migrate(p, &label)?;
         self.forget(&victims);
         for v in &victims {
             self.cores.remove(v);
@@ -552,11 +561,7 @@ impl Coordinator {
         link.send_node(Wire::Depart);
         self.node.remove_member(name);
         self.publish(None);
-        report.cores_before = before;
-        report.cores_after = self.cores.len();
-        report.elapsed = started.elapsed();
-        tracing::info!("{label}: {report}");
-        Ok(report)
+        Ok(self.finished(report, &label, started, before))
     }
 
     /// Carries out `p` in bounded steps, each one epoch.
