@@ -371,6 +371,7 @@ impl Coordinator {
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         let label = format!("shrink-cores {n}");
         let report = self.migrate(p, &label)?;
+        let migrated = started.elapsed();
 
         for v in &victims {
             self.cores[v].addr.send_control(CoreMsg::Leave {
@@ -387,6 +388,7 @@ impl Coordinator {
                 left.len() == victims.len()
             },
         )?;
+        let left_at = started.elapsed();
         self.forget(&victims);
         for v in &victims {
             self.node.local.write().unwrap().remove(v);
@@ -403,6 +405,7 @@ impl Coordinator {
                 None => {}
             }
         }
+        tracing::debug!(?migrated, ?left_at, retired = ?started.elapsed(), "shrink phases");
         self.publish(None);
         Ok(self.finished(report, &label, started, before))
     }
