@@ -16,7 +16,7 @@ use quokka_io::framing::encode_frame;
 use super::wire::{self, Wire, MAX_LINK_FRAME};
 use super::Node;
 use crate::routing::CoreId;
-use crate::runtime::core::{CoreAddr, CoreMsg};
+use crate::runtime::messages::{CoreAddr, CoreMsg};
 
 /// Batches (and markers) queued for one remote node before the cores routing there wait.
 const LINK_DATA_CAPACITY: usize = 16;

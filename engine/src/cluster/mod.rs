@@ -22,7 +22,7 @@ use crate::dataflow::Dataflow;
 use crate::metrics::latency_histogram;
 use crate::migration::Transition;
 use crate::routing::CoreId;
-use crate::runtime::core::{CoreAddr, CoreEvent, CoreMsg};
+use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg};
 
 /// Why a member node's engine ends without a local stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -80,7 +80,7 @@ pub struct ArchiveWire {
     pub bytes: Vec<u8>,
 }
 
-/// A core event on its way to the coordinator (see `runtime::core::CoreEvent`).
+/// A core event on its way to the coordinator (see `runtime::messages::CoreEvent`).
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum EventWire {
     Prepared(CoreId),

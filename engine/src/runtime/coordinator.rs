@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use super::core::{self, CoreAddr, CoreEvent, CoreMsg, CoreSetup};
+use super::core::{self, CoreSetup};
+use super::messages::{CoreAddr, CoreEvent, CoreMsg};
 use super::status::{ChangeError, ChangeReport, MigrationProgress, View};
 use super::{Config, StartError};
 use crate::cluster::wire::{JoinRequest, Member, Welcome, Wire};

@@ -8,6 +8,7 @@
 
 mod coordinator;
 pub(crate) mod core;
+pub(crate) mod messages;
 mod notify;
 mod outbox;
 pub mod sink;
@@ -23,7 +24,7 @@ use thiserror::Error;
 
 use self::coordinator::Coordinator;
 pub use self::coordinator::MAX_SLOTS_PER_STEP;
-use self::core::{CoreMsg, Handover};
+use self::messages::{CoreMsg, Handover};
 pub use self::status::{
     ChangeError, ChangeReport, LostReport, MigrationProgress, NodeInfo, Status,
 };

@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::core::{CoreAddr, CoreMsg};
+use super::messages::{CoreAddr, CoreMsg};
 use super::notify::Notify;
 use crate::routing::CoreId;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::core::CoreMsg;
+use super::messages::CoreMsg;
 use crate::cluster::LostNode;
 use crate::metrics::{human_ns, CoreStatus};
 use crate::routing::{CoreId, RoutingTable};
