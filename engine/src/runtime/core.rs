@@ -212,7 +212,7 @@ impl Core {
             CoreMsg::Connection(handover) => {
                 if self.leaving.get() {
                     let heir = self.next_heir();
-                    self.outbox(heir).push(CoreMsg::Connection(handover));
+                    self.send_to(heir, CoreMsg::Connection(handover));
                 } else {
                     glommio::spawn_local(read_source(self.clone(), handover)).detach();
                 }
@@ -346,10 +346,20 @@ impl Core {
             .is_some_and(|pending| pending.is_subset(&done))
     }
 
-    fn outbox(&self, peer: CoreId) -> Rc<Outbox> {
-        self.outboxes.borrow().get(&peer).cloned().unwrap_or_else(|| {
-            panic!("core {} has no outbox for core {peer}: the coordinator adds peers before routing to them", self.id)
-        })
+    /// Queues `msg` for `peer`. A peer this core cannot reach (its node could not be linked)
+    /// is a cluster fault, not a reason to crash: the message is dropped, logged and counted.
+    fn send_to(&self, peer: CoreId, msg: CoreMsg) {
+        let outbox = self.outboxes.borrow().get(&peer).cloned();
+        match outbox {
+            Some(outbox) => outbox.push(msg),
+            None => {
+                tracing::error!(
+                    core = self.id,
+                    "no route to core {peer}: a message was dropped"
+                );
+                self.report.borrow_mut().misrouted += 1;
+            }
+        }
     }
 
     /// Sends on a peer's control channel (unbounded: never waits).
@@ -402,10 +412,13 @@ impl Core {
                 *self.table.borrow_mut() = t.table.clone();
                 let epoch = t.table.epoch() - 1;
                 for peer in sw.markers_to {
-                    self.outbox(peer).push(CoreMsg::Marker {
-                        from: self.id,
-                        epoch,
-                    });
+                    self.send_to(
+                        peer,
+                        CoreMsg::Marker {
+                            from: self.id,
+                            epoch,
+                        },
+                    );
                 }
                 self.start_handoffs(sw.handoffs);
                 self.report_step_if_done();
@@ -514,7 +527,7 @@ impl Core {
                     .borrow_mut()
                     .apply(&mut *batch, &mut self.sink.borrow_mut());
             } else {
-                self.outbox(owner).push(CoreMsg::Batch { batch });
+                self.send_to(owner, CoreMsg::Batch { batch });
             }
         });
         self.after_apply(misrouted);
@@ -607,7 +620,7 @@ async fn leave(core: Rc<Core>) {
     core.report.borrow_mut().handed_over += moved as u64;
     for h in handovers {
         let heir = core.next_heir();
-        core.outbox(heir).push(CoreMsg::Connection(h));
+        core.send_to(heir, CoreMsg::Connection(h));
     }
     core.flush_outboxes().await;
     tracing::info!(
