@@ -139,6 +139,19 @@ struct NodeProc {
     input: String,
 }
 
+/// A test that fails midway leaves no node running; a passing one leaves no log behind.
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
 impl NodeProc {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
