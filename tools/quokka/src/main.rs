@@ -73,11 +73,13 @@ impl TokenArgs {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Cores, slots per core, routing epoch, per-core rates and latency, any migration.
+    /// Every node with its cores, slots per core, routing epoch, per-core rates and latency,
+    /// any migration, any lost node.
     Status,
-    /// Start N more cores and move slots onto them while the app runs.
+    /// Start N more cores on the coordinator's node and move slots onto them while the app runs.
     GrowCores { n: u16 },
-    /// Move the slots and connections of the N newest cores to the others, then stop them.
+    /// Move the slots and connections of the coordinator's N newest cores to its others, then
+    /// stop them.
     ShrinkCores { n: u16 },
     /// Move every slot of a member node to the others, then let it exit. A node with open source
     /// connections refuses (close them, or send to another node, first).
