@@ -202,15 +202,10 @@ pub fn write_frame(out: &mut impl Write, payload: &[u8]) -> Result<(), ControlEr
 
 /// Reads one control frame's payload.
 pub fn read_frame(input: &mut impl Read) -> Result<Vec<u8>, ControlError> {
-    read_frame_up_to(input, MAX_CONTROL_FRAME)
-}
-
-/// Reads one frame's payload of at most `max` bytes (node links carry larger frames).
-pub fn read_frame_up_to(input: &mut impl Read, max: usize) -> Result<Vec<u8>, ControlError> {
     let mut header = [0u8; 4];
     read_exact(input, &mut header)?;
     let len = u32::from_be_bytes(header) as usize;
-    if len > max {
+    if len > MAX_CONTROL_FRAME {
         return Err(ControlError::Oversized(len));
     }
     let mut payload = vec![0; len];

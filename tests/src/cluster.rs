@@ -237,18 +237,19 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
 
     // Garbage and a wrong-token hello on the data port: the node closes those connections.
     let data = lead.engine.data_addr();
-    for payload in [
+    let mut wrong_token = Vec::new();
+    let hello = wire::Wire::Hello {
+        node: "w7".into(),
+        token: "guess".into(),
+    };
+    wire::write(&mut wrong_token, &hello).unwrap();
+    for bytes in [
         b"\x00\x00\x00\x07garbage".to_vec(),
-        wire::encode(&wire::Wire::Hello {
-            node: "w7".into(),
-            token: "guess".into(),
-        }),
+        wrong_token,
         b"\xff\xff\xff\xff".to_vec(),
     ] {
         let mut stream = TcpStream::connect(data).unwrap();
-        let mut framed = Vec::new();
-        quokka_io::framing::encode_frame(&payload, &mut framed);
-        std::io::Write::write_all(&mut stream, &framed).unwrap();
+        std::io::Write::write_all(&mut stream, &bytes).unwrap();
         let mut rest = Vec::new();
         let read = std::io::Read::read_to_end(&mut stream, &mut rest);
         assert!(

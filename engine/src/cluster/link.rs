@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quokka_io::control::read_frame_up_to;
-use quokka_io::framing::encode_frame;
+use rkyv::util::AlignedVec;
 
 use super::wire::{self, Wire, MAX_LINK_FRAME};
 use super::Node;
@@ -104,16 +103,9 @@ fn connect(node: &Node, addr: SocketAddr) -> std::io::Result<BufWriter<TcpStream
         node: node.name.clone(),
         token: node.token.clone(),
     };
-    write_wire(&mut out, &hello)?;
+    wire::write(&mut out, &hello)?;
     out.flush()?;
     Ok(out)
-}
-
-fn write_wire(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
-    let payload = wire::encode(msg);
-    let mut framed = Vec::with_capacity(payload.len() + 4);
-    encode_frame(&payload, &mut framed);
-    out.write_all(&framed)
 }
 
 /// A writer thread: writes one lane's messages, flushing whenever the lane is empty. After a
@@ -172,7 +164,7 @@ impl LinkWriter<'_> {
         let Some(msg) = msg else { return };
         if self.broken {
             self.dropped += 1;
-        } else if let Err(e) = write_wire(&mut self.out, &msg) {
+        } else if let Err(e) = wire::write(&mut self.out, &msg) {
             self.fail(&e);
         }
     }
@@ -289,9 +281,8 @@ fn read_link(node: &Arc<Node>, stream: TcpStream) {
         .map_or_else(|_| "unknown address".into(), |a| a.to_string());
     let _ = stream.set_read_timeout(Some(LINK_TIMEOUT));
     let mut reader = BufReader::with_capacity(1 << 16, stream);
-    let hello = read_frame_up_to(&mut reader, 4096)
-        .map_err(|e| e.to_string())
-        .and_then(|p| wire::decode(&p).map_err(|e| e.to_string()));
+    let mut buf = AlignedVec::new();
+    let hello = wire::read(&mut reader, &mut buf, 4096);
     let peer = match hello {
         Ok(Wire::Hello { node: peer, token }) if token == node.token => peer,
         Ok(Wire::Hello { node: peer, .. }) => {
@@ -310,17 +301,13 @@ fn read_link(node: &Arc<Node>, stream: TcpStream) {
     let _ = reader.get_ref().set_read_timeout(None);
     tracing::debug!(node = %node.name, "link from node {peer} ({from_addr}) open");
     let reason = loop {
-        let payload = match read_frame_up_to(&mut reader, MAX_LINK_FRAME) {
-            Ok(p) => p,
-            Err(e) => break e.to_string(),
-        };
-        match wire::decode(&payload) {
+        match wire::read(&mut reader, &mut buf, MAX_LINK_FRAME) {
             Ok(Wire::Bye) => {
                 tracing::debug!(node = %node.name, "link from node {peer} closed");
                 return;
             }
             Ok(msg) => node.deliver(&peer, msg),
-            Err(e) => break format!("garbled message: {e}"),
+            Err(e) => break e.to_string(),
         }
     };
     node.lost(&peer, &reason);

@@ -3,6 +3,8 @@
 //! byte, then one rkyv archive of a [`Wire`] message, validated (bytecheck) before it is read:
 //! garbage, a truncated archive or another version is an error value, never a panic.
 
+use std::io::{Read, Write};
+
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
@@ -197,16 +199,49 @@ pub enum WireError {
     Version(u8),
     #[error("node message failed validation: {0}")]
     Invalid(String),
+    #[error("node message of {0} bytes exceeds the maximum")]
+    Oversized(usize),
+    #[error("link closed in the middle of a message")]
+    Truncated,
+    #[error("link: {0}")]
+    Io(String),
 }
 
-/// The link payload of `msg`.
-pub fn encode(msg: &Wire) -> Vec<u8> {
-    encode_body(msg)
+/// Writes `msg` as one link frame, straight into `out` (no intermediate payload buffer).
+pub fn write(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
+    let bytes = archive(msg);
+    let len = u32::try_from(PREFIX_LEN + bytes.len()).expect("link messages fit a frame");
+    out.write_all(&len.to_be_bytes())?;
+    out.write_all(&MAGIC)?;
+    out.write_all(&[VERSION])?;
+    out.write_all(&bytes)
 }
 
-/// Reads a link payload back.
-pub fn decode(payload: &[u8]) -> Result<Wire, WireError> {
-    decode_body(payload)
+/// Reads one link frame of at most `max` bytes. `buf` is reused from frame to frame and keeps
+/// the archive aligned, so it is validated where it was read.
+pub fn read(input: &mut impl Read, buf: &mut AlignedVec, max: usize) -> Result<Wire, WireError> {
+    let mut header = [0u8; 4 + PREFIX_LEN];
+    read_exact(input, &mut header[..4])?;
+    let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if len > max {
+        return Err(WireError::Oversized(len));
+    }
+    if len < PREFIX_LEN {
+        return Err(WireError::Invalid(format!("a {len}-byte frame")));
+    }
+    read_exact(input, &mut header[4..])?;
+    check_prefix(&header[4..])?;
+    buf.clear();
+    buf.resize(len - PREFIX_LEN, 0);
+    read_exact(input, buf)?;
+    rkyv::from_bytes::<Wire, BoxedError>(buf).map_err(|e| WireError::Invalid(e.to_string()))
+}
+
+fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), WireError> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
+        _ => WireError::Io(e.to_string()),
+    })
 }
 
 pub fn encode_join(j: &JoinRequest) -> Vec<u8> {
@@ -235,8 +270,34 @@ where
         >,
     >,
 {
-    let bytes = rkyv::to_bytes::<BoxedError>(value).expect("wire messages always serialize");
-    [&MAGIC[..], &[VERSION], &bytes].concat()
+    [&MAGIC[..], &[VERSION], &archive(value)].concat()
+}
+
+/// Magic and version before every archive.
+const PREFIX_LEN: usize = 3;
+
+fn archive<T>(value: &T) -> AlignedVec
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            BoxedError,
+        >,
+    >,
+{
+    rkyv::to_bytes::<BoxedError>(value).expect("wire messages always serialize")
+}
+
+fn check_prefix(prefix: &[u8]) -> Result<(), WireError> {
+    if prefix.len() < 2 || prefix[..2] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    match prefix.get(2) {
+        Some(&VERSION) => Ok(()),
+        Some(&v) => Err(WireError::Version(v)),
+        None => Err(WireError::Invalid("no version".into())),
+    }
 }
 
 fn decode_body<T>(payload: &[u8]) -> Result<T, WireError>
@@ -245,14 +306,7 @@ where
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, BoxedError>>
         + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<BoxedError>>,
 {
-    if payload.len() < 2 || payload[..2] != MAGIC {
-        return Err(WireError::BadMagic);
-    }
-    match payload.get(2) {
-        Some(&VERSION) => {}
-        Some(&v) => return Err(WireError::Version(v)),
-        None => return Err(WireError::Invalid("no version".into())),
-    }
+    check_prefix(payload)?;
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len() - 3);
     aligned.extend_from_slice(&payload[3..]);
     rkyv::from_bytes::<T, BoxedError>(&aligned).map_err(|e| WireError::Invalid(e.to_string()))
@@ -332,11 +386,38 @@ mod tests {
         ]
     }
 
+    /// One frame as a link carries it.
+    fn frame(m: &Wire) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out, m).unwrap();
+        out
+    }
+
+    /// A frame around an arbitrary payload.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        [&(payload.len() as u32).to_be_bytes()[..], payload].concat()
+    }
+
+    fn read_one(bytes: &[u8]) -> Result<Wire, WireError> {
+        read(&mut &bytes[..], &mut AlignedVec::new(), MAX_LINK_FRAME)
+    }
+
     #[test]
     fn messages_round_trip() {
+        let mut stream = Vec::new();
         for m in samples() {
-            assert_eq!(decode(&encode(&m)), Ok(m));
+            assert_eq!(read_one(&frame(&m)), Ok(m.clone()));
+            write(&mut stream, &m).unwrap();
         }
+        // Back to back on one stream, through one reused buffer.
+        let (mut input, mut buf) = (&stream[..], AlignedVec::new());
+        for m in samples() {
+            assert_eq!(read(&mut input, &mut buf, MAX_LINK_FRAME), Ok(m));
+        }
+        assert_eq!(
+            read(&mut input, &mut buf, MAX_LINK_FRAME),
+            Err(WireError::Truncated)
+        );
         let j = JoinRequest {
             version: VERSION,
             node: "w2".into(),
@@ -349,22 +430,38 @@ mod tests {
     }
 
     #[test]
-    fn malformed_payloads_are_errors() {
-        assert_eq!(decode(b""), Err(WireError::BadMagic));
-        assert_eq!(decode(b"QK\x01"), Err(WireError::BadMagic));
-        assert!(matches!(decode(b"QN"), Err(WireError::Invalid(_))));
-        assert_eq!(decode(b"QN\x00abc"), Err(WireError::Version(0)));
-        assert!(matches!(decode(b"QN\x01"), Err(WireError::Invalid(_))));
+    fn malformed_frames_are_errors() {
+        assert_eq!(read_one(b""), Err(WireError::Truncated));
+        assert!(matches!(read_one(&framed(b"")), Err(WireError::Invalid(_))));
+        assert_eq!(read_one(&framed(b"QK\x01")), Err(WireError::BadMagic));
+        assert!(matches!(
+            read_one(&framed(b"QN")),
+            Err(WireError::Invalid(_))
+        ));
+        assert_eq!(read_one(&framed(b"QN\x00abc")), Err(WireError::Version(0)));
+        assert!(matches!(
+            read_one(&framed(b"QN\x01")),
+            Err(WireError::Invalid(_))
+        ));
+        assert_eq!(
+            read_one(&(MAX_LINK_FRAME as u32 + 1).to_be_bytes()),
+            Err(WireError::Oversized(MAX_LINK_FRAME + 1))
+        );
+        assert_eq!(decode_join(b"QK\x01"), Err(WireError::BadMagic));
         assert!(matches!(
             decode_join(b"QN\x01garbage!"),
             Err(WireError::Invalid(_))
         ));
-        // Every truncation of every sample is refused (or, rarely, reads as another valid
-        // message), never a panic.
+        // Every truncation of every sample is refused, never a panic; so is every shortened
+        // payload inside a whole frame.
         for m in samples() {
-            let bytes = encode(&m);
+            let bytes = frame(&m);
             for cut in 0..bytes.len() {
-                assert_ne!(decode(&bytes[..cut]).ok(), Some(m.clone()));
+                assert!(read_one(&bytes[..cut]).is_err());
+            }
+            let payload = &bytes[4..];
+            for cut in 0..payload.len() {
+                assert_ne!(read_one(&framed(&payload[..cut])).ok(), Some(m.clone()));
             }
         }
     }
@@ -380,7 +477,8 @@ mod tests {
                 x ^= x << 17;
                 x as u8
             }));
-            let _ = decode(&bytes);
+            let _ = read_one(&framed(&bytes));
+            let _ = read_one(&bytes);
             let _ = decode_join(&bytes);
             let _ = decode_welcome(&bytes);
         }

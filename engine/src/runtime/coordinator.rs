@@ -37,8 +37,6 @@ const INBOX_CAPACITY: usize = 16;
 pub(crate) struct CoreHandle {
     pub addr: CoreAddr,
     pub cpu: usize,
-    /// The node that runs the core.
-    pub node: String,
     /// Only for a core on this node.
     executor: Option<ExecutorJoinHandle<CoreReport>>,
 }
@@ -134,7 +132,6 @@ impl Coordinator {
                     CoreHandle {
                         addr,
                         cpu: 0,
-                        node: m.name.clone(),
                         executor: None,
                     },
                 );
@@ -201,7 +198,6 @@ impl Coordinator {
                 CoreHandle {
                     addr,
                     cpu,
-                    node: self.node.name.clone(),
                     executor: Some(spawned),
                 },
             );
@@ -540,11 +536,11 @@ impl Coordinator {
         let before = self.cores.len();
         let members: Vec<CoreId> = self.cores.keys().copied().collect();
         let victims: Vec<CoreId> = self
-            .cores
-            .iter()
-            .filter(|(_, h)| h.node == name)
-            .map(|(&id, _)| id)
-            .collect();
+            .node
+            .members()
+            .into_iter()
+            .find(|m| m.name == name)
+            .map_or_else(Vec::new, |m| m.cores);
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         let label = format!("remove-node {name}");
@@ -675,7 +671,6 @@ impl Coordinator {
     /// Makes the current membership and table visible to `status`.
     fn publish(&self, migration: Option<MigrationProgress>) {
         let mut view = self.view.lock().unwrap();
-        view.epoch = self.table.epoch();
         view.table = self.table.clone();
         view.cores = self
             .cores

@@ -494,11 +494,9 @@ impl Engine {
 
     /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
     pub fn status(&self) -> Status {
-        let (epoch, n_slots, table, cores, migration, retired) = {
+        let (table, cores, migration, retired) = {
             let v = self.view.lock().unwrap();
             (
-                v.epoch,
-                v.n_slots,
                 v.table.clone(),
                 v.cores.clone(),
                 v.migration.clone(),
@@ -540,8 +538,8 @@ impl Engine {
             })
             .collect();
         Status {
-            epoch,
-            n_slots,
+            epoch: table.epoch(),
+            n_slots: table.n_slots(),
             nodes,
             cores: answers,
             lost,

@@ -13,9 +13,7 @@ use crate::routing::{CoreId, RoutingTable};
 
 /// The coordinator's published picture, readable while a change runs.
 pub(crate) struct View {
-    pub epoch: u64,
     pub table: Arc<RoutingTable>,
-    pub n_slots: u32,
     pub cores: Vec<(CoreId, usize, flume::Sender<CoreMsg>)>,
     pub migration: Option<MigrationProgress>,
     pub retired: usize,
@@ -24,9 +22,7 @@ pub(crate) struct View {
 impl View {
     pub fn new(table: &Arc<RoutingTable>) -> Self {
         Self {
-            epoch: table.epoch(),
             table: table.clone(),
-            n_slots: table.n_slots(),
             cores: Vec::new(),
             migration: None,
             retired: 0,
