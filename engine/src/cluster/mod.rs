@@ -16,7 +16,7 @@ use hdrhistogram::serialization::Serializer;
 use rkyv::util::AlignedVec;
 
 use self::link::Link;
-use self::wire::{Answer, EventWire, Member, Question, Wire};
+use self::wire::{Answer, Member, Question, Wire};
 use crate::archive::SlotArchive;
 use crate::dataflow::Dataflow;
 use crate::metrics::latency_histogram;
@@ -289,7 +289,7 @@ impl Node {
                 }
             }
             Wire::Event(e) => {
-                let _ = self.events.send(e.into());
+                let _ = self.events.send(e);
             }
             Wire::Joined(member) => {
                 let name = member.name.clone();
@@ -410,35 +410,5 @@ impl Node {
             cores: member.cores,
             reason: reason.to_string(),
         });
-    }
-}
-
-impl From<EventWire> for CoreEvent {
-    fn from(e: EventWire) -> Self {
-        match e {
-            EventWire::Prepared(c) => CoreEvent::Prepared(c),
-            EventWire::StepDone { core, epoch } => CoreEvent::StepDone { core, epoch },
-            EventWire::Installed { entities, bytes } => CoreEvent::Installed {
-                entities,
-                bytes: bytes as usize,
-            },
-            EventWire::Left(c) => CoreEvent::Left(c),
-            EventWire::Failed { core, error } => CoreEvent::Failed { core, error },
-        }
-    }
-}
-
-impl From<CoreEvent> for EventWire {
-    fn from(e: CoreEvent) -> Self {
-        match e {
-            CoreEvent::Prepared(c) => EventWire::Prepared(c),
-            CoreEvent::StepDone { core, epoch } => EventWire::StepDone { core, epoch },
-            CoreEvent::Installed { entities, bytes } => EventWire::Installed {
-                entities,
-                bytes: bytes as u64,
-            },
-            CoreEvent::Left(c) => EventWire::Left(c),
-            CoreEvent::Failed { core, error } => EventWire::Failed { core, error },
-        }
     }
 }

@@ -82,9 +82,10 @@ pub struct ArchiveWire {
     pub bytes: Vec<u8>,
 }
 
-/// A core event on its way to the coordinator (see `runtime::messages::CoreEvent`).
+/// What a core tells the coordinator, on its own node through a channel or from another node
+/// in a [`Wire::Event`].
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum EventWire {
+pub enum CoreEvent {
     Prepared(CoreId),
     StepDone { core: CoreId, epoch: u64 },
     Installed { entities: u32, bytes: u64 },
@@ -152,7 +153,7 @@ pub enum Wire {
         producers: Vec<CoreId>,
     },
     /// From a member to the coordinator.
-    Event(EventWire),
+    Event(CoreEvent),
     /// A node joined: open a link to it.
     Joined(Member),
     /// A node left on purpose: close the link to it.
@@ -370,7 +371,7 @@ mod tests {
                 to: 0,
                 peers: vec![(4, "w3".into())],
             },
-            Wire::Event(EventWire::Failed {
+            Wire::Event(CoreEvent::Failed {
                 core: 1,
                 error: "x".into(),
             }),

@@ -614,7 +614,7 @@ impl Coordinator {
                     entities, bytes, ..
                 } => {
                     report.entities_moved += u64::from(*entities);
-                    report.bytes_moved += *bytes as u64;
+                    report.bytes_moved += *bytes;
                     false
                 }
                 _ => false,

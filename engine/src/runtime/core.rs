@@ -246,7 +246,7 @@ impl Core {
                         Ok(n) => {
                             installed.push(archive.slot);
                             entities += n;
-                            bytes += archive.bytes.len();
+                            bytes += archive.bytes.len() as u64;
                         }
                         Err(e) => {
                             tracing::error!(

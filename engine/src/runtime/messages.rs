@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 
 use crate::archive::SlotArchive;
 use crate::cluster::link::Link;
+pub(crate) use crate::cluster::wire::CoreEvent;
 use crate::dataflow::Batch;
 use crate::metrics::CoreStatus;
 use crate::migration::Transition;
@@ -125,14 +126,4 @@ pub(crate) enum CoreMsg {
     PeerLost(Vec<CoreId>),
     /// A core that left: flush the sink and end.
     Retire,
-}
-
-/// What cores tell the coordinator.
-#[derive(Debug)]
-pub(crate) enum CoreEvent {
-    Prepared(CoreId),
-    StepDone { core: CoreId, epoch: u64 },
-    Installed { entities: u32, bytes: usize },
-    Left(CoreId),
-    Failed { core: CoreId, error: String },
 }

@@ -235,7 +235,7 @@ impl Engine {
                 move || {
                     for e in forwarded {
                         if let Some(link) = node.link(&lead) {
-                            link.send_node(wire::Wire::Event(e.into()));
+                            link.send_node(wire::Wire::Event(e));
                         }
                     }
                 }
