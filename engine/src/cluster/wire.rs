@@ -246,7 +246,7 @@ fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), WireError> {
 }
 
 pub fn encode_join(j: &JoinRequest) -> Vec<u8> {
-    encode_body(j)
+    prefixed(&archive(j))
 }
 
 pub fn decode_join(payload: &[u8]) -> Result<JoinRequest, WireError> {
@@ -254,24 +254,16 @@ pub fn decode_join(payload: &[u8]) -> Result<JoinRequest, WireError> {
 }
 
 pub fn encode_welcome(w: &Welcome) -> Vec<u8> {
-    encode_body(w)
+    prefixed(&archive(w))
 }
 
 pub fn decode_welcome(payload: &[u8]) -> Result<Welcome, WireError> {
     decode_body(payload)
 }
 
-fn encode_body<T>(value: &T) -> Vec<u8>
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            BoxedError,
-        >,
-    >,
-{
-    [&MAGIC[..], &[VERSION], &archive(value)].concat()
+/// A control-frame body: magic, version, archive.
+fn prefixed(archive: &[u8]) -> Vec<u8> {
+    [&MAGIC[..], &[VERSION], archive].concat()
 }
 
 /// Magic and version before every archive.
