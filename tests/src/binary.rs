@@ -88,8 +88,7 @@ fn help_describes_run() {
 #[test]
 fn unknown_app_and_bad_addresses_are_clear_errors() {
     let out = quokka_output(&["run", "nope", "--in", "127.0.0.1:1", "--out", "127.0.0.1:2"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = failure(&out);
     assert!(
         err.contains("no app named `nope`") && err.contains("word_count"),
         "{err}"
@@ -103,10 +102,14 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
         "--out",
         "127.0.0.1:2",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr)
-        .unwrap()
-        .contains("not a HOST:PORT"));
+    assert!(failure(&out).contains("not a HOST:PORT"));
+}
+
+/// The stderr of a tool that must have exited 1.
+fn failure(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
 }
 
 /// Starts `quokka run APP` reading `input`, writing to `sink`, with `extra` flags.
@@ -247,12 +250,10 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
     check_running_totals(&sink.lines(), &expected);
 
     let gone = quokka_output(&["ctl", "--control", &control, "status"]);
-    assert_eq!(
-        gone.status.code(),
-        Some(1),
+    assert!(
+        failure(&gone).contains("cannot reach"),
         "no engine is listening any more"
     );
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach"));
 }
 
 /// The tools a user drives by hand: `quokka-send --lines` into `quokka run`, `quokka-recv
@@ -360,8 +361,7 @@ fn tools_reject_bad_input_clearly() {
         .args(["--to", "127.0.0.1:1", "--file", "/nonexistent", "--lines"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent"));
+    assert!(failure(&out).contains("reading /nonexistent"));
 
     let dir = std::env::temp_dir().join(format!("quokka-framed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -377,12 +377,8 @@ fn tools_reject_bad_input_clearly() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not whole frames"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = failure(&out);
+    assert!(err.contains("not whole frames"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 
     let port = free_port();
@@ -390,12 +386,10 @@ fn tools_reject_bad_input_clearly() {
         .args(["--listen", &port, "--expect", "1", "--idle-timeout", "1"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
+    assert!(
+        failure(&out).contains("expected 1 records, got 0"),
         "nothing arrived before the idle timeout"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected 1 records, got 0"));
 }
 
 /// Alphabet through the real binaries, as the README shows: `quokka-send --framed` sends
