@@ -92,7 +92,8 @@ fn raw_move(distinct: usize) -> f64 {
         let entities = from.take_slot(slot);
         let archive = SlotArchive::write(slot, &entities).expect("archive");
         bytes += archive.bytes.len();
-        to.install_slot(slot, archive.read::<u64>().expect("valid archive"));
+        to.install_slot(slot, archive.read::<u64>().expect("valid archive"))
+            .expect("install");
     }
     bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
 }

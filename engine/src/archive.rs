@@ -1,9 +1,11 @@
 //! Slot archives: every entity of one slot in one aligned rkyv buffer, the form in which state
 //! moves between cores (in memory), between nodes and, later, to disk.
 //!
-//! The buffer is a flat sequence of (key, state) pairs, not an archived hash map (cheaper to
-//! write and read). A receiver checks the checksum, then validates the archive with bytecheck
-//! before it touches it; a bad archive is an error value, never a panic.
+//! The buffer is the slot's `SlotEntities`: its keys' bytes back to back, a span per entity and a
+//! state per entity (three flat arrays, not an archived hash map, and not a record per key: plain
+//! states and the keys are written and read as bulk copies). A receiver checks the checksum,
+//! then validates the archive with bytecheck and every span before it touches it; a bad archive
+//! is an error value, never a panic.
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
@@ -11,13 +13,7 @@ use thiserror::Error;
 
 use crate::app::State;
 use crate::hash::stable_hash;
-
-/// One state entity: its key and its state.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct Entity<S> {
-    pub key: Box<[u8]>,
-    pub state: S,
-}
+use crate::store::{ArchivedSlotEntities, SlotEntities};
 
 /// The archived entities of one slot, with what a receiver needs to trust them.
 #[derive(Debug, Clone)]
@@ -43,12 +39,20 @@ pub enum ArchiveError {
 
 impl SlotArchive {
     /// Archives `entities` of `slot`.
-    pub fn write<S: State>(slot: u32, entities: &Vec<Entity<S>>) -> Result<Self, ArchiveError> {
-        let bytes =
-            rkyv::to_bytes::<BoxedError>(entities).map_err(|e| ArchiveError::Serialize {
-                slot,
-                reason: e.to_string(),
-            })?;
+    pub fn write<S: State>(slot: u32, entities: &SlotEntities<S>) -> Result<Self, ArchiveError> {
+        // Room for the three arrays up front: growing the buffer would copy it again.
+        let estimate = entities.keys.len()
+            + entities.spans.len() * 8
+            + entities.states.len() * std::mem::size_of::<S::Archived>()
+            + 64;
+        let bytes = rkyv::api::high::to_bytes_in::<_, BoxedError>(
+            entities,
+            AlignedVec::<16>::with_capacity(estimate),
+        )
+        .map_err(|e| ArchiveError::Serialize {
+            slot,
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             slot,
             entities: entities.len() as u32,
@@ -58,7 +62,7 @@ impl SlotArchive {
     }
 
     /// Checks and reads the entities back.
-    pub fn read<S: State>(&self) -> Result<Vec<Entity<S>>, ArchiveError> {
+    pub fn read<S: State>(&self) -> Result<SlotEntities<S>, ArchiveError> {
         let slot = self.slot;
         if stable_hash(&self.bytes) != self.checksum {
             return Err(ArchiveError::Checksum {
@@ -66,24 +70,34 @@ impl SlotArchive {
                 len: self.bytes.len(),
             });
         }
-        let archived = rkyv::access::<rkyv::Archived<Vec<Entity<S>>>, BoxedError>(&self.bytes)
-            .map_err(|e| ArchiveError::Invalid {
-                slot,
-                reason: e.to_string(),
-            })?;
-        if archived.len() != self.entities as usize {
+        let invalid = |reason: String| ArchiveError::Invalid { slot, reason };
+        let archived = rkyv::access::<ArchivedSlotEntities<S>, BoxedError>(&self.bytes)
+            .map_err(|e| invalid(e.to_string()))?;
+        let n = archived.states.len();
+        if archived.spans.len() != n {
+            return Err(invalid(format!(
+                "{} key spans for {n} states",
+                archived.spans.len()
+            )));
+        }
+        if n != self.entities as usize {
             return Err(ArchiveError::Count {
                 slot,
-                got: archived.len(),
+                got: n,
                 want: self.entities,
             });
         }
-        rkyv::deserialize::<Vec<Entity<S>>, BoxedError>(archived).map_err(|e| {
-            ArchiveError::Invalid {
-                slot,
-                reason: e.to_string(),
-            }
-        })
+        let keys_len = archived.keys.len() as u64;
+        if let Some(bad) = archived.spans.iter().find(|[start, len]| {
+            u64::from(start.to_native()) + u64::from(len.to_native()) > keys_len
+        }) {
+            return Err(invalid(format!(
+                "key span [{}, {}] outside the {keys_len} bytes of keys",
+                bad[0], bad[1]
+            )));
+        }
+        rkyv::deserialize::<SlotEntities<S>, BoxedError>(archived)
+            .map_err(|e| invalid(e.to_string()))
     }
 }
 
@@ -91,13 +105,13 @@ impl SlotArchive {
 mod tests {
     use super::*;
 
-    fn words(n: usize) -> Vec<Entity<u64>> {
-        (0..n)
-            .map(|i| Entity {
-                key: format!("word{i}").into_bytes().into(),
-                state: i as u64 * 3,
-            })
-            .collect()
+    fn words(n: usize) -> SlotEntities<u64> {
+        let keys: Vec<String> = (0..n).map(|i| format!("word{i}")).collect();
+        SlotEntities::from_pairs(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (k.as_bytes(), i as u64 * 3)),
+        )
     }
 
     #[test]
@@ -106,7 +120,7 @@ mod tests {
         let a = SlotArchive::write(7, &e).unwrap();
         assert_eq!(a.entities, 1000);
         assert_eq!(a.read::<u64>().unwrap(), e);
-        let empty = SlotArchive::write::<u64>(1, &Vec::new()).unwrap();
+        let empty = SlotArchive::write::<u64>(1, &SlotEntities::default()).unwrap();
         assert!(empty.read::<u64>().unwrap().is_empty());
     }
 
@@ -121,15 +135,15 @@ mod tests {
             reject: bool,
             history: Vec<u32>,
         }
-        let e = vec![Entity {
-            key: b"IBM ".to_vec().into(),
-            state: Quote {
+        let e = SlotEntities::from_pairs([(
+            &b"IBM "[..],
+            Quote {
                 bid: 1.5,
                 offer: 1.6,
                 reject: true,
                 history: vec![1, 2],
             },
-        }];
+        )]);
         assert_eq!(
             SlotArchive::write(0, &e).unwrap().read::<Quote>().unwrap(),
             e
@@ -178,5 +192,30 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_key_span_outside_the_keys_is_rejected() {
+        let mut e = words(3);
+        e.spans[1] = [u32::MAX, 2];
+        let err = SlotArchive::write(6, &e)
+            .unwrap()
+            .read::<u64>()
+            .unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Invalid { slot: 6, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("outside"), "{err}");
+        let mut e = words(3);
+        e.states.pop();
+        let err = SlotArchive::write(6, &e)
+            .unwrap()
+            .read::<u64>()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("3 key spans for 2 states"),
+            "{err}"
+        );
     }
 }

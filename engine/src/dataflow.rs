@@ -14,12 +14,12 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
 use crate::app::{Chain, Decode, DecodeError, Emit, Encode, KeyFn, Message, State, StepFn};
-use crate::archive::{ArchiveError, Entity, SlotArchive};
+use crate::archive::{ArchiveError, SlotArchive};
 use crate::hash::{slot_of, stable_hash};
 use crate::migration::{Delivery, Protocol, ProtocolError, Switched, Transition};
 use crate::routing::{CoreId, Move, RoutingTable};
 use crate::runtime::sink::SinkBuffer;
-use crate::store::SlotStore;
+use crate::store::{InstallSlotError, SlotEntities, SlotStore};
 
 /// A batch of keyed messages for one core: a `Vec<KeyedMsg<T>>` behind `Any`.
 pub(crate) type Batch = Box<dyn Any + Send>;
@@ -64,6 +64,8 @@ pub(crate) enum InstallError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Store(#[from] InstallSlotError),
 }
 
 /// One core's keyed state and the steps from the stateful one to the sink encoder.
@@ -194,7 +196,7 @@ struct TypedKeyed<T, S, R, O> {
     protocol: Protocol<KeyedMsg<T>>,
     store: SlotStore<S>,
     /// Entities of slots handed off, kept until the new owner acknowledges.
-    frozen: HashMap<u32, Vec<Entity<S>>>,
+    frozen: HashMap<u32, SlotEntities<S>>,
     applied: u64,
     n_slots: u32,
     key: KeyFn<T>,
@@ -266,8 +268,10 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
     ) -> Result<u32, InstallError> {
         let entities = archive.read::<S>()?;
         let count = entities.len() as u32;
+        // The store first: a bad archive (a key twice) leaves the slot incoming, so a resend
+        // can still succeed; the protocol refuses only on a runtime bug.
+        self.store.install_slot(archive.slot, entities)?;
         let waiting = self.protocol.install(archive.slot)?;
-        self.store.install_slot(archive.slot, entities);
         for msg in waiting {
             self.apply_one(msg, sink);
         }
@@ -297,7 +301,7 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
     }
 
     fn entities(&self) -> usize {
-        self.store.len() + self.frozen.values().map(Vec::len).sum::<usize>()
+        self.store.len() + self.frozen.values().map(SlotEntities::len).sum::<usize>()
     }
 
     fn applied(&self) -> u64 {

@@ -1,14 +1,103 @@
 //! Keyed state of one core: entities grouped by slot, so a slot can be taken out whole.
+//!
+//! A slot keeps its keys back to back in one buffer and a hash table of (key span, state), so
+//! taking a slot out, archiving it and installing it elsewhere costs a few bulk copies and one
+//! table insert per entity, not an allocation and a free per key.
 
 use hashbrown::HashTable;
+use thiserror::Error;
 
-use crate::archive::Entity;
 use crate::hash::{slot_of, stable_hash, table_hash};
 
-/// The state entities a core holds, one hash table per slot.
+/// The entities of one slot taken out of a store: what a slot archive holds.
+#[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SlotEntities<S> {
+    /// Every key's bytes, back to back.
+    pub keys: Vec<u8>,
+    /// Per entity, where its key is in `keys`: `[start, len]`.
+    pub spans: Vec<[u32; 2]>,
+    /// Per entity, its state.
+    pub states: Vec<S>,
+}
+
+impl<S> SlotEntities<S> {
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// The key of entity `i`.
+    pub fn key(&self, i: usize) -> &[u8] {
+        span(&self.keys, self.spans[i])
+    }
+
+    /// (key, state) of every entity.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &S)> {
+        (0..self.len()).map(|i| (self.key(i), &self.states[i]))
+    }
+
+    /// Builds the entities from (key, state) pairs (tests and tools).
+    pub fn from_pairs<'k>(pairs: impl IntoIterator<Item = (&'k [u8], S)>) -> Self {
+        let mut e = Self {
+            keys: Vec::new(),
+            spans: Vec::new(),
+            states: Vec::new(),
+        };
+        for (key, state) in pairs {
+            e.spans.push(append_key(&mut e.keys, key));
+            e.states.push(state);
+        }
+        e
+    }
+}
+
+/// A slot's entities could not be installed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InstallSlotError {
+    #[error("slot {slot} already holds entities; a slot is installed only into an empty slot")]
+    NotEmpty { slot: u32 },
+    #[error("slot {slot}: the key {key:?} appears twice")]
+    DuplicateKey { slot: u32, key: String },
+}
+
+struct Entry<S> {
+    span: [u32; 2],
+    state: S,
+}
+
+/// One slot: its keys' bytes and a table of entries pointing into them.
+struct Slot<S> {
+    keys: Vec<u8>,
+    table: HashTable<Entry<S>>,
+}
+
+impl<S> Default for Slot<S> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            table: HashTable::new(),
+        }
+    }
+}
+
+fn span(keys: &[u8], [start, len]: [u32; 2]) -> &[u8] {
+    &keys[start as usize..start as usize + len as usize]
+}
+
+fn append_key(keys: &mut Vec<u8>, key: &[u8]) -> [u32; 2] {
+    let start = u32::try_from(keys.len()).expect("a slot holds at most 4 GiB of keys");
+    let len = u32::try_from(key.len()).expect("a key is at most 4 GiB");
+    keys.extend_from_slice(key);
+    [start, len]
+}
+
+/// The state entities a core holds, one table per slot.
 pub struct SlotStore<S> {
     n_slots: u32,
-    slots: Vec<HashTable<Entity<S>>>,
+    slots: Vec<Slot<S>>,
     len: usize,
 }
 
@@ -16,32 +105,39 @@ impl<S: Default> SlotStore<S> {
     pub fn new(n_slots: u32) -> Self {
         Self {
             n_slots,
-            slots: (0..n_slots).map(|_| HashTable::new()).collect(),
+            slots: (0..n_slots).map(|_| Slot::default()).collect(),
             len: 0,
         }
     }
 
     /// The state of `key` (whose stable hash is `hash`), created with `S::default()` if new.
     pub fn entry(&mut self, hash: u64, key: &[u8]) -> &mut S {
-        let table = &mut self.slots[slot_of(hash, self.n_slots) as usize];
-        let th = table_hash(hash);
-        let entry = table.entry(th, |e| *e.key == *key, |e| table_hash(stable_hash(&e.key)));
-        let entity = entry.or_insert_with(|| {
-            self.len += 1;
-            Entity {
-                key: key.into(),
-                state: S::default(),
+        let Slot { keys, table } = &mut self.slots[slot_of(hash, self.n_slots) as usize];
+        let entry = table.entry(
+            table_hash(hash),
+            |e| span(keys, e.span) == key,
+            |e| table_hash(stable_hash(span(keys, e.span))),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(e) => &mut e.into_mut().state,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                self.len += 1;
+                let span = append_key(keys, key);
+                let entry = Entry {
+                    span,
+                    state: S::default(),
+                };
+                &mut e.insert(entry).into_mut().state
             }
-        });
-        &mut entity.into_mut().state
+        }
     }
 
     /// The state of `key`, if it exists.
     pub fn get(&self, key: &[u8]) -> Option<&S> {
         let hash = stable_hash(key);
-        let table = &self.slots[slot_of(hash, self.n_slots) as usize];
+        let Slot { keys, table } = &self.slots[slot_of(hash, self.n_slots) as usize];
         table
-            .find(table_hash(hash), |e| *e.key == *key)
+            .find(table_hash(hash), |e| span(keys, e.span) == key)
             .map(|e| &e.state)
     }
 
@@ -56,29 +152,66 @@ impl<S: Default> SlotStore<S> {
 
     /// Entities held in `slot`.
     pub fn slot_len(&self, slot: u32) -> usize {
-        self.slots[slot as usize].len()
+        self.slots[slot as usize].table.len()
     }
 
-    /// Takes every entity of `slot` out (to archive it), leaving the slot empty.
-    pub fn take_slot(&mut self, slot: u32) -> Vec<Entity<S>> {
-        let table = std::mem::take(&mut self.slots[slot as usize]);
+    /// Takes every entity of `slot` out (to archive it), leaving the slot empty. The keys' buffer
+    /// moves as it is; spans and states are gathered from the table.
+    pub fn take_slot(&mut self, slot: u32) -> SlotEntities<S> {
+        let Slot { keys, table } = std::mem::take(&mut self.slots[slot as usize]);
         self.len -= table.len();
-        table.into_iter().collect()
+        let mut spans = Vec::with_capacity(table.len());
+        let mut states = Vec::with_capacity(table.len());
+        for e in table {
+            spans.push(e.span);
+            states.push(e.state);
+        }
+        SlotEntities {
+            keys,
+            spans,
+            states,
+        }
     }
 
-    /// Puts `entities` (restored from an archive of `slot`) into the slot.
-    pub fn install_slot(&mut self, slot: u32, entities: Vec<Entity<S>>) {
-        let table = &mut self.slots[slot as usize];
-        table.reserve(entities.len(), |e| table_hash(stable_hash(&e.key)));
-        for e in entities {
-            let th = table_hash(stable_hash(&e.key));
-            debug_assert!(
-                table.find(th, |x| x.key == e.key).is_none(),
-                "a key installed twice"
-            );
-            table.insert_unique(th, e, |x| table_hash(stable_hash(&x.key)));
-            self.len += 1;
+    /// Puts `entities` (restored from an archive of `slot`) into the empty slot; their keys'
+    /// buffer becomes the slot's. `spans` must lie within `keys` (`archive` checks that).
+    pub fn install_slot(
+        &mut self,
+        slot: u32,
+        entities: SlotEntities<S>,
+    ) -> Result<(), InstallSlotError> {
+        let target = &mut self.slots[slot as usize];
+        if !target.table.is_empty() || !target.keys.is_empty() {
+            return Err(InstallSlotError::NotEmpty { slot });
         }
+        let SlotEntities {
+            keys,
+            spans,
+            states,
+        } = entities;
+        let mut table = HashTable::with_capacity(spans.len());
+        let hasher = |e: &Entry<S>| table_hash(stable_hash(span(&keys, e.span)));
+        for (span_, state) in spans.into_iter().zip(states) {
+            let key = span(&keys, span_);
+            match table.entry(
+                table_hash(stable_hash(key)),
+                |e: &Entry<S>| span(&keys, e.span) == key,
+                hasher,
+            ) {
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(Entry { span: span_, state });
+                }
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    return Err(InstallSlotError::DuplicateKey {
+                        slot,
+                        key: String::from_utf8_lossy(key).into_owned(),
+                    })
+                }
+            }
+        }
+        self.len += table.len();
+        *target = Slot { keys, table };
+        Ok(())
     }
 }
 
@@ -111,7 +244,7 @@ mod tests {
         assert_eq!(a.len(), 1000 - in_slot_2);
         assert_eq!(a.slot_len(2), 0);
         let mut b = SlotStore::<u64>::new(4);
-        b.install_slot(2, taken);
+        b.install_slot(2, taken).unwrap();
         assert_eq!(b.len(), in_slot_2);
         for i in 0..1000u64 {
             let k = format!("k{i}");
@@ -134,5 +267,48 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(store.get(k.as_bytes()), Some(&(i as u32)));
         }
+    }
+
+    #[test]
+    fn a_slot_installs_only_into_an_empty_slot_and_without_duplicate_keys() {
+        let mut store = SlotStore::<u64>::new(1);
+        *store.entry(stable_hash(b"a"), b"a") = 1;
+        let one = SlotEntities::from_pairs([(&b"b"[..], 2)]);
+        assert_eq!(
+            store.install_slot(0, one),
+            Err(InstallSlotError::NotEmpty { slot: 0 })
+        );
+        let taken = store.take_slot(0);
+        assert_eq!(taken.iter().collect::<Vec<_>>(), vec![(&b"a"[..], &1)]);
+        let twice = SlotEntities::from_pairs([(&b"x"[..], 1), (&b"y"[..], 2), (&b"x"[..], 3)]);
+        let err = store.install_slot(0, twice).unwrap_err();
+        assert_eq!(err.to_string(), "slot 0: the key \"x\" appears twice");
+        assert!(store.is_empty());
+        store.install_slot(0, taken).unwrap();
+        assert_eq!(store.get(b"a"), Some(&1));
+    }
+
+    #[test]
+    fn new_keys_after_an_install_append_to_the_installed_keys() {
+        let mut store = SlotStore::<u64>::new(1);
+        store
+            .install_slot(
+                0,
+                SlotEntities::from_pairs([(&b"one"[..], 1), (&b"two"[..], 2)]),
+            )
+            .unwrap();
+        *store.entry(stable_hash(b"three"), b"three") += 3;
+        *store.entry(stable_hash(b"one"), b"one") += 10;
+        assert_eq!(store.len(), 3);
+        let mut pairs: Vec<_> = store
+            .take_slot(0)
+            .iter()
+            .map(|(k, s)| (String::from_utf8(k.to_vec()).unwrap(), *s))
+            .collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            [("one".into(), 11), ("three".into(), 3), ("two".into(), 2)]
+        );
     }
 }
