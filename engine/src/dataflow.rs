@@ -86,7 +86,8 @@ pub(crate) trait KeyedCore {
     ) -> Result<u32, InstallError>;
     /// The new owner has the slot: drop the entities kept here.
     fn release(&mut self, slot: u32) -> Result<(), ProtocolError>;
-    fn in_step(&self) -> bool;
+    /// Epochs of the migration steps finished here since the last call.
+    fn take_finished_steps(&mut self) -> Vec<u64>;
     fn epoch(&self) -> u64;
     fn owned_slots(&self) -> usize;
     fn buffered(&self) -> usize;
@@ -284,8 +285,8 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
         Ok(())
     }
 
-    fn in_step(&self) -> bool {
-        self.protocol.in_step()
+    fn take_finished_steps(&mut self) -> Vec<u64> {
+        self.protocol.take_finished()
     }
 
     fn epoch(&self) -> u64 {

@@ -2,9 +2,9 @@
 //! only carries out what it returns. One routing change is cut into steps; each step moves a
 //! bounded set of slots from epoch `e` to `e + 1`:
 //!
-//! 1. **prepare** (every core, before any switches): a core learns which slots come to it and
-//!    which leave. Incoming slots start buffering, so a message routed at `e + 1` can never reach
-//!    a core that does not expect it.
+//! 1. **prepare** (every core, every step of the change, before any switches): a core learns
+//!    which slots come to it and which leave. Incoming slots start buffering, so a message routed
+//!    at `e + 1` can never reach a core that does not expect it.
 //! 2. **switch** (every core, in any order): the core routes at `e + 1` from now on and sends an
 //!    epoch marker to every old owner of a moving slot. Channels are FIFO, so nothing routed at
 //!    `e` follows the marker.
@@ -18,7 +18,7 @@
 #[cfg(test)]
 mod simulation;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -46,8 +46,6 @@ impl Transition {
 /// A protocol violation: a bug in the runtime or the coordinator, reported, never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProtocolError {
-    #[error("a step to epoch {0} is still in progress")]
-    Busy(u64),
     #[error("transition to epoch {got} does not follow epoch {current}")]
     EpochGap { current: u64, got: u64 },
     #[error("no step is in progress")]
@@ -86,9 +84,16 @@ pub struct Switched {
 enum SlotState<M> {
     Absent,
     Owned,
-    Incoming(Vec<M>),
+    /// Coming here in the step to `epoch`; its messages wait in `buffer`.
+    Incoming {
+        epoch: u64,
+        buffer: Vec<M>,
+    },
     Outgoing,
-    HandedOff,
+    /// Sent in the step to `epoch`; kept until the new owner acknowledges.
+    HandedOff {
+        epoch: u64,
+    },
 }
 
 impl<M> SlotState<M> {
@@ -96,9 +101,9 @@ impl<M> SlotState<M> {
         match self {
             SlotState::Absent => "absent",
             SlotState::Owned => "owned",
-            SlotState::Incoming(_) => "incoming",
+            SlotState::Incoming { .. } => "incoming",
             SlotState::Outgoing => "outgoing",
-            SlotState::HandedOff => "handed off",
+            SlotState::HandedOff { .. } => "handed off",
         }
     }
 }
@@ -115,13 +120,31 @@ struct Step {
     handed_off: bool,
 }
 
+impl Step {
+    fn done(&self) -> bool {
+        self.switched
+            && self.markers_missing.is_empty()
+            && self.outgoing.is_empty()
+            && self.incoming_left == 0
+            && self.unacknowledged == 0
+    }
+}
+
 /// One core's view of slot ownership during migrations, generic over the buffered message type.
+///
+/// Every step of a change is prepared before the first switch, so several steps can be in flight
+/// at once (switched in epoch order; they finish in any order): a slot moves at most once per
+/// change, so steps share no slot, and markers name their step's epoch.
 #[derive(Debug)]
 pub struct Protocol<M> {
     me: CoreId,
+    /// The epoch this core routes at: that of the last step it switched to.
     epoch: u64,
     slots: Vec<SlotState<M>>,
-    step: Option<Step>,
+    /// Steps prepared and not yet finished here, in epoch order.
+    steps: VecDeque<Step>,
+    /// Epochs of steps finished since the runtime last took them.
+    finished: Vec<u64>,
 }
 
 impl<M> Protocol<M> {
@@ -140,7 +163,8 @@ impl<M> Protocol<M> {
             me,
             epoch: table.epoch(),
             slots,
-            step: None,
+            steps: VecDeque::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -150,7 +174,12 @@ impl<M> Protocol<M> {
 
     /// True while a step involves this core.
     pub fn in_step(&self) -> bool {
-        self.step.is_some()
+        !self.steps.is_empty()
+    }
+
+    /// Epochs of the steps that finished here since the last call, in the order they finished.
+    pub fn take_finished(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.finished)
     }
 
     /// Slots this core owns now (leaving slots count until they are handed off).
@@ -165,25 +194,22 @@ impl<M> Protocol<M> {
     pub fn buffered(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| {
-                if let SlotState::Incoming(b) = s {
-                    b.len()
-                } else {
-                    0
-                }
+            .map(|s| match s {
+                SlotState::Incoming { buffer, .. } => buffer.len(),
+                _ => 0,
             })
             .sum()
     }
 
-    /// Learns a step before anyone switches: starts buffering for incoming slots.
+    /// Learns a step before anyone switches to it: starts buffering for incoming slots. Steps
+    /// are prepared in epoch order, each following the last one prepared.
     pub fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError> {
-        if let Some(step) = &self.step {
-            return Err(ProtocolError::Busy(step.to_epoch));
-        }
-        if t.table.epoch() != self.epoch + 1 {
+        let last = self.steps.back().map_or(self.epoch, |s| s.to_epoch);
+        let to_epoch = t.table.epoch();
+        if to_epoch != last + 1 {
             return Err(ProtocolError::EpochGap {
-                current: self.epoch,
-                got: t.table.epoch(),
+                current: last,
+                got: to_epoch,
             });
         }
         for m in &t.moves {
@@ -207,7 +233,10 @@ impl<M> Protocol<M> {
             .collect();
         let mut incoming_left = 0;
         for m in t.moves.iter().filter(|m| m.to == self.me) {
-            self.slots[m.slot as usize] = SlotState::Incoming(Vec::new());
+            self.slots[m.slot as usize] = SlotState::Incoming {
+                epoch: to_epoch,
+                buffer: Vec::new(),
+            };
             incoming_left += 1;
         }
         for m in &outgoing {
@@ -223,8 +252,8 @@ impl<M> Protocol<M> {
             .into_iter()
             .filter(|&c| c != self.me)
             .collect();
-        self.step = Some(Step {
-            to_epoch: t.table.epoch(),
+        self.steps.push_back(Step {
+            to_epoch,
             switched: false,
             outgoing,
             markers_missing,
@@ -236,49 +265,52 @@ impl<M> Protocol<M> {
         Ok(())
     }
 
-    /// Switches to the step's epoch: from now on this core routes with the new table.
+    /// Switches to the next prepared step's epoch: from now on this core routes with its table.
     pub fn switch(&mut self) -> Result<Switched, ProtocolError> {
         let me = self.me;
-        let step = self.step.as_mut().ok_or(ProtocolError::NoStep)?;
-        if step.switched {
-            return Err(ProtocolError::Busy(step.to_epoch));
-        }
+        let i = self
+            .steps
+            .iter()
+            .position(|s| !s.switched)
+            .ok_or(ProtocolError::NoStep)?;
+        let step = &mut self.steps[i];
         step.switched = true;
         step.markers_missing.remove(&me);
         self.epoch = step.to_epoch;
         let markers_to = step.marker_targets.clone();
-        let handoffs = self.ready_handoffs();
-        self.finish_if_done();
+        let handoffs = self.ready_handoffs(i);
+        self.finish_done();
         Ok(Switched {
             markers_to,
             handoffs,
         })
     }
 
-    /// A producer's marker: it sends nothing more routed at the old epoch. Returns the slots
+    /// A producer's marker: it sends nothing more routed before `epoch + 1`. Returns the slots
     /// that became complete.
     pub fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError> {
-        let step = self
-            .step
-            .as_mut()
+        let i = self
+            .steps
+            .iter()
+            .position(|s| s.to_epoch == epoch + 1)
             .ok_or(ProtocolError::UnexpectedMarker { from, epoch })?;
-        if epoch + 1 != step.to_epoch || !step.markers_missing.remove(&from) {
+        if !self.steps[i].markers_missing.remove(&from) {
             return Err(ProtocolError::UnexpectedMarker { from, epoch });
         }
-        Ok(self.ready_handoffs())
+        Ok(self.ready_handoffs(i))
     }
 
-    fn ready_handoffs(&mut self) -> Vec<Move> {
-        let Some(step) = self.step.as_mut() else {
-            return Vec::new();
-        };
+    fn ready_handoffs(&mut self, i: usize) -> Vec<Move> {
+        let step = &mut self.steps[i];
         if !step.switched || !step.markers_missing.is_empty() || step.handed_off {
             return Vec::new();
         }
         step.handed_off = true;
         step.unacknowledged = step.outgoing.len();
         for m in &step.outgoing {
-            self.slots[m.slot as usize] = SlotState::HandedOff;
+            self.slots[m.slot as usize] = SlotState::HandedOff {
+                epoch: step.to_epoch,
+            };
         }
         std::mem::take(&mut step.outgoing)
     }
@@ -287,11 +319,11 @@ impl<M> Protocol<M> {
     pub fn deliver(&mut self, slot: u32, msg: M) -> Delivery<M> {
         match &mut self.slots[slot as usize] {
             SlotState::Owned | SlotState::Outgoing => Delivery::Apply(msg),
-            SlotState::Incoming(buffer) => {
+            SlotState::Incoming { buffer, .. } => {
                 buffer.push(msg);
                 Delivery::Buffered
             }
-            SlotState::Absent | SlotState::HandedOff => Delivery::Misrouted(msg),
+            SlotState::Absent | SlotState::HandedOff { .. } => Delivery::Misrouted(msg),
         }
     }
 
@@ -299,7 +331,7 @@ impl<M> Protocol<M> {
     /// waited for it, in arrival order.
     pub fn install(&mut self, slot: u32) -> Result<Vec<M>, ProtocolError> {
         let state = std::mem::replace(&mut self.slots[slot as usize], SlotState::Owned);
-        let SlotState::Incoming(buffer) = state else {
+        let SlotState::Incoming { epoch, buffer } = state else {
             let name = state.name();
             self.slots[slot as usize] = state;
             return Err(ProtocolError::SlotState {
@@ -308,43 +340,44 @@ impl<M> Protocol<M> {
                 expected: "incoming",
             });
         };
-        if let Some(step) = self.step.as_mut() {
+        if let Some(step) = self.step_mut(epoch) {
             step.incoming_left -= 1;
         }
-        self.finish_if_done();
+        self.finish_done();
         Ok(buffer)
     }
 
     /// The new owner acknowledged `slot`: its entities here may be dropped.
     pub fn acknowledged(&mut self, slot: u32) -> Result<(), ProtocolError> {
         let state = &self.slots[slot as usize];
-        if !matches!(state, SlotState::HandedOff) {
-            let state = state.name();
+        let &SlotState::HandedOff { epoch } = state else {
             return Err(ProtocolError::SlotState {
                 slot,
-                state,
+                state: state.name(),
                 expected: "handed off",
             });
-        }
+        };
         self.slots[slot as usize] = SlotState::Absent;
-        if let Some(step) = self.step.as_mut() {
+        if let Some(step) = self.step_mut(epoch) {
             step.unacknowledged -= 1;
         }
-        self.finish_if_done();
+        self.finish_done();
         Ok(())
     }
 
-    fn finish_if_done(&mut self) {
-        let done = self.step.as_ref().is_some_and(|s| {
-            s.switched
-                && s.markers_missing.is_empty()
-                && s.outgoing.is_empty()
-                && s.incoming_left == 0
-                && s.unacknowledged == 0
+    /// The step to `epoch` (unfinished while a slot of it is incoming or handed off).
+    fn step_mut(&mut self, epoch: u64) -> Option<&mut Step> {
+        self.steps.iter_mut().find(|s| s.to_epoch == epoch)
+    }
+
+    fn finish_done(&mut self) {
+        let finished = &mut self.finished;
+        self.steps.retain(|s| {
+            if s.done() {
+                finished.push(s.to_epoch);
+            }
+            !s.done()
         });
-        if done {
-            self.step = None;
-        }
     }
 }
 
@@ -476,7 +509,11 @@ mod tests {
             Err(ProtocolError::EpochGap { current: 0, got: 2 })
         );
         p.prepare(&tr).unwrap();
-        assert_eq!(p.prepare(&tr), Err(ProtocolError::Busy(1)));
+        assert_eq!(
+            p.prepare(&tr),
+            Err(ProtocolError::EpochGap { current: 1, got: 1 }),
+            "the next step to prepare goes to epoch 2"
+        );
         assert_eq!(
             p.on_marker(1, 5),
             Err(ProtocolError::UnexpectedMarker { from: 1, epoch: 5 })
@@ -494,7 +531,7 @@ mod tests {
             Err(ProtocolError::SlotState { slot: 0, .. })
         ));
         p.switch().unwrap();
-        assert_eq!(p.switch(), Err(ProtocolError::Busy(1)));
+        assert_eq!(p.switch(), Err(ProtocolError::NoStep));
         assert_eq!(p.on_marker(1, 0).unwrap().len(), 1);
         assert_eq!(
             p.on_marker(1, 0),
@@ -535,5 +572,55 @@ mod tests {
             q.prepare(&tr),
             Err(ProtocolError::SlotState { slot: 2, .. })
         ));
+    }
+
+    #[test]
+    fn steps_in_flight_together_finish_in_any_order() {
+        // Core 0 owns slots 0..4 of 8 and gives slot 0 to core 1 at epoch 1, slot 1 at epoch 2.
+        let t0 = RoutingTable::uniform(8, 2);
+        let step = |from: &RoutingTable, slot: u32| {
+            let moves = vec![Move {
+                slot,
+                from: 0,
+                to: 1,
+            }];
+            Transition {
+                table: Arc::new(from.with_moves(&moves)),
+                moves,
+                producers: vec![0, 1],
+            }
+        };
+        let s1 = step(&t0, 0);
+        let s2 = step(&s1.table, 1);
+        let mut p = Protocol::<u8>::new(0, &t0);
+        let mut q = Protocol::<u8>::new(1, &t0);
+        for c in [&mut p, &mut q] {
+            c.prepare(&s1).unwrap();
+            c.prepare(&s2).unwrap();
+        }
+        assert_eq!(
+            q.deliver(1, 7),
+            Delivery::Buffered,
+            "incoming from prepare on"
+        );
+        assert!(p.switch().unwrap().handoffs.is_empty());
+        assert!(p.switch().unwrap().handoffs.is_empty());
+        assert_eq!(p.epoch(), 2);
+        q.switch().unwrap();
+        q.switch().unwrap();
+        // Core 1's marker for epoch 2 overtakes nothing (FIFO), but step 2 may finish first.
+        assert_eq!(p.on_marker(1, 0).unwrap(), s1.moves);
+        assert_eq!(p.on_marker(1, 1).unwrap(), s2.moves);
+        assert_eq!(q.install(1).unwrap(), vec![7]);
+        p.acknowledged(1).unwrap();
+        assert_eq!(q.take_finished(), vec![2]);
+        assert_eq!(p.take_finished(), vec![2]);
+        assert!(p.in_step() && q.in_step());
+        assert_eq!(q.install(0).unwrap(), Vec::<u8>::new());
+        p.acknowledged(0).unwrap();
+        assert_eq!((p.take_finished(), q.take_finished()), (vec![1], vec![1]));
+        assert!(!p.in_step() && !q.in_step());
+        assert_eq!((p.owned(), q.owned()), (2, 6));
+        assert!(p.take_finished().is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! A deterministic, seeded simulation of the migration protocol: cores produce keyed messages,
 //! FIFO channels between every pair of cores deliver them in random interleavings, and a series
-//! of grow/shrink changes runs through prepare, switch (in random order and at random times),
-//! markers, handoffs and acknowledgements. Checks per-key order and exactly-once.
+//! of grow/shrink changes runs through prepare (every step up front), switch (in random order and
+//! at random times, with up to three steps in flight), markers, handoffs and acknowledgements.
+//! Checks per-key order and exactly-once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,7 +37,10 @@ struct Core {
     protocol: Protocol<Msg>,
     table: Arc<RoutingTable>,
     state: HashMap<u32, KeyState>,
-    pending_switch: bool,
+    /// Tables of the prepared steps this core has yet to switch to, in order.
+    prepared: VecDeque<Arc<RoutingTable>>,
+    /// Switches the coordinator released to this core that it has not carried out yet.
+    pending_switches: usize,
 }
 
 /// xorshift64*: deterministic per seed.
@@ -67,8 +71,14 @@ struct Sim {
     produced: HashMap<(CoreId, u32), u64>,
     members: Vec<CoreId>,
     table: RoutingTable,
-    plan: VecDeque<(RoutingTable, Vec<Move>)>,
-    active: Option<usize>,
+    /// Steps of the current change prepared and not yet released for switching.
+    unreleased: usize,
+    /// Released steps not yet finished on every core: epoch -> cores finished.
+    in_flight: HashMap<u64, usize>,
+    /// Steps allowed in flight at once in the current change.
+    window: usize,
+    /// The most steps seen in flight at once.
+    most_in_flight: usize,
 }
 
 fn slot_of_key(key: u32) -> u32 {
@@ -83,7 +93,8 @@ impl Sim {
                 protocol: Protocol::new(c, &table),
                 table: Arc::new(table.clone()),
                 state: HashMap::new(),
-                pending_switch: false,
+                prepared: VecDeque::new(),
+                pending_switches: 0,
             })
             .collect();
         Sim {
@@ -93,8 +104,10 @@ impl Sim {
             produced: HashMap::new(),
             members: vec![0],
             table,
-            plan: VecDeque::new(),
-            active: None,
+            unreleased: 0,
+            in_flight: HashMap::new(),
+            window: 1,
+            most_in_flight: 0,
         }
     }
 
@@ -178,59 +191,68 @@ impl Sim {
     }
 
     fn switch(&mut self, core: usize) {
-        self.cores[core].pending_switch = false;
-        let next = Arc::new(self.table.clone());
-        self.cores[core].table = next;
-        let sw = self.cores[core].protocol.switch().unwrap();
-        let epoch = self.cores[core].protocol.epoch() - 1;
+        let c = &mut self.cores[core];
+        c.pending_switches -= 1;
+        c.table = c.prepared.pop_front().unwrap();
+        let sw = c.protocol.switch().unwrap();
+        let epoch = c.protocol.epoch() - 1;
         for target in sw.markers_to {
             self.send(core, usize::from(target), Wire::Marker(epoch));
         }
         self.hand_off(core, sw.handoffs);
     }
 
-    /// Starts the next step of the plan, or plans a new random change.
-    fn coordinate(&mut self) {
-        if self.active.is_some() {
-            let busy = self
-                .cores
-                .iter()
-                .any(|c| c.protocol.in_step() || c.pending_switch);
-            if busy {
-                return;
-            }
-            self.active = None;
-        }
-        if self.plan.is_empty() {
-            let grow =
-                self.members.len() == 1 || (self.members.len() < N_CORES && self.rng.below(2) == 0);
-            let change = if grow {
-                let free: Vec<CoreId> = (0..N_CORES as CoreId)
-                    .filter(|c| !self.members.contains(c))
-                    .collect();
-                Change::Add(vec![free[self.rng.below(free.len())]])
-            } else {
-                Change::Remove(vec![self.members[self.rng.below(self.members.len())]])
-            };
-            let p = plan(&self.table, &self.members, &change).unwrap();
-            self.members = p.members;
-            self.plan = steps(&self.table, &p.moves, 1 + self.rng.below(5)).into();
-            if self.plan.is_empty() {
-                return;
-            }
-        }
-        let (next, moves) = self.plan.pop_front().unwrap();
-        let t = Transition {
-            table: Arc::new(next.clone()),
-            moves,
-            producers: (0..N_CORES as CoreId).collect(),
-        };
+    /// Counts finished steps; releases further steps of the change while the window allows, or
+    /// plans a new random change (every step prepared on every core at once).
+    fn coordinate(&mut self, may_plan: bool) {
         for c in &mut self.cores {
-            c.protocol.prepare(&t).unwrap();
-            c.pending_switch = true;
+            for epoch in c.protocol.take_finished() {
+                *self.in_flight.get_mut(&epoch).unwrap() += 1;
+            }
         }
-        self.table = next;
-        self.active = Some(0);
+        self.in_flight.retain(|_, finished| *finished < N_CORES);
+        if self.unreleased > 0 {
+            if self.in_flight.len() < self.window {
+                let epoch = self.cores[0].prepared[self.cores[0].pending_switches].epoch();
+                self.in_flight.insert(epoch, 0);
+                self.most_in_flight = self.most_in_flight.max(self.in_flight.len());
+                for c in &mut self.cores {
+                    c.pending_switches += 1;
+                }
+                self.unreleased -= 1;
+            }
+            return;
+        }
+        if !self.in_flight.is_empty() || !may_plan {
+            return;
+        }
+        let grow =
+            self.members.len() == 1 || (self.members.len() < N_CORES && self.rng.below(2) == 0);
+        let change = if grow {
+            let free: Vec<CoreId> = (0..N_CORES as CoreId)
+                .filter(|c| !self.members.contains(c))
+                .collect();
+            Change::Add(vec![free[self.rng.below(free.len())]])
+        } else {
+            Change::Remove(vec![self.members[self.rng.below(self.members.len())]])
+        };
+        let p = plan(&self.table, &self.members, &change).unwrap();
+        self.members = p.members;
+        self.window = 1 + self.rng.below(3);
+        for (next, moves) in steps(&self.table, &p.moves, 1 + self.rng.below(5)) {
+            let next = Arc::new(next);
+            let t = Transition {
+                table: next.clone(),
+                moves,
+                producers: (0..N_CORES as CoreId).collect(),
+            };
+            for c in &mut self.cores {
+                c.protocol.prepare(&t).unwrap();
+                c.prepared.push_back(next.clone());
+            }
+            self.table = (*next).clone();
+            self.unreleased += 1;
+        }
     }
 
     fn step(&mut self) {
@@ -251,31 +273,33 @@ impl Sim {
             }
             8 => {
                 let waiting: Vec<usize> = (0..N_CORES)
-                    .filter(|&c| self.cores[c].pending_switch)
+                    .filter(|&c| self.cores[c].pending_switches > 0)
                     .collect();
                 if !waiting.is_empty() {
                     let core = waiting[self.rng.below(waiting.len())];
                     self.switch(core);
                 }
             }
-            _ => self.coordinate(),
+            _ => self.coordinate(true),
         }
     }
 
-    /// Delivers everything in flight and finishes the current step.
+    /// Releases the rest of the current change and delivers everything in flight.
     fn drain(&mut self) {
+        self.window = usize::MAX;
         loop {
-            let waiting: Vec<usize> = (0..N_CORES)
-                .filter(|&c| self.cores[c].pending_switch)
-                .collect();
-            for c in waiting {
-                self.switch(c);
+            self.coordinate(false);
+            for c in 0..N_CORES {
+                while self.cores[c].pending_switches > 0 {
+                    self.switch(c);
+                }
             }
-            let Some(ch) = (0..self.channels.len()).find(|&i| !self.channels[i].is_empty()) else {
+            if let Some(ch) = (0..self.channels.len()).find(|&i| !self.channels[i].is_empty()) {
+                let wire = self.channels[ch].pop_front().unwrap();
+                self.receive(ch % N_CORES, ch / N_CORES, wire);
+            } else if self.unreleased == 0 {
                 break;
-            };
-            let wire = self.channels[ch].pop_front().unwrap();
-            self.receive(ch % N_CORES, ch / N_CORES, wire);
+            }
         }
     }
 
@@ -343,5 +367,6 @@ fn simulation_really_migrates() {
         epochs >= 10,
         "only {epochs} epochs: the simulation must exercise many steps"
     );
+    assert!(sim.most_in_flight >= 2, "steps must overlap");
     assert!(sim.cores.iter().filter(|c| !c.state.is_empty()).count() >= 1);
 }

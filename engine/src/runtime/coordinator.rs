@@ -30,6 +30,10 @@ use crate::routing::{CoreId, RoutingTable};
 /// Slots moved per migration step: bounds how long any one key waits for its slot.
 pub const MAX_SLOTS_PER_STEP: usize = 64;
 
+/// Migration steps switched and not yet finished at once: the next step's markers travel while
+/// the last one's slots are handed off, and still few keys wait at any moment.
+const STEPS_IN_FLIGHT: usize = 2;
+
 /// Capacity of a core's data channel, in messages (mostly batches): small, because everything
 /// queued there is latency, for data and for the epoch markers behind it.
 const INBOX_CAPACITY: usize = 16;
@@ -580,50 +584,88 @@ impl Coordinator {
             slots: p.moves.len(),
         };
         self.publish(Some(progress.clone()));
-        for (table, moves) in steps {
-            let epoch = table.epoch();
-            let n_moves = moves.len();
-            let t = Arc::new(Transition {
-                table: Arc::new(table),
-                moves,
-                producers: self.cores.keys().copied().collect(),
-            });
-            let step_started = Instant::now();
+        let producers: Vec<CoreId> = self.cores.keys().copied().collect();
+        let transitions: Vec<Arc<Transition>> = steps
+            .into_iter()
+            .map(|(table, moves)| {
+                Arc::new(Transition {
+                    table: Arc::new(table),
+                    moves,
+                    producers: producers.clone(),
+                })
+            })
+            .collect();
+        // Every step is prepared before the first switch: one round trip per change, not one
+        // per step.
+        for t in &transitions {
             for h in self.cores.values() {
                 h.addr.send_control(CoreMsg::Prepare(t.clone()));
             }
-            let n = self.cores.len();
-            let mut prepared = BTreeSet::new();
-            self.wait_events(&format!("cores to prepare epoch {epoch}"), |e| {
-                if let CoreEvent::Prepared(core) = e {
-                    prepared.insert(*core);
+        }
+        let n = self.cores.len();
+        let all_prepared = n * transitions.len();
+        let mut prepared = 0;
+        if all_prepared > 0 {
+            self.wait_events("cores to prepare the change", |e| {
+                if let CoreEvent::Prepared(_) = e {
+                    prepared += 1;
                 }
-                prepared.len() == n
+                prepared == all_prepared
             })?;
-            let prepared_in = step_started.elapsed();
-            for h in self.cores.values() {
-                h.addr.send_control(CoreMsg::Switch);
+        }
+        // Then up to STEPS_IN_FLIGHT steps are switched at once; each finished step releases
+        // the next.
+        let first_epoch = self.table.epoch() + 1;
+        let mut released = 0;
+        let mut cores_done: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut steps_done = BTreeSet::new();
+        let mut released_at = Vec::new();
+        while steps_done.len() < transitions.len() {
+            while released < transitions.len() && released - steps_done.len() < STEPS_IN_FLIGHT {
+                for h in self.cores.values() {
+                    h.addr.send_control(CoreMsg::Switch);
+                }
+                released_at.push(Instant::now());
+                released += 1;
             }
-            let mut done = BTreeSet::new();
-            self.wait_events(&format!("cores to finish epoch {epoch}"), |e| match e {
-                CoreEvent::StepDone { core, epoch: e } if *e == epoch => {
-                    done.insert(*core);
-                    done.len() == n
-                }
-                CoreEvent::Installed {
-                    entities, bytes, ..
-                } => {
-                    report.entities_moved += u64::from(*entities);
-                    report.bytes_moved += *bytes;
-                    false
-                }
-                _ => false,
-            })?;
-            tracing::debug!(epoch, slots = n_moves, ?prepared_in, total = ?step_started.elapsed(), "migration step done");
-            self.table = t.table.clone();
+            let mut finished = 0;
+            let waiting_for = first_epoch + steps_done.len() as u64;
+            self.wait_events(
+                &format!("cores to finish epoch {waiting_for}"),
+                |e| match e {
+                    CoreEvent::StepDone { epoch, .. } => {
+                        let done = cores_done.entry(*epoch).or_default();
+                        *done += 1;
+                        finished = *epoch;
+                        *done == n
+                    }
+                    CoreEvent::Installed {
+                        entities, bytes, ..
+                    } => {
+                        report.entities_moved += u64::from(*entities);
+                        report.bytes_moved += *bytes;
+                        false
+                    }
+                    _ => false,
+                },
+            )?;
+            steps_done.insert(finished);
+            let i = (finished - first_epoch) as usize;
+            let t = &transitions[i];
+            tracing::debug!(
+                epoch = finished,
+                slots = t.moves.len(),
+                took = ?released_at[i].elapsed(),
+                "migration step done"
+            );
+            // The table moves on over the steps finished in a row from the first.
+            while steps_done.contains(&(self.table.epoch() + 1)) {
+                let next = (self.table.epoch() + 1 - first_epoch) as usize;
+                self.table = transitions[next].table.clone();
+            }
             report.steps += 1;
             progress.steps_done += 1;
-            progress.slots_moved += n_moves;
+            progress.slots_moved += t.moves.len();
             self.publish(Some(progress.clone()));
         }
         self.publish(None);

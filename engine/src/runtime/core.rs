@@ -6,7 +6,7 @@
 //! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::TcpStream;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,8 +45,8 @@ pub(crate) struct Core {
     pub config: Arc<Config>,
     dataflow: Arc<dyn Dataflow>,
     table: RefCell<Arc<RoutingTable>>,
-    prepared: RefCell<Option<Arc<Transition>>>,
-    awaiting_step_done: Cell<bool>,
+    /// Steps prepared and not yet switched to, in epoch order.
+    prepared: RefCell<VecDeque<Arc<Transition>>>,
     keyed: RefCell<Box<dyn KeyedCore>>,
     outboxes: RefCell<BTreeMap<CoreId, Rc<Outbox>>>,
     /// Peers' addresses, for handoffs and acknowledgements on their control lanes.
@@ -117,8 +117,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         cpu,
         keyed: RefCell::new(dataflow.keyed(id, &table)),
         table: RefCell::new(table),
-        prepared: RefCell::new(None),
-        awaiting_step_done: Cell::new(false),
+        prepared: RefCell::new(VecDeque::new()),
         config,
         dataflow,
         outboxes: RefCell::default(),
@@ -264,7 +263,7 @@ impl Core {
                 if !installed.is_empty() {
                     self.send_control(from, CoreMsg::HandoffAck { slots: installed });
                     let _ = self.events.send(CoreEvent::Installed { entities, bytes });
-                    self.report_step_if_done();
+                    self.report_finished_steps();
                 }
             }
             CoreMsg::HandoffAck { slots } => {
@@ -275,15 +274,14 @@ impl Core {
                         self.fail(format!("acknowledgement of slot {slot}: {e}"));
                     }
                 }
-                self.report_step_if_done();
+                self.report_finished_steps();
             }
             CoreMsg::HandoffRejected { slot, reason } => self.retry_handoff(slot, &reason),
             CoreMsg::Prepare(t) => {
                 let prepared = self.keyed.borrow_mut().prepare(&t);
                 match prepared {
                     Ok(()) => {
-                        *self.prepared.borrow_mut() = Some(t);
-                        self.awaiting_step_done.set(true);
+                        self.prepared.borrow_mut().push_back(t);
                         let _ = self.events.send(CoreEvent::Prepared(self.id));
                     }
                     Err(e) => self.fail(format!("prepare: {e}")),
@@ -403,7 +401,7 @@ impl Core {
     /// Switches to the prepared epoch: one synchronous action, so every batch this core routed
     /// at the old epoch is already queued ahead of the markers.
     fn switch(self: &Rc<Self>) {
-        let Some(t) = self.prepared.borrow_mut().take() else {
+        let Some(t) = self.prepared.borrow_mut().pop_front() else {
             return self.fail("switch without a prepared step".into());
         };
         let switched = self.keyed.borrow_mut().switch();
@@ -421,19 +419,17 @@ impl Core {
                     );
                 }
                 self.start_handoffs(sw.handoffs);
-                self.report_step_if_done();
+                self.report_finished_steps();
             }
             Err(e) => self.fail(format!("switch: {e}")),
         }
     }
 
-    fn report_step_if_done(&self) {
-        let keyed = self.keyed.borrow();
-        if self.awaiting_step_done.get() && !keyed.in_step() {
-            self.awaiting_step_done.set(false);
+    fn report_finished_steps(&self) {
+        for epoch in self.keyed.borrow_mut().take_finished_steps() {
             let _ = self.events.send(CoreEvent::StepDone {
                 core: self.id,
-                epoch: keyed.epoch(),
+                epoch,
             });
         }
     }
