@@ -284,7 +284,7 @@ fn read_link(node: &Arc<Node>, stream: TcpStream) {
     let mut buf = AlignedVec::new();
     let hello = wire::read(&mut reader, &mut buf, 4096);
     let peer = match hello {
-        Ok(Wire::Hello { node: peer, token }) if token == node.token => peer,
+        Ok(Wire::Hello { node: peer, token }) if node.token_matches(&token) => peer,
         Ok(Wire::Hello { node: peer, .. }) => {
             tracing::warn!(node = %node.name, "refused a link from {from_addr} (node `{peer}`): wrong cluster token");
             return;

@@ -72,6 +72,11 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// Whether `token` is this cluster's.
+    pub fn token_matches(&self, token: &str) -> bool {
+        same_token(token, &self.token)
+    }
+
     pub fn new(
         name: String,
         token: String,
@@ -410,5 +415,26 @@ impl Node {
             cores: member.cores,
             reason: reason.to_string(),
         });
+    }
+}
+
+/// Compares tokens in the same time wherever the first difference is, so a peer cannot find a
+/// token byte by byte from response times.
+fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        assert!(same_token("s3cret", "s3cret"));
+        assert!(same_token("", ""));
+        for wrong in ["", "s3cre", "s3cret!", "S3cret", "s3creT", "x3cret"] {
+            assert!(!same_token(wrong, "s3cret"), "{wrong:?}");
+        }
     }
 }

@@ -363,7 +363,7 @@ impl Engine {
 
     /// Whether a request's cluster token is this cluster's.
     pub fn token_matches(&self, token: &str) -> bool {
-        token == self.node.token
+        self.node.token_matches(token)
     }
 
     /// On a member: how the cluster let this node go (removed, or the whole cluster stopped).
