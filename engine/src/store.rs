@@ -39,7 +39,8 @@ impl<S> SlotEntities<S> {
         (0..self.len()).map(|i| (self.key(i), &self.states[i]))
     }
 
-    /// Builds the entities from (key, state) pairs (tests and tools).
+    /// Builds the entities from (key, state) pairs.
+    #[cfg(test)]
     pub fn from_pairs<'k>(pairs: impl IntoIterator<Item = (&'k [u8], S)>) -> Self {
         let mut e = Self {
             keys: Vec::new(),
