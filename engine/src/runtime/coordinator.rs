@@ -34,6 +34,11 @@ pub const MAX_SLOTS_PER_STEP: usize = 64;
 /// the last one's slots are handed off, and still few keys wait at any moment.
 const STEPS_IN_FLIGHT: usize = 2;
 
+/// How long a core runs ready tasks before it polls its reactor. A message from another thread
+/// (a core, a link, the coordinator) wakes its task only there, so on a busy core this bounds
+/// how late a marker, a handoff or an acknowledgement is seen (glommio's default: 100 ms).
+const PREEMPT_TIMER: Duration = Duration::from_millis(1);
+
 /// Capacity of a core's data channel, in messages (mostly batches): small, because everything
 /// queued there is latency, for data and for the epoch markers behind it.
 const INBOX_CAPACITY: usize = 16;
@@ -188,6 +193,7 @@ impl Coordinator {
             let ready = ready_tx.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("quokka-core-{id}"))
+                .preempt_timer(PREEMPT_TIMER)
                 .spawn(move || async move {
                     let _ = ready.send(id);
                     core::run(setup).await
