@@ -269,8 +269,8 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
     ) -> Result<u32, InstallError> {
         let entities = archive.read::<S>()?;
         let count = entities.len() as u32;
-        // The store first: a bad archive (a key twice) leaves the slot incoming, so a resend
-        // can still succeed; the protocol refuses only on a runtime bug.
+        // The store first: a bad archive (a key twice, a key of another slot) leaves the slot
+        // incoming, so a resend can still succeed; the protocol refuses only on a runtime bug.
         self.store.install_slot(archive.slot, entities)?;
         let waiting = self.protocol.install(archive.slot)?;
         for msg in waiting {

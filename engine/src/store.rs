@@ -62,6 +62,8 @@ pub enum InstallSlotError {
     NotEmpty { slot: u32 },
     #[error("slot {slot}: the key {key:?} appears twice")]
     DuplicateKey { slot: u32, key: String },
+    #[error("slot {slot}: the key {key:?} belongs to slot {home}")]
+    WrongSlot { slot: u32, home: u32, key: String },
 }
 
 struct Entry<S> {
@@ -181,7 +183,7 @@ impl<S: Default> SlotStore<S> {
         slot: u32,
         entities: SlotEntities<S>,
     ) -> Result<(), InstallSlotError> {
-        let target = &mut self.slots[slot as usize];
+        let target = &self.slots[slot as usize];
         if !target.table.is_empty() || !target.keys.is_empty() {
             return Err(InstallSlotError::NotEmpty { slot });
         }
@@ -194,8 +196,14 @@ impl<S: Default> SlotStore<S> {
         let hasher = |e: &Entry<S>| table_hash(stable_hash(span(&keys, e.span)));
         for (span_, state) in spans.into_iter().zip(states) {
             let key = span(&keys, span_);
+            let hash = stable_hash(key);
+            let home = slot_of(hash, self.n_slots);
+            if home != slot {
+                let key = String::from_utf8_lossy(key).into_owned();
+                return Err(InstallSlotError::WrongSlot { slot, home, key });
+            }
             match table.entry(
-                table_hash(stable_hash(key)),
+                table_hash(hash),
                 |e: &Entry<S>| span(&keys, e.span) == key,
                 hasher,
             ) {
@@ -211,7 +219,7 @@ impl<S: Default> SlotStore<S> {
             }
         }
         self.len += table.len();
-        *target = Slot { keys, table };
+        self.slots[slot as usize] = Slot { keys, table };
         Ok(())
     }
 }
@@ -311,5 +319,28 @@ mod tests {
             pairs,
             [("one".into(), 11), ("three".into(), 3), ("two".into(), 2)]
         );
+    }
+
+    #[test]
+    fn keys_of_another_slot_are_refused() {
+        let mut store = SlotStore::<u64>::new(2);
+        let (mine, theirs): (Vec<_>, Vec<_>) = (0..100)
+            .map(|i| format!("k{i}"))
+            .partition(|k| slot_of(stable_hash(k.as_bytes()), 2) == 0);
+        let stray = SlotEntities::from_pairs([(mine[0].as_bytes(), 1), (theirs[0].as_bytes(), 2)]);
+        let err = store.install_slot(0, stray).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InstallSlotError::WrongSlot {
+                    slot: 0,
+                    home: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("belongs to slot 1"), "{err}");
+        assert!(store.is_empty());
     }
 }
