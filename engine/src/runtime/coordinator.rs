@@ -625,7 +625,8 @@ impl Coordinator {
         // the next.
         let first_epoch = self.table.epoch() + 1;
         let mut released = 0;
-        let mut cores_done: BTreeMap<u64, usize> = BTreeMap::new();
+        let epochs = first_epoch..first_epoch + transitions.len() as u64;
+        let mut cores_done: BTreeMap<u64, BTreeSet<CoreId>> = BTreeMap::new();
         let mut steps_done = BTreeSet::new();
         let mut released_at = Vec::new();
         while steps_done.len() < transitions.len() {
@@ -641,11 +642,11 @@ impl Coordinator {
             self.wait_events(
                 &format!("cores to finish epoch {waiting_for}"),
                 |e| match e {
-                    CoreEvent::StepDone { epoch, .. } => {
+                    // (A step of this change only: a confused peer must not end it early.)
+                    CoreEvent::StepDone { core, epoch } if epochs.contains(epoch) => {
                         let done = cores_done.entry(*epoch).or_default();
-                        *done += 1;
                         finished = *epoch;
-                        *done == n
+                        done.insert(*core) && done.len() == n
                     }
                     CoreEvent::Installed {
                         entities, bytes, ..
