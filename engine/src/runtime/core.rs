@@ -30,9 +30,10 @@ use crate::routing::{CoreId, Move, RoutingTable};
 /// run: bounds the time a message waits behind the rest of its read.
 const FRAMES_PER_STEP: usize = 64;
 
-/// Handed-off slots archived (and sent as one message) before the hand-off task yields to
-/// other work: bounds both the pause of this core's other tasks and the round trips per step.
-const SLOTS_PER_YIELD: usize = 16;
+/// Handed-off slots sent as one message: the new owner installs one message while the next is
+/// archived. Between messages the hand-off task yields only when the executor's preempt timer
+/// asks (an unconditional yield cost a round of every other task per message).
+const SLOTS_PER_MESSAGE: usize = 16;
 
 /// Times a rejected handoff is sent again before the slot is reported stuck (it is never lost:
 /// the old owner keeps it).
@@ -584,7 +585,7 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
         by_owner.entry(m.to).or_default().push(m.slot);
     }
     for (to, slots) in by_owner {
-        for chunk in slots.chunks(SLOTS_PER_YIELD) {
+        for chunk in slots.chunks(SLOTS_PER_MESSAGE) {
             let mut archives = Vec::with_capacity(chunk.len());
             for &slot in chunk {
                 let archive = core.keyed.borrow_mut().archive(slot);
@@ -598,7 +599,7 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
             }
             let from = core.id;
             core.send_control(to, CoreMsg::Handoff { from, archives });
-            future::yield_now().await;
+            glommio::yield_if_needed().await;
         }
     }
     tracing::debug!(core = core.id, slots = moves.len(), ?flush, total = ?started.elapsed(), "handed off");
