@@ -14,8 +14,8 @@ use crate::routing::{CoreId, Move, RoutingTable};
 
 /// First bytes of every link payload.
 pub const MAGIC: [u8; 2] = *b"QN";
-/// The node protocol version this build speaks.
-pub const VERSION: u8 = 1;
+/// The node protocol version this build speaks (2: slot archives are three flat arrays).
+pub const VERSION: u8 = 2;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -432,8 +432,9 @@ mod tests {
             Err(WireError::Invalid(_))
         ));
         assert_eq!(read_one(&framed(b"QN\x00abc")), Err(WireError::Version(0)));
+        assert_eq!(read_one(&framed(b"QN\x01abc")), Err(WireError::Version(1)));
         assert!(matches!(
-            read_one(&framed(b"QN\x01")),
+            read_one(&framed(&[b'Q', b'N', VERSION])),
             Err(WireError::Invalid(_))
         ));
         assert_eq!(
@@ -442,7 +443,7 @@ mod tests {
         );
         assert_eq!(decode_join(b"QK\x01"), Err(WireError::BadMagic));
         assert!(matches!(
-            decode_join(b"QN\x01garbage!"),
+            decode_join(&[&b"QN"[..], &[VERSION], b"garbage!"].concat()),
             Err(WireError::Invalid(_))
         ));
         // Every truncation of every sample is refused, never a panic; so is every shortened
@@ -463,7 +464,7 @@ mod tests {
     fn arbitrary_bytes_never_panic() {
         let mut x: u64 = 0x9e37_79b9;
         for len in 0..300 {
-            let mut bytes = b"QN\x01".to_vec();
+            let mut bytes = vec![b'Q', b'N', VERSION];
             bytes.extend((0..len).map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
