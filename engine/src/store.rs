@@ -29,14 +29,10 @@ impl<S> SlotEntities<S> {
         self.states.is_empty()
     }
 
-    /// The key of entity `i`.
-    pub fn key(&self, i: usize) -> &[u8] {
-        span(&self.keys, self.spans[i])
-    }
-
     /// (key, state) of every entity.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &S)> {
-        (0..self.len()).map(|i| (self.key(i), &self.states[i]))
+        (self.spans.iter().map(|&s| span(&self.keys, s))).zip(&self.states)
     }
 
     /// Builds the entities from (key, state) pairs.
