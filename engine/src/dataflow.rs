@@ -40,8 +40,8 @@ pub(crate) trait Dataflow: Send + Sync {
     fn keyed(&self, me: CoreId, table: &RoutingTable) -> Box<dyn KeyedCore>;
     /// A batch as bytes, to cross to another node.
     fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, String>;
-    /// A batch from another node, validated before it is read.
-    fn decode_batch(&self, bytes: &[u8]) -> Result<Batch, String>;
+    /// A batch from another node (its archive, as sent), validated before it is read.
+    fn decode_batch(&self, bytes: &AlignedVec) -> Result<Batch, String>;
 }
 
 /// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
@@ -141,11 +141,9 @@ where
         rkyv::to_bytes::<BoxedError>(batch).map_err(|e| e.to_string())
     }
 
-    fn decode_batch(&self, bytes: &[u8]) -> Result<Batch, String> {
-        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
-        aligned.extend_from_slice(bytes);
-        let batch = rkyv::from_bytes::<Vec<KeyedMsg<T>>, BoxedError>(&aligned)
-            .map_err(|e| e.to_string())?;
+    fn decode_batch(&self, bytes: &AlignedVec) -> Result<Batch, String> {
+        let batch =
+            rkyv::from_bytes::<Vec<KeyedMsg<T>>, BoxedError>(bytes).map_err(|e| e.to_string())?;
         Ok(Box::new(batch))
     }
 }

@@ -190,7 +190,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
         CoreMsg::Batch { batch } => match node.dataflow.encode_batch(&*batch) {
             Ok(bytes) => Wire::Batch {
                 to,
-                bytes: bytes.to_vec(),
+                bytes: wire::Payload(bytes),
             },
             Err(e) => {
                 tracing::error!(node = %node.name, "cannot encode a batch for core {to}: {e}");
@@ -208,7 +208,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
                     slot: a.slot,
                     entities: a.entities,
                     checksum: a.checksum,
-                    bytes: a.bytes.to_vec(),
+                    bytes: wire::Payload(a.bytes),
                 })
                 .collect(),
         },

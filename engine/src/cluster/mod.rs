@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::serialization::Serializer;
-use rkyv::util::AlignedVec;
 
 use self::link::Link;
 use self::wire::{Answer, Member, Question, Wire};
@@ -208,7 +207,7 @@ impl Node {
     /// Handles one message from node `from`.
     pub fn deliver(self: &Arc<Self>, from: &str, msg: Wire) {
         match msg {
-            Wire::Batch { to, bytes } => match self.dataflow.decode_batch(&bytes) {
+            Wire::Batch { to, bytes } => match self.dataflow.decode_batch(&bytes.0) {
                 Ok(batch) => self.to_core(to, CoreMsg::Batch { batch }, true),
                 Err(e) => {
                     tracing::error!(node = %self.name, "dropped a garbled batch from node {from}: {e}")
@@ -229,15 +228,11 @@ impl Node {
             } => {
                 let archives = archives
                     .into_iter()
-                    .map(|a| {
-                        let mut bytes = AlignedVec::with_capacity(a.bytes.len());
-                        bytes.extend_from_slice(&a.bytes);
-                        SlotArchive {
-                            slot: a.slot,
-                            entities: a.entities,
-                            checksum: a.checksum,
-                            bytes,
-                        }
+                    .map(|a| SlotArchive {
+                        slot: a.slot,
+                        entities: a.entities,
+                        checksum: a.checksum,
+                        bytes: a.bytes.0,
                     })
                     .collect();
                 self.to_core(

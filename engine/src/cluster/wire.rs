@@ -73,13 +73,32 @@ impl TableWire {
     }
 }
 
+/// Bytes that are themselves an rkyv archive (a batch, a slot): read straight into an aligned
+/// buffer, so the receiver accesses them without another copy.
+#[derive(Debug, Clone, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Payload(#[rkyv(with = rkyv::with::AsVec)] pub AlignedVec);
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_slice() == other.0.as_slice()
+    }
+}
+
+impl From<&[u8]> for Payload {
+    fn from(bytes: &[u8]) -> Self {
+        let mut aligned = AlignedVec::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        Payload(aligned)
+    }
+}
+
 /// One slot's archive on the wire (see `archive::SlotArchive`).
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ArchiveWire {
     pub slot: u32,
     pub entities: u32,
     pub checksum: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: Payload,
 }
 
 /// What a core tells the coordinator, on its own node through a channel or from another node
@@ -105,7 +124,7 @@ pub enum Wire {
     Bye,
     Batch {
         to: CoreId,
-        bytes: Vec<u8>,
+        bytes: Payload,
     },
     Marker {
         to: CoreId,
@@ -329,7 +348,7 @@ mod tests {
             Wire::Bye,
             Wire::Batch {
                 to: 3,
-                bytes: vec![1, 2, 3],
+                bytes: Payload::from(&[1, 2, 3][..]),
             },
             Wire::Marker {
                 to: 1,
@@ -343,7 +362,7 @@ mod tests {
                     slot: 4095,
                     entities: 2,
                     checksum: 99,
-                    bytes: vec![0; 100],
+                    bytes: Payload::from(&[0; 100][..]),
                 }],
             },
             Wire::HandoffAck {

@@ -373,10 +373,11 @@ impl<M> Protocol<M> {
     fn finish_done(&mut self) {
         let finished = &mut self.finished;
         self.steps.retain(|s| {
-            if s.done() {
+            let done = s.done();
+            if done {
                 finished.push(s.to_epoch);
             }
-            !s.done()
+            !done
         });
     }
 }
