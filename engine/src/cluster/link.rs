@@ -73,6 +73,16 @@ impl Link {
             .is_ok()
     }
 
+    /// Queues `msg` for the data lane if it has room now; gives it back if not.
+    pub fn try_send_data(&self, core: CoreId, msg: CoreMsg) -> Result<(), CoreMsg> {
+        self.data
+            .try_send(Outgoing::Core(core, msg))
+            .map_err(|e| match e.into_inner() {
+                Outgoing::Core(_, msg) => msg,
+                _ => unreachable!("only a core message was sent"),
+            })
+    }
+
     /// A message for the node itself (not one of its cores).
     pub fn send_node(&self, msg: Wire) -> bool {
         self.control.send(Outgoing::Node(msg)).is_ok()
@@ -214,11 +224,16 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
         },
         CoreMsg::HandoffAck { slots } => Wire::HandoffAck { to, slots },
         CoreMsg::HandoffRejected { slot, reason } => Wire::HandoffRejected { to, slot, reason },
-        CoreMsg::Prepare(t) => Wire::Prepare {
+        CoreMsg::Prepare(steps) => Wire::Prepare {
             to,
-            table: (&*t.table).into(),
-            moves: wire::moves_to_wire(&t.moves),
-            producers: t.producers.clone(),
+            steps: steps
+                .iter()
+                .map(|t| wire::StepWire {
+                    table: (&*t.table).into(),
+                    moves: wire::moves_to_wire(&t.moves),
+                })
+                .collect(),
+            producers: steps.first().map_or_else(Vec::new, |t| t.producers.clone()),
         },
         CoreMsg::Switch => Wire::Switch { to },
         CoreMsg::AddPeers(peers) => Wire::AddPeers {

@@ -252,20 +252,28 @@ impl Node {
             }
             Wire::Prepare {
                 to,
-                table,
-                moves,
+                steps,
                 producers,
-            } => match table.to_table() {
-                Ok(table) => {
-                    let t = Transition {
-                        table: Arc::new(table),
-                        moves: wire::moves_from_wire(&moves),
-                        producers,
-                    };
-                    self.to_core(to, CoreMsg::Prepare(Arc::new(t)), false);
+            } => {
+                let steps: Result<Vec<_>, _> = steps
+                    .iter()
+                    .map(|s| {
+                        s.table.to_table().map(|table| {
+                            Arc::new(Transition {
+                                table: Arc::new(table),
+                                moves: wire::moves_from_wire(&s.moves),
+                                producers: producers.clone(),
+                            })
+                        })
+                    })
+                    .collect();
+                match steps {
+                    Ok(steps) => self.to_core(to, CoreMsg::Prepare(steps), false),
+                    Err(e) => {
+                        tracing::error!(node = %self.name, "bad prepare from node {from}: {e}")
+                    }
                 }
-                Err(e) => tracing::error!(node = %self.name, "bad prepare from node {from}: {e}"),
-            },
+            }
             Wire::Switch { to } => self.to_core(to, CoreMsg::Switch, false),
             Wire::AddPeers { to, peers } => {
                 let mut resolved = Vec::with_capacity(peers.len());

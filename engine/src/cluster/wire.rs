@@ -15,7 +15,7 @@ use crate::routing::{CoreId, Move, RoutingTable};
 /// First bytes of every link payload.
 pub const MAGIC: [u8; 2] = *b"QN";
 /// The node protocol version this build speaks (2: slot archives are three flat arrays).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -49,6 +49,13 @@ pub struct Welcome {
     pub table: TableWire,
     /// The sink address the cluster writes to.
     pub output: String,
+}
+
+/// One migration step: its table and the slots that change owner, `(slot, from, to)`.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StepWire {
+    pub table: TableWire,
+    pub moves: Vec<(u32, CoreId, CoreId)>,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -149,10 +156,10 @@ pub enum Wire {
         slot: u32,
         reason: String,
     },
+    /// Every step of a change, in epoch order (the same producers for all).
     Prepare {
         to: CoreId,
-        table: TableWire,
-        moves: Vec<(u32, CoreId, CoreId)>,
+        steps: Vec<StepWire>,
         producers: Vec<CoreId>,
     },
     Switch {
@@ -371,11 +378,13 @@ mod tests {
             },
             Wire::Prepare {
                 to: 2,
-                table: TableWire {
-                    epoch: 3,
-                    owners: vec![0, 1, 2],
-                },
-                moves: vec![(1, 1, 2)],
+                steps: vec![StepWire {
+                    table: TableWire {
+                        epoch: 3,
+                        owners: vec![0, 1, 2],
+                    },
+                    moves: vec![(1, 1, 2)],
+                }],
                 producers: vec![0, 1, 2],
             },
             Wire::AddPeers {

@@ -54,6 +54,10 @@ pub(crate) struct Core {
     controls: RefCell<BTreeMap<CoreId, CoreAddr>>,
     /// Signalled when an outbox sends a message.
     outbox_progress: Rc<Notify>,
+    /// This core's inbox (data and control lanes), to see whether messages wait there.
+    inbox: (flume::Receiver<CoreMsg>, flume::Receiver<CoreMsg>),
+    /// Wakes the inbox task when a busy task sees messages waiting (see `poke_inbox`).
+    inbox_poke: Notify,
     events: flume::Sender<CoreEvent>,
     /// Slots handed off and not yet acknowledged: new owner and attempts.
     handing_off: RefCell<HashMap<u32, (CoreId, u32)>>,
@@ -124,6 +128,8 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         outboxes: RefCell::default(),
         controls: RefCell::default(),
         outbox_progress: Rc::default(),
+        inbox: (data.clone(), control.clone()),
+        inbox_poke: Notify::default(),
         events,
         handing_off: RefCell::default(),
         sink: RefCell::default(),
@@ -173,7 +179,20 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
                     None => continue,
                 }
             }
-            Err(_) => future::or(control.recv_async(), data.recv_async()).await,
+            Err(_) => {
+                let poked = core.inbox_poke.wait();
+                let received =
+                    async { Some(future::or(control.recv_async(), data.recv_async()).await) };
+                match future::or(received, async {
+                    poked.await;
+                    None
+                })
+                .await
+                {
+                    Some(msg) => msg,
+                    None => continue,
+                }
+            }
         };
         let Ok(msg) = next else { break };
         match msg {
@@ -227,6 +246,7 @@ impl Core {
                 glommio::yield_if_needed().await;
             }
             CoreMsg::Marker { from, epoch } => {
+                tracing::trace!(core = self.id, from, epoch, "step: marker in");
                 let ready = self.keyed.borrow_mut().on_marker(from, epoch);
                 match ready {
                     Ok(moves) => self.start_handoffs(moves),
@@ -234,6 +254,7 @@ impl Core {
                 }
             }
             CoreMsg::Handoff { from, archives } => {
+                tracing::trace!(core = self.id, from, n = archives.len(), "step: handoff in");
                 let (mut installed, mut entities, mut bytes) = (Vec::new(), 0, 0);
                 for archive in archives {
                     self.wait_sink_room().await;
@@ -261,6 +282,7 @@ impl Core {
                         }
                     }
                 }
+                tracing::trace!(core = self.id, "step: handoff installed");
                 if !installed.is_empty() {
                     self.send_control(from, CoreMsg::HandoffAck { slots: installed });
                     let _ = self.events.send(CoreEvent::Installed { entities, bytes });
@@ -268,6 +290,7 @@ impl Core {
                 }
             }
             CoreMsg::HandoffAck { slots } => {
+                tracing::trace!(core = self.id, n = slots.len(), "step: ack in");
                 for slot in slots {
                     self.handing_off.borrow_mut().remove(&slot);
                     let released = self.keyed.borrow_mut().release(slot);
@@ -278,17 +301,20 @@ impl Core {
                 self.report_finished_steps();
             }
             CoreMsg::HandoffRejected { slot, reason } => self.retry_handoff(slot, &reason),
-            CoreMsg::Prepare(t) => {
-                let prepared = self.keyed.borrow_mut().prepare(&t);
-                match prepared {
-                    Ok(()) => {
-                        self.prepared.borrow_mut().push_back(t);
-                        let _ = self.events.send(CoreEvent::Prepared(self.id));
+            CoreMsg::Prepare(steps) => {
+                for t in steps {
+                    let prepared = self.keyed.borrow_mut().prepare(&t);
+                    if let Err(e) = prepared {
+                        return self.fail(format!("prepare: {e}"));
                     }
-                    Err(e) => self.fail(format!("prepare: {e}")),
+                    self.prepared.borrow_mut().push_back(t);
                 }
+                let _ = self.events.send(CoreEvent::Prepared(self.id));
             }
-            CoreMsg::Switch => self.switch(),
+            CoreMsg::Switch => {
+                tracing::trace!(core = self.id, "step: switch");
+                self.switch()
+            }
             CoreMsg::AddPeers(peers) => self.add_peers(peers),
             CoreMsg::RemovePeer(peer) => self.forget_peer(peer),
             CoreMsg::Leave { heirs } => {
@@ -428,6 +454,7 @@ impl Core {
 
     fn report_finished_steps(&self) {
         for epoch in self.keyed.borrow_mut().take_finished_steps() {
+            tracing::trace!(core = self.id, epoch, "step: done here");
             let _ = self.events.send(CoreEvent::StepDone {
                 core: self.id,
                 epoch,
@@ -472,6 +499,16 @@ impl Core {
                 );
             }
             Err(e) => self.fail(format!("archiving slot {slot}: {e}")),
+        }
+    }
+
+    /// A message from another thread wakes the inbox task only when the executor next polls
+    /// its reactor, which a busy core does once per preempt timer (1 ms). Busy tasks call this
+    /// between bounded steps, so a waiting marker, handoff or batch is taken within a step.
+    fn poke_inbox(&self) {
+        let (data, control) = &self.inbox;
+        if !control.is_empty() || !data.is_empty() {
+            self.inbox_poke.notify_all();
         }
     }
 
@@ -578,6 +615,7 @@ async fn tick(core: Rc<Core>) {
 /// slot and send it to its new owner.
 async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
     let started = Instant::now();
+    tracing::trace!(core = core.id, "step: handoff start");
     flushed(&core).await;
     let flush = started.elapsed();
     let mut by_owner: BTreeMap<CoreId, Vec<u32>> = BTreeMap::new();
@@ -598,7 +636,9 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
                 }
             }
             let from = core.id;
+            tracing::trace!(core = core.id, "step: handoff out");
             core.send_control(to, CoreMsg::Handoff { from, archives });
+            core.poke_inbox();
             glommio::yield_if_needed().await;
         }
     }
@@ -691,7 +731,10 @@ async fn read_source(core: Rc<Core>, handover: Handover) {
         // Work through what was read in bounded steps, yielding between them.
         loop {
             match step(&core, &mut reader, &mut *ingress, now).await {
-                Ok(true) => future::yield_now().await,
+                Ok(true) => {
+                    core.poke_inbox();
+                    future::yield_now().await
+                }
                 Ok(false) => break,
                 Err(e) => break 'read Err(e),
             }

@@ -55,6 +55,15 @@ impl CoreAddr {
         }
     }
 
+    /// Sends on the data lane if it has room now; gives the message back if not (full, or the
+    /// core is gone).
+    pub fn try_send_data(&self, msg: CoreMsg) -> Result<(), CoreMsg> {
+        match self {
+            CoreAddr::Local { data, .. } => data.try_send(msg).map_err(|e| e.into_inner()),
+            CoreAddr::Remote { core, link } => link.try_send_data(*core, msg),
+        }
+    }
+
     /// The data lane of a core on this node.
     pub fn local_data(&self) -> Option<&flume::Sender<CoreMsg>> {
         match self {
@@ -100,8 +109,9 @@ pub(crate) enum CoreMsg {
         slot: u32,
         reason: String,
     },
-    /// The next migration step: start buffering for incoming slots.
-    Prepare(Arc<Transition>),
+    /// Every step of a change, in epoch order: start buffering for incoming slots. One
+    /// message, so a core is woken (and answers) once per change, not once per step.
+    Prepare(Vec<Arc<Transition>>),
     /// Route with the prepared step's table from now on.
     Switch,
     AddPeers(Vec<(CoreId, CoreAddr)>),

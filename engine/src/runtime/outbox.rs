@@ -1,5 +1,7 @@
 //! A core's ordered queue of messages for one peer core, drained into the peer's inbox by a task
-//! of its own.
+//! of its own. A message with nothing ahead of it goes straight into the inbox if there is
+//! room: the sender task runs only when the core's busy tasks let it (a marker waited up to a
+//! preempt period behind a stream of batches being applied).
 //!
 //! Tasks enqueue without awaiting, so routing a step's messages, an epoch switch and its markers
 //! are each one synchronous action, and the order they are enqueued in is the order the peer
@@ -20,6 +22,7 @@ const MAX_QUEUED_BATCHES: usize = 4;
 
 pub(crate) struct Outbox {
     pub peer: CoreId,
+    inbox: CoreAddr,
     queue: RefCell<VecDeque<CoreMsg>>,
     queued_batches: Cell<usize>,
     sending: Cell<bool>,
@@ -33,6 +36,7 @@ impl Outbox {
     pub fn start(peer: CoreId, inbox: CoreAddr, progress: Rc<Notify>) -> Rc<Outbox> {
         let outbox = Rc::new(Outbox {
             peer,
+            inbox: inbox.clone(),
             queue: RefCell::default(),
             queued_batches: Cell::new(0),
             sending: Cell::new(false),
@@ -45,6 +49,14 @@ impl Outbox {
     }
 
     pub fn push(&self, msg: CoreMsg) {
+        let msg = if self.is_flushed() {
+            match self.inbox.try_send_data(msg) {
+                Ok(()) => return,
+                Err(msg) => msg,
+            }
+        } else {
+            msg
+        };
         if matches!(msg, CoreMsg::Batch { .. }) {
             self.queued_batches.set(self.queued_batches.get() + 1);
         }
