@@ -9,9 +9,16 @@ pub fn stable_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
-/// The slot of a key with hash `hash`, for a cluster of `n_slots` slots.
+/// The slot of a key with hash `hash`, for a cluster of `n_slots` slots: `hash % n_slots`.
+#[inline]
 pub fn slot_of(hash: u64, n_slots: u32) -> u32 {
-    (hash % u64::from(n_slots)) as u32
+    // A 64-bit division costs tens of cycles on every message; for the usual power-of-two slot
+    // count the remainder is a mask.
+    if n_slots.is_power_of_two() {
+        (hash & u64::from(n_slots - 1)) as u32
+    } else {
+        (hash % u64::from(n_slots)) as u32
+    }
 }
 
 /// Re-mixes a stable hash for an in-memory table: all keys of one slot share `hash % n_slots`,
@@ -53,6 +60,11 @@ mod tests {
             counts.iter().max()
         );
         assert_eq!(slot_of(u64::MAX, 7), (u64::MAX % 7) as u32);
+        for n in [1, 2, 4096, 4095, 1 << 31, u32::MAX] {
+            for h in [0, 1, 4095, 4096, 0xdead_beef_f00d_cafe, u64::MAX] {
+                assert_eq!(slot_of(h, n), (h % u64::from(n)) as u32, "{h} % {n}");
+            }
+        }
     }
 
     #[test]

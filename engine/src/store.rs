@@ -1,10 +1,10 @@
 //! Keyed state of one core: entities grouped by slot, so a slot can be taken out whole.
 //!
-//! A slot keeps its keys back to back in one buffer and a hash table of (key span, state), so
-//! taking a slot out, archiving it and installing it elsewhere costs a few bulk copies and one
-//! table insert per entity, not an allocation and a free per key.
+//! A slot keeps its entities in three flat arrays (every key's bytes back to back, a key span
+//! and a state per entity) plus an open-addressing index over them. The arrays are exactly what
+//! a slot archive holds, so taking a slot out moves three vectors and installing one copies
+//! them in and builds the index: no per-entity allocation, and no table walk to gather entries.
 
-use hashbrown::HashTable;
 use thiserror::Error;
 
 use crate::hash::{slot_of, stable_hash, table_hash};
@@ -60,25 +60,126 @@ pub enum InstallSlotError {
     DuplicateKey { slot: u32, key: String },
     #[error("slot {slot}: the key {key:?} belongs to slot {home}")]
     WrongSlot { slot: u32, home: u32, key: String },
+    #[error("slot {slot}: {reason}")]
+    Malformed { slot: u32, reason: String },
 }
 
-struct Entry<S> {
-    span: [u32; 2],
-    state: S,
+/// An index bucket: 0 when free, else `tag << 32 | (entity + 1)`. The tag (the high half of the
+/// key's table hash) also places the bucket, so most probes never touch a key, and the index
+/// grows without hashing a key again.
+type Bucket = u64;
+
+fn bucket(tag: u32, entity: usize) -> Bucket {
+    u64::from(tag) << 32 | (entity as u64 + 1)
 }
 
-/// One slot: its keys' bytes and a table of entries pointing into them.
+fn tag_of(hash: u64) -> u32 {
+    (table_hash(hash) >> 32) as u32
+}
+
+/// One slot: its entities' arrays and an index over them.
 struct Slot<S> {
-    keys: Vec<u8>,
-    table: HashTable<Entry<S>>,
+    entities: SlotEntities<S>,
+    /// A power of two of buckets (or none), at most 3/4 used.
+    index: Vec<Bucket>,
 }
 
 impl<S> Default for Slot<S> {
     fn default() -> Self {
         Self {
-            keys: Vec::new(),
-            table: HashTable::new(),
+            entities: SlotEntities {
+                keys: Vec::new(),
+                spans: Vec::new(),
+                states: Vec::new(),
+            },
+            index: Vec::new(),
         }
+    }
+}
+
+/// Where a probe for a key ended.
+enum Probe {
+    Found(usize),
+    /// The free bucket where the key would go.
+    Free(usize),
+}
+
+impl<S> Slot<S> {
+    fn len(&self) -> usize {
+        self.entities.states.len()
+    }
+
+    fn probe(&self, tag: u32, key: &[u8]) -> Probe {
+        let mask = self.index.len() - 1;
+        let mut at = tag as usize & mask;
+        loop {
+            let b = self.index[at];
+            if b == 0 {
+                return Probe::Free(at);
+            }
+            if (b >> 32) as u32 == tag {
+                let e = (b as u32 - 1) as usize;
+                if span(&self.entities.keys, self.entities.spans[e]) == key {
+                    return Probe::Found(e);
+                }
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Makes room for one more entity: doubles the index when it would be over 3/4 full,
+    /// placing every bucket again by its tag.
+    fn reserve_one(&mut self) {
+        if (self.len() + 1) * 4 <= self.index.len() * 3 {
+            return;
+        }
+        let buckets = (self.index.len() * 2).max(8);
+        let old = std::mem::replace(&mut self.index, vec![0; buckets]);
+        let mask = self.index.len() - 1;
+        for b in old.into_iter().filter(|&b| b != 0) {
+            let mut at = (b >> 32) as usize & mask;
+            while self.index[at] != 0 {
+                at = (at + 1) & mask;
+            }
+            self.index[at] = b;
+        }
+    }
+
+    /// Builds the index of `entities` (checked: every key in `slot`, no key twice).
+    fn indexed(
+        slot: u32,
+        n_slots: u32,
+        entities: SlotEntities<S>,
+    ) -> Result<Self, InstallSlotError> {
+        let n = entities.len();
+        let buckets = ((n * 4).div_ceil(3)).next_power_of_two().max(8);
+        let mut s = Slot {
+            entities,
+            index: vec![0; if n == 0 { 0 } else { buckets }],
+        };
+        for e in 0..n {
+            let [start, len] = s.entities.spans[e];
+            let Some(key) = (s.entities.keys).get(start as usize..start as usize + len as usize)
+            else {
+                let reason = format!("key span [{start}, {len}] outside the keys");
+                return Err(InstallSlotError::Malformed { slot, reason });
+            };
+            let hash = stable_hash(key);
+            let home = slot_of(hash, n_slots);
+            if home != slot {
+                let key = String::from_utf8_lossy(key).into_owned();
+                return Err(InstallSlotError::WrongSlot { slot, home, key });
+            }
+            let tag = tag_of(hash);
+            match s.probe(tag, key) {
+                Probe::Free(at) => s.index[at] = bucket(tag, e),
+                Probe::Found(_) => {
+                    let key = String::from_utf8_lossy(key).into_owned();
+                    return Err(InstallSlotError::DuplicateKey { slot, key });
+                }
+            }
+        }
+        Ok(s)
     }
 }
 
@@ -111,33 +212,35 @@ impl<S: Default> SlotStore<S> {
 
     /// The state of `key` (whose stable hash is `hash`), created with `S::default()` if new.
     pub fn entry(&mut self, hash: u64, key: &[u8]) -> &mut S {
-        let Slot { keys, table } = &mut self.slots[slot_of(hash, self.n_slots) as usize];
-        let entry = table.entry(
-            table_hash(hash),
-            |e| span(keys, e.span) == key,
-            |e| table_hash(stable_hash(span(keys, e.span))),
-        );
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(e) => &mut e.into_mut().state,
-            hashbrown::hash_table::Entry::Vacant(e) => {
+        let slot = &mut self.slots[slot_of(hash, self.n_slots) as usize];
+        slot.reserve_one();
+        let tag = tag_of(hash);
+        let e = match slot.probe(tag, key) {
+            Probe::Found(e) => e,
+            Probe::Free(at) => {
+                let e = slot.len();
+                let entities = &mut slot.entities;
+                entities.spans.push(append_key(&mut entities.keys, key));
+                entities.states.push(S::default());
+                slot.index[at] = bucket(tag, e);
                 self.len += 1;
-                let span = append_key(keys, key);
-                let entry = Entry {
-                    span,
-                    state: S::default(),
-                };
-                &mut e.insert(entry).into_mut().state
+                e
             }
-        }
+        };
+        &mut slot.entities.states[e]
     }
 
     /// The state of `key`, if it exists.
     pub fn get(&self, key: &[u8]) -> Option<&S> {
         let hash = stable_hash(key);
-        let Slot { keys, table } = &self.slots[slot_of(hash, self.n_slots) as usize];
-        table
-            .find(table_hash(hash), |e| span(keys, e.span) == key)
-            .map(|e| &e.state)
+        let slot = &self.slots[slot_of(hash, self.n_slots) as usize];
+        if slot.index.is_empty() {
+            return None;
+        }
+        match slot.probe(tag_of(hash), key) {
+            Probe::Found(e) => Some(&slot.entities.states[e]),
+            Probe::Free(_) => None,
+        }
     }
 
     /// Entities held.
@@ -151,71 +254,36 @@ impl<S: Default> SlotStore<S> {
 
     /// Entities held in `slot`.
     pub fn slot_len(&self, slot: u32) -> usize {
-        self.slots[slot as usize].table.len()
+        self.slots[slot as usize].len()
     }
 
-    /// Takes every entity of `slot` out (to archive it), leaving the slot empty. The keys' buffer
-    /// moves as it is; spans and states are gathered from the table.
+    /// Takes every entity of `slot` out (to archive it), leaving the slot empty: its arrays move
+    /// out as they are, its index is dropped.
     pub fn take_slot(&mut self, slot: u32) -> SlotEntities<S> {
-        let Slot { keys, table } = std::mem::take(&mut self.slots[slot as usize]);
-        self.len -= table.len();
-        let mut spans = Vec::with_capacity(table.len());
-        let mut states = Vec::with_capacity(table.len());
-        for e in table {
-            spans.push(e.span);
-            states.push(e.state);
-        }
-        SlotEntities {
-            keys,
-            spans,
-            states,
-        }
+        let taken = std::mem::take(&mut self.slots[slot as usize]);
+        self.len -= taken.len();
+        taken.entities
     }
 
-    /// Puts `entities` (restored from an archive of `slot`) into the empty slot; their keys'
-    /// buffer becomes the slot's. `spans` must lie within `keys` (`archive` checks that).
+    /// Puts `entities` (restored from an archive of `slot`) into the empty slot and indexes
+    /// them. `spans` must lie within `keys` and match `states` in number (`archive` checks
+    /// both); a key of another slot or a key twice is refused and the slot stays empty.
     pub fn install_slot(
         &mut self,
         slot: u32,
         entities: SlotEntities<S>,
     ) -> Result<(), InstallSlotError> {
-        let target = &self.slots[slot as usize];
-        if !target.table.is_empty() || !target.keys.is_empty() {
+        if self.slots[slot as usize].len() != 0 {
             return Err(InstallSlotError::NotEmpty { slot });
         }
-        let SlotEntities {
-            keys,
-            spans,
-            states,
-        } = entities;
-        let mut table = HashTable::with_capacity(spans.len());
-        let hasher = |e: &Entry<S>| table_hash(stable_hash(span(&keys, e.span)));
-        for (span_, state) in spans.into_iter().zip(states) {
-            let key = span(&keys, span_);
-            let hash = stable_hash(key);
-            let home = slot_of(hash, self.n_slots);
-            if home != slot {
-                let key = String::from_utf8_lossy(key).into_owned();
-                return Err(InstallSlotError::WrongSlot { slot, home, key });
-            }
-            match table.entry(
-                table_hash(hash),
-                |e: &Entry<S>| span(&keys, e.span) == key,
-                hasher,
-            ) {
-                hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(Entry { span: span_, state });
-                }
-                hashbrown::hash_table::Entry::Occupied(_) => {
-                    return Err(InstallSlotError::DuplicateKey {
-                        slot,
-                        key: String::from_utf8_lossy(key).into_owned(),
-                    })
-                }
-            }
+        let (spans, states) = (entities.spans.len(), entities.states.len());
+        if spans != states {
+            let reason = format!("{spans} key spans for {states} states");
+            return Err(InstallSlotError::Malformed { slot, reason });
         }
-        self.len += table.len();
-        self.slots[slot as usize] = Slot { keys, table };
+        let installed = Slot::indexed(slot, self.n_slots, entities)?;
+        self.len += installed.len();
+        self.slots[slot as usize] = installed;
         Ok(())
     }
 }
@@ -338,5 +406,57 @@ mod tests {
         );
         assert!(err.to_string().contains("belongs to slot 1"), "{err}");
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn malformed_entities_are_refused_not_panicked_on() {
+        let mut store = SlotStore::<u64>::new(1);
+        let mut e = SlotEntities::from_pairs([(&b"a"[..], 1), (&b"b"[..], 2)]);
+        e.spans[1] = [1, 7];
+        let err = store.install_slot(0, e).unwrap_err();
+        assert!(err.to_string().contains("outside the keys"), "{err}");
+        let mut e = SlotEntities::from_pairs([(&b"a"[..], 1), (&b"b"[..], 2)]);
+        e.states.pop();
+        let err = store.install_slot(0, e).unwrap_err();
+        assert_eq!(err.to_string(), "slot 0: 2 key spans for 1 states");
+        assert!(store.is_empty());
+    }
+
+    proptest::proptest! {
+        /// The store against a map: updates, lookups, and slots moved to another store and back
+        /// (every move rebuilds the index), with keys of many lengths.
+        #[test]
+        fn behaves_like_a_map_across_moves(
+            ops in proptest::collection::vec((0u16..400, 0u8..4), 1..600),
+        ) {
+            let n_slots = 8;
+            let mut model = std::collections::HashMap::<Vec<u8>, u64>::new();
+            let (mut a, mut b) = (SlotStore::<u64>::new(n_slots), SlotStore::<u64>::new(n_slots));
+            let mut in_b = [false; 8];
+            for (k, op) in ops {
+                let key = format!("{k:0w$}", w = usize::from(k % 7) + 1).into_bytes();
+                let slot = slot_of(stable_hash(&key), n_slots);
+                let store = if in_b[slot as usize] { &mut b } else { &mut a };
+                match op {
+                    0 | 1 => {
+                        *store.entry(stable_hash(&key), &key) += u64::from(k) + 1;
+                        *model.entry(key).or_default() += u64::from(k) + 1;
+                    }
+                    2 => proptest::prop_assert_eq!(store.get(&key), model.get(&key)),
+                    _ => {
+                        let (from, to) = if in_b[slot as usize] { (&mut b, &mut a) } else { (&mut a, &mut b) };
+                        let taken = from.take_slot(slot);
+                        to.install_slot(slot, taken).unwrap();
+                        in_b[slot as usize] = !in_b[slot as usize];
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(a.len() + b.len(), model.len());
+            for (key, v) in &model {
+                let slot = slot_of(stable_hash(key), n_slots) as usize;
+                let store = if in_b[slot] { &b } else { &a };
+                proptest::prop_assert_eq!(store.get(key), Some(v));
+            }
+        }
     }
 }
