@@ -26,9 +26,10 @@ pub struct Args {
     /// Runs; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Offered load in words/s while migrating (about half of one core's max on this machine).
-    #[arg(long, default_value_t = 2_000_000.0)]
-    rate: f64,
+    /// Offered load in words/s while migrating. Default: half of the max rate measured in the
+    /// same run, flat out, with the state filled (the "about half of max rate").
+    #[arg(long)]
+    rate: Option<f64>,
     /// Distinct words in state before the changes.
     #[arg(long, default_value_t = 1_000_000)]
     distinct: usize,
@@ -51,17 +52,24 @@ pub fn run(args: Args) -> Result<()> {
     if args.nice_clients {
         yield_to_engine();
     }
+    let offered = args.rate.map_or_else(
+        || "half of the max rate measured in each run".to_string(),
+        |r| format!("{:.2} M words/s", r / 1e6),
+    );
     println!(
-        "# migration under load: {} distinct words in state, {:.2} M words/s offered, {} runs (clients on CPU {cpu})",
-        args.distinct,
-        args.rate / 1e6,
-        args.runs
+        "# migration under load: {} distinct words in state, {offered} offered, {} runs (clients on CPU {cpu})",
+        args.distinct, args.runs
     );
     let mut grows = Vec::new();
     let mut shrinks = Vec::new();
     for _ in 0..args.runs {
-        let (g, s) = one_run(&args)?;
-        println!("  run: grow {} | shrink {}", g.report, s.report);
+        let (g, s, rate) = one_run(&args)?;
+        println!(
+            "  run at {:.2} M words/s: grow {} | shrink {}",
+            rate / 1e6,
+            g.report,
+            s.report
+        );
         grows.push(g);
         shrinks.push(s);
     }
@@ -126,7 +134,9 @@ fn summarize(name: &str, phases: &[Phase]) {
     }
 }
 
-fn one_run(args: &Args) -> Result<(Phase, Phase)> {
+/// One engine: fill the state, measure the max rate (unless given), grow and shrink under half
+/// of it. Returns the two phases and the offered rate in words/s.
+fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
     let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
     config.cores = 1;
@@ -148,9 +158,20 @@ fn one_run(args: &Args) -> Result<(Phase, Phase)> {
         ..CorpusSpec::default()
     });
     let per_line = 12.0;
+    // Flat out once with the state filled: the max rate, and the load's words warm in state.
+    let burst: Vec<&[u8]> = load.iter().map(|l| l.as_bytes()).collect();
+    let burst_words = words_in_cycle(&load, load.len());
+    let before = collector.records();
+    let started = Instant::now();
+    send_paced(input, &burst, None)?;
+    if !collector.wait_for(before + burst_words, Duration::from_secs(120)) {
+        bail!("the flat-out burst did not finish");
+    }
+    let max_rate = burst_words as f64 / started.elapsed().as_secs_f64();
+    let rate = args.rate.unwrap_or(max_rate / 2.0);
     let stop = AtomicBool::new(false);
     let (grow, shrink, sent) = std::thread::scope(|s| -> Result<_> {
-        let sender = s.spawn(|| send_until(input, &load, args.rate / per_line, &stop));
+        let sender = s.spawn(|| send_until(input, &load, rate / per_line, &stop));
         // The clients stay on their CPU; the coordinator (this thread) goes where the OS finds
         // room, as a control thread would in production.
         unpin();
@@ -161,7 +182,7 @@ fn one_run(args: &Args) -> Result<(Phase, Phase)> {
         let sent = sender.join().expect("sender")?;
         Ok((grow, shrink, sent))
     })?;
-    let expected = args.distinct as u64 + words_in_cycle(&load, sent);
+    let expected = args.distinct as u64 + burst_words + words_in_cycle(&load, sent);
     if !collector.wait_for(expected, Duration::from_secs(120)) {
         bail!("only {} of {expected} outputs arrived", collector.records());
     }
@@ -174,7 +195,7 @@ fn one_run(args: &Args) -> Result<(Phase, Phase)> {
             summary.misrouted()
         );
     }
-    Ok((grow, shrink))
+    Ok((grow, shrink, rate))
 }
 
 /// Measures `steady` of steady state, then the change and the window until it has finished
