@@ -18,7 +18,8 @@ use quokka_io::client::{Collector, Records};
 
 use crate::migrate::send_until;
 use crate::util::{
-    median, median_percentiles, pin_to_last_cpu, print_moves, send_paced, unpin, words_in_cycle,
+    median, median_percentiles, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin,
+    words_in_cycle, CLIENT_NICE,
 };
 
 #[derive(clap::Args)]
@@ -54,8 +55,10 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster> {
+        set_nice(CLIENT_NICE);
         let collector =
             Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
+        set_nice(0);
         let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
         config.cores = 1;
         config.cpus = vec![0];
@@ -148,7 +151,10 @@ pub fn run(args: Args) -> Result<()> {
             let per_line = words as f64 / lines.len() as f64;
             let stop = AtomicBool::new(false);
             let (sent, latency) = std::thread::scope(|s| -> Result<_> {
-                let sender = s.spawn(|| send_until(c.input(), &lines, args.rate / per_line, &stop));
+                let sender = s.spawn(|| {
+                    set_nice(CLIENT_NICE);
+                    send_until(c.input(), &lines, args.rate / per_line, &stop)
+                });
                 std::thread::sleep(Duration::from_millis(300));
                 c.lead.take_latency();
                 std::thread::sleep(Duration::from_secs_f64(args.steady_secs));
@@ -200,7 +206,10 @@ fn join_with_state(args: &Args) -> Result<()> {
         let (report, steady, during, sent) = std::thread::scope(|s| -> Result<_> {
             let input = c.input();
             let (load, stop) = (&load, &stop);
-            let sender = s.spawn(move || send_until(input, load, args.rate / per_line, stop));
+            let sender = s.spawn(move || {
+                set_nice(CLIENT_NICE);
+                send_until(input, load, args.rate / per_line, stop)
+            });
             c.lead.take_latency();
             std::thread::sleep(Duration::from_secs_f64(args.steady_secs));
             let steady = c.lead.take_latency();

@@ -18,7 +18,7 @@ use quokka_engine::{ChangeReport, Config, Engine};
 use quokka_io::client::{Collector, FrameSender, Records};
 
 use crate::util::{
-    median, pin_to_last_cpu, print_moves, send_paced, unpin, words_in_cycle, yield_to_engine,
+    median, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin, words_in_cycle, CLIENT_NICE,
 };
 
 #[derive(clap::Args)]
@@ -36,9 +36,6 @@ pub struct Args {
     /// Seconds of steady state measured before each change.
     #[arg(long, default_value_t = 2.0)]
     steady_secs: f64,
-    /// Run the client threads at nice 10 so the engine core sharing their CPU comes first.
-    #[arg(long)]
-    nice_clients: bool,
 }
 
 struct Phase {
@@ -49,9 +46,6 @@ struct Phase {
 
 pub fn run(args: Args) -> Result<()> {
     let cpu = pin_to_last_cpu();
-    if args.nice_clients {
-        yield_to_engine();
-    }
     let offered = args.rate.map_or_else(
         || "half of the max rate measured in each run".to_string(),
         |r| format!("{:.2} M words/s", r / 1e6),
@@ -137,9 +131,11 @@ fn summarize(name: &str, phases: &[Phase]) {
 /// One engine: fill the state, measure the max rate (unless given), grow and shrink under half
 /// of it. Returns the two phases and the offered rate in words/s.
 fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
+    set_nice(CLIENT_NICE);
     let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
     config.cores = 1;
+    set_nice(0);
     let engine = Engine::start(&word_count::app(), config)?;
     let input = engine.input_addrs()[0];
 
@@ -171,7 +167,12 @@ fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
     let rate = args.rate.unwrap_or(max_rate / 2.0);
     let stop = AtomicBool::new(false);
     let (grow, shrink, sent) = std::thread::scope(|s| -> Result<_> {
-        let sender = s.spawn(|| send_until(input, &load, rate / per_line, &stop));
+        let sender = s.spawn(|| {
+            set_nice(CLIENT_NICE);
+            let started = Instant::now();
+            let sent = send_until(input, &load, rate / per_line, &stop);
+            sent.map(|n| (n, started.elapsed()))
+        });
         // The clients stay on their CPU; the coordinator (this thread) goes where the OS finds
         // room, as a control thread would in production.
         unpin();
@@ -179,7 +180,9 @@ fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
         let grow = phase(&engine, steady, |e| e.grow(1))?;
         let shrink = phase(&engine, steady, |e| e.shrink(1))?;
         stop.store(true, Ordering::Release);
-        let sent = sender.join().expect("sender")?;
+        let (sent, sending) = sender.join().expect("sender")?;
+        let achieved = words_in_cycle(&load, sent) as f64 / sending.as_secs_f64();
+        println!("  (sender achieved {:.2} M words/s)", achieved / 1e6);
         Ok((grow, shrink, sent))
     })?;
     let expected = args.distinct as u64 + burst_words + words_in_cycle(&load, sent);

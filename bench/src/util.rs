@@ -34,14 +34,20 @@ pub fn unpin() {
     unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
-/// Lowers the calling thread's scheduling priority (nice 10; threads it spawns inherit it), so
-/// that on a CPU shared with an engine core the clients yield to the engine, as they would if
-/// they ran on another machine.
-pub fn yield_to_engine() {
-    // SAFETY: setpriority on the calling thread's own id only changes its nice value.
+/// The nice value of the benchmarks' client threads (senders, the sink collector) wherever they
+/// share a CPU with an engine core: on this 2-CPU machine they must, and at equal priority the
+/// scheduler gave them the new core's CPU for several milliseconds at a time (grow p99.9 during
+/// the change 19-20 ms against 6-8 ms with nice clients, bench/RESULTS.md). In production the
+/// clients are other machines.
+pub const CLIENT_NICE: i32 = 10;
+
+/// Sets the calling thread's nice value (threads it spawns later inherit it). Root may lower it
+/// again; a failure leaves it unchanged.
+pub fn set_nice(nice: i32) {
+    // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
-    // SAFETY: as above; a failure (no permission) leaves the priority unchanged.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+    // SAFETY: setpriority on the calling thread's own id only changes its nice value.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
 }
 
 /// Resident memory of this process, in bytes.
