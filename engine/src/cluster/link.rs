@@ -224,17 +224,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
         },
         CoreMsg::HandoffAck { slots } => Wire::HandoffAck { to, slots },
         CoreMsg::HandoffRejected { slot, reason } => Wire::HandoffRejected { to, slot, reason },
-        CoreMsg::Prepare(steps) => Wire::Prepare {
-            to,
-            steps: steps
-                .iter()
-                .map(|t| wire::StepWire {
-                    table: (&*t.table).into(),
-                    moves: wire::moves_to_wire(&t.moves),
-                })
-                .collect(),
-            producers: steps.first().map_or_else(Vec::new, |t| t.producers.clone()),
-        },
+        CoreMsg::Prepare(steps) => wire::prepare_to_wire(to, &steps),
         CoreMsg::Switch => Wire::Switch { to },
         CoreMsg::AddPeers(peers) => Wire::AddPeers {
             to,

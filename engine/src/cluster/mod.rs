@@ -19,7 +19,6 @@ use self::wire::{Answer, Member, Question, Wire};
 use crate::archive::SlotArchive;
 use crate::dataflow::Dataflow;
 use crate::metrics::latency_histogram;
-use crate::migration::Transition;
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg};
 
@@ -252,28 +251,15 @@ impl Node {
             }
             Wire::Prepare {
                 to,
+                table,
                 steps,
                 producers,
-            } => {
-                let steps: Result<Vec<_>, _> = steps
-                    .iter()
-                    .map(|s| {
-                        s.table.to_table().map(|table| {
-                            Arc::new(Transition {
-                                table: Arc::new(table),
-                                moves: wire::moves_from_wire(&s.moves),
-                                producers: producers.clone(),
-                            })
-                        })
-                    })
-                    .collect();
-                match steps {
-                    Ok(steps) => self.to_core(to, CoreMsg::Prepare(steps), false),
-                    Err(e) => {
-                        tracing::error!(node = %self.name, "bad prepare from node {from}: {e}")
-                    }
+            } => match wire::prepare_from_wire(&table, &steps, &producers) {
+                Ok(steps) => self.to_core(to, CoreMsg::Prepare(steps), false),
+                Err(e) => {
+                    tracing::error!(node = %self.name, "bad prepare from node {from}: {e}")
                 }
-            }
+            },
             Wire::Switch { to } => self.to_core(to, CoreMsg::Switch, false),
             Wire::AddPeers { to, peers } => {
                 let mut resolved = Vec::with_capacity(peers.len());

@@ -4,12 +4,14 @@
 //! garbage, a truncated archive or another version is an error value, never a panic.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
 
 use crate::metrics::CoreStatus;
+use crate::migration::Transition;
 use crate::routing::{CoreId, Move, RoutingTable};
 
 /// First bytes of every link payload.
@@ -49,13 +51,6 @@ pub struct Welcome {
     pub table: TableWire,
     /// The sink address the cluster writes to.
     pub output: String,
-}
-
-/// One migration step: its table and the slots that change owner, `(slot, from, to)`.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct StepWire {
-    pub table: TableWire,
-    pub moves: Vec<(u32, CoreId, CoreId)>,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -156,10 +151,12 @@ pub enum Wire {
         slot: u32,
         reason: String,
     },
-    /// Every step of a change, in epoch order (the same producers for all).
+    /// Every step of a change, in epoch order: the table before the first step and each step's
+    /// moves (each step's table follows; the same producers for all).
     Prepare {
         to: CoreId,
-        steps: Vec<StepWire>,
+        table: TableWire,
+        steps: Vec<Vec<(u32, CoreId, CoreId)>>,
         producers: Vec<CoreId>,
     },
     Switch {
@@ -331,6 +328,68 @@ where
     rkyv::from_bytes::<T, BoxedError>(&aligned).map_err(|e| WireError::Invalid(e.to_string()))
 }
 
+/// A change's steps as a `Prepare` for core `to`: the table before the first step, then only
+/// each step's moves (not a table of every slot per step).
+pub fn prepare_to_wire(to: CoreId, steps: &[Arc<Transition>]) -> Wire {
+    let (table, producers) = match steps.first() {
+        Some(first) => {
+            let mut owners: Vec<CoreId> = (0..first.table.n_slots())
+                .map(|s| first.table.owner(s))
+                .collect();
+            for m in &first.moves {
+                owners[m.slot as usize] = m.from;
+            }
+            let epoch = first.table.epoch() - 1;
+            (TableWire { epoch, owners }, first.producers.clone())
+        }
+        None => (
+            TableWire {
+                epoch: 0,
+                owners: Vec::new(),
+            },
+            Vec::new(),
+        ),
+    };
+    Wire::Prepare {
+        to,
+        table,
+        steps: steps.iter().map(|t| moves_to_wire(&t.moves)).collect(),
+        producers,
+    }
+}
+
+/// The steps of a received `Prepare`, each table built from the one before; refused unless
+/// every move names a slot of the table and its owner at that step.
+pub fn prepare_from_wire(
+    table: &TableWire,
+    steps: &[Vec<(u32, CoreId, CoreId)>],
+    producers: &[CoreId],
+) -> Result<Vec<Arc<Transition>>, WireError> {
+    let mut current = table.to_table()?;
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        let moves = moves_from_wire(step);
+        if let Some(m) = moves
+            .iter()
+            .find(|m| m.slot >= current.n_slots() || current.owner(m.slot) != m.from)
+        {
+            return Err(WireError::Invalid(format!(
+                "a move of slot {} from core {} at epoch {}: not its owner there",
+                m.slot,
+                m.from,
+                current.epoch()
+            )));
+        }
+        current = current.with_moves(&moves);
+        out.push(Arc::new(Transition {
+            table: Arc::new(current.clone()),
+            moves,
+            producers: producers.to_vec(),
+        }));
+    }
+    Ok(out)
+}
+
 pub fn moves_to_wire(moves: &[Move]) -> Vec<(u32, CoreId, CoreId)> {
     moves.iter().map(|m| (m.slot, m.from, m.to)).collect()
 }
@@ -378,13 +437,11 @@ mod tests {
             },
             Wire::Prepare {
                 to: 2,
-                steps: vec![StepWire {
-                    table: TableWire {
-                        epoch: 3,
-                        owners: vec![0, 1, 2],
-                    },
-                    moves: vec![(1, 1, 2)],
-                }],
+                table: TableWire {
+                    epoch: 3,
+                    owners: vec![0, 1, 1],
+                },
+                steps: vec![vec![(1, 1, 2)]],
                 producers: vec![0, 1, 2],
             },
             Wire::AddPeers {
@@ -504,5 +561,66 @@ mod tests {
             let _ = decode_join(&bytes);
             let _ = decode_welcome(&bytes);
         }
+    }
+
+    #[test]
+    fn prepare_carries_the_base_table_and_moves_and_checks_them() {
+        let base = RoutingTable::uniform(8, 1);
+        let moves = [
+            vec![
+                Move {
+                    slot: 0,
+                    from: 0,
+                    to: 1,
+                },
+                Move {
+                    slot: 1,
+                    from: 0,
+                    to: 1,
+                },
+            ],
+            vec![Move {
+                slot: 2,
+                from: 0,
+                to: 1,
+            }],
+        ];
+        let mut table = base.clone();
+        let steps: Vec<Arc<Transition>> = moves
+            .iter()
+            .map(|m| {
+                table = table.with_moves(m);
+                Arc::new(Transition {
+                    table: Arc::new(table.clone()),
+                    moves: m.clone(),
+                    producers: vec![0, 1],
+                })
+            })
+            .collect();
+        let Wire::Prepare {
+            to,
+            table,
+            steps: wire_steps,
+            producers,
+        } = prepare_to_wire(1, &steps)
+        else {
+            panic!("not a prepare")
+        };
+        assert_eq!(to, 1);
+        assert_eq!(table.to_table().unwrap(), base);
+        let back = prepare_from_wire(&table, &wire_steps, &producers).unwrap();
+        assert_eq!(back.len(), 2);
+        for (a, b) in back.iter().zip(&steps) {
+            assert_eq!(*a.table, *b.table);
+            assert_eq!(a.moves, b.moves);
+            assert_eq!(a.producers, b.producers);
+        }
+        // A move by a core that does not own the slot at that step, or of a slot that does not
+        // exist, is refused.
+        let stolen = vec![vec![(0, 0, 1)], vec![(0, 0, 1)]];
+        let err = prepare_from_wire(&table, &stolen, &producers).unwrap_err();
+        assert!(err.to_string().contains("not its owner"), "{err}");
+        let beyond = vec![vec![(8, 0, 1)]];
+        assert!(prepare_from_wire(&table, &beyond, &producers).is_err());
     }
 }
