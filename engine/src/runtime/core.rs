@@ -506,14 +506,10 @@ impl Core {
     /// its reactor, which a busy core does once per preempt timer (1 ms). Busy tasks call this
     /// between bounded steps, so a waiting marker, handoff or batch is taken within a step.
     fn poke_inbox(&self) {
-        if self.inbox_waiting() {
+        let (data, control) = &self.inbox;
+        if !control.is_empty() || !data.is_empty() {
             self.inbox_poke.notify_all();
         }
-    }
-
-    fn inbox_waiting(&self) -> bool {
-        let (data, control) = &self.inbox;
-        !control.is_empty() || !data.is_empty()
     }
 
     fn sink_is_full(&self) -> bool {
@@ -796,14 +792,7 @@ async fn step(
     let table = core.table.borrow().clone();
     let mut frames = 0;
     let mut error = None;
-    let mut ended_early = false;
     while frames < FRAMES_PER_STEP {
-        // A message waiting in the inbox (a marker, a handoff, a batch) ends the step early,
-        // so the inbox task runs within a quarter of a step, not after the whole of it.
-        if frames % (FRAMES_PER_STEP / 4) == 0 && frames > 0 && core.inbox_waiting() {
-            ended_early = true;
-            break;
-        }
         match reader.next_frame() {
             Ok(Some(frame)) => match ingress.push(frame, now, &table) {
                 Ok(()) => frames += 1,
@@ -823,6 +812,6 @@ async fn step(
     core.dispatch(ingress);
     match error {
         Some(e) => Err(e),
-        None => Ok(ended_early || frames == FRAMES_PER_STEP),
+        None => Ok(frames == FRAMES_PER_STEP),
     }
 }
