@@ -23,24 +23,11 @@ use crate::dataflow::Dataflow;
 use hdrhistogram::Histogram;
 
 use crate::metrics::{latency_histogram, CoreReport};
-use crate::migration::Transition;
-use crate::planner::{plan, steps, Change, Plan};
+use crate::planner::{plan, Change};
 use crate::routing::{CoreId, RoutingTable};
 
-/// Slots moved per migration step: bounds how long any one key waits for its slot.
-pub const MAX_SLOTS_PER_STEP: usize = 64;
-
-/// Migration steps switched and not yet finished at once. More overlap one step's markers with
-/// another's handoffs and move state faster, but more keys wait at a time: on the benchmark
-/// machine two steps moved state 30-45% faster and raised p99.9 during a grow from 3-7 ms to
-/// 12-13 ms, past the 10 ms we promise (bench/RESULTS.md), so latency wins.
-const STEPS_IN_FLIGHT: usize = 1;
-
-/// The same for a change that moves slots between nodes: every hop of a step crosses a link
-/// (two threads and a TCP connection, ~0.1-0.3 ms each on the benchmark machine), so one step
-/// at a time leaves the link idle most of the time. Two moved state ~25% faster at a join with
-/// p99.9 during it of 15-17 ms (the promise there is 20 ms); three raised it to ~60 ms.
-const STEPS_IN_FLIGHT_ACROSS_NODES: usize = 2;
+mod migrate;
+pub use migrate::MAX_SLOTS_PER_STEP;
 
 /// How long a core runs ready tasks before it polls its reactor. A message from another thread
 /// (a core, a link, the coordinator) wakes its task only there, so on a busy core this bounds
@@ -589,152 +576,6 @@ impl Coordinator {
         self.node.remove_member(name);
         self.publish(None);
         Ok(self.finished(report, &label, started, before))
-    }
-
-    /// Carries out `p` in bounded steps, each one epoch.
-    fn migrate(&mut self, p: Plan, label: &str) -> Result<ChangeReport, ChangeError> {
-        let on_this_node = |c: &CoreId| self.cores.get(c).is_some_and(|h| h.executor.is_some());
-        let across_nodes = p
-            .moves
-            .iter()
-            .any(|m| !on_this_node(&m.from) || !on_this_node(&m.to));
-        let steps = steps(&self.table, &p.moves, MAX_SLOTS_PER_STEP);
-        let mut report = ChangeReport {
-            slots_moved: p.moves.len(),
-            ..ChangeReport::default()
-        };
-        let mut progress = MigrationProgress {
-            change: label.to_string(),
-            started: Instant::now(),
-            steps_done: 0,
-            steps: steps.len(),
-            slots_moved: 0,
-            slots: p.moves.len(),
-        };
-        self.publish(Some(progress.clone()));
-        let producers: Vec<CoreId> = self.cores.keys().copied().collect();
-        let transitions: Vec<Arc<Transition>> = steps
-            .into_iter()
-            .map(|(table, moves)| {
-                Arc::new(Transition {
-                    table: Arc::new(table),
-                    moves,
-                    producers: producers.clone(),
-                })
-            })
-            .collect();
-        // Every step is prepared before the first switch, in one message per core: one round
-        // trip per change, not one per step.
-        for h in self.cores.values() {
-            h.addr.send_control(CoreMsg::Prepare(transitions.clone()));
-        }
-        let n = self.cores.len();
-        let all_prepared = if transitions.is_empty() { 0 } else { n };
-        tracing::trace!("change: steps sent to prepare");
-        let mut prepared = 0;
-        if all_prepared > 0 {
-            self.wait_events("cores to prepare the change", |e| {
-                if let CoreEvent::Prepared(_) = e {
-                    prepared += 1;
-                }
-                prepared == all_prepared
-            })?;
-        }
-        // Then up to `window` steps are switched at once; each finished step releases
-        // the next.
-        let window = if across_nodes {
-            STEPS_IN_FLIGHT_ACROSS_NODES
-        } else {
-            STEPS_IN_FLIGHT
-        };
-        let first_epoch = self.table.epoch() + 1;
-        let mut released = 0;
-        let epochs = first_epoch..first_epoch + transitions.len() as u64;
-        let mut cores_done: BTreeMap<u64, BTreeSet<CoreId>> = BTreeMap::new();
-        let mut steps_done = BTreeSet::new();
-        let mut released_at = Vec::new();
-        while steps_done.len() < transitions.len() {
-            while released < transitions.len() && released - steps_done.len() < window {
-                for h in self.cores.values() {
-                    h.addr.send_control(CoreMsg::Switch);
-                }
-                tracing::trace!("step: released");
-                released_at.push(Instant::now());
-                released += 1;
-            }
-            let mut finished = 0;
-            let waiting_for = first_epoch + steps_done.len() as u64;
-            self.wait_events(
-                &format!("cores to finish epoch {waiting_for}"),
-                |e| match e {
-                    // (A step of this change only: a confused peer must not end it early.)
-                    CoreEvent::StepDone { core, epoch } if epochs.contains(epoch) => {
-                        let done = cores_done.entry(*epoch).or_default();
-                        finished = *epoch;
-                        done.insert(*core) && done.len() == n
-                    }
-                    CoreEvent::Installed {
-                        entities, bytes, ..
-                    } => {
-                        report.entities_moved += u64::from(*entities);
-                        report.bytes_moved += *bytes;
-                        false
-                    }
-                    _ => false,
-                },
-            )?;
-            steps_done.insert(finished);
-            let i = (finished - first_epoch) as usize;
-            let t = &transitions[i];
-            tracing::debug!(
-                epoch = finished,
-                slots = t.moves.len(),
-                took = ?released_at[i].elapsed(),
-                "migration step done"
-            );
-            // The table moves on over the steps finished in a row from the first.
-            while steps_done.contains(&(self.table.epoch() + 1)) {
-                let next = (self.table.epoch() + 1 - first_epoch) as usize;
-                self.table = transitions[next].table.clone();
-            }
-            report.steps += 1;
-            progress.steps_done += 1;
-            progress.slots_moved += t.moves.len();
-            self.publish(Some(progress.clone()));
-        }
-        self.publish(None);
-        Ok(report)
-    }
-
-    /// Waits for core events until `done` says so; a core's protocol failure ends the wait.
-    fn wait_events(
-        &self,
-        what: &str,
-        mut done: impl FnMut(&CoreEvent) -> bool,
-    ) -> Result<(), ChangeError> {
-        let mut waited = Duration::ZERO;
-        loop {
-            match self.events.recv_timeout(Duration::from_secs(5)) {
-                Ok(CoreEvent::Failed { core, error }) => {
-                    return Err(ChangeError::Protocol(format!("core {core}: {error}")));
-                }
-                Ok(e) => {
-                    if done(&e) {
-                        return Ok(());
-                    }
-                }
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    waited += Duration::from_secs(5);
-                    tracing::warn!(
-                        "still waiting for {what} after {}s (is the sink up?)",
-                        waited.as_secs()
-                    );
-                }
-                Err(flume::RecvTimeoutError::Disconnected) => {
-                    unreachable!("the coordinator holds a sender")
-                }
-            }
-        }
     }
 
     fn check_running(&self) -> Result<(), ChangeError> {
