@@ -107,3 +107,52 @@ impl Outbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(msg: CoreMsg) -> u64 {
+        match msg {
+            CoreMsg::Marker { epoch, .. } => epoch,
+            _ => panic!("only markers were sent"),
+        }
+    }
+
+    #[test]
+    fn messages_keep_their_order_whether_sent_directly_or_queued() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .make()
+            .expect("executor");
+        executor.run(async {
+            let (data, lane) = flume::bounded(2);
+            let (control, _control) = flume::unbounded();
+            let outbox = Outbox::start(1, CoreAddr::Local { data, control }, Rc::default());
+            let marker = |epoch| CoreMsg::Marker { from: 0, epoch };
+            // Two fit in the peer's lane and go straight in; the rest wait in the queue.
+            for e in 0..6 {
+                outbox.push(marker(e));
+            }
+            assert_eq!(lane.len(), 2, "the first two went in directly");
+            assert!(!outbox.is_flushed());
+            let mut got = Vec::new();
+            for next in 6..10 {
+                got.push(epoch(lane.recv_async().await.unwrap()));
+                // The lane has room now, but a new message must not overtake the queue.
+                outbox.push(marker(next));
+            }
+            while got.len() < 10 {
+                got.push(epoch(lane.recv_async().await.unwrap()));
+            }
+            assert_eq!(got, (0..10).collect::<Vec<_>>());
+            // Drained: the next message goes straight in again.
+            while !outbox.is_flushed() {
+                futures_lite::future::yield_now().await;
+            }
+            outbox.push(marker(10));
+            assert_eq!(lane.try_recv().map(epoch).ok(), Some(10));
+            outbox.close();
+        });
+    }
+}
