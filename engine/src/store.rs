@@ -37,12 +37,11 @@ impl<S> SlotEntities<S> {
 
     /// Builds the entities from (key, state) pairs.
     #[cfg(test)]
-    pub fn from_pairs<'k>(pairs: impl IntoIterator<Item = (&'k [u8], S)>) -> Self {
-        let mut e = Self {
-            keys: Vec::new(),
-            spans: Vec::new(),
-            states: Vec::new(),
-        };
+    pub fn from_pairs<'k>(pairs: impl IntoIterator<Item = (&'k [u8], S)>) -> Self
+    where
+        S: Default,
+    {
+        let mut e = Self::default();
         for (key, state) in pairs {
             e.spans.push(append_key(&mut e.keys, key));
             e.states.push(state);
@@ -78,23 +77,11 @@ fn tag_of(hash: u64) -> u32 {
 }
 
 /// One slot: its entities' arrays and an index over them.
+#[derive(Default)]
 struct Slot<S> {
     entities: SlotEntities<S>,
     /// A power of two of buckets (or none), at most 3/4 used.
     index: Vec<Bucket>,
-}
-
-impl<S> Default for Slot<S> {
-    fn default() -> Self {
-        Self {
-            entities: SlotEntities {
-                keys: Vec::new(),
-                spans: Vec::new(),
-                states: Vec::new(),
-            },
-            index: Vec::new(),
-        }
-    }
 }
 
 /// Where a probe for a key ended.

@@ -36,7 +36,7 @@ impl Outbox {
     pub fn start(peer: CoreId, inbox: CoreAddr, progress: Rc<Notify>) -> Rc<Outbox> {
         let outbox = Rc::new(Outbox {
             peer,
-            inbox: inbox.clone(),
+            inbox,
             queue: RefCell::default(),
             queued_batches: Cell::new(0),
             sending: Cell::new(false),
@@ -44,7 +44,7 @@ impl Outbox {
             ready: Notify::default(),
         });
         let me = outbox.clone();
-        glommio::spawn_local(async move { me.send_all(inbox, &progress).await }).detach();
+        glommio::spawn_local(async move { me.send_all(&progress).await }).detach();
         outbox
     }
 
@@ -80,7 +80,7 @@ impl Outbox {
         self.ready.notify_all();
     }
 
-    async fn send_all(&self, inbox: CoreAddr, progress: &Notify) {
+    async fn send_all(&self, progress: &Notify) {
         loop {
             let next = self.queue.borrow_mut().pop_front();
             let Some(msg) = next else {
@@ -94,7 +94,7 @@ impl Outbox {
                 self.queued_batches.set(self.queued_batches.get() - 1);
             }
             self.sending.set(true);
-            let sent = inbox.send_data(msg).await;
+            let sent = self.inbox.send_data(msg).await;
             self.sending.set(false);
             progress.notify_all();
             if !sent {

@@ -67,15 +67,12 @@ impl Coordinator {
             h.addr.send_control(CoreMsg::Prepare(transitions.clone()));
         }
         let n = self.cores.len();
-        let all_prepared = if transitions.is_empty() { 0 } else { n };
         tracing::trace!("change: steps sent to prepare");
-        let mut prepared = 0;
-        if all_prepared > 0 {
-            self.wait_events("cores to prepare the change", |e| {
-                if let CoreEvent::Prepared(_) = e {
-                    prepared += 1;
-                }
-                prepared == all_prepared
+        if !transitions.is_empty() {
+            let mut prepared = BTreeSet::new();
+            self.wait_events("cores to prepare the change", |e| match e {
+                CoreEvent::Prepared(core) => prepared.insert(*core) && prepared.len() == n,
+                _ => false,
             })?;
         }
         // Then up to `window` steps are switched at once; each finished step releases

@@ -126,7 +126,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         outboxes: RefCell::default(),
         controls: RefCell::default(),
         outbox_progress: Rc::default(),
-        inbox: (data.clone(), control.clone()),
+        inbox: (data, control),
         inbox_poke: Notify::default(),
         events,
         handing_off: RefCell::default(),
@@ -157,6 +157,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
     });
     glommio::spawn_local(tick(core.clone())).detach();
 
+    let (data, control) = &core.inbox;
     loop {
         if core.all_producers_done() {
             break;
