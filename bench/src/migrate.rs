@@ -54,6 +54,8 @@ pub fn run(args: Args) -> Result<()> {
         "# migration under load: {} distinct words in state, {offered} offered, {} runs (clients on CPU {cpu})",
         args.distinct, args.runs
     );
+    // Before any engine runs, so the new thread's heap is as fresh as a new core's.
+    let ceiling = receive_ceiling(args.distinct);
     let mut grows = Vec::new();
     let mut shrinks = Vec::new();
     for _ in 0..args.runs {
@@ -75,7 +77,74 @@ pub fn run(args: Args) -> Result<()> {
         median(&raw),
         raw.len()
     );
+    println!(
+        "receiving side alone (checksum, validation, copy, index), the grow's ceiling: a new thread {:.0} MB/s ({} page faults), the same thread again {:.0} MB/s",
+        ceiling.fresh, ceiling.fresh_faults, ceiling.warm
+    );
     Ok(())
+}
+
+/// What the new owner's work alone allows: MB/s of archives checked and installed.
+struct Ceiling {
+    /// On a thread that never allocated before, as a core started for a grow.
+    fresh: f64,
+    fresh_faults: i64,
+    /// The same thread again, its heap warm.
+    warm: f64,
+}
+
+/// Archives half the slots of a store holding `distinct` words, then times a new thread
+/// checking and installing them, twice.
+fn receive_ceiling(distinct: usize) -> Ceiling {
+    let n_slots = 4096;
+    let mut from = SlotStore::<u64>::new(n_slots);
+    for i in 0..distinct {
+        let w = vocab_word(i);
+        *from.entry(stable_hash(w.as_bytes()), w.as_bytes()) = 1;
+    }
+    let archives: Vec<SlotArchive> = (0..n_slots)
+        .step_by(2)
+        .map(|slot| SlotArchive::write(slot, &from.take_slot(slot)).expect("archive"))
+        .collect();
+    // `from` (the old owner's other half) lives on: in an engine the new core's heap cannot
+    // reuse it either.
+    let bytes: usize = archives.iter().map(|a| a.bytes.len()).sum();
+    let install_all = |archives: &[SlotArchive]| {
+        let mut to = SlotStore::<u64>::new(n_slots);
+        let (faults, started) = (thread_page_faults(), Instant::now());
+        for a in archives {
+            let entities = a.read::<u64>().expect("valid archive");
+            to.install_slot(a.slot, entities).expect("install");
+        }
+        let mbps = bytes as f64 / 1e6 / started.elapsed().as_secs_f64();
+        (mbps, thread_page_faults() - faults)
+    };
+    let ceiling = std::thread::scope(|s| {
+        s.spawn(|| {
+            let (fresh, fresh_faults) = install_all(&archives);
+            let (warm, _) = install_all(&archives);
+            Ceiling {
+                fresh,
+                fresh_faults,
+                warm,
+            }
+        })
+        .join()
+        .expect("ceiling thread")
+    });
+    drop(from);
+    ceiling
+}
+
+/// Minor page faults of the calling thread so far.
+fn thread_page_faults() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct it is given; RUSAGE_THREAD is Linux's own.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+        u
+    };
+    usage.ru_minflt
 }
 
 /// Moves half the slots of a store holding `distinct` words between two stores in one thread:
