@@ -84,6 +84,18 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+const N_SLOTS: u32 = Config::DEFAULT_SLOTS;
+
+/// A store holding `distinct` words, each counted once.
+fn filled_store(distinct: usize) -> SlotStore<u64> {
+    let mut store = SlotStore::<u64>::new(N_SLOTS);
+    for i in 0..distinct {
+        let w = vocab_word(i);
+        *store.entry(stable_hash(w.as_bytes()), w.as_bytes()) = 1;
+    }
+    store
+}
+
 /// What the new owner's work alone allows: MB/s of archives checked and installed.
 struct Ceiling {
     /// On a thread that never allocated before, as a core started for a grow.
@@ -96,13 +108,8 @@ struct Ceiling {
 /// Archives half the slots of a store holding `distinct` words, then times a new thread
 /// checking and installing them, twice.
 fn receive_ceiling(distinct: usize) -> Ceiling {
-    let n_slots = 4096;
-    let mut from = SlotStore::<u64>::new(n_slots);
-    for i in 0..distinct {
-        let w = vocab_word(i);
-        *from.entry(stable_hash(w.as_bytes()), w.as_bytes()) = 1;
-    }
-    let archives: Vec<SlotArchive> = (0..n_slots)
+    let mut from = filled_store(distinct);
+    let archives: Vec<SlotArchive> = (0..N_SLOTS)
         .step_by(2)
         .map(|slot| SlotArchive::write(slot, &from.take_slot(slot)).expect("archive"))
         .collect();
@@ -110,7 +117,7 @@ fn receive_ceiling(distinct: usize) -> Ceiling {
     // reuse it either.
     let bytes: usize = archives.iter().map(|a| a.bytes.len()).sum();
     let install_all = |archives: &[SlotArchive]| {
-        let mut to = SlotStore::<u64>::new(n_slots);
+        let mut to = SlotStore::<u64>::new(N_SLOTS);
         let (faults, started) = (thread_page_faults(), Instant::now());
         for a in archives {
             let entities = a.read::<u64>().expect("valid archive");
@@ -150,16 +157,11 @@ fn thread_page_faults() -> i64 {
 /// Moves half the slots of a store holding `distinct` words between two stores in one thread:
 /// archive, checksum, validate, deserialize, install. Returns archive MB/s.
 fn raw_move(distinct: usize) -> f64 {
-    let n_slots = 4096;
-    let mut from = SlotStore::<u64>::new(n_slots);
-    for i in 0..distinct {
-        let w = vocab_word(i);
-        *from.entry(stable_hash(w.as_bytes()), w.as_bytes()) = 1;
-    }
-    let mut to = SlotStore::<u64>::new(n_slots);
+    let mut from = filled_store(distinct);
+    let mut to = SlotStore::<u64>::new(N_SLOTS);
     let started = Instant::now();
     let mut bytes = 0;
-    for slot in (0..n_slots).step_by(2) {
+    for slot in (0..N_SLOTS).step_by(2) {
         let entities = from.take_slot(slot);
         let archive = SlotArchive::write(slot, &entities).expect("archive");
         bytes += archive.bytes.len();

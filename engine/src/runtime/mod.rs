@@ -67,15 +67,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// Slots unless told otherwise: 64 cores would get 64 each.
+    pub const DEFAULT_SLOTS: u32 = 4096;
+    /// Bytes of outputs a core buffers for the sink unless told otherwise.
+    pub const DEFAULT_SINK_BUFFER: usize = 4 << 20;
+
     /// Defaults for everything but the addresses.
     pub fn new(inputs: Vec<SocketAddr>, output: SocketAddr) -> Self {
         Self {
             cores: default_cores(),
-            n_slots: 4096,
+            n_slots: Self::DEFAULT_SLOTS,
             inputs,
             output,
             max_frame: quokka_io::framing::DEFAULT_MAX_FRAME,
-            sink_buffer: 4 << 20,
+            sink_buffer: Self::DEFAULT_SINK_BUFFER,
             drain_timeout: Duration::from_secs(10),
             source_names: Vec::new(),
             name: "w1".into(),

@@ -126,13 +126,13 @@ struct RunArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cpus: Vec<usize>,
     /// Slots in the routing table (the unit of placement).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = Config::DEFAULT_SLOTS)]
     slots: u32,
     /// Largest accepted frame payload in bytes; a larger frame closes its connection.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = quokka_io::framing::DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// Bytes of outputs each core buffers for the sink before it back-pressures the sources.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = Config::DEFAULT_SINK_BUFFER)]
     sink_buffer: usize,
     /// On shutdown, seconds to keep retrying an unreachable sink before giving up (and saying so).
     #[arg(long, default_value_t = 10)]
