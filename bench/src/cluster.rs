@@ -14,11 +14,11 @@ use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
 use quokka_apps::word_count;
 use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Ending, Engine};
-use quokka_io::client::{Collector, Records};
+use quokka_io::client::Collector;
 
 use crate::migrate::send_until;
 use crate::util::{
-    median, median_percentiles, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin,
+    client_collector, median, median_percentiles, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin,
     words_in_cycle, CLIENT_NICE,
 };
 
@@ -55,10 +55,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster> {
-        set_nice(CLIENT_NICE);
-        let collector =
-            Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
-        set_nice(0);
+        let collector = client_collector()?;
         let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
         config.cores = 1;
         config.cpus = vec![0];

@@ -2,7 +2,7 @@
 //! rate, grows from 1 to 2 cores and shrinks back. Measures each change's duration, state moved
 //! and MB/s, and source-to-sink latency in the migration window against steady state before it.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,11 @@ use quokka_engine::hash::stable_hash;
 use quokka_engine::metrics::human_ns;
 use quokka_engine::store::SlotStore;
 use quokka_engine::{ChangeReport, Config, Engine};
-use quokka_io::client::{Collector, FrameSender, Records};
+use quokka_io::client::FrameSender;
 
 use crate::util::{
-    median, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin, words_in_cycle, CLIENT_NICE,
+    client_collector, median, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin,
+    words_in_cycle, CLIENT_NICE,
 };
 
 #[derive(clap::Args)]
@@ -202,11 +203,9 @@ fn summarize(name: &str, phases: &[Phase]) {
 /// One engine: fill the state, measure the max rate (unless given), grow and shrink under half
 /// of it. Returns the two phases and the offered rate in words/s.
 fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
-    set_nice(CLIENT_NICE);
-    let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
+    let collector = client_collector()?;
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
     config.cores = 1;
-    set_nice(0);
     let engine = Engine::start(&word_count::app(), config)?;
     let input = engine.input_addrs()[0];
 

@@ -1,10 +1,10 @@
 //! Helpers shared by the benchmarks: pinning, pacing, resident memory, medians.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use quokka_io::client::FrameSender;
+use quokka_io::client::{Collector, FrameSender, Records};
 
 /// Pins the calling thread (and the threads it spawns later) to the last CPU, leaving the first
 /// ones to the engine's executors.
@@ -48,6 +48,22 @@ pub fn set_nice(nice: i32) {
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
     // SAFETY: setpriority on the calling thread's own id only changes its nice value.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+}
+
+/// A sink collector of output lines on a free loopback port whose threads run at
+/// [`CLIENT_NICE`]. It is started from a helper thread, so the caller keeps its own priority
+/// (giving a raised nice value back needs root).
+pub fn client_collector() -> Result<Collector> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let collector = std::thread::scope(|s| {
+        s.spawn(|| {
+            set_nice(CLIENT_NICE);
+            Collector::start(listener, Records::Lines, |_, _| {})
+        })
+        .join()
+        .expect("collector start")
+    })?;
+    Ok(collector)
 }
 
 /// Resident memory of this process, in bytes.

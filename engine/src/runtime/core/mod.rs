@@ -516,7 +516,7 @@ impl Core {
     }
 
     async fn wait_sink_room(&self) {
-        while self.sink.borrow().len_bytes() >= self.config.sink_buffer {
+        while self.sink_is_full() {
             self.sink_progress.wait().await;
         }
     }
