@@ -391,18 +391,30 @@ fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
     assert_eq!(code, Some(1));
     assert!(err.contains("node w2 was lost"), "{err}");
 
-    // Input for the survivor's own slots still flows. Its core's sink connection came first
-    // (w1 started before w2), so the words it counted in the first round are those on
-    // connection 0: each of them must now reach twice its count, every other word stays.
+    // Input for the survivor's own slots still flows: each of its words must now reach twice
+    // its count, every other word stays. Each sink connection carries one core's words; which
+    // one is w1's depends on whose first output came first, so it is the one that grows now.
     let first = sink.lines();
-    let ours: std::collections::HashSet<&str> = first[0]
-        .iter()
-        .map(|l| l.rsplit_once(" => ").unwrap().0)
-        .collect();
-    assert!(!ours.is_empty() && ours.len() < expected.len());
-    let more: u64 = ours.iter().map(|w| expected[*w]).sum();
+    assert_eq!(first.len(), 2, "one sink connection per core");
+    let words_on = |conn: &[String]| -> std::collections::HashSet<String> {
+        conn.iter()
+            .map(|l| l.rsplit_once(" => ").unwrap().0.to_string())
+            .collect()
+    };
+    let (on_0, on_1) = (words_on(&first[0]), words_on(&first[1]));
+    assert!(on_0.is_disjoint(&on_1) && !on_0.is_empty() && !on_1.is_empty());
+    let more = |words: &std::collections::HashSet<String>| -> u64 {
+        words.iter().map(|w| expected[w.as_str()]).sum()
+    };
+    let total = expected.values().sum::<u64>();
     send_frames(w1.input.parse().unwrap(), &frames);
-    sink.wait_for(expected.values().sum::<u64>() + more);
+    sink.wait_for(total + more(&on_0).min(more(&on_1)));
+    let ours = if sink.lines()[0].len() > first[0].len() {
+        on_0
+    } else {
+        on_1
+    };
+    sink.wait_for(total + more(&ours));
     signal(&w1.child, "-TERM");
     w1.wait_exit_uncrashed();
     let mut totals: std::collections::HashMap<&str, Vec<u64>> = Default::default();

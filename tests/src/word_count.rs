@@ -82,9 +82,19 @@ fn generated_corpus_two_cores() {
 /// The sink is not listening when outputs start: the engine retries and delivers everything.
 #[test]
 fn sink_that_comes_up_late_gets_every_output() {
-    let reserved = TcpListener::bind("127.0.0.1:0").unwrap();
-    let sink_addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    // Bound but not listening: connections are refused until it listens, and no other test
+    // can take the port meanwhile (a dropped listener's port could be handed out again).
+    let reserved =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reserved
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let sink_addr = reserved.local_addr().unwrap().as_socket().unwrap();
     let app = word_count::app();
     let mut config = quokka_engine::Config::new(vec!["127.0.0.1:0".parse().unwrap()], sink_addr);
     config.cores = 2;
@@ -93,7 +103,8 @@ fn sink_that_comes_up_late_gets_every_output() {
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
     send_frames(engine.input_addrs()[0], &frames);
 
-    let sink = Sink::on(TcpListener::bind(sink_addr).unwrap(), Records::Lines);
+    reserved.listen(128).unwrap();
+    let sink = Sink::on(TcpListener::from(reserved), Records::Lines);
     let expected = reference_counts(lines.iter().copied());
     sink.wait_for(expected.values().sum());
     let summary = engine.stop();
