@@ -18,8 +18,8 @@ use quokka_io::client::Collector;
 
 use crate::migrate::send_until;
 use crate::util::{
-    client_collector, median, median_percentiles, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin,
-    words_in_cycle, CLIENT_NICE,
+    client_collector, median, median_percentiles, pin_to_last_cpu, print_moves, send_paced,
+    set_nice, unpin, words_in_cycle, CLIENT_NICE,
 };
 
 #[derive(clap::Args)]

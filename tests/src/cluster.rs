@@ -1,6 +1,6 @@
 //! Nodes joining and leaving a running cluster, in one process (each node an `Engine` with its
 //! own cores, control endpoint and data port; links over loopback TCP), and joins that must be
-//! refused. The same scenario with real processes is in `nodes.rs`.
+//! refused. The same scenario with real processes is in `tests/processes/nodes.rs`.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

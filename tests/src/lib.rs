@@ -1,5 +1,6 @@
-//! Black-box tests of Quokka, one module per feature, all over real loopback TCP: the engine
-//! in-process (many cases, fast) and the real `quokka` binary (its CLI and signals).
+//! Black-box tests of Quokka, one module per feature, all over real loopback TCP, with the
+//! engine in process (many cases, fast). The real binaries, run as processes, are tested in
+//! `tests/processes`, which shares this crate's harness.
 //!
 //! [`harness`] starts an engine with a collecting sink; [`reference`] computes what the output
 //! must be, independently of the app code under test.
@@ -9,12 +10,8 @@ mod apps;
 #[cfg(test)]
 mod bad_input;
 #[cfg(test)]
-mod binary;
-#[cfg(test)]
 mod cluster;
 pub mod harness;
-#[cfg(test)]
-mod nodes;
 pub mod reference;
 #[cfg(test)]
 mod scaling;

@@ -1,69 +1,13 @@
 //! The real `quokka` binary: its CLI, and a service run stopped by SIGTERM.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use quokka_io::client::Records;
+use quokka_tests::harness::{send_frames, Sink, DEADLINE};
+use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::harness::{send_frames, Sink, DEADLINE};
-use crate::reference::{check_running_totals, reference_counts};
-
-/// Path of a binary built alongside `quokka` (`quokka-send`, `quokka-recv`).
-pub(crate) fn tool(name: &str) -> PathBuf {
-    quokka().with_file_name(name)
-}
-
-/// Builds the `quokka` binary once (same profile as these tests) and returns its path.
-pub(crate) fn quokka() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "quokka",
-            "--bins",
-            "--manifest-path",
-            manifest,
-        ]);
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("run cargo build").success(),
-            "cargo build -p quokka failed"
-        );
-        let profile_dir = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        profile_dir.join("quokka")
-    })
-}
-
-pub(crate) fn quokka_output(args: &[&str]) -> Output {
-    Command::new(quokka())
-        .args(args)
-        .output()
-        .expect("run quokka")
-}
-
-pub(crate) fn free_port() -> String {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
+use crate::{free_port, quokka, quokka_output, signal, tool, wait_exit};
 
 #[test]
 fn apps_lists_word_count() {
@@ -121,29 +65,6 @@ fn spawn_app(app: &str, input: &str, sink: &Sink, extra: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// Sends `sig` (`-TERM`, `-INT`) to a child process.
-pub(crate) fn signal(child: &Child, sig: &str) {
-    let sent = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill {sig} failed");
-}
-
-pub(crate) fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "quokka did not exit after SIGTERM"
-        );
-        std::thread::yield_now();
-    }
 }
 
 #[test]
@@ -399,7 +320,7 @@ fn alphabet_votes_sent_framed_by_the_tool() {
     let sink = Sink::start(Records::Lines);
     let (input, control) = (free_port(), free_port());
     let mut engine = spawn_app("alphabet", &input, &sink, &["--control", &control]);
-    let votes = concat!(env!("CARGO_MANIFEST_DIR"), "/../apps/data/votes.msg");
+    let votes = concat!(env!("CARGO_MANIFEST_DIR"), "/../../apps/data/votes.msg");
     let send = Command::new(tool("quokka-send"))
         .args(["--to", &input, "--file", votes, "--framed"])
         .output()

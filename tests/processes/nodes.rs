@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use quokka_io::client::Records;
 
-use crate::binary::{free_port, quokka, quokka_output, signal, wait_exit};
-use crate::harness::{load_text, send_frames, send_until, sent_lines, Sink, DEADLINE};
-use crate::reference::{check_running_totals, reference_counts};
+use quokka_tests::harness::{load_text, send_frames, send_until, sent_lines, Sink, DEADLINE};
+use quokka_tests::reference::{check_running_totals, reference_counts};
+
+use crate::{free_port, quokka, quokka_output, signal, wait_exit};
 
 const TOKEN: &str = "nodes-test-token";
 
