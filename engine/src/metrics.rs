@@ -39,6 +39,8 @@ pub struct CoreReport {
     pub outputs: u64,
     /// Outputs the sink could not deliver before shutdown gave up.
     pub undelivered: u64,
+    /// Connection attempts to the sink that failed (refused, unreachable).
+    pub sink_failures: u64,
     /// Keyed messages that reached a core owning neither the slot nor expecting it: a bug, so
     /// tests assert it stays 0.
     pub misrouted: u64,
@@ -64,6 +66,7 @@ impl CoreReport {
             frames: 0,
             outputs: 0,
             undelivered: 0,
+            sink_failures: 0,
             misrouted: 0,
             entities: 0,
             retired: false,
@@ -209,6 +212,10 @@ pub struct CoreStatus {
     /// Keyed messages applied by this core's stateful step.
     pub applied: u64,
     pub outputs: u64,
+    /// Failed connection attempts to the sink so far.
+    pub sink_failures: u64,
+    /// The last attempt to reach the sink failed and outputs wait for it.
+    pub sink_down: bool,
     pub frames_per_sec: f64,
     pub outputs_per_sec: f64,
     /// Source-to-sink latency over the last second (`None`: no output in it). Percentiles, not
@@ -275,7 +282,7 @@ impl fmt::Display for Summary {
             percentiles(&self.handoff_latency())
         )?;
         for c in &self.cores {
-            writeln!(
+            write!(
                 f,
                 "  core {}{}: {} connections ({} closed on errors, {} handed over), {} frames, {} outputs, {} entities",
                 c.core,
@@ -287,6 +294,10 @@ impl fmt::Display for Summary {
                 c.outputs,
                 c.entities
             )?;
+            match c.sink_failures {
+                0 => writeln!(f)?,
+                n => writeln!(f, ", {n} failed connection attempts to the sink")?,
+            }
         }
         if self.misrouted() > 0 {
             writeln!(

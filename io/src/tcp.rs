@@ -96,19 +96,20 @@ impl TcpSink {
     /// Writes `bytes`, holding records that end at `record_ends`. If the connection fails, it
     /// reconnects and resends from the first record not wholly written, so no record is lost or
     /// cut (one may arrive twice if the peer had it before the failure). Retries connecting
-    /// until `give_up()` says to stop (it is asked after each failed attempt).
+    /// until `failed_attempt()` says to stop: it is called once per failed connection attempt
+    /// (so it can also count them) and returns whether to give up.
     pub async fn write_records(
         &mut self,
         bytes: &[u8],
         record_ends: &[usize],
-        give_up: &dyn Fn() -> bool,
+        failed_attempt: &dyn Fn() -> bool,
     ) -> Result<(), SinkError> {
         let mut off = 0;
         while off < bytes.len() {
             let stream = match self.stream.as_mut() {
                 Some(s) => s,
                 None => {
-                    if let Err(reason) = self.connect(give_up).await {
+                    if let Err(reason) = self.connect(failed_attempt).await {
                         let first = record_ends.partition_point(|&e| e <= off);
                         return Err(SinkError::GaveUp {
                             addr: self.addr,
@@ -146,7 +147,7 @@ impl TcpSink {
         }
     }
 
-    async fn connect(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), String> {
+    async fn connect(&mut self, failed_attempt: &dyn Fn() -> bool) -> Result<(), String> {
         loop {
             match TcpStream::connect(self.addr).await {
                 Ok(s) => {
@@ -163,7 +164,7 @@ impl TcpSink {
                         tracing::warn!(sink = %self.addr, "cannot connect to sink: {e}; retrying");
                     }
                     self.failures += 1;
-                    if give_up() {
+                    if failed_attempt() {
                         return Err(e.to_string());
                     }
                     let backoff = Self::FIRST_BACKOFF

@@ -1,12 +1,13 @@
 //! Word count end to end: whole outputs against the reference, on 1 and 2 cores.
 
 use std::net::TcpListener;
+use std::time::Instant;
 
 use quokka_apps::corpus::{self, CorpusSpec};
 use quokka_apps::word_count;
 use quokka_io::client::Records;
 
-use crate::harness::{send_frames, Running, Sink};
+use crate::harness::{send_frames, Running, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
 
 const BILL_OF_RIGHTS: &str = include_str!("../../apps/data/bill_of_rights.txt");
@@ -102,12 +103,37 @@ fn sink_that_comes_up_late_gets_every_output() {
     let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
     send_frames(engine.input_addrs()[0], &frames);
+    // Every core has outputs and has been refused by the sink before it listens.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = engine.status();
+        if status
+            .cores
+            .iter()
+            .all(|c| c.sink_down && c.sink_failures > 0)
+        {
+            assert!(status.to_string().contains("down ("), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused sink attempt seen:\n{status}"
+        );
+    }
 
     reserved.listen(128).unwrap();
     let sink = Sink::on(TcpListener::from(reserved), Records::Lines);
     let expected = reference_counts(lines.iter().copied());
     sink.wait_for(expected.values().sum());
+    let status = engine.status();
+    assert!(status.cores.iter().all(|c| !c.sink_down), "{status}");
     let summary = engine.stop();
     check_running_totals(&sink.lines(), &expected);
     assert_eq!(summary.undelivered(), 0);
+    assert!(
+        summary
+            .to_string()
+            .contains("failed connection attempts to the sink"),
+        "{summary}"
+    );
 }

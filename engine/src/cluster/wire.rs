@@ -17,8 +17,8 @@ use crate::routing::{CoreId, Move, RoutingTable};
 /// First bytes of every link payload.
 pub const MAGIC: [u8; 2] = *b"QN";
 /// The node protocol version this build speaks (2: slot archives are three flat arrays; 3: a
-/// `Prepare` carries every step of a change).
-pub const VERSION: u8 = 3;
+/// `Prepare` carries every step of a change; 4: a core's status tells of its sink connection).
+pub const VERSION: u8 = 4;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 

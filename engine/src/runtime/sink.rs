@@ -60,7 +60,11 @@ impl SinkBuffer {
 pub(crate) async fn write_outputs(core: &Core) {
     let mut sink = TcpSink::new(core.config.output);
     let mut writing = SinkBuffer::default();
-    let give_up = || {
+    // Counts every failed attempt to reach the sink; gives up only once a stop's drain
+    // deadline has passed.
+    let failed_attempt = || {
+        core.report.borrow_mut().sink_failures += 1;
+        core.sink_down.set(true);
         core.drain_deadline
             .get()
             .is_some_and(|t| Instant::now() >= t)
@@ -85,8 +89,9 @@ pub(crate) async fn write_outputs(core: &Core) {
             }
         }
         let result = sink
-            .write_records(&writing.bytes, &writing.ends, &give_up)
+            .write_records(&writing.bytes, &writing.ends, &failed_attempt)
             .await;
+        core.sink_down.set(result.is_err());
         let n = writing.ends.len() as u64;
         {
             let mut report = core.report.borrow_mut();

@@ -161,7 +161,7 @@ impl fmt::Display for Status {
         }
         writeln!(
             f,
-            "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}",
+            "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}  sink",
             "node",
             "core",
             "cpu",
@@ -181,9 +181,15 @@ impl fmt::Display for Status {
                 show(c.latency_p99),
                 show(c.latency_max),
             );
+            // The sink column: `down (N failed attempts)` while outputs wait for it.
+            let sink = match (c.sink_down, c.outputs) {
+                (true, _) => format!("down ({} failed attempts)", c.sink_failures),
+                (false, 0) => "-".to_string(),
+                (false, _) => "up".to_string(),
+            };
             writeln!(
                 f,
-                "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}",
+                "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}  {}",
                 c.node,
                 c.core,
                 c.cpu,
@@ -194,7 +200,8 @@ impl fmt::Display for Status {
                 c.outputs_per_sec,
                 p50,
                 p99,
-                max
+                max,
+                sink
             )?;
         }
         for id in &self.silent {

@@ -66,6 +66,8 @@ pub(crate) struct Core {
     pub sink_progress: Notify,
     /// Outputs written to the sink (or given up on).
     pub written: Cell<u64>,
+    /// The last attempt to connect to the sink failed; outputs wait for it.
+    pub sink_down: Cell<bool>,
     pub report: RefCell<CoreReport>,
     pub window: RefCell<Window>,
     /// Duplicates of open source connections: to shut down on stop, to hand over on leave.
@@ -134,6 +136,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         sink_ready: Notify::default(),
         sink_progress: Notify::default(),
         written: Cell::new(0),
+        sink_down: Cell::new(false),
         report: RefCell::new(CoreReport::new(usize::from(id))),
         window: RefCell::new(Window::default()),
         sources: RefCell::default(),
@@ -583,6 +586,8 @@ impl Core {
             frames: report.frames,
             applied: keyed.applied(),
             outputs: report.outputs,
+            sink_failures: report.sink_failures,
+            sink_down: self.sink_down.get(),
             frames_per_sec: window.last_frames_per_sec,
             outputs_per_sec: window.last_outputs_per_sec,
             latency_p50: last.map(|h| h.value_at_quantile(0.5)),
