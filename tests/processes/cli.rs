@@ -1,13 +1,13 @@
 //! The real `quokka` binary: its CLI, and a service run stopped by SIGTERM.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use quokka_io::client::Records;
 use quokka_tests::harness::{send_frames, Sink, DEADLINE};
 use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::{free_port, quokka, quokka_output, signal, tool, wait_exit};
+use crate::{free_port, quokka, quokka_output, signal, tool, wait_exit, Proc};
 
 #[test]
 fn apps_lists_word_count() {
@@ -47,6 +47,15 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
         "127.0.0.1:2",
     ]);
     assert!(failure(&out).contains("not a HOST:PORT"));
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let control = free_port();
+    let args = ["run", "word_count", "--in", &taken, "--out", "127.0.0.1:2"];
+    let out = quokka_output(&[&args[..], &["--control", &control]].concat());
+    let err = failure(&out);
+    assert!(err.contains(&format!("cannot listen on {taken}")), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "the reason once: {err}");
 }
 
 /// The stderr of a tool that must have exited 1.
@@ -57,14 +66,14 @@ fn failure(out: &Output) -> String {
 }
 
 /// Starts `quokka run APP` reading `input`, writing to `sink`, with `extra` flags.
-fn spawn_app(app: &str, input: &str, sink: &Sink, extra: &[&str]) -> Child {
-    Command::new(quokka())
-        .args(["run", app, "--in", input, "--out", &sink.addr().to_string()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn spawn_app(app: &str, input: &str, sink: &Sink, extra: &[&str]) -> Proc {
+    Proc::spawn(
+        Command::new(quokka())
+            .args(["run", app, "--in", input, "--out", &sink.addr().to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
 }
 
 #[test]
@@ -193,36 +202,36 @@ fn send_and_recv_tools_carry_a_file_through_the_engine() {
     let total: u64 = expected.values().sum();
 
     let (input, output, control) = (free_port(), free_port(), free_port());
-    let recv = Command::new(tool("quokka-recv"))
-        .args([
-            "--listen",
-            &output,
-            "--out",
-            out_file.to_str().unwrap(),
-            "--expect",
-            &total.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut engine = Command::new(quokka())
-        .args([
-            "run",
-            "word_count",
-            "--in",
-            &input,
-            "--out",
-            &output,
-            "--cores",
-            "2",
-            "--control",
-            &control,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let recv = Proc::spawn(
+        Command::new(tool("quokka-recv"))
+            .args([
+                "--listen",
+                &output,
+                "--out",
+                out_file.to_str().unwrap(),
+                "--expect",
+                &total.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut engine = Proc::spawn(
+        Command::new(quokka())
+            .args([
+                "run",
+                "word_count",
+                "--in",
+                &input,
+                "--out",
+                &output,
+                "--cores",
+                "2",
+                "--control",
+                &control,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let send = Command::new(tool("quokka-send"))
         .args([
             "--to",
@@ -246,7 +255,7 @@ fn send_and_recv_tools_carry_a_file_through_the_engine() {
         "{sent}"
     );
 
-    let received = recv.wait_with_output().unwrap();
+    let received = recv.into_child().wait_with_output().unwrap();
     assert!(
         received.status.success(),
         "quokka-recv exits 0 once --expect records arrived"

@@ -46,6 +46,44 @@ fn free_port() -> String {
         .to_string()
 }
 
+/// A child process that a failing test does not leave running: killed on drop if still up.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        Proc(Some(cmd.spawn().expect("spawn a process under test")))
+    }
+
+    /// The child, no longer killed on drop (to `wait_with_output` it).
+    fn into_child(mut self) -> Child {
+        self.0.take().expect("a child")
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a child")
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a child")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Sends `sig` (`-TERM`, `-INT`) to a child process.
 fn signal(child: &Child, sig: &str) {
     let sent = Command::new("kill")

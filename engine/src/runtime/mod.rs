@@ -108,10 +108,12 @@ pub enum StartError {
     },
     #[error("invalid configuration: {0}")]
     Config(&'static str),
-    #[error("cannot listen on {addr}: {source}")]
+    // Not `source`: thiserror would make it the error's cause too, and `{:#}` would print the
+    // reason twice.
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)")]
     Executor { core: usize, reason: String },
@@ -301,7 +303,7 @@ impl Engine {
     }
 
     fn bind_data(addr: SocketAddr) -> Result<TcpListener, StartError> {
-        TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })
+        TcpListener::bind(addr).map_err(|error| StartError::Listen { addr, error })
     }
 
     fn serve_inputs(
@@ -314,7 +316,7 @@ impl Engine {
         let listeners = inputs
             .iter()
             .map(|&addr| {
-                TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })
+                TcpListener::bind(addr).map_err(|error| StartError::Listen { addr, error })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let input_addrs = listeners
