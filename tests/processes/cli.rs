@@ -58,6 +58,12 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
     assert_eq!(err.matches("in use").count(), 1, "the reason once: {err}");
 }
 
+/// Checks that a tool exited 0, showing its stderr if not.
+fn succeeded(out: &Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+}
+
 /// The stderr of a tool that must have exited 1.
 fn failure(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -244,11 +250,7 @@ fn send_and_recv_tools_carry_a_file_through_the_engine() {
         ])
         .output()
         .unwrap();
-    assert!(
-        send.status.success(),
-        "{}",
-        String::from_utf8_lossy(&send.stderr)
-    );
+    succeeded(&send);
     let sent = String::from_utf8(send.stdout).unwrap();
     assert!(
         sent.contains(&format!("sent {} frames", 2 * lines.len())),
@@ -334,11 +336,7 @@ fn alphabet_votes_sent_framed_by_the_tool() {
         .args(["--to", &input, "--file", votes, "--framed"])
         .output()
         .unwrap();
-    assert!(
-        send.status.success(),
-        "{}",
-        String::from_utf8_lossy(&send.stderr)
-    );
+    succeeded(&send);
     sink.wait_for(10_000);
 
     let bytes = std::fs::read(votes).unwrap();
