@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use quokka_io::client::Records;
 use quokka_tests::harness::{load_text, send_frames, send_until, sent_lines, Sink, DEADLINE};
 use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::{free_port, quokka, quokka_output, signal, wait_exit};
+use crate::{free_port, quokka, quokka_output, signal, wait_exit, Proc};
 
 const TOKEN: &str = "nodes-test-token";
 
@@ -135,18 +135,14 @@ impl Net for Namespaces {
 /// One `quokka run` process, its log (stderr) in a file.
 struct NodeProc {
     name: String,
-    child: Child,
+    child: Proc,
     log: PathBuf,
     input: String,
 }
 
-/// A test that fails midway leaves no node running; a passing one leaves no log behind.
+/// A test that fails midway leaves no node running (`Proc`); a passing one leaves no log behind.
 impl Drop for NodeProc {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         }
@@ -234,7 +230,7 @@ fn spawn_node(
         Some(lead) => cmd.args(["--join", lead]),
         None => cmd.args(["--control", &control]),
     };
-    let child = cmd.spawn().expect("spawn quokka run");
+    let child = Proc::spawn(&mut cmd);
     let mut node = NodeProc {
         name: name.into(),
         child,
