@@ -106,7 +106,7 @@ pub fn run(args: Args) -> Result<()> {
                 .join(", ")
         );
         let latency = median_percentiles(&paced, |s| s.latency());
-        let share = median_percentiles(&paced, |s| s.handoff_latency());
+        let share = median_percentiles(&paced, |s| s.engine_latency());
         println!("  latency (median of runs): {latency}");
         println!("  engine share (median of runs): {share}");
     }

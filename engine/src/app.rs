@@ -22,82 +22,10 @@
 //! The typed builder is a thin generic layer; it erases its closures into the `Dataflow`
 //! objects the runtime drives (see `dataflow.rs`), so the engine is not monomorphised per app.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
-use rkyv::bytecheck::CheckBytes;
-use rkyv::rancor;
-use rkyv::ser::allocator::ArenaHandle;
-use rkyv::util::AlignedVec;
-
-use crate::dataflow::{Dataflow, Typed};
-
-/// A frame a source's decoder could not read: a bad input, reported per connection.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{reason}")]
-pub struct DecodeError {
-    reason: Cow<'static, str>,
-}
-
-impl DecodeError {
-    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Hands values to the next step; a step may emit zero, one or many per input.
-pub struct Emit<'a, T>(pub(crate) &'a mut dyn FnMut(T));
-
-impl<'a, T> Emit<'a, T> {
-    /// An emitter that hands values to `out` (for unit tests of steps).
-    pub fn new(out: &'a mut dyn FnMut(T)) -> Self {
-        Emit(out)
-    }
-
-    pub fn emit(&mut self, value: T) {
-        (self.0)(value)
-    }
-}
-
-/// What a keyed message must be: a plain value archivable with rkyv, so the engine can send it
-/// to the node that owns its key.
-pub trait Message:
-    Sized
-    + Send
-    + 'static
-    + rkyv::Archive<
-        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
-                      + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
-    >
-    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
-{
-}
-
-impl<M> Message for M where
-    M: Send
-        + 'static
-        + rkyv::Archive<
-            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
-                          + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
-        >
-        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
-{
-}
-
-/// What a state entity must be: a plain value with a default, archivable with rkyv so the engine
-/// can move it between cores and machines.
-pub trait State: Message + Default {}
-
-impl<S: Message + Default> State for S {}
-
-pub(crate) type Decode<I> = Arc<dyn Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync>;
-pub(crate) type Chain<I, T> = Arc<dyn Fn(I, &mut dyn FnMut(T)) + Send + Sync>;
-pub(crate) type KeyFn<T> = Arc<dyn Fn(&T) -> &[u8] + Send + Sync>;
-pub(crate) type StepFn<S, T, R> = Arc<dyn Fn(&mut S, T, &mut Emit<R>) + Send + Sync>;
-pub(crate) type Encode<O> = Arc<dyn Fn(&O, &mut Vec<u8>) + Send + Sync>;
+use crate::dataflow::{Chain, Dataflow, Decode, KeyFn, StepFn, Typed};
+pub use crate::step::{DecodeError, Emit, Message, State};
 
 struct Source<I> {
     name: String,

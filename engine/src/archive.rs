@@ -11,18 +11,27 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
 
-use crate::app::State;
 use crate::hash::stable_hash;
+use crate::step::State;
 use crate::store::{ArchivedSlotEntities, SlotEntities};
 
-/// The archived entities of one slot, with what a receiver needs to trust them.
-#[derive(Debug, Clone)]
+/// The archived entities of one slot, with what a receiver needs to trust them. It crosses a
+/// link as itself (its bytes are read straight into an aligned buffer there too).
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SlotArchive {
     pub slot: u32,
     pub entities: u32,
     /// XXH3-64 of `bytes`.
     pub checksum: u64,
+    #[rkyv(with = rkyv::with::AsVec)]
     pub bytes: AlignedVec,
+}
+
+impl PartialEq for SlotArchive {
+    fn eq(&self, other: &Self) -> bool {
+        (self.slot, self.entities, self.checksum) == (other.slot, other.entities, other.checksum)
+            && self.bytes.as_slice() == other.bytes.as_slice()
+    }
 }
 
 #[derive(Debug, Error)]

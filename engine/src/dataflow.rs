@@ -1,25 +1,38 @@
-//! The erased form of an app that the runtime drives: per-connection [`Ingress`] objects (decode,
-//! stateless steps, `key_by`, batches per owner core) and one [`KeyedCore`] per core (slot
-//! protocol, state entities, the stateful step and everything after it).
+//! The erased form of an app that the runtime drives: per-connection [`SourcePipeline`] objects
+//! (decode, stateless steps, `key_by`, batches per owner core) and one [`KeyedCore`] per core
+//! (slot protocol, state entities, the stateful step and everything after it).
 //!
 //! Messages cross cores as `Box<dyn Any>` batches of a `Vec<KeyedMsg<T>>`: one allocation per
 //! batch, never per message.
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use thiserror::Error;
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
-use crate::app::{Chain, Decode, DecodeError, Emit, Encode, KeyFn, Message, State, StepFn};
 use crate::archive::{ArchiveError, SlotArchive};
 use crate::hash::{slot_of, stable_hash};
 use crate::migration::{Delivery, Protocol, ProtocolError, Switched, Transition};
 use crate::routing::{CoreId, Move, RoutingTable};
-use crate::runtime::sink::SinkBuffer;
+use crate::sink_buffer::SinkBuffer;
+use crate::step::{DecodeError, Emit, Message, State};
 use crate::store::{InstallSlotError, SlotEntities, SlotStore};
+
+// The app's closures, erased: the builder (`app.rs`) makes them, the runtime calls them.
+pub(crate) type Decode<I> = Arc<dyn Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync>;
+pub(crate) type Chain<I, T> = Arc<dyn Fn(I, &mut dyn FnMut(T)) + Send + Sync>;
+pub(crate) type KeyFn<T> = Arc<dyn Fn(&T) -> &[u8] + Send + Sync>;
+pub(crate) type StepFn<S, T, R> = Arc<dyn Fn(&mut S, T, &mut Emit<R>) + Send + Sync>;
+pub(crate) type Encode<O> = Arc<dyn Fn(&O, &mut Vec<u8>) + Send + Sync>;
+
+/// A batch that could not be encoded for, or decoded from, another node.
+#[derive(Debug, Error)]
+#[error("batch archive: {0}")]
+pub(crate) struct BatchError(#[source] BoxedError);
 
 /// A batch of keyed messages for one core: a `Vec<KeyedMsg<T>>` behind `Any`.
 pub(crate) type Batch = Box<dyn Any + Send>;
@@ -28,29 +41,30 @@ pub(crate) type Batch = Box<dyn Any + Send>;
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) struct KeyedMsg<T> {
     hash: u64,
-    ingress: u64,
+    ingress_ns: u64,
     value: T,
 }
 
 /// The app as the runtime sees it: factories for per-connection and per-core parts.
 pub(crate) trait Dataflow: Send + Sync {
     /// The part that runs on the core reading a connection of source `source`.
-    fn ingress(&self, source: usize) -> Box<dyn Ingress>;
+    fn source_pipeline(&self, source: usize) -> Box<dyn SourcePipeline>;
     /// The keyed part of core `me`, owning what `table` gives it.
     fn keyed(&self, me: CoreId, table: &RoutingTable) -> Box<dyn KeyedCore>;
     /// A batch as bytes, to cross to another node.
-    fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, String>;
+    fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, BatchError>;
     /// A batch from another node (its archive, as sent), validated before it is read.
-    fn decode_batch(&self, bytes: &AlignedVec) -> Result<Batch, String>;
+    fn decode_batch(&self, bytes: &AlignedVec) -> Result<Batch, BatchError>;
 }
 
 /// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
-pub(crate) trait Ingress {
-    /// Decodes a frame and runs it to `key_by`; the keyed messages wait in per-core batches.
+pub(crate) trait SourcePipeline {
+    /// Decodes a frame read at `ingress_ns` and runs it to `key_by`; the keyed messages wait in
+    /// per-core batches.
     fn push(
         &mut self,
         frame: &[u8],
-        ingress: u64,
+        ingress_ns: u64,
         routes: &RoutingTable,
     ) -> Result<(), DecodeError>;
     /// Takes every waiting batch, with the core it is for.
@@ -70,7 +84,8 @@ pub(crate) enum InstallError {
 
 /// One core's keyed state and the steps from the stateful one to the sink encoder.
 pub(crate) trait KeyedCore {
-    /// Applies (or buffers, for a slot on its way here) a batch from [`Ingress::take_batches`].
+    /// Applies (or buffers, for a slot on its way here) a batch from
+    /// [`SourcePipeline::take_batches`].
     /// Returns how many messages were misrouted (a bug; they are logged and counted).
     fn apply(&mut self, batch: &mut (dyn Any + Send), sink: &mut SinkBuffer) -> usize;
     fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError>;
@@ -113,8 +128,8 @@ where
     R: 'static,
     O: 'static,
 {
-    fn ingress(&self, source: usize) -> Box<dyn Ingress> {
-        Box::new(TypedIngress {
+    fn source_pipeline(&self, source: usize) -> Box<dyn SourcePipeline> {
+        Box::new(TypedSource {
             decode: self.decoders[source].clone(),
             pre: self.pre.clone(),
             key: self.key.clone(),
@@ -136,19 +151,18 @@ where
         })
     }
 
-    fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, String> {
+    fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, BatchError> {
         let batch: &Vec<KeyedMsg<T>> = batch.downcast_ref().expect("a batch of this dataflow");
-        rkyv::to_bytes::<BoxedError>(batch).map_err(|e| e.to_string())
+        rkyv::to_bytes::<BoxedError>(batch).map_err(BatchError)
     }
 
-    fn decode_batch(&self, bytes: &AlignedVec) -> Result<Batch, String> {
-        let batch =
-            rkyv::from_bytes::<Vec<KeyedMsg<T>>, BoxedError>(bytes).map_err(|e| e.to_string())?;
+    fn decode_batch(&self, bytes: &AlignedVec) -> Result<Batch, BatchError> {
+        let batch = rkyv::from_bytes::<Vec<KeyedMsg<T>>, BoxedError>(bytes).map_err(BatchError)?;
         Ok(Box::new(batch))
     }
 }
 
-struct TypedIngress<I, T> {
+struct TypedSource<I, T> {
     decode: Decode<I>,
     pre: Chain<I, T>,
     key: KeyFn<T>,
@@ -156,11 +170,11 @@ struct TypedIngress<I, T> {
     batches: Vec<Vec<KeyedMsg<T>>>,
 }
 
-impl<I, T: Send + 'static> Ingress for TypedIngress<I, T> {
+impl<I, T: Send + 'static> SourcePipeline for TypedSource<I, T> {
     fn push(
         &mut self,
         frame: &[u8],
-        ingress: u64,
+        ingress_ns: u64,
         routes: &RoutingTable,
     ) -> Result<(), DecodeError> {
         let input = (self.decode)(frame)?;
@@ -175,7 +189,7 @@ impl<I, T: Send + 'static> Ingress for TypedIngress<I, T> {
             }
             batches[owner].push(KeyedMsg {
                 hash,
-                ingress,
+                ingress_ns,
                 value,
             });
         });
@@ -216,11 +230,11 @@ impl<T, S: State, R, O> TypedKeyed<T, S, R, O> {
             ..
         } = self;
         let state = store.entry(msg.hash, key(&msg.value));
-        let ingress = msg.ingress;
+        let ingress_ns = msg.ingress_ns;
         step(
             state,
             msg.value,
-            &mut Emit(&mut |r| post(r, &mut |o| sink.push(ingress, |bytes| encode(&o, bytes)))),
+            &mut Emit(&mut |r| post(r, &mut |o| sink.push(ingress_ns, |bytes| encode(&o, bytes)))),
         );
     }
 }

@@ -1,11 +1,20 @@
 //! Quokka's engine: runs an app thread-per-core, shared-nothing.
 //!
 //! An app is built once with the scale-free API in [`app`] (sources, stateless steps, `key_by`,
-//! one stateful step, more steps, a sink). The [`runtime`] starts one glommio executor per core;
-//! each core owns a set of *slots* ([`hash`]: `stable_hash(key) % n_slots`) and every state
-//! entity in them ([`store`]). A [`routing`] table maps each slot to its core; a keyed message is
-//! applied on the owner core, reached by a function call or by a batch on a bounded channel.
-//! [`metrics`] gathers per-core counters and source-to-sink latency.
+//! one stateful step, more steps, a sink). The engine starts one glommio executor per core; each
+//! core owns a set of *slots* ([`hash`]: `stable_hash(key) % n_slots`) and every state entity in
+//! them ([`store`]). A routing table maps each slot to its core; a keyed message is applied on
+//! the owner core, reached by a function call, a batch on a bounded channel, or a link to
+//! another node. [`metrics`] gathers per-core counters and source-to-sink latency.
+//!
+//! Modules depend downward only, in this order (a tidy test, `layers`, enforces it):
+//! - pure parts, no I/O: `hash`, `routing`, `step` (what app steps see), `sink_buffer`,
+//!   `metrics`, [`store`], [`archive`], `planner`, `migration` (the per-core protocol, a
+//!   change's steps and the coordinator's step window);
+//! - `dataflow`: the app erased into per-connection and per-core objects; [`app`]: the builder;
+//! - `runtime`: one node's cores (executors, channels, the messages cores exchange);
+//! - [`cluster`]: links between nodes and their wire format;
+//! - `node`: the [`Engine`], its coordinator, status, joining and leaving.
 //!
 //! The engine knows no app (apps live in `quokka-apps`) and does its socket work through
 //! `quokka-io`.
@@ -15,14 +24,23 @@ pub mod archive;
 pub mod cluster;
 mod dataflow;
 pub mod hash;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
-pub mod migration;
-pub mod planner;
-pub mod routing;
-pub mod runtime;
+mod migration;
+mod node;
+mod planner;
+mod routing;
+mod runtime;
+mod sink_buffer;
+mod step;
 pub mod store;
 
 pub use app::{App, DecodeError, Emit, Message, State};
 pub use cluster::Ending;
 pub use metrics::Summary;
-pub use runtime::{ChangeError, ChangeReport, Config, Engine, StartError, Status};
+pub use node::{
+    ChangeError, ChangeReport, Engine, JoinError, JoinRefusal, LostReport, MigrationProgress,
+    NodeInfo, StartError, Status, MAX_SLOTS_PER_STEP,
+};
+pub use runtime::{default_cores, Config};

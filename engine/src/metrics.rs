@@ -53,7 +53,7 @@ pub struct CoreReport {
     pub latency: Histogram<u64>,
     /// The engine's own share: from the read of the input until the sink writer takes the
     /// output (excludes the socket write and so a slow receiver).
-    pub handoff_latency: Histogram<u64>,
+    pub engine_latency: Histogram<u64>,
 }
 
 impl CoreReport {
@@ -71,7 +71,7 @@ impl CoreReport {
             entities: 0,
             retired: false,
             latency: latency_histogram(),
-            handoff_latency: latency_histogram(),
+            engine_latency: latency_histogram(),
         }
     }
 }
@@ -122,8 +122,8 @@ impl Summary {
     }
 
     /// The engine's share of the latency (until the sink writer takes the output), all cores.
-    pub fn handoff_latency(&self) -> Histogram<u64> {
-        self.merged(|c| &c.handoff_latency)
+    pub fn engine_latency(&self) -> Histogram<u64> {
+        self.merged(|c| &c.engine_latency)
     }
 
     fn merged(&self, f: impl Fn(&CoreReport) -> &Histogram<u64>) -> Histogram<u64> {
@@ -279,7 +279,7 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "  engine share (to sink hand-off): {}",
-            percentiles(&self.handoff_latency())
+            percentiles(&self.engine_latency())
         )?;
         for c in &self.cores {
             write!(

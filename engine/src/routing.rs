@@ -76,7 +76,7 @@ impl RoutingTable {
 }
 
 /// A slot changing owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Move {
     pub slot: u32,
     pub from: CoreId,

@@ -237,12 +237,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
 
     // Garbage and a wrong-token hello on the data port: the node closes those connections.
     let data = lead.engine.data_addr();
-    let mut wrong_token = Vec::new();
-    let hello = wire::Wire::Hello {
-        node: "w7".into(),
-        token: "guess".into(),
-    };
-    wire::write(&mut wrong_token, &hello).unwrap();
+    let wrong_token = wire::hello_frame("w7", "guess");
     for bytes in [
         b"\x00\x00\x00\x07garbage".to_vec(),
         wrong_token,

@@ -6,6 +6,7 @@
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,13 +16,17 @@ use rkyv::util::AlignedVec;
 use super::wire::{self, Wire, MAX_LINK_FRAME};
 use super::Node;
 use crate::routing::CoreId;
-use crate::runtime::messages::{CoreAddr, CoreMsg};
+use crate::runtime::messages::{CoreAddr, CoreMsg, RemotePeer, Sending};
 
 /// Batches (and markers) queued for one remote node before the cores routing there wait.
 const LINK_DATA_CAPACITY: usize = 16;
 
 /// How long a node keeps trying to open a link, and waits for a peer's hello.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections on the data port whose hello is still awaited: beyond this, a new one is closed
+/// at once, so connections that never speak cannot make a thread each.
+const MAX_UNIDENTIFIED: usize = 16;
 
 enum Outgoing {
     Core(CoreId, CoreMsg),
@@ -62,27 +67,6 @@ impl Link {
         }))
     }
 
-    pub fn send_control(&self, core: CoreId, msg: CoreMsg) -> bool {
-        self.control.send(Outgoing::Core(core, msg)).is_ok()
-    }
-
-    pub async fn send_data(&self, core: CoreId, msg: CoreMsg) -> bool {
-        self.data
-            .send_async(Outgoing::Core(core, msg))
-            .await
-            .is_ok()
-    }
-
-    /// Queues `msg` for the data lane if it has room now; gives it back if not.
-    pub fn try_send_data(&self, core: CoreId, msg: CoreMsg) -> Result<(), CoreMsg> {
-        self.data
-            .try_send(Outgoing::Core(core, msg))
-            .map_err(|e| match e.into_inner() {
-                Outgoing::Core(_, msg) => msg,
-                _ => unreachable!("only a core message was sent"),
-            })
-    }
-
     /// A message for the node itself (not one of its cores).
     pub fn send_node(&self, msg: Wire) -> bool {
         self.control.send(Outgoing::Node(msg)).is_ok()
@@ -95,6 +79,34 @@ impl Link {
         for writer in std::mem::take(&mut *self.writers.lock().unwrap()) {
             let _ = writer.join();
         }
+    }
+}
+
+impl RemotePeer for Link {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn send_control(&self, core: CoreId, msg: CoreMsg) -> bool {
+        self.control.send(Outgoing::Core(core, msg)).is_ok()
+    }
+
+    fn send_data(&self, core: CoreId, msg: CoreMsg) -> Sending<'_> {
+        Box::pin(async move {
+            self.data
+                .send_async(Outgoing::Core(core, msg))
+                .await
+                .is_ok()
+        })
+    }
+
+    fn try_send_data(&self, core: CoreId, msg: CoreMsg) -> Result<(), CoreMsg> {
+        self.data
+            .try_send(Outgoing::Core(core, msg))
+            .map_err(|e| match e.into_inner() {
+                Outgoing::Core(_, msg) => msg,
+                _ => unreachable!("only a core message was sent"),
+            })
     }
 }
 
@@ -193,11 +205,14 @@ impl LinkWriter<'_> {
     }
 }
 
-/// A core message as it crosses to another node. Messages that only make sense inside a node
-/// (connections, replies through channels) never reach a link; if one does, it is a bug, logged.
+/// A core message as it crosses to another node: a core's own message as itself, a batch as
+/// the app's archive of it, peers by the name of the node that runs them. Messages that only
+/// make sense inside a node (connections, replies through channels) never reach a link; if one
+/// does, it is a bug, logged.
 fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
     Some(match msg {
-        CoreMsg::Batch { batch } => match node.dataflow.encode_batch(&*batch) {
+        CoreMsg::Peer(msg) => Wire::Core { to, msg },
+        CoreMsg::Batch(batch) => match node.dataflow.encode_batch(&*batch) {
             Ok(bytes) => Wire::Batch {
                 to,
                 bytes: wire::Payload(bytes),
@@ -207,25 +222,6 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
                 return None;
             }
         },
-        CoreMsg::Marker { from, epoch } => Wire::Marker { to, from, epoch },
-        CoreMsg::ProducerDone { from } => Wire::ProducerDone { to, from },
-        CoreMsg::Handoff { from, archives } => Wire::Handoff {
-            to,
-            from,
-            archives: archives
-                .into_iter()
-                .map(|a| wire::ArchiveWire {
-                    slot: a.slot,
-                    entities: a.entities,
-                    checksum: a.checksum,
-                    bytes: wire::Payload(a.bytes),
-                })
-                .collect(),
-        },
-        CoreMsg::HandoffAck { slots } => Wire::HandoffAck { to, slots },
-        CoreMsg::HandoffRejected { slot, reason } => Wire::HandoffRejected { to, slot, reason },
-        CoreMsg::Prepare(steps) => wire::prepare_to_wire(to, &steps),
-        CoreMsg::Switch => Wire::Switch { to },
         CoreMsg::AddPeers(peers) => Wire::AddPeers {
             to,
             peers: peers
@@ -233,14 +229,12 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
                 .map(|(id, addr)| {
                     let at = match addr {
                         CoreAddr::Local { .. } => node.name.clone(),
-                        CoreAddr::Remote { link, .. } => link.node.clone(),
+                        CoreAddr::Remote { node, .. } => node.node().to_string(),
                     };
                     (*id, at)
                 })
                 .collect(),
         },
-        CoreMsg::RemovePeer(peer) => Wire::RemovePeer { to, peer },
-        CoreMsg::Stop { producers } => Wire::Stop { to, producers },
         CoreMsg::Connection(_)
         | CoreMsg::Leave { .. }
         | CoreMsg::Status(_)
@@ -259,13 +253,23 @@ pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
     std::thread::Builder::new()
         .name("quokka-links".into())
         .spawn(move || {
+            let unidentified = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        let node = node.clone();
-                        let _ = std::thread::Builder::new()
+                        if unidentified.fetch_add(1, Ordering::AcqRel) >= MAX_UNIDENTIFIED {
+                            unidentified.fetch_sub(1, Ordering::AcqRel);
+                            tracing::warn!(node = %node.name, "refused a connection on the data port: {MAX_UNIDENTIFIED} others have not said hello yet");
+                            continue;
+                        }
+                        let (node, count) = (node.clone(), unidentified.clone());
+                        let spawned = std::thread::Builder::new()
                             .name("quokka-link-in".into())
-                            .spawn(move || read_link(&node, stream));
+                            .spawn(move || read_link(&node, stream, &count));
+                        if let Err(e) = spawned {
+                            unidentified.fetch_sub(1, Ordering::AcqRel);
+                            tracing::error!("cannot start a link reader: {e}");
+                        }
                     }
                     Err(_) if node.is_closing() => return,
                     Err(e) => {
@@ -280,7 +284,7 @@ pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
 
 /// The reader thread of one incoming link: checks the hello (protocol version, cluster token),
 /// then hands every message to the node. A link that ends without a goodbye is a lost node.
-fn read_link(node: &Arc<Node>, stream: TcpStream) {
+fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
     let from_addr = stream
         .peer_addr()
         .map_or_else(|_| "unknown address".into(), |a| a.to_string());
@@ -288,6 +292,7 @@ fn read_link(node: &Arc<Node>, stream: TcpStream) {
     let mut reader = BufReader::with_capacity(1 << 16, stream);
     let mut buf = AlignedVec::new();
     let hello = wire::read(&mut reader, &mut buf, 4096);
+    unidentified.fetch_sub(1, Ordering::AcqRel);
     let peer = match hello {
         Ok(Wire::Hello { node: peer, token }) if node.token_matches(&token) => peer,
         Ok(Wire::Hello { node: peer, .. }) => {

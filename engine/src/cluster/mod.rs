@@ -1,5 +1,5 @@
 //! A node in a cluster: its local cores, its links to the other nodes, and what it does with a
-//! message from another node. The coordinator (in `runtime/coordinator.rs`) stays the one place
+//! message from another node. The coordinator (in `node/coordinator/`) stays the one place
 //! that decides changes; to it a core on another node is a core like any other, reached through
 //! a link (`CoreAddr::Remote`), whose events come back over a link.
 
@@ -9,18 +9,19 @@ pub mod wire;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::serialization::Serializer;
+use thiserror::Error;
 
 use self::link::Link;
 use self::wire::{Answer, Member, Question, Wire};
-use crate::archive::SlotArchive;
 use crate::dataflow::Dataflow;
 use crate::metrics::latency_histogram;
 use crate::routing::CoreId;
-use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg};
+use crate::runtime::ask_cores;
+use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
 
 /// Why a member node's engine ends without a local stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,32 @@ pub enum Ending {
     Departed,
     /// The coordinator stopped the cluster.
     ClusterStopped,
+}
+
+/// Whether a node decides changes (the coordinator) or carries them out (a member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Coordinator,
+    Member,
+}
+
+/// Why a link to another node could not be opened.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("node {node} has a bad data address `{addr}`")]
+    BadAddress {
+        node: String,
+        addr: String,
+        #[source]
+        error: std::net::AddrParseError,
+    },
+    #[error("cannot link to node {node} at {addr}")]
+    Connect {
+        node: String,
+        addr: SocketAddr,
+        #[source]
+        error: std::io::Error,
+    },
 }
 
 /// A node that went away without saying goodbye.
@@ -43,6 +70,8 @@ pub(crate) struct Node {
     pub name: String,
     pub token: String,
     pub dataflow: Arc<dyn Dataflow>,
+    /// The cluster's slot count: a peer's message naming a slot beyond it is refused.
+    pub n_slots: u32,
     /// Where the other nodes reach this one.
     pub data_addr: SocketAddr,
     /// The cores this node runs.
@@ -53,8 +82,11 @@ pub(crate) struct Node {
     /// Where core events go: the coordinator's channel, or (on a member) a forwarder's.
     pub events: flume::Sender<CoreEvent>,
     /// Whether this node is the coordinator (lost cores are reported to its migrations).
-    pub coordinator: bool,
+    pub role: Role,
     pending: Mutex<HashMap<u64, flume::Sender<Answer>>>,
+    /// Questions from other nodes, answered one at a time by a thread of their own (asking the
+    /// cores may take a moment, and the link must keep delivering meanwhile).
+    questions: flume::Sender<(String, u64, Question)>,
     next_ask: AtomicU64,
     lost: Mutex<Vec<LostNode>>,
     /// Acceptors take new source connections only while this is set.
@@ -79,22 +111,26 @@ impl Node {
         name: String,
         token: String,
         dataflow: Arc<dyn Dataflow>,
+        n_slots: u32,
         data_addr: SocketAddr,
         events: flume::Sender<CoreEvent>,
-        coordinator: bool,
-    ) -> Self {
+        role: Role,
+    ) -> Arc<Self> {
         let (ending, ended) = flume::unbounded();
-        Node {
+        let (questions, asked) = flume::unbounded();
+        let node = Arc::new(Node {
             name,
             token,
             dataflow,
+            n_slots,
             data_addr,
             local: RwLock::default(),
             members: Mutex::default(),
             links: Mutex::default(),
             events,
-            coordinator,
+            role,
             pending: Mutex::default(),
+            questions,
             next_ask: AtomicU64::new(0),
             lost: Mutex::default(),
             accepting: AtomicBool::new(true),
@@ -104,7 +140,17 @@ impl Node {
             ended,
             closing: AtomicBool::new(false),
             listener: Mutex::default(),
-        }
+        });
+        let weak = Arc::downgrade(&node);
+        std::thread::Builder::new()
+            .name("quokka-answers".into())
+            .spawn(move || answer_questions(&weak, &asked))
+            .expect("spawn the answering thread");
+        node
+    }
+
+    pub fn is_coordinator(&self) -> bool {
+        self.role == Role::Coordinator
     }
 
     pub fn is_closing(&self) -> bool {
@@ -116,13 +162,20 @@ impl Node {
     }
 
     /// Opens a link to `member` and remembers it. Its cores are reached through the link.
-    pub fn add_member(self: &Arc<Self>, member: Member) -> Result<Arc<Link>, String> {
+    pub fn add_member(self: &Arc<Self>, member: Member) -> Result<Arc<Link>, LinkError> {
         let addr: SocketAddr = member
             .data_addr
             .parse()
-            .map_err(|e| format!("node {} has a bad data address: {e}", member.name))?;
-        let link = Link::open(self, &member.name, addr)
-            .map_err(|e| format!("cannot link to node {} at {addr}: {e}", member.name))?;
+            .map_err(|error| LinkError::BadAddress {
+                node: member.name.clone(),
+                addr: member.data_addr.clone(),
+                error,
+            })?;
+        let link = Link::open(self, &member.name, addr).map_err(|error| LinkError::Connect {
+            node: member.name.clone(),
+            addr,
+            error,
+        })?;
         self.links
             .lock()
             .unwrap()
@@ -156,8 +209,10 @@ impl Node {
         if at == self.name {
             return self.local.read().unwrap().get(&id).cloned();
         }
-        self.link(at)
-            .map(|link| CoreAddr::Remote { core: id, link })
+        self.link(at).map(|link| CoreAddr::Remote {
+            core: id,
+            node: link,
+        })
     }
 
     pub fn lost_nodes(&self) -> Vec<LostNode> {
@@ -191,7 +246,13 @@ impl Node {
         }
     }
 
-    fn to_core(&self, to: CoreId, msg: CoreMsg, data_lane: bool) {
+    /// Hands `msg` to local core `to` on the lane it belongs to.
+    fn to_core(&self, to: CoreId, msg: CoreMsg) {
+        let data_lane = match &msg {
+            CoreMsg::Batch(_) => true,
+            CoreMsg::Peer(m) => m.is_data(),
+            _ => false,
+        };
         let addr = self.local.read().unwrap().get(&to).cloned();
         let sent = match &addr {
             Some(CoreAddr::Local { data, .. }) if data_lane => data.send(msg).is_ok(),
@@ -203,64 +264,31 @@ impl Node {
         }
     }
 
-    /// Handles one message from node `from`.
+    /// Handles one message from node `from`. Peer input is checked here, where it is decoded:
+    /// a core never sees a slot beyond the cluster's.
     pub fn deliver(self: &Arc<Self>, from: &str, msg: Wire) {
         match msg {
+            Wire::Core { to, msg } => {
+                if let Err(e) = msg.check_slots(self.n_slots) {
+                    tracing::error!(node = %self.name, "dropped a message from node {from}: {e}");
+                    return;
+                }
+                let stop = matches!(msg, PeerMsg::Stop { .. });
+                self.to_core(to, CoreMsg::Peer(msg));
+                if stop {
+                    let mut stopped = self.stopped_cores.lock().unwrap();
+                    *stopped += 1;
+                    if *stopped == self.local.read().unwrap().len() {
+                        let _ = self.ending.send(Ending::ClusterStopped);
+                    }
+                }
+            }
             Wire::Batch { to, bytes } => match self.dataflow.decode_batch(&bytes.0) {
-                Ok(batch) => self.to_core(to, CoreMsg::Batch { batch }, true),
+                Ok(batch) => self.to_core(to, CoreMsg::Batch(batch)),
                 Err(e) => {
                     tracing::error!(node = %self.name, "dropped a garbled batch from node {from}: {e}")
                 }
             },
-            Wire::Marker {
-                to,
-                from: core,
-                epoch,
-            } => self.to_core(to, CoreMsg::Marker { from: core, epoch }, true),
-            Wire::ProducerDone { to, from: core } => {
-                self.to_core(to, CoreMsg::ProducerDone { from: core }, true);
-            }
-            Wire::Handoff {
-                to,
-                from: core,
-                archives,
-            } => {
-                let archives = archives
-                    .into_iter()
-                    .map(|a| SlotArchive {
-                        slot: a.slot,
-                        entities: a.entities,
-                        checksum: a.checksum,
-                        bytes: a.bytes.0,
-                    })
-                    .collect();
-                self.to_core(
-                    to,
-                    CoreMsg::Handoff {
-                        from: core,
-                        archives,
-                    },
-                    false,
-                );
-            }
-            Wire::HandoffAck { to, slots } => {
-                self.to_core(to, CoreMsg::HandoffAck { slots }, false)
-            }
-            Wire::HandoffRejected { to, slot, reason } => {
-                self.to_core(to, CoreMsg::HandoffRejected { slot, reason }, false);
-            }
-            Wire::Prepare {
-                to,
-                table,
-                steps,
-                producers,
-            } => match wire::prepare_from_wire(&table, &steps, &producers) {
-                Ok(steps) => self.to_core(to, CoreMsg::Prepare(steps), false),
-                Err(e) => {
-                    tracing::error!(node = %self.name, "bad prepare from node {from}: {e}")
-                }
-            },
-            Wire::Switch { to } => self.to_core(to, CoreMsg::Switch, false),
             Wire::AddPeers { to, peers } => {
                 let mut resolved = Vec::with_capacity(peers.len());
                 for (id, at) in peers {
@@ -271,16 +299,7 @@ impl Node {
                         }
                     }
                 }
-                self.to_core(to, CoreMsg::AddPeers(resolved), false);
-            }
-            Wire::RemovePeer { to, peer } => self.to_core(to, CoreMsg::RemovePeer(peer), false),
-            Wire::Stop { to, producers } => {
-                self.to_core(to, CoreMsg::Stop { producers }, false);
-                let mut stopped = self.stopped_cores.lock().unwrap();
-                *stopped += 1;
-                if *stopped == self.local.read().unwrap().len() {
-                    let _ = self.ending.send(Ending::ClusterStopped);
-                }
+                self.to_core(to, CoreMsg::AddPeers(resolved));
             }
             Wire::Event(e) => {
                 let _ = self.events.send(e);
@@ -293,20 +312,7 @@ impl Node {
             }
             Wire::Gone { node } => self.remove_member(&node),
             Wire::Ask { id, question } => {
-                // Answered on a thread of its own: asking the cores may take a moment, and the
-                // link must keep delivering meanwhile.
-                let (node, from) = (self.clone(), from.to_string());
-                std::thread::spawn(move || {
-                    let answer = node.answer(question);
-                    match node.link(&from) {
-                        Some(link) => {
-                            link.send_node(Wire::Answer { id, answer });
-                        }
-                        None => {
-                            tracing::warn!(node = %node.name, "no link back to node {from} to answer it")
-                        }
-                    }
-                });
+                let _ = self.questions.send((from.to_string(), id, question));
             }
             Wire::Answer { id, answer } => {
                 if let Some(reply) = self.pending.lock().unwrap().remove(&id) {
@@ -333,7 +339,7 @@ impl Node {
 
     /// Statuses of this node's cores, with the node's name.
     pub fn local_status(&self) -> Vec<crate::metrics::CoreStatus> {
-        let mut statuses = crate::runtime::ask_cores(
+        let mut statuses = ask_cores(
             &self.local_controls(),
             CoreMsg::Status,
             Duration::from_secs(2),
@@ -350,7 +356,7 @@ impl Node {
             Question::Status => Answer::Status(self.local_status()),
             Question::Latency => {
                 let mut all = latency_histogram();
-                for h in crate::runtime::ask_cores(
+                for h in ask_cores(
                     &self.local_controls(),
                     CoreMsg::TakeLatency,
                     Duration::from_secs(10),
@@ -391,7 +397,7 @@ impl Node {
         for control in self.local_controls() {
             let _ = control.send(CoreMsg::PeerLost(member.cores.clone()));
         }
-        if self.coordinator {
+        if self.is_coordinator() {
             for &core in &member.cores {
                 let _ = self.events.send(CoreEvent::Failed {
                     core,
@@ -404,6 +410,20 @@ impl Node {
             cores: member.cores,
             reason: reason.to_string(),
         });
+    }
+}
+
+/// Answers other nodes' questions, one at a time, until the node is gone.
+fn answer_questions(node: &Weak<Node>, asked: &flume::Receiver<(String, u64, Question)>) {
+    for (from, id, question) in asked {
+        let Some(node) = node.upgrade() else { return };
+        let answer = node.answer(question);
+        match node.link(&from) {
+            Some(link) => {
+                link.send_node(Wire::Answer { id, answer });
+            }
+            None => tracing::warn!(node = %node.name, "no link back to node {from} to answer it"),
+        }
     }
 }
 

@@ -4,21 +4,21 @@
 //! garbage, a truncated archive or another version is an error value, never a panic.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
 
 use crate::metrics::CoreStatus;
-use crate::migration::Transition;
-use crate::routing::{CoreId, Move, RoutingTable};
+use crate::routing::{CoreId, RoutingTable};
+use crate::runtime::messages::{CoreEvent, PeerMsg};
 
 /// First bytes of every link payload.
 pub const MAGIC: [u8; 2] = *b"QN";
 /// The node protocol version this build speaks (2: slot archives are three flat arrays; 3: a
-/// `Prepare` carries every step of a change; 4: a core's status tells of its sink connection).
-pub const VERSION: u8 = 4;
+/// `Prepare` carries every step of a change; 4: a core's status tells of its sink connection;
+/// 5: a core's message crosses as itself, `Wire::Core`).
+pub const VERSION: u8 = 5;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -70,9 +70,18 @@ impl From<&RoutingTable> for TableWire {
 }
 
 impl TableWire {
-    pub fn to_table(&self) -> Result<RoutingTable, WireError> {
-        RoutingTable::from_owners(self.epoch, self.owners.clone())
-            .ok_or(WireError::Invalid("empty routing table".into()))
+    /// The table, refused unless it has `n_slots` slots.
+    pub fn to_table(&self, n_slots: u32) -> Result<RoutingTable, WireError> {
+        if self.owners.len() != n_slots as usize {
+            return Err(WireError::SlotCount {
+                got: self.owners.len(),
+                expected: n_slots,
+            });
+        }
+        RoutingTable::from_owners(self.epoch, self.owners.clone()).ok_or(WireError::SlotCount {
+            got: 0,
+            expected: n_slots,
+        })
     }
 }
 
@@ -95,29 +104,9 @@ impl From<&[u8]> for Payload {
     }
 }
 
-/// One slot's archive on the wire (see `archive::SlotArchive`).
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct ArchiveWire {
-    pub slot: u32,
-    pub entities: u32,
-    pub checksum: u64,
-    pub bytes: Payload,
-}
-
-/// What a core tells the coordinator, on its own node through a channel or from another node
-/// in a [`Wire::Event`].
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum CoreEvent {
-    Prepared(CoreId),
-    StepDone { core: CoreId, epoch: u64 },
-    Installed { entities: u32, bytes: u64 },
-    Left(CoreId),
-    Failed { core: CoreId, error: String },
-}
-
 /// One message on a link. `to` names the core a message is for; the rest are for the node.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum Wire {
+pub(crate) enum Wire {
     /// The first message on a link: who is speaking, with the cluster token.
     Hello {
         node: String,
@@ -125,56 +114,20 @@ pub enum Wire {
     },
     /// The last message on a link: the sender closes it on purpose (not a failure).
     Bye,
+    /// A core's message for core `to`, as it travels between cores inside a node.
+    Core {
+        to: CoreId,
+        msg: PeerMsg,
+    },
+    /// A batch of keyed messages for core `to` (the app's rkyv archive of them).
     Batch {
         to: CoreId,
         bytes: Payload,
-    },
-    Marker {
-        to: CoreId,
-        from: CoreId,
-        epoch: u64,
-    },
-    ProducerDone {
-        to: CoreId,
-        from: CoreId,
-    },
-    Handoff {
-        to: CoreId,
-        from: CoreId,
-        archives: Vec<ArchiveWire>,
-    },
-    HandoffAck {
-        to: CoreId,
-        slots: Vec<u32>,
-    },
-    HandoffRejected {
-        to: CoreId,
-        slot: u32,
-        reason: String,
-    },
-    /// Every step of a change, in epoch order: the table before the first step and each step's
-    /// moves (each step's table follows; the same producers for all).
-    Prepare {
-        to: CoreId,
-        table: TableWire,
-        steps: Vec<Vec<(u32, CoreId, CoreId)>>,
-        producers: Vec<CoreId>,
-    },
-    Switch {
-        to: CoreId,
     },
     /// Peers by core id and the node that runs them.
     AddPeers {
         to: CoreId,
         peers: Vec<(CoreId, String)>,
-    },
-    RemovePeer {
-        to: CoreId,
-        peer: CoreId,
-    },
-    Stop {
-        to: CoreId,
-        producers: Vec<CoreId>,
     },
     /// From a member to the coordinator.
     Event(CoreEvent),
@@ -198,7 +151,7 @@ pub enum Wire {
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum Question {
+pub(crate) enum Question {
     Status,
     /// Latency since the last such question (hdrhistogram V2 serialization).
     Latency,
@@ -209,31 +162,35 @@ pub enum Question {
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum Answer {
+pub(crate) enum Answer {
     Status(Vec<CoreStatus>),
     Latency(Vec<u8>),
     Quiesced { open_sources: u32 },
     Done,
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum WireError {
     #[error("not a Quokka node message (bad magic)")]
     BadMagic,
     #[error("node protocol version {0} is not supported (this build speaks {VERSION})")]
     Version(u8),
-    #[error("node message failed validation: {0}")]
-    Invalid(String),
+    #[error("a {0}-byte frame is too short for a node message")]
+    Short(usize),
+    #[error("node message failed validation")]
+    Invalid(#[source] BoxedError),
     #[error("node message of {0} bytes exceeds the maximum")]
     Oversized(usize),
     #[error("link closed in the middle of a message")]
     Truncated,
-    #[error("link: {0}")]
-    Io(String),
+    #[error("a routing table of {got} slots, where this cluster has {expected}")]
+    SlotCount { got: usize, expected: u32 },
+    #[error("link")]
+    Io(#[source] std::io::Error),
 }
 
 /// Writes `msg` as one link frame, straight into `out` (no intermediate payload buffer).
-pub fn write(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
     let bytes = archive(msg);
     let len = u32::try_from(PREFIX_LEN + bytes.len()).expect("link messages fit a frame");
     out.write_all(&len.to_be_bytes())?;
@@ -242,9 +199,25 @@ pub fn write(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
     out.write_all(&bytes)
 }
 
+/// The first frame of a link: who is speaking, with the cluster token (public so black-box tests
+/// can knock on a data port).
+pub fn hello_frame(node: &str, token: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let hello = Wire::Hello {
+        node: node.to_string(),
+        token: token.to_string(),
+    };
+    write(&mut out, &hello).expect("writing to a Vec cannot fail");
+    out
+}
+
 /// Reads one link frame of at most `max` bytes. `buf` is reused from frame to frame and keeps
 /// the archive aligned, so it is validated where it was read.
-pub fn read(input: &mut impl Read, buf: &mut AlignedVec, max: usize) -> Result<Wire, WireError> {
+pub(crate) fn read(
+    input: &mut impl Read,
+    buf: &mut AlignedVec,
+    max: usize,
+) -> Result<Wire, WireError> {
     let mut header = [0u8; 4 + PREFIX_LEN];
     read_exact(input, &mut header[..4])?;
     let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
@@ -252,20 +225,20 @@ pub fn read(input: &mut impl Read, buf: &mut AlignedVec, max: usize) -> Result<W
         return Err(WireError::Oversized(len));
     }
     if len < PREFIX_LEN {
-        return Err(WireError::Invalid(format!("a {len}-byte frame")));
+        return Err(WireError::Short(len));
     }
     read_exact(input, &mut header[4..])?;
     check_prefix(&header[4..])?;
     buf.clear();
     buf.resize(len - PREFIX_LEN, 0);
     read_exact(input, buf)?;
-    rkyv::from_bytes::<Wire, BoxedError>(buf).map_err(|e| WireError::Invalid(e.to_string()))
+    rkyv::from_bytes::<Wire, BoxedError>(buf).map_err(WireError::Invalid)
 }
 
 fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), WireError> {
     input.read_exact(buf).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
-        _ => WireError::Io(e.to_string()),
+        _ => WireError::Io(e),
     })
 }
 
@@ -313,7 +286,7 @@ fn check_prefix(prefix: &[u8]) -> Result<(), WireError> {
     match prefix.get(2) {
         Some(&VERSION) => Ok(()),
         Some(&v) => Err(WireError::Version(v)),
-        None => Err(WireError::Invalid("no version".into())),
+        None => Err(WireError::Short(prefix.len())),
     }
 }
 
@@ -326,87 +299,33 @@ where
     check_prefix(payload)?;
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len() - 3);
     aligned.extend_from_slice(&payload[3..]);
-    rkyv::from_bytes::<T, BoxedError>(&aligned).map_err(|e| WireError::Invalid(e.to_string()))
-}
-
-/// A change's steps as a `Prepare` for core `to`: the table before the first step, then only
-/// each step's moves (not a table of every slot per step).
-pub fn prepare_to_wire(to: CoreId, steps: &[Arc<Transition>]) -> Wire {
-    let (table, producers) = match steps.first() {
-        Some(first) => {
-            let mut owners: Vec<CoreId> = (0..first.table.n_slots())
-                .map(|s| first.table.owner(s))
-                .collect();
-            for m in &first.moves {
-                owners[m.slot as usize] = m.from;
-            }
-            let epoch = first.table.epoch() - 1;
-            (TableWire { epoch, owners }, first.producers.clone())
-        }
-        None => (
-            TableWire {
-                epoch: 0,
-                owners: Vec::new(),
-            },
-            Vec::new(),
-        ),
-    };
-    Wire::Prepare {
-        to,
-        table,
-        steps: steps.iter().map(|t| moves_to_wire(&t.moves)).collect(),
-        producers,
-    }
-}
-
-/// The steps of a received `Prepare`, each table built from the one before; refused unless
-/// every move names a slot of the table and its owner at that step.
-pub fn prepare_from_wire(
-    table: &TableWire,
-    steps: &[Vec<(u32, CoreId, CoreId)>],
-    producers: &[CoreId],
-) -> Result<Vec<Arc<Transition>>, WireError> {
-    let mut current = table.to_table()?;
-    let mut out = Vec::with_capacity(steps.len());
-    for step in steps {
-        let moves = moves_from_wire(step);
-        if let Some(m) = moves
-            .iter()
-            .find(|m| m.slot >= current.n_slots() || current.owner(m.slot) != m.from)
-        {
-            return Err(WireError::Invalid(format!(
-                "a move of slot {} from core {} at epoch {}: not its owner there",
-                m.slot,
-                m.from,
-                current.epoch()
-            )));
-        }
-        current = current.with_moves(&moves);
-        out.push(Arc::new(Transition {
-            table: Arc::new(current.clone()),
-            moves,
-            producers: producers.to_vec(),
-        }));
-    }
-    Ok(out)
-}
-
-pub fn moves_to_wire(moves: &[Move]) -> Vec<(u32, CoreId, CoreId)> {
-    moves.iter().map(|m| (m.slot, m.from, m.to)).collect()
-}
-
-pub fn moves_from_wire(moves: &[(u32, CoreId, CoreId)]) -> Vec<Move> {
-    moves
-        .iter()
-        .map(|&(slot, from, to)| Move { slot, from, to })
-        .collect()
+    rkyv::from_bytes::<T, BoxedError>(&aligned).map_err(WireError::Invalid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::SlotArchive;
+    use crate::migration::ChangePlan;
+    use crate::routing::Move;
 
     fn samples() -> Vec<Wire> {
+        let archive = SlotArchive {
+            slot: 4095,
+            entities: 2,
+            checksum: 99,
+            bytes: Payload::from(&[0; 100][..]).0,
+        };
+        let plan = ChangePlan::new(
+            &RoutingTable::uniform(3, 2),
+            vec![vec![Move {
+                slot: 1,
+                from: 1,
+                to: 2,
+            }]],
+            vec![0, 1, 2],
+        );
+        let core = |to, msg| Wire::Core { to, msg };
         vec![
             Wire::Hello {
                 node: "w1".into(),
@@ -417,34 +336,22 @@ mod tests {
                 to: 3,
                 bytes: Payload::from(&[1, 2, 3][..]),
             },
-            Wire::Marker {
-                to: 1,
-                from: 2,
-                epoch: 7,
-            },
-            Wire::Handoff {
-                to: 1,
-                from: 0,
-                archives: vec![ArchiveWire {
-                    slot: 4095,
-                    entities: 2,
-                    checksum: 99,
-                    bytes: Payload::from(&[0; 100][..]),
-                }],
-            },
-            Wire::HandoffAck {
-                to: 0,
-                slots: vec![1, 2],
-            },
-            Wire::Prepare {
-                to: 2,
-                table: TableWire {
-                    epoch: 3,
-                    owners: vec![0, 1, 1],
+            core(1, PeerMsg::Marker { from: 2, epoch: 7 }),
+            core(
+                1,
+                PeerMsg::Handoff {
+                    from: 0,
+                    archives: vec![archive],
                 },
-                steps: vec![vec![(1, 1, 2)]],
-                producers: vec![0, 1, 2],
-            },
+            ),
+            core(0, PeerMsg::HandoffAck { slots: vec![1, 2] }),
+            core(2, PeerMsg::Prepare(plan)),
+            core(
+                2,
+                PeerMsg::Stop {
+                    producers: vec![0, 1],
+                },
+            ),
             Wire::AddPeers {
                 to: 0,
                 peers: vec![(4, "w3".into())],
@@ -485,18 +392,18 @@ mod tests {
     fn messages_round_trip() {
         let mut stream = Vec::new();
         for m in samples() {
-            assert_eq!(read_one(&frame(&m)), Ok(m.clone()));
+            assert_eq!(read_one(&frame(&m)).unwrap(), m);
             write(&mut stream, &m).unwrap();
         }
         // Back to back on one stream, through one reused buffer.
         let (mut input, mut buf) = (&stream[..], AlignedVec::new());
         for m in samples() {
-            assert_eq!(read(&mut input, &mut buf, MAX_LINK_FRAME), Ok(m));
+            assert_eq!(read(&mut input, &mut buf, MAX_LINK_FRAME).unwrap(), m);
         }
-        assert_eq!(
+        assert!(matches!(
             read(&mut input, &mut buf, MAX_LINK_FRAME),
             Err(WireError::Truncated)
-        );
+        ));
         let j = JoinRequest {
             version: VERSION,
             node: "w2".into(),
@@ -505,29 +412,35 @@ mod tests {
             cores: 1,
             data_addr: "127.0.0.1:6001".into(),
         };
-        assert_eq!(decode_join(&encode_join(&j)), Ok(j));
+        assert_eq!(decode_join(&encode_join(&j)).unwrap(), j);
     }
 
     #[test]
     fn malformed_frames_are_errors() {
-        assert_eq!(read_one(b""), Err(WireError::Truncated));
-        assert!(matches!(read_one(&framed(b"")), Err(WireError::Invalid(_))));
-        assert_eq!(read_one(&framed(b"QK\x01")), Err(WireError::BadMagic));
+        assert!(matches!(read_one(b""), Err(WireError::Truncated)));
+        assert!(matches!(read_one(&framed(b"")), Err(WireError::Short(0))));
         assert!(matches!(
-            read_one(&framed(b"QN")),
-            Err(WireError::Invalid(_))
+            read_one(&framed(b"QK\x01")),
+            Err(WireError::BadMagic)
         ));
-        assert_eq!(read_one(&framed(b"QN\x00abc")), Err(WireError::Version(0)));
-        assert_eq!(read_one(&framed(b"QN\x01abc")), Err(WireError::Version(1)));
+        assert!(matches!(read_one(&framed(b"QN")), Err(WireError::Short(2))));
+        assert!(matches!(
+            read_one(&framed(b"QN\x00abc")),
+            Err(WireError::Version(0))
+        ));
+        assert!(matches!(
+            read_one(&framed(b"QN\x01abc")),
+            Err(WireError::Version(1))
+        ));
         assert!(matches!(
             read_one(&framed(&[b'Q', b'N', VERSION])),
             Err(WireError::Invalid(_))
         ));
-        assert_eq!(
+        assert!(matches!(
             read_one(&(MAX_LINK_FRAME as u32 + 1).to_be_bytes()),
-            Err(WireError::Oversized(MAX_LINK_FRAME + 1))
-        );
-        assert_eq!(decode_join(b"QK\x01"), Err(WireError::BadMagic));
+            Err(WireError::Oversized(n)) if n == MAX_LINK_FRAME + 1
+        ));
+        assert!(matches!(decode_join(b"QK\x01"), Err(WireError::BadMagic)));
         assert!(matches!(
             decode_join(&[&b"QN"[..], &[VERSION], b"garbage!"].concat()),
             Err(WireError::Invalid(_))
@@ -565,63 +478,20 @@ mod tests {
     }
 
     #[test]
-    fn prepare_carries_the_base_table_and_moves_and_checks_them() {
-        let base = RoutingTable::uniform(8, 1);
-        let moves = [
-            vec![
-                Move {
-                    slot: 0,
-                    from: 0,
-                    to: 1,
-                },
-                Move {
-                    slot: 1,
-                    from: 0,
-                    to: 1,
-                },
-            ],
-            vec![Move {
-                slot: 2,
-                from: 0,
-                to: 1,
-            }],
-        ];
-        let mut table = base.clone();
-        let steps: Vec<Arc<Transition>> = moves
-            .iter()
-            .map(|m| {
-                table = table.with_moves(m);
-                Arc::new(Transition {
-                    table: Arc::new(table.clone()),
-                    moves: m.clone(),
-                    producers: vec![0, 1],
-                })
+    fn a_table_of_another_slot_count_is_refused() {
+        let table = TableWire::from(&RoutingTable::uniform(8, 2));
+        assert_eq!(table.to_table(8).unwrap(), RoutingTable::uniform(8, 2));
+        assert!(matches!(
+            table.to_table(4096),
+            Err(WireError::SlotCount {
+                got: 8,
+                expected: 4096
             })
-            .collect();
-        let Wire::Prepare {
-            to,
-            table,
-            steps: wire_steps,
-            producers,
-        } = prepare_to_wire(1, &steps)
-        else {
-            panic!("not a prepare")
+        ));
+        let empty = TableWire {
+            epoch: 0,
+            owners: Vec::new(),
         };
-        assert_eq!(to, 1);
-        assert_eq!(table.to_table().unwrap(), base);
-        let back = prepare_from_wire(&table, &wire_steps, &producers).unwrap();
-        assert_eq!(back.len(), 2);
-        for (a, b) in back.iter().zip(&steps) {
-            assert_eq!(*a.table, *b.table);
-            assert_eq!(a.moves, b.moves);
-            assert_eq!(a.producers, b.producers);
-        }
-        // A move by a core that does not own the slot at that step, or of a slot that does not
-        // exist, is refused.
-        let stolen = vec![vec![(0, 0, 1)], vec![(0, 0, 1)]];
-        let err = prepare_from_wire(&table, &stolen, &producers).unwrap_err();
-        assert!(err.to_string().contains("not its owner"), "{err}");
-        let beyond = vec![vec![(8, 0, 1)]];
-        assert!(prepare_from_wire(&table, &beyond, &producers).is_err());
+        assert!(empty.to_table(0).is_err());
     }
 }

@@ -15,18 +15,22 @@
 //!
 //! Slots that do not move are never held up: they stay `Owned` throughout.
 
+mod change;
 #[cfg(test)]
 mod simulation;
+mod window;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use thiserror::Error;
 
+pub use self::change::ChangePlan;
+pub use self::window::StepWindow;
 use crate::routing::{CoreId, Move, RoutingTable};
 
 /// One step of a routing change: from the current epoch to `table.epoch()`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     /// The next epoch's table.
     pub table: Arc<RoutingTable>,
@@ -173,6 +177,7 @@ impl<M> Protocol<M> {
     }
 
     /// True while a step involves this core.
+    #[cfg(test)]
     pub fn in_step(&self) -> bool {
         !self.steps.is_empty()
     }

@@ -1,31 +1,161 @@
-//! What travels between cores, and between a core and the coordinator: the messages, the
-//! address of a core (on this node or through a link to another), and core events.
+//! What travels between cores, and from a core to the coordinator: the messages, the address
+//! of a core (on this node, or on another behind a [`RemotePeer`]), and core events.
+//!
+//! One vocabulary: what one core says to another ([`PeerMsg`], and batches) is the same value
+//! whether it crosses a channel or a link; a link archives it with rkyv as it is. Only what has
+//! no meaning outside a process (a socket, a reply channel, a peer's address) is node-local.
 
+use std::future::Future;
 use std::net::TcpStream;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 
 use crate::archive::SlotArchive;
-use crate::cluster::link::Link;
-pub(crate) use crate::cluster::wire::CoreEvent;
 use crate::dataflow::Batch;
 use crate::metrics::CoreStatus;
-use crate::migration::Transition;
+use crate::migration::ChangePlan;
 use crate::routing::CoreId;
 
 /// A source connection on its way to the core that will read it.
-pub(crate) struct Handover {
+pub(crate) struct SourceConnection {
     pub source: usize,
     pub stream: TcpStream,
     /// Bytes a previous reader received but did not decode yet.
     pub pending: Vec<u8>,
 }
 
+/// What one core says to another, on this node or across a link (where it travels as itself).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) enum PeerMsg {
+    /// The sender routes nothing more at `epoch` (it switched to `epoch + 1`).
+    Marker {
+        from: CoreId,
+        epoch: u64,
+    },
+    /// The sending core has no more batches for anyone (its sources are closed and flushed).
+    ProducerDone {
+        from: CoreId,
+    },
+    /// Slots' entities, handed over by their old owner (several per message: one message per
+    /// chunk of a step, not per slot, keeps the round trips few).
+    Handoff {
+        from: CoreId,
+        archives: Vec<SlotArchive>,
+    },
+    /// The new owner installed `slots`.
+    HandoffAck {
+        slots: Vec<u32>,
+    },
+    /// The new owner could not install `slot`; the old owner still has it.
+    HandoffRejected {
+        slot: u32,
+        reason: String,
+    },
+    /// Every step of a change: start buffering for incoming slots. One message, so a core is
+    /// woken (and answers) once per change, not once per step.
+    Prepare(ChangePlan),
+    /// Route with the next prepared step's table from now on.
+    Switch,
+    RemovePeer(CoreId),
+    /// Stop reading sources; end after a `ProducerDone` from each of `producers` (this core
+    /// included).
+    Stop {
+        producers: Vec<CoreId>,
+    },
+}
+
+/// Why a peer's message cannot be delivered to a core of a cluster of `n_slots` slots.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a message names slot {slot}, beyond the cluster's {n_slots} slots")]
+pub(crate) struct SlotOutOfRange {
+    pub slot: u32,
+    pub n_slots: u32,
+}
+
+impl PeerMsg {
+    /// Whether it travels on the data lane: in order with the batches around it.
+    pub fn is_data(&self) -> bool {
+        matches!(self, PeerMsg::Marker { .. } | PeerMsg::ProducerDone { .. })
+    }
+
+    /// Checks the slot numbers a message from another node names, so a core never indexes past
+    /// its tables. (A plan is checked whole when a core turns it into steps.)
+    pub fn check_slots(&self, n_slots: u32) -> Result<(), SlotOutOfRange> {
+        let slots: Vec<u32> = match self {
+            PeerMsg::Handoff { archives, .. } => archives.iter().map(|a| a.slot).collect(),
+            PeerMsg::HandoffAck { slots } => slots.clone(),
+            PeerMsg::HandoffRejected { slot, .. } => vec![*slot],
+            _ => Vec::new(),
+        };
+        match slots.into_iter().find(|&s| s >= n_slots) {
+            Some(slot) => Err(SlotOutOfRange { slot, n_slots }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What travels on a core's channels.
+pub(crate) enum CoreMsg {
+    /// From another core.
+    Peer(PeerMsg),
+    /// Keyed messages from one source connection, in order.
+    Batch(Batch),
+    /// A source connection for this core to read.
+    Connection(SourceConnection),
+    AddPeers(Vec<(CoreId, CoreAddr)>),
+    /// This core owns no slot any more: hand its source connections to `heirs` and report.
+    Leave {
+        heirs: Vec<CoreId>,
+    },
+    Status(flume::Sender<CoreStatus>),
+    /// Reply with the latency recorded since the last such request, and start afresh.
+    TakeLatency(flume::Sender<Histogram<u64>>),
+    /// These cores' node was lost: expect nothing more from them.
+    PeerLost(Vec<CoreId>),
+    /// A core that left: flush the sink and end.
+    Retire,
+}
+
+impl From<PeerMsg> for CoreMsg {
+    fn from(msg: PeerMsg) -> Self {
+        CoreMsg::Peer(msg)
+    }
+}
+
+/// What a core tells the coordinator, on its own node through a channel or from another node
+/// over a link.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) enum CoreEvent {
+    Prepared(CoreId),
+    StepDone { core: CoreId, epoch: u64 },
+    Installed { entities: u32, bytes: u64 },
+    Left(CoreId),
+    Failed { core: CoreId, error: String },
+}
+
+/// A boxed future, for the one async method of [`RemotePeer`] (a trait object cannot have an
+/// `async fn`).
+pub(crate) type Sending<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// Another node, as a core reaches the cores there: the cluster layer implements it with a
+/// link, so a core never knows a link's type. Two lanes, as for a local core.
+pub(crate) trait RemotePeer: Send + Sync {
+    /// The node's name.
+    fn node(&self) -> &str;
+    /// Sends on the control lane (never waits). False if the link is closed.
+    fn send_control(&self, core: CoreId, msg: CoreMsg) -> bool;
+    /// Sends on the data lane, waiting while it is full.
+    fn send_data(&self, core: CoreId, msg: CoreMsg) -> Sending<'_>;
+    /// Sends on the data lane if it has room now; gives the message back if not.
+    fn try_send_data(&self, core: CoreId, msg: CoreMsg) -> Result<(), CoreMsg>;
+}
+
 /// How to reach a core. Two lanes: `data` (bounded, FIFO per sender: batches, markers,
 /// connections, `ProducerDone`, whose order matters) and `control` (unbounded, served first:
 /// coordinator requests and handoffs, which must not wait behind a queue of batches). A core on
-/// another node is reached through the link to that node, which keeps both lanes.
+/// another node is reached through its node, which keeps both lanes.
 #[derive(Clone)]
 pub(crate) enum CoreAddr {
     Local {
@@ -34,16 +164,16 @@ pub(crate) enum CoreAddr {
     },
     Remote {
         core: CoreId,
-        link: Arc<Link>,
+        node: Arc<dyn RemotePeer>,
     },
 }
 
 impl CoreAddr {
     /// Sends on the control lane (unbounded: never waits). False if the core is gone.
-    pub fn send_control(&self, msg: CoreMsg) -> bool {
+    pub fn send_control(&self, msg: impl Into<CoreMsg>) -> bool {
         match self {
-            CoreAddr::Local { control, .. } => control.send(msg).is_ok(),
-            CoreAddr::Remote { core, link } => link.send_control(*core, msg),
+            CoreAddr::Local { control, .. } => control.send(msg.into()).is_ok(),
+            CoreAddr::Remote { core, node } => node.send_control(*core, msg.into()),
         }
     }
 
@@ -51,7 +181,7 @@ impl CoreAddr {
     pub async fn send_data(&self, msg: CoreMsg) -> bool {
         match self {
             CoreAddr::Local { data, .. } => data.send_async(msg).await.is_ok(),
-            CoreAddr::Remote { core, link } => link.send_data(*core, msg).await,
+            CoreAddr::Remote { core, node } => node.send_data(*core, msg).await,
         }
     }
 
@@ -60,7 +190,7 @@ impl CoreAddr {
     pub fn try_send_data(&self, msg: CoreMsg) -> Result<(), CoreMsg> {
         match self {
             CoreAddr::Local { data, .. } => data.try_send(msg).map_err(|e| e.into_inner()),
-            CoreAddr::Remote { core, link } => link.try_send_data(*core, msg),
+            CoreAddr::Remote { core, node } => node.try_send_data(*core, msg),
         }
     }
 
@@ -81,59 +211,34 @@ impl CoreAddr {
     }
 }
 
-/// What travels on a core's channels.
-pub(crate) enum CoreMsg {
-    /// A source connection for this core to read.
-    Connection(Handover),
-    /// Keyed messages from one source connection, in order.
-    Batch {
-        batch: Batch,
-    },
-    /// The sender routes nothing more at `epoch` (it switched to `epoch + 1`).
-    Marker {
-        from: CoreId,
-        epoch: u64,
-    },
-    /// Slots' entities, handed over by their old owner (several per message: one message per
-    /// chunk of a step, not per slot, keeps the round trips few).
-    Handoff {
-        from: CoreId,
-        archives: Vec<SlotArchive>,
-    },
-    /// The new owner installed `slots`.
-    HandoffAck {
-        slots: Vec<u32>,
-    },
-    /// The new owner could not install `slot`; the old owner still has it.
-    HandoffRejected {
-        slot: u32,
-        reason: String,
-    },
-    /// Every step of a change, in epoch order: start buffering for incoming slots. One
-    /// message, so a core is woken (and answers) once per change, not once per step.
-    Prepare(Vec<Arc<Transition>>),
-    /// Route with the prepared step's table from now on.
-    Switch,
-    AddPeers(Vec<(CoreId, CoreAddr)>),
-    RemovePeer(CoreId),
-    /// This core owns no slot any more: hand its source connections to `heirs` and report.
-    Leave {
-        heirs: Vec<CoreId>,
-    },
-    Status(flume::Sender<CoreStatus>),
-    /// Reply with the latency recorded since the last such request, and start afresh.
-    TakeLatency(flume::Sender<Histogram<u64>>),
-    /// Stop reading sources; end after a `ProducerDone` from each of `producers` (this core
-    /// included).
-    Stop {
-        producers: Vec<CoreId>,
-    },
-    /// The sending core has no more batches for anyone (its sources are closed and flushed).
-    ProducerDone {
-        from: CoreId,
-    },
-    /// These cores' node was lost: expect nothing more from them.
-    PeerLost(Vec<CoreId>),
-    /// A core that left: flush the sink and end.
-    Retire,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_beyond_the_cluster_are_caught_before_a_core_sees_them() {
+        let archive = |slot| SlotArchive {
+            slot,
+            entities: 0,
+            checksum: 0,
+            bytes: Default::default(),
+        };
+        let out = |slot| Err(SlotOutOfRange { slot, n_slots: 8 });
+        let handoff = |slots: &[u32]| PeerMsg::Handoff {
+            from: 0,
+            archives: slots.iter().map(|&s| archive(s)).collect(),
+        };
+        assert_eq!(handoff(&[0, 7]).check_slots(8), Ok(()));
+        assert_eq!(handoff(&[0, 8]).check_slots(8), out(8));
+        let ack = PeerMsg::HandoffAck {
+            slots: vec![3, u32::MAX],
+        };
+        assert_eq!(ack.check_slots(8), out(u32::MAX));
+        let rejected = PeerMsg::HandoffRejected {
+            slot: 9,
+            reason: String::new(),
+        };
+        assert_eq!(rejected.check_slots(8), out(9));
+        assert_eq!(PeerMsg::Switch.check_slots(8), Ok(()));
+    }
 }

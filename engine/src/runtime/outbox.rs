@@ -13,6 +13,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+#[cfg(test)]
+use super::messages::PeerMsg;
 use super::messages::{CoreAddr, CoreMsg};
 use super::notify::Notify;
 use crate::routing::CoreId;
@@ -57,7 +59,7 @@ impl Outbox {
         } else {
             msg
         };
-        if matches!(msg, CoreMsg::Batch { .. }) {
+        if matches!(msg, CoreMsg::Batch(_)) {
             self.queued_batches.set(self.queued_batches.get() + 1);
         }
         self.queue.borrow_mut().push_back(msg);
@@ -90,7 +92,7 @@ impl Outbox {
                 self.ready.wait().await;
                 continue;
             };
-            if matches!(msg, CoreMsg::Batch { .. }) {
+            if matches!(msg, CoreMsg::Batch(_)) {
                 self.queued_batches.set(self.queued_batches.get() - 1);
             }
             self.sending.set(true);
@@ -114,7 +116,7 @@ mod tests {
 
     fn epoch(msg: CoreMsg) -> u64 {
         match msg {
-            CoreMsg::Marker { epoch, .. } => epoch,
+            CoreMsg::Peer(PeerMsg::Marker { epoch, .. }) => epoch,
             _ => panic!("only markers were sent"),
         }
     }
@@ -129,7 +131,7 @@ mod tests {
             let (data, lane) = flume::bounded(2);
             let (control, _control) = flume::unbounded();
             let outbox = Outbox::start(1, CoreAddr::Local { data, control }, Rc::default());
-            let marker = |epoch| CoreMsg::Marker { from: 0, epoch };
+            let marker = |epoch| CoreMsg::Peer(PeerMsg::Marker { from: 0, epoch });
             // Two fit in the peer's lane and go straight in; the rest wait in the queue.
             for e in 0..6 {
                 outbox.push(marker(e));

@@ -11,38 +11,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-
-use super::core::{self, CoreSetup};
-use super::messages::{CoreAddr, CoreEvent, CoreMsg};
-use super::status::{ChangeError, ChangeReport, MigrationProgress, View};
-use super::{Config, StartError};
-use crate::cluster::wire::{JoinRequest, Member, Welcome, Wire};
-use crate::cluster::Node;
-use crate::dataflow::Dataflow;
+use glommio::ExecutorJoinHandle;
 use hdrhistogram::Histogram;
 
+use super::status::{ChangeError, ChangeReport, JoinRefusal, MigrationProgress, View};
+use super::StartError;
+use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire};
+use crate::cluster::Node;
+use crate::dataflow::Dataflow;
 use crate::metrics::{latency_histogram, CoreReport};
 use crate::planner::{plan, Change};
 use crate::routing::{CoreId, RoutingTable};
+use crate::runtime::core::CoreSetup;
+use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
+use crate::runtime::{core_channels, default_cores, spawn_core, Config};
 
 mod migrate;
 pub use migrate::MAX_SLOTS_PER_STEP;
-
-/// How long a core runs ready tasks before it polls its reactor. A message from another thread
-/// (a core, a link, the coordinator) wakes its task only there, so on a busy core this bounds
-/// how late a marker, a handoff or an acknowledgement is seen (glommio's default: 100 ms).
-const PREEMPT_TIMER: Duration = Duration::from_millis(1);
-
-/// Memory an executor registers with io_uring for storage I/O (glommio's default: 10 MiB,
-/// locked and registered with each of its three rings when the executor starts). Cores do no
-/// storage I/O (socket reads use ordinary buffers), so they take glommio's minimum: a new core
-/// starts several milliseconds sooner and locks far less memory.
-const IO_MEMORY: usize = 64 << 10;
-
-/// Capacity of a core's data channel, in messages (mostly batches): small, because everything
-/// queued there is latency, for data and for the epoch markers behind it.
-const INBOX_CAPACITY: usize = 16;
 
 pub(crate) struct CoreHandle {
     pub addr: CoreAddr,
@@ -153,18 +138,11 @@ impl Coordinator {
     /// theirs), each knowing every core as a peer.
     fn spawn_cores(&mut self, ids: &[CoreId]) -> Result<(), StartError> {
         let cpus: Vec<usize> = if self.config.cpus.is_empty() {
-            (0..super::default_cores()).collect()
+            (0..default_cores()).collect()
         } else {
             self.config.cpus.clone()
         };
-        let channels: Vec<_> = ids
-            .iter()
-            .map(|_| {
-                let (data, data_rx) = flume::bounded(INBOX_CAPACITY);
-                let (control, control_rx) = flume::unbounded();
-                (CoreAddr::Local { data, control }, data_rx, control_rx)
-            })
-            .collect();
+        let channels: Vec<_> = ids.iter().map(|_| core_channels()).collect();
         let mut peers: Vec<(CoreId, CoreAddr)> = self
             .cores
             .iter()
@@ -191,16 +169,8 @@ impl Coordinator {
                 events: self.node.events.clone(),
                 open_sources: self.node.open_sources.clone(),
             };
-            let ready = ready_tx.clone();
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-                .name(&format!("quokka-core-{id}"))
-                .preempt_timer(PREEMPT_TIMER)
-                .io_memory(IO_MEMORY)
-                .spawn(move || async move {
-                    let _ = ready.send(id);
-                    core::run(setup).await
-                })
-                .map_err(|e| StartError::Executor {
+            let spawned =
+                spawn_core(setup, ready_tx.clone()).map_err(|e| StartError::Executor {
                     core: usize::from(id),
                     reason: e.to_string(),
                 })?;
@@ -274,16 +244,14 @@ impl Coordinator {
     /// Changes are decided here only on the coordinator, and only while every node is alive.
     fn check_can_change(&self) -> Result<(), ChangeError> {
         self.check_running()?;
-        if !self.node.coordinator {
-            return Err(ChangeError::Invalid(
-                "this node is a member: send changes to the coordinator".into(),
-            ));
+        if !self.node.is_coordinator() {
+            return Err(ChangeError::NotCoordinator);
         }
-        if let Some(lost) = self.node.lost_nodes().first() {
-            return Err(ChangeError::Invalid(format!(
-                "node {} was lost ({}); changes are refused until recovery exists",
-                lost.name, lost.reason
-            )));
+        if let Some(lost) = self.node.lost_nodes().into_iter().next() {
+            return Err(ChangeError::NodeLost {
+                node: lost.name,
+                reason: lost.reason,
+            });
         }
         // Events of an earlier, failed change must not end this one.
         while self.events.try_recv().is_ok() {}
@@ -294,10 +262,13 @@ impl Coordinator {
     pub fn grow(&mut self, n: usize) -> Result<ChangeReport, ChangeError> {
         self.check_can_change()?;
         if n == 0 {
-            return Err(ChangeError::Invalid("grow-cores needs at least 1".into()));
+            return Err(ChangeError::GrowByZero);
         }
         if self.cores.len() + n > usize::from(CoreId::MAX) {
-            return Err(ChangeError::Invalid("too many cores".into()));
+            return Err(ChangeError::TooManyCores {
+                requested: self.cores.len() + n,
+                limit: usize::from(CoreId::MAX),
+            });
         }
         let started = Instant::now();
         let before = self.cores.len();
@@ -305,8 +276,7 @@ impl Coordinator {
         let ids: Vec<CoreId> = (0..n).map(|i| self.next_id + i as CoreId).collect();
         self.next_id += n as CoreId;
         tracing::trace!("grow: starting cores");
-        self.spawn_cores(&ids)
-            .map_err(|e| ChangeError::Start(e.to_string()))?;
+        self.spawn_cores(&ids).map_err(ChangeError::Start)?;
         tracing::trace!("grow: cores started");
         self.move_onto(&old, &ids, &format!("grow-cores {n}"), started, before)
     }
@@ -321,8 +291,7 @@ impl Coordinator {
         before: usize,
     ) -> Result<ChangeReport, ChangeError> {
         self.introduce(old, new);
-        let p = plan(&self.table, old, &Change::Add(new.to_vec()))
-            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let p = plan(&self.table, old, &Change::Add(new.to_vec()))?;
         let report = self.migrate(p, label)?;
         Ok(self.finished(report, label, started, before))
     }
@@ -360,11 +329,14 @@ impl Coordinator {
     pub fn shrink(&mut self, n: usize) -> Result<ChangeReport, ChangeError> {
         self.check_can_change()?;
         let local = self.local_ids();
-        if n == 0 || n >= local.len() {
-            return Err(ChangeError::Invalid(format!(
-                "cannot shrink {} cores by {n}: at least one must remain and at least one must go",
-                local.len()
-            )));
+        if n == 0 {
+            return Err(ChangeError::ShrinkByZero);
+        }
+        if n >= local.len() {
+            return Err(ChangeError::LastCore {
+                cores: local.len(),
+                by: n,
+            });
         }
         let started = Instant::now();
         let before = self.cores.len();
@@ -378,8 +350,7 @@ impl Coordinator {
                 .filter_map(|id| self.cores[id].addr.local_data().cloned())
                 .collect();
         }
-        let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
-            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let p = plan(&self.table, &members, &Change::Remove(victims.clone()))?;
         let label = format!("shrink-cores {n}");
         let report = self.migrate(p, &label)?;
         let migrated = started.elapsed();
@@ -426,7 +397,7 @@ impl Coordinator {
         for (id, h) in &self.cores {
             if !gone.contains(id) {
                 for g in gone {
-                    h.addr.send_control(CoreMsg::RemovePeer(*g));
+                    h.addr.send_control(PeerMsg::RemovePeer(*g));
                 }
             }
         }
@@ -435,40 +406,35 @@ impl Coordinator {
     /// Checks a join request and gives the new node its core ids and the cluster's picture.
     pub fn welcome(&mut self, join: &JoinRequest, app: &str) -> Result<Welcome, ChangeError> {
         self.check_can_change()?;
-        let refuse = |why: String| Err(ChangeError::Invalid(why));
+        let refuse = |why: JoinRefusal| Err(ChangeError::JoinRefused(why));
         if join.version != crate::cluster::wire::VERSION {
-            return refuse(format!(
-                "node protocol version {} is not supported (this cluster speaks {})",
-                join.version,
-                crate::cluster::wire::VERSION
-            ));
+            return refuse(JoinRefusal::Version {
+                got: join.version,
+                speaks: crate::cluster::wire::VERSION,
+            });
         }
         if join.app != app {
-            return refuse(format!(
-                "this cluster runs app `{app}`, the joining node runs `{}`",
-                join.app
-            ));
+            return refuse(JoinRefusal::App {
+                cluster: app.to_string(),
+                joining: join.app.clone(),
+            });
         }
         if join.n_slots != self.table.n_slots() {
-            return refuse(format!(
-                "this cluster has {} slots, the joining node was started with {}",
-                self.table.n_slots(),
-                join.n_slots
-            ));
+            return refuse(JoinRefusal::SlotCount {
+                cluster: self.table.n_slots(),
+                joining: join.n_slots,
+            });
         }
         if join.node.is_empty()
             || join.node == self.node.name
             || self.node.link(&join.node).is_some()
         {
-            return refuse(format!(
-                "a node named `{}` is already a member; choose another --name",
-                join.node
-            ));
+            return refuse(JoinRefusal::NameTaken(join.node.clone()));
         }
         if join.cores == 0
             || usize::from(self.next_id) + usize::from(join.cores) > usize::from(CoreId::MAX)
         {
-            return refuse(format!("cannot give {} cores to a node", join.cores));
+            return refuse(JoinRefusal::Cores(join.cores));
         }
         let cores = (0..join.cores).map(|i| self.next_id + i).collect();
         self.next_id += join.cores;
@@ -500,9 +466,7 @@ impl Coordinator {
             cores: ids.to_vec(),
         };
         let others = self.node.members();
-        self.node
-            .add_member(member.clone())
-            .map_err(ChangeError::Invalid)?;
+        self.node.add_member(member.clone())?;
         for other in &others {
             if let Some(link) = self.node.link(&other.name) {
                 link.send_node(Wire::Joined(member.clone()));
@@ -518,32 +482,33 @@ impl Coordinator {
     pub fn remove_node(&mut self, name: &str) -> Result<ChangeReport, ChangeError> {
         self.check_can_change()?;
         if name == self.node.name {
-            return Err(ChangeError::Invalid(format!(
-                "{name} is the coordinator and cannot be removed; stop the cluster with SIGTERM on it"
-            )));
+            return Err(ChangeError::CoordinatorStays {
+                node: name.to_string(),
+            });
         }
         let Some(link) = self.node.link(name) else {
             let mut names = vec![self.node.name.clone()];
             names.extend(self.node.members().into_iter().map(|m| m.name));
-            return Err(ChangeError::Invalid(format!(
-                "no member named `{name}` (members: {})",
-                names.join(", ")
-            )));
+            return Err(ChangeError::NoSuchMember {
+                node: name.to_string(),
+                members: names.join(", "),
+            });
         };
         let wait = Duration::from_secs(10);
-        use crate::cluster::wire::{Answer, Question};
         match self.node.ask(name, Question::Quiesce, wait) {
             Some(Answer::Quiesced { open_sources: 0 }) => {}
             Some(Answer::Quiesced { open_sources }) => {
                 self.node.ask(name, Question::Resume, wait);
-                return Err(ChangeError::Invalid(format!(
-                    "node {name} has {open_sources} open source connection(s); close them (or send to another node) and try again"
-                )));
+                return Err(ChangeError::OpenSources {
+                    node: name.to_string(),
+                    open: open_sources,
+                });
             }
             _ => {
-                return Err(ChangeError::Invalid(format!(
-                    "node {name} did not answer within {wait:?}"
-                )))
+                return Err(ChangeError::NoAnswer {
+                    node: name.to_string(),
+                    waited: wait,
+                })
             }
         }
         let started = Instant::now();
@@ -555,8 +520,7 @@ impl Coordinator {
             .into_iter()
             .find(|m| m.name == name)
             .map_or_else(Vec::new, |m| m.cores);
-        let p = plan(&self.table, &members, &Change::Remove(victims.clone()))
-            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let p = plan(&self.table, &members, &Change::Remove(victims.clone()))?;
         let label = format!("remove-node {name}");
         let report = self.migrate(p, &label)?;
         self.forget(&victims);
@@ -609,7 +573,7 @@ impl Coordinator {
             .into_iter()
             .flat_map(|l| l.cores)
             .collect();
-        let producers: Vec<CoreId> = if self.node.coordinator {
+        let producers: Vec<CoreId> = if self.node.is_coordinator() {
             self.cores
                 .keys()
                 .copied()
@@ -619,7 +583,7 @@ impl Coordinator {
             self.local_ids()
         };
         for id in &producers {
-            self.cores[id].addr.send_control(CoreMsg::Stop {
+            self.cores[id].addr.send_control(PeerMsg::Stop {
                 producers: producers.clone(),
             });
         }

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::messages::CoreMsg;
-use crate::cluster::LostNode;
+use super::StartError;
+use crate::cluster::{LinkError, LostNode};
 use crate::metrics::{human_ns, CoreStatus};
+use crate::planner::PlanError;
 use crate::routing::{CoreId, RoutingTable};
+use crate::runtime::messages::CoreMsg;
 
 /// The coordinator's published picture, readable while a change runs.
 pub(crate) struct View {
@@ -91,16 +93,59 @@ impl fmt::Display for ChangeReport {
 /// Why a change of cores was refused or failed.
 #[derive(Debug, Error)]
 pub enum ChangeError {
-    #[error("a change is already in progress ({0}); try again when `status` shows none")]
-    Busy(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("cannot start a core: {0}")]
-    Start(String),
-    #[error("migration failed: {0}")]
-    Protocol(String),
+    #[error("a change is already in progress ({doing}); try again when `status` shows none")]
+    Busy { doing: String },
+    #[error("this node is a member: send changes to the coordinator")]
+    NotCoordinator,
+    #[error("node {node} was lost ({reason}); changes are refused until recovery exists")]
+    NodeLost { node: String, reason: String },
+    #[error("grow-cores needs at least 1")]
+    GrowByZero,
+    #[error("shrink-cores needs at least 1")]
+    ShrinkByZero,
+    #[error("cannot shrink {cores} core(s) by {by}: at least one must remain")]
+    LastCore { cores: usize, by: usize },
+    #[error("the cluster would have {requested} cores; at most {limit} are allowed")]
+    TooManyCores { requested: usize, limit: usize },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    JoinRefused(#[from] JoinRefusal),
+    #[error("node {node} went away while joining: {reason}")]
+    JoinerLost { node: String, reason: String },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(
+        "{node} is the coordinator and cannot be removed; stop the cluster with SIGTERM on it"
+    )]
+    CoordinatorStays { node: String },
+    #[error("no member named `{node}` (members: {members})")]
+    NoSuchMember { node: String, members: String },
+    #[error("node {node} has {open} open source connection(s); close them (or send to another node) and try again")]
+    OpenSources { node: String, open: u32 },
+    #[error("node {node} did not answer within {waited:?}")]
+    NoAnswer { node: String, waited: Duration },
+    #[error("cannot start a core")]
+    Start(#[source] StartError),
+    #[error("migration failed: core {core}: {reason}")]
+    Protocol { core: CoreId, reason: String },
     #[error("the engine is stopping")]
     Stopped,
+}
+
+/// Why the coordinator refused a node's join.
+#[derive(Debug, Error)]
+pub enum JoinRefusal {
+    #[error("node protocol version {got} is not supported (this cluster speaks {speaks})")]
+    Version { got: u8, speaks: u8 },
+    #[error("this cluster runs app `{cluster}`, the joining node runs `{joining}`")]
+    App { cluster: String, joining: String },
+    #[error("this cluster has {cluster} slots, the joining node was started with {joining}")]
+    SlotCount { cluster: u32, joining: u32 },
+    #[error("a node named `{0}` is already a member; choose another --name")]
+    NameTaken(String),
+    #[error("cannot give {0} cores to a node")]
+    Cores(u16),
 }
 
 /// A node of the cluster as `status` shows it.

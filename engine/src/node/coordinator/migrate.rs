@@ -1,16 +1,15 @@
 //! The coordinator's side of a change: prepare every step, then switch them in order, a
 //! bounded number at a time, and wait for each to finish on every core.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::Coordinator;
-use crate::migration::Transition;
+use crate::migration::{ChangePlan, StepWindow};
+use crate::node::status::{ChangeError, ChangeReport, MigrationProgress};
 use crate::planner::{steps, Plan};
 use crate::routing::CoreId;
-use crate::runtime::messages::{CoreEvent, CoreMsg};
-use crate::runtime::status::{ChangeError, ChangeReport, MigrationProgress};
+use crate::runtime::messages::{CoreEvent, PeerMsg};
 
 /// Slots moved per migration step: bounds how long any one key waits for its slot.
 pub const MAX_SLOTS_PER_STEP: usize = 64;
@@ -51,20 +50,18 @@ impl Coordinator {
         };
         self.publish(Some(progress.clone()));
         let producers: Vec<CoreId> = self.cores.keys().copied().collect();
-        let transitions: Vec<Arc<Transition>> = steps
-            .into_iter()
-            .map(|(table, moves)| {
-                Arc::new(Transition {
-                    table: Arc::new(table),
-                    moves,
-                    producers: producers.clone(),
-                })
-            })
-            .collect();
+        let change = ChangePlan::new(
+            &self.table,
+            steps.into_iter().map(|(_, moves)| moves).collect(),
+            producers,
+        );
+        let transitions = change
+            .transitions(self.table.n_slots())
+            .expect("the planner's own steps fit its table");
         // Every step is prepared before the first switch, in one message per core: one round
         // trip per change, not one per step.
         for h in self.cores.values() {
-            h.addr.send_control(CoreMsg::Prepare(transitions.clone()));
+            h.addr.send_control(PeerMsg::Prepare(change.clone()));
         }
         let n = self.cores.len();
         tracing::trace!("change: steps sent to prepare");
@@ -75,38 +72,31 @@ impl Coordinator {
                 _ => false,
             })?;
         }
-        // Then up to `window` steps are switched at once; each finished step releases
-        // the next.
+        // Then up to `window` steps are switched at once; each finished step releases the next.
         let window = if across_nodes {
             STEPS_IN_FLIGHT_ACROSS_NODES
         } else {
             STEPS_IN_FLIGHT
         };
         let first_epoch = self.table.epoch() + 1;
-        let mut released = 0;
-        let epochs = first_epoch..first_epoch + transitions.len() as u64;
-        let mut cores_done: BTreeMap<u64, BTreeSet<CoreId>> = BTreeMap::new();
-        let mut steps_done = BTreeSet::new();
+        let mut steps = StepWindow::new(first_epoch, transitions.len(), window, n);
         let mut released_at = Vec::new();
-        while steps_done.len() < transitions.len() {
-            while released < transitions.len() && released - steps_done.len() < window {
+        while !steps.is_done() {
+            for _ in 0..steps.release() {
                 for h in self.cores.values() {
-                    h.addr.send_control(CoreMsg::Switch);
+                    h.addr.send_control(PeerMsg::Switch);
                 }
                 tracing::trace!("step: released");
                 released_at.push(Instant::now());
-                released += 1;
             }
-            let mut finished = 0;
-            let waiting_for = first_epoch + steps_done.len() as u64;
+            let mut finished = None;
+            let waiting_for = steps.awaiting();
             self.wait_events(
                 &format!("cores to finish epoch {waiting_for}"),
                 |e| match e {
-                    // (A step of this change only: a confused peer must not end it early.)
-                    CoreEvent::StepDone { core, epoch } if epochs.contains(epoch) => {
-                        let done = cores_done.entry(*epoch).or_default();
-                        finished = *epoch;
-                        done.insert(*core) && done.len() == n
+                    CoreEvent::StepDone { core, epoch } => {
+                        finished = steps.finished(*core, *epoch);
+                        finished.is_some()
                     }
                     CoreEvent::Installed {
                         entities, bytes, ..
@@ -118,19 +108,17 @@ impl Coordinator {
                     _ => false,
                 },
             )?;
-            steps_done.insert(finished);
-            let i = (finished - first_epoch) as usize;
+            let i = finished.expect("the wait ends on a finished step");
             let t = &transitions[i];
             tracing::debug!(
-                epoch = finished,
+                epoch = first_epoch + i as u64,
                 slots = t.moves.len(),
                 took = ?released_at[i].elapsed(),
                 "migration step done"
             );
             // The table moves on over the steps finished in a row from the first.
-            while steps_done.contains(&(self.table.epoch() + 1)) {
-                let next = (self.table.epoch() + 1 - first_epoch) as usize;
-                self.table = transitions[next].table.clone();
+            if let Some(last) = steps.applied().checked_sub(1) {
+                self.table = transitions[last].table.clone();
             }
             report.steps += 1;
             progress.steps_done += 1;
@@ -151,7 +139,10 @@ impl Coordinator {
         loop {
             match self.events.recv_timeout(Duration::from_secs(5)) {
                 Ok(CoreEvent::Failed { core, error }) => {
-                    return Err(ChangeError::Protocol(format!("core {core}: {error}")));
+                    return Err(ChangeError::Protocol {
+                        core,
+                        reason: error,
+                    });
                 }
                 Ok(e) => {
                     if done(&e) {

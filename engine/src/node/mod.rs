@@ -1,0 +1,443 @@
+//! A node: the [`Engine`] a program starts (or joins a cluster with), its coordinator (which
+//! decides and drives every change: grow, shrink, a node joining or leaving), what `status`
+//! reports, and the acceptors that deal source connections to the cores. The top layer: it
+//! stands on the runtime (cores) and the cluster (links, wire).
+
+mod coordinator;
+mod join;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use thiserror::Error;
+
+use self::coordinator::Coordinator;
+pub use self::coordinator::MAX_SLOTS_PER_STEP;
+pub use self::join::JoinError;
+pub use self::status::{
+    ChangeError, ChangeReport, JoinRefusal, LostReport, MigrationProgress, NodeInfo, Status,
+};
+use crate::app::App;
+use crate::cluster::wire;
+use crate::cluster::{link, Ending, Node, Role};
+use crate::metrics::{latency_histogram, Summary};
+use crate::routing::CoreId;
+use crate::runtime::messages::{CoreMsg, SourceConnection};
+use crate::runtime::{ask_cores, Config};
+
+/// Why the engine could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("app `{app}` has {sources} source(s) but {inputs} input address(es) were given")]
+    InputCount {
+        app: String,
+        sources: usize,
+        inputs: usize,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    // Not `source`: thiserror would make it the error's cause too, and `{:#}` would print the
+    // reason twice.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)")]
+    Executor { core: usize, reason: String },
+    #[error("cannot join the cluster at {addr}: {error}")]
+    Join {
+        addr: SocketAddr,
+        #[source]
+        error: JoinError,
+    },
+}
+
+/// Whether a node starts a cluster or joins one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Starting {
+    Cluster,
+    Joining,
+}
+
+/// A running engine. Its methods take `&self`, so a control thread can share it.
+pub struct Engine {
+    coordinator: Mutex<Coordinator>,
+    node: Arc<Node>,
+    app_name: String,
+    /// A member's coordinator: its control address (for leaving) and its node name.
+    joined: Option<(SocketAddr, String)>,
+    retired_latency: Arc<Mutex<Histogram<u64>>>,
+    view: Arc<Mutex<status::View>>,
+    listeners: Vec<TcpListener>,
+    acceptors: Mutex<Vec<JoinHandle<()>>>,
+    stopping: Arc<AtomicBool>,
+    input_addrs: Vec<SocketAddr>,
+    started: Instant,
+}
+
+impl Engine {
+    /// Binds the inputs and starts the cores as the coordinator of a new cluster (of one node
+    /// until others join). Returns once every core runs.
+    pub fn start(app: &App, config: Config) -> Result<Engine, StartError> {
+        let config = Self::check(app, config, Starting::Cluster)?;
+        let data = Self::bind_data(config.data.unwrap_or(([127, 0, 0, 1], 0).into()))?;
+        let events = flume::unbounded();
+        let node = Node::new(
+            config.name.clone(),
+            config.token.clone(),
+            app.dataflow.clone(),
+            config.n_slots,
+            data.local_addr().expect("bound"),
+            events.0.clone(),
+            Role::Coordinator,
+        );
+        link::serve(node.clone(), data);
+        let coordinator =
+            Coordinator::start(Arc::new(config), app.dataflow.clone(), node.clone(), events)?;
+        Self::serve_inputs(app, coordinator, node, None)
+    }
+
+    fn check(app: &App, mut config: Config, starting: Starting) -> Result<Config, StartError> {
+        let inputs_ok = config.inputs.len() == app.sources().len()
+            || (starting == Starting::Joining && config.inputs.is_empty());
+        if !inputs_ok {
+            return Err(StartError::InputCount {
+                app: app.name().into(),
+                sources: app.sources().len(),
+                inputs: config.inputs.len(),
+            });
+        }
+        if config.cores == 0 || config.cores > usize::from(u16::MAX) {
+            return Err(StartError::Config("cores must be between 1 and 65535"));
+        }
+        if config.n_slots == 0 {
+            return Err(StartError::Config("n_slots must be at least 1"));
+        }
+        if config.token.len() > 255 {
+            return Err(StartError::Config(
+                "the cluster token must be at most 255 bytes",
+            ));
+        }
+        if config.name.is_empty() {
+            return Err(StartError::Config("the node name must not be empty"));
+        }
+        config.source_names = app.sources().to_vec();
+        Ok(config)
+    }
+
+    fn bind_data(addr: SocketAddr) -> Result<TcpListener, StartError> {
+        TcpListener::bind(addr).map_err(|error| StartError::Listen { addr, error })
+    }
+
+    fn serve_inputs(
+        app: &App,
+        coordinator: Coordinator,
+        node: Arc<Node>,
+        joined: Option<(SocketAddr, String)>,
+    ) -> Result<Engine, StartError> {
+        let inputs = coordinator.config_inputs();
+        let listeners = inputs
+            .iter()
+            .map(|&addr| {
+                TcpListener::bind(addr).map_err(|error| StartError::Listen { addr, error })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let input_addrs = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound"))
+            .collect();
+        let view = coordinator.view.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let acceptors = listeners
+            .iter()
+            .enumerate()
+            .map(|(source, listener)| {
+                let listener = listener.try_clone().expect("clone listener");
+                let (targets, stopping) = (coordinator.accept_targets.clone(), stopping.clone());
+                let node = node.clone();
+                std::thread::Builder::new()
+                    .name(format!("quokka-accept-{source}"))
+                    .spawn(move || accept(source, listener, targets, stopping, &node))
+                    .expect("spawn acceptor thread")
+            })
+            .collect();
+        tracing::info!(
+            node = %node.name,
+            cores = node.local.read().unwrap().len(),
+            data = %node.data_addr,
+            "engine started"
+        );
+        Ok(Engine {
+            retired_latency: coordinator.retired_latency.clone(),
+            coordinator: Mutex::new(coordinator),
+            node,
+            app_name: app.name().to_string(),
+            joined,
+            view,
+            listeners,
+            acceptors: Mutex::new(acceptors),
+            stopping,
+            input_addrs,
+            started: Instant::now(),
+        })
+    }
+
+    /// This node's name and where other nodes link to it.
+    pub fn node_name(&self) -> &str {
+        &self.node.name
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.node.data_addr
+    }
+
+    /// Whether a request's cluster token is this cluster's.
+    pub fn token_matches(&self, token: &str) -> bool {
+        self.node.token_matches(token)
+    }
+
+    /// On a member: how the cluster let this node go (removed, or the whole cluster stopped).
+    pub fn ended(&self) -> &flume::Receiver<Ending> {
+        &self.node.ended
+    }
+
+    /// On a member: whether the coordinator went away without leaving (then this node can
+    /// only [`Self::stop`] on its own).
+    pub fn coordinator_lost(&self) -> bool {
+        self.joined
+            .as_ref()
+            .is_some_and(|(_, lead)| self.node.lost_nodes().iter().any(|l| &l.name == lead))
+    }
+
+    /// On a member, after [`Self::ended`]: retires (departed) or waits for (cluster stopped)
+    /// this node's cores, closes the links, and reports.
+    pub fn finish(&self, ending: Ending) -> Summary {
+        self.close_inputs();
+        let mut coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());
+        let cores = match ending {
+            Ending::Departed => coordinator.retire_all(),
+            Ending::ClusterStopped => coordinator.finish(),
+        };
+        Summary {
+            cores,
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    /// On the coordinator: moves a member's slots away and lets it exit.
+    pub fn remove_node(&self, name: &str) -> Result<ChangeReport, ChangeError> {
+        self.change(|c| c.remove_node(name))
+    }
+
+    /// The bound input addresses (useful when a configured port was 0).
+    pub fn input_addrs(&self) -> &[SocketAddr] {
+        &self.input_addrs
+    }
+
+    /// Adds `n` cores while the app runs; slots rebalance onto them.
+    pub fn grow(&self, n: usize) -> Result<ChangeReport, ChangeError> {
+        self.change(|c| c.grow(n))
+    }
+
+    /// Removes the `n` newest cores while the app runs: their slots and source connections move
+    /// to the others, then their executors stop.
+    pub fn shrink(&self, n: usize) -> Result<ChangeReport, ChangeError> {
+        self.change(|c| c.shrink(n))
+    }
+
+    /// One change at a time: a second one is refused, not queued behind the first.
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>,
+    ) -> Result<ChangeReport, ChangeError> {
+        let mut coordinator = match self.coordinator.try_lock() {
+            Ok(c) => c,
+            Err(TryLockError::WouldBlock) => {
+                let doing = self
+                    .view
+                    .lock()
+                    .unwrap()
+                    .migration
+                    .as_ref()
+                    .map_or("starting".into(), |m| m.to_string());
+                return Err(ChangeError::Busy { doing });
+            }
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        f(&mut coordinator)
+    }
+
+    /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
+    pub fn status(&self) -> Status {
+        let (table, cores, migration, retired) = {
+            let v = self.view.lock().unwrap();
+            (
+                v.table.clone(),
+                v.cores.clone(),
+                v.migration.clone(),
+                v.retired,
+            )
+        };
+        let mut answers = self.node.local_status();
+        let mut silent: Vec<CoreId> = cores
+            .iter()
+            .map(|c| c.0)
+            .filter(|id| !answers.iter().any(|s| s.core == *id))
+            .collect();
+        let mut nodes = vec![NodeInfo {
+            name: self.node.name.clone(),
+            data_addr: self.node.data_addr.to_string(),
+            coordinator: self.node.is_coordinator(),
+        }];
+        for m in self.node.members() {
+            match self
+                .node
+                .ask(&m.name, wire::Question::Status, Duration::from_secs(2))
+            {
+                Some(wire::Answer::Status(s)) => answers.extend(s),
+                _ => silent.extend(&m.cores),
+            }
+            nodes.push(NodeInfo {
+                name: m.name,
+                data_addr: m.data_addr,
+                coordinator: false,
+            });
+        }
+        let lost = self
+            .node
+            .lost_nodes()
+            .into_iter()
+            .map(|node| LostReport {
+                slots: node.cores.iter().map(|&c| table.slots_of(c)).sum(),
+                node,
+            })
+            .collect();
+        Status {
+            epoch: table.epoch(),
+            n_slots: table.n_slots(),
+            nodes,
+            cores: answers,
+            lost,
+            silent,
+            migration,
+            retired,
+        }
+    }
+
+    /// Source-to-sink latency of the outputs written since the previous call (all cores), for
+    /// measuring a window of time such as a migration.
+    pub fn take_latency(&self) -> Histogram<u64> {
+        let inboxes: Vec<_> = self
+            .view
+            .lock()
+            .unwrap()
+            .cores
+            .iter()
+            .map(|c| c.2.clone())
+            .collect();
+        let mut all = std::mem::replace(
+            &mut *self.retired_latency.lock().unwrap(),
+            latency_histogram(),
+        );
+        for h in ask_cores(&inboxes, CoreMsg::TakeLatency, Duration::from_secs(10)) {
+            all.add(&h).expect("same histogram bounds");
+        }
+        for m in self.node.members() {
+            if let Some(wire::Answer::Latency(bytes)) =
+                self.node
+                    .ask(&m.name, wire::Question::Latency, Duration::from_secs(10))
+            {
+                let h: Result<Histogram<u64>, _> =
+                    hdrhistogram::serialization::Deserializer::new().deserialize(&mut &bytes[..]);
+                match h {
+                    Ok(h) => {
+                        let _ = all.add(&h);
+                    }
+                    Err(e) => tracing::warn!("node {}: garbled latency histogram: {e}", m.name),
+                }
+            }
+        }
+        all
+    }
+
+    /// Stops reading sources, applies everything in flight, flushes the sinks, and reports.
+    /// Waits for a change in progress to finish first. On the coordinator this stops the whole
+    /// cluster; on a member whose coordinator was lost, this node alone.
+    pub fn stop(&self) -> Summary {
+        self.close_inputs();
+        let mut coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());
+        let cores = coordinator.stop();
+        Summary {
+            cores,
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+impl Engine {
+    fn close_inputs(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for l in &self.listeners {
+            // Wakes the acceptor blocked in accept() (Linux returns EINVAL after shutdown).
+            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+        }
+        for a in std::mem::take(&mut *self.acceptors.lock().unwrap()) {
+            let _ = a.join();
+        }
+    }
+}
+
+/// Accepts connections of one source and deals them to the cores in turn.
+fn accept(
+    source: usize,
+    listener: TcpListener,
+    targets: Arc<RwLock<Vec<flume::Sender<CoreMsg>>>>,
+    stopping: Arc<AtomicBool>,
+    node: &Node,
+) {
+    let mut next = source;
+    for stream in listener.incoming() {
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        match stream {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                // Holding the read lock while sending: a shrink that takes a core out of the
+                // targets waits for this send, so no connection reaches a core after it left.
+                let targets = targets.read().unwrap();
+                if !node.accepting.load(Ordering::Acquire) {
+                    tracing::warn!(
+                        source,
+                        "refused a source connection: this node is leaving the cluster"
+                    );
+                    continue;
+                }
+                node.open_sources.fetch_add(1, Ordering::AcqRel);
+                let core = next % targets.len();
+                next += 1;
+                let conn = SourceConnection {
+                    source,
+                    stream,
+                    pending: Vec::new(),
+                };
+                if targets[core].send(CoreMsg::Connection(conn)).is_err() {
+                    node.open_sources.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source, "accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

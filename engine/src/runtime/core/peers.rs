@@ -1,0 +1,88 @@
+//! A core's peers: an ordered outbox per other core (data lane, back-pressured) and every
+//! core's address for the control lane (handoffs, acknowledgements).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use crate::routing::CoreId;
+use crate::runtime::messages::{CoreAddr, CoreMsg};
+use crate::runtime::notify::Notify;
+use crate::runtime::outbox::Outbox;
+
+#[derive(Default)]
+pub(super) struct Peers {
+    outboxes: RefCell<BTreeMap<CoreId, Rc<Outbox>>>,
+    controls: RefCell<BTreeMap<CoreId, CoreAddr>>,
+    /// Signalled when an outbox sends a message.
+    progress: Rc<Notify>,
+}
+
+/// A message could not be sent: the peer is unknown or gone.
+pub(super) struct NoRoute;
+
+impl Peers {
+    /// Learns `peers`; an outbox for each but `me`.
+    pub fn add(&self, me: CoreId, peers: Vec<(CoreId, CoreAddr)>) {
+        let mut outboxes = self.outboxes.borrow_mut();
+        for (peer, addr) in peers {
+            if peer != me {
+                outboxes.insert(
+                    peer,
+                    Outbox::start(peer, addr.clone(), self.progress.clone()),
+                );
+            }
+            self.controls.borrow_mut().insert(peer, addr);
+        }
+    }
+
+    pub fn forget(&self, peer: CoreId) {
+        self.controls.borrow_mut().remove(&peer);
+        if let Some(outbox) = self.outboxes.borrow_mut().remove(&peer) {
+            outbox.close();
+        }
+    }
+
+    /// Queues `msg` for `peer`'s data lane, behind everything queued for it before.
+    pub fn send(&self, peer: CoreId, msg: CoreMsg) -> Result<(), NoRoute> {
+        let outbox = self.outboxes.borrow().get(&peer).cloned();
+        outbox.map(|o| o.push(msg)).ok_or(NoRoute)
+    }
+
+    /// Queues `msg` for every peer's data lane.
+    pub fn send_all(&self, msg: impl Fn() -> CoreMsg) {
+        for outbox in self.outboxes.borrow().values() {
+            outbox.push(msg());
+        }
+    }
+
+    /// Sends on `peer`'s control lane (unbounded: never waits).
+    pub fn send_control(&self, peer: CoreId, msg: impl Into<CoreMsg>) -> Result<(), NoRoute> {
+        let control = self.controls.borrow().get(&peer).cloned();
+        match control {
+            Some(c) if c.send_control(msg) => Ok(()),
+            _ => Err(NoRoute),
+        }
+    }
+
+    /// Whether every outbox can take another step's batches.
+    pub fn have_room(&self) -> bool {
+        self.outboxes.borrow().values().all(|o| o.has_room())
+    }
+
+    /// Waits until an outbox sends something.
+    pub async fn progress(&self) {
+        self.progress.wait().await
+    }
+
+    /// Waits until everything queued for other cores has reached their inboxes.
+    pub async fn flush(&self) {
+        loop {
+            let pending = self.outboxes.borrow().values().any(|o| !o.is_flushed());
+            if !pending {
+                return;
+            }
+            self.progress.wait().await;
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! A core's sink: outputs are encoded into a bounded buffer, and a writer task sends the buffer
+//! to the core's sink connection, recording each output's source-to-sink latency once it is
+//! written. A full buffer holds back the core's data (never its control messages).
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::time::Instant;
+
+use quokka_io::tcp::TcpSink;
+
+use super::Core;
+use crate::metrics::now_ns;
+use crate::runtime::notify::Notify;
+use crate::sink_buffer::SinkBuffer;
+
+pub(super) struct Sink {
+    buffer: RefCell<SinkBuffer>,
+    /// Bytes buffered before the core stops applying.
+    limit: usize,
+    /// Signalled when outputs are added, and when the core finishes.
+    ready: Notify,
+    /// Signalled when the writer takes the buffer and when it finishes a write.
+    progress: Notify,
+    /// Outputs written to the sink (or given up on).
+    written: Cell<u64>,
+    /// The last attempt to connect to the sink failed; outputs wait for it.
+    down: Cell<bool>,
+    /// Set on stop: when the writer stops retrying an unreachable receiver.
+    drain_deadline: Cell<Option<Instant>>,
+    /// Set when the core is done: the writer exits once the buffer is empty.
+    finished: Cell<bool>,
+}
+
+impl Sink {
+    pub fn new(limit: usize) -> Self {
+        Sink {
+            buffer: RefCell::default(),
+            limit,
+            ready: Notify::default(),
+            progress: Notify::default(),
+            written: Cell::new(0),
+            down: Cell::new(false),
+            drain_deadline: Cell::new(None),
+            finished: Cell::new(false),
+        }
+    }
+
+    /// The buffer the keyed steps push outputs into; call [`Self::pushed`] after.
+    pub fn buffer(&self) -> RefMut<'_, SinkBuffer> {
+        self.buffer.borrow_mut()
+    }
+
+    /// Outputs were pushed: wake the writer.
+    pub fn pushed(&self) {
+        self.ready.notify_all();
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.buffer.borrow().len_bytes() >= self.limit
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.get()
+    }
+
+    pub async fn wait_room(&self) {
+        while self.is_full() {
+            self.progress.wait().await;
+        }
+    }
+
+    /// Waits until the writer makes progress.
+    pub async fn progress(&self) {
+        self.progress.wait().await
+    }
+
+    /// Waits until every output pushed so far has been written (or given up on).
+    pub async fn flushed(&self) {
+        let target = self.buffer.borrow().pushed();
+        while self.written.get() < target {
+            self.progress.wait().await;
+        }
+    }
+
+    /// Stopping: an unreachable sink is given up on at `deadline`.
+    pub fn drain_until(&self, deadline: Instant) {
+        self.drain_deadline.set(Some(deadline));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain_deadline.get().is_some()
+    }
+
+    /// The core is done: the writer exits once the buffer is empty.
+    pub fn finish(&self) {
+        self.finished.set(true);
+        self.ready.notify_all();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.get()
+    }
+}
+
+/// Drains the core's sink buffer into the sink connection until the core finishes.
+pub(super) async fn write_outputs(core: &Core) {
+    let state = &core.sink;
+    let mut sink = TcpSink::new(core.config.output);
+    let mut writing = SinkBuffer::default();
+    // Counts every failed attempt to reach the sink; gives up only once a stop's drain
+    // deadline has passed.
+    let failed_attempt = || {
+        core.report.borrow_mut().sink_failures += 1;
+        state.down.set(true);
+        state
+            .drain_deadline
+            .get()
+            .is_some_and(|t| Instant::now() >= t)
+    };
+    loop {
+        while state.buffer.borrow().is_empty() {
+            if state.finished.get() {
+                sink.close().await;
+                return;
+            }
+            state.ready.wait().await;
+        }
+        state.buffer.borrow_mut().swap_contents(&mut writing);
+        state.progress.notify_all();
+        let (bytes, ends, ingress_ns) = writing.records();
+        let taken = now_ns();
+        {
+            let mut report = core.report.borrow_mut();
+            for &t in ingress_ns {
+                report
+                    .engine_latency
+                    .saturating_record(taken.saturating_sub(t).max(1));
+            }
+        }
+        let result = sink.write_records(bytes, ends, &failed_attempt).await;
+        state.down.set(result.is_err());
+        let n = ends.len() as u64;
+        {
+            let mut report = core.report.borrow_mut();
+            match result {
+                Ok(()) => {
+                    let now = now_ns();
+                    let mut window = core.window.borrow_mut();
+                    for &t in ingress_ns {
+                        window.record(now.saturating_sub(t));
+                    }
+                    report.outputs += n;
+                }
+                Err(e) => {
+                    tracing::error!(core = core.id, "{e}");
+                    report.undelivered += n;
+                }
+            }
+        }
+        state.written.set(state.written.get() + n);
+        state.progress.notify_all();
+        writing.clear();
+    }
+}

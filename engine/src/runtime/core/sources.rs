@@ -1,0 +1,269 @@
+//! A core's source connections: a task per connection that reads, decodes, routes and applies
+//! in bounded steps; on leave, the connections (with the bytes not yet decoded) go to the heirs;
+//! on stop, their read sides are shut.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures_lite::future;
+use quokka_io::tcp::{FrameReader, SourceError};
+
+use super::Core;
+use crate::dataflow::SourcePipeline;
+use crate::metrics::now_ns;
+use crate::routing::CoreId;
+use crate::runtime::messages::{CoreEvent, CoreMsg, SourceConnection};
+use crate::runtime::notify::Notify;
+use crate::step::DecodeError;
+
+/// Frames a source connection handles before it dispatches its batches and lets other tasks
+/// run: bounds the time a message waits behind the rest of its read.
+const FRAMES_PER_STEP: usize = 64;
+
+pub(super) struct Sources {
+    /// Duplicates of open connections: to shut down on stop, to hand over on leave.
+    open: RefCell<HashMap<u64, TcpStream>>,
+    changed: Notify,
+    next_key: Cell<u64>,
+    /// Source connections open on this node (shared with the acceptors).
+    open_on_node: Arc<AtomicUsize>,
+    leaving: Cell<bool>,
+    leave_signal: Notify,
+    /// Connections stopped for leaving, waiting to go to an heir.
+    handovers: RefCell<Vec<SourceConnection>>,
+    heirs: RefCell<Vec<CoreId>>,
+    next_heir: Cell<usize>,
+}
+
+impl Sources {
+    pub fn new(open_on_node: Arc<AtomicUsize>) -> Self {
+        Sources {
+            open: RefCell::default(),
+            changed: Notify::default(),
+            next_key: Cell::new(0),
+            open_on_node,
+            leaving: Cell::new(false),
+            leave_signal: Notify::default(),
+            handovers: RefCell::default(),
+            heirs: RefCell::default(),
+            next_heir: Cell::new(0),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.borrow().len()
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.get()
+    }
+
+    /// From now on connections go to `heirs`; the reading tasks stop between two steps.
+    pub fn start_leaving(&self, heirs: Vec<CoreId>) {
+        *self.heirs.borrow_mut() = heirs;
+        self.leaving.set(true);
+        self.leave_signal.notify_all();
+    }
+
+    /// The heir for the next connection, in turn.
+    pub fn next_heir(&self) -> CoreId {
+        let heirs = self.heirs.borrow();
+        let i = self.next_heir.get();
+        self.next_heir.set(i + 1);
+        heirs[i % heirs.len()]
+    }
+
+    /// Shuts the read side of every connection: their tasks read to the end and finish.
+    pub fn shut_reads(&self) {
+        for stream in self.open.borrow().values() {
+            let _ = stream.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// Waits until every reading task has finished.
+    pub async fn all_closed(&self) {
+        while !self.open.borrow().is_empty() {
+            self.changed.wait().await;
+        }
+    }
+
+    fn closed(&self) {
+        self.open_on_node.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a source connection is closed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("a frame was rejected by the decoder: {0}")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Read(#[from] SourceError),
+}
+
+enum Wake {
+    Read(Result<bool, SourceError>),
+    Leave,
+}
+
+/// How a connection's reading ended.
+enum Ended {
+    /// The peer closed it.
+    Closed,
+    /// The core is leaving: hand it over.
+    Leaving,
+    Failed(ConnectionError),
+}
+
+/// Reads one source connection until it ends, fails, the core stops, or the core leaves (then
+/// the connection is handed over with the bytes not yet decoded).
+pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
+    let SourceConnection {
+        source,
+        stream,
+        pending,
+    } = conn;
+    let sources = &core.sources;
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+    let key = sources.next_key.get();
+    sources.next_key.set(key + 1);
+    match stream.try_clone() {
+        Ok(handle) => {
+            if core.sink.is_draining() {
+                // Stopping already: the connection arrived too late to be read.
+                let _ = handle.shutdown(std::net::Shutdown::Read);
+            }
+            sources.open.borrow_mut().insert(key, handle);
+        }
+        Err(e) => {
+            tracing::error!(core = core.id, %peer, "cannot adopt source connection: {e}");
+            sources.closed();
+            return;
+        }
+    }
+    core.report.borrow_mut().connections += 1;
+    let source_name = core
+        .config
+        .source_names
+        .get(source)
+        .cloned()
+        .unwrap_or_default();
+    tracing::debug!(core = core.id, %peer, source = %source_name, "reading source connection");
+
+    let mut reader = FrameReader::new(stream, core.config.max_frame, &pending);
+    let mut pipeline = core.dataflow.source_pipeline(source);
+    let mut now = now_ns();
+    let ended = 'read: loop {
+        // Work through what was read in bounded steps, yielding between them.
+        loop {
+            match step(&core, &mut reader, &mut *pipeline, now).await {
+                Ok(true) => {
+                    core.poke_inbox();
+                    future::yield_now().await
+                }
+                Ok(false) => break,
+                Err(e) => break 'read Ended::Failed(e),
+            }
+        }
+        if sources.leaving.get() {
+            break Ended::Leaving;
+        }
+        let leave = sources.leave_signal.wait();
+        let woke = future::or(async { Wake::Read(reader.read_more().await) }, async {
+            leave.await;
+            Wake::Leave
+        })
+        .await;
+        match woke {
+            Wake::Read(Ok(true)) => now = now_ns(),
+            Wake::Read(Ok(false)) => break Ended::Closed,
+            Wake::Read(Err(e)) => break Ended::Failed(e.into()),
+            Wake::Leave => break Ended::Leaving,
+        }
+    };
+    let handle = sources.open.borrow_mut().remove(&key);
+    match ended {
+        Ended::Leaving => {
+            if let Some(stream) = handle {
+                let pending = reader.pending();
+                sources.handovers.borrow_mut().push(SourceConnection {
+                    source,
+                    stream,
+                    pending,
+                });
+            }
+        }
+        Ended::Closed => {
+            sources.closed();
+            tracing::debug!(core = core.id, %peer, "source connection closed");
+        }
+        Ended::Failed(reason) => {
+            sources.closed();
+            tracing::error!(core = core.id, %peer, source = %source_name, "closing source connection: {reason}");
+            core.report.borrow_mut().connection_errors += 1;
+        }
+    }
+    sources.changed.notify_all();
+}
+
+/// One bounded step of a connection: up to [`FRAMES_PER_STEP`] frames decoded, routed and
+/// dispatched in one synchronous action. `Ok(true)` if more frames may be waiting.
+async fn step(
+    core: &Core,
+    reader: &mut FrameReader,
+    pipeline: &mut dyn SourcePipeline,
+    ingress_ns: u64,
+) -> Result<bool, ConnectionError> {
+    core.wait_room().await;
+    let table = core.table.borrow().clone();
+    let mut frames = 0;
+    let mut error = None;
+    while frames < FRAMES_PER_STEP {
+        match reader.next_frame() {
+            Ok(Some(frame)) => match pipeline.push(frame, ingress_ns, &table) {
+                Ok(()) => frames += 1,
+                Err(e) => {
+                    error = Some(e.into());
+                    break;
+                }
+            },
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(SourceError::from(e).into());
+                break;
+            }
+        }
+    }
+    core.report.borrow_mut().frames += frames as u64;
+    core.dispatch(pipeline);
+    match error {
+        Some(e) => Err(e),
+        None => Ok(frames == FRAMES_PER_STEP),
+    }
+}
+
+/// A leaving core: once its connection tasks have stopped and everything they routed has
+/// reached its owners, the connections (with their undecoded bytes) go to the heirs.
+pub(super) async fn leave(core: Rc<Core>) {
+    core.sources.all_closed().await;
+    core.peers.flush().await;
+    let handovers = std::mem::take(&mut *core.sources.handovers.borrow_mut());
+    let moved = handovers.len();
+    core.report.borrow_mut().handed_over += moved as u64;
+    for conn in handovers {
+        let heir = core.sources.next_heir();
+        core.send_to(heir, CoreMsg::Connection(conn));
+    }
+    core.peers.flush().await;
+    tracing::info!(
+        core = core.id,
+        "left; {moved} source connections handed to other cores"
+    );
+    let _ = core.events.send(CoreEvent::Left(core.id));
+}
