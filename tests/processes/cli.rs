@@ -29,6 +29,10 @@ fn help_describes_run() {
     for flag in ["--in", "--out", "--cores", "--slots", "--max-frame"] {
         assert!(text.contains(flag), "run --help lacks {flag}");
     }
+    assert!(
+        text.contains("listening control="),
+        "run --help shows the line with the bound addresses"
+    );
 }
 
 #[test]
