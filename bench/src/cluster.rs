@@ -3,9 +3,8 @@
 //! where half the keys cross to the other node; then a node joining while a million words are in
 //! state, under load: time, bytes and MB/s of the move, latency during the join against before.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -15,6 +14,7 @@ use quokka_apps::word_count;
 use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Ending, Engine};
 use quokka_io::client::Collector;
+use quokka_tests::harness::Coordinator;
 
 use crate::migrate::send_until;
 use crate::util::{
@@ -48,8 +48,7 @@ pub struct Args {
 /// A cluster of one or two nodes in this process: w1 on CPU 0, w2 (if any) on CPU 1.
 struct Cluster {
     collector: Collector,
-    lead: Arc<Engine>,
-    control: SocketAddr,
+    lead: Coordinator,
     member: Option<Engine>,
 }
 
@@ -64,14 +63,9 @@ impl Cluster {
         unpin();
         let lead = Engine::start(&word_count::app(), config);
         pin_to_last_cpu();
-        let lead = Arc::new(lead?);
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let control = listener.local_addr()?;
-        quokka::control::serve(listener, lead.clone());
         Ok(Cluster {
             collector,
-            lead,
-            control,
+            lead: Coordinator::serve(lead?)?,
             member: None,
         })
     }
@@ -83,7 +77,7 @@ impl Cluster {
         config.cpus = vec![cpu];
         config.name = "w2".into();
         unpin();
-        let joined = Engine::join(&word_count::app(), config, self.control, None);
+        let joined = Engine::join(&word_count::app(), config, self.lead.control, None);
         pin_to_last_cpu();
         let (member, report) = joined?;
         self.member = Some(member);
@@ -91,7 +85,7 @@ impl Cluster {
     }
 
     fn input(&self) -> SocketAddr {
-        self.lead.input_addrs()[0]
+        self.lead.engine.input_addrs()[0]
     }
 
     /// Stops the cluster; checks that exactly `expected` outputs arrived and none was misrouted.
@@ -102,7 +96,7 @@ impl Cluster {
                 self.collector.records()
             );
         }
-        let mut misrouted = self.lead.stop().misrouted();
+        let mut misrouted = self.lead.engine.stop().misrouted();
         if let Some(m) = self.member {
             m.ended().recv_timeout(Duration::from_secs(60))?;
             misrouted += m.finish(Ending::ClusterStopped).misrouted();
@@ -153,9 +147,9 @@ pub fn run(args: Args) -> Result<()> {
                     send_until(c.input(), &lines, args.rate / per_line, &stop)
                 });
                 std::thread::sleep(Duration::from_millis(300));
-                c.lead.take_latency();
+                c.lead.engine.take_latency();
                 std::thread::sleep(Duration::from_secs_f64(args.steady_secs));
-                let latency = c.lead.take_latency();
+                let latency = c.lead.engine.take_latency();
                 stop.store(true, std::sync::atomic::Ordering::Release);
                 Ok((sender.join().expect("sender")?, latency))
             })?;
@@ -207,12 +201,12 @@ fn join_with_state(args: &Args) -> Result<()> {
                 set_nice(CLIENT_NICE);
                 send_until(input, load, args.rate / per_line, stop)
             });
-            c.lead.take_latency();
+            c.lead.engine.take_latency();
             std::thread::sleep(Duration::from_secs_f64(args.steady_secs));
-            let steady = c.lead.take_latency();
+            let steady = c.lead.engine.take_latency();
             let report = c.join(args.member_cpu)?;
             std::thread::sleep(Duration::from_millis(100));
-            let during = c.lead.take_latency();
+            let during = c.lead.engine.take_latency();
             stop.store(true, std::sync::atomic::Ordering::Release);
             Ok((report, steady, during, sender.join().expect("sender")?))
         })?;

@@ -9,11 +9,13 @@ use hdrhistogram::Histogram;
 use quokka_apps::market_spread::{self, generate, read_symbols, GenSpec};
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
+use quokka_tests::fixtures::{INITIAL_NBBO, SYMBOLS};
+use quokka_tests::harness::wait_applied;
 
 use crate::util::{self, median, pin_to_last_cpu, send_paced};
 
-const SYMBOLS: &[u8] = include_bytes!("../../apps/data/r3k-legal-symbols.msg");
-const INITIAL_NBBO: &[u8] = include_bytes!("../../apps/data/350-symbols_initial-nbbo-fixish.msg");
+/// How long a run may take to apply its messages.
+const APPLY_DEADLINE: Duration = Duration::from_secs(300);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -106,7 +108,7 @@ fn one_run(
     let engine = Engine::start(&market_spread::app(), config)?;
     let (orders_addr, nbbo_addr) = (engine.input_addrs()[0], engine.input_addrs()[1]);
     send_paced(nbbo_addr, &payloads(INITIAL_NBBO), None)?;
-    wait_applied(&engine, 350)?;
+    wait_applied(&engine, 350, APPLY_DEADLINE)?;
     engine.take_latency();
 
     let started = Instant::now();
@@ -117,26 +119,11 @@ fn one_run(
         o.join().expect("orders sender")?;
         n.join().expect("nbbo sender")
     })?;
-    wait_applied(&engine, 350 + total)?;
+    wait_applied(&engine, 350 + total, APPLY_DEADLINE)?;
     let elapsed = started.elapsed();
     let summary = engine.stop();
     if summary.misrouted() > 0 || summary.connection_errors() > 0 {
         bail!("run was not clean: {summary}");
     }
     Ok((total as f64 / elapsed.as_secs_f64(), summary))
-}
-
-/// Polls status until `n` messages have been applied.
-fn wait_applied(engine: &Engine, n: u64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let applied: u64 = engine.status().cores.iter().map(|c| c.applied).sum();
-        if applied >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {applied} of {n} messages applied");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }

@@ -1,13 +1,15 @@
 //! The real `quokka` binary: its CLI, and a service run stopped by SIGTERM.
 
+use std::io::BufRead;
+use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
 
 use quokka_io::client::Records;
-use quokka_tests::harness::{send_frames, Sink, DEADLINE};
+use quokka_tests::fixtures::{self, BILL_OF_RIGHTS};
+use quokka_tests::harness::{send_frames, Sink};
 use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::{free_port, quokka, quokka_output, signal, tool, wait_exit, Proc};
+use crate::{ctl, quokka, quokka_output, signal, tool, Proc, Service};
 
 #[test]
 fn apps_lists_word_count() {
@@ -27,6 +29,10 @@ fn help_describes_run() {
     for flag in ["--in", "--out", "--cores", "--slots", "--max-frame"] {
         assert!(text.contains(flag), "run --help lacks {flag}");
     }
+    assert!(
+        text.contains("listening control="),
+        "run --help shows the line with the bound addresses"
+    );
 }
 
 #[test]
@@ -50,9 +56,8 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
 
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().to_string();
-    let control = free_port();
     let args = ["run", "word_count", "--in", &taken, "--out", "127.0.0.1:2"];
-    let out = quokka_output(&[&args[..], &["--control", &control]].concat());
+    let out = quokka_output(&[&args[..], &["--control", "127.0.0.1:0"]].concat());
     let err = failure(&out);
     assert!(err.contains(&format!("cannot listen on {taken}")), "{err}");
     assert_eq!(err.matches("in use").count(), 1, "the reason once: {err}");
@@ -71,42 +76,34 @@ fn failure(out: &Output) -> String {
     err
 }
 
-/// Starts `quokka run APP` reading `input`, writing to `sink`, with `extra` flags.
-fn spawn_app(app: &str, input: &str, sink: &Sink, extra: &[&str]) -> Proc {
-    Proc::spawn(
+/// Starts `quokka run APP` with its source and control endpoint on ports it chooses, writing
+/// to `out`, with `extra` flags; returns once it reported its addresses.
+fn spawn_app(app: &str, out: SocketAddr, extra: &[&str]) -> Service {
+    Service::start(
+        app,
         Command::new(quokka())
-            .args(["run", app, "--in", input, "--out", &sink.addr().to_string()])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .args(["run", app, "--out", &out.to_string()])
+            .args(["--in", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+            .args(extra),
     )
 }
 
 #[test]
 fn run_serves_until_sigterm_then_drains_and_summarises() {
     let sink = Sink::start(Records::Lines);
-    let input = free_port();
-    let control = free_port();
-    let mut child = spawn_app(
-        "word_count",
-        &input,
-        &sink,
-        &["--cores", "2", "--control", &control],
-    );
+    let mut engine = spawn_app("word_count", sink.addr(), &["--cores", "2"]);
+    assert_eq!(engine.addrs.inputs[0].0, "text", "sources are named");
 
-    let text = include_str!("../../apps/data/bill_of_rights.txt");
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
-    send_frames(input.parse().unwrap(), &frames);
+    send_frames(engine.addrs.input(), &frames);
     let expected = reference_counts(lines.iter().copied());
     let total: u64 = expected.values().sum();
     sink.wait_for(total);
 
-    signal(&child, "-TERM");
-    let status = wait_exit(&mut child);
-    assert!(status.success(), "exit status {status}");
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    signal(&engine.child, "-TERM");
+    engine.wait_exit_ok();
+    let stdout = engine.rest_of_stdout();
     assert!(
         stdout.contains(&format!("{} frames in, {total} outputs out", lines.len())),
         "{stdout}"
@@ -120,33 +117,13 @@ fn run_serves_until_sigterm_then_drains_and_summarises() {
 #[test]
 fn ctl_grows_shrinks_and_reports_a_running_engine() {
     let sink = Sink::start(Records::Lines);
-    let (input, control) = (free_port(), free_port());
-    let mut child = spawn_app(
-        "word_count",
-        &input,
-        &sink,
-        &["--cores", "1", "--control", &control],
-    );
-    let ctl = |args: &[&str]| {
-        // The engine may still be starting: the first call retries until it answers.
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let out = quokka_output(&[&["ctl", "--control", &control][..], args].concat());
-            let err = String::from_utf8_lossy(&out.stderr).to_string();
-            if !err.contains("cannot reach") || Instant::now() > deadline {
-                return (
-                    out.status.code(),
-                    String::from_utf8(out.stdout).unwrap(),
-                    err,
-                );
-            }
-        }
-    };
+    let mut engine = spawn_app("word_count", sink.addr(), &["--cores", "1"]);
+    let (input, control) = (engine.addrs.input(), engine.addrs.control());
+    let ctl = |args: &[&str]| ctl(control, args);
 
-    let text = include_str!("../../apps/data/bill_of_rights.txt");
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
-    send_frames(input.parse().unwrap(), &frames);
+    send_frames(input, &frames);
 
     let (code, out, err) = ctl(&["grow-cores", "1"]);
     assert_eq!(code, Some(0), "{err}");
@@ -161,7 +138,7 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
     );
 
     // Garbage on the control port: refused, and the engine carries on.
-    let mut garbage = std::net::TcpStream::connect(&control).unwrap();
+    let mut garbage = std::net::TcpStream::connect(control).unwrap();
     std::io::Write::write_all(&mut garbage, b"\x00\x00\x00\x05hello").unwrap();
     let reply = quokka_io::control::read_frame(&mut garbage).unwrap();
     let reply = quokka_io::control::Response::decode(&reply).unwrap();
@@ -177,18 +154,19 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("2 -> 1 cores"), "{out}");
 
-    send_frames(input.parse().unwrap(), &frames);
+    send_frames(input, &frames);
     let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
     let expected = reference_counts(doubled.iter().copied());
     sink.wait_for(expected.values().sum());
-    signal(&child, "-TERM");
-    assert!(wait_exit(&mut child).success());
+    signal(&engine.child, "-TERM");
+    engine.wait_exit_ok();
     check_running_totals(&sink.lines(), &expected);
 
-    let gone = quokka_output(&["ctl", "--control", &control, "status"]);
+    let (code, _, err) = ctl(&["status"]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
-        failure(&gone).contains("cannot reach"),
-        "no engine is listening any more"
+        err.contains("cannot reach"),
+        "no engine is listening any more: {err}"
     );
 }
 
@@ -199,45 +177,37 @@ fn send_and_recv_tools_carry_a_file_through_the_engine() {
     let dir = std::env::temp_dir().join(format!("quokka-tools-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let corpus = dir.join("corpus.txt");
-    let text = include_str!("../../apps/data/bill_of_rights.txt");
-    std::fs::write(&corpus, text).unwrap();
+    std::fs::write(&corpus, BILL_OF_RIGHTS).unwrap();
     let out_file = dir.join("counts.txt");
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
     let expected = reference_counts(doubled.iter().copied());
     let total: u64 = expected.values().sum();
 
-    let (input, output, control) = (free_port(), free_port(), free_port());
-    let recv = Proc::spawn(
+    let mut recv = Proc::spawn(
         Command::new(tool("quokka-recv"))
             .args([
                 "--listen",
-                &output,
+                "127.0.0.1:0",
                 "--out",
                 out_file.to_str().unwrap(),
-                "--expect",
-                &total.to_string(),
             ])
+            .args(["--expect", &total.to_string()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .stderr(Stdio::piped()),
     );
-    let mut engine = Proc::spawn(
-        Command::new(quokka())
-            .args([
-                "run",
-                "word_count",
-                "--in",
-                &input,
-                "--out",
-                &output,
-                "--cores",
-                "2",
-                "--control",
-                &control,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    // Its first line says where it listens (the reader stays open: it may say more).
+    let mut recv_err = std::io::BufReader::new(recv.stderr.take().unwrap());
+    let mut said = String::new();
+    recv_err.read_line(&mut said).unwrap();
+    let output: SocketAddr = said
+        .trim_end()
+        .strip_prefix("quokka-recv: listening on ")
+        .unwrap_or_else(|| panic!("{said:?}"))
+        .parse()
+        .unwrap();
+    let mut engine = spawn_app("word_count", output, &["--cores", "2"]);
+    let input = engine.addrs.input().to_string();
     let send = Command::new(tool("quokka-send"))
         .args([
             "--to",
@@ -282,8 +252,8 @@ fn send_and_recv_tools_carry_a_file_through_the_engine() {
     }
     assert!(by_word.is_empty());
 
-    signal(&engine, "-INT");
-    assert!(wait_exit(&mut engine).success());
+    signal(&engine.child, "-INT");
+    engine.wait_exit_ok();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -313,9 +283,15 @@ fn tools_reject_bad_input_clearly() {
     assert!(err.contains("not whole frames"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 
-    let port = free_port();
     let out = Command::new(tool("quokka-recv"))
-        .args(["--listen", &port, "--expect", "1", "--idle-timeout", "1"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--expect",
+            "1",
+            "--idle-timeout",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -329,17 +305,23 @@ fn tools_reject_bad_input_clearly() {
 #[test]
 fn alphabet_votes_sent_framed_by_the_tool() {
     let sink = Sink::start(Records::Lines);
-    let (input, control) = (free_port(), free_port());
-    let mut engine = spawn_app("alphabet", &input, &sink, &["--control", &control]);
-    let votes = concat!(env!("CARGO_MANIFEST_DIR"), "/../../apps/data/votes.msg");
+    let mut engine = spawn_app("alphabet", sink.addr(), &[]);
+    let input = engine.addrs.input().to_string();
+    let votes = fixtures::path("votes.msg");
     let send = Command::new(tool("quokka-send"))
-        .args(["--to", &input, "--file", votes, "--framed"])
+        .args([
+            "--to",
+            &input,
+            "--file",
+            votes.to_str().unwrap(),
+            "--framed",
+        ])
         .output()
         .unwrap();
     succeeded(&send);
     sink.wait_for(10_000);
 
-    let bytes = std::fs::read(votes).unwrap();
+    let bytes = fixtures::VOTES;
     let mut totals = std::collections::HashMap::new();
     let mut expected: std::collections::HashMap<char, Vec<u64>> = std::collections::HashMap::new();
     for frame in bytes.chunks(9) {
@@ -355,6 +337,6 @@ fn alphabet_votes_sent_framed_by_the_tool() {
             .push(t.parse().unwrap());
     }
     assert_eq!(got, expected);
-    signal(&engine, "-TERM");
-    assert!(wait_exit(&mut engine).success());
+    signal(&engine.child, "-TERM");
+    engine.wait_exit_ok();
 }

@@ -5,14 +5,21 @@
 //! so `cargo test` builds the binaries they run, with the same features as everything else it
 //! builds, and hands their paths over in `CARGO_BIN_EXE_*`. The engine-level tests, in process,
 //! are in `tests/src`, whose harness these share.
+//!
+//! Every `quokka run` here binds port 0 and the test reads the ports it got from the line it
+//! prints once it serves ([`Service`]); tests wait on that line, on `quokka ctl status`, on exit
+//! statuses and printed summaries, never on log text.
 
 mod cli;
 mod nodes;
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use quokka_tests::harness::DEADLINE;
 
@@ -38,12 +45,179 @@ fn quokka_output(args: &[&str]) -> Output {
         .expect("run quokka")
 }
 
-fn free_port() -> String {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
+/// `quokka ctl --control CONTROL ARGS...`: (exit code, stdout, stderr).
+fn ctl(control: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+    let control = control.to_string();
+    let out = quokka_output(&[&["ctl", "--control", &control][..], args].concat());
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The addresses a `quokka run` bound, from the line it prints once it serves:
+/// `listening control=ADDR|none data=ADDR [in=NAME@ADDR]...`.
+struct Listening {
+    control: Option<SocketAddr>,
+    data: SocketAddr,
+    /// Each source's name and address, in the app's order.
+    inputs: Vec<(String, SocketAddr)>,
+}
+
+impl Listening {
+    fn parse(line: &str) -> Listening {
+        let fields = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+        let addr = |a: &str| -> SocketAddr {
+            a.parse()
+                .unwrap_or_else(|e| panic!("bad address {a:?} in {line:?}: {e}"))
+        };
+        let (mut control, mut data, mut inputs) = (None, None, Vec::new());
+        for field in fields.split(' ') {
+            match field.split_once('=') {
+                Some(("control", "none")) => control = Some(None),
+                Some(("control", a)) => control = Some(Some(addr(a))),
+                Some(("data", a)) => data = Some(addr(a)),
+                Some(("in", source)) => {
+                    let (name, a) = source.split_once('@').expect("in=NAME@ADDR");
+                    inputs.push((name.to_string(), addr(a)));
+                }
+                _ => panic!("unknown field {field:?} in {line:?}"),
+            }
+        }
+        Listening {
+            control: control.unwrap_or_else(|| panic!("no control= in {line:?}")),
+            data: data.unwrap_or_else(|| panic!("no data= in {line:?}")),
+            inputs,
+        }
+    }
+
+    /// The control address (a node started with `--control`).
+    fn control(&self) -> SocketAddr {
+        self.control.expect("a control endpoint")
+    }
+
+    /// The address of the app's only source.
+    fn input(&self) -> SocketAddr {
+        match &self.inputs[..] {
+            [(_, addr)] => *addr,
+            other => panic!("expected one source, got {other:?}"),
+        }
+    }
+}
+
+/// A `quokka run` process: the addresses it reported, the rest of its stdout (the summary),
+/// and its log (stderr) in a file, kept when the test fails. Killed on drop if still up.
+struct Service {
+    name: String,
+    child: Proc,
+    addrs: Listening,
+    stdout: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `cmd` (a `quokka run` that binds what it is given, port 0 included) and waits
+    /// for the line with the addresses it bound; fails with its log if it exits first.
+    fn start(name: &str, cmd: &mut Command) -> Service {
+        static LOGS: AtomicUsize = AtomicUsize::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "quokka-test-{}-{}-{name}.log",
+            std::process::id(),
+            LOGS.fetch_add(1, Ordering::Relaxed)
+        ));
+        cmd.stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create a log file"));
+        let mut child = Proc::spawn(cmd);
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                if line.ok().is_none_or(|l| tx.send(l).is_err()) {
+                    return;
+                }
+            }
+        });
+        let first = stdout.recv_timeout(DEADLINE);
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        let line = match first {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = wait_exit(&mut child);
+                panic!(
+                    "{name} exited ({status}) before reporting its addresses:\n{}",
+                    log_text()
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "{name} did not report its addresses within {DEADLINE:?}:\n{}",
+                log_text()
+            ),
+        };
+        Service {
+            name: name.into(),
+            child,
+            addrs: Listening::parse(&line),
+            stdout,
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What it printed after the listening line, up to its exit (call once it has exited).
+    fn rest_of_stdout(&self) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut text = String::new();
+        loop {
+            match self
+                .stdout
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => text += &(line + "\n"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return text,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{}'s stdout stayed open:\n{text}", self.name)
+                }
+            }
+        }
+    }
+
+    /// Waits for it to exit with status 0.
+    fn wait_exit_ok(&mut self) {
+        let status = wait_exit(&mut self.child);
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
+    /// Waits for it to exit by itself (an exit code, not a signal) without a panic.
+    fn wait_exit_uncrashed(&mut self) {
+        let status = wait_exit(&mut self.child);
+        let log = self.log_text();
+        assert!(
+            status.code().is_some(),
+            "{} ended by a signal:\n{log}",
+            self.name
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+/// A passing test leaves no log behind.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
 }
 
 /// A child process that a failing test does not leave running: killed on drop if still up.

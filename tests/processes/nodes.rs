@@ -3,27 +3,26 @@
 //! node killed with SIGKILL, which the survivors report and survive.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use quokka_io::client::Records;
 
+use quokka_tests::fixtures::BILL_OF_RIGHTS;
 use quokka_tests::harness::{load_text, send_frames, send_until, sent_lines, Sink, DEADLINE};
 use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::{free_port, quokka, quokka_output, signal, wait_exit, Proc};
+use crate::{quokka, signal, wait_exit, Service};
 
 const TOKEN: &str = "nodes-test-token";
 
-/// Where a test's nodes live: the address of node `i` (its ports are chosen per node), and the
-/// command prefix that runs a program there.
+/// Where a test's nodes live: the address of node `i` (each node binds it with port 0 and
+/// reports the ports it got), and the command prefix that runs a program there.
 trait Net {
     fn host(&self, i: usize) -> String;
     fn sink_host(&self) -> String;
     fn command(&self, i: usize) -> Command;
-    fn free_port(&self, i: usize) -> String;
 }
 
 struct Loopback;
@@ -38,9 +37,6 @@ impl Net for Loopback {
     fn command(&self, _: usize) -> Command {
         Command::new(quokka())
     }
-    fn free_port(&self, _: usize) -> String {
-        free_port().rsplit_once(':').unwrap().1.to_string()
-    }
 }
 
 /// Network namespaces, one per node, each with a veth pair whose other end is on a bridge in
@@ -49,7 +45,6 @@ struct Namespaces {
     names: Vec<String>,
     bridge: String,
     subnet: String,
-    next_port: std::sync::atomic::AtomicU16,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -75,7 +70,6 @@ impl Namespaces {
             names: (0..n).map(|i| format!("quokka-{tag}-{i}")).collect(),
             bridge: format!("qkbr{tag}"),
             subnet: format!("10.231.{}", 20 + tag % 200),
-            next_port: 7000.into(),
         };
         ip(&["link", "add", &ns.bridge, "type", "bridge"])?;
         ip(&[
@@ -126,140 +120,64 @@ impl Net for Namespaces {
         c.args(["netns", "exec", &self.names[i]]).arg(quokka());
         c
     }
-    fn free_port(&self, _: usize) -> String {
-        // Each namespace is fresh: its ports are all free.
-        self.next_port.fetch_add(1, Ordering::Relaxed).to_string()
-    }
 }
 
-/// One `quokka run` process, its log (stderr) in a file.
-struct NodeProc {
-    name: String,
-    child: Proc,
-    log: PathBuf,
-    input: String,
-}
-
-/// A test that fails midway leaves no node running (`Proc`); a passing one leaves no log behind.
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
-impl NodeProc {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log shows `needle`; fails with the log if the process exits first.
-    fn wait_log(&mut self, needle: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if self.log_text().contains(needle) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "{} exited ({status}) before logging {needle:?}:\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never logged {needle:?}:\n{}",
-                self.name,
-                self.log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the process to exit by itself (an exit code, not a signal) without a panic.
-    fn wait_exit_uncrashed(&mut self) {
-        let status = wait_exit(&mut self.child);
-        let log = self.log_text();
-        assert!(
-            status.code().is_some(),
-            "{} ended by a signal:\n{log}",
-            self.name
-        );
-        assert!(!log.contains("panicked"), "{log}");
-    }
-
-    fn wait_exit_ok(&mut self) {
-        let status = wait_exit(&mut self.child);
-        assert!(
-            status.success(),
-            "{} exited with {status}:\n{}",
-            self.name,
-            self.log_text()
-        );
-    }
-}
-
-/// Starts node `name` as process slot `i` of `net`; `join` is the coordinator's control address.
+/// Starts node `name` as process slot `i` of `net`, binding the slot's host with port 0 for its
+/// source, data port and (unless it joins) control endpoint; `join` is the coordinator's
+/// control address. Returns once the node serves (a joining node has joined).
 fn spawn_node(
     net: &dyn Net,
     i: usize,
     name: &str,
-    join: Option<&str>,
+    join: Option<SocketAddr>,
     extra: &[&str],
-) -> (NodeProc, String) {
-    let host = net.host(i);
-    let input = format!("{host}:{}", net.free_port(i));
-    let control = format!("{host}:{}", net.free_port(i));
-    let data = format!("{host}:{}", net.free_port(i));
-    static LOGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let log = std::env::temp_dir().join(format!(
-        "quokka-nodes-{}-{}-{name}.log",
-        std::process::id(),
-        LOGS.fetch_add(1, Ordering::Relaxed)
-    ));
+) -> Service {
+    let any_port = format!("{}:0", net.host(i));
     let mut cmd = net.command(i);
     cmd.args(["run", "word_count", "--name", name, "--cores", "1"])
-        .args(["--in", &input, "--data", &data, "--cluster-token", TOKEN])
+        .args([
+            "--in",
+            &any_port,
+            "--data",
+            &any_port,
+            "--cluster-token",
+            TOKEN,
+        ])
         .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+        .env("RUST_LOG", "info");
     match join {
-        Some(lead) => cmd.args(["--join", lead]),
-        None => cmd.args(["--control", &control]),
+        Some(lead) => cmd.args(["--join", &lead.to_string()]),
+        None => cmd.args(["--control", &any_port]),
     };
-    let child = Proc::spawn(&mut cmd);
-    let mut node = NodeProc {
-        name: name.into(),
-        child,
-        log,
-        input,
-    };
-    node.wait_log(&format!("running as node {name}"));
-    (node, control)
+    Service::start(name, &mut cmd)
 }
 
-/// `quokka ctl` against the coordinator; returns (exit code, stdout, stderr).
-fn ctl(control: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = quokka_output(
-        &[
-            &["ctl", "--control", control, "--cluster-token", TOKEN][..],
-            args,
-        ]
-        .concat(),
-    );
-    (
-        out.status.code(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+/// `quokka ctl` with the cluster's token; returns (exit code, stdout, stderr).
+fn ctl(control: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+    crate::ctl(control, &[&["--cluster-token", TOKEN][..], args].concat())
+}
+
+/// Polls `quokka ctl status` at `control` until it shows `needle`; returns that status.
+fn wait_status(control: SocketAddr, needle: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (code, status, err) = ctl(control, &["status"]);
+        assert_eq!(code, Some(0), "{err}");
+        if status.contains(needle) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {needle:?}:\n{status}"
+        );
+        // Polling interval, not synchronisation.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// `remove-node`, retried while the node still counts a source connection its sender already
 /// closed (it notices the close a moment later); then the node exits 0.
-fn remove_node(control: &str, node: &mut NodeProc) {
+fn remove_node(control: SocketAddr, node: &mut Service) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (code, out, err) = ctl(control, &["remove-node", &node.name]);
@@ -284,54 +202,63 @@ fn join_and_leave_scenario(net: &dyn Net) {
         Records::Lines,
     );
     let out = sink.addr().to_string();
-    let (mut w1, control) = spawn_node(net, 0, "w1", None, &["--out", &out]);
+    let mut w1 = spawn_node(net, 0, "w1", None, &["--out", &out]);
+    let control = w1.addrs.control();
+    assert_eq!(control.ip().to_string(), net.host(0), "{}", w1.name);
     let text = load_text();
     let burst: Vec<&[u8]> = text[..300].iter().map(|l| l.as_bytes()).collect();
     let stop = AtomicBool::new(false);
-    let w1_input: SocketAddr = w1.input.parse().unwrap();
+    let w1_input = w1.addrs.input();
 
     let expected = std::thread::scope(|s| {
         let load = s.spawn(|| send_until(w1_input, &text, &stop, usize::MAX));
         let mut bursts = 0;
-        let mut burst_into = |node: &NodeProc| {
-            send_frames(node.input.parse().unwrap(), &burst);
+        let mut burst_into = |node: &Service| {
+            send_frames(node.addrs.input(), &burst);
             bursts += 1;
         };
-        let (mut w2, _) = spawn_node(net, 1, "w2", Some(&control), &[]);
+        let mut w2 = spawn_node(net, 1, "w2", Some(control), &[]);
+        assert_eq!(
+            w2.addrs.control, None,
+            "a joined node has no control endpoint"
+        );
+        assert_eq!(w2.addrs.data.ip().to_string(), net.host(1));
         burst_into(&w2);
-        let (mut w3, _) = spawn_node(net, 2, "w3", Some(&control), &[]);
+        let mut w3 = spawn_node(net, 2, "w3", Some(control), &[]);
         burst_into(&w3);
-        let (code, status, err) = ctl(&control, &["status"]);
+        let (code, status, err) = ctl(control, &["status"]);
         assert_eq!(code, Some(0), "{err}");
         for line in ["node w1 (coordinator)", "node w2", "node w3", "3 cores"] {
             assert!(status.contains(line), "status lacks {line:?}:\n{status}");
         }
-        remove_node(&control, &mut w2);
-        let (mut w2, _) = spawn_node(net, 1, "w2", Some(&control), &[]);
+        remove_node(control, &mut w2);
+        let mut w2 = spawn_node(net, 1, "w2", Some(control), &[]);
         burst_into(&w2);
-        remove_node(&control, &mut w3);
-        let (_, status, _) = ctl(&control, &["status"]);
+        remove_node(control, &mut w3);
+        let (_, status, _) = ctl(control, &["status"]);
         assert!(
             status.contains("node w2") && !status.contains("node w3"),
             "{status}"
         );
+        assert!(!status.contains("LOST"), "{status}");
         stop.store(true, Ordering::Release);
         let sent = load.join().unwrap();
         let bursts = std::iter::repeat_n(&text[..300], bursts).flatten();
         let expected = reference_counts(sent_lines(&text, sent).chain(bursts.map(String::as_str)));
         sink.wait_for(expected.values().sum());
         // SIGTERM on the coordinator stops the whole cluster; every node drains and exits 0.
+        // w2 got no signal and was not removed: exiting 0 with its summary, it was stopped by
+        // the cluster.
         signal(&w1.child, "-TERM");
         w1.wait_exit_ok();
         w2.wait_exit_ok();
-        assert!(
-            w2.log_text().contains("ClusterStopped"),
-            "{}",
-            w2.log_text()
-        );
+        let summary = w2.rest_of_stdout();
+        assert!(summary.contains(" frames in, "), "{summary}");
         expected
     });
     check_running_totals(&sink.lines(), &expected);
+    // Asserted, not waited on: no member was ever taken for lost, shutdown included (after it,
+    // only the log can tell).
     assert!(!w1.log_text().contains("lost node"), "{}", w1.log_text());
 }
 
@@ -354,37 +281,39 @@ fn processes_join_and_leave_across_network_namespaces() {
 fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
     let sink = Sink::start(Records::Lines);
     let out = sink.addr().to_string();
-    let (mut w1, control) = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+    let mut w1 = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+    let control = w1.addrs.control();
 
     let refused = Command::new(quokka())
-        .args(["run", "word_count", "--name", "w9", "--join", &control])
-        .args(["--cluster-token", "guess"])
+        .args(["run", "word_count", "--name", "w9"])
+        .args(["--join", &control.to_string(), "--cluster-token", "guess"])
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("wrong cluster token"), "{err}");
-    w1.wait_log("refused a control connection: wrong cluster token");
+    // The refusal was logged before it was sent, so it is in w1's log now that w9 has it.
+    let log = w1.log_text();
+    assert!(
+        log.contains("refused a control connection: wrong cluster token"),
+        "{log}"
+    );
 
-    let (mut w2, _) = spawn_node(&Loopback, 1, "w2", Some(&control), &[]);
-    let lines: Vec<&str> = include_str!("../../apps/data/bill_of_rights.txt")
-        .lines()
-        .collect();
+    let mut w2 = spawn_node(&Loopback, 1, "w2", Some(control), &[]);
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
-    send_frames(w1.input.parse().unwrap(), &frames);
+    send_frames(w1.addrs.input(), &frames);
     let expected = reference_counts(lines.iter().copied());
     sink.wait_for(expected.values().sum());
 
     signal(&w2.child, "-KILL");
     let _ = wait_exit(&mut w2.child);
-    w1.wait_log("lost node w2");
-    let (code, status, err) = ctl(&control, &["status"]);
-    assert_eq!(code, Some(0), "{err}");
+    let status = wait_status(control, "LOST node w2");
     assert!(
         status.contains("LOST node w2") && status.contains("2048 slots without an owner"),
         "{status}"
     );
-    let (code, _, err) = ctl(&control, &["grow-cores", "1"]);
+    let (code, _, err) = ctl(control, &["grow-cores", "1"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("node w2 was lost"), "{err}");
 
@@ -404,7 +333,7 @@ fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
         words.iter().map(|w| expected[w.as_str()]).sum()
     };
     let total = expected.values().sum::<u64>();
-    send_frames(w1.input.parse().unwrap(), &frames);
+    send_frames(w1.addrs.input(), &frames);
     sink.wait_for(total + more(&on_0).min(more(&on_1)));
     let ours = if sink.lines()[0].len() > first[0].len() {
         on_0
@@ -441,14 +370,16 @@ fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
 fn a_member_whose_coordinator_was_killed_stops_on_its_own() {
     let sink = Sink::start(Records::Lines);
     let out = sink.addr().to_string();
-    let (mut w1, control) = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
-    let (mut w2, _) = spawn_node(&Loopback, 1, "w2", Some(&control), &[]);
-    send_frames(w2.input.parse().unwrap(), &[b"one two", b"two"]);
+    let mut w1 = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+    // w2 serves a control endpoint too, so the test can ask it what it knows.
+    let extra = ["--control", "127.0.0.1:0"];
+    let mut w2 = spawn_node(&Loopback, 1, "w2", Some(w1.addrs.control()), &extra);
+    send_frames(w2.addrs.input(), &[b"one two", b"two"]);
     sink.wait_for(3);
 
     signal(&w1.child, "-KILL");
     let _ = wait_exit(&mut w1.child);
-    w2.wait_log("lost node w1");
+    wait_status(w2.addrs.control(), "LOST node w1");
     signal(&w2.child, "-TERM");
     w2.wait_exit_uncrashed();
     assert!(

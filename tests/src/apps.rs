@@ -1,7 +1,6 @@
 //! Alphabet and Market Spread end to end, against reference models computed here.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use quokka_apps::market_spread::{
     self, generate, read_symbols, GenSpec, Market, NBBO_LEN, ORDER_LEN,
@@ -10,11 +9,8 @@ use quokka_apps::{alphabet, market_spread::OrderResult};
 use quokka_engine::Engine;
 use quokka_io::client::{FrameSender, Records};
 
-use crate::harness::{Running, DEADLINE};
-
-const VOTES: &[u8] = include_bytes!("../../apps/data/votes.msg");
-const SYMBOLS: &[u8] = include_bytes!("../../apps/data/r3k-legal-symbols.msg");
-const INITIAL_NBBO: &[u8] = include_bytes!("../../apps/data/350-symbols_initial-nbbo-fixish.msg");
+use crate::fixtures::{INITIAL_NBBO, SYMBOLS, VOTES};
+use crate::harness::{wait_applied, Running, DEADLINE};
 
 /// Sends already-framed bytes over one connection to `source` and closes it.
 fn send_framed(run: &Running, source: usize, bytes: &[u8]) {
@@ -56,23 +52,6 @@ fn alphabet_one_core() {
 #[test]
 fn alphabet_two_cores() {
     alphabet_on(2);
-}
-
-/// Waits until the engine has applied `n` keyed messages in all (a barrier between phases whose
-/// inputs come over different connections).
-fn wait_applied(engine: &Engine, n: u64) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let applied: u64 = engine.status().cores.iter().map(|c| c.applied).sum();
-        if applied >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {applied} of {n} messages applied:\n{}",
-            engine.status()
-        );
-    }
 }
 
 /// The order results a market spread run must produce: every order whose symbol's last quote
@@ -144,9 +123,9 @@ fn market_spread_case(cores: usize, during: impl FnOnce(&Engine) + Send) {
     let (orders_source, nbbo_source) = (0, 1);
     // Two connections may land on two cores: order between them only by waiting.
     send_framed(&run, nbbo_source, INITIAL_NBBO);
-    wait_applied(&run.engine, 350);
+    wait_applied(&run.engine, 350, DEADLINE).unwrap();
     send_framed(&run, nbbo_source, &nbbo);
-    wait_applied(&run.engine, 350 + 6_000);
+    wait_applied(&run.engine, 350 + 6_000, DEADLINE).unwrap();
 
     let expected = reference_results(&[INITIAL_NBBO, &nbbo], &orders);
     assert!(

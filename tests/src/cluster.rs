@@ -2,7 +2,7 @@
 //! own cores, control endpoint and data port; links over loopback TCP), and joins that must be
 //! refused. The same scenario with real processes is in `tests/processes/nodes.rs`.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,18 +13,13 @@ use quokka_engine::{App, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{read_frame, write_frame, Request, Response};
 
+use crate::fixtures::BILL_OF_RIGHTS;
 use crate::harness::{
-    init_logging, load_text, send_frames, send_until, sent_lines, Sink, DEADLINE,
+    init_logging, load_text, send_frames, send_until, sent_lines, Coordinator, Sink, DEADLINE,
 };
 use crate::reference::{check_running_totals, reference_counts};
 
 const TOKEN: &str = "quokka-test-token";
-
-/// A node of a test cluster: its engine and, for the coordinator, its control address.
-struct TestNode {
-    engine: Arc<Engine>,
-    control: SocketAddr,
-}
 
 fn config(app: &App, sink: SocketAddr, name: &str, with_inputs: bool) -> Config {
     let inputs = if with_inputs {
@@ -42,20 +37,13 @@ fn config(app: &App, sink: SocketAddr, name: &str, with_inputs: bool) -> Config 
     c
 }
 
-fn serve_control(engine: Engine) -> TestNode {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let control = listener.local_addr().unwrap();
-    let engine = Arc::new(engine);
-    quokka::control::serve(listener, engine.clone());
-    TestNode { engine, control }
-}
-
-fn start_lead(app: &App, sink: &Sink) -> TestNode {
+fn start_lead(app: &App, sink: &Sink) -> Coordinator {
     init_logging();
-    serve_control(Engine::start(app, config(app, sink.addr(), "w1", true)).expect("w1 starts"))
+    let engine = Engine::start(app, config(app, sink.addr(), "w1", true)).expect("w1 starts");
+    Coordinator::serve(engine).expect("serve control")
 }
 
-fn join(app: &App, lead: &TestNode, name: &str) -> Arc<Engine> {
+fn join(app: &App, lead: &Coordinator, name: &str) -> Arc<Engine> {
     let c = config(app, "127.0.0.1:1".parse().unwrap(), name, true);
     let (engine, report) = Engine::join(app, c, lead.control, None).expect("join");
     assert!(report.contains(&format!("join {name}")), "{report}");
@@ -64,7 +52,7 @@ fn join(app: &App, lead: &TestNode, name: &str) -> Arc<Engine> {
 
 /// Removes a member through the coordinator; retries while the member still counts a source
 /// connection that its sender already closed (the node notices the close a moment later).
-fn remove(lead: &TestNode, member: &Engine) {
+fn remove(lead: &Coordinator, member: &Engine) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         match lead.engine.remove_node(member.node_name()) {
@@ -170,9 +158,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
     let app = word_count::app();
     let sink = Sink::start(Records::Lines);
     let lead = start_lead(&app, &sink);
-    let lines: Vec<&str> = include_str!("../../apps/data/bill_of_rights.txt")
-        .lines()
-        .collect();
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
     send_frames(lead.engine.input_addrs()[0], &frames);
 

@@ -1,10 +1,12 @@
-//! Runs an app in-process on real loopback sockets and collects what its sink receives.
+//! Runs an app in-process on real loopback sockets, collects what its sink receives, and waits
+//! on the engine's state; also used by the benchmarks.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use quokka_engine::{App, Config, Engine, Summary};
 use quokka_io::client::{Collector, FrameSender, Records};
 
@@ -109,6 +111,43 @@ impl Running {
 
     pub fn stop(self) -> (Summary, Sink) {
         (self.engine.stop(), self.sink)
+    }
+}
+
+/// The coordinator of an in-process cluster: an engine serving its control endpoint (joins,
+/// `quokka ctl`) on an ephemeral loopback port, as `quokka run --control` does.
+pub struct Coordinator {
+    pub engine: Arc<Engine>,
+    pub control: SocketAddr,
+}
+
+impl Coordinator {
+    pub fn serve(engine: Engine) -> std::io::Result<Coordinator> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let control = listener.local_addr()?;
+        let engine = Arc::new(engine);
+        quokka::control::serve(listener, engine.clone());
+        Ok(Coordinator { engine, control })
+    }
+}
+
+/// Waits until the engine's cores have applied `n` keyed messages in all (a barrier between
+/// inputs sent over different connections), polling its status for at most `within`.
+pub fn wait_applied(engine: &Engine, n: u64, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let applied: u64 = engine.status().cores.iter().map(|c| c.applied).sum();
+        if applied >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {applied} of {n} messages applied:\n{}",
+                engine.status()
+            );
+        }
+        // Polling interval (each status asks every core), not synchronisation.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

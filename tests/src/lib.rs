@@ -2,8 +2,9 @@
 //! engine in process (many cases, fast). The real binaries, run as processes, are tested in
 //! `tests/processes`, which shares this crate's harness.
 //!
-//! [`harness`] starts an engine with a collecting sink; [`reference`] computes what the output
-//! must be, independently of the app code under test.
+//! [`harness`] starts an engine with a collecting sink and waits on its state; [`reference`]
+//! computes what the output must be, independently of the app code under test; [`fixtures`]
+//! holds the bundled data. The benchmarks (`bench/`) use the fixtures and harness too.
 
 #[cfg(test)]
 mod apps;
@@ -11,6 +12,7 @@ mod apps;
 mod bad_input;
 #[cfg(test)]
 mod cluster;
+pub mod fixtures;
 pub mod harness;
 pub mod reference;
 #[cfg(test)]

@@ -11,6 +11,7 @@ use quokka_io::client::Records;
 
 use quokka_engine::{Config, Engine};
 
+use crate::fixtures::BILL_OF_RIGHTS;
 use crate::harness::{send_frames, send_until, sent_lines, Running, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
 
@@ -109,9 +110,7 @@ fn grow_and_shrink_with_empty_state() {
     assert_eq!(up.slots_moved, 3072);
     let down = run.engine.shrink(2).unwrap();
     assert_eq!((down.cores_before, down.cores_after), (4, 2));
-    let lines: Vec<&str> = include_str!("../../apps/data/bill_of_rights.txt")
-        .lines()
-        .collect();
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
     run.send(0, &frames);
     let expected = reference_counts(lines.iter().copied());

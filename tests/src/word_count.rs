@@ -7,10 +7,9 @@ use quokka_apps::corpus::{self, CorpusSpec};
 use quokka_apps::word_count;
 use quokka_io::client::Records;
 
+use crate::fixtures::BILL_OF_RIGHTS;
 use crate::harness::{send_frames, Running, Sink, DEADLINE};
 use crate::reference::{check_running_totals, reference_counts};
-
-const BILL_OF_RIGHTS: &str = include_str!("../../apps/data/bill_of_rights.txt");
 
 fn bill_of_rights_on(cores: usize) {
     let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();

@@ -1,6 +1,7 @@
 //! `quokka`: runs a linked app as a service, lists the apps, or runs the built-in demo.
 
-use std::net::TcpListener;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an app as a service until Ctrl-C or SIGTERM, then drain and print a summary.
+    ///
+    /// Once it serves, it prints the addresses it bound as one line on stdout (a port given as
+    /// 0 is chosen then), e.g. `listening control=127.0.0.1:6000 data=127.0.0.1:41235
+    /// in=text@127.0.0.1:7000`: one `in=NAME@HOST:PORT` per source, none on a joining node
+    /// without --in, and `control=none` on a joining node without --control.
     Run(RunArgs),
     /// List the apps linked into this binary.
     Apps,
@@ -272,9 +278,11 @@ fn run(args: RunArgs) -> Result<()> {
         }
     };
     let engine = Arc::new(engine);
+    let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
     if let Some(control) = control {
         quokka::control::serve(control, engine.clone());
     }
+    report_listening(control_addr, &engine, app.sources());
     let listening: Vec<String> = app
         .sources()
         .iter()
@@ -327,4 +335,22 @@ fn run(args: RunArgs) -> Result<()> {
         anyhow::bail!("{} outputs were not delivered", summary.undelivered());
     }
     Ok(())
+}
+
+/// Prints the addresses `quokka run` bound, once every listener accepts connections:
+/// `listening control=ADDR|none data=ADDR [in=NAME@ADDR]...`. Tests and scripts pass port 0
+/// and read the ports from here, instead of guessing a free one.
+fn report_listening(control: Option<SocketAddr>, engine: &Engine, sources: &[String]) {
+    let mut line = match control {
+        Some(addr) => format!("listening control={addr}"),
+        None => "listening control=none".to_string(),
+    };
+    line += &format!(" data={}", engine.data_addr());
+    for (name, addr) in sources.iter().zip(engine.input_addrs()) {
+        line += &format!(" in={name}@{addr}");
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        tracing::warn!("cannot print the listening addresses to stdout: {e}");
+    }
 }

@@ -85,7 +85,8 @@ fn run(args: Args) -> Result<bool> {
             }
         }
     })?;
-    eprintln!("quokka-recv: listening on {addr}");
+    // The bound address: with port 0 the system chose it, and this line reports it.
+    eprintln!("quokka-recv: listening on {}", collector.addr());
     let started = Instant::now();
     collector.wait_idle(args.expect, Duration::from_secs(args.idle_timeout));
     if let Some(w) = &file {
