@@ -79,7 +79,10 @@ fn modules_depend_downward_only() {
                     relative.display()
                 )),
                 Some(_) => {}
-                None => panic!("{}:{line}: unknown module `{used}`", relative.display()),
+                None => panic!(
+                    "{}:{line}: `crate::{used}` names no module of LAYERS (write `crate::MODULE::...`, so the layer shows)",
+                    relative.display()
+                ),
             }
         }
     }

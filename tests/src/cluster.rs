@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use quokka_apps::{alphabet, word_count};
 use quokka_engine::cluster::wire::{self, JoinRequest};
-use quokka_engine::{App, Config, Ending, Engine, StartError};
+use quokka_engine::{App, ChangeError, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{read_frame, write_frame, Request, Response};
 
@@ -57,7 +57,7 @@ fn remove(lead: &Coordinator, member: &Engine) {
     loop {
         match lead.engine.remove_node(member.node_name()) {
             Ok(_) => break,
-            Err(e) if e.to_string().contains("open source") && Instant::now() < deadline => {
+            Err(ChangeError::OpenSources { .. }) if Instant::now() < deadline => {
                 std::thread::yield_now()
             }
             Err(e) => panic!("remove-node {}: {e}", member.node_name()),
@@ -266,8 +266,11 @@ fn a_node_with_open_sources_refuses_to_leave() {
     open.send(b"still here").unwrap();
     open.flush().unwrap();
     sink.wait_for(2);
-    let e = lead.engine.remove_node("w2").unwrap_err().to_string();
-    assert!(e.contains("1 open source connection"), "{e}");
+    let e = lead.engine.remove_node("w2").unwrap_err();
+    assert!(
+        matches!(&e, ChangeError::OpenSources { node, open: 1 } if node == "w2"),
+        "{e}"
+    );
     open.send(b"here").unwrap();
     open.finish().unwrap();
     sink.wait_for(3);

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use quokka_io::client::{Collector, FrameSender, Records};
 
+use crate::app::{App, DecodeError};
 use crate::archive::SlotArchive;
 use crate::cluster::wire::{self, Wire};
 use crate::migration::ChangePlan;
+use crate::node::Engine;
 use crate::routing::{Move, RoutingTable};
 use crate::runtime::messages::PeerMsg;
+use crate::runtime::Config;
 use crate::store::SlotEntities;
-use crate::{App, Config, DecodeError, Engine};
 
 fn count_words() -> App {
     App::source("text", |frame: &[u8]| {
