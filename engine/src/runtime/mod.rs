@@ -33,7 +33,9 @@ use crate::cluster::wire::{self, JoinRequest, Welcome};
 use crate::cluster::{link, Ending, Node};
 use crate::routing::CoreId;
 use hdrhistogram::Histogram;
-use quokka_io::control::{read_frame, write_frame, Request, Response};
+use quokka_io::control::{
+    Client, ControlError, Request, Response, Session, Step, Timeouts, READY_DEADLINE,
+};
 
 use crate::metrics::{latency_histogram, Summary};
 
@@ -119,6 +121,29 @@ pub enum StartError {
     Executor { core: usize, reason: String },
     #[error("cannot join the cluster at {addr}: {reason}")]
     Join { addr: SocketAddr, reason: String },
+    #[error("cannot join the cluster at {addr}")]
+    JoinControl {
+        addr: SocketAddr,
+        #[source]
+        source: ControlError,
+    },
+}
+
+/// Why a member could not leave the cluster.
+#[derive(Debug, Error)]
+pub enum LeaveError {
+    #[error("this node is the coordinator")]
+    Coordinator,
+    #[error("the coordinator refused: {0}")]
+    Refused(String),
+    #[error("the coordinator answered with a welcome")]
+    Unexpected,
+    #[error("cannot ask the coordinator at {addr}")]
+    Control {
+        addr: SocketAddr,
+        #[source]
+        source: ControlError,
+    },
 }
 
 /// A running engine. Its methods take `&self`, so a control thread can share it.
@@ -173,13 +198,13 @@ impl Engine {
             addr: coordinator,
             reason,
         };
+        let conversation = |source| StartError::JoinControl {
+            addr: coordinator,
+            source,
+        };
         let mut control =
-            std::net::TcpStream::connect_timeout(&coordinator, Duration::from_secs(5))
-                .map_err(|e| refused(format!("cannot reach it: {e}")))?;
-        let local_ip = control
-            .local_addr()
-            .map_err(|e| refused(e.to_string()))?
-            .ip();
+            Client::connect(coordinator, Timeouts::default()).map_err(conversation)?;
+        let local_ip = control.local_addr().map_err(conversation)?.ip();
         let data = Self::bind_data(config.data.unwrap_or((local_ip, 0).into()))?;
         let data_addr = data.local_addr().expect("bound");
         let request = JoinRequest {
@@ -190,12 +215,9 @@ impl Engine {
             cores: config.cores as u16,
             data_addr: data_addr.to_string(),
         };
-        let welcome = match converse(
-            &mut control,
-            &config.token,
-            &Request::Join(wire::encode_join(&request)),
-        )
-        .map_err(refused)?
+        let welcome = match control
+            .request(&config.token, &Request::Join(wire::encode_join(&request)))
+            .map_err(conversation)?
         {
             Response::Welcome(body) => {
                 wire::decode_welcome(&body).map_err(|e| refused(format!("garbled welcome: {e}")))?
@@ -260,12 +282,15 @@ impl Engine {
         let engine =
             Self::serve_inputs(app, coordinator_state, node, Some((coordinator, lead_name)))?;
         // The cores run and the links are open: now the coordinator moves slots here.
-        let _ = control.set_read_timeout(None);
-        match converse(&mut control, &engine.node.token, &Request::Ready) {
+        match control.request(&engine.node.token, &Request::Ready) {
             Ok(Response::Ok(report)) => Ok((engine, report)),
-            Ok(Response::Error(e)) | Err(e) => {
+            Ok(Response::Error(e)) => {
                 engine.finish(Ending::Departed);
                 Err(refused(e))
+            }
+            Err(e) => {
+                engine.finish(Ending::Departed);
+                Err(conversation(e))
             }
             Ok(Response::Welcome(_)) => {
                 engine.finish(Ending::Departed);
@@ -380,20 +405,20 @@ impl Engine {
 
     /// On a member: asks the coordinator to remove this node. On success the coordinator has
     /// moved every slot away and [`Self::ended`] reports [`Ending::Departed`].
-    pub fn request_leave(&self) -> Result<String, String> {
-        let Some((addr, _)) = &self.joined else {
-            return Err("this node is the coordinator".into());
+    pub fn request_leave(&self) -> Result<String, LeaveError> {
+        let Some((addr, _)) = self.joined else {
+            return Err(LeaveError::Coordinator);
         };
-        let mut control = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5))
-            .map_err(|e| format!("cannot reach the coordinator at {addr}: {e}"))?;
-        match converse(
-            &mut control,
-            &self.node.token,
-            &Request::RemoveNode(self.node.name.clone()),
-        )? {
+        let asked = Client::connect(addr, Timeouts::default()).and_then(|mut control| {
+            control.request(
+                &self.node.token,
+                &Request::RemoveNode(self.node.name.clone()),
+            )
+        });
+        match asked.map_err(|source| LeaveError::Control { addr, source })? {
             Response::Ok(text) => Ok(text),
-            Response::Error(e) => Err(e),
-            Response::Welcome(_) => Err("unexpected welcome".into()),
+            Response::Error(e) => Err(LeaveError::Refused(e)),
+            Response::Welcome(_) => Err(LeaveError::Unexpected),
         }
     }
 
@@ -421,29 +446,27 @@ impl Engine {
     }
 
     /// On the coordinator: the conversation with a joining node, after its `Join` request
-    /// arrived on `stream`. Answers with a welcome, waits for the node's `Ready`, moves slots to
-    /// it; returns the final answer for the joining node.
-    pub fn admit(&self, stream: &mut std::net::TcpStream, body: &[u8]) -> Response {
+    /// arrived on `session`. Answers with a welcome, waits for the node's `Ready` (at most
+    /// [`READY_DEADLINE`], the change lock held meanwhile), moves slots to it; returns the final
+    /// answer for the joining node.
+    pub fn admit(&self, session: &mut Session, body: &[u8]) -> Response {
         let join = match wire::decode_join(body) {
             Ok(j) => j,
             Err(e) => return Response::Error(format!("bad join request: {e}")),
         };
         let result = self.change(|c| {
             let welcome = c.welcome(&join, &self.app_name)?;
-            let lost = |e: String| {
+            let lost = |e: &dyn std::fmt::Display| {
                 ChangeError::Invalid(format!("node {} went away while joining: {e}", join.node))
             };
-            write_frame(
-                stream,
-                &Response::Welcome(wire::encode_welcome(&welcome)).encode(),
-            )
-            .map_err(|e| lost(e.to_string()))?;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-            let ready = read_frame(stream)
-                .and_then(|p| Request::decode(&p))
-                .map_err(|e| lost(e.to_string()))?;
+            session
+                .answer(&Response::Welcome(wire::encode_welcome(&welcome)))
+                .map_err(|e| lost(&e))?;
+            let ready = session
+                .next_request(Step::Ready, READY_DEADLINE)
+                .map_err(|e| lost(&e))?;
             if ready.request != Request::Ready || !self.token_matches(&ready.token) {
-                return Err(lost("it did not say it was ready".into()));
+                return Err(lost(&"it did not say it was ready"));
             }
             c.add_node(&join, &welcome.cores)
         });
@@ -617,18 +640,6 @@ impl Engine {
             let _ = a.join();
         }
     }
-}
-
-/// One request and its answer on a control connection.
-fn converse(
-    stream: &mut std::net::TcpStream,
-    token: &str,
-    request: &Request,
-) -> Result<Response, String> {
-    let payload = request.encode(token).map_err(|e| e.to_string())?;
-    write_frame(stream, &payload).map_err(|e| e.to_string())?;
-    let answer = read_frame(stream).map_err(|e| e.to_string())?;
-    Response::decode(&answer).map_err(|e| e.to_string())
 }
 
 /// Asks every core one question on its control channel (served first, so a busy core still

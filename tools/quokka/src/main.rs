@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use quokka::inputs::{parse_addr, resolve};
 use quokka_engine::{Config, Engine};
-use quokka_io::control::{Request, Response};
+use quokka_io::control::{Request, Response, Timeouts};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,6 +41,10 @@ struct CtlArgs {
     control: String,
     #[command(flatten)]
     token: TokenArgs,
+    /// Seconds to wait for the answer (a change may take a while). Separately, an endpoint
+    /// that does not greet within 5 s is taken for something else and gets nothing.
+    #[arg(long, value_name = "SECS", default_value_t = Timeouts::ANSWER.as_secs())]
+    timeout: u64,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -170,7 +174,11 @@ fn ctl(args: CtlArgs) -> Result<()> {
         CtlCommand::ShrinkCores { n } => Request::ShrinkCores(n),
         CtlCommand::RemoveNode { name } => Request::RemoveNode(name),
     };
-    match quokka::control::request(addr, &args.token.token()?, &request)? {
+    let timeouts = Timeouts {
+        answer: Duration::from_secs(args.timeout),
+        ..Timeouts::default()
+    };
+    match quokka::control::request(addr, &args.token.token()?, &request, timeouts)? {
         Response::Ok(text) => {
             println!("{}", text.trim_end());
             Ok(())
@@ -312,7 +320,9 @@ fn run(args: RunArgs) -> Result<()> {
                 tracing::info!("signal {signal}: asking the coordinator to remove this node");
                 match engine.request_leave() {
                     Ok(report) => tracing::info!("{report}"),
-                    Err(e) => tracing::error!("cannot leave the cluster: {e}"),
+                    Err(e) => {
+                        tracing::error!("cannot leave the cluster: {:#}", anyhow::Error::new(e))
+                    }
                 }
             }
             Some(Err(signal)) => {
