@@ -3,13 +3,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use quokka_engine::cluster::wire::{self, JoinRequest};
 use quokka_engine::Config;
 use quokka_io::client::Records;
 use quokka_io::control::{
-    Client, Greeting, Limits, Request, Response, Timeouts, MAX_CONTROL_FRAME, READY_DEADLINE,
+    self, Client, Greeting, Limits, Request, Response, Timeouts, MAX_CONTROL_FRAME, READY_DEADLINE,
 };
 use quokka_io::framing;
 use quokka_tests::harness::{send_frames, Sink, DEADLINE};
@@ -587,4 +588,36 @@ fn a_joiner_that_never_says_ready_holds_changes_back_only_until_the_deadline() {
     );
     signal(&engine, "-TERM");
     assert!(wait_exit(&mut engine).success());
+}
+
+/// Issue 14 (11): `quokka ctl status | head -3`: a reader that goes away before the answer
+/// arrives ends ctl quietly (exit 0), not with a broken-pipe panic.
+#[test]
+fn ctl_into_a_reader_that_closes_early_exits_quietly() {
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let closed_rx = Mutex::new(closed_rx);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    control::serve(listener, Limits::default(), move |mut session| {
+        if session.request().is_ok() {
+            // Answers once the reader of ctl's stdout is gone.
+            let _ = closed_rx.lock().unwrap().recv_timeout(DEADLINE);
+            let long: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+            let _ = session.answer(&Response::Ok(long));
+        }
+    })
+    .unwrap();
+    let mut ctl = Proc::spawn(
+        Command::new(quokka())
+            .args(["ctl", "--control", &addr.to_string(), "status"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    drop(ctl.stdout.take());
+    closed_tx.send(()).unwrap();
+    let status = wait_exit(&mut ctl);
+    let mut err = String::new();
+    ctl.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -151,12 +151,10 @@ fn main() {
     quokka::init_logging();
     let result = match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Apps => {
-            for app in quokka_apps::all() {
-                println!("{:<14} {}", app.name, app.about);
-            }
-            Ok(())
-        }
+        Command::Apps => quokka_apps::all()
+            .iter()
+            .try_for_each(|app| quokka::outln!("{:<14} {}", app.name, app.about))
+            .map_err(Into::into),
         Command::Demo(args) => quokka::demo::run(args),
         Command::Ctl(args) => ctl(args),
     };
@@ -179,10 +177,7 @@ fn ctl(args: CtlArgs) -> Result<()> {
         ..Timeouts::default()
     };
     match quokka::control::request(addr, &args.token.token()?, &request, timeouts)? {
-        Response::Ok(text) => {
-            println!("{}", text.trim_end());
-            Ok(())
-        }
+        Response::Ok(text) => Ok(quokka::outln!("{}", text.trim_end())?),
         Response::Error(text) => anyhow::bail!("{text}"),
         Response::Welcome(_) => anyhow::bail!("unexpected answer (a welcome) from {addr}"),
     }
@@ -332,7 +327,7 @@ fn run(args: RunArgs) -> Result<()> {
             None => break engine.stop(),
         }
     };
-    print!("{summary}");
+    quokka::stdout::print(format_args!("{summary}"))?;
     if summary.undelivered() > 0 {
         anyhow::bail!("{} outputs were not delivered", summary.undelivered());
     }
