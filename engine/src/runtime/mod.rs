@@ -34,7 +34,7 @@ use crate::cluster::{link, Ending, Node};
 use crate::routing::CoreId;
 use hdrhistogram::Histogram;
 use quokka_io::control::{
-    Client, ControlError, Request, Response, Session, Step, Timeouts, READY_DEADLINE,
+    Client, ControlError, Request, Response, Session, Step, Timeouts, JOIN_ANSWER, READY_DEADLINE,
 };
 
 use crate::metrics::{latency_histogram, Summary};
@@ -282,7 +282,7 @@ impl Engine {
         let engine =
             Self::serve_inputs(app, coordinator_state, node, Some((coordinator, lead_name)))?;
         // The cores run and the links are open: now the coordinator moves slots here.
-        match control.request(&engine.node.token, &Request::Ready) {
+        match control.request_within(&engine.node.token, &Request::Ready, JOIN_ANSWER) {
             Ok(Response::Ok(report)) => Ok((engine, report)),
             Ok(Response::Error(e)) => {
                 engine.finish(Ending::Departed);

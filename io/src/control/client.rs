@@ -39,6 +39,13 @@ impl Default for Timeouts {
     }
 }
 
+/// How long a joining node waits for the answer to its `Ready`: the coordinator answers once
+/// every slot bound for the node has moved, which takes as long as the state takes to copy (10 MB
+/// in 0.3 s on loopback; gigabytes take minutes). Giving up while slots move would strand the
+/// ones already moved, so this is long; it only ends the wait on a coordinator that never
+/// answers.
+pub const JOIN_ANSWER: Duration = Duration::from_secs(30 * 60);
+
 /// A connection to a control endpoint that has greeted us: requests may be sent.
 #[derive(Debug)]
 pub struct Client {
@@ -92,14 +99,29 @@ impl Client {
     /// Sends `request` with the cluster token and reads the answer, the whole exchange within
     /// [`Timeouts::answer`]. A conversation (a join) sends several on one client.
     pub fn request(&mut self, token: &str, request: &Request) -> Result<Response, ControlError> {
+        self.request_within(token, request, self.timeouts.answer)
+    }
+
+    /// Like [`Self::request`], the whole exchange within `within` (a join's `Ready`, whose
+    /// answer comes once every slot moved: see [`JOIN_ANSWER`]).
+    pub fn request_within(
+        &mut self,
+        token: &str,
+        request: &Request,
+        within: Duration,
+    ) -> Result<Response, ControlError> {
         let payload = request.encode(token)?;
-        self.request_payload(&payload)
+        self.exchange(&payload, within)
     }
 
     /// Like [`Self::request`], with a payload encoded by the caller (a test's deliberately
     /// broken one, say).
     pub fn request_payload(&mut self, payload: &[u8]) -> Result<Response, ControlError> {
-        let deadline = Deadline::after(self.timeouts.answer);
+        self.exchange(payload, self.timeouts.answer)
+    }
+
+    fn exchange(&mut self, payload: &[u8], within: Duration) -> Result<Response, ControlError> {
+        let deadline = Deadline::after(within);
         write_message(&self.stream, payload, Step::Request, deadline)?;
         let answer = read_message(&self.stream, Step::Answer, deadline)?;
         Response::decode(&answer)

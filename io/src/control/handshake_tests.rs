@@ -247,6 +247,12 @@ fn an_answer_that_does_not_come_is_a_timeout() {
     let mut client = Client::connect(addr, short(PATIENCE, Duration::from_millis(300))).unwrap();
     let e = client.request("", &Request::GrowCores(1)).unwrap_err();
     assert_eq!(e.to_string(), "no answer within 300ms");
+    // One request of a conversation may have its own deadline.
+    let mut client = Client::connect(addr, Timeouts::default()).unwrap();
+    let e = client
+        .request_within("", &Request::Ready, Duration::from_millis(200))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "no answer within 200ms");
     drop(hold_tx);
 }
 

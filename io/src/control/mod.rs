@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use crate::framing::FrameError;
 
-pub use self::client::{Client, Timeouts};
+pub use self::client::{Client, Timeouts, JOIN_ANSWER};
 pub use self::server::{serve, Limits, Session, READY_DEADLINE};
 
 /// First bytes of every control payload.
