@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::framing::encode_frame;
+use crate::framing::{split_frame, write_frame};
 
 /// Connects to `addr`, retrying until `timeout` (the engine may still be starting).
 pub fn connect_retry(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
@@ -28,7 +28,6 @@ pub fn connect_retry(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
 /// A source connection that sends Wallaroo frames.
 pub struct FrameSender {
     out: BufWriter<TcpStream>,
-    scratch: Vec<u8>,
 }
 
 impl FrameSender {
@@ -36,15 +35,12 @@ impl FrameSender {
         let stream = connect_retry(addr, timeout)?;
         Ok(Self {
             out: BufWriter::with_capacity(64 * 1024, stream),
-            scratch: Vec::new(),
         })
     }
 
     /// Frames and queues one payload.
     pub fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
-        self.scratch.clear();
-        encode_frame(payload, &mut self.scratch);
-        self.out.write_all(&self.scratch)
+        write_frame(&mut self.out, payload).map_err(std::io::Error::from)
     }
 
     /// Queues bytes as they are (already framed, or deliberately broken).
@@ -84,13 +80,9 @@ impl Records {
                 }
             }
             Records::Frames => {
-                while buf.len() - at >= 4 {
-                    let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-                    if buf.len() - at - 4 < len {
-                        break;
-                    }
-                    each(&buf[at + 4..at + 4 + len]);
-                    at += 4 + len;
+                while let Some((payload, used)) = split_frame(&buf[at..]) {
+                    each(payload);
+                    at += used;
                 }
             }
         }
@@ -231,6 +223,7 @@ fn read_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framing::encode_frame;
 
     #[test]
     fn records_split_keeps_partial_tail() {

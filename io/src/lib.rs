@@ -1,10 +1,12 @@
 //! Quokka's I/O edges: everything that touches a socket lives here.
 //!
-//! - [`framing`]: Wallaroo's wire framing (`u32` big-endian length, then payload), a pure codec
-//!   that copes with frames split across reads.
+//! - [`framing`]: Wallaroo's wire framing (`u32` big-endian length, then payload): the one
+//!   framing codec, pure (frames split across reads) and blocking (any `Read`/`Write`).
 //! - [`tcp`]: the engine-side TCP edges running on glommio executors: a frame reader for source
 //!   connections and a sink connection that reconnects with backoff.
-//! - [`control`]: the control protocol (`quokka ctl`), a pure codec with blocking helpers.
+//! - [`control`]: the control protocol (`quokka ctl`, joining and leaving nodes): a pure codec,
+//!   a blocking client that waits for the endpoint's greeting before it sends anything, and an
+//!   endpoint that bounds its connections and deadlines.
 //! - [`client`]: blocking clients used by the tools, tests and benchmarks (send frames, collect
 //!   outputs).
 //!

@@ -1,15 +1,23 @@
 //! The real `quokka` binary: its CLI, and a service run stopped by SIGTERM.
 
-use std::io::BufRead;
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
+use quokka_engine::cluster::wire::{self, JoinRequest};
+use quokka_engine::Config;
 use quokka_io::client::Records;
+use quokka_io::control::{
+    self, Client, Greeting, Limits, Request, Response, Timeouts, MAX_CONTROL_FRAME, READY_DEADLINE,
+};
+use quokka_io::framing;
 use quokka_tests::fixtures::{self, BILL_OF_RIGHTS};
-use quokka_tests::harness::{send_frames, Sink};
+use quokka_tests::harness::{send_frames, Sink, DEADLINE};
 use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::{ctl, quokka, quokka_output, signal, tool, Proc, Service};
+use crate::{ctl, quokka, quokka_output, signal, tool, wait_exit, Listening, Proc, Service};
 
 #[test]
 fn apps_lists_word_count() {
@@ -54,7 +62,7 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
     ]);
     assert!(failure(&out).contains("not a HOST:PORT"));
 
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().to_string();
     let args = ["run", "word_count", "--in", &taken, "--out", "127.0.0.1:2"];
     let out = quokka_output(&[&args[..], &["--control", "127.0.0.1:0"]].concat());
@@ -138,12 +146,10 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
     );
 
     // Garbage on the control port: refused, and the engine carries on.
-    let mut garbage = std::net::TcpStream::connect(control).unwrap();
-    std::io::Write::write_all(&mut garbage, b"\x00\x00\x00\x05hello").unwrap();
-    let reply = quokka_io::control::read_frame(&mut garbage).unwrap();
-    let reply = quokka_io::control::Response::decode(&reply).unwrap();
+    let mut garbage = Client::connect(control, Timeouts::default()).unwrap();
+    let reply = garbage.request_payload(b"hello").unwrap();
     assert!(
-        matches!(&reply, quokka_io::control::Response::Error(e) if e.contains("bad magic")),
+        matches!(&reply, Response::Error(e) if e.contains("bad magic")),
         "{reply:?}"
     );
 
@@ -339,4 +345,252 @@ fn alphabet_votes_sent_framed_by_the_tool() {
     assert_eq!(got, expected);
     signal(&engine.child, "-TERM");
     engine.wait_exit_ok();
+}
+
+/// Issue 14 (8): `quokka ctl` pointed at a port that is not a control endpoint (here a listener
+/// that accepts and never speaks, as a source or a sink port does) gives up once the greeting
+/// is overdue, says so, and has sent nothing: neither its request nor the cluster token.
+#[test]
+fn ctl_sends_nothing_to_a_port_that_does_not_greet_and_gives_up() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        got
+    });
+    let started = Instant::now();
+    let mut ctl = Proc::spawn(
+        Command::new(quokka())
+            .args(["ctl", "--control", &addr.to_string()])
+            .args(["--cluster-token", "s3cret", "status"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let status = wait_exit(&mut ctl);
+    let took = started.elapsed();
+    let mut err = String::new();
+    ctl.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{addr} is not a Quokka control endpoint (no greeting within 5s)"
+        )),
+        "{err}"
+    );
+    assert!(
+        took >= Timeouts::GREETING && took < Timeouts::GREETING + Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(
+        peer.join().unwrap(),
+        b"",
+        "ctl sent nothing, so not the token"
+    );
+}
+
+/// Starts `quokka run word_count` with its source and control endpoint on port 0; reads the
+/// control address back from the line it prints, then drains its stdout.
+fn spawn_engine_on_port_0(sink: &Sink) -> (Proc, SocketAddr) {
+    let mut engine = Proc::spawn(
+        Command::new(quokka())
+            .args(["run", "word_count", "--in", "127.0.0.1:0"])
+            .args(["--out", &sink.addr().to_string(), "--cores", "1"])
+            .args(["--control", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut out = BufReader::new(engine.stdout.take().unwrap());
+    let mut line = String::new();
+    let n = out.read_line(&mut line).unwrap();
+    assert!(n > 0, "the engine exited before it reported its addresses");
+    let control = Listening::parse(&line).control();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (engine, control)
+}
+
+/// The `Threads:` of a process.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Runs `quokka ctl --control ADDR ARGS`.
+fn ctl_at(control: SocketAddr, args: &[&str]) -> Output {
+    quokka_output(&[&["ctl", "--control", &control.to_string()][..], args].concat())
+}
+
+/// Issue 14 (6): idle connections to the control port hold at most the connection limit's
+/// threads; beyond it a connection gets a refusal at once. While idle connections fill the
+/// limit, `quokka ctl status` is refused with that clear message; once they hang up (or reach
+/// their 10 s request deadline) it answers again, and their threads are gone.
+#[test]
+fn idle_control_connections_beyond_the_limit_are_refused_and_threads_stay_bounded() {
+    let sink = Sink::start(Records::Lines);
+    let (mut engine, control) = spawn_engine_on_port_0(&sink);
+    succeeded(&ctl_at(control, &["status"]));
+    let baseline = threads(engine.id());
+
+    let opened = Instant::now();
+    let many = Limits::CONNECTIONS + 36;
+    let (mut idle, mut greeted, mut refused) = (Vec::new(), 0, 0);
+    for _ in 0..many {
+        let mut stream = TcpStream::connect(control).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let first = framing::read_frame(&mut stream, MAX_CONTROL_FRAME)
+            .unwrap()
+            .expect("the endpoint speaks first");
+        match Greeting::decode(&first).unwrap() {
+            Greeting::Ready => greeted += 1,
+            Greeting::Refused(reason) => {
+                assert!(reason.contains("too many control connections"), "{reason}");
+                refused += 1;
+            }
+        }
+        idle.push(stream);
+    }
+    assert!(greeted <= Limits::CONNECTIONS, "{greeted} served at once");
+    assert_eq!(greeted + refused, many);
+    let during = threads(engine.id());
+    assert!(
+        during <= baseline + Limits::CONNECTIONS + 4,
+        "{during} threads with {many} idle connections, {baseline} before"
+    );
+
+    let out = ctl_at(control, &["status"]);
+    if greeted == Limits::CONNECTIONS && opened.elapsed() < Limits::REQUEST {
+        let err = failure(&out);
+        assert!(
+            err.contains(&format!(
+                "{control} refused the connection: too many control connections"
+            )),
+            "{err}"
+        );
+    }
+
+    drop(idle);
+    let deadline = Instant::now() + DEADLINE;
+    while !ctl_at(control, &["status"]).status.success() {
+        assert!(Instant::now() < deadline, "status never answered again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while threads(engine.id()) > baseline + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{} threads after the idle connections closed, {baseline} before",
+            threads(engine.id())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&engine, "-TERM");
+    assert!(wait_exit(&mut engine).success());
+}
+
+/// Issue 14 (6): a joining node that is welcomed, then sends one byte of its `Ready` and no
+/// more, holds the coordinator's change lock for at most the Ready deadline; then its join is
+/// refused, saying why, and changes are possible again.
+#[test]
+fn a_joiner_that_never_says_ready_holds_changes_back_only_until_the_deadline() {
+    let sink = Sink::start(Records::Lines);
+    let (mut engine, control) = spawn_engine_on_port_0(&sink);
+    let mut joiner = TcpStream::connect(control).unwrap();
+    joiner.set_read_timeout(Some(DEADLINE)).unwrap();
+    let next = |s: &mut TcpStream| {
+        framing::read_frame(s, MAX_CONTROL_FRAME)
+            .unwrap()
+            .expect("a frame")
+    };
+    assert_eq!(
+        Greeting::decode(&next(&mut joiner)).unwrap(),
+        Greeting::Ready
+    );
+    let join = JoinRequest {
+        version: wire::VERSION,
+        node: "slow".into(),
+        app: "word_count".into(),
+        n_slots: Config::DEFAULT_SLOTS,
+        cores: 1,
+        data_addr: "127.0.0.1:1".into(),
+    };
+    let request = Request::Join(wire::encode_join(&join)).encode("").unwrap();
+    framing::write_frame(&mut joiner, &request).unwrap();
+    let welcome = Response::decode(&next(&mut joiner)).unwrap();
+    let welcomed = Instant::now();
+    assert!(matches!(welcome, Response::Welcome(_)), "{welcome:?}");
+    joiner.write_all(&[0]).unwrap();
+
+    // `shrink-cores 1` on one core changes nothing: refused as busy while the join holds the
+    // lock, then refused for what it asks.
+    let probe = || {
+        let out = ctl_at(control, &["shrink-cores", "1"]);
+        failure(&out)
+    };
+    let first = probe();
+    if welcomed.elapsed() < READY_DEADLINE {
+        assert!(first.contains("a change is already in progress"), "{first}");
+    }
+    let released = loop {
+        let err = probe();
+        if err.contains("at least one must remain") {
+            break welcomed.elapsed();
+        }
+        assert!(err.contains("already in progress"), "{err}");
+        assert!(
+            welcomed.elapsed() < READY_DEADLINE + Duration::from_secs(10),
+            "the join still holds the change lock after {:?}",
+            welcomed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        released >= READY_DEADLINE - Duration::from_secs(1),
+        "{released:?}"
+    );
+    let answer = Response::decode(&next(&mut joiner)).unwrap();
+    assert!(
+        matches!(&answer, Response::Error(e) if e.contains("no Ready within 15s")),
+        "{answer:?}"
+    );
+    signal(&engine, "-TERM");
+    assert!(wait_exit(&mut engine).success());
+}
+
+/// Issue 14 (11): `quokka ctl status | head -3`: a reader that goes away before the answer
+/// arrives ends ctl quietly (exit 0), not with a broken-pipe panic.
+#[test]
+fn ctl_into_a_reader_that_closes_early_exits_quietly() {
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let closed_rx = Mutex::new(closed_rx);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    control::serve(listener, Limits::default(), move |mut session| {
+        if session.request().is_ok() {
+            // Answers once the reader of ctl's stdout is gone.
+            let _ = closed_rx.lock().unwrap().recv_timeout(DEADLINE);
+            let long: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+            let _ = session.answer(&Response::Ok(long));
+        }
+    })
+    .unwrap();
+    let mut ctl = Proc::spawn(
+        Command::new(quokka())
+            .args(["ctl", "--control", &addr.to_string(), "status"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    drop(ctl.stdout.take());
+    closed_tx.send(()).unwrap();
+    let status = wait_exit(&mut ctl);
+    let mut err = String::new();
+    ctl.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -11,7 +11,7 @@ use quokka_apps::{alphabet, word_count};
 use quokka_engine::cluster::wire::{self, JoinRequest};
 use quokka_engine::{App, ChangeError, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
-use quokka_io::control::{read_frame, write_frame, Request, Response};
+use quokka_io::control::{Client, Request, Response, Timeouts};
 
 use crate::fixtures::BILL_OF_RIGHTS;
 use crate::harness::{
@@ -137,11 +137,10 @@ fn refused(result: Result<(Engine, String), StartError>) -> String {
     }
 }
 
-/// One raw control exchange.
+/// One control exchange with a payload as it is.
 fn exchange(control: SocketAddr, payload: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(control).unwrap();
-    write_frame(&mut stream, payload).unwrap();
-    Response::decode(&read_frame(&mut stream).unwrap()).unwrap()
+    let mut client = Client::connect(control, Timeouts::default()).unwrap();
+    client.request_payload(payload).unwrap()
 }
 
 fn error_of(r: Response) -> String {

@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use quokka_io::control::{read_frame, write_frame, ControlError, Request, Response};
+use quokka_io::control::{
+    Client, ControlError, Request, Response, Session, Step, Timeouts, JOIN_ANSWER, READY_DEADLINE,
+};
 use thiserror::Error;
 
 use super::coordinator::Coordinator;
@@ -18,8 +19,6 @@ use crate::runtime::Config;
 /// Why a join, or a member's request to leave, did not go through.
 #[derive(Debug, Error)]
 pub enum JoinError {
-    #[error("cannot reach it")]
-    Unreachable(#[source] std::io::Error),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error("{0}")]
@@ -58,13 +57,10 @@ impl Engine {
             addr: coordinator,
             error,
         };
+        let conversation = |e: ControlError| refused(JoinError::Control(e));
         let mut control =
-            std::net::TcpStream::connect_timeout(&coordinator, Duration::from_secs(5))
-                .map_err(|e| refused(JoinError::Unreachable(e)))?;
-        let local_ip = control
-            .local_addr()
-            .map_err(|e| refused(JoinError::Unreachable(e)))?
-            .ip();
+            Client::connect(coordinator, Timeouts::default()).map_err(conversation)?;
+        let local_ip = control.local_addr().map_err(conversation)?.ip();
         let data = Self::bind_data(config.data.unwrap_or((local_ip, 0).into()))?;
         let data_addr = data.local_addr().expect("bound");
         let request = JoinRequest {
@@ -75,12 +71,9 @@ impl Engine {
             cores: config.cores as u16,
             data_addr: data_addr.to_string(),
         };
-        let welcome = match converse(
-            &mut control,
-            &config.token,
-            &Request::Join(wire::encode_join(&request)),
-        )
-        .map_err(|e| refused(JoinError::Control(e)))?
+        let welcome = match control
+            .request(&config.token, &Request::Join(wire::encode_join(&request)))
+            .map_err(conversation)?
         {
             Response::Welcome(body) => {
                 wire::decode_welcome(&body).map_err(|e| refused(JoinError::Garbled(e)))?
@@ -150,8 +143,7 @@ impl Engine {
         let engine =
             Self::serve_inputs(app, coordinator_state, node, Some((coordinator, lead_name)))?;
         // The cores run and the links are open: now the coordinator moves slots here.
-        let _ = control.set_read_timeout(None);
-        let error = match converse(&mut control, &engine.node.token, &Request::Ready) {
+        let error = match control.request_within(&engine.node.token, &Request::Ready, JOIN_ANSWER) {
             Ok(Response::Ok(report)) => return Ok((engine, report)),
             Ok(Response::Error(e)) => JoinError::Refused(e),
             Err(e) => JoinError::Control(e),
@@ -164,16 +156,16 @@ impl Engine {
     /// On a member: asks the coordinator to remove this node. On success the coordinator has
     /// moved every slot away and [`Self::ended`] reports [`Ending::Departed`].
     pub fn request_leave(&self) -> Result<String, JoinError> {
-        let Some((addr, _)) = &self.joined else {
+        let Some((addr, _)) = self.joined else {
             return Err(JoinError::IsCoordinator);
         };
-        let mut control = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5))
-            .map_err(JoinError::Unreachable)?;
-        match converse(
-            &mut control,
-            &self.node.token,
-            &Request::RemoveNode(self.node.name.clone()),
-        )? {
+        let asked = Client::connect(addr, Timeouts::default()).and_then(|mut control| {
+            control.request(
+                &self.node.token,
+                &Request::RemoveNode(self.node.name.clone()),
+            )
+        });
+        match asked? {
             Response::Ok(text) => Ok(text),
             Response::Error(e) => Err(JoinError::Refused(e)),
             Response::Welcome(_) => Err(JoinError::Unexpected("a welcome".into())),
@@ -181,9 +173,10 @@ impl Engine {
     }
 
     /// On the coordinator: the conversation with a joining node, after its `Join` request
-    /// arrived on `stream`. Answers with a welcome, waits for the node's `Ready`, moves slots to
-    /// it; returns the final answer for the joining node.
-    pub fn admit(&self, stream: &mut std::net::TcpStream, body: &[u8]) -> Response {
+    /// arrived on `session`. Answers with a welcome, waits for the node's `Ready` (at most
+    /// [`READY_DEADLINE`], the change lock held meanwhile), moves slots to it; returns the final
+    /// answer for the joining node.
+    pub fn admit(&self, session: &mut Session, body: &[u8]) -> Response {
         let join = match wire::decode_join(body) {
             Ok(j) => j,
             Err(e) => return Response::Error(format!("bad join request: {e}")),
@@ -194,14 +187,11 @@ impl Engine {
                 node: join.node.clone(),
                 reason,
             };
-            write_frame(
-                stream,
-                &Response::Welcome(wire::encode_welcome(&welcome)).encode(),
-            )
-            .map_err(|e| lost(e.to_string()))?;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-            let ready = read_frame(stream)
-                .and_then(|p| Request::decode(&p))
+            session
+                .answer(&Response::Welcome(wire::encode_welcome(&welcome)))
+                .map_err(|e| lost(e.to_string()))?;
+            let ready = session
+                .next_request(Step::Ready, READY_DEADLINE)
                 .map_err(|e| lost(e.to_string()))?;
             if ready.request != Request::Ready || !self.token_matches(&ready.token) {
                 return Err(lost("it did not say it was ready".into()));
@@ -216,16 +206,4 @@ impl Engine {
             }
         }
     }
-}
-
-/// One request and its answer on a control connection.
-fn converse(
-    stream: &mut std::net::TcpStream,
-    token: &str,
-    request: &Request,
-) -> Result<Response, ControlError> {
-    let payload = request.encode(token)?;
-    write_frame(stream, &payload)?;
-    let answer = read_frame(stream)?;
-    Response::decode(&answer)
 }

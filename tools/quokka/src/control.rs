@@ -1,34 +1,35 @@
 //! The control endpoint of `quokka run` (`--control`) and the client side of `quokka ctl`.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use quokka_engine::Engine;
-use quokka_io::control::{read_frame, write_frame, ControlError, Request, Response};
+use quokka_io::control::{
+    self, Client, ControlError, Limits, Request, Response, Session, Timeouts,
+};
 
-/// Serves control connections on `listener` for as long as the process runs; each connection
-/// gets its own thread, so `status` answers while a change is in progress.
+/// Serves control connections on `listener` for as long as the process runs, within the
+/// default [`Limits`]: at most 64 connections at once (each on its own thread, so `status`
+/// answers while a change is in progress; beyond that a connection is refused at once), and
+/// 10 s for a connection's whole request.
 pub fn serve(listener: TcpListener, engine: Arc<Engine>) {
-    std::thread::Builder::new()
-        .name("quokka-control".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let engine = engine.clone();
-                std::thread::spawn(move || handle(stream, &engine));
-            }
-        })
+    let limits = Limits::default();
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(
+            "control endpoint listening on {addr} (at most {} connections at once, {:?} per request)",
+            limits.connections,
+            limits.request
+        ),
+        Err(e) => tracing::warn!("control endpoint: no local address: {e}"),
+    }
+    control::serve(listener, limits, move |session| handle(session, &engine))
         .expect("spawn control thread");
 }
 
-fn handle(mut stream: TcpStream, engine: &Engine) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "unknown peer".into(), |a| a.to_string());
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let request = read_frame(&mut stream).and_then(|payload| Request::decode(&payload));
-    let response = match request {
+fn handle(mut session: Session, engine: &Engine) {
+    let peer = session.peer();
+    let response = match session.request() {
         Ok(envelope) if !engine.token_matches(&envelope.token) => {
             tracing::warn!(%peer, "refused a control connection: wrong cluster token");
             Response::Error("wrong cluster token (see --cluster-token)".into())
@@ -36,19 +37,27 @@ fn handle(mut stream: TcpStream, engine: &Engine) {
         Ok(envelope) => match envelope.request {
             Request::Join(body) => {
                 tracing::info!(%peer, "a node asks to join");
-                engine.admit(&mut stream, &body)
+                engine.admit(&mut session, &body)
             }
             request => {
                 tracing::info!(%peer, "control request: {request:?}");
                 execute(engine, request)
             }
         },
+        Err(ControlError::Closed(_)) => {
+            tracing::debug!(%peer, "a control connection closed without a request");
+            return;
+        }
+        Err(e @ ControlError::Timeout { .. }) => {
+            tracing::warn!(%peer, "dropped a control connection: {e}");
+            Response::Error(e.to_string())
+        }
         Err(e) => {
             tracing::warn!(%peer, "refused a control connection: {e}");
             Response::Error(format!("bad control message: {e}"))
         }
     };
-    if let Err(e) = write_frame(&mut stream, &response.encode()) {
+    if let Err(e) = session.answer(&response) {
         tracing::warn!(%peer, "could not answer a control request: {e}");
     }
 }
@@ -75,17 +84,23 @@ fn execute(engine: &Engine, request: Request) -> Response {
     }
 }
 
-/// Sends one request with the cluster token and waits for the answer (a change may take a
-/// while).
-pub fn request(addr: SocketAddr, token: &str, request: &Request) -> Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot reach the control endpoint at {addr} (is `quokka run --control {addr}` up?)"))?;
-    write_frame(&mut stream, &request.encode(token)?)?;
-    let payload = read_frame(&mut stream).map_err(|e| match e {
-        ControlError::Truncated => {
-            anyhow::anyhow!("the engine closed the control connection without an answer")
+/// Sends one request with the cluster token and waits for the answer, within `timeouts`
+/// (nothing is sent until the endpoint has greeted).
+pub fn request(
+    addr: SocketAddr,
+    token: &str,
+    request: &Request,
+    timeouts: Timeouts,
+) -> Result<Response> {
+    let mut client = Client::connect(addr, timeouts)?;
+    client.request(token, request).map_err(|e| match e {
+        ControlError::Timeout { .. } => anyhow::Error::new(e).context(format!(
+            "{addr} did not answer in time; a change may still be in progress \
+             (see `quokka ctl status`, or wait longer with --timeout)"
+        )),
+        ControlError::Closed(_) => {
+            anyhow::anyhow!("the engine at {addr} closed the control connection without an answer")
         }
-        e => e.into(),
-    })?;
-    Ok(Response::decode(&payload)?)
+        e => anyhow::Error::new(e).context(format!("control request to {addr}")),
+    })
 }

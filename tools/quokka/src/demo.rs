@@ -45,13 +45,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         word_count::words(line, |w| *expected.entry(w.to_owned()).or_default() += 1);
     }
     let total_words: u64 = expected.values().sum();
-    println!(
+    crate::outln!(
         "word count demo: {} lines, {} words ({} distinct) over loopback TCP; 1 core, growing to {} mid-stream",
         lines.len(),
         total_words,
         expected.len(),
         args.cores
-    );
+    )?;
 
     let seen: Arc<Mutex<HashMap<String, Outputs>>> = Arc::default();
     let sink = TcpListener::bind("127.0.0.1:0")?;
@@ -83,7 +83,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             collector.wait_for(total_words / 2, Duration::from_secs(120));
             let at = collector.records();
             let report = engine.grow(args.cores - 1)?;
-            println!("grew mid-stream (after {at} outputs): {report}");
+            crate::outln!("grew mid-stream (after {at} outputs): {report}")?;
         }
         sender.join().expect("sender thread")
     })?;
@@ -115,24 +115,24 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     let mut top: Vec<(&String, &u64)> = expected.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    println!("top words:");
+    crate::outln!("top words:")?;
     for (word, count) in top.iter().take(10) {
-        println!("  {word:<12} {count}");
+        crate::outln!("  {word:<12} {count}")?;
     }
-    println!(
+    crate::outln!(
         "every word's outputs are exactly its running totals 1..n ({} words checked)",
         seen.len()
-    );
-    println!(
+    )?;
+    crate::outln!(
         "{} words in {:.2}s: {:.0} words/s end to end",
         total_words,
         elapsed.as_secs_f64(),
         total_words as f64 / elapsed.as_secs_f64()
-    );
-    println!(
+    )?;
+    crate::outln!(
         "source-to-sink latency (senders push flat out, so it includes queueing; quokka-bench measures it at a fixed rate): {}",
         percentiles(&summary.latency())
-    );
+    )?;
     Ok(())
 }
 

@@ -1,9 +1,11 @@
-//! Shared pieces of the `quokka`, `quokka-send` and `quokka-recv` binaries: logging set-up,
-//! command-line address parsing, the control endpoint and client, and the built-in demo.
+//! Shared pieces of the `quokka`, `quokka-send`, `quokka-recv` and `quokka-gen` binaries:
+//! logging set-up, command-line address parsing, the control endpoint and client, printing to
+//! a stdout that may close early, and the built-in demo.
 
 pub mod control;
 pub mod demo;
 pub mod inputs;
+pub mod stdout;
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging() {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use quokka::inputs::{parse_addr, resolve};
 use quokka_engine::{Config, Engine};
-use quokka_io::control::{Request, Response};
+use quokka_io::control::{Request, Response, Timeouts};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,6 +47,10 @@ struct CtlArgs {
     control: String,
     #[command(flatten)]
     token: TokenArgs,
+    /// Seconds to wait for the answer (a change may take a while). Separately, an endpoint
+    /// that does not greet within 5 s is taken for something else and gets nothing.
+    #[arg(long, value_name = "SECS", default_value_t = Timeouts::ANSWER.as_secs())]
+    timeout: u64,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -153,12 +157,10 @@ fn main() {
     quokka::init_logging();
     let result = match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Apps => {
-            for app in quokka_apps::all() {
-                println!("{:<14} {}", app.name, app.about);
-            }
-            Ok(())
-        }
+        Command::Apps => quokka_apps::all()
+            .iter()
+            .try_for_each(|app| quokka::outln!("{:<14} {}", app.name, app.about))
+            .map_err(Into::into),
         Command::Demo(args) => quokka::demo::run(args),
         Command::Ctl(args) => ctl(args),
     };
@@ -176,11 +178,12 @@ fn ctl(args: CtlArgs) -> Result<()> {
         CtlCommand::ShrinkCores { n } => Request::ShrinkCores(n),
         CtlCommand::RemoveNode { name } => Request::RemoveNode(name),
     };
-    match quokka::control::request(addr, &args.token.token()?, &request)? {
-        Response::Ok(text) => {
-            println!("{}", text.trim_end());
-            Ok(())
-        }
+    let timeouts = Timeouts {
+        answer: Duration::from_secs(args.timeout),
+        ..Timeouts::default()
+    };
+    match quokka::control::request(addr, &args.token.token()?, &request, timeouts)? {
+        Response::Ok(text) => Ok(quokka::outln!("{}", text.trim_end())?),
         Response::Error(text) => anyhow::bail!("{text}"),
         Response::Welcome(_) => anyhow::bail!("unexpected answer (a welcome) from {addr}"),
     }
@@ -320,7 +323,9 @@ fn run(args: RunArgs) -> Result<()> {
                 tracing::info!("signal {signal}: asking the coordinator to remove this node");
                 match engine.request_leave() {
                     Ok(report) => tracing::info!("{report}"),
-                    Err(e) => tracing::error!("cannot leave the cluster: {e}"),
+                    Err(e) => {
+                        tracing::error!("cannot leave the cluster: {:#}", anyhow::Error::new(e))
+                    }
                 }
             }
             Some(Err(signal)) => {
@@ -330,7 +335,7 @@ fn run(args: RunArgs) -> Result<()> {
             None => break engine.stop(),
         }
     };
-    print!("{summary}");
+    quokka::stdout::print(format_args!("{summary}"))?;
     if summary.undelivered() > 0 {
         anyhow::bail!("{} outputs were not delivered", summary.undelivered());
     }

@@ -74,10 +74,10 @@ fn run(cli: Cli) -> Result<()> {
         let path = out_dir.join(name);
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!(
+    quokka::outln!(
         "wrote {orders} orders and {nbbo} NBBO updates for {} symbols to {}/orders.msg and nbbo.msg",
         symbols.len(),
         out_dir.display()
-    );
+    )?;
     Ok(())
 }

@@ -100,11 +100,11 @@ fn run(args: Args) -> Result<bool> {
         .last_record_at()
         .map_or(Duration::ZERO, |t| t - started);
     let secs = span.as_secs_f64().max(1e-9);
-    println!(
+    quokka::outln!(
         "received {n} records ({} bytes) in {secs:.2}s: {:.0} records/s",
         collector.bytes(),
         n as f64 / secs
-    );
+    )?;
     match args.expect {
         Some(expect) if n < expect => {
             eprintln!(

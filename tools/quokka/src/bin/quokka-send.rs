@@ -83,11 +83,11 @@ fn run(args: Args) -> Result<()> {
     if progress {
         eprint!("\r");
     }
-    println!(
+    quokka::outln!(
         "sent {sent} frames ({bytes} bytes) to {addr} in {secs:.2}s: {:.0} frames/s, {:.1} MB/s",
         sent as f64 / secs,
         bytes as f64 / secs / 1e6
-    );
+    )?;
     Ok(())
 }
 
