@@ -406,7 +406,7 @@ fn spawn_engine_on_port_0(sink: &Sink) -> (Proc, SocketAddr) {
     let mut line = String::new();
     let n = out.read_line(&mut line).unwrap();
     assert!(n > 0, "the engine exited before it reported its addresses");
-    let control = Listening::parse(&line).control();
+    let control = Listening::parse(line.trim_end()).control();
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (engine, control)
 }

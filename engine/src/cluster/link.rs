@@ -199,7 +199,7 @@ impl LinkWriter<'_> {
         }
     }
 
-    fn fail(&mut self, e: &std::io::Error) {
+    fn fail(&mut self, e: &dyn std::fmt::Display) {
         tracing::error!(node = %self.node.name, "link to node {} broke: {e}", self.peer);
         self.broken = true;
     }

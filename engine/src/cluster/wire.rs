@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 
+use quokka_io::framing::{self, FrameError};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
@@ -179,24 +180,22 @@ pub enum WireError {
     Short(usize),
     #[error("node message failed validation")]
     Invalid(#[source] BoxedError),
-    #[error("node message of {0} bytes exceeds the maximum")]
-    Oversized(usize),
-    #[error("link closed in the middle of a message")]
-    Truncated,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("link closed")]
+    Closed,
     #[error("a routing table of {got} slots, where this cluster has {expected}")]
     SlotCount { got: usize, expected: u32 },
-    #[error("link")]
-    Io(#[source] std::io::Error),
 }
 
 /// Writes `msg` as one link frame, straight into `out` (no intermediate payload buffer).
-pub(crate) fn write(out: &mut impl Write, msg: &Wire) -> std::io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, msg: &Wire) -> Result<(), FrameError> {
     let bytes = archive(msg);
-    let len = u32::try_from(PREFIX_LEN + bytes.len()).expect("link messages fit a frame");
-    out.write_all(&len.to_be_bytes())?;
+    framing::write_header(out, PREFIX_LEN + bytes.len())?;
     out.write_all(&MAGIC)?;
     out.write_all(&[VERSION])?;
-    out.write_all(&bytes)
+    out.write_all(&bytes)?;
+    Ok(())
 }
 
 /// The first frame of a link: who is speaking, with the cluster token (public so black-box tests
@@ -218,28 +217,17 @@ pub(crate) fn read(
     buf: &mut AlignedVec,
     max: usize,
 ) -> Result<Wire, WireError> {
-    let mut header = [0u8; 4 + PREFIX_LEN];
-    read_exact(input, &mut header[..4])?;
-    let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    if len > max {
-        return Err(WireError::Oversized(len));
-    }
+    let len = framing::read_header(input, max)?.ok_or(WireError::Closed)?;
     if len < PREFIX_LEN {
         return Err(WireError::Short(len));
     }
-    read_exact(input, &mut header[4..])?;
-    check_prefix(&header[4..])?;
+    let mut prefix = [0u8; PREFIX_LEN];
+    framing::read_payload(input, &mut prefix)?;
+    check_prefix(&prefix)?;
     buf.clear();
     buf.resize(len - PREFIX_LEN, 0);
-    read_exact(input, buf)?;
+    framing::read_payload(input, buf)?;
     rkyv::from_bytes::<Wire, BoxedError>(buf).map_err(WireError::Invalid)
-}
-
-fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), WireError> {
-    input.read_exact(buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => WireError::Truncated,
-        _ => WireError::Io(e),
-    })
 }
 
 pub fn encode_join(j: &JoinRequest) -> Vec<u8> {
@@ -402,7 +390,7 @@ mod tests {
         }
         assert!(matches!(
             read(&mut input, &mut buf, MAX_LINK_FRAME),
-            Err(WireError::Truncated)
+            Err(WireError::Closed)
         ));
         let j = JoinRequest {
             version: VERSION,
@@ -417,7 +405,11 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_errors() {
-        assert!(matches!(read_one(b""), Err(WireError::Truncated)));
+        assert!(matches!(read_one(b""), Err(WireError::Closed)));
+        assert!(matches!(
+            read_one(b"\x00\x00"),
+            Err(WireError::Frame(FrameError::Truncated { .. }))
+        ));
         assert!(matches!(read_one(&framed(b"")), Err(WireError::Short(0))));
         assert!(matches!(
             read_one(&framed(b"QK\x01")),
@@ -438,7 +430,7 @@ mod tests {
         ));
         assert!(matches!(
             read_one(&(MAX_LINK_FRAME as u32 + 1).to_be_bytes()),
-            Err(WireError::Oversized(n)) if n == MAX_LINK_FRAME + 1
+            Err(WireError::Frame(FrameError::Oversized { len, .. })) if len == MAX_LINK_FRAME + 1
         ));
         assert!(matches!(decode_join(b"QK\x01"), Err(WireError::BadMagic)));
         assert!(matches!(
