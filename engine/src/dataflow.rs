@@ -101,6 +101,8 @@ pub(crate) trait KeyedCore {
     ) -> Result<u32, InstallError>;
     /// The new owner has the slot: drop the entities kept here.
     fn release(&mut self, slot: u32) -> Result<(), ProtocolError>;
+    /// Forgets the prepared steps not switched to yet; returns how many.
+    fn abort(&mut self) -> Result<usize, ProtocolError>;
     /// Epochs of the migration steps finished here since the last call.
     fn take_finished_steps(&mut self) -> Vec<u64>;
     fn epoch(&self) -> u64;
@@ -295,6 +297,10 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
         self.protocol.acknowledged(slot)?;
         self.frozen.remove(&slot);
         Ok(())
+    }
+
+    fn abort(&mut self) -> Result<usize, ProtocolError> {
+        self.protocol.abort()
     }
 
     fn take_finished_steps(&mut self) -> Vec<u64> {

@@ -389,3 +389,55 @@ fn a_member_whose_coordinator_was_killed_stops_on_its_own() {
         w2.log_text()
     );
 }
+
+/// Issue 14 (4): a member stopped with SIGSTOP holds a change only until the change timeout:
+/// the change is called off, says which cores did not answer, and leaves the cluster as it was.
+/// SIGTERM on the coordinator while another change waits on the stopped member ends that
+/// change at once (it answers that the engine is stopping) and the coordinator exits on its
+/// own, letting go of the member that does not answer.
+#[test]
+fn a_stopped_member_holds_a_change_only_until_its_timeout_and_sigterm_still_ends_the_coordinator() {
+    let sink = Sink::start(Records::Lines);
+    let out = sink.addr().to_string();
+    let mut w1 = spawn_node(
+        &Loopback,
+        0,
+        "w1",
+        None,
+        &["--out", &out, "--change-timeout", "10"],
+    );
+    let control = w1.addrs.control();
+    let w2 = spawn_node(&Loopback, 1, "w2", Some(control), &[]);
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_frames(w1.addrs.input(), &frames);
+    let expected = reference_counts(lines.iter().copied());
+    sink.wait_for(expected.values().sum());
+
+    signal(&w2.child, "-STOP");
+    let (code, _, err) = ctl(control, &["grow-cores", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("gave up waiting for cores to prepare the change after 10s")
+            && err.contains("no word from cores [1]"),
+        "{err}"
+    );
+    let status = wait_status(control, "no migration in progress");
+    assert!(
+        status.contains("2 cores") && !status.contains("LOST"),
+        "{status}"
+    );
+
+    let grow = std::thread::spawn(move || ctl(control, &["grow-cores", "1"]));
+    wait_status(control, "migration in progress: grow-cores 1");
+    signal(&w1.child, "-TERM");
+    let (code, _, err) = grow.join().unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the engine is stopping"), "{err}");
+    w1.wait_exit_uncrashed();
+    let log = w1.log_text();
+    assert!(
+        log.contains("lost node w2") && log.contains("did not answer within 2s"),
+        "{log}"
+    );
+}

@@ -11,6 +11,8 @@ mod apps;
 #[cfg(test)]
 mod bad_input;
 #[cfg(test)]
+mod change_deadlines;
+#[cfg(test)]
 mod cluster;
 pub mod fixtures;
 pub mod harness;

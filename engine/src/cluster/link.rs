@@ -41,6 +41,8 @@ pub(crate) struct Link {
     data: flume::Sender<Outgoing>,
     control: flume::Sender<Outgoing>,
     writers: Mutex<Vec<JoinHandle<()>>>,
+    /// The lanes' sockets, to cut them when the peer stops answering.
+    sockets: Vec<TcpStream>,
 }
 
 impl Link {
@@ -49,9 +51,10 @@ impl Link {
     pub fn open(node: &Arc<Node>, peer: &str, addr: SocketAddr) -> std::io::Result<Arc<Link>> {
         let (data, data_rx) = flume::bounded(LINK_DATA_CAPACITY);
         let (control, control_rx) = flume::unbounded();
-        let mut writers = Vec::new();
+        let (mut writers, mut sockets) = (Vec::new(), Vec::new());
         for (lane, rx) in [("data", data_rx), ("control", control_rx)] {
             let out = connect(node, addr)?;
+            sockets.push(out.get_ref().try_clone()?);
             let (node, peer) = (node.clone(), peer.to_string());
             writers.push(
                 std::thread::Builder::new()
@@ -64,12 +67,21 @@ impl Link {
             data,
             control,
             writers: Mutex::new(writers),
+            sockets,
         }))
     }
 
     /// A message for the node itself (not one of its cores).
     pub fn send_node(&self, msg: Wire) -> bool {
         self.control.send(Outgoing::Node(msg)).is_ok()
+    }
+
+    /// Cuts the link's sockets: a writer blocked on a peer that does not read gives up, and
+    /// what is queued for the peer is dropped (and counted).
+    pub fn sever(&self) {
+        for socket in &self.sockets {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
     }
 
     /// Writes everything queued, says goodbye and closes; returns when the writers are done.

@@ -219,6 +219,11 @@ impl Node {
         self.lost.lock().unwrap().clone()
     }
 
+    /// Forgets that node `name` was lost (it never owned a slot: a join rolled back).
+    pub fn forget_lost(&self, name: &str) {
+        self.lost.lock().unwrap().retain(|l| l.name != name);
+    }
+
     /// Asks node `name` a question; `None` if it does not answer within `wait`.
     pub fn ask(&self, name: &str, question: Question, wait: Duration) -> Option<Answer> {
         let link = self.link(name)?;
@@ -378,7 +383,17 @@ impl Node {
                 self.accepting.store(true, Ordering::Release);
                 Answer::Done
             }
+            Question::Ping => Answer::Done,
         }
+    }
+
+    /// Lets go of a member that does not answer: cuts the links to it (a writer blocked on its
+    /// full socket gives up), then treats it as lost.
+    pub fn sever(&self, name: &str, reason: &str) {
+        if let Some(link) = self.link(name) {
+            link.sever();
+        }
+        self.lost(name, reason);
     }
 
     /// A member went away without a goodbye: report it with its cores, stop expecting anything

@@ -160,6 +160,8 @@ pub(crate) enum Question {
     Quiesce,
     /// Accept source connections again (a removal was refused).
     Resume,
+    /// Are you there? (Answered `Done` by a node whose answering thread runs.)
+    Ping,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -270,6 +270,36 @@ impl<M> Protocol<M> {
         Ok(())
     }
 
+    /// Forgets every prepared step not switched to yet (a change that ends early): their
+    /// incoming slots go back to absent, their outgoing slots to owned. Steps already switched
+    /// carry on. No message can wait for an unswitched step (nobody routes at its epoch yet), so
+    /// a non-empty buffer is a protocol violation. Returns how many steps were dropped.
+    pub fn abort(&mut self) -> Result<usize, ProtocolError> {
+        let keep = self.steps.iter().take_while(|s| s.switched).count();
+        let dropped: Vec<Step> = self.steps.drain(keep..).collect();
+        for step in &dropped {
+            for (slot, state) in self.slots.iter_mut().enumerate() {
+                match state {
+                    SlotState::Incoming { epoch, buffer } if *epoch == step.to_epoch => {
+                        if !buffer.is_empty() {
+                            return Err(ProtocolError::SlotState {
+                                slot: slot as u32,
+                                state: "incoming with buffered messages",
+                                expected: "incoming and untouched",
+                            });
+                        }
+                        *state = SlotState::Absent;
+                    }
+                    _ => {}
+                }
+            }
+            for m in &step.outgoing {
+                self.slots[m.slot as usize] = SlotState::Owned;
+            }
+        }
+        Ok(dropped.len())
+    }
+
     /// Switches to the next prepared step's epoch: from now on this core routes with its table.
     pub fn switch(&mut self) -> Result<Switched, ProtocolError> {
         let me = self.me;
@@ -441,6 +471,52 @@ mod tests {
         assert!(!p.in_step());
         assert_eq!(p.epoch(), 1);
         assert_eq!(p.owned(), 1);
+    }
+
+    /// A change that ends before its steps are switched leaves every slot where it was, on the
+    /// old and the new owner alike, and the next change prepares from the same epoch.
+    #[test]
+    fn an_aborted_step_leaves_ownership_as_before() {
+        let (t0, tr) = setup();
+        let mut old = Protocol::<&str>::new(0, &t0);
+        let mut new = Protocol::<&str>::new(1, &t0);
+        old.prepare(&tr).unwrap();
+        new.prepare(&tr).unwrap();
+        assert_eq!(old.abort(), Ok(1));
+        assert_eq!(new.abort(), Ok(1));
+        assert!(!old.in_step() && !new.in_step());
+        assert_eq!((old.owned(), new.owned()), (2, 2));
+        assert_eq!(old.deliver(1, "m"), Delivery::Apply("m"));
+        assert_eq!(new.deliver(1, "m"), Delivery::Misrouted("m"));
+        assert_eq!(old.epoch(), 0);
+        old.prepare(&tr).unwrap();
+        assert_eq!(old.switch().map(|s| s.handoffs.len()), Ok(0));
+    }
+
+    /// Steps already switched carry on after an abort; only the later ones are dropped.
+    #[test]
+    fn an_abort_keeps_switched_steps() {
+        let (t0, tr) = setup();
+        let moves = vec![Move {
+            slot: 0,
+            from: 0,
+            to: 1,
+        }];
+        let second = Transition {
+            table: Arc::new(tr.table.with_moves(&moves)),
+            moves,
+            producers: vec![0, 1],
+        };
+        let mut p = Protocol::<u8>::new(1, &t0);
+        p.prepare(&tr).unwrap();
+        p.prepare(&second).unwrap();
+        p.switch().unwrap();
+        assert_eq!(p.deliver(1, 7), Delivery::Buffered, "slot 1 still comes");
+        assert_eq!(p.abort(), Ok(1));
+        assert_eq!(p.deliver(0, 8), Delivery::Misrouted(8), "slot 0 stays away");
+        assert_eq!(p.install(1), Ok(vec![7]));
+        assert!(!p.in_step());
+        assert_eq!(p.owned(), 3);
     }
 
     #[test]

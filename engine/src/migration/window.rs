@@ -69,6 +69,29 @@ impl StepWindow {
         Some(index)
     }
 
+    /// The epoch of the first step.
+    pub fn first_epoch(&self) -> u64 {
+        self.first_epoch
+    }
+
+    /// Steps released (switched) so far.
+    pub fn released(&self) -> usize {
+        self.released
+    }
+
+    /// Of `cores`, those that have not finished the step to `epoch` yet.
+    pub fn missing(&self, epoch: u64, cores: &[CoreId]) -> Vec<CoreId> {
+        if self.done.contains(&epoch) {
+            return Vec::new();
+        }
+        let by = self.finished_by.get(&epoch);
+        cores
+            .iter()
+            .filter(|c| by.is_none_or(|by| !by.contains(c)))
+            .copied()
+            .collect()
+    }
+
     /// Steps finished in a row from the first: the table may stand after the last of them.
     pub fn applied(&self) -> usize {
         self.applied
@@ -107,8 +130,10 @@ mod tests {
         assert_eq!(w.release(), 1);
         assert_eq!(w.release(), 0, "the window is full");
         assert_eq!(w.finished(0, 5), None, "one of two cores");
+        assert_eq!(w.missing(5, &[0, 1]), vec![1]);
         assert_eq!(w.finished(0, 5), None, "the same core twice counts once");
         assert_eq!(w.finished(1, 5), Some(0));
+        assert_eq!(w.missing(5, &[0, 1]), Vec::<CoreId>::new());
         assert_eq!((w.applied(), w.steps_done()), (1, 1));
         assert_eq!(w.release(), 1);
         assert_eq!(all_finish(&mut w, 2, 6), Some(1));

@@ -155,7 +155,7 @@ impl Engine {
             .map(|l| l.local_addr().expect("bound"))
             .collect();
         let view = coordinator.view.clone();
-        let stopping = Arc::new(AtomicBool::new(false));
+        let stopping = coordinator.stopping.clone();
         let acceptors = listeners
             .iter()
             .enumerate()
@@ -369,8 +369,10 @@ impl Engine {
     }
 
     /// Stops reading sources, applies everything in flight, flushes the sinks, and reports.
-    /// Waits for a change in progress to finish first. On the coordinator this stops the whole
-    /// cluster; on a member whose coordinator was lost, this node alone.
+    /// A change in progress ends at its next wait (within 100 ms; the steps not switched yet are
+    /// called off; a join waiting for its node's `Ready` holds on for at most 15 s). On the
+    /// coordinator this stops the whole cluster, letting go of a member that does not answer
+    /// within 2 s; on a member whose coordinator was lost, this node alone.
     pub fn stop(&self) -> Summary {
         self.close_inputs();
         let mut coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());

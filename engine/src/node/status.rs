@@ -129,6 +129,14 @@ pub enum ChangeError {
     Start(#[source] StartError),
     #[error("migration failed: core {core}: {reason}")]
     Protocol { core: CoreId, reason: String },
+    #[error("gave up waiting for {waiting_for} after {after:?} (no word from cores {cores:?}); the steps not switched yet were called off")]
+    Timeout {
+        waiting_for: String,
+        after: Duration,
+        cores: Vec<CoreId>,
+    },
+    #[error("an earlier change that ended early still finishes its switched steps (epoch {epoch} waits for cores {cores:?}); try again once they answer")]
+    Unfinished { epoch: u64, cores: Vec<CoreId> },
     #[error("the engine is stopping")]
     Stopped,
 }

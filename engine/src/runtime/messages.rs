@@ -58,6 +58,8 @@ pub(crate) enum PeerMsg {
     Prepare(ChangePlan),
     /// Route with the next prepared step's table from now on.
     Switch,
+    /// The change ends early: forget the prepared steps not switched to yet.
+    Abort,
     RemovePeer(CoreId),
     /// Stop reading sources; end after a `ProducerDone` from each of `producers` (this core
     /// included).

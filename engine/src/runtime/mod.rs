@@ -38,6 +38,9 @@ pub struct Config {
     pub sink_buffer: usize,
     /// On stop, how long a core keeps retrying an unreachable sink before giving up.
     pub drain_timeout: Duration,
+    /// How long a change waits for the cores at any one point (preparing, finishing a step)
+    /// before it gives up and calls off the steps not switched yet.
+    pub change_timeout: Duration,
     /// Source names, for log lines (filled from the app).
     pub source_names: Vec<String>,
     /// This node's name in the cluster.
@@ -56,6 +59,10 @@ impl Config {
     /// Bytes of outputs a core buffers for the sink unless told otherwise.
     pub const DEFAULT_SINK_BUFFER: usize = 4 << 20;
 
+    /// A change's wait for the cores unless told otherwise: a step takes milliseconds, so this
+    /// is only reached when a core, a node or a sink does not answer at all.
+    pub const DEFAULT_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// Defaults for everything but the addresses.
     pub fn new(inputs: Vec<SocketAddr>, output: SocketAddr) -> Self {
         Self {
@@ -66,6 +73,7 @@ impl Config {
             max_frame: quokka_io::framing::DEFAULT_MAX_FRAME,
             sink_buffer: Self::DEFAULT_SINK_BUFFER,
             drain_timeout: Duration::from_secs(10),
+            change_timeout: Self::DEFAULT_CHANGE_TIMEOUT,
             source_names: Vec::new(),
             name: "w1".into(),
             data: None,

@@ -147,6 +147,12 @@ struct RunArgs {
     /// On shutdown, seconds to keep retrying an unreachable sink before giving up (and saying so).
     #[arg(long, default_value_t = 10)]
     drain_timeout: u64,
+    /// Seconds a change (grow, shrink, a join, remove-node) waits for the cores at any one point
+    /// before it gives up: steps not switched yet are called off, and a join or grow that moved
+    /// nothing is rolled back. A step takes milliseconds; this is for a node or sink that stopped
+    /// answering.
+    #[arg(long, default_value_t = Config::DEFAULT_CHANGE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    change_timeout: u64,
     /// Where `quokka ctl` reaches this engine [default: 127.0.0.1:6000; none on a joining node,
     /// whose cluster is driven through its coordinator]
     #[arg(long, value_name = "HOST:PORT")]
@@ -225,6 +231,7 @@ fn run(args: RunArgs) -> Result<()> {
     config.max_frame = args.max_frame;
     config.sink_buffer = args.sink_buffer;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
+    config.change_timeout = Duration::from_secs(args.change_timeout);
     config.token = args.token.token()?;
     config.name = match (&args.name, joining) {
         (Some(name), _) => name.clone(),

@@ -1,15 +1,34 @@
 //! The coordinator's side of a change: prepare every step, then switch them in order, a
-//! bounded number at a time, and wait for each to finish on every core.
+//! bounded number at a time, and wait for each to finish on every core. Every wait has a
+//! deadline (`Config::change_timeout`) and ends early when the engine stops; a change that ends
+//! early tells every core to forget the steps not switched yet, so it stops where it is.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Coordinator;
-use crate::migration::{ChangePlan, StepWindow};
+use super::{Coordinator, Unfinished};
+use crate::migration::{ChangePlan, StepWindow, Transition};
 use crate::node::status::{ChangeError, ChangeReport, MigrationProgress};
 use crate::planner::{steps, Plan};
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreEvent, PeerMsg};
+
+/// How often a wait looks at whether the engine is stopping.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How often a long wait says in the log what it waits for.
+const REMIND: Duration = Duration::from_secs(5);
+
+/// A change that ended early, with how many of its steps had been switched: those carry on on
+/// every core (and finish once every core takes part again); the rest were aborted.
+#[derive(Debug)]
+pub(crate) struct Aborted {
+    pub error: ChangeError,
+    pub switched: usize,
+}
 
 /// Slots moved per migration step: bounds how long any one key waits for its slot.
 pub const MAX_SLOTS_PER_STEP: usize = 64;
@@ -28,19 +47,16 @@ const STEPS_IN_FLIGHT: usize = 1;
 const STEPS_IN_FLIGHT_ACROSS_NODES: usize = 2;
 
 impl Coordinator {
-    /// Carries out `p` in bounded steps, each one epoch.
-    pub(super) fn migrate(&mut self, p: Plan, label: &str) -> Result<ChangeReport, ChangeError> {
+    /// Carries out `p` in bounded steps, each one epoch. On an error the steps not switched yet
+    /// are aborted on every core and the routing table stands after the switched ones.
+    pub(super) fn migrate(&mut self, p: Plan, label: &str) -> Result<ChangeReport, Aborted> {
         let on_this_node = |c: &CoreId| self.cores.get(c).is_some_and(|h| h.executor.is_some());
         let across_nodes = p
             .moves
             .iter()
             .any(|m| !on_this_node(&m.from) || !on_this_node(&m.to));
         let steps = steps(&self.table, &p.moves, MAX_SLOTS_PER_STEP);
-        let mut report = ChangeReport {
-            slots_moved: p.moves.len(),
-            ..ChangeReport::default()
-        };
-        let mut progress = MigrationProgress {
+        let progress = MigrationProgress {
             change: label.to_string(),
             started: Instant::now(),
             steps_done: 0,
@@ -53,36 +69,69 @@ impl Coordinator {
         let change = ChangePlan::new(
             &self.table,
             steps.into_iter().map(|(_, moves)| moves).collect(),
-            producers,
+            producers.clone(),
         );
         let transitions = change
             .transitions(self.table.n_slots())
             .expect("the planner's own steps fit its table");
-        // Every step is prepared before the first switch, in one message per core: one round
-        // trip per change, not one per step.
-        for h in self.cores.values() {
-            h.addr.send_control(PeerMsg::Prepare(change.clone()));
-        }
-        let n = self.cores.len();
-        tracing::trace!("change: steps sent to prepare");
-        if !transitions.is_empty() {
-            let mut prepared = BTreeSet::new();
-            self.wait_events("cores to prepare the change", |e| match e {
-                CoreEvent::Prepared(core) => prepared.insert(*core) && prepared.len() == n,
-                _ => false,
-            })?;
-        }
-        // Then up to `window` steps are switched at once; each finished step releases the next.
         let window = if across_nodes {
             STEPS_IN_FLIGHT_ACROSS_NODES
         } else {
             STEPS_IN_FLIGHT
         };
         let first_epoch = self.table.epoch() + 1;
-        let mut steps = StepWindow::new(first_epoch, transitions.len(), window, n);
+        let mut window = StepWindow::new(first_epoch, transitions.len(), window, producers.len());
+        let result = self.run_steps(&change, &transitions, &mut window, progress, &producers);
+        self.publish(None);
+        result.map_err(|error| self.abort(error, &transitions, window, producers))
+    }
+
+    /// Prepares every step, then switches them through `window` until all are done.
+    fn run_steps(
+        &mut self,
+        change: &ChangePlan,
+        transitions: &[Arc<Transition>],
+        window: &mut StepWindow,
+        mut progress: MigrationProgress,
+        cores: &[CoreId],
+    ) -> Result<ChangeReport, ChangeError> {
+        let mut report = ChangeReport {
+            slots_moved: progress.slots,
+            ..ChangeReport::default()
+        };
+        // Every step is prepared before the first switch, in one message per core: one round
+        // trip per change, not one per step.
+        for h in self.cores.values() {
+            h.addr.send_control(PeerMsg::Prepare(change.clone()));
+        }
+        tracing::trace!("change: steps sent to prepare");
+        if !transitions.is_empty() {
+            let prepared = RefCell::new(BTreeSet::new());
+            self.wait_events(
+                "cores to prepare the change",
+                |e| match e {
+                    CoreEvent::Prepared(core) => {
+                        let mut prepared = prepared.borrow_mut();
+                        prepared.insert(*core);
+                        prepared.len() == cores.len()
+                    }
+                    _ => false,
+                },
+                || {
+                    let prepared = prepared.borrow();
+                    cores
+                        .iter()
+                        .filter(|c| !prepared.contains(c))
+                        .copied()
+                        .collect()
+                },
+            )?;
+        }
+        // Then up to the window's width are switched at once; each finished step releases the
+        // next.
         let mut released_at = Vec::new();
-        while !steps.is_done() {
-            for _ in 0..steps.release() {
+        while !window.is_done() {
+            for _ in 0..window.release() {
                 for h in self.cores.values() {
                     h.addr.send_control(PeerMsg::Switch);
                 }
@@ -90,12 +139,13 @@ impl Coordinator {
                 released_at.push(Instant::now());
             }
             let mut finished = None;
-            let waiting_for = steps.awaiting();
+            let epoch = window.awaiting();
+            let shared = RefCell::new(&mut *window);
             self.wait_events(
-                &format!("cores to finish epoch {waiting_for}"),
+                &format!("cores to finish epoch {epoch}"),
                 |e| match e {
                     CoreEvent::StepDone { core, epoch } => {
-                        finished = steps.finished(*core, *epoch);
+                        finished = shared.borrow_mut().finished(*core, *epoch);
                         finished.is_some()
                     }
                     CoreEvent::Installed {
@@ -107,17 +157,18 @@ impl Coordinator {
                     }
                     _ => false,
                 },
+                || shared.borrow().missing(epoch, cores),
             )?;
             let i = finished.expect("the wait ends on a finished step");
             let t = &transitions[i];
             tracing::debug!(
-                epoch = first_epoch + i as u64,
+                epoch = window.first_epoch() + i as u64,
                 slots = t.moves.len(),
                 took = ?released_at[i].elapsed(),
                 "migration step done"
             );
             // The table moves on over the steps finished in a row from the first.
-            if let Some(last) = steps.applied().checked_sub(1) {
+            if let Some(last) = window.applied().checked_sub(1) {
                 self.table = transitions[last].table.clone();
             }
             report.steps += 1;
@@ -125,19 +176,72 @@ impl Coordinator {
             progress.slots_moved += t.moves.len();
             self.publish(Some(progress.clone()));
         }
-        self.publish(None);
         Ok(report)
     }
 
-    /// Waits for core events until `done` says so; a core's protocol failure ends the wait.
+    /// Ends a change early: every core forgets the steps not switched yet (a core that is slow
+    /// to answer does so once it reads this, after the switches before it: its control lane is
+    /// FIFO). The table stands after the switched steps; while some of them are unfinished,
+    /// further changes wait for them.
+    fn abort(
+        &mut self,
+        error: ChangeError,
+        transitions: &[Arc<Transition>],
+        window: StepWindow,
+        cores: Vec<CoreId>,
+    ) -> Aborted {
+        for h in self.cores.values() {
+            h.addr.send_control(PeerMsg::Abort);
+        }
+        let switched = window.released();
+        if let Some(last) = switched.checked_sub(1) {
+            self.table = transitions[last].table.clone();
+        }
+        if !window.is_done() && switched > 0 {
+            self.unfinished = Some(Unfinished { window, cores });
+        }
+        tracing::warn!(
+            "change ended early after {switched} of {} steps: {error}",
+            transitions.len()
+        );
+        self.publish(None);
+        Aborted { error, switched }
+    }
+
+    /// Waits for core events until `done` says so. Ends with an error when a core reports a
+    /// protocol failure, when the engine stops, or when the change timeout passes; `missing`
+    /// names the cores not heard from yet, for the log and the error.
     pub(super) fn wait_events(
         &self,
         what: &str,
         mut done: impl FnMut(&CoreEvent) -> bool,
+        missing: impl Fn() -> Vec<CoreId>,
     ) -> Result<(), ChangeError> {
-        let mut waited = Duration::ZERO;
+        let started = Instant::now();
+        let deadline = started + self.config.change_timeout;
+        let mut remind = started + REMIND;
         loop {
-            match self.events.recv_timeout(Duration::from_secs(5)) {
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(ChangeError::Stopped);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ChangeError::Timeout {
+                    waiting_for: what.to_string(),
+                    after: self.config.change_timeout,
+                    cores: missing(),
+                });
+            }
+            if now >= remind {
+                remind += REMIND;
+                tracing::warn!(
+                    "still waiting for {what} after {}s: no word from cores {:?} (the change gives up after {:?})",
+                    started.elapsed().as_secs(),
+                    missing(),
+                    self.config.change_timeout
+                );
+            }
+            match self.events.recv_timeout(POLL.min(deadline - now)) {
                 Ok(CoreEvent::Failed { core, error }) => {
                     return Err(ChangeError::Protocol {
                         core,
@@ -149,13 +253,7 @@ impl Coordinator {
                         return Ok(());
                     }
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    waited += Duration::from_secs(5);
-                    tracing::warn!(
-                        "still waiting for {what} after {}s (is the sink up?)",
-                        waited.as_secs()
-                    );
-                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
                 Err(flume::RecvTimeoutError::Disconnected) => {
                     unreachable!("the coordinator holds a sender")
                 }

@@ -7,7 +7,9 @@
 //! A member node (one that joined) runs the same type for its own cores only: it starts them,
 //! and stops or retires them when the coordinator says so; it never changes anything itself.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,18 @@ use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
 use crate::runtime::{core_channels, default_cores, spawn_core, Config};
 
 mod migrate;
+use migrate::Aborted;
 pub use migrate::MAX_SLOTS_PER_STEP;
+
+/// Steps of a change that ended early after they were switched: every core carries them out,
+/// and no other change starts until they are done.
+pub(crate) struct Unfinished {
+    window: crate::migration::StepWindow,
+    cores: Vec<CoreId>,
+}
+
+/// How long `stop` waits for a member to answer before stopping without it.
+const STOP_PING: Duration = Duration::from_secs(2);
 
 pub(crate) struct CoreHandle {
     pub addr: CoreAddr,
@@ -51,6 +64,9 @@ pub(crate) struct Coordinator {
     /// Latency recorded by retired cores since the last `take_latency`.
     pub retired_latency: Arc<Mutex<Histogram<u64>>>,
     stopped: bool,
+    /// Set when the engine stops: a change in progress ends at its next wait.
+    pub stopping: Arc<AtomicBool>,
+    unfinished: Option<Unfinished>,
 }
 
 impl Coordinator {
@@ -111,6 +127,8 @@ impl Coordinator {
             retired: Vec::new(),
             retired_latency: Arc::new(Mutex::new(latency_histogram())),
             stopped: false,
+            stopping: Arc::default(),
+            unfinished: None,
         }
     }
 
@@ -241,8 +259,9 @@ impl Coordinator {
             .collect()
     }
 
-    /// Changes are decided here only on the coordinator, and only while every node is alive.
-    fn check_can_change(&self) -> Result<(), ChangeError> {
+    /// Changes are decided here only on the coordinator, only while every node is alive, and
+    /// only once the switched steps of a change that ended early are done.
+    fn check_can_change(&mut self) -> Result<(), ChangeError> {
         self.check_running()?;
         if !self.node.is_coordinator() {
             return Err(ChangeError::NotCoordinator);
@@ -253,8 +272,23 @@ impl Coordinator {
                 reason: lost.reason,
             });
         }
-        // Events of an earlier, failed change must not end this one.
-        while self.events.try_recv().is_ok() {}
+        // Events of an earlier, failed change must not end this one; its unfinished steps count
+        // them.
+        while let Ok(e) = self.events.try_recv() {
+            if let (CoreEvent::StepDone { core, epoch }, Some(u)) = (&e, &mut self.unfinished) {
+                u.window.finished(*core, *epoch);
+            }
+        }
+        if let Some(u) = &self.unfinished {
+            if !u.window.is_done() {
+                let epoch = u.window.awaiting();
+                return Err(ChangeError::Unfinished {
+                    epoch,
+                    cores: u.window.missing(epoch, &u.cores),
+                });
+            }
+            self.unfinished = None;
+        }
         Ok(())
     }
 
@@ -278,7 +312,23 @@ impl Coordinator {
         tracing::trace!("grow: starting cores");
         self.spawn_cores(&ids).map_err(ChangeError::Start)?;
         tracing::trace!("grow: cores started");
-        self.move_onto(&old, &ids, &format!("grow-cores {n}"), started, before)
+        match self.move_onto(&old, &ids, &format!("grow-cores {n}"), started, before) {
+            Ok(report) => Ok(report),
+            Err(Aborted { error, switched: 0 }) => {
+                // Nothing moved: the new cores go again, and the cluster is as it was.
+                let heirs: Vec<CoreId> = self
+                    .local_ids()
+                    .into_iter()
+                    .filter(|id| !ids.contains(id))
+                    .collect();
+                self.set_accept_targets(&heirs);
+                if let Err(e) = self.retire_cores(&ids, &heirs) {
+                    tracing::error!("rolling back the grow: {e}");
+                }
+                Err(error)
+            }
+            Err(aborted) => Err(aborted.error),
+        }
     }
 
     /// Tells the cores `old` about the cores `new`, then moves slots onto `new`.
@@ -289,9 +339,12 @@ impl Coordinator {
         label: &str,
         started: Instant,
         before: usize,
-    ) -> Result<ChangeReport, ChangeError> {
+    ) -> Result<ChangeReport, Aborted> {
         self.introduce(old, new);
-        let p = plan(&self.table, old, &Change::Add(new.to_vec()))?;
+        let p = plan(&self.table, old, &Change::Add(new.to_vec())).map_err(|e| Aborted {
+            error: e.into(),
+            switched: 0,
+        })?;
         let report = self.migrate(p, label)?;
         Ok(self.finished(report, label, started, before))
     }
@@ -343,36 +396,63 @@ impl Coordinator {
         let members: Vec<CoreId> = self.cores.keys().copied().collect();
         let victims: Vec<CoreId> = local[local.len() - n..].to_vec();
         let heirs: Vec<CoreId> = local[..local.len() - n].to_vec();
-        {
-            let mut targets = self.accept_targets.write().unwrap();
-            *targets = heirs
-                .iter()
-                .filter_map(|id| self.cores[id].addr.local_data().cloned())
-                .collect();
-        }
+        self.set_accept_targets(&heirs);
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))?;
         let label = format!("shrink-cores {n}");
-        let report = self.migrate(p, &label)?;
+        let report = match self.migrate(p, &label) {
+            Ok(report) => report,
+            Err(Aborted { error, switched }) => {
+                if switched == 0 {
+                    self.set_accept_targets(&local);
+                }
+                return Err(error);
+            }
+        };
         let migrated = started.elapsed();
+        self.retire_cores(&victims, &heirs)?;
+        tracing::debug!(?migrated, retired = ?started.elapsed(), "shrink phases");
+        self.publish(None);
+        Ok(self.finished(report, &label, started, before))
+    }
 
-        for v in &victims {
+    /// The cores the acceptors deal new source connections to.
+    fn set_accept_targets(&self, ids: &[CoreId]) {
+        let mut targets = self.accept_targets.write().unwrap();
+        *targets = ids
+            .iter()
+            .filter_map(|id| self.cores[id].addr.local_data().cloned())
+            .collect();
+    }
+
+    /// Retires this node's cores `victims`, which own no slot: their source connections go to
+    /// `heirs`, every other core forgets them, their executors end.
+    fn retire_cores(&mut self, victims: &[CoreId], heirs: &[CoreId]) -> Result<(), ChangeError> {
+        for v in victims {
             self.cores[v].addr.send_control(CoreMsg::Leave {
-                heirs: heirs.clone(),
+                heirs: heirs.to_vec(),
             });
         }
-        let mut left: BTreeSet<CoreId> = BTreeSet::new();
+        let left = RefCell::new(BTreeSet::new());
         self.wait_events(
             &format!("cores {victims:?} to hand over their connections"),
             |e| {
+                let mut left = left.borrow_mut();
                 if let CoreEvent::Left(c) = e {
                     left.insert(*c);
                 }
                 left.len() == victims.len()
             },
+            || {
+                let left = left.borrow();
+                victims
+                    .iter()
+                    .filter(|v| !left.contains(v))
+                    .copied()
+                    .collect()
+            },
         )?;
-        let left_at = started.elapsed();
-        self.forget(&victims);
-        for v in &victims {
+        self.forget(victims);
+        for v in victims {
             self.node.local.write().unwrap().remove(v);
             let handle = self.cores.remove(v).expect("victim is a member");
             let (tx, rx) = flume::bounded(1);
@@ -387,9 +467,8 @@ impl Coordinator {
                 None => {}
             }
         }
-        tracing::debug!(?migrated, ?left_at, retired = ?started.elapsed(), "shrink phases");
         self.publish(None);
-        Ok(self.finished(report, &label, started, before))
+        Ok(())
     }
 
     /// Tells every core but `gone` to forget the cores `gone`.
@@ -474,7 +553,30 @@ impl Coordinator {
         }
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
         self.add_remote(&member);
-        self.move_onto(&old, ids, &format!("join {}", join.node), started, before)
+        match self.move_onto(&old, ids, &format!("join {}", join.node), started, before) {
+            Ok(report) => Ok(report),
+            Err(Aborted { error, switched: 0 }) => {
+                // No slot moved: the node was never really part of the cluster, so whether it
+                // went away or stalled, it goes, and the cluster is as it was.
+                self.forget(ids);
+                for id in ids {
+                    self.cores.remove(id);
+                }
+                for other in &others {
+                    if let Some(link) = self.node.link(&other.name) {
+                        link.send_node(Wire::Gone {
+                            node: member.name.clone(),
+                        });
+                    }
+                }
+                self.node.remove_member(&member.name);
+                self.node.forget_lost(&member.name);
+                self.publish(None);
+                tracing::warn!("the join of node {} was rolled back: {error}", member.name);
+                Err(error)
+            }
+            Err(aborted) => Err(aborted.error),
+        }
     }
 
     /// Moves every slot of node `name` to the other cores, then lets it go. A node with open
@@ -522,7 +624,15 @@ impl Coordinator {
             .map_or_else(Vec::new, |m| m.cores);
         let p = plan(&self.table, &members, &Change::Remove(victims.clone()))?;
         let label = format!("remove-node {name}");
-        let report = self.migrate(p, &label)?;
+        let report = match self.migrate(p, &label) {
+            Ok(report) => report,
+            Err(Aborted { error, switched }) => {
+                if switched == 0 {
+                    self.node.ask(name, Question::Resume, wait);
+                }
+                return Err(error);
+            }
+        };
         self.forget(&victims);
         for v in &victims {
             self.cores.remove(v);
@@ -567,6 +677,9 @@ impl Coordinator {
     /// coordinator was lost) only this node's cores stop, waiting for each other only.
     pub fn stop(&mut self) -> Vec<CoreReport> {
         self.stopped = true;
+        if self.node.is_coordinator() {
+            self.let_go_of_silent_members();
+        }
         let lost: Vec<CoreId> = self
             .node
             .lost_nodes()
@@ -588,6 +701,20 @@ impl Coordinator {
             });
         }
         self.finish()
+    }
+
+    /// A member that does not answer within [`STOP_PING`] (stopped, hung, or cut off) would hold
+    /// the stop forever: every core waits for its `ProducerDone`, and the links to it fill up.
+    /// Such a member is let go like a lost node: its links are cut and nothing more is awaited
+    /// from it; what it had in flight is lost, and the log says so.
+    fn let_go_of_silent_members(&self) {
+        for m in self.node.members() {
+            if self.node.ask(&m.name, Question::Ping, STOP_PING).is_none() {
+                let reason =
+                    format!("it did not answer within {STOP_PING:?} when the cluster stopped");
+                self.node.sever(&m.name, &reason);
+            }
+        }
     }
 
     /// A member leaving the cluster: its cores (which own no slot any more) flush and end.

@@ -230,6 +230,16 @@ impl Core {
                 tracing::trace!(core = self.id, "step: switch");
                 self.switch()
             }
+            PeerMsg::Abort => {
+                let dropped = self.keyed.borrow_mut().abort();
+                match dropped {
+                    Ok(n) => {
+                        self.prepared.borrow_mut().clear();
+                        tracing::debug!(core = self.id, steps = n, "change aborted");
+                    }
+                    Err(e) => self.fail(format!("abort: {e}")),
+                }
+            }
             PeerMsg::RemovePeer(peer) => self.peers.forget(peer),
             PeerMsg::Stop { producers } => {
                 self.shutdown.expect(producers);
