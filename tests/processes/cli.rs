@@ -156,6 +156,10 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
     let (code, _, err) = ctl(&["shrink-cores", "2"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("at least one must remain"), "{err}");
+    // Issue 14 (11): a shrink by nothing says so, not "cannot shrink 1 cores by 0".
+    let (code, _, err) = ctl(&["shrink-cores", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("shrink-cores needs at least 1"), "{err}");
     let (code, out, err) = ctl(&["shrink-cores", "1"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("2 -> 1 cores"), "{out}");
