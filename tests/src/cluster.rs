@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quokka_apps::{alphabet, word_count};
-use quokka_engine::cluster::wire::{self, JoinRequest};
+use quokka_engine::cluster::wire::{self, JoinRequest, Lane, LinkSecret};
 use quokka_engine::{App, ChangeError, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{Client, Request, Response, Timeouts};
@@ -222,7 +222,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
 
     // Garbage and a wrong-token hello on the data port: the node closes those connections.
     let data = lead.engine.data_addr();
-    let wrong_token = wire::hello_frame("w7", "guess");
+    let wrong_token = wire::hello_frame("w7", Lane::Control, "guess", LinkSecret([0; 16]));
     for bytes in [
         b"\x00\x00\x00\x07garbage".to_vec(),
         wrong_token,
