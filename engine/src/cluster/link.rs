@@ -139,7 +139,20 @@ fn connect(
     };
     wire::write(&mut out, &hello)?;
     out.flush()?;
-    Ok(out)
+    // The link is open once the peer says it admitted the hello; a refusal is an error here,
+    // not a connection that silently drops what is written to it.
+    let stream = out.get_ref();
+    stream.set_read_timeout(Some(LINK_TIMEOUT))?;
+    match wire::read(&mut &*stream, &mut AlignedVec::new(), 4096) {
+        Ok(Wire::Admitted) => Ok(out),
+        Ok(_) => Err(std::io::Error::other(
+            "it answered the hello with something else",
+        )),
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("it did not admit this node's hello ({e}); its log says why"),
+        )),
+    }
 }
 
 /// A writer thread: writes one lane's messages, flushing whenever the lane is empty. After a
@@ -336,6 +349,13 @@ fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
         }
     };
     let _ = reader.get_ref().set_read_timeout(None);
+    // One write, so the answer leaves in one segment.
+    let mut admitted = Vec::new();
+    wire::write(&mut admitted, &Wire::Admitted).expect("writing to a Vec cannot fail");
+    if let Err(e) = reader.get_ref().write_all(&admitted) {
+        node.link_closed(&conn, LinkEnd::Broken, &e.to_string());
+        return;
+    }
     let peer = &conn.node;
     tracing::debug!(node = %node.name, "{:?} link from node {peer} ({from_addr}) open", conn.lane);
     let reason = loop {

@@ -438,8 +438,8 @@ impl Node {
             Wire::Depart => {
                 let _ = self.ending.send(Ending::Departed);
             }
-            Wire::Hello { .. } | Wire::Bye => {
-                tracing::warn!(node = %self.name, "unexpected hello or goodbye inside the link from node {from}");
+            Wire::Hello { .. } | Wire::Admitted | Wire::Bye => {
+                tracing::warn!(node = %self.name, "unexpected hello, admission or goodbye inside the link from node {from}");
             }
         }
     }

@@ -19,7 +19,8 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// The node protocol version this build speaks (2: slot archives are three flat arrays; 3: a
 /// `Prepare` carries every step of a change; 4: a core's status tells of its sink connection;
 /// 5: a core's message crosses as itself, `Wire::Core`; 6: a hello names its lane and carries
-/// the link secret its two nodes share, which a welcome and `Expect` hand out).
+/// the link secret its two nodes share, which a welcome and `Expect` hand out, and is answered
+/// with `Admitted`).
 pub const VERSION: u8 = 6;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
@@ -163,6 +164,9 @@ pub(crate) enum Wire {
         token: String,
         secret: LinkSecret,
     },
+    /// The receiver's answer to a hello it admitted, the one message that goes back on a
+    /// connection: until it arrives, the sender does not count the connection as open.
+    Admitted,
     /// The last message on a link: the sender closes it on purpose (not a failure).
     Bye,
     /// A core's message for core `to`, as it travels between cores inside a node.
@@ -378,6 +382,7 @@ mod tests {
                 token: "token".into(),
                 secret: LinkSecret([7; 16]),
             },
+            Wire::Admitted,
             Wire::Joined { node: "w3".into() },
             Wire::Bye,
             Wire::Batch {

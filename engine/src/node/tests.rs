@@ -14,6 +14,7 @@ use rkyv::util::AlignedVec;
 use crate::app::{App, DecodeError};
 use crate::archive::SlotArchive;
 use crate::cluster::wire::{self, Answer, Lane, LinkSecret, Member, Question, Wire};
+use crate::cluster::LinkError;
 use crate::migration::ChangePlan;
 use crate::node::Engine;
 use crate::routing::{Move, RoutingTable};
@@ -166,27 +167,34 @@ fn links_that_cannot_prove_their_node_deliver_nothing_and_condemn_no_one() {
     let w9_data = TcpListener::bind("127.0.0.1:0").unwrap();
     let secret = LinkSecret([9; 16]);
     expect(&engine, "w9", w9_data.local_addr().unwrap(), secret);
+    let w9_accepts = std::thread::spawn(move || {
+        let mut from_engine = Vec::new();
+        for lane in [Lane::Data, Lane::Control] {
+            let (mut stream, _) = w9_data.accept().unwrap();
+            let hello = wire::read(&mut stream, &mut AlignedVec::new(), 4096).unwrap();
+            let Wire::Hello {
+                node,
+                lane: said,
+                token,
+                secret: theirs,
+            } = hello
+            else {
+                panic!("a link starts with a hello, not {hello:?}")
+            };
+            assert_eq!((node.as_str(), said, token.as_str()), ("w1", lane, "t0ken"));
+            assert!(theirs == secret, "the engine's links say the pair's secret");
+            stream.write_all(&frame(&Wire::Admitted)).unwrap();
+            from_engine.push(stream);
+        }
+        from_engine
+    });
     engine.node.link_expected("w9").unwrap();
-    let mut from_engine = Vec::new();
-    for lane in [Lane::Data, Lane::Control] {
-        let (mut stream, _) = w9_data.accept().unwrap();
-        let hello = wire::read(&mut stream, &mut AlignedVec::new(), 4096).unwrap();
-        let Wire::Hello {
-            node,
-            lane: said,
-            token,
-            secret: theirs,
-        } = hello
-        else {
-            panic!("a link starts with a hello, not {hello:?}")
-        };
-        assert_eq!((node.as_str(), said, token.as_str()), ("w1", lane, "t0ken"));
-        assert!(theirs == secret, "the engine's links say the pair's secret");
-        from_engine.push(stream);
-    }
+    let mut from_engine = w9_accepts.join().unwrap();
     let mut w9 = TcpStream::connect(engine.data_addr()).unwrap();
     w9.write_all(&wire::hello_frame("w9", Lane::Control, "t0ken", secret))
         .unwrap();
+    let admitted = wire::read(&mut w9, &mut AlignedVec::new(), 4096).unwrap();
+    assert_eq!(admitted, Wire::Admitted);
     // A question over w9's link, answered on the engine's control link to w9: the link is live.
     let mut ask = |id| {
         let question = Question::Resume;
@@ -215,9 +223,11 @@ fn links_that_cannot_prove_their_node_deliver_nothing_and_condemn_no_one() {
         spoof.write_all(&hello).unwrap();
         let _ = spoof.write_all(&[frame(&stop(0)), frame(&stop(1))].concat());
         let _ = spoof.shutdown(Shutdown::Write);
-        // The engine closes it once it has refused the hello (a reset if it left bytes unread).
+        // The engine closes it once it has refused the hello (a reset if it left bytes unread),
+        // and never says it admitted it.
         let mut rest = Vec::new();
-        assert!(matches!(spoof.read_to_end(&mut rest), Ok(0) | Err(_)));
+        let _ = spoof.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
     }
 
     // No one was condemned, and w9's live link still delivers.
@@ -238,4 +248,41 @@ fn links_that_cannot_prove_their_node_deliver_nothing_and_condemn_no_one() {
     let mut got = lines.lock().unwrap().clone();
     got.sort();
     assert_eq!(got, ["a 1", "a 2", "a 3", "b 1", "b 2", "b 3"]);
+}
+
+/// Issue 14 (2): a link whose hello its peer refuses does not open (an error, not a connection
+/// that drops what is written to it); once the peer expects this node with the same secret, it
+/// opens, and both engines stop cleanly.
+#[test]
+fn a_link_opens_only_once_its_peer_admits_the_hello() {
+    let (sink, _) = sink();
+    let start = |name: &str| {
+        let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], sink.addr());
+        config.cores = 1;
+        config.n_slots = 64;
+        config.name = name.into();
+        Engine::start(&count_words(), config).unwrap()
+    };
+    let (w1, w2) = (start("w1"), start("w2"));
+    let secret = LinkSecret([4; 16]);
+    expect(&w1, "w2", w2.data_addr(), secret);
+    // w2 does not know w1, then knows it with another secret: both refused.
+    for known in [None, Some(LinkSecret([5; 16]))] {
+        if let Some(other) = known {
+            expect(&w2, "w1", w1.data_addr(), other);
+        }
+        let e = w1.node.link_expected("w2").unwrap_err();
+        assert!(matches!(e, LinkError::Connect { .. }), "{e}");
+        assert!(w1.node.link("w2").is_none());
+    }
+    expect(&w2, "w1", w1.data_addr(), secret);
+    let member = w1.node.link_expected("w2").unwrap();
+    assert_eq!(member.name, "w2");
+    assert!(w1.node.link("w2").is_some());
+    for engine in [&w1, &w2] {
+        assert!(engine.node.lost_nodes().is_empty());
+    }
+    assert_eq!(w1.stop().misrouted(), 0);
+    assert_eq!(w2.stop().misrouted(), 0);
+    assert!(w2.node.lost_nodes().is_empty());
 }
