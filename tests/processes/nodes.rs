@@ -1,12 +1,15 @@
 //! A cluster of real `quokka` processes: nodes join and leave under continuous load, on loopback
 //! and with each node in its own network namespace (veth pairs on a bridge); a refused join; a
-//! node killed with SIGKILL, which the survivors report and survive.
+//! node killed with SIGKILL, which the survivors report and survive; links spoofed by an
+//! outsider, which change nothing.
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use quokka_engine::cluster::wire::{self, Lane, LinkSecret};
 use quokka_io::client::Records;
 
 use quokka_tests::fixtures::BILL_OF_RIGHTS;
@@ -440,4 +443,75 @@ fn a_stopped_member_holds_a_change_only_until_its_timeout_and_sigterm_still_ends
         log.contains("lost node w2") && log.contains("did not answer within 2s"),
         "{log}"
     );
+}
+
+/// An outsider's hello on `data`: names `node` with the cluster's token and a guessed secret,
+/// then closes; returns once the node has closed its end (it decided), having admitted nothing.
+fn spoof_link(data: SocketAddr, node: &str, lane: Lane) {
+    let mut link = TcpStream::connect(data).unwrap();
+    let guess = LinkSecret(*b"guessed secret!!");
+    link.write_all(&wire::hello_frame(node, lane, TOKEN, guess))
+        .unwrap();
+    link.shutdown(Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = link.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{node}'s hello was answered: {answer:?}");
+}
+
+/// Issue 14 (2): an outsider who knows the cluster token (not a link secret) says hello on the
+/// coordinator's data port as each member, on a member's as the coordinator and the other
+/// member, and as a node that does not exist, and closes each: no node is taken for lost,
+/// `grow-cores` and `remove-node` work, SIGTERM on the coordinator stops every member (exit 0)
+/// and the output is exact.
+#[test]
+fn spoofed_links_make_no_node_lost() {
+    let sink = Sink::start(Records::Lines);
+    let out = sink.addr().to_string();
+    let mut w1 = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+    let control = w1.addrs.control();
+    // w2 serves a control endpoint too, so the test can ask what it knows.
+    let extra = ["--control", "127.0.0.1:0"];
+    let mut w2 = spawn_node(&Loopback, 1, "w2", Some(control), &extra);
+    let mut w3 = spawn_node(&Loopback, 2, "w3", Some(control), &[]);
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_frames(w1.addrs.input(), &frames);
+    sink.wait_for(reference_counts(lines.iter().copied()).values().sum());
+
+    for (data, node) in [
+        (w1.addrs.data, "w2"),
+        (w1.addrs.data, "w3"),
+        (w1.addrs.data, "w9"),
+        (w2.addrs.data, "w1"),
+        (w2.addrs.data, "w3"),
+        (w3.addrs.data, "w1"),
+    ] {
+        for lane in [Lane::Data, Lane::Control] {
+            spoof_link(data, node, lane);
+        }
+    }
+    for at in [control, w2.addrs.control()] {
+        let (code, status, err) = ctl(at, &["status"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(!status.contains("LOST"), "{status}");
+        assert!(status.contains("node w3"), "{status}");
+    }
+    let (code, out, err) = ctl(control, &["grow-cores", "1"]);
+    assert_eq!(code, Some(0), "grow-cores 1: {err}");
+    assert!(out.contains("grow-cores 1"), "{out}");
+    remove_node(control, &mut w3);
+
+    send_frames(w1.addrs.input(), &frames);
+    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
+    let expected = reference_counts(doubled.iter().copied());
+    sink.wait_for(expected.values().sum());
+    signal(&w1.child, "-TERM");
+    w1.wait_exit_ok();
+    w2.wait_exit_ok();
+    check_running_totals(&sink.lines(), &expected);
+    for node in [&w1, &w2] {
+        let log = node.log_text();
+        assert!(!log.contains("lost node"), "{log}");
+        assert!(log.contains("wrong link secret for node"), "{log}");
+    }
 }

@@ -2,13 +2,14 @@
 //! own cores, control endpoint and data port; links over loopback TCP), and joins that must be
 //! refused. The same scenario with real processes is in `tests/processes/nodes.rs`.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use quokka_apps::{alphabet, word_count};
-use quokka_engine::cluster::wire::{self, JoinRequest};
+use quokka_engine::cluster::wire::{self, JoinRequest, Lane, LinkSecret};
 use quokka_engine::{App, ChangeError, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{Client, Request, Response, Timeouts};
@@ -222,7 +223,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
 
     // Garbage and a wrong-token hello on the data port: the node closes those connections.
     let data = lead.engine.data_addr();
-    let wrong_token = wire::hello_frame("w7", "guess");
+    let wrong_token = wire::hello_frame("w7", Lane::Control, "guess", LinkSecret([0; 16]));
     for bytes in [
         b"\x00\x00\x00\x07garbage".to_vec(),
         wrong_token,
@@ -279,4 +280,67 @@ fn a_node_with_open_sources_refuses_to_leave() {
     lead.engine.stop();
     let expected = reference_counts(["still here", "here", "here"]);
     check_running_totals(&sink.lines(), &expected);
+}
+
+/// A hello on `data` naming `node` with `secret`: whether the node admitted it.
+fn admitted(data: SocketAddr, node: &str, lane: Lane, secret: LinkSecret) -> bool {
+    let mut link = TcpStream::connect(data).unwrap();
+    link.write_all(&wire::hello_frame(node, lane, TOKEN, secret))
+        .unwrap();
+    let mut answer = [0u8; 1];
+    matches!(link.read(&mut answer), Ok(1))
+}
+
+/// Issue 14 (2): a node that was welcomed (and so holds a link secret for each member) but
+/// never joined is forgotten by every node: once its join failed, its secrets open no link.
+/// Each secret is its pair's: the one for the coordinator opens no link to the member.
+#[test]
+fn a_failed_join_leaves_no_link_secret_behind() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let w2 = join(&app, &lead, "w2");
+    let join = JoinRequest {
+        version: wire::VERSION,
+        node: "w5".into(),
+        app: "word_count".into(),
+        n_slots: 4096,
+        cores: 1,
+        data_addr: "127.0.0.1:1".into(),
+    };
+    let mut joiner = Client::connect(lead.control, Timeouts::default()).unwrap();
+    let welcome = match joiner.request(TOKEN, &Request::Join(wire::encode_join(&join))) {
+        Ok(Response::Welcome(body)) => wire::decode_welcome(&body).unwrap(),
+        other => panic!("expected a welcome, got {other:?}"),
+    };
+    let names: Vec<&str> = welcome.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["w1", "w2"]);
+    let (to_w1, to_w2) = (welcome.members[0].secret, welcome.members[1].secret);
+    let (w1_data, w2_data) = (lead.engine.data_addr(), w2.data_addr());
+    assert!(!admitted(w2_data, "w5", Lane::Data, to_w1), "a pair's own");
+    assert!(admitted(w1_data, "w5", Lane::Data, to_w1), "w5 is expected");
+    assert!(admitted(w2_data, "w5", Lane::Data, to_w2), "w5 is expected");
+    // The joiner goes away before it is ready: the join fails. The lock is free once the
+    // coordinator has dealt with it, and once a grow has moved slots w2 has read the news
+    // (it comes before the grow's steps on the same link).
+    drop(joiner);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match lead.engine.grow(1) {
+            Ok(_) => break,
+            Err(ChangeError::Busy { .. }) if Instant::now() < deadline => std::thread::yield_now(),
+            Err(e) => panic!("grow-cores 1: {e}"),
+        }
+    }
+    assert!(!admitted(w1_data, "w5", Lane::Control, to_w1));
+    assert!(!admitted(w2_data, "w5", Lane::Control, to_w2));
+    let status = lead.engine.status();
+    assert!(status.lost.is_empty(), "{status}");
+    assert_eq!(status.nodes.len(), 2, "{status}");
+    assert_eq!(lead.engine.stop().misrouted(), 0);
+    assert_eq!(
+        w2.ended().recv_deadline(Instant::now() + DEADLINE),
+        Ok(Ending::ClusterStopped)
+    );
+    assert_eq!(w2.finish(Ending::ClusterStopped).misrouted(), 0);
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 
-use super::wire::{self, Wire, MAX_LINK_FRAME};
+use super::peers::LinkEnd;
+use super::wire::{self, Lane, LinkSecret, Member, Wire, MAX_LINK_FRAME};
 use super::Node;
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreAddr, CoreMsg, RemotePeer, Sending};
@@ -47,23 +48,27 @@ pub(crate) struct Link {
 
 impl Link {
     /// Connects to `peer` at `addr` (one connection per lane), says hello with the cluster
-    /// token, starts the writers.
-    pub fn open(node: &Arc<Node>, peer: &str, addr: SocketAddr) -> std::io::Result<Arc<Link>> {
+    /// token and the secret this node shares with `peer`, starts the writers.
+    pub fn open(node: &Arc<Node>, peer: &Member, addr: SocketAddr) -> std::io::Result<Arc<Link>> {
         let (data, data_rx) = flume::bounded(LINK_DATA_CAPACITY);
         let (control, control_rx) = flume::unbounded();
         let (mut writers, mut sockets) = (Vec::new(), Vec::new());
-        for (lane, rx) in [("data", data_rx), ("control", control_rx)] {
-            let out = connect(node, addr)?;
+        let lanes = [
+            ("data", Lane::Data, data_rx),
+            ("control", Lane::Control, control_rx),
+        ];
+        for (lane_name, lane, rx) in lanes {
+            let out = connect(node, addr, lane, peer.secret)?;
             sockets.push(out.get_ref().try_clone()?);
-            let (node, peer) = (node.clone(), peer.to_string());
+            let (node, name) = (node.clone(), peer.name.clone());
             writers.push(
                 std::thread::Builder::new()
-                    .name(format!("quokka-{lane}-{peer}"))
-                    .spawn(move || write_link(&node, &peer, out, &rx))?,
+                    .name(format!("quokka-{lane_name}-{name}"))
+                    .spawn(move || write_link(&node, &name, out, &rx))?,
             );
         }
         Ok(Arc::new(Link {
-            node: peer.to_string(),
+            node: peer.name.clone(),
             data,
             control,
             writers: Mutex::new(writers),
@@ -122,7 +127,12 @@ impl RemotePeer for Link {
     }
 }
 
-fn connect(node: &Node, addr: SocketAddr) -> std::io::Result<BufWriter<TcpStream>> {
+fn connect(
+    node: &Node,
+    addr: SocketAddr,
+    lane: Lane,
+    secret: LinkSecret,
+) -> std::io::Result<BufWriter<TcpStream>> {
     let deadline = Instant::now() + LINK_TIMEOUT;
     let stream = loop {
         match TcpStream::connect_timeout(&addr, LINK_TIMEOUT) {
@@ -135,11 +145,26 @@ fn connect(node: &Node, addr: SocketAddr) -> std::io::Result<BufWriter<TcpStream
     let mut out = BufWriter::with_capacity(1 << 16, stream);
     let hello = Wire::Hello {
         node: node.name.clone(),
+        lane,
         token: node.token.clone(),
+        secret,
     };
     wire::write(&mut out, &hello)?;
     out.flush()?;
-    Ok(out)
+    // The link is open once the peer says it admitted the hello; a refusal is an error here,
+    // not a connection that silently drops what is written to it.
+    let stream = out.get_ref();
+    stream.set_read_timeout(Some(LINK_TIMEOUT))?;
+    match wire::read(&mut &*stream, &mut AlignedVec::new(), 4096) {
+        Ok(Wire::Admitted) => Ok(out),
+        Ok(_) => Err(std::io::Error::other(
+            "it answered the hello with something else",
+        )),
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("it did not admit this node's hello ({e}); its log says why"),
+        )),
+    }
 }
 
 /// A writer thread: writes one lane's messages, flushing whenever the lane is empty. After a
@@ -294,8 +319,10 @@ pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
         .expect("spawn link acceptor");
 }
 
-/// The reader thread of one incoming link: checks the hello (protocol version, cluster token),
-/// then hands every message to the node. A link that ends without a goodbye is a lost node.
+/// The reader thread of one incoming link: checks the hello (protocol version, cluster token,
+/// then the secret this node shares with the node it names, and that the lane has no live
+/// connection), then hands every message to the node. A live link that ends without a goodbye
+/// is a lost node; a refused connection changes nothing.
 fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
     let from_addr = stream
         .peer_addr()
@@ -305,12 +332,25 @@ fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
     let mut buf = AlignedVec::new();
     let hello = wire::read(&mut reader, &mut buf, 4096);
     unidentified.fetch_sub(1, Ordering::AcqRel);
-    let peer = match hello {
-        Ok(Wire::Hello { node: peer, token }) if node.token_matches(&token) => peer,
-        Ok(Wire::Hello { node: peer, .. }) => {
+    let conn = match hello {
+        Ok(Wire::Hello {
+            node: peer, token, ..
+        }) if !node.token_matches(&token) => {
             tracing::warn!(node = %node.name, "refused a link from {from_addr} (node `{peer}`): wrong cluster token");
             return;
         }
+        Ok(Wire::Hello {
+            node: peer,
+            lane,
+            secret,
+            ..
+        }) => match node.admit(&peer, lane, secret) {
+            Ok(conn) => conn,
+            Err(refusal) => {
+                tracing::warn!(node = %node.name, "refused a link from {from_addr}: {refusal}");
+                return;
+            }
+        },
         Ok(_) => {
             tracing::warn!(node = %node.name, "refused a link from {from_addr}: it did not start with a hello");
             return;
@@ -321,16 +361,25 @@ fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
         }
     };
     let _ = reader.get_ref().set_read_timeout(None);
-    tracing::debug!(node = %node.name, "link from node {peer} ({from_addr}) open");
+    // One write, so the answer leaves in one segment.
+    let mut admitted = Vec::new();
+    wire::write(&mut admitted, &Wire::Admitted).expect("writing to a Vec cannot fail");
+    if let Err(e) = reader.get_ref().write_all(&admitted) {
+        node.link_closed(&conn, LinkEnd::Broken, &e.to_string());
+        return;
+    }
+    let peer = &conn.node;
+    tracing::debug!(node = %node.name, "{:?} link from node {peer} ({from_addr}) open", conn.lane);
     let reason = loop {
         match wire::read(&mut reader, &mut buf, MAX_LINK_FRAME) {
             Ok(Wire::Bye) => {
-                tracing::debug!(node = %node.name, "link from node {peer} closed");
+                tracing::debug!(node = %node.name, "{:?} link from node {peer} closed", conn.lane);
+                node.link_closed(&conn, LinkEnd::Goodbye, "");
                 return;
             }
-            Ok(msg) => node.deliver(&peer, msg),
+            Ok(msg) => node.deliver(peer, msg),
             Err(e) => break e.to_string(),
         }
     };
-    node.lost(&peer, &reason);
+    node.link_closed(&conn, LinkEnd::Broken, &reason);
 }

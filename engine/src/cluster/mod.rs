@@ -4,6 +4,7 @@
 //! a link (`CoreAddr::Remote`), whose events come back over a link.
 
 pub(crate) mod link;
+mod peers;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +17,8 @@ use hdrhistogram::serialization::Serializer;
 use thiserror::Error;
 
 use self::link::Link;
-use self::wire::{Answer, Member, Question, Wire};
+use self::peers::{Admitted, Closed, LinkEnd, Peers, Refusal};
+use self::wire::{Answer, Lane, LinkSecret, Member, Question, Wire};
 use crate::dataflow::Dataflow;
 use crate::metrics::latency_histogram;
 use crate::routing::CoreId;
@@ -56,7 +58,20 @@ pub enum LinkError {
         #[source]
         error: std::io::Error,
     },
+    #[error("node {node} joined, but this node was never told to expect it")]
+    NotExpected { node: String },
+    #[error("cannot make a link secret")]
+    Secret(#[source] getrandom::Error),
+    #[error("node {node} did not confirm within {waited:?} that it expects node {joiner}")]
+    Unannounced {
+        node: String,
+        joiner: String,
+        waited: Duration,
+    },
 }
+
+/// How long the coordinator waits for each member to expect a joining node.
+const EXPECT_WAIT: Duration = Duration::from_secs(10);
 
 /// A node that went away without saying goodbye.
 #[derive(Debug, Clone)]
@@ -78,6 +93,10 @@ pub(crate) struct Node {
     pub local: RwLock<BTreeMap<CoreId, CoreAddr>>,
     /// The other members, by name.
     members: Mutex<BTreeMap<String, Member>>,
+    /// Nodes announced but not linked to yet (a joining node), by name.
+    expected: Mutex<BTreeMap<String, Member>>,
+    /// Whom links are accepted from, with which secret; which lanes are live.
+    peers: Mutex<Peers>,
     links: Mutex<BTreeMap<String, Arc<Link>>>,
     /// Where core events go: the coordinator's channel, or (on a member) a forwarder's.
     pub events: flume::Sender<CoreEvent>,
@@ -126,6 +145,8 @@ impl Node {
             data_addr,
             local: RwLock::default(),
             members: Mutex::default(),
+            expected: Mutex::default(),
+            peers: Mutex::default(),
             links: Mutex::default(),
             events,
             role,
@@ -161,8 +182,26 @@ impl Node {
         *self.listener.lock().unwrap() = listener.try_clone().ok();
     }
 
-    /// Opens a link to `member` and remembers it. Its cores are reached through the link.
-    pub fn add_member(self: &Arc<Self>, member: Member) -> Result<Arc<Link>, LinkError> {
+    /// Accepts links from `member` (proved by its secret) from now on; [`Self::link_expected`]
+    /// makes it a member.
+    pub fn expect(&self, member: Member) {
+        self.peers
+            .lock()
+            .unwrap()
+            .expect(&member.name, member.secret);
+        self.expected
+            .lock()
+            .unwrap()
+            .insert(member.name.clone(), member);
+    }
+
+    /// Opens a link to the expected node `name` (one per lane, each saying the secret they
+    /// share) and makes it a member; returns it. Its cores are reached through the link.
+    pub fn link_expected(self: &Arc<Self>, name: &str) -> Result<Member, LinkError> {
+        let member = self.expected.lock().unwrap().get(name).cloned();
+        let member = member.ok_or_else(|| LinkError::NotExpected {
+            node: name.to_string(),
+        })?;
         let addr: SocketAddr = member
             .data_addr
             .parse()
@@ -171,24 +210,102 @@ impl Node {
                 addr: member.data_addr.clone(),
                 error,
             })?;
-        let link = Link::open(self, &member.name, addr).map_err(|error| LinkError::Connect {
+        let link = Link::open(self, &member, addr).map_err(|error| LinkError::Connect {
             node: member.name.clone(),
             addr,
             error,
         })?;
-        self.links
-            .lock()
-            .unwrap()
-            .insert(member.name.clone(), link.clone());
+        self.expected.lock().unwrap().remove(name);
+        self.links.lock().unwrap().insert(member.name.clone(), link);
         self.members
             .lock()
             .unwrap()
-            .insert(member.name.clone(), member);
-        Ok(link)
+            .insert(member.name.clone(), member.clone());
+        Ok(member)
     }
 
-    /// Forgets a member that left on purpose and closes the link to it.
+    /// On the coordinator, before it welcomes node `joiner`: makes a fresh secret for each
+    /// pair of the joiner and a member (this node included), has every member expect the
+    /// joiner with its pair's secret (each confirms before this returns), and returns the
+    /// members as the joiner is to know them, this node (with `own_cores`) first. If a member
+    /// does not confirm, the ones that did forget the joiner again.
+    pub fn expect_joiner(
+        &self,
+        joiner: &str,
+        data_addr: &str,
+        cores: &[CoreId],
+        own_cores: Vec<CoreId>,
+    ) -> Result<Vec<Member>, LinkError> {
+        let joining = |secret| Member {
+            name: joiner.to_string(),
+            data_addr: data_addr.to_string(),
+            cores: cores.to_vec(),
+            secret,
+        };
+        let fresh = || {
+            LinkSecret::random().map_err(|e| {
+                self.forget_joiner(joiner);
+                LinkError::Secret(e)
+            })
+        };
+        let own = Member {
+            name: self.name.clone(),
+            data_addr: self.data_addr.to_string(),
+            cores: own_cores,
+            secret: fresh()?,
+        };
+        self.expect(joining(own.secret));
+        let mut members = vec![own];
+        for mut member in self.members() {
+            member.secret = fresh()?;
+            let question = Question::Expect(joining(member.secret));
+            if self.ask(&member.name, question, EXPECT_WAIT) != Some(Answer::Done) {
+                self.forget_joiner(joiner);
+                return Err(LinkError::Unannounced {
+                    node: member.name,
+                    joiner: joiner.to_string(),
+                    waited: EXPECT_WAIT,
+                });
+            }
+            members.push(member);
+        }
+        Ok(members)
+    }
+
+    /// On the coordinator, when node `name` was expected but did not join after all: every
+    /// node forgets it (a member too, unless it linked already).
+    pub fn forget_joiner(&self, name: &str) {
+        if self.link(name).is_some() {
+            return;
+        }
+        self.remove_member(name);
+        for member in self.members() {
+            if let Some(link) = self.link(&member.name) {
+                link.send_node(Wire::Gone {
+                    node: name.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Checks an incoming link's hello (its token was checked already).
+    fn admit(&self, node: &str, lane: Lane, secret: LinkSecret) -> Result<Admitted, Refusal> {
+        self.peers.lock().unwrap().admit(node, lane, secret)
+    }
+
+    /// An admitted incoming link ended; a live link that broke means its node is lost.
+    fn link_closed(&self, conn: &Admitted, end: LinkEnd, reason: &str) {
+        let closed = self.peers.lock().unwrap().closed(conn, end);
+        if closed == Closed::Lost {
+            self.lost(&conn.node, reason);
+        }
+    }
+
+    /// Forgets a member that left on purpose (or a node expected that did not join), accepts
+    /// no more links from it, and closes the link to it.
     pub fn remove_member(&self, name: &str) {
+        self.peers.lock().unwrap().forget(name);
+        self.expected.lock().unwrap().remove(name);
         self.members.lock().unwrap().remove(name);
         let link = self.links.lock().unwrap().remove(name);
         if let Some(link) = link {
@@ -309,10 +426,9 @@ impl Node {
             Wire::Event(e) => {
                 let _ = self.events.send(e);
             }
-            Wire::Joined(member) => {
-                let name = member.name.clone();
-                if let Err(e) = self.add_member(member) {
-                    tracing::error!(node = %self.name, "node {name} joined but: {e}");
+            Wire::Joined { node } => {
+                if let Err(e) = self.link_expected(&node) {
+                    tracing::error!(node = %self.name, "node {node} joined but: {e}");
                 }
             }
             Wire::Gone { node } => self.remove_member(&node),
@@ -327,8 +443,8 @@ impl Node {
             Wire::Depart => {
                 let _ = self.ending.send(Ending::Departed);
             }
-            Wire::Hello { .. } | Wire::Bye => {
-                tracing::warn!(node = %self.name, "unexpected hello or goodbye inside the link from node {from}");
+            Wire::Hello { .. } | Wire::Admitted | Wire::Bye => {
+                tracing::warn!(node = %self.name, "unexpected hello, admission or goodbye inside the link from node {from}");
             }
         }
     }
@@ -384,6 +500,10 @@ impl Node {
                 Answer::Done
             }
             Question::Ping => Answer::Done,
+            Question::Expect(member) => {
+                self.expect(member);
+                Answer::Done
+            }
         }
     }
 

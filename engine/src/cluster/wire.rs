@@ -18,8 +18,10 @@ use crate::runtime::messages::{CoreEvent, PeerMsg};
 pub const MAGIC: [u8; 2] = *b"QN";
 /// The node protocol version this build speaks (2: slot archives are three flat arrays; 3: a
 /// `Prepare` carries every step of a change; 4: a core's status tells of its sink connection;
-/// 5: a core's message crosses as itself, `Wire::Core`).
-pub const VERSION: u8 = 5;
+/// 5: a core's message crosses as itself, `Wire::Core`; 6: a hello names its lane and carries
+/// the link secret its two nodes share, which a welcome and `Expect` hand out, and is answered
+/// with `Admitted`).
+pub const VERSION: u8 = 6;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -41,6 +43,52 @@ pub struct Member {
     pub name: String,
     pub data_addr: String,
     pub cores: Vec<CoreId>,
+    /// The secret of the links between this member and the node this value is sent to: both
+    /// say it in their hellos, and no third node knows it.
+    pub secret: LinkSecret,
+}
+
+/// What a link's hello proves its sender with: random bytes the coordinator made for one pair
+/// of nodes. Compared in constant time; never printed.
+#[derive(Clone, Copy, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LinkSecret(pub [u8; 16]);
+
+impl LinkSecret {
+    /// A new secret from the operating system's random source.
+    pub fn random() -> Result<LinkSecret, getrandom::Error> {
+        let mut bytes = [0; 16];
+        getrandom::fill(&mut bytes)?;
+        Ok(LinkSecret(bytes))
+    }
+}
+
+/// Takes the same time wherever the first difference is, so a peer cannot find a secret byte by
+/// byte from response times.
+impl PartialEq for LinkSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+    }
+}
+
+impl Eq for LinkSecret {}
+
+impl std::fmt::Debug for LinkSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkSecret(..)")
+    }
+}
+
+/// Which of a link's two connections a hello opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Lane {
+    /// Batches and what must stay in order with them (bounded).
+    Data,
+    /// Migration steps, handoffs and node messages.
+    Control,
 }
 
 /// The coordinator's answer to an accepted join.
@@ -108,11 +156,17 @@ impl From<&[u8]> for Payload {
 /// One message on a link. `to` names the core a message is for; the rest are for the node.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) enum Wire {
-    /// The first message on a link: who is speaking, with the cluster token.
+    /// The first message on a link: who is speaking, on which lane, with the cluster token and
+    /// the secret the two nodes share.
     Hello {
         node: String,
+        lane: Lane,
         token: String,
+        secret: LinkSecret,
     },
+    /// The receiver's answer to a hello it admitted, the one message that goes back on a
+    /// connection: until it arrives, the sender does not count the connection as open.
+    Admitted,
     /// The last message on a link: the sender closes it on purpose (not a failure).
     Bye,
     /// A core's message for core `to`, as it travels between cores inside a node.
@@ -132,8 +186,10 @@ pub(crate) enum Wire {
     },
     /// From a member to the coordinator.
     Event(CoreEvent),
-    /// A node joined: open a link to it.
-    Joined(Member),
+    /// The node this one was told to expect joined: open a link to it.
+    Joined {
+        node: String,
+    },
     /// A node left on purpose: close the link to it.
     Gone {
         node: String,
@@ -162,6 +218,9 @@ pub(crate) enum Question {
     Resume,
     /// Are you there? (Answered `Done` by a node whose answering thread runs.)
     Ping,
+    /// A node is about to join: accept its links (they prove themselves with the member's
+    /// secret) and link to it when it has `Joined`. Answered once it is expected.
+    Expect(Member),
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -200,13 +259,15 @@ pub(crate) fn write(out: &mut impl Write, msg: &Wire) -> Result<(), FrameError> 
     Ok(())
 }
 
-/// The first frame of a link: who is speaking, with the cluster token (public so black-box tests
-/// can knock on a data port).
-pub fn hello_frame(node: &str, token: &str) -> Vec<u8> {
+/// The first frame of a link: who is speaking on which lane, with the cluster token and the
+/// link secret (public so black-box tests can knock on a data port).
+pub fn hello_frame(node: &str, lane: Lane, token: &str, secret: LinkSecret) -> Vec<u8> {
     let mut out = Vec::new();
     let hello = Wire::Hello {
         node: node.to_string(),
+        lane,
         token: token.to_string(),
+        secret,
     };
     write(&mut out, &hello).expect("writing to a Vec cannot fail");
     out
@@ -319,8 +380,12 @@ mod tests {
         vec![
             Wire::Hello {
                 node: "w1".into(),
-                token: "secret".into(),
+                lane: Lane::Control,
+                token: "token".into(),
+                secret: LinkSecret([7; 16]),
             },
+            Wire::Admitted,
+            Wire::Joined { node: "w3".into() },
             Wire::Bye,
             Wire::Batch {
                 to: 3,
@@ -353,6 +418,15 @@ mod tests {
             Wire::Ask {
                 id: 5,
                 question: Question::Quiesce,
+            },
+            Wire::Ask {
+                id: 6,
+                question: Question::Expect(Member {
+                    name: "w3".into(),
+                    data_addr: "127.0.0.1:6001".into(),
+                    cores: vec![4, 5],
+                    secret: LinkSecret([9; 16]),
+                }),
             },
             Wire::Answer {
                 id: 5,

@@ -10,7 +10,7 @@ use quokka_io::control::{
 use thiserror::Error;
 
 use super::coordinator::Coordinator;
-use super::{ChangeError, Engine, StartError, Starting};
+use super::{ChangeError, ChangeReport, Engine, StartError, Starting};
 use crate::app::App;
 use crate::cluster::wire::{self, JoinRequest, Welcome, WireError};
 use crate::cluster::{link, Ending, LinkError, Node, Role};
@@ -112,9 +112,13 @@ impl Engine {
             forward.clone(),
             Role::Member,
         );
+        // Each member proves itself with the secret the welcome gives for it.
+        for m in members {
+            node.expect(m.clone());
+        }
         link::serve(node.clone(), data);
         for m in members {
-            node.add_member(m.clone())
+            node.link_expected(&m.name)
                 .map_err(|e| refused(JoinError::Link(e)))?;
         }
         // This node's core events go to the coordinator.
@@ -183,20 +187,12 @@ impl Engine {
         };
         let result = self.change(|c| {
             let welcome = c.welcome(&join, &self.app_name)?;
-            let lost = |reason: String| ChangeError::JoinerLost {
-                node: join.node.clone(),
-                reason,
-            };
-            session
-                .answer(&Response::Welcome(wire::encode_welcome(&welcome)))
-                .map_err(|e| lost(e.to_string()))?;
-            let ready = session
-                .next_request(Step::Ready, READY_DEADLINE)
-                .map_err(|e| lost(e.to_string()))?;
-            if ready.request != Request::Ready || !self.token_matches(&ready.token) {
-                return Err(lost("it did not say it was ready".into()));
+            let admitted = self.welcomed(c, session, &join, &welcome);
+            if admitted.is_err() {
+                // Unless it became a member, no node accepts its links any more.
+                c.node.forget_joiner(&join.node);
             }
-            c.add_node(&join, &welcome.cores)
+            admitted
         });
         match result {
             Ok(report) => Response::Ok(format!("join {}: {report}", join.node)),
@@ -205,5 +201,29 @@ impl Engine {
                 Response::Error(e.to_string())
             }
         }
+    }
+
+    /// The rest of a join once its welcome is made: send it, wait for `Ready`, add the node.
+    fn welcomed(
+        &self,
+        c: &mut Coordinator,
+        session: &mut Session,
+        join: &JoinRequest,
+        welcome: &Welcome,
+    ) -> Result<ChangeReport, ChangeError> {
+        let lost = |reason: String| ChangeError::JoinerLost {
+            node: join.node.clone(),
+            reason,
+        };
+        session
+            .answer(&Response::Welcome(wire::encode_welcome(welcome)))
+            .map_err(|e| lost(e.to_string()))?;
+        let ready = session
+            .next_request(Step::Ready, READY_DEADLINE)
+            .map_err(|e| lost(e.to_string()))?;
+        if ready.request != Request::Ready || !self.token_matches(&ready.token) {
+            return Err(lost("it did not say it was ready".into()));
+        }
+        c.add_node(join, &welcome.cores)
     }
 }

@@ -1,17 +1,20 @@
 //! Peer input is checked once, where it is decoded: messages from an authenticated peer that
 //! name slots beyond the cluster, or a plan for another slot count, are refused over a real link
-//! and the engine keeps its state and its output exact.
+//! and the engine keeps its state and its output exact. A link that cannot prove which node it
+//! is delivers nothing and condemns no one.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quokka_io::client::{Collector, FrameSender, Records};
+use rkyv::util::AlignedVec;
 
 use crate::app::{App, DecodeError};
 use crate::archive::SlotArchive;
-use crate::cluster::wire::{self, Wire};
+use crate::cluster::wire::{self, Answer, Lane, LinkSecret, Member, Question, Wire};
+use crate::cluster::LinkError;
 use crate::migration::ChangePlan;
 use crate::node::Engine;
 use crate::routing::{Move, RoutingTable};
@@ -37,16 +40,8 @@ fn count_words() -> App {
     .named("count_words")
 }
 
-fn send(to: SocketAddr, words: &[&str]) {
-    let mut sender = FrameSender::connect(to, Duration::from_secs(10)).unwrap();
-    for w in words {
-        sender.send(w.as_bytes()).unwrap();
-    }
-    sender.finish().unwrap();
-}
-
-#[test]
-fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
+/// A collecting sink and the lines it received.
+fn sink() -> (Collector, Arc<Mutex<Vec<String>>>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let collected = lines.clone();
     let sink = Collector::start(
@@ -58,6 +53,37 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
         },
     )
     .unwrap();
+    (sink, lines)
+}
+
+/// A node the engine expects (it accepts links that say `secret`), as if the coordinator had
+/// announced a joining node `name` to it.
+fn expect(engine: &Engine, name: &str, data_addr: SocketAddr, secret: LinkSecret) {
+    engine.node.expect(Member {
+        name: name.into(),
+        data_addr: data_addr.to_string(),
+        cores: Vec::new(),
+        secret,
+    });
+}
+
+fn frame(msg: &Wire) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    wire::write(&mut bytes, msg).unwrap();
+    bytes
+}
+
+fn send(to: SocketAddr, words: &[&str]) {
+    let mut sender = FrameSender::connect(to, Duration::from_secs(10)).unwrap();
+    for w in words {
+        sender.send(w.as_bytes()).unwrap();
+    }
+    sender.finish().unwrap();
+}
+
+#[test]
+fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
+    let (sink, lines) = sink();
     let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], sink.addr());
     config.cores = 2;
     config.n_slots = 64;
@@ -65,7 +91,10 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
     send(engine.input_addrs()[0], &["a", "b"]);
     assert!(sink.wait_for(2, Duration::from_secs(30)));
 
-    // An authenticated peer (no token is set) sends what would index past a core's tables.
+    // An authenticated peer (no token is set; the engine expects node w9 with this secret)
+    // sends what would index past a core's tables.
+    let secret = LinkSecret([3; 16]);
+    expect(&engine, "w9", "127.0.0.1:1".parse().unwrap(), secret);
     let archive = |slot| SlotArchive::write::<u64>(slot, &SlotEntities::default()).unwrap();
     let other_cluster = RoutingTable::uniform(8, 2);
     let hostile = [
@@ -89,21 +118,18 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
         )),
     ];
     let mut link = TcpStream::connect(engine.data_addr()).unwrap();
-    link.write_all(&wire::hello_frame("w9", "")).unwrap();
+    link.write_all(&wire::hello_frame("w9", Lane::Control, "", secret))
+        .unwrap();
     for msg in hostile {
         for to in [0, 1] {
-            let mut frame = Vec::new();
             let msg = Wire::Core {
                 to,
                 msg: msg.clone(),
             };
-            wire::write(&mut frame, &msg).unwrap();
-            link.write_all(&frame).unwrap();
+            link.write_all(&frame(&msg)).unwrap();
         }
     }
-    let mut bye = Vec::new();
-    wire::write(&mut bye, &Wire::Bye).unwrap();
-    link.write_all(&bye).unwrap();
+    link.write_all(&frame(&Wire::Bye)).unwrap();
     drop(link);
 
     // Every core is alive, owns what it owned, and counts on exactly.
@@ -119,4 +145,144 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
     let mut got = lines.lock().unwrap().clone();
     got.sort();
     assert_eq!(got, ["a 1", "a 2", "a 3", "b 1", "b 2"]);
+}
+
+/// Issue 14 (2): a hello that names a member with a wrong secret (with the right token), one
+/// that names no known node, and a second connection on the lane of a member's live link are
+/// refused; the cores' `Stop` each sends after its hello is never delivered, closing them
+/// condemns no one, the member's own link keeps working, and the engine counts on exactly.
+#[test]
+fn links_that_cannot_prove_their_node_deliver_nothing_and_condemn_no_one() {
+    let (sink, lines) = sink();
+    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], sink.addr());
+    config.cores = 2;
+    config.n_slots = 64;
+    config.token = "t0ken".into();
+    let engine = Engine::start(&count_words(), config).unwrap();
+    send(engine.input_addrs()[0], &["a", "b"]);
+    assert!(sink.wait_for(2, Duration::from_secs(30)));
+
+    // A member w9 (with no cores): the engine expects it, links to its data port, and w9
+    // links back on its control lane.
+    let w9_data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let secret = LinkSecret([9; 16]);
+    expect(&engine, "w9", w9_data.local_addr().unwrap(), secret);
+    let w9_accepts = std::thread::spawn(move || {
+        let mut from_engine = Vec::new();
+        for lane in [Lane::Data, Lane::Control] {
+            let (mut stream, _) = w9_data.accept().unwrap();
+            let hello = wire::read(&mut stream, &mut AlignedVec::new(), 4096).unwrap();
+            let Wire::Hello {
+                node,
+                lane: said,
+                token,
+                secret: theirs,
+            } = hello
+            else {
+                panic!("a link starts with a hello, not {hello:?}")
+            };
+            assert_eq!((node.as_str(), said, token.as_str()), ("w1", lane, "t0ken"));
+            assert!(theirs == secret, "the engine's links say the pair's secret");
+            stream.write_all(&frame(&Wire::Admitted)).unwrap();
+            from_engine.push(stream);
+        }
+        from_engine
+    });
+    engine.node.link_expected("w9").unwrap();
+    let mut from_engine = w9_accepts.join().unwrap();
+    let mut w9 = TcpStream::connect(engine.data_addr()).unwrap();
+    w9.write_all(&wire::hello_frame("w9", Lane::Control, "t0ken", secret))
+        .unwrap();
+    let admitted = wire::read(&mut w9, &mut AlignedVec::new(), 4096).unwrap();
+    assert_eq!(admitted, Wire::Admitted);
+    // A question over w9's link, answered on the engine's control link to w9: the link is live.
+    let mut ask = |id| {
+        let question = Question::Resume;
+        w9.write_all(&frame(&Wire::Ask { id, question })).unwrap();
+        let answer = wire::read(&mut from_engine[1], &mut AlignedVec::new(), 4096).unwrap();
+        let done = Answer::Done;
+        assert_eq!(answer, Wire::Answer { id, answer: done });
+    };
+    ask(6);
+
+    let stop = |to| Wire::Core {
+        to,
+        msg: PeerMsg::Stop {
+            producers: vec![0, 1],
+        },
+    };
+    let spoofs = [
+        wire::hello_frame("w9", Lane::Control, "t0ken", LinkSecret([8; 16])),
+        wire::hello_frame("w9", Lane::Data, "t0ken", LinkSecret([0; 16])),
+        wire::hello_frame("w8", Lane::Control, "t0ken", secret),
+        // Right secret, but w9's control lane is live: the second connection is refused.
+        wire::hello_frame("w9", Lane::Control, "t0ken", secret),
+    ];
+    for hello in spoofs {
+        let mut spoof = TcpStream::connect(engine.data_addr()).unwrap();
+        spoof.write_all(&hello).unwrap();
+        let _ = spoof.write_all(&[frame(&stop(0)), frame(&stop(1))].concat());
+        let _ = spoof.shutdown(Shutdown::Write);
+        // The engine closes it once it has refused the hello (a reset if it left bytes unread),
+        // and never says it admitted it.
+        let mut rest = Vec::new();
+        let _ = spoof.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    // No one was condemned, and w9's live link still delivers.
+    assert!(engine.node.lost_nodes().is_empty());
+    ask(7);
+    assert!(engine.node.lost_nodes().is_empty());
+
+    // The cores never got a `Stop`: they count on, and a change still works.
+    send(engine.input_addrs()[0], &["a", "b", "a"]);
+    assert!(sink.wait_for(5, Duration::from_secs(30)));
+    let report = engine.grow(1).expect("a change still works");
+    assert_eq!(report.cores_after, 3);
+    send(engine.input_addrs()[0], &["b"]);
+    assert!(sink.wait_for(6, Duration::from_secs(30)));
+    w9.write_all(&frame(&Wire::Bye)).unwrap();
+    let summary = engine.stop();
+    assert_eq!(summary.misrouted(), 0);
+    let mut got = lines.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, ["a 1", "a 2", "a 3", "b 1", "b 2", "b 3"]);
+}
+
+/// Issue 14 (2): a link whose hello its peer refuses does not open (an error, not a connection
+/// that drops what is written to it); once the peer expects this node with the same secret, it
+/// opens, and both engines stop cleanly.
+#[test]
+fn a_link_opens_only_once_its_peer_admits_the_hello() {
+    let (sink, _) = sink();
+    let start = |name: &str| {
+        let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], sink.addr());
+        config.cores = 1;
+        config.n_slots = 64;
+        config.name = name.into();
+        Engine::start(&count_words(), config).unwrap()
+    };
+    let (w1, w2) = (start("w1"), start("w2"));
+    let secret = LinkSecret([4; 16]);
+    expect(&w1, "w2", w2.data_addr(), secret);
+    // w2 does not know w1, then knows it with another secret: both refused.
+    for known in [None, Some(LinkSecret([5; 16]))] {
+        if let Some(other) = known {
+            expect(&w2, "w1", w1.data_addr(), other);
+        }
+        let e = w1.node.link_expected("w2").unwrap_err();
+        assert!(matches!(e, LinkError::Connect { .. }), "{e}");
+        assert!(w1.node.link("w2").is_none());
+    }
+    expect(&w2, "w1", w1.data_addr(), secret);
+    let member = w1.node.link_expected("w2").unwrap();
+    assert_eq!(member.name, "w2");
+    assert!(w1.node.link("w2").is_some());
+    for engine in [&w1, &w2] {
+        assert!(engine.node.lost_nodes().is_empty());
+    }
+    assert_eq!(w1.stop().misrouted(), 0);
+    assert_eq!(w2.stop().misrouted(), 0);
+    assert!(w2.node.lost_nodes().is_empty());
 }

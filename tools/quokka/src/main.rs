@@ -119,8 +119,10 @@ struct RunArgs {
     /// This node's name in the cluster [default: w1, or node-PID when joining]
     #[arg(long)]
     name: Option<String>,
-    /// Where the other nodes link to this one [default: the control address's host or, when
-    /// joining, the address this node reaches the coordinator from; any free port]
+    /// Where the other nodes link to this one; only members (and a node joining) get in, each
+    /// link proving its node with a secret the coordinator hands out [default: the control
+    /// address's host or, when joining, the address this node reaches the coordinator from; any
+    /// free port]
     #[arg(long, value_name = "HOST:PORT")]
     data: Option<String>,
     /// Join the running cluster whose coordinator has this control address.

@@ -515,14 +515,11 @@ impl Coordinator {
         {
             return refuse(JoinRefusal::Cores(join.cores));
         }
-        let cores = (0..join.cores).map(|i| self.next_id + i).collect();
+        let cores: Vec<CoreId> = (0..join.cores).map(|i| self.next_id + i).collect();
+        let members =
+            self.node
+                .expect_joiner(&join.node, &join.data_addr, &cores, self.local_ids())?;
         self.next_id += join.cores;
-        let mut members = vec![Member {
-            name: self.node.name.clone(),
-            data_addr: self.node.data_addr.to_string(),
-            cores: self.local_ids(),
-        }];
-        members.extend(self.node.members());
         Ok(Welcome {
             cores,
             members,
@@ -539,16 +536,13 @@ impl Coordinator {
     ) -> Result<ChangeReport, ChangeError> {
         let started = Instant::now();
         let before = self.cores.len();
-        let member = Member {
-            name: join.node.clone(),
-            data_addr: join.data_addr.clone(),
-            cores: ids.to_vec(),
-        };
         let others = self.node.members();
-        self.node.add_member(member.clone())?;
+        let member = self.node.link_expected(&join.node)?;
         for other in &others {
             if let Some(link) = self.node.link(&other.name) {
-                link.send_node(Wire::Joined(member.clone()));
+                link.send_node(Wire::Joined {
+                    node: join.node.clone(),
+                });
             }
         }
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
