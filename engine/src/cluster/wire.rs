@@ -546,6 +546,33 @@ mod tests {
     }
 
     #[test]
+    fn link_secrets_are_random_unprinted_and_equal_only_whole() {
+        let (a, b) = (LinkSecret::random().unwrap(), LinkSecret::random().unwrap());
+        assert!(a != b);
+        for at in 0..16 {
+            let mut bytes = a.0;
+            bytes[at] ^= 1;
+            assert!(LinkSecret(bytes) != a);
+        }
+        let welcome = Welcome {
+            cores: vec![2],
+            members: vec![Member {
+                name: "w1".into(),
+                data_addr: "127.0.0.1:6001".into(),
+                cores: vec![0, 1],
+                secret: a,
+            }],
+            table: TableWire::from(&RoutingTable::uniform(8, 2)),
+            output: "127.0.0.1:7002".into(),
+        };
+        let printed = format!("{welcome:?}");
+        assert!(printed.contains("LinkSecret(..)"), "{printed}");
+        assert!(!printed.contains(&format!("{:?}", a.0)), "{printed}");
+        let back = decode_welcome(&encode_welcome(&welcome)).unwrap();
+        assert!(back == welcome && back.members[0].secret == a);
+    }
+
+    #[test]
     fn a_table_of_another_slot_count_is_refused() {
         let table = TableWire::from(&RoutingTable::uniform(8, 2));
         assert_eq!(table.to_table(8).unwrap(), RoutingTable::uniform(8, 2));
