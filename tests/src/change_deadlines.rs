@@ -3,6 +3,7 @@
 //! rolled back: status shows no change in progress and no lost node, later changes work, and
 //! the output stays exact.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,27 @@ use crate::harness::{init_logging, send_frames, Coordinator, Sink};
 use crate::reference::{check_running_totals, reference_counts};
 
 /// A node that asks to join, says it is ready, and then never answers a core message: its data
-/// port accepts links and reads nothing.
+/// port admits every link (answers the hello) and then reads nothing more.
 struct SilentJoiner {
-    _data: TcpListener,
     control: Client,
+}
+
+/// Admits the links to `data` and keeps them open, silent, for as long as the test runs.
+fn admit_and_stay_silent(data: TcpListener) {
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for mut link in data.incoming().flatten() {
+            let mut header = [0u8; 4];
+            if link.read_exact(&mut header).is_err() {
+                continue;
+            }
+            let mut hello = vec![0; u32::from_be_bytes(header) as usize];
+            if link.read_exact(&mut hello).is_ok() {
+                let _ = link.write_all(&wire::admitted_frame());
+                open.push(link);
+            }
+        }
+    });
 }
 
 impl SilentJoiner {
@@ -42,10 +60,8 @@ impl SilentJoiner {
             }
             other => panic!("not welcomed: {other:?}"),
         }
-        SilentJoiner {
-            _data: data,
-            control: client,
-        }
+        admit_and_stay_silent(data);
+        SilentJoiner { control: client }
     }
 
     /// Says it is ready; returns the coordinator's final word on the join.

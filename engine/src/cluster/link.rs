@@ -362,9 +362,7 @@ fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
     };
     let _ = reader.get_ref().set_read_timeout(None);
     // One write, so the answer leaves in one segment.
-    let mut admitted = Vec::new();
-    wire::write(&mut admitted, &Wire::Admitted).expect("writing to a Vec cannot fail");
-    if let Err(e) = reader.get_ref().write_all(&admitted) {
+    if let Err(e) = reader.get_ref().write_all(&wire::admitted_frame()) {
         node.link_closed(&conn, LinkEnd::Broken, &e.to_string());
         return;
     }

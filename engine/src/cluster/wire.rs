@@ -259,6 +259,14 @@ pub(crate) fn write(out: &mut impl Write, msg: &Wire) -> Result<(), FrameError> 
     Ok(())
 }
 
+/// The answer to an accepted hello (public so black-box tests can play a node that admits links
+/// and then says nothing).
+pub fn admitted_frame() -> Vec<u8> {
+    let mut out = Vec::new();
+    write(&mut out, &Wire::Admitted).expect("writing to a Vec cannot fail");
+    out
+}
+
 /// The first frame of a link: who is speaking on which lane, with the cluster token and the
 /// link secret (public so black-box tests can knock on a data port).
 pub fn hello_frame(node: &str, lane: Lane, token: &str, secret: LinkSecret) -> Vec<u8> {
