@@ -134,7 +134,7 @@ fn nodes_join_and_leave_under_continuous_load() {
 fn refused(result: Result<(Engine, String), StartError>) -> String {
     match result {
         Ok(_) => panic!("the join was accepted"),
-        Err(e) => e.to_string(),
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
     }
 }
 

@@ -52,7 +52,8 @@ pub enum StartError {
     },
     #[error("core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)")]
     Executor { core: usize, reason: String },
-    #[error("cannot join the cluster at {addr}: {error}")]
+    // The reason is the source only, so `{:#}` shows it once.
+    #[error("cannot join the cluster at {addr}")]
     Join {
         addr: SocketAddr,
         #[source]

@@ -69,12 +69,23 @@ struct TokenArgs {
 impl TokenArgs {
     fn token(&self) -> Result<String> {
         match (&self.cluster_token, &self.cluster_token_file) {
+            (Some(t), _) if t.is_empty() => {
+                anyhow::bail!("--cluster-token is empty: give a secret, or leave the flag out to check none")
+            }
             (Some(t), _) => Ok(t.clone()),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).with_context(|| {
                     format!("cannot read --cluster-token-file {}", path.display())
                 })?;
-                Ok(text.lines().next().unwrap_or("").trim().to_string())
+                let token = text.lines().next().unwrap_or("").trim().to_string();
+                if token.is_empty() {
+                    // A blank first line would silently turn every check off.
+                    anyhow::bail!(
+                        "--cluster-token-file {}: its first line is empty; the token goes there",
+                        path.display()
+                    );
+                }
+                Ok(token)
             }
             (None, None) => Ok(String::new()),
         }
