@@ -295,11 +295,21 @@ pub(crate) fn read(
     let mut prefix = [0u8; PREFIX_LEN];
     framing::read_payload(input, &mut prefix)?;
     check_prefix(&prefix)?;
+    // The buffer grows as the bytes arrive, not to the announced length up front: a peer that
+    // announces 256 MiB and sends nothing holds no memory here.
+    let body = len - PREFIX_LEN;
     buf.clear();
-    buf.resize(len - PREFIX_LEN, 0);
-    framing::read_payload(input, buf)?;
+    while buf.len() < body {
+        let start = buf.len();
+        let end = body.min(start + READ_CHUNK);
+        buf.resize(end, 0);
+        framing::read_payload(input, &mut buf[start..end])?;
+    }
     rkyv::from_bytes::<Wire, BoxedError>(buf).map_err(WireError::Invalid)
 }
+
+/// Bytes of a link frame read (and allocated) at a time.
+const READ_CHUNK: usize = 1 << 20;
 
 pub fn encode_join(j: &JoinRequest) -> Vec<u8> {
     prefixed(&archive(j))
@@ -533,6 +543,19 @@ mod tests {
                 assert_ne!(read_one(&framed(&payload[..cut])).ok(), Some(m.clone()));
             }
         }
+    }
+
+    /// A frame that announces the maximum and then stops holds no more memory than it sent
+    /// (found by the probe of issue 14: 256 MiB per connection on the data port).
+    #[test]
+    fn an_announced_length_is_not_allocated_before_its_bytes_arrive() {
+        let mut header = (MAX_LINK_FRAME as u32).to_be_bytes().to_vec();
+        header.extend_from_slice(&[b'Q', b'N', VERSION]);
+        header.extend_from_slice(&[0; 100]);
+        let mut buf = AlignedVec::new();
+        let read = read(&mut &header[..], &mut buf, MAX_LINK_FRAME);
+        assert!(matches!(read, Err(WireError::Frame(FrameError::Truncated { .. }))));
+        assert!(buf.capacity() <= 2 * READ_CHUNK, "{} bytes held", buf.capacity());
     }
 
     #[test]
