@@ -606,7 +606,14 @@ fn an_empty_cluster_token_is_refused_not_taken_as_none() {
     let file = std::env::temp_dir().join(format!("quokka-blank-{}.tok", std::process::id()));
     std::fs::write(&file, "\nsecret\n").unwrap();
     let path = file.to_string_lossy().to_string();
-    let base = ["run", "word_count", "--in", "127.0.0.1:0", "--out", "127.0.0.1:1"];
+    let base = [
+        "run",
+        "word_count",
+        "--in",
+        "127.0.0.1:0",
+        "--out",
+        "127.0.0.1:1",
+    ];
     for extra in [
         &["--cluster-token", ""][..],
         &["--cluster-token-file", &path][..],

@@ -323,12 +323,36 @@ pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
 /// then the secret this node shares with the node it names, and that the lane has no live
 /// connection), then hands every message to the node. A live link that ends without a goodbye
 /// is a lost node; a refused connection changes nothing.
+/// A link's socket as its reader reads it. Until the hello is in, a read waits only for what is
+/// left of the hello's deadline: a timeout per read would let a peer that sends a byte now and
+/// then hold one of the few places for connections without a hello for hours.
+struct Incoming {
+    stream: TcpStream,
+    hello_by: Option<Instant>,
+}
+
+impl std::io::Read for Incoming {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(by) = self.hello_by {
+            let left = by.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
 fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
     let from_addr = stream
         .peer_addr()
         .map_or_else(|_| "unknown address".into(), |a| a.to_string());
-    let _ = stream.set_read_timeout(Some(LINK_TIMEOUT));
-    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    let incoming = Incoming {
+        stream,
+        hello_by: Some(Instant::now() + LINK_TIMEOUT),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, incoming);
     let mut buf = AlignedVec::new();
     let hello = wire::read(&mut reader, &mut buf, 4096);
     unidentified.fetch_sub(1, Ordering::AcqRel);
@@ -360,9 +384,10 @@ fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
             return;
         }
     };
-    let _ = reader.get_ref().set_read_timeout(None);
+    reader.get_mut().hello_by = None;
+    let _ = reader.get_ref().stream.set_read_timeout(None);
     // One write, so the answer leaves in one segment.
-    if let Err(e) = reader.get_ref().write_all(&wire::admitted_frame()) {
+    if let Err(e) = (&reader.get_ref().stream).write_all(&wire::admitted_frame()) {
         node.link_closed(&conn, LinkEnd::Broken, &e.to_string());
         return;
     }

@@ -554,8 +554,15 @@ mod tests {
         header.extend_from_slice(&[0; 100]);
         let mut buf = AlignedVec::new();
         let read = read(&mut &header[..], &mut buf, MAX_LINK_FRAME);
-        assert!(matches!(read, Err(WireError::Frame(FrameError::Truncated { .. }))));
-        assert!(buf.capacity() <= 2 * READ_CHUNK, "{} bytes held", buf.capacity());
+        assert!(matches!(
+            read,
+            Err(WireError::Frame(FrameError::Truncated { .. }))
+        ));
+        assert!(
+            buf.capacity() <= 2 * READ_CHUNK,
+            "{} bytes held",
+            buf.capacity()
+        );
     }
 
     #[test]

@@ -286,3 +286,48 @@ fn a_link_opens_only_once_its_peer_admits_the_hello() {
     assert_eq!(w2.stop().misrouted(), 0);
     assert!(w2.node.lost_nodes().is_empty());
 }
+
+/// A connection on the data port that trickles its hello, a byte now and then, is closed once
+/// the hello's deadline (5 s) has passed, not held open for as long as the bytes keep coming (a
+/// timeout per read let one byte every 4 s hold a place for hours; found by the probe of issue
+/// 14).
+#[test]
+fn a_trickled_hello_is_cut_at_its_deadline() {
+    let (sink, _) = sink();
+    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], sink.addr());
+    config.cores = 1;
+    let engine = Engine::start(&count_words(), config).unwrap();
+    let hello = wire::hello_frame("w9", Lane::Data, "", LinkSecret(*b"0123456789abcdef"));
+    let mut link = TcpStream::connect(engine.data_addr()).unwrap();
+    link.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    let closed = loop {
+        let now = started.elapsed();
+        assert!(
+            now < Duration::from_secs(20),
+            "the trickle was still held after {now:?}"
+        );
+        // A byte every half second (the read's timeout is the pace), never the whole hello.
+        if sent + 1 < hello.len() {
+            if link.write_all(&hello[sent..sent + 1]).is_err() {
+                break started.elapsed();
+            }
+            sent += 1;
+        }
+        let mut byte = [0u8; 1];
+        match link.read(&mut byte) {
+            Ok(0) => break started.elapsed(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break started.elapsed(),
+            Ok(_) => panic!("the node answered a hello it never got whole"),
+        }
+    };
+    assert!(closed >= Duration::from_secs(4), "cut after {closed:?}");
+    engine.stop();
+}

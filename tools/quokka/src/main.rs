@@ -70,7 +70,9 @@ impl TokenArgs {
     fn token(&self) -> Result<String> {
         match (&self.cluster_token, &self.cluster_token_file) {
             (Some(t), _) if t.is_empty() => {
-                anyhow::bail!("--cluster-token is empty: give a secret, or leave the flag out to check none")
+                anyhow::bail!(
+                    "--cluster-token is empty: give a secret, or leave the flag out to check none"
+                )
             }
             (Some(t), _) => Ok(t.clone()),
             (None, Some(path)) => {
