@@ -5,7 +5,8 @@
 use std::cell::{Cell, RefCell, RefMut};
 use std::time::Instant;
 
-use quokka_io::tcp::TcpSink;
+use futures_lite::future;
+use quokka_io::tcp::{SinkError, TcpSink};
 
 use super::Core;
 use crate::metrics::now_ns;
@@ -24,8 +25,10 @@ pub(super) struct Sink {
     written: Cell<u64>,
     /// The last attempt to connect to the sink failed; outputs wait for it.
     down: Cell<bool>,
-    /// Set on stop: when the writer stops retrying an unreachable receiver.
+    /// Set on stop: when the writer gives up on a receiver that is unreachable or not reading.
     drain_deadline: Cell<Option<Instant>>,
+    /// Signalled when the drain deadline is set.
+    draining: Notify,
     /// Set when the core is done: the writer exits once the buffer is empty.
     finished: Cell<bool>,
 }
@@ -40,6 +43,7 @@ impl Sink {
             written: Cell::new(0),
             down: Cell::new(false),
             drain_deadline: Cell::new(None),
+            draining: Notify::default(),
             finished: Cell::new(false),
         }
     }
@@ -84,6 +88,20 @@ impl Sink {
     /// Stopping: an unreachable sink is given up on at `deadline`.
     pub fn drain_until(&self, deadline: Instant) {
         self.drain_deadline.set(Some(deadline));
+        self.draining.notify_all();
+    }
+
+    /// Completes once a stop's drain deadline has passed: a sink that accepts and never reads
+    /// must not hold the core, and so the stop, forever.
+    async fn drain_expired(&self) {
+        loop {
+            let waiting = self.draining.wait();
+            if let Some(at) = self.drain_deadline.get() {
+                glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+                return;
+            }
+            waiting.await;
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -119,7 +137,7 @@ pub(super) async fn write_outputs(core: &Core) {
     loop {
         while state.buffer.borrow().is_empty() {
             if state.finished.get() {
-                sink.close().await;
+                future::or(sink.close(), state.drain_expired()).await;
                 return;
             }
             state.ready.wait().await;
@@ -136,7 +154,19 @@ pub(super) async fn write_outputs(core: &Core) {
                     .saturating_record(taken.saturating_sub(t).max(1));
             }
         }
-        let result = sink.write_records(bytes, ends, &failed_attempt).await;
+        let result = future::or(
+            sink.write_records(bytes, ends, &failed_attempt),
+            async {
+                state.drain_expired().await;
+                Err(SinkError::GaveUp {
+                    addr: core.config.output,
+                    records: ends.len(),
+                    bytes: bytes.len(),
+                    reason: "the drain timeout passed while the sink was not reading".into(),
+                })
+            },
+        )
+        .await;
         state.down.set(result.is_err());
         let n = ends.len() as u64;
         {
