@@ -228,6 +228,7 @@ impl Engine {
         };
         Summary {
             cores,
+            retired: coordinator.retired(),
             elapsed: self.started.elapsed(),
         }
     }
@@ -377,6 +378,7 @@ impl Engine {
         let cores = coordinator.stop();
         Summary {
             cores,
+            retired: coordinator.retired(),
             elapsed: self.started.elapsed(),
         }
     }

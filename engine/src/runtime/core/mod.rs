@@ -386,6 +386,7 @@ impl Core {
             outputs: report.outputs,
             sink_failures: report.sink_failures,
             sink_down: self.sink.is_down(),
+            at_risk: report.at_risk,
             frames_per_sec: window.last_frames_per_sec,
             outputs_per_sec: window.last_outputs_per_sec,
             latency_p50: last.map(|h| h.value_at_quantile(0.5)),
