@@ -381,7 +381,7 @@ impl Coordinator {
             if let Ok(h) = rx.recv() {
                 let _ = self.retired_latency.lock().unwrap().add(&h);
             }
-            handle.addr.send_control(CoreMsg::Retire);
+            handle.addr.retire();
             match handle.executor.map(|e| e.join()) {
                 Some(Ok(r)) => self.retired.add(&r),
                 Some(Err(e)) => tracing::error!(core = v, "retired core failed: {e}"),
@@ -595,7 +595,7 @@ impl Coordinator {
     pub fn retire_all(&mut self) -> Vec<CoreReport> {
         self.stopped = true;
         for id in self.local_ids() {
-            self.cores[&id].addr.send_control(CoreMsg::Retire);
+            self.cores[&id].addr.retire();
         }
         self.finish()
     }

@@ -28,6 +28,8 @@ pub(super) struct Sink {
     drain_deadline: Cell<Option<Instant>>,
     /// Set when the core is done: the writer exits once the buffer is empty.
     finished: Cell<bool>,
+    /// Signalled when the core is done (for tasks that end with it).
+    done: Notify,
 }
 
 impl Sink {
@@ -41,6 +43,7 @@ impl Sink {
             down: Cell::new(false),
             drain_deadline: Cell::new(None),
             finished: Cell::new(false),
+            done: Notify::default(),
         }
     }
 
@@ -94,10 +97,14 @@ impl Sink {
     pub fn finish(&self) {
         self.finished.set(true);
         self.ready.notify_all();
+        self.done.notify_all();
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.finished.get()
+    /// Waits until the core is done.
+    pub async fn finished(&self) {
+        while !self.finished.get() {
+            self.done.wait().await;
+        }
     }
 }
 
