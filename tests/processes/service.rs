@@ -1,7 +1,8 @@
 //! `quokka run` as a long-running service: cores retired by grow/shrink cycles give back what
-//! they held.
+//! they held, and a sink that crashes under load is reported, not silently trusted.
 
-use std::net::SocketAddr;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use std::process::Command;
@@ -170,4 +171,62 @@ fn grow_and_shrink_cycles_give_back_what_retired_cores_held() {
         summary.contains(&format!("{outputs} outputs out")),
         "{summary}"
     );
+}
+
+/// The number after `prefix` in `text` (e.g. `WARNING: ` -> 17).
+fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Issue 14 (3): a sink that reads some outputs and then goes away while outputs flow. TCP
+/// cannot say which of the outputs written to that connection it read, so the engine does not
+/// claim them as delivered: `status` and the summary count them as at risk, and a warning
+/// says they may be lost. Everything after the failure reaches the next sink connection, and
+/// exactly the outputs not at risk arrive there.
+#[test]
+fn outputs_written_to_a_sink_connection_that_failed_are_counted_as_at_risk() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = listener.local_addr().unwrap();
+    let mut engine = spawn_word_count(out);
+    let (control, input) = (engine.addrs.control(), engine.addrs.input());
+    let frames: Vec<&[u8]> = BILL_OF_RIGHTS.lines().map(str::as_bytes).collect();
+
+    send_frames(input, &frames);
+    let (mut first, _) = listener.accept().unwrap();
+    first.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut some = [0; 64];
+    first.read_exact(&mut some).unwrap();
+    drop(first);
+    // From here on the next sink connections are collected (and read to the end).
+    let sink = Sink::on(listener, Records::Lines);
+
+    // Outputs keep flowing: the engine's writes find the connection gone, it reconnects.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        send_frames(input, &frames);
+        let status = ctl_ok(control, &["status"]);
+        if status.contains("outputs at risk") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing at risk:\n{status}");
+    }
+
+    signal(&engine.child, "-TERM");
+    engine.wait_exit_ok();
+    let summary = engine.rest_of_stdout();
+    let outputs = number_after(&summary, " frames in, ").expect("outputs out");
+    let at_risk = number_after(&summary, "WARNING: ").expect("a warning with the count");
+    assert!(
+        summary.contains("outputs were written to sink connections that then failed; the sink may not have received them"),
+        "{summary}"
+    );
+    assert!(
+        at_risk > 0 && at_risk <= outputs,
+        "{at_risk} at risk of {outputs}:\n{summary}"
+    );
+    sink.wait_for(outputs - at_risk);
+    // Everything not at risk arrived on the later connection, once each.
+    assert_eq!(sink.collector.records(), outputs - at_risk, "{summary}");
 }

@@ -1,6 +1,8 @@
 //! A core's sink: outputs are encoded into a bounded buffer, and a writer task sends the buffer
 //! to the core's sink connection, recording each output's source-to-sink latency once it is
-//! written. A full buffer holds back the core's data (never its control messages).
+//! written. A full buffer holds back the core's data (never its control messages). Outputs
+//! written to a connection that then failed are counted as at risk (the sink may not have read
+//! them; TCP cannot tell).
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::time::Instant;
@@ -148,6 +150,7 @@ pub(super) async fn write_outputs(core: &Core) {
         let n = ends.len() as u64;
         {
             let mut report = core.report.borrow_mut();
+            report.at_risk = sink.at_risk();
             match result {
                 Ok(()) => {
                     let now = now_ns();
