@@ -365,9 +365,10 @@ fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
 }
 
 /// The coordinator killed with SIGKILL: the member reports it and, on SIGTERM, stops on its own
-/// (it cannot ask a dead coordinator to remove it) instead of hanging.
+/// (it cannot ask a dead coordinator to remove it) instead of hanging. Issue 14 (11): what it
+/// routed to the lost coordinator's slots meanwhile was dropped, and its log says how much.
 #[test]
-fn a_member_whose_coordinator_was_killed_stops_on_its_own() {
+fn a_member_whose_coordinator_was_killed_stops_on_its_own_and_logs_what_it_dropped() {
     let sink = Sink::start(Records::Lines);
     let out = sink.addr().to_string();
     let mut w1 = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
@@ -380,12 +381,22 @@ fn a_member_whose_coordinator_was_killed_stops_on_its_own() {
     signal(&w1.child, "-KILL");
     let _ = wait_exit(&mut w1.child);
     wait_status(w2.addrs.control(), "LOST node w1");
+    // Half the words belong to w1's slots: routed there, so dropped.
+    let frames: Vec<&[u8]> = BILL_OF_RIGHTS.lines().map(str::as_bytes).collect();
+    send_frames(w2.addrs.input(), &frames);
     signal(&w2.child, "-TERM");
     w2.wait_exit_uncrashed();
+    let log = w2.log_text();
     assert!(
-        w2.log_text()
-            .contains("the coordinator is lost; stopping this node on its own"),
-        "{}",
-        w2.log_text()
+        log.contains("the coordinator is lost; stopping this node on its own"),
+        "{log}"
+    );
+    let dropped = log.lines().find_map(|l| {
+        let (before, _) = l.split_once(" messages for lost node w1 were dropped")?;
+        before.rsplit(' ').next()?.parse::<u64>().ok()
+    });
+    assert!(
+        dropped.is_some_and(|n| n > 0),
+        "no count of the dropped messages ({dropped:?}):\n{log}"
     );
 }

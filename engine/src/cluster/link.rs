@@ -6,7 +6,7 @@
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +41,10 @@ pub(crate) struct Link {
     data: flume::Sender<Outgoing>,
     control: flume::Sender<Outgoing>,
     writers: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once the node is lost: messages for it are dropped (and counted), not queued.
+    lost: AtomicBool,
+    /// Messages for the node dropped: after it was lost, or after the link broke.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -50,13 +54,14 @@ impl Link {
         let (data, data_rx) = flume::bounded(LINK_DATA_CAPACITY);
         let (control, control_rx) = flume::unbounded();
         let mut writers = Vec::new();
+        let dropped = Arc::new(AtomicU64::new(0));
         for (lane, rx) in [("data", data_rx), ("control", control_rx)] {
             let out = connect(node, addr)?;
-            let (node, peer) = (node.clone(), peer.to_string());
+            let (node, peer, dropped) = (node.clone(), peer.to_string(), dropped.clone());
             writers.push(
                 std::thread::Builder::new()
                     .name(format!("quokka-{lane}-{peer}"))
-                    .spawn(move || write_link(&node, &peer, out, &rx))?,
+                    .spawn(move || write_link(&node, &peer, out, &rx, &dropped))?,
             );
         }
         Ok(Arc::new(Link {
@@ -64,7 +69,28 @@ impl Link {
             data,
             control,
             writers: Mutex::new(writers),
+            lost: AtomicBool::new(false),
+            dropped,
         }))
+    }
+
+    /// The node is lost: from now on messages for it are dropped and counted, not queued.
+    pub fn lost(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// Messages for the node dropped so far (after it was lost, or after the link broke).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Counts a message for a lost node instead of queueing it.
+    fn drop_if_lost(&self) -> bool {
+        let lost = self.lost.load(Ordering::Acquire);
+        if lost {
+            self.dropped.fetch_add(1, Ordering::AcqRel);
+        }
+        lost
     }
 
     /// A message for the node itself (not one of its cores).
@@ -88,19 +114,24 @@ impl RemotePeer for Link {
     }
 
     fn send_control(&self, core: CoreId, msg: CoreMsg) -> bool {
-        self.control.send(Outgoing::Core(core, msg)).is_ok()
+        self.drop_if_lost() || self.control.send(Outgoing::Core(core, msg)).is_ok()
     }
 
     fn send_data(&self, core: CoreId, msg: CoreMsg) -> Sending<'_> {
         Box::pin(async move {
-            self.data
-                .send_async(Outgoing::Core(core, msg))
-                .await
-                .is_ok()
+            self.drop_if_lost()
+                || self
+                    .data
+                    .send_async(Outgoing::Core(core, msg))
+                    .await
+                    .is_ok()
         })
     }
 
     fn try_send_data(&self, core: CoreId, msg: CoreMsg) -> Result<(), CoreMsg> {
+        if self.drop_if_lost() {
+            return Ok(());
+        }
         self.data
             .try_send(Outgoing::Core(core, msg))
             .map_err(|e| match e.into_inner() {
@@ -138,13 +169,14 @@ fn write_link(
     peer: &str,
     out: BufWriter<TcpStream>,
     lane: &flume::Receiver<Outgoing>,
+    dropped: &AtomicU64,
 ) {
     let mut w = LinkWriter {
         node,
         peer,
         out,
         broken: false,
-        dropped: 0,
+        dropped,
     };
     loop {
         let next = match lane.try_recv() {
@@ -161,13 +193,16 @@ fn write_link(
             Outgoing::Core(core, msg) => w.write(to_wire(node, core, msg)),
             Outgoing::Node(msg) => w.write(Some(msg)),
             Outgoing::Close => {
-                w.write(Some(Wire::Bye));
+                if !w.broken {
+                    w.write(Some(Wire::Bye));
+                }
                 break;
             }
         }
     }
-    if w.dropped > 0 {
-        tracing::warn!(node = %node.name, "{} messages for node {peer} were dropped after its link broke", w.dropped);
+    if w.broken {
+        let n = w.dropped.load(Ordering::Acquire);
+        tracing::warn!(node = %node.name, "{n} messages for node {peer} were dropped after its link broke");
     }
     w.flush();
     let _ = w.out.get_ref().shutdown(Shutdown::Write);
@@ -178,14 +213,14 @@ struct LinkWriter<'a> {
     peer: &'a str,
     out: BufWriter<TcpStream>,
     broken: bool,
-    dropped: u64,
+    dropped: &'a AtomicU64,
 }
 
 impl LinkWriter<'_> {
     fn write(&mut self, msg: Option<Wire>) {
         let Some(msg) = msg else { return };
         if self.broken {
-            self.dropped += 1;
+            self.dropped.fetch_add(1, Ordering::AcqRel);
         } else if let Err(e) = wire::write(&mut self.out, &msg) {
             self.fail(&e);
         }
