@@ -275,6 +275,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
         | CoreMsg::Status(_)
         | CoreMsg::TakeLatency(_)
         | CoreMsg::Retire { .. }
+        | CoreMsg::CutSources
         | CoreMsg::PeerLost(_) => {
             tracing::error!(node = %node.name, "bug: a node-local message was addressed to remote core {to}");
             return None;

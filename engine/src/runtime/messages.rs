@@ -114,6 +114,9 @@ pub(crate) enum CoreMsg {
     TakeLatency(flume::Sender<Histogram<u64>>),
     /// These cores' node was lost: expect nothing more from them.
     PeerLost(Vec<CoreId>),
+    /// This node is leaving the cluster: shut the read side of every source connection (what
+    /// they have received is still applied) and of any adopted later.
+    CutSources,
     /// A core that left: flush the sink and end, but return from its executor only once
     /// `released` is disconnected (see [`CoreAddr::retire`]).
     Retire {

@@ -220,6 +220,7 @@ impl Core {
             // Their outboxes stay: what is routed to them is dropped (and counted) by the
             // broken link, so routing needs no special case and nothing waits on them.
             CoreMsg::PeerLost(peers) => self.shutdown.producers_done(peers),
+            CoreMsg::CutSources => self.sources.shut_reads(),
             CoreMsg::Retire { .. } => unreachable!("handled by the inbox loop"),
         }
     }
