@@ -41,6 +41,6 @@ pub use cluster::Ending;
 pub use metrics::Summary;
 pub use node::{
     ChangeError, ChangeReport, Engine, JoinError, JoinRefusal, LostReport, MigrationProgress,
-    NodeInfo, StartError, Status, MAX_SLOTS_PER_STEP,
+    NodeInfo, SourcesClosed, StartError, Status, MAX_SLOTS_PER_STEP,
 };
 pub use runtime::{default_cores, Config};

@@ -31,12 +31,18 @@ pub struct CoreReport {
     pub connections: u64,
     /// Connections closed because of bad framing, a bad frame or a read error.
     pub connection_errors: u64,
+    /// Connections this core cut itself (stopping, or its node leaving) while their peers still
+    /// had them open; a frame cut in half there is not the peer's fault, so not an error.
+    pub connections_cut: u64,
     /// Connections this core handed to another core when it left.
     pub handed_over: u64,
     /// Frames read from sources on this core.
     pub frames: u64,
     /// Outputs written to the sink.
     pub outputs: u64,
+    /// Outputs written to a sink connection that then failed: TCP cannot say whether the sink
+    /// read them, and they are not sent again, so they may be lost.
+    pub at_risk: u64,
     /// Outputs the sink could not deliver before shutdown gave up.
     pub undelivered: u64,
     /// Connection attempts to the sink that failed (refused, unreachable).
@@ -46,8 +52,6 @@ pub struct CoreReport {
     pub misrouted: u64,
     /// State entities held at the end.
     pub entities: u64,
-    /// The core left before the end (`shrink`); its counters are still part of the totals.
-    pub retired: bool,
     /// Source-to-sink latency of the outputs written, in nanoseconds: from the read of the input
     /// to the completed write of the output to the sink socket.
     pub latency: Histogram<u64>,
@@ -62,30 +66,87 @@ impl CoreReport {
             core,
             connections: 0,
             connection_errors: 0,
+            connections_cut: 0,
             handed_over: 0,
             frames: 0,
             outputs: 0,
+            at_risk: 0,
             undelivered: 0,
             sink_failures: 0,
             misrouted: 0,
             entities: 0,
-            retired: false,
             latency: latency_histogram(),
             engine_latency: latency_histogram(),
         }
+    }
+
+    /// Adds `other`'s counters and latency to this report's (`core` stays).
+    pub fn absorb(&mut self, other: &CoreReport) {
+        self.connections += other.connections;
+        self.connection_errors += other.connection_errors;
+        self.connections_cut += other.connections_cut;
+        self.handed_over += other.handed_over;
+        self.frames += other.frames;
+        self.outputs += other.outputs;
+        self.at_risk += other.at_risk;
+        self.undelivered += other.undelivered;
+        self.sink_failures += other.sink_failures;
+        self.misrouted += other.misrouted;
+        self.entities += other.entities;
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
+        self.engine_latency
+            .add(&other.engine_latency)
+            .expect("same histogram bounds");
+    }
+}
+
+/// The cores that left before the end (`shrink`), folded into one report: a service that
+/// scales up and down retires thousands, and keeping a report (two histograms) for each would
+/// grow without bound.
+#[derive(Debug, Clone)]
+pub struct Retired {
+    /// How many cores retired.
+    pub count: usize,
+    /// Their counters and latency, added up (`totals.core` means nothing).
+    pub totals: CoreReport,
+}
+
+impl Default for Retired {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            totals: CoreReport::new(0),
+        }
+    }
+}
+
+impl Retired {
+    pub fn add(&mut self, report: &CoreReport) {
+        self.count += 1;
+        self.totals.absorb(report);
     }
 }
 
 /// What the whole engine did: per-core reports and their totals.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// The cores that ran to the end, one report each.
     pub cores: Vec<CoreReport>,
+    /// The cores retired before the end, folded into one report.
+    pub retired: Retired,
     pub elapsed: Duration,
 }
 
 impl Summary {
+    /// Every report: the running cores', then the retired cores' totals.
+    fn reports(&self) -> impl Iterator<Item = &CoreReport> {
+        self.cores.iter().chain(Some(&self.retired.totals))
+    }
+
     fn total(&self, f: impl Fn(&CoreReport) -> u64) -> u64 {
-        self.cores.iter().map(f).sum()
+        self.reports().map(f).sum()
     }
 
     pub fn frames(&self) -> u64 {
@@ -108,6 +169,15 @@ impl Summary {
         self.total(|c| c.connection_errors)
     }
 
+    pub fn connections_cut(&self) -> u64 {
+        self.total(|c| c.connections_cut)
+    }
+
+    /// Outputs written to sink connections that then failed (the sink may not have them).
+    pub fn at_risk(&self) -> u64 {
+        self.total(|c| c.at_risk)
+    }
+
     pub fn handed_over(&self) -> u64 {
         self.total(|c| c.handed_over)
     }
@@ -128,7 +198,7 @@ impl Summary {
 
     fn merged(&self, f: impl Fn(&CoreReport) -> &Histogram<u64>) -> Histogram<u64> {
         let mut all = latency_histogram();
-        for c in &self.cores {
+        for c in self.reports() {
             all.add(f(c)).expect("same histogram bounds");
         }
         all
@@ -216,6 +286,8 @@ pub struct CoreStatus {
     pub sink_failures: u64,
     /// The last attempt to reach the sink failed and outputs wait for it.
     pub sink_down: bool,
+    /// Outputs written to sink connections that then failed (the sink may not have them).
+    pub at_risk: u64,
     pub frames_per_sec: f64,
     pub outputs_per_sec: f64,
     /// Source-to-sink latency over the last second (`None`: no output in it). Percentiles, not
@@ -254,12 +326,10 @@ pub fn percentiles(h: &Histogram<u64>) -> String {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let retired = self.cores.iter().filter(|c| c.retired).count();
-        let running = self.cores.len() - retired;
-        let cores = if retired > 0 {
-            format!("{running} cores ({retired} retired)")
-        } else {
-            format!("{running} cores")
+        let running = self.cores.len();
+        let cores = match self.retired.count {
+            0 => format!("{running} cores"),
+            retired => format!("{running} cores ({retired} retired)"),
         };
         writeln!(
             f,
@@ -282,28 +352,27 @@ impl fmt::Display for Summary {
             percentiles(&self.engine_latency())
         )?;
         for c in &self.cores {
-            write!(
-                f,
-                "  core {}{}: {} connections ({} closed on errors, {} handed over), {} frames, {} outputs, {} entities",
-                c.core,
-                if c.retired { " (retired)" } else { "" },
-                c.connections,
-                c.connection_errors,
-                c.handed_over,
-                c.frames,
-                c.outputs,
-                c.entities
-            )?;
-            match c.sink_failures {
-                0 => writeln!(f)?,
-                n => writeln!(f, ", {n} failed connection attempts to the sink")?,
-            }
+            write!(f, "  core {}: ", c.core)?;
+            core_line(f, c)?;
+        }
+        if self.retired.count > 0 {
+            write!(f, "  {} retired cores, in all: ", self.retired.count)?;
+            core_line(f, &self.retired.totals)?;
         }
         if self.misrouted() > 0 {
             writeln!(
                 f,
                 "BUG: {} messages reached a core that did not own their slot",
                 self.misrouted()
+            )?;
+        }
+        if self.at_risk() > 0 {
+            writeln!(
+                f,
+                "WARNING: {} outputs were written to sink connections that then failed; the sink \
+                 may not have received them (TCP cannot say what it read) and they were not sent \
+                 again",
+                self.at_risk()
             )?;
         }
         if self.undelivered() > 0 {
@@ -315,6 +384,32 @@ impl fmt::Display for Summary {
         }
         Ok(())
     }
+}
+
+/// One core's (or the retired cores') counters, ending the line.
+fn core_line(f: &mut fmt::Formatter<'_>, c: &CoreReport) -> fmt::Result {
+    write!(
+        f,
+        "{} connections ({} closed on errors, {} cut by this node, {} handed over), {} frames, {} outputs, {} entities",
+        c.connections,
+        c.connection_errors,
+        c.connections_cut,
+        c.handed_over,
+        c.frames,
+        c.outputs,
+        c.entities
+    )?;
+    if c.sink_failures > 0 {
+        write!(
+            f,
+            ", {} failed connection attempts to the sink",
+            c.sink_failures
+        )?;
+    }
+    if c.at_risk > 0 {
+        write!(f, ", {} outputs at risk", c.at_risk)?;
+    }
+    writeln!(f)
 }
 
 #[cfg(test)]
@@ -362,11 +457,70 @@ mod tests {
         b.latency.record(9_000).unwrap();
         let s = Summary {
             cores: vec![a, b],
+            retired: Retired::default(),
             elapsed: Duration::from_secs(1),
         };
         assert_eq!(s.outputs(), 7);
         assert_eq!(s.latency().len(), 2);
         assert!(s.latency().max() >= 9_000);
         assert!(s.to_string().contains("7 outputs out"));
+    }
+
+    /// Issue 14 (10): retired cores are one line of totals in the summary, however many retired.
+    #[test]
+    fn retired_cores_fold_into_one_line_of_totals() {
+        let mut retired = Retired::default();
+        for core in 2..502 {
+            let mut r = CoreReport::new(core);
+            r.frames = 2;
+            r.outputs = 3;
+            r.latency.record(5_000).unwrap();
+            retired.add(&r);
+        }
+        let mut live = CoreReport::new(0);
+        live.outputs = 1;
+        let s = Summary {
+            cores: vec![live],
+            retired,
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(s.outputs(), 1 + 500 * 3);
+        assert_eq!(s.frames(), 1000);
+        assert_eq!(s.latency().len(), 500);
+        let text = s.to_string();
+        assert!(text.contains("on 1 cores (500 retired)"), "{text}");
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains(" connections ("))
+                .count(),
+            2,
+            "{text}"
+        );
+        assert!(
+            text.contains("  500 retired cores, in all: 0 connections")
+                && text.contains("1500 outputs"),
+            "{text}"
+        );
+    }
+
+    /// Issue 14 (3): outputs written to a sink connection that then failed are counted and
+    /// named as possibly lost.
+    #[test]
+    fn outputs_at_risk_are_reported_as_possibly_lost() {
+        let mut a = CoreReport::new(0);
+        a.outputs = 10;
+        a.at_risk = 4;
+        let s = Summary {
+            cores: vec![a],
+            retired: Retired::default(),
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(s.at_risk(), 4);
+        let text = s.to_string();
+        assert!(text.contains(", 4 outputs at risk"), "{text}");
+        assert!(
+            text.contains("WARNING: 4 outputs were written to sink connections that then failed"),
+            "{text}"
+        );
     }
 }

@@ -75,10 +75,19 @@ pub enum SinkError {
 }
 
 /// The connection to the sink address; connects lazily and reconnects with backoff.
+///
+/// TCP cannot say what the peer read: a record wholly written to a connection that then fails
+/// may have reached the sink or not (it sat in a socket buffer when the sink crashed). Such
+/// records are not sent again (that would duplicate those the sink did read); they are counted
+/// in [`TcpSink::at_risk`] instead.
 pub struct TcpSink {
     addr: SocketAddr,
     stream: Option<TcpStream>,
     failures: u32,
+    /// Records wholly written to the current connection by earlier calls.
+    on_connection: u64,
+    /// Records wholly written to connections that then failed.
+    at_risk: u64,
 }
 
 impl TcpSink {
@@ -90,12 +99,21 @@ impl TcpSink {
             addr,
             stream: None,
             failures: 0,
+            on_connection: 0,
+            at_risk: 0,
         }
     }
 
+    /// Records wholly written to a connection that then failed, so far: the sink may or may not
+    /// have read them, and they were not sent again.
+    pub fn at_risk(&self) -> u64 {
+        self.at_risk
+    }
+
     /// Writes `bytes`, holding records that end at `record_ends`. If the connection fails, it
-    /// reconnects and resends from the first record not wholly written, so no record is lost or
-    /// cut (one may arrive twice if the peer had it before the failure). Retries connecting
+    /// reconnects and resends from the first record not wholly written, so no record arrives cut
+    /// or twice; the records wholly written to the failed connection (in this call or before)
+    /// count as [at risk](Self::at_risk). Retries connecting
     /// until `failed_attempt()` says to stop: it is called once per failed connection attempt
     /// (so it can also count them) and returns whether to give up.
     pub async fn write_records(
@@ -105,6 +123,8 @@ impl TcpSink {
         failed_attempt: &dyn Fn() -> bool,
     ) -> Result<(), SinkError> {
         let mut off = 0;
+        // The first record of this call written on the current connection.
+        let mut conn_first = 0;
         while off < bytes.len() {
             let stream = match self.stream.as_mut() {
                 Some(s) => s,
@@ -125,9 +145,17 @@ impl TcpSink {
                 Ok(n) if n > 0 => off += n,
                 result => {
                     let why = result.map_or_else(|e| e.to_string(), |_| "peer closed".into());
-                    tracing::warn!(sink = %self.addr, "sink connection lost: {why}; reconnecting");
                     self.stream = None;
                     let first = record_ends.partition_point(|&e| e <= off);
+                    let lost = self.on_connection + (first - conn_first) as u64;
+                    self.at_risk += lost;
+                    self.on_connection = 0;
+                    conn_first = first;
+                    tracing::warn!(
+                        sink = %self.addr,
+                        "sink connection lost: {why}; the {lost} records written to it may not \
+                         have been read (they are not sent again); reconnecting"
+                    );
                     off = if first == 0 {
                         0
                     } else {
@@ -136,6 +164,7 @@ impl TcpSink {
                 }
             }
         }
+        self.on_connection += (record_ends.len() - conn_first) as u64;
         Ok(())
     }
 
@@ -145,6 +174,7 @@ impl TcpSink {
             let _ = s.flush().await;
             let _ = s.close().await;
         }
+        self.on_connection = 0;
     }
 
     async fn connect(&mut self, failed_attempt: &dyn Fn() -> bool) -> Result<(), String> {

@@ -1,5 +1,6 @@
 //! Black-box tests of the real binaries as processes: the `quokka` CLI and its signals
-//! ([`cli`]), and clusters of `quokka` nodes on loopback and in network namespaces ([`nodes`]).
+//! ([`cli`]), `quokka run` as a long-running service ([`service`]), and clusters of `quokka`
+//! nodes on loopback and in network namespaces ([`nodes`]).
 //!
 //! They are integration tests of the `quokka` package (declared in `tools/quokka/Cargo.toml`),
 //! so `cargo test` builds the binaries they run, with the same features as everything else it
@@ -12,6 +13,7 @@
 
 mod cli;
 mod nodes;
+mod service;
 
 use std::io::BufRead;
 use std::net::SocketAddr;

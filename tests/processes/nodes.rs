@@ -1,16 +1,16 @@
 //! A cluster of real `quokka` processes: nodes join and leave under continuous load, on loopback
 //! and with each node in its own network namespace (veth pairs on a bridge); a refused join; a
 //! node killed with SIGKILL, which the survivors report and survive; links spoofed by an
-//! outsider, which change nothing.
+//! outsider, which change nothing; a member stopped by SIGTERM while its sources are still open.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quokka_engine::cluster::wire::{self, Lane, LinkSecret};
-use quokka_io::client::Records;
+use quokka_io::client::{FrameSender, Records};
 
 use quokka_tests::fixtures::BILL_OF_RIGHTS;
 use quokka_tests::harness::{load_text, send_frames, send_until, sent_lines, Sink, DEADLINE};
@@ -368,9 +368,10 @@ fn a_killed_node_is_reported_and_the_survivor_stops_cleanly() {
 }
 
 /// The coordinator killed with SIGKILL: the member reports it and, on SIGTERM, stops on its own
-/// (it cannot ask a dead coordinator to remove it) instead of hanging.
+/// (it cannot ask a dead coordinator to remove it) instead of hanging. Issue 14 (11): what it
+/// routed to the lost coordinator's slots meanwhile was dropped, and its log says how much.
 #[test]
-fn a_member_whose_coordinator_was_killed_stops_on_its_own() {
+fn a_member_whose_coordinator_was_killed_stops_on_its_own_and_logs_what_it_dropped() {
     let sink = Sink::start(Records::Lines);
     let out = sink.addr().to_string();
     let mut w1 = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
@@ -383,13 +384,23 @@ fn a_member_whose_coordinator_was_killed_stops_on_its_own() {
     signal(&w1.child, "-KILL");
     let _ = wait_exit(&mut w1.child);
     wait_status(w2.addrs.control(), "LOST node w1");
+    // Half the words belong to w1's slots: routed there, so dropped.
+    let frames: Vec<&[u8]> = BILL_OF_RIGHTS.lines().map(str::as_bytes).collect();
+    send_frames(w2.addrs.input(), &frames);
     signal(&w2.child, "-TERM");
     w2.wait_exit_uncrashed();
+    let log = w2.log_text();
     assert!(
-        w2.log_text()
-            .contains("the coordinator is lost; stopping this node on its own"),
-        "{}",
-        w2.log_text()
+        log.contains("the coordinator is lost; stopping this node on its own"),
+        "{log}"
+    );
+    let dropped = log.lines().find_map(|l| {
+        let (before, _) = l.split_once(" messages for lost node w1 were dropped")?;
+        before.rsplit(' ').next()?.parse::<u64>().ok()
+    });
+    assert!(
+        dropped.is_some_and(|n| n > 0),
+        "no count of the dropped messages ({dropped:?}):\n{log}"
     );
 }
 
@@ -514,4 +525,83 @@ fn spoofed_links_make_no_node_lost() {
         assert!(!log.contains("lost node"), "{log}");
         assert!(log.contains("wrong link secret for node"), "{log}");
     }
+}
+
+/// Whether `addr` takes a connection and closes it at once (a node leaving the cluster).
+fn refuses_sources(addr: SocketAddr) -> bool {
+    let mut probe = TcpStream::connect(addr).unwrap();
+    // Polling interval, not synchronisation: a node that still reads keeps the probe open.
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    matches!(probe.read(&mut [0; 1]), Ok(0))
+}
+
+/// Issue 14 (12): SIGTERM on a member that holds a source connection whose sender never closes
+/// it, as a service manager stops a node: the member stops accepting, waits `--leave-grace`,
+/// closes the connection itself and leaves the cluster, exiting 0 within the grace plus a
+/// margin; a second SIGTERM cuts a long grace short. Every frame sent before the cut is in the
+/// output exactly once, and the cluster goes on without them.
+#[test]
+fn sigterm_on_a_member_with_open_sources_closes_them_after_the_grace_and_leaves() {
+    let sink = Sink::start(Records::Lines);
+    let out = sink.addr().to_string();
+    let mut w1 = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+    let control = w1.addrs.control();
+    let grace = Duration::from_secs(2);
+    let mut w2 = spawn_node(&Loopback, 1, "w2", Some(control), &["--leave-grace", "2s"]);
+    let mut w3 = spawn_node(&Loopback, 2, "w3", Some(control), &["--leave-grace", "10m"]);
+    let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    let mut held = Vec::new();
+    for node in [&w2, &w3] {
+        let mut sender = FrameSender::connect(node.addrs.input(), DEADLINE).unwrap();
+        for f in &frames {
+            sender.send(f).unwrap();
+        }
+        sender.flush().unwrap();
+        held.push(sender);
+    }
+    let mut sent: Vec<&str> = lines.iter().chain(&lines).copied().collect();
+    sink.wait_for(reference_counts(sent.iter().copied()).values().sum());
+
+    let asked = Instant::now();
+    signal(&w2.child, "-TERM");
+    w2.wait_exit_ok();
+    let took = asked.elapsed();
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(30),
+        "w2 left after {took:?} (grace {grace:?}):\n{}",
+        w2.log_text()
+    );
+    let summary = w2.rest_of_stdout();
+    assert!(summary.contains("1 cut by this node"), "{summary}");
+
+    let asked = Instant::now();
+    signal(&w3.child, "-TERM");
+    let deadline = Instant::now() + DEADLINE;
+    while !refuses_sources(w3.addrs.input()) {
+        assert!(Instant::now() < deadline, "w3 still accepts sources");
+    }
+    signal(&w3.child, "-TERM");
+    w3.wait_exit_ok();
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "w3 left after {:?} despite the second SIGTERM",
+        asked.elapsed()
+    );
+    let status = wait_status(control, "1 cores");
+    assert!(
+        !status.contains("node w2") && !status.contains("node w3"),
+        "{status}"
+    );
+    drop(held);
+
+    send_frames(w1.addrs.input(), &frames);
+    sent.extend(&lines);
+    let expected = reference_counts(sent.iter().copied());
+    sink.wait_for(expected.values().sum());
+    signal(&w1.child, "-TERM");
+    w1.wait_exit_ok();
+    check_running_totals(&sink.lines(), &expected);
 }

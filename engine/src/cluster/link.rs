@@ -6,7 +6,7 @@
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,6 +44,10 @@ pub(crate) struct Link {
     writers: Mutex<Vec<JoinHandle<()>>>,
     /// The lanes' sockets, to cut them when the peer stops answering.
     sockets: Vec<TcpStream>,
+    /// Set once the node is lost: messages for it are dropped (and counted), not queued.
+    lost: AtomicBool,
+    /// Messages for the node dropped: after it was lost, or after the link broke.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -53,6 +57,7 @@ impl Link {
         let (data, data_rx) = flume::bounded(LINK_DATA_CAPACITY);
         let (control, control_rx) = flume::unbounded();
         let (mut writers, mut sockets) = (Vec::new(), Vec::new());
+        let dropped = Arc::new(AtomicU64::new(0));
         let lanes = [
             ("data", Lane::Data, data_rx),
             ("control", Lane::Control, control_rx),
@@ -60,11 +65,11 @@ impl Link {
         for (lane_name, lane, rx) in lanes {
             let out = connect(node, addr, lane, peer.secret)?;
             sockets.push(out.get_ref().try_clone()?);
-            let (node, name) = (node.clone(), peer.name.clone());
+            let (node, name, dropped) = (node.clone(), peer.name.clone(), dropped.clone());
             writers.push(
                 std::thread::Builder::new()
                     .name(format!("quokka-{lane_name}-{name}"))
-                    .spawn(move || write_link(&node, &name, out, &rx))?,
+                    .spawn(move || write_link(&node, &name, out, &rx, &dropped))?,
             );
         }
         Ok(Arc::new(Link {
@@ -73,7 +78,28 @@ impl Link {
             control,
             writers: Mutex::new(writers),
             sockets,
+            lost: AtomicBool::new(false),
+            dropped,
         }))
+    }
+
+    /// The node is lost: from now on messages for it are dropped and counted, not queued.
+    pub fn lost(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// Messages for the node dropped so far (after it was lost, or after the link broke).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Counts a message for a lost node instead of queueing it.
+    fn drop_if_lost(&self) -> bool {
+        let lost = self.lost.load(Ordering::Acquire);
+        if lost {
+            self.dropped.fetch_add(1, Ordering::AcqRel);
+        }
+        lost
     }
 
     /// A message for the node itself (not one of its cores).
@@ -105,19 +131,24 @@ impl RemotePeer for Link {
     }
 
     fn send_control(&self, core: CoreId, msg: CoreMsg) -> bool {
-        self.control.send(Outgoing::Core(core, msg)).is_ok()
+        self.drop_if_lost() || self.control.send(Outgoing::Core(core, msg)).is_ok()
     }
 
     fn send_data(&self, core: CoreId, msg: CoreMsg) -> Sending<'_> {
         Box::pin(async move {
-            self.data
-                .send_async(Outgoing::Core(core, msg))
-                .await
-                .is_ok()
+            self.drop_if_lost()
+                || self
+                    .data
+                    .send_async(Outgoing::Core(core, msg))
+                    .await
+                    .is_ok()
         })
     }
 
     fn try_send_data(&self, core: CoreId, msg: CoreMsg) -> Result<(), CoreMsg> {
+        if self.drop_if_lost() {
+            return Ok(());
+        }
         self.data
             .try_send(Outgoing::Core(core, msg))
             .map_err(|e| match e.into_inner() {
@@ -175,13 +206,14 @@ fn write_link(
     peer: &str,
     out: BufWriter<TcpStream>,
     lane: &flume::Receiver<Outgoing>,
+    dropped: &AtomicU64,
 ) {
     let mut w = LinkWriter {
         node,
         peer,
         out,
         broken: false,
-        dropped: 0,
+        dropped,
     };
     loop {
         let next = match lane.try_recv() {
@@ -198,13 +230,16 @@ fn write_link(
             Outgoing::Core(core, msg) => w.write(to_wire(node, core, msg)),
             Outgoing::Node(msg) => w.write(Some(msg)),
             Outgoing::Close => {
-                w.write(Some(Wire::Bye));
+                if !w.broken {
+                    w.write(Some(Wire::Bye));
+                }
                 break;
             }
         }
     }
-    if w.dropped > 0 {
-        tracing::warn!(node = %node.name, "{} messages for node {peer} were dropped after its link broke", w.dropped);
+    if w.broken {
+        let n = w.dropped.load(Ordering::Acquire);
+        tracing::warn!(node = %node.name, "{n} messages for node {peer} were dropped after its link broke");
     }
     w.flush();
     let _ = w.out.get_ref().shutdown(Shutdown::Write);
@@ -215,14 +250,14 @@ struct LinkWriter<'a> {
     peer: &'a str,
     out: BufWriter<TcpStream>,
     broken: bool,
-    dropped: u64,
+    dropped: &'a AtomicU64,
 }
 
 impl LinkWriter<'_> {
     fn write(&mut self, msg: Option<Wire>) {
         let Some(msg) = msg else { return };
         if self.broken {
-            self.dropped += 1;
+            self.dropped.fetch_add(1, Ordering::AcqRel);
         } else if let Err(e) = wire::write(&mut self.out, &msg) {
             self.fail(&e);
         }
@@ -276,7 +311,8 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
         | CoreMsg::Leave { .. }
         | CoreMsg::Status(_)
         | CoreMsg::TakeLatency(_)
-        | CoreMsg::Retire
+        | CoreMsg::Retire { .. }
+        | CoreMsg::CutSources
         | CoreMsg::PeerLost(_) => {
             tracing::error!(node = %node.name, "bug: a node-local message was addressed to remote core {to}");
             return None;

@@ -108,6 +108,8 @@ pub(crate) struct Node {
     questions: flume::Sender<(String, u64, Question)>,
     next_ask: AtomicU64,
     lost: Mutex<Vec<LostNode>>,
+    /// The links to lost nodes: what is routed there is dropped and counted.
+    lost_links: Mutex<Vec<Arc<Link>>>,
     /// Acceptors take new source connections only while this is set.
     pub accepting: AtomicBool,
     pub open_sources: Arc<AtomicUsize>,
@@ -154,6 +156,7 @@ impl Node {
             questions,
             next_ask: AtomicU64::new(0),
             lost: Mutex::default(),
+            lost_links: Mutex::default(),
             accepting: AtomicBool::new(true),
             open_sources: Arc::default(),
             stopped_cores: Mutex::new(0),
@@ -366,6 +369,14 @@ impl Node {
         for link in links {
             link.close();
         }
+        for link in std::mem::take(&mut *self.lost_links.lock().unwrap()) {
+            tracing::warn!(
+                node = %self.name,
+                "{} messages for lost node {} were dropped",
+                link.dropped(),
+                link.node
+            );
+        }
     }
 
     /// Hands `msg` to local core `to` on the lane it belongs to.
@@ -523,10 +534,13 @@ impl Node {
         let Some(member) = self.members.lock().unwrap().remove(name) else {
             return;
         };
-        self.links.lock().unwrap().remove(name);
+        if let Some(link) = self.links.lock().unwrap().remove(name) {
+            link.lost();
+            self.lost_links.lock().unwrap().push(link);
+        }
         tracing::error!(
             node = %self.name,
-            "lost node {name} ({reason}): its cores {:?} and their slots are gone; messages for them are dropped",
+            "lost node {name} ({reason}): its cores {:?} and their slots are gone; messages for them are dropped (how many is logged when this node stops)",
             member.cores
         );
         for control in self.local_controls() {

@@ -2,7 +2,9 @@
 //! links, cores, ready), the coordinator's side of it (`admit`), and a member's request to leave.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quokka_io::control::{
     Client, ControlError, Request, Response, Session, Step, Timeouts, JOIN_ANSWER, READY_DEADLINE,
@@ -14,7 +16,24 @@ use super::{ChangeError, ChangeReport, Engine, StartError, Starting};
 use crate::app::App;
 use crate::cluster::wire::{self, JoinRequest, Welcome, WireError};
 use crate::cluster::{link, Ending, LinkError, Node, Role};
+use crate::runtime::messages::CoreMsg;
 use crate::runtime::Config;
+
+/// How often a leaving member looks whether its source connections have closed.
+const SOURCES_POLL: Duration = Duration::from_millis(10);
+
+/// How a member's source connections ended before it leaves the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcesClosed {
+    /// Their senders closed them all within the grace period.
+    BySenders,
+    /// This node shut the read side of `cut` connections still open (after the grace period,
+    /// or when told to cut it short); what they had received was applied.
+    Cut { cut: usize },
+    /// Cut, but `open` connections had still not finished reading what they received when
+    /// told to stop waiting.
+    StillOpen { open: usize },
+}
 
 /// Why a join, or a member's request to leave, did not go through.
 #[derive(Debug, Error)]
@@ -155,6 +174,55 @@ impl Engine {
         };
         engine.finish(Ending::Departed);
         Err(refused(error))
+    }
+
+    /// On a member about to leave by itself (a service manager's SIGTERM): stops accepting
+    /// source connections, waits up to `grace` for the open ones to close, then shuts the read
+    /// side of those still open (everything they received is still applied) and waits until
+    /// they have finished. A message on `hurry` ends the grace period at once; a second one
+    /// stops waiting for the cut connections. Then [`Self::request_leave`] can go through (a
+    /// TCP connection cannot move to another process, so the coordinator refuses to remove a
+    /// node with open ones).
+    pub fn close_sources<T>(&self, grace: Duration, hurry: &flume::Receiver<T>) -> SourcesClosed {
+        let node = &self.node;
+        node.accepting.store(false, Ordering::Release);
+        let open = || node.open_sources.load(Ordering::Acquire);
+        let deadline = Instant::now() + grace;
+        // Polled: the count is shared with the acceptors and every core, and this waits for
+        // at most `grace` anyway.
+        let wait = |until: Option<Instant>| loop {
+            if open() == 0 {
+                return true;
+            }
+            let step = match until {
+                Some(t) if Instant::now() >= t => return false,
+                Some(t) => t
+                    .saturating_duration_since(Instant::now())
+                    .min(SOURCES_POLL),
+                None => SOURCES_POLL,
+            };
+            match hurry.recv_timeout(step) {
+                Ok(_) => return false,
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => std::thread::sleep(step),
+            }
+        };
+        if wait(Some(deadline)) {
+            return SourcesClosed::BySenders;
+        }
+        let cut = open();
+        tracing::info!(
+            node = %node.name,
+            "closing {cut} source connection(s) still open: no more is read from them, what they received is applied"
+        );
+        for addr in node.local.read().unwrap().values() {
+            addr.send_control(CoreMsg::CutSources);
+        }
+        if wait(None) {
+            SourcesClosed::Cut { cut }
+        } else {
+            SourcesClosed::StillOpen { open: open() }
+        }
     }
 
     /// On a member: asks the coordinator to remove this node. On success the coordinator has

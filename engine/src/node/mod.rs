@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use self::coordinator::Coordinator;
 pub use self::coordinator::MAX_SLOTS_PER_STEP;
-pub use self::join::JoinError;
+pub use self::join::{JoinError, SourcesClosed};
 pub use self::status::{
     ChangeError, ChangeReport, JoinRefusal, LostReport, MigrationProgress, NodeInfo, Status,
 };
@@ -229,6 +229,7 @@ impl Engine {
         };
         Summary {
             cores,
+            retired: coordinator.retired(),
             elapsed: self.started.elapsed(),
         }
     }
@@ -380,6 +381,7 @@ impl Engine {
         let cores = coordinator.stop();
         Summary {
             cores,
+            retired: coordinator.retired(),
             elapsed: self.started.elapsed(),
         }
     }

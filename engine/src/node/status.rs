@@ -234,12 +234,16 @@ impl fmt::Display for Status {
                 show(c.latency_p99),
                 show(c.latency_max),
             );
-            // The sink column: `down (N failed attempts)` while outputs wait for it.
-            let sink = match (c.sink_down, c.outputs) {
+            // The sink column: `down (N failed attempts)` while outputs wait for it, and the
+            // outputs written to connections that then failed, which the sink may not have.
+            let mut sink = match (c.sink_down, c.outputs) {
                 (true, _) => format!("down ({} failed attempts)", c.sink_failures),
                 (false, 0) => "-".to_string(),
                 (false, _) => "up".to_string(),
             };
+            if c.at_risk > 0 {
+                sink += &format!(", {} outputs at risk", c.at_risk);
+            }
             writeln!(
                 f,
                 "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}  {}",

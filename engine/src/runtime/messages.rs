@@ -116,8 +116,14 @@ pub(crate) enum CoreMsg {
     TakeLatency(flume::Sender<Histogram<u64>>),
     /// These cores' node was lost: expect nothing more from them.
     PeerLost(Vec<CoreId>),
-    /// A core that left: flush the sink and end.
-    Retire,
+    /// This node is leaving the cluster: shut the read side of every source connection (what
+    /// they have received is still applied) and of any adopted later.
+    CutSources,
+    /// A core that left: flush the sink and end, but return from its executor only once
+    /// `released` is disconnected (see [`CoreAddr::retire`]).
+    Retire {
+        released: std::sync::mpsc::Receiver<()>,
+    },
 }
 
 impl From<PeerMsg> for CoreMsg {
@@ -194,6 +200,18 @@ impl CoreAddr {
             CoreAddr::Local { data, .. } => data.try_send(msg).map_err(|e| e.into_inner()),
             CoreAddr::Remote { core, node } => node.try_send_data(*core, msg),
         }
+    }
+
+    /// Tells a core on this node to retire. The core's executor ends only after this returns:
+    /// the sending thread may still hold the waker of the core's inbox task for a moment after
+    /// the message is in (flume drops a fired hook after waking it), and a waker of a glommio
+    /// task dropped on another thread after its executor ended is queued to that executor
+    /// forever, keeping the task and the executor's eventfd (issue 14 (10)).
+    pub fn retire(&self) -> bool {
+        let (release, released) = std::sync::mpsc::channel();
+        let sent = self.send_control(CoreMsg::Retire { released });
+        drop(release);
+        sent
     }
 
     /// The data lane of a core on this node.

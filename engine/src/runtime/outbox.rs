@@ -29,6 +29,8 @@ pub(crate) struct Outbox {
     queued_batches: Cell<usize>,
     sending: Cell<bool>,
     closed: Cell<bool>,
+    /// The sender task has ended (closed and drained).
+    finished: Cell<bool>,
     ready: Notify,
 }
 
@@ -43,10 +45,16 @@ impl Outbox {
             queued_batches: Cell::new(0),
             sending: Cell::new(false),
             closed: Cell::new(false),
+            finished: Cell::new(false),
             ready: Notify::default(),
         });
         let me = outbox.clone();
-        glommio::spawn_local(async move { me.send_all(&progress).await }).detach();
+        glommio::spawn_local(async move {
+            me.send_all(&progress).await;
+            me.finished.set(true);
+            progress.notify_all();
+        })
+        .detach();
         outbox
     }
 
@@ -74,6 +82,11 @@ impl Outbox {
     /// Everything enqueued so far has been handed to the peer's inbox.
     pub fn is_flushed(&self) -> bool {
         self.queue.borrow().is_empty() && !self.sending.get()
+    }
+
+    /// Whether the sender task has ended (after [`Self::close`], once the queue is drained).
+    pub fn is_finished(&self) -> bool {
+        self.finished.get()
     }
 
     /// Sends what is queued, then stops the sender task.

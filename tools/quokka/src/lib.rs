@@ -1,9 +1,10 @@
 //! Shared pieces of the `quokka`, `quokka-send`, `quokka-recv` and `quokka-gen` binaries:
-//! logging set-up, command-line address parsing, the control endpoint and client, printing to
-//! a stdout that may close early, and the built-in demo.
+//! logging set-up, command-line address and duration parsing, the control endpoint and client,
+//! printing to a stdout that may close early, and the built-in demo.
 
 pub mod control;
 pub mod demo;
+pub mod duration;
 pub mod inputs;
 pub mod stdout;
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use quokka::duration::parse_duration;
 use quokka::inputs::{parse_addr, resolve};
-use quokka_engine::{Config, Engine};
+use quokka_engine::{Config, Engine, SourcesClosed};
 use quokka_io::control::{Request, Response, Timeouts};
 
 #[global_allocator]
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an app as a service until Ctrl-C or SIGTERM, then drain and print a summary.
+    /// Run an app as a service until Ctrl-C or SIGTERM, then drain and print a summary (on a
+    /// joined node, the signal leaves the cluster: see --leave-grace).
     ///
     /// Once it serves, it prints the addresses it bound as one line on stdout (a port given as
     /// 0 is chosen then), e.g. `listening control=127.0.0.1:6000 data=127.0.0.1:41235
@@ -168,6 +170,12 @@ struct RunArgs {
     /// answering.
     #[arg(long, default_value_t = Config::DEFAULT_CHANGE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
     change_timeout: u64,
+    /// On a joined node, SIGTERM (or Ctrl-C) leaves the cluster: the node stops accepting
+    /// source connections, waits this long for the open ones to close, then closes them itself
+    /// (everything they delivered is applied) and leaves. A second signal ends the wait at once.
+    /// E.g. `10s`, `500ms`, `2m`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    leave_grace: Duration,
     /// Where `quokka ctl` reaches this engine [default: 127.0.0.1:6000; none on a joining node,
     /// whose cluster is driven through its coordinator]
     #[arg(long, value_name = "HOST:PORT")]
@@ -342,7 +350,20 @@ fn run(args: RunArgs) -> Result<()> {
                 break engine.stop();
             }
             Some(Err(signal)) if joining.is_some() => {
-                tracing::info!("signal {signal}: asking the coordinator to remove this node");
+                let grace = args.leave_grace;
+                tracing::info!(
+                    "signal {signal}: leaving the cluster; no new source connections, the open ones get {grace:?} to close (another signal closes them now)"
+                );
+                match engine.close_sources(grace, &signal_rx) {
+                    SourcesClosed::BySenders => {}
+                    SourcesClosed::Cut { cut } => {
+                        tracing::info!("closed {cut} source connection(s) after the grace period")
+                    }
+                    SourcesClosed::StillOpen { open } => tracing::warn!(
+                        "{open} source connection(s) still finishing what they received; asking to leave anyway"
+                    ),
+                }
+                tracing::info!("asking the coordinator to remove this node");
                 match engine.request_leave() {
                     Ok(report) => tracing::info!("{report}"),
                     Err(e) => {

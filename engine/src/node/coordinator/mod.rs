@@ -21,7 +21,7 @@ use super::StartError;
 use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire};
 use crate::cluster::Node;
 use crate::dataflow::Dataflow;
-use crate::metrics::{latency_histogram, CoreReport};
+use crate::metrics::{latency_histogram, CoreReport, Retired};
 use crate::planner::{plan, Change};
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::core::CoreSetup;
@@ -60,7 +60,8 @@ pub(crate) struct Coordinator {
     /// The inboxes acceptor threads deal new connections to.
     pub accept_targets: Arc<RwLock<Vec<flume::Sender<CoreMsg>>>>,
     pub view: Arc<Mutex<View>>,
-    retired: Vec<CoreReport>,
+    /// The reports of the cores that retired, folded into one.
+    retired: Retired,
     /// Latency recorded by retired cores since the last `take_latency`.
     pub retired_latency: Arc<Mutex<Histogram<u64>>>,
     stopped: bool,
@@ -124,7 +125,7 @@ impl Coordinator {
             next_id: 0,
             events,
             accept_targets: Arc::default(),
-            retired: Vec::new(),
+            retired: Retired::default(),
             retired_latency: Arc::new(Mutex::new(latency_histogram())),
             stopped: false,
             stopping: Arc::default(),
@@ -460,9 +461,9 @@ impl Coordinator {
             if let Ok(h) = rx.recv() {
                 let _ = self.retired_latency.lock().unwrap().add(&h);
             }
-            handle.addr.send_control(CoreMsg::Retire);
+            handle.addr.retire();
             match handle.executor.map(|e| e.join()) {
-                Some(Ok(r)) => self.retired.push(CoreReport { retired: true, ..r }),
+                Some(Ok(r)) => self.retired.add(&r),
                 Some(Err(e)) => tracing::error!(core = v, "retired core failed: {e}"),
                 None => {}
             }
@@ -663,7 +664,7 @@ impl Coordinator {
             .filter_map(|(&id, h)| Some((id, h.cpu, h.addr.local_control()?.clone())))
             .collect();
         view.migration = migration;
-        view.retired = self.retired.len();
+        view.retired = self.retired.count;
     }
 
     /// Stops every core of the cluster: sources stop, everything in flight is applied, sinks
@@ -715,9 +716,14 @@ impl Coordinator {
     pub fn retire_all(&mut self) -> Vec<CoreReport> {
         self.stopped = true;
         for id in self.local_ids() {
-            self.cores[&id].addr.send_control(CoreMsg::Retire);
+            self.cores[&id].addr.retire();
         }
         self.finish()
+    }
+
+    /// The retired cores' reports, folded into one.
+    pub fn retired(&self) -> Retired {
+        self.retired.clone()
     }
 
     /// Waits for this node's cores to end, then closes the links to the other nodes.
@@ -735,7 +741,6 @@ impl Coordinator {
             .collect();
         self.node.local.write().unwrap().clear();
         self.node.close_links();
-        reports.append(&mut self.retired);
         reports.sort_by_key(|r| r.core);
         self.publish(None);
         reports

@@ -109,19 +109,21 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         let core = core.clone();
         async move { sink::write_outputs(&core).await }
     });
-    glommio::spawn_local(tick(core.clone())).detach();
+    let ticker = glommio::spawn_local(tick(core.clone()));
 
+    let mut released = None;
     while !core.shutdown.is_complete() {
         let Some(msg) = core.next_message().await else {
             break;
         };
         match msg {
-            CoreMsg::Retire => {
+            CoreMsg::Retire { released: r } => {
                 // A connection dealt here just before this core left the acceptors' targets
                 // may still wait on the data channel: pass it on before ending.
                 while let Ok(msg) = core.inbox.0.try_recv() {
                     core.handle(msg).await;
                 }
+                released = Some(r);
                 break;
             }
             msg => core.handle(msg).await,
@@ -130,11 +132,22 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
     core.peers.flush().await;
     core.sink.finish();
     writer.await;
+    // Every task must end (not merely be cancelled) before the executor does. A task still
+    // parked then is never freed: its waker sits in a structure the task itself holds (an
+    // outbox's `Notify`), or, dropped after the executor stopped polling (a timer's), is queued
+    // for an executor that will never run it. With the task go this `Core` and the executor's
+    // eventfd (issue 14 (10): every retired core leaked both).
+    ticker.await;
+    core.peers.close_all().await;
     core.window
         .borrow_mut()
         .fold(&mut core.report.borrow_mut().latency);
     let mut report = core.report.borrow().clone();
     report.entities = core.keyed.borrow().entities() as u64;
+    if let Some(released) = released {
+        // Blocks this (finished) executor until the retiring thread is done with our waker.
+        let _ = released.recv();
+    }
     report
 }
 
@@ -207,7 +220,8 @@ impl Core {
             // Their outboxes stay: what is routed to them is dropped (and counted) by the
             // broken link, so routing needs no special case and nothing waits on them.
             CoreMsg::PeerLost(peers) => self.shutdown.producers_done(peers),
-            CoreMsg::Retire => unreachable!("handled by the inbox loop"),
+            CoreMsg::CutSources => self.sources.shut_reads(),
+            CoreMsg::Retire { .. } => unreachable!("handled by the inbox loop"),
         }
     }
 
@@ -396,6 +410,7 @@ impl Core {
             outputs: report.outputs,
             sink_failures: report.sink_failures,
             sink_down: self.sink.is_down(),
+            at_risk: report.at_risk,
             frames_per_sec: window.last_frames_per_sec,
             outputs_per_sec: window.last_outputs_per_sec,
             latency_p50: last.map(|h| h.value_at_quantile(0.5)),
@@ -405,12 +420,22 @@ impl Core {
     }
 }
 
-/// Every second: the last second's rates and latency, for `status`.
+/// Every second: the last second's rates and latency, for `status`. Ends with the core.
 async fn tick(core: Rc<Core>) {
     let mut last = Instant::now();
     let (mut frames, mut outputs) = (0, 0);
-    while !core.sink.is_finished() {
-        glommio::timer::sleep(Duration::from_secs(1)).await;
+    loop {
+        let second = async {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            true
+        };
+        let finished = async {
+            core.sink.finished().await;
+            false
+        };
+        if !future::or(finished, second).await {
+            return;
+        }
         let secs = last.elapsed().as_secs_f64();
         last = Instant::now();
         let mut report = core.report.borrow_mut();

@@ -13,6 +13,8 @@ use crate::runtime::outbox::Outbox;
 #[derive(Default)]
 pub(super) struct Peers {
     outboxes: RefCell<BTreeMap<CoreId, Rc<Outbox>>>,
+    /// Outboxes of forgotten peers whose sender tasks may still be draining.
+    closing: RefCell<Vec<Rc<Outbox>>>,
     controls: RefCell<BTreeMap<CoreId, CoreAddr>>,
     /// Signalled when an outbox sends a message.
     progress: Rc<Notify>,
@@ -40,6 +42,25 @@ impl Peers {
         self.controls.borrow_mut().remove(&peer);
         if let Some(outbox) = self.outboxes.borrow_mut().remove(&peer) {
             outbox.close();
+            let mut closing = self.closing.borrow_mut();
+            closing.retain(|o| !o.is_finished());
+            closing.push(outbox);
+        }
+    }
+
+    /// Closes every outbox and waits until their sender tasks have ended (the core is done:
+    /// a task left parked would never be freed, nor what it holds).
+    pub async fn close_all(&self) {
+        let mut all: Vec<Rc<Outbox>> = std::mem::take(&mut *self.outboxes.borrow_mut())
+            .into_values()
+            .collect();
+        all.append(&mut self.closing.borrow_mut());
+        self.controls.borrow_mut().clear();
+        for outbox in &all {
+            outbox.close();
+        }
+        while all.iter().any(|o| !o.is_finished()) {
+            self.progress.wait().await;
         }
     }
 

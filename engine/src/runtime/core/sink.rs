@@ -1,6 +1,8 @@
 //! A core's sink: outputs are encoded into a bounded buffer, and a writer task sends the buffer
 //! to the core's sink connection, recording each output's source-to-sink latency once it is
-//! written. A full buffer holds back the core's data (never its control messages).
+//! written. A full buffer holds back the core's data (never its control messages). Outputs
+//! written to a connection that then failed are counted as at risk (the sink may not have read
+//! them; TCP cannot tell).
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::time::Instant;
@@ -31,6 +33,8 @@ pub(super) struct Sink {
     draining: Notify,
     /// Set when the core is done: the writer exits once the buffer is empty.
     finished: Cell<bool>,
+    /// Signalled when the core is done (for tasks that end with it).
+    done: Notify,
 }
 
 impl Sink {
@@ -45,6 +49,7 @@ impl Sink {
             drain_deadline: Cell::new(None),
             draining: Notify::default(),
             finished: Cell::new(false),
+            done: Notify::default(),
         }
     }
 
@@ -112,10 +117,14 @@ impl Sink {
     pub fn finish(&self) {
         self.finished.set(true);
         self.ready.notify_all();
+        self.done.notify_all();
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.finished.get()
+    /// Waits until the core is done.
+    pub async fn finished(&self) {
+        while !self.finished.get() {
+            self.done.wait().await;
+        }
     }
 }
 
@@ -154,23 +163,21 @@ pub(super) async fn write_outputs(core: &Core) {
                     .saturating_record(taken.saturating_sub(t).max(1));
             }
         }
-        let result = future::or(
-            sink.write_records(bytes, ends, &failed_attempt),
-            async {
-                state.drain_expired().await;
-                Err(SinkError::GaveUp {
-                    addr: core.config.output,
-                    records: ends.len(),
-                    bytes: bytes.len(),
-                    reason: "the drain timeout passed while the sink was not reading".into(),
-                })
-            },
-        )
+        let result = future::or(sink.write_records(bytes, ends, &failed_attempt), async {
+            state.drain_expired().await;
+            Err(SinkError::GaveUp {
+                addr: core.config.output,
+                records: ends.len(),
+                bytes: bytes.len(),
+                reason: "the drain timeout passed while the sink was not reading".into(),
+            })
+        })
         .await;
         state.down.set(result.is_err());
         let n = ends.len() as u64;
         {
             let mut report = core.report.borrow_mut();
+            report.at_risk = sink.at_risk();
             match result {
                 Ok(()) => {
                     let now = now_ns();

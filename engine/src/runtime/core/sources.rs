@@ -1,6 +1,8 @@
 //! A core's source connections: a task per connection that reads, decodes, routes and applies
 //! in bounded steps; on leave, the connections (with the bytes not yet decoded) go to the heirs;
-//! on stop, their read sides are shut.
+//! on stop (or when the node leaves the cluster), their read sides are shut: everything already
+//! received is still read and applied, and a frame cut in half there is the engine's doing, not
+//! the peer's (an info line and a count of its own, not an error).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_lite::future;
+use quokka_io::framing::FrameError;
 use quokka_io::tcp::{FrameReader, SourceError};
 
 use super::Core;
@@ -32,6 +35,9 @@ pub(super) struct Sources {
     /// Source connections open on this node (shared with the acceptors).
     open_on_node: Arc<AtomicUsize>,
     leaving: Cell<bool>,
+    /// Set once this core shut the read side of its connections (stop, or the node leaving):
+    /// connections adopted from then on are cut at once.
+    cut: Cell<bool>,
     leave_signal: Notify,
     /// Connections stopped for leaving, waiting to go to an heir.
     handovers: RefCell<Vec<SourceConnection>>,
@@ -47,6 +53,7 @@ impl Sources {
             next_key: Cell::new(0),
             open_on_node,
             leaving: Cell::new(false),
+            cut: Cell::new(false),
             leave_signal: Notify::default(),
             handovers: RefCell::default(),
             heirs: RefCell::default(),
@@ -77,8 +84,10 @@ impl Sources {
         heirs[i % heirs.len()]
     }
 
-    /// Shuts the read side of every connection: their tasks read to the end and finish.
+    /// Shuts the read side of every connection, and of any adopted later: their tasks read
+    /// what was received to the end and finish.
     pub fn shut_reads(&self) {
+        self.cut.set(true);
         for stream in self.open.borrow().values() {
             let _ = stream.shutdown(std::net::Shutdown::Read);
         }
@@ -116,7 +125,27 @@ enum Ended {
     Closed,
     /// The core is leaving: hand it over.
     Leaving,
+    /// This core shut its read side (stopping, or the node leaving); `unread` bytes of a
+    /// frame cut in half were received and dropped.
+    Cut {
+        unread: usize,
+    },
     Failed(ConnectionError),
+}
+
+impl Ended {
+    /// How a read that ended the connection counts: after this core cut the connection, its
+    /// end (clean or inside a frame) is the cut, not the peer's doing.
+    fn from_read(end: Result<(), SourceError>, cut: bool) -> Ended {
+        match end {
+            Ok(()) if cut => Ended::Cut { unread: 0 },
+            Ok(()) => Ended::Closed,
+            Err(SourceError::Framing(FrameError::Truncated { have, .. })) if cut => {
+                Ended::Cut { unread: have }
+            }
+            Err(e) => Ended::Failed(e.into()),
+        }
+    }
 }
 
 /// Reads one source connection until it ends, fails, the core stops, or the core leaves (then
@@ -135,8 +164,8 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
     sources.next_key.set(key + 1);
     match stream.try_clone() {
         Ok(handle) => {
-            if core.sink.is_draining() {
-                // Stopping already: the connection arrived too late to be read.
+            if is_cut(&core) {
+                // Stopping or leaving already: read only what it has received.
                 let _ = handle.shutdown(std::net::Shutdown::Read);
             }
             sources.open.borrow_mut().insert(key, handle);
@@ -182,8 +211,8 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         .await;
         match woke {
             Wake::Read(Ok(true)) => now = now_ns(),
-            Wake::Read(Ok(false)) => break Ended::Closed,
-            Wake::Read(Err(e)) => break Ended::Failed(e.into()),
+            Wake::Read(Ok(false)) => break Ended::from_read(Ok(()), is_cut(&core)),
+            Wake::Read(Err(e)) => break Ended::from_read(Err(e), is_cut(&core)),
             Wake::Leave => break Ended::Leaving,
         }
     };
@@ -203,6 +232,15 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
             sources.closed();
             tracing::debug!(core = core.id, %peer, "source connection closed");
         }
+        Ended::Cut { unread } => {
+            sources.closed();
+            core.report.borrow_mut().connections_cut += 1;
+            if unread > 0 {
+                tracing::info!(core = core.id, %peer, source = %source_name, "closed source connection: this node stopped reading it inside a frame ({unread} bytes of it unread)");
+            } else {
+                tracing::debug!(core = core.id, %peer, "closed source connection: this node stopped reading it");
+            }
+        }
         Ended::Failed(reason) => {
             sources.closed();
             tracing::error!(core = core.id, %peer, source = %source_name, "closing source connection: {reason}");
@@ -210,6 +248,12 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         }
     }
     sources.changed.notify_all();
+}
+
+/// Whether this core cut (or is about to cut) its connections' read sides: stopping, or its
+/// node leaving.
+fn is_cut(core: &Core) -> bool {
+    core.sources.cut.get() || core.sink.is_draining()
 }
 
 /// One bounded step of a connection: up to [`FRAMES_PER_STEP`] frames decoded, routed and

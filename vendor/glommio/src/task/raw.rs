@@ -424,6 +424,10 @@ where
                 (raw.schedule as *mut S).drop_in_place();
             });
 
+            // Drop the header: it holds the executor's `Arc<SleepNotifier>` (and with it the
+            // eventfd), which otherwise leaks with every task destroyed. Quokka's fix.
+            (raw.header as *mut Header).drop_in_place();
+
             // Finally, deallocate the memory reserved by the task.
             alloc::alloc::dealloc(ptr as *mut u8, task_layout.layout);
         });
