@@ -185,7 +185,9 @@ fn ctl(args: CtlArgs) -> Result<()> {
     match quokka::control::request(addr, &args.token.token()?, &request, timeouts)? {
         Response::Ok(text) => Ok(quokka::outln!("{}", text.trim_end())?),
         Response::Error(text) => anyhow::bail!("{text}"),
-        Response::Welcome(_) => anyhow::bail!("unexpected answer (a welcome) from {addr}"),
+        Response::Welcome(_) | Response::Joined(_) => {
+            anyhow::bail!("unexpected answer (a join's) from {addr}")
+        }
     }
 }
 
@@ -276,7 +278,7 @@ fn run(args: RunArgs) -> Result<()> {
         None => Engine::start(&app, config)?,
         Some(coordinator) => {
             let (engine, report) = Engine::join(&app, config, coordinator, output)?;
-            tracing::info!("{}: {report}", engine.node_name());
+            tracing::info!("node {} joined: {report}", engine.node_name());
             engine
         }
     };
