@@ -86,7 +86,7 @@ fn failure(out: &Output) -> String {
 
 /// Starts `quokka run APP` with its source and control endpoint on ports it chooses, writing
 /// to `out`, with `extra` flags; returns once it reported its addresses.
-fn spawn_app(app: &str, out: SocketAddr, extra: &[&str]) -> Service {
+pub(crate) fn spawn_app(app: &str, out: SocketAddr, extra: &[&str]) -> Service {
     Service::start(
         app,
         Command::new(quokka())

@@ -11,6 +11,7 @@
 //! statuses and printed summaries, never on log text.
 
 mod cli;
+mod limits;
 mod nodes;
 
 use std::io::BufRead;

@@ -281,3 +281,112 @@ fn a_node_with_open_sources_refuses_to_leave() {
     let expected = reference_counts(["still here", "here", "here"]);
     check_running_totals(&sink.lines(), &expected);
 }
+
+/// A join as a broken or hostile node makes it, over the control port: asks for `cores` cores
+/// as node `node`, and hangs up as soon as it has the answer (a welcome, or an error). Retried
+/// while an earlier such join still holds the change lock (its hang-up is seen a moment later).
+fn join_and_hang_up(control: SocketAddr, node: &str, cores: u16) -> Response {
+    let request = JoinRequest {
+        version: wire::VERSION,
+        node: node.into(),
+        app: "word_count".into(),
+        n_slots: Config::DEFAULT_SLOTS,
+        cores,
+        data_addr: "127.0.0.1:1".into(),
+    };
+    let payload = Request::Join(wire::encode_join(&request));
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut client = Client::connect(control, Timeouts::default()).unwrap();
+        match client.request(TOKEN, &payload).unwrap() {
+            Response::Error(e)
+                if e.contains("already in progress") && Instant::now() < deadline =>
+            {
+                std::thread::yield_now()
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// The core ids a welcome gives the joining node.
+fn welcomed_ids(answer: Response) -> Vec<u16> {
+    match answer {
+        Response::Welcome(body) => wire::decode_welcome(&body).expect("a welcome").cores,
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// Grows by `n` once no other change holds the lock.
+fn grow_when_free(engine: &Engine, n: usize) -> ChangeReport {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match engine.grow(n) {
+            Err(ChangeError::Busy { .. }) if Instant::now() < deadline => std::thread::yield_now(),
+            result => return result.unwrap_or_else(|e| panic!("grow-cores {n}: {e}")),
+        }
+    }
+}
+
+/// Issue 14 (1): joins that are welcomed and then hang up give their core ids back, a join
+/// may not ask for more cores than a node runs, and a grow after them gets the lowest free ids
+/// (no collision with a live core, no wrap) while the output stays exact under load.
+#[test]
+fn core_ids_of_a_join_that_hangs_up_are_given_back_and_a_grow_after_it_stays_exact() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let text = load_text();
+    let stop = AtomicBool::new(false);
+    let input = lead.engine.input_addrs()[0];
+    let max = u16::try_from(Config::MAX_CORES).unwrap();
+    // State to move: every word of the Bill of Rights counted once.
+    let bill: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
+    let frames: Vec<&[u8]> = bill.iter().map(|l| l.as_bytes()).collect();
+    send_frames(input, &frames);
+    sink.wait_for(reference_counts(bill.iter().copied()).values().sum());
+
+    let sent = std::thread::scope(|s| {
+        let load = s.spawn(|| send_until(input, &text, &stop, usize::MAX));
+        let ids = welcomed_ids(join_and_hang_up(lead.control, "greedy", max));
+        assert_eq!(ids, (1..=max).collect::<Vec<_>>());
+        let e = error_of(join_and_hang_up(lead.control, "greedier", 65531));
+        assert!(
+            e.contains("asks for 65531 cores") && e.contains(&format!("1 to {max}")),
+            "{e}"
+        );
+        let ids = welcomed_ids(join_and_hang_up(lead.control, "again", 2));
+        assert_eq!(
+            ids,
+            [1, 2],
+            "the ids of the joins that hung up are free again"
+        );
+
+        let report = grow_when_free(&lead.engine, 3);
+        assert_eq!(
+            (report.cores_before, report.cores_after),
+            (1, 4),
+            "{report}"
+        );
+        assert!(report.entities_moved > 0, "{report}");
+        let status = lead.engine.status();
+        let cores: Vec<u16> = status.cores.iter().map(|c| c.core).collect();
+        assert_eq!(cores, [0, 1, 2, 3], "{status}");
+        assert_eq!(status.nodes.len(), 1, "{status}");
+        assert_eq!(status.retired, 0, "{status}");
+        assert!(
+            status.lost.is_empty() && status.migration.is_none(),
+            "{status}"
+        );
+        assert_eq!(status.cores.iter().map(|c| c.slots).sum::<usize>(), 4096);
+        assert!(status.cores.iter().all(|c| c.slots == 1024), "{status}");
+        stop.store(true, Ordering::Release);
+        load.join().unwrap()
+    });
+
+    let expected = reference_counts(bill.iter().copied().chain(sent_lines(&text, sent)));
+    sink.wait_for(expected.values().sum());
+    let summary = lead.engine.stop();
+    assert_eq!(summary.misrouted(), 0);
+    check_running_totals(&sink.lines(), &expected);
+}

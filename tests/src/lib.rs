@@ -14,6 +14,8 @@ mod bad_input;
 mod cluster;
 pub mod fixtures;
 pub mod harness;
+#[cfg(test)]
+mod limits;
 pub mod reference;
 #[cfg(test)]
 mod scaling;

@@ -43,6 +43,8 @@ pub enum StartError {
     },
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    #[error("a node runs 1 to {limit} cores; {asked} were asked for (--cores)")]
+    Cores { asked: usize, limit: usize },
     // Not `source`: thiserror would make it the error's cause too, and `{:#}` would print the
     // reason twice.
     #[error("cannot listen on {addr}: {error}")]
@@ -115,8 +117,11 @@ impl Engine {
                 inputs: config.inputs.len(),
             });
         }
-        if config.cores == 0 || config.cores > usize::from(u16::MAX) {
-            return Err(StartError::Config("cores must be between 1 and 65535"));
+        if config.cores == 0 || config.cores > Config::MAX_CORES {
+            return Err(StartError::Cores {
+                asked: config.cores,
+                limit: Config::MAX_CORES,
+            });
         }
         if config.n_slots == 0 {
             return Err(StartError::Config("n_slots must be at least 1"));

@@ -120,8 +120,15 @@ pub enum ChangeError {
     ShrinkByZero,
     #[error("cannot shrink {cores} core(s) by {by}: at least one must remain")]
     LastCore { cores: usize, by: usize },
-    #[error("the cluster would have {requested} cores; at most {limit} are allowed")]
+    #[error("the cluster would have {requested} cores; at most {limit} are allowed (core ids are 16 bits)")]
     TooManyCores { requested: usize, limit: usize },
+    #[error("node {node} runs {cores} core(s); {by} more would pass the limit of {limit} cores per node")]
+    CoresPerNode {
+        node: String,
+        cores: usize,
+        by: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -140,8 +147,9 @@ pub enum ChangeError {
     OpenSources { node: String, open: u32 },
     #[error("node {node} did not answer within {waited:?}")]
     NoAnswer { node: String, waited: Duration },
-    #[error("cannot start a core")]
-    Start(#[source] StartError),
+    /// A core that failed to start (the change was undone: nothing changed).
+    #[error(transparent)]
+    Start(StartError),
     #[error("migration failed: core {core}: {reason}")]
     Protocol { core: CoreId, reason: String },
     #[error("the engine is stopping")]
@@ -159,8 +167,8 @@ pub enum JoinRefusal {
     SlotCount { cluster: u32, joining: u32 },
     #[error("a node named `{0}` is already a member; choose another --name")]
     NameTaken(String),
-    #[error("cannot give {0} cores to a node")]
-    Cores(u16),
+    #[error("the joining node asks for {asked} cores; a node runs 1 to {limit}")]
+    Cores { asked: u16, limit: usize },
 }
 
 /// A node of the cluster as `status` shows it.

@@ -86,7 +86,8 @@ enum CtlCommand {
     /// Every node with its cores, slots per core, routing epoch, per-core rates and latency,
     /// any migration, any lost node.
     Status,
-    /// Start N more cores on the coordinator's node and move slots onto them while the app runs.
+    /// Start N more cores on the coordinator's node and move slots onto them while the app runs
+    /// (a node runs at most 256 cores).
     GrowCores { n: u16 },
     /// Move the slots and connections of the coordinator's N newest cores to its others, then
     /// stop them.
@@ -128,7 +129,8 @@ struct RunArgs {
     join: Option<String>,
     #[command(flatten)]
     token: TokenArgs,
-    /// Executors (one per CPU in production; more than the CPUs share them) [default: all CPUs]
+    /// Executors, 1 to 256 (one per CPU in production; more than the CPUs share them)
+    /// [default: all CPUs]
     #[arg(long)]
     cores: Option<usize>,
     /// CPUs to place this node's executors on, e.g. `1` or `0,2` (two nodes on one machine
