@@ -1,5 +1,5 @@
-//! `quokka ctl` refusing a grow that cannot work, with a clear error and nothing changed
-//! (issue 14 (1), (9)).
+//! `quokka run` and `quokka ctl` refusing what cannot work, with a clear error and nothing
+//! changed (issue 14 (1), (5), (9), (11)).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -11,8 +11,66 @@ use quokka_tests::fixtures::BILL_OF_RIGHTS;
 use quokka_tests::harness::{send_frames, Sink, DEADLINE};
 use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::cli::spawn_app;
-use crate::{ctl, signal};
+use crate::cli::{failure, spawn_app, succeeded};
+use crate::{ctl, quokka_output, signal};
+
+/// `quokka run word_count` on ports it chooses with `extra` flags; it must refuse to start.
+fn refused_run(extra: &[&str]) -> String {
+    let args = [
+        "run",
+        "word_count",
+        "--in",
+        "127.0.0.1:0",
+        "--out",
+        "127.0.0.1:1",
+    ];
+    let out = quokka_output(&[&args[..], &["--control", "127.0.0.1:0"], extra].concat());
+    failure(&out)
+}
+
+/// Issue 14 (5), (9), (11): `--sink-buffer 0` (the engine then never exited on SIGTERM),
+/// `--cores` and `--slots` past their limits (`--slots 4294967295` took the machine's memory),
+/// and a `--cpus` CPU that is not online (blamed on locked memory) are refused, each saying
+/// what is allowed; `run --help` states the limits.
+#[test]
+fn run_refuses_settings_that_cannot_work_and_says_what_is_allowed() {
+    let err = refused_run(&["--sink-buffer", "0"]);
+    assert!(
+        err.contains("sink buffer must hold at least 1 byte"),
+        "{err}"
+    );
+    let (cores, slots) = (Config::MAX_CORES, Config::MAX_SLOTS);
+    let err = refused_run(&["--cores", &(cores + 1).to_string()]);
+    assert!(
+        err.contains(&format!("a node runs 1 to {cores} cores")),
+        "{err}"
+    );
+    let err = refused_run(&["--slots", "4294967295"]);
+    assert!(
+        err.contains(&format!("a cluster has 1 to {slots} slots")),
+        "{err}"
+    );
+    let err = refused_run(&["--cpus", "0,4095"]);
+    assert!(
+        err.contains("CPU 4095 is not online on this host") && err.contains("online CPUs are 0"),
+        "{err}"
+    );
+    assert!(!err.contains("locked memory"), "{err}");
+
+    let out = quokka_output(&["run", "--help"]);
+    succeeded(&out);
+    let help = String::from_utf8(out.stdout).unwrap();
+    for limit in [
+        format!("1 to {cores}"),
+        format!("1 to {slots}"),
+        "at least 1".into(),
+    ] {
+        assert!(
+            help.contains(&limit),
+            "run --help does not say {limit}:\n{help}"
+        );
+    }
+}
 
 /// The core ids `quokka ctl status` lists.
 fn core_ids(control: SocketAddr) -> Vec<u16> {

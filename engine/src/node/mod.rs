@@ -30,7 +30,7 @@ use crate::cluster::{link, Ending, Node, Role};
 use crate::metrics::{latency_histogram, Summary};
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreMsg, SourceConnection};
-use crate::runtime::{ask_cores, Config};
+use crate::runtime::{ask_cores, online_cpus, Config};
 
 /// Why the engine could not start.
 #[derive(Debug, Error)]
@@ -45,6 +45,12 @@ pub enum StartError {
     Config(&'static str),
     #[error("a node runs 1 to {limit} cores; {asked} were asked for (--cores)")]
     Cores { asked: usize, limit: usize },
+    #[error("a cluster has 1 to {limit} slots; {asked} were asked for (--slots)")]
+    Slots { asked: u32, limit: u32 },
+    #[error("the sink buffer must hold at least 1 byte (--sink-buffer): with 0 a core could never apply anything")]
+    SinkBufferZero,
+    #[error("CPU {cpu} is not online on this host (--cpus); its online CPUs are {online}")]
+    Cpu { cpu: usize, online: String },
     // Not `source`: thiserror would make it the error's cause too, and `{:#}` would print the
     // reason twice.
     #[error("cannot listen on {addr}: {error}")]
@@ -52,7 +58,7 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)")]
+    #[error("core {core} failed to start: {reason}{}", locked_memory_hint(.reason))]
     Executor { core: usize, reason: String },
     #[error("cannot join the cluster at {addr}: {error}")]
     Join {
@@ -60,6 +66,43 @@ pub enum StartError {
         #[source]
         error: JoinError,
     },
+}
+
+/// The advice for an executor that failed to start, when its reason is one locked memory
+/// explains (io_uring's rings are locked memory: `ENOMEM`, `EPERM`); none for other reasons.
+fn locked_memory_hint(reason: &str) -> &'static str {
+    let memory = [
+        "Cannot allocate memory",
+        "Operation not permitted",
+        "os error 12",
+    ];
+    if memory.iter().any(|m| reason.contains(m)) {
+        " (glommio needs locked memory: try `ulimit -l unlimited`)"
+    } else {
+        ""
+    }
+}
+
+/// CPU ids as ranges: `0-3,6`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for &c in cpus {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == c => *end = c,
+            _ => ranges.push((c, c)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Whether a node starts a cluster or joins one.
@@ -123,8 +166,21 @@ impl Engine {
                 limit: Config::MAX_CORES,
             });
         }
-        if config.n_slots == 0 {
-            return Err(StartError::Config("n_slots must be at least 1"));
+        if config.n_slots == 0 || config.n_slots > Config::MAX_SLOTS {
+            return Err(StartError::Slots {
+                asked: config.n_slots,
+                limit: Config::MAX_SLOTS,
+            });
+        }
+        if config.sink_buffer == 0 {
+            return Err(StartError::SinkBufferZero);
+        }
+        let online = online_cpus();
+        if let Some(&cpu) = config.cpus.iter().find(|c| !online.contains(c)) {
+            return Err(StartError::Cpu {
+                cpu,
+                online: cpu_list(&online),
+            });
         }
         if config.token.len() > 255 {
             return Err(StartError::Config(
@@ -444,5 +500,26 @@ fn accept(
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::{cpu_list, locked_memory_hint};
+
+    #[test]
+    fn cpu_lists_read_as_ranges() {
+        assert_eq!(cpu_list(&[0]), "0");
+        assert_eq!(cpu_list(&[0, 1]), "0-1");
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn only_memory_errors_blame_locked_memory() {
+        assert!(locked_memory_hint("Cannot allocate memory (os error 12)").contains("ulimit -l"));
+        assert!(locked_memory_hint("Operation not permitted (os error 1)").contains("ulimit -l"));
+        assert_eq!(locked_memory_hint("Too many open files (os error 24)"), "");
+        assert_eq!(locked_memory_hint("CPU 5 not found"), "");
     }
 }

@@ -133,17 +133,19 @@ struct RunArgs {
     /// [default: all CPUs]
     #[arg(long)]
     cores: Option<usize>,
-    /// CPUs to place this node's executors on, e.g. `1` or `0,2` (two nodes on one machine
-    /// should not share CPUs) [default: every online CPU]
+    /// CPUs to place this node's executors on, e.g. `1` or `0,2`, each an online CPU (two
+    /// nodes on one machine should not share CPUs) [default: every online CPU]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cpus: Vec<usize>,
-    /// Slots in the routing table (the unit of placement).
+    /// Slots in the routing table (the unit of placement), 1 to 16384; every node of a cluster
+    /// has the same.
     #[arg(long, default_value_t = Config::DEFAULT_SLOTS)]
     slots: u32,
     /// Largest accepted frame payload in bytes; a larger frame closes its connection.
     #[arg(long, default_value_t = quokka_io::framing::DEFAULT_MAX_FRAME)]
     max_frame: usize,
-    /// Bytes of outputs each core buffers for the sink before it back-pressures the sources.
+    /// Bytes of outputs each core buffers for the sink before it back-pressures the sources (at
+    /// least 1).
     #[arg(long, default_value_t = Config::DEFAULT_SINK_BUFFER)]
     sink_buffer: usize,
     /// On shutdown, seconds to keep retrying an unreachable sink before giving up (and saying so).
