@@ -390,3 +390,39 @@ fn core_ids_of_a_join_that_hangs_up_are_given_back_and_a_grow_after_it_stays_exa
     assert_eq!(summary.misrouted(), 0);
     check_running_totals(&sink.lines(), &expected);
 }
+
+/// Issue 14 (11): a change refused while a join waits for its node's Ready names that join
+/// (it said `(starting)`); once the joining node hangs up, changes go through again.
+#[test]
+fn a_change_refused_while_a_join_runs_names_the_join() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let mut joiner = Client::connect(lead.control, Timeouts::default()).unwrap();
+    let request = JoinRequest {
+        version: wire::VERSION,
+        node: "slowpoke".into(),
+        app: "word_count".into(),
+        n_slots: Config::DEFAULT_SLOTS,
+        cores: 1,
+        data_addr: "127.0.0.1:1".into(),
+    };
+    let welcome = joiner
+        .request(TOKEN, &Request::Join(wire::encode_join(&request)))
+        .unwrap();
+    assert_eq!(welcomed_ids(welcome), [1]);
+
+    let e = lead.engine.grow(1).unwrap_err();
+    assert!(
+        matches!(&e, ChangeError::Busy { doing } if doing.contains("join of node slowpoke")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("starting"), "{e}");
+    drop(joiner);
+    let report = grow_when_free(&lead.engine, 1);
+    assert_eq!(report.cores_after, 2, "{report}");
+    let status = lead.engine.status();
+    let cores: Vec<u16> = status.cores.iter().map(|c| c.core).collect();
+    assert_eq!(cores, [0, 1], "{status}");
+    assert_eq!(lead.engine.stop().misrouted(), 0);
+}

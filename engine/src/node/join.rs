@@ -198,7 +198,7 @@ impl Engine {
             Ok(j) => j,
             Err(e) => return Response::Error(format!("bad join request: {e}")),
         };
-        let result = self.change(|c| {
+        let result = self.change(format!("join of node {}", join.node), |c| {
             let welcome = c.welcome(&join, &self.app_name)?;
             let lost = |reason: String| ChangeError::JoinerLost {
                 node: join.node.clone(),

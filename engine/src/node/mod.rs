@@ -123,6 +123,8 @@ pub struct Engine {
     view: Arc<Mutex<status::View>>,
     listeners: Vec<TcpListener>,
     acceptors: Mutex<Vec<JoinHandle<()>>>,
+    /// The change that holds the coordinator's lock, and since when.
+    changing: Mutex<Option<(String, Instant)>>,
     stopping: Arc<AtomicBool>,
     input_addrs: Vec<SocketAddr>,
     started: Instant,
@@ -245,6 +247,7 @@ impl Engine {
             view,
             listeners,
             acceptors: Mutex::new(acceptors),
+            changing: Mutex::new(None),
             stopping,
             input_addrs,
             started: Instant::now(),
@@ -295,7 +298,7 @@ impl Engine {
 
     /// On the coordinator: moves a member's slots away and lets it exit.
     pub fn remove_node(&self, name: &str) -> Result<ChangeReport, ChangeError> {
-        self.change(|c| c.remove_node(name))
+        self.change(format!("remove-node {name}"), |c| c.remove_node(name))
     }
 
     /// The bound input addresses (useful when a configured port was 0).
@@ -305,35 +308,51 @@ impl Engine {
 
     /// Adds `n` cores while the app runs; slots rebalance onto them.
     pub fn grow(&self, n: usize) -> Result<ChangeReport, ChangeError> {
-        self.change(|c| c.grow(n))
+        self.change(format!("grow-cores {n}"), |c| c.grow(n))
     }
 
     /// Removes the `n` newest cores while the app runs: their slots and source connections move
     /// to the others, then their executors stop.
     pub fn shrink(&self, n: usize) -> Result<ChangeReport, ChangeError> {
-        self.change(|c| c.shrink(n))
+        self.change(format!("shrink-cores {n}"), |c| c.shrink(n))
     }
 
-    /// One change at a time: a second one is refused, not queued behind the first.
+    /// One change at a time: a second one is refused, not queued behind the first, with what
+    /// runs: its migration's progress, or else the change `what` names (a join waiting for its
+    /// node's Ready, cores starting).
     fn change(
         &self,
+        what: String,
         f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>,
     ) -> Result<ChangeReport, ChangeError> {
         let mut coordinator = match self.coordinator.try_lock() {
             Ok(c) => c,
             Err(TryLockError::WouldBlock) => {
-                let doing = self
-                    .view
-                    .lock()
-                    .unwrap()
-                    .migration
-                    .as_ref()
-                    .map_or("starting".into(), |m| m.to_string());
-                return Err(ChangeError::Busy { doing });
+                return Err(ChangeError::Busy {
+                    doing: self.doing(),
+                })
             }
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
         };
-        f(&mut coordinator)
+        *self.changing.lock().unwrap() = Some((what, Instant::now()));
+        let result = f(&mut coordinator);
+        // Cleared while the lock is still held: a refusal never names a change that ended.
+        *self.changing.lock().unwrap() = None;
+        result
+    }
+
+    /// What holds the change lock, for a refusal.
+    fn doing(&self) -> String {
+        if let Some(m) = &self.view.lock().unwrap().migration {
+            return m.to_string();
+        }
+        match &*self.changing.lock().unwrap() {
+            Some((what, since)) => {
+                format!("{what}, running {:.1}s", since.elapsed().as_secs_f64())
+            }
+            // Between taking the lock and naming the change, or a stop.
+            None => "another change, or the engine is stopping".into(),
+        }
     }
 
     /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
