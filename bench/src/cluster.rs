@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
 use quokka_apps::word_count;
 use quokka_engine::metrics::human_ns;
-use quokka_engine::{Config, Ending, Engine};
+use quokka_engine::{ChangeReport, Config, Ending, Engine};
 use quokka_io::client::Collector;
 use quokka_tests::harness::Coordinator;
 
@@ -71,7 +71,7 @@ impl Cluster {
     }
 
     /// w2 joins on CPU 1; returns the coordinator's report of the join.
-    fn join(&mut self, cpu: usize) -> Result<String> {
+    fn join(&mut self, cpu: usize) -> Result<ChangeReport> {
         let mut config = Config::new(Vec::new(), self.collector.addr());
         config.cores = 1;
         config.cpus = vec![cpu];
@@ -236,16 +236,10 @@ fn join_with_state(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// (milliseconds, MB of state) from a change report's text ("... in 12.3 ms: ... 4.5 MB of
-/// state ...").
-fn report_numbers(report: &str) -> (f64, f64) {
-    let before = |marker: &str| -> f64 {
-        report
-            .split(marker)
-            .next()
-            .and_then(|head| head.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (before(" ms:"), before(" MB of state"))
+/// (milliseconds, MB of state) of a change.
+fn report_numbers(report: &ChangeReport) -> (f64, f64) {
+    (
+        report.elapsed.as_secs_f64() * 1e3,
+        report.bytes_moved as f64 / 1e6,
+    )
 }

@@ -72,13 +72,13 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
 }
 
 /// Checks that a tool exited 0, showing its stderr if not.
-fn succeeded(out: &Output) {
+pub(crate) fn succeeded(out: &Output) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}: {err}", out.status);
 }
 
 /// The stderr of a tool that must have exited 1.
-fn failure(out: &Output) -> String {
+pub(crate) fn failure(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     err
@@ -86,7 +86,7 @@ fn failure(out: &Output) -> String {
 
 /// Starts `quokka run APP` with its source and control endpoint on ports it chooses, writing
 /// to `out`, with `extra` flags; returns once it reported its addresses.
-fn spawn_app(app: &str, out: SocketAddr, extra: &[&str]) -> Service {
+pub(crate) fn spawn_app(app: &str, out: SocketAddr, extra: &[&str]) -> Service {
     Service::start(
         app,
         Command::new(quokka())

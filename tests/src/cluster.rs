@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use quokka_apps::{alphabet, word_count};
 use quokka_engine::cluster::wire::{self, JoinRequest, Lane, LinkSecret};
-use quokka_engine::{App, ChangeError, Config, Ending, Engine, StartError};
+use quokka_engine::{App, ChangeError, ChangeReport, Config, Ending, Engine, StartError};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{Client, Request, Response, Timeouts};
 
@@ -47,7 +47,8 @@ fn start_lead(app: &App, sink: &Sink) -> Coordinator {
 fn join(app: &App, lead: &Coordinator, name: &str) -> Arc<Engine> {
     let c = config(app, "127.0.0.1:1".parse().unwrap(), name, true);
     let (engine, report) = Engine::join(app, c, lead.control, None).expect("join");
-    assert!(report.contains(&format!("join {name}")), "{report}");
+    assert_eq!(report.cores_after, report.cores_before + 1, "{report}");
+    assert!(report.slots_moved > 0 && report.steps > 0, "{report}");
     Arc::new(engine)
 }
 
@@ -131,7 +132,7 @@ fn nodes_join_and_leave_under_continuous_load() {
 }
 
 /// What a refused join looks like to the joining node.
-fn refused(result: Result<(Engine, String), StartError>) -> String {
+fn refused(result: Result<(Engine, ChangeReport), StartError>) -> String {
     match result {
         Ok(_) => panic!("the join was accepted"),
         Err(e) => format!("{:#}", anyhow::Error::from(e)),
@@ -343,4 +344,149 @@ fn a_failed_join_leaves_no_link_secret_behind() {
         Ok(Ending::ClusterStopped)
     );
     assert_eq!(w2.finish(Ending::ClusterStopped).misrouted(), 0);
+}
+
+/// A join as a broken or hostile node makes it, over the control port: asks for `cores` cores
+/// as node `node`, and hangs up as soon as it has the answer (a welcome, or an error). Retried
+/// while an earlier such join still holds the change lock (its hang-up is seen a moment later).
+fn join_and_hang_up(control: SocketAddr, node: &str, cores: u16) -> Response {
+    let request = JoinRequest {
+        version: wire::VERSION,
+        node: node.into(),
+        app: "word_count".into(),
+        n_slots: Config::DEFAULT_SLOTS,
+        cores,
+        data_addr: "127.0.0.1:1".into(),
+    };
+    let payload = Request::Join(wire::encode_join(&request));
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut client = Client::connect(control, Timeouts::default()).unwrap();
+        match client.request(TOKEN, &payload).unwrap() {
+            Response::Error(e)
+                if e.contains("already in progress") && Instant::now() < deadline =>
+            {
+                std::thread::yield_now()
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// The core ids a welcome gives the joining node.
+fn welcomed_ids(answer: Response) -> Vec<u16> {
+    match answer {
+        Response::Welcome(body) => wire::decode_welcome(&body).expect("a welcome").cores,
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// Grows by `n` once no other change holds the lock.
+fn grow_when_free(engine: &Engine, n: usize) -> ChangeReport {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match engine.grow(n) {
+            Err(ChangeError::Busy { .. }) if Instant::now() < deadline => std::thread::yield_now(),
+            result => return result.unwrap_or_else(|e| panic!("grow-cores {n}: {e}")),
+        }
+    }
+}
+
+/// Issue 14 (1): joins that are welcomed and then hang up give their core ids back, a join
+/// may not ask for more cores than a node runs, and a grow after them gets the lowest free ids
+/// (no collision with a live core, no wrap) while the output stays exact under load.
+#[test]
+fn core_ids_of_a_join_that_hangs_up_are_given_back_and_a_grow_after_it_stays_exact() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let text = load_text();
+    let stop = AtomicBool::new(false);
+    let input = lead.engine.input_addrs()[0];
+    let max = u16::try_from(Config::MAX_CORES).unwrap();
+    // State to move: every word of the Bill of Rights counted once.
+    let bill: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
+    let frames: Vec<&[u8]> = bill.iter().map(|l| l.as_bytes()).collect();
+    send_frames(input, &frames);
+    sink.wait_for(reference_counts(bill.iter().copied()).values().sum());
+
+    let sent = std::thread::scope(|s| {
+        let load = s.spawn(|| send_until(input, &text, &stop, usize::MAX));
+        let ids = welcomed_ids(join_and_hang_up(lead.control, "greedy", max));
+        assert_eq!(ids, (1..=max).collect::<Vec<_>>());
+        let e = error_of(join_and_hang_up(lead.control, "greedier", 65531));
+        assert!(
+            e.contains("asks for 65531 cores") && e.contains(&format!("1 to {max}")),
+            "{e}"
+        );
+        let ids = welcomed_ids(join_and_hang_up(lead.control, "again", 2));
+        assert_eq!(
+            ids,
+            [1, 2],
+            "the ids of the joins that hung up are free again"
+        );
+
+        let report = grow_when_free(&lead.engine, 3);
+        assert_eq!(
+            (report.cores_before, report.cores_after),
+            (1, 4),
+            "{report}"
+        );
+        assert!(report.entities_moved > 0, "{report}");
+        let status = lead.engine.status();
+        let cores: Vec<u16> = status.cores.iter().map(|c| c.core).collect();
+        assert_eq!(cores, [0, 1, 2, 3], "{status}");
+        assert_eq!(status.nodes.len(), 1, "{status}");
+        assert_eq!(status.retired, 0, "{status}");
+        assert!(
+            status.lost.is_empty() && status.migration.is_none(),
+            "{status}"
+        );
+        assert_eq!(status.cores.iter().map(|c| c.slots).sum::<usize>(), 4096);
+        assert!(status.cores.iter().all(|c| c.slots == 1024), "{status}");
+        stop.store(true, Ordering::Release);
+        load.join().unwrap()
+    });
+
+    let expected = reference_counts(bill.iter().copied().chain(sent_lines(&text, sent)));
+    sink.wait_for(expected.values().sum());
+    let summary = lead.engine.stop();
+    assert_eq!(summary.misrouted(), 0);
+    check_running_totals(&sink.lines(), &expected);
+}
+
+/// Issue 14 (11): a change refused while a join waits for its node's Ready names that join
+/// (it said `(starting)`); once the joining node hangs up, changes go through again.
+#[test]
+fn a_change_refused_while_a_join_runs_names_the_join() {
+    let app = word_count::app();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let mut joiner = Client::connect(lead.control, Timeouts::default()).unwrap();
+    let request = JoinRequest {
+        version: wire::VERSION,
+        node: "slowpoke".into(),
+        app: "word_count".into(),
+        n_slots: Config::DEFAULT_SLOTS,
+        cores: 1,
+        data_addr: "127.0.0.1:1".into(),
+    };
+    let welcome = joiner
+        .request(TOKEN, &Request::Join(wire::encode_join(&request)))
+        .unwrap();
+    assert_eq!(welcomed_ids(welcome), [1]);
+
+    let e = lead.engine.grow(1).unwrap_err();
+    assert!(
+        matches!(&e, ChangeError::Busy { doing } if doing.contains("join of node slowpoke")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("starting"), "{e}");
+    drop(joiner);
+    let report = grow_when_free(&lead.engine, 1);
+    assert_eq!(report.cores_after, 2, "{report}");
+    let status = lead.engine.status();
+    let cores: Vec<u16> = status.cores.iter().map(|c| c.core).collect();
+    assert_eq!(cores, [0, 1], "{status}");
+    assert_eq!(lead.engine.stop().misrouted(), 0);
 }

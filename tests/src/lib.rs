@@ -16,6 +16,8 @@ mod change_deadlines;
 mod cluster;
 pub mod fixtures;
 pub mod harness;
+#[cfg(test)]
+mod limits;
 pub mod reference;
 #[cfg(test)]
 mod scaling;

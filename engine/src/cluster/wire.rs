@@ -20,7 +20,7 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// `Prepare` carries every step of a change; 4: a core's status tells of its sink connection;
 /// 5: a core's message crosses as itself, `Wire::Core`; 6: a hello names its lane and carries
 /// the link secret its two nodes share, which a welcome and `Expect` hand out, and is answered
-/// with `Admitted`).
+/// with `Admitted`; a join's `Ready` is answered with the change report, control `Joined`).
 pub const VERSION: u8 = 6;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
@@ -327,6 +327,21 @@ pub fn decode_welcome(payload: &[u8]) -> Result<Welcome, WireError> {
     decode_body(payload)
 }
 
+/// A control-frame body of a type the layers above define (a change report): magic, version,
+/// archive; read back with [`decode_body`].
+pub(crate) fn encode_body<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            BoxedError,
+        >,
+    >,
+{
+    prefixed(&archive(value))
+}
+
 /// A control-frame body: magic, version, archive.
 fn prefixed(archive: &[u8]) -> Vec<u8> {
     [&MAGIC[..], &[VERSION], archive].concat()
@@ -359,7 +374,7 @@ fn check_prefix(prefix: &[u8]) -> Result<(), WireError> {
     }
 }
 
-fn decode_body<T>(payload: &[u8]) -> Result<T, WireError>
+pub(crate) fn decode_body<T>(payload: &[u8]) -> Result<T, WireError>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, BoxedError>>

@@ -64,13 +64,14 @@ impl Engine {
     /// Joins the cluster whose coordinator listens for control at `coordinator`: the
     /// coordinator checks the app, slot count and token, this node links to every member and
     /// starts its cores, then slots move to them. Returns once the join is complete, with the
-    /// coordinator's report. `output`, if given, replaces the cluster's sink address here.
+    /// coordinator's report of the change. `output`, if given, replaces the cluster's sink
+    /// address here.
     pub fn join(
         app: &App,
         config: Config,
         coordinator: SocketAddr,
         output: Option<SocketAddr>,
-    ) -> Result<(Engine, String), StartError> {
+    ) -> Result<(Engine, ChangeReport), StartError> {
         let mut config = Self::check(app, config, Starting::Joining)?;
         let refused = |error: JoinError| StartError::Join {
             addr: coordinator,
@@ -99,6 +100,11 @@ impl Engine {
             }
             Response::Error(e) => return Err(refused(JoinError::Refused(e))),
             Response::Ok(text) => return Err(refused(JoinError::Unexpected(text))),
+            Response::Joined(_) => {
+                return Err(refused(JoinError::Unexpected(
+                    "a report before Ready".into(),
+                )))
+            }
         };
         let Welcome {
             members,
@@ -167,10 +173,20 @@ impl Engine {
             Self::serve_inputs(app, coordinator_state, node, Some((coordinator, lead_name)))?;
         // The cores run and the links are open: now the coordinator moves slots here.
         let error = match control.request_within(&engine.node.token, &Request::Ready, JOIN_ANSWER) {
-            Ok(Response::Ok(report)) => return Ok((engine, report)),
+            Ok(Response::Joined(body)) => {
+                // The join went through and slots moved here: a report that does not read
+                // (which a coordinator of this protocol version never sends) must not make this
+                // node retire cores that own slots.
+                let report = ChangeReport::decode(&body).unwrap_or_else(|e| {
+                    tracing::warn!("joined, but the coordinator's report is garbled: {e}");
+                    ChangeReport::default()
+                });
+                return Ok((engine, report));
+            }
             Ok(Response::Error(e)) => JoinError::Refused(e),
             Err(e) => JoinError::Control(e),
             Ok(Response::Welcome(_)) => JoinError::Unexpected("a second welcome".into()),
+            Ok(Response::Ok(text)) => JoinError::Unexpected(text),
         };
         engine.finish(Ending::Departed);
         Err(refused(error))
@@ -241,6 +257,7 @@ impl Engine {
             Response::Ok(text) => Ok(text),
             Response::Error(e) => Err(JoinError::Refused(e)),
             Response::Welcome(_) => Err(JoinError::Unexpected("a welcome".into())),
+            Response::Joined(_) => Err(JoinError::Unexpected("a join report".into())),
         }
     }
 
@@ -253,7 +270,7 @@ impl Engine {
             Ok(j) => j,
             Err(e) => return Response::Error(format!("bad join request: {e}")),
         };
-        let result = self.change(|c| {
+        let result = self.change(format!("join of node {}", join.node), |c| {
             let welcome = c.welcome(&join, &self.app_name)?;
             let admitted = self.welcomed(c, session, &join, &welcome);
             if admitted.is_err() {
@@ -263,7 +280,7 @@ impl Engine {
             admitted
         });
         match result {
-            Ok(report) => Response::Ok(format!("join {}: {report}", join.node)),
+            Ok(report) => Response::Joined(report.encode()),
             Err(e) => {
                 tracing::warn!("refused the join of node `{}`: {e}", join.node);
                 Response::Error(e.to_string())

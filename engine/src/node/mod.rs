@@ -30,7 +30,7 @@ use crate::cluster::{link, Ending, Node, Role};
 use crate::metrics::{latency_histogram, Summary};
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreMsg, SourceConnection};
-use crate::runtime::{ask_cores, Config};
+use crate::runtime::{ask_cores, online_cpus, Config};
 
 /// Why the engine could not start.
 #[derive(Debug, Error)]
@@ -43,6 +43,14 @@ pub enum StartError {
     },
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    #[error("a node runs 1 to {limit} cores; {asked} were asked for (--cores)")]
+    Cores { asked: usize, limit: usize },
+    #[error("a cluster has 1 to {limit} slots; {asked} were asked for (--slots)")]
+    Slots { asked: u32, limit: u32 },
+    #[error("the sink buffer must hold at least 1 byte (--sink-buffer): with 0 a core could never apply anything")]
+    SinkBufferZero,
+    #[error("CPU {cpu} is not online on this host (--cpus); its online CPUs are {online}")]
+    Cpu { cpu: usize, online: String },
     // Not `source`: thiserror would make it the error's cause too, and `{:#}` would print the
     // reason twice.
     #[error("cannot listen on {addr}: {error}")]
@@ -50,7 +58,7 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("core {core} failed to start: {reason} (glommio needs locked memory: try `ulimit -l unlimited`)")]
+    #[error("core {core} failed to start: {reason}{}", locked_memory_hint(.reason))]
     Executor { core: usize, reason: String },
     // The reason is the source only, so `{:#}` shows it once.
     #[error("cannot join the cluster at {addr}")]
@@ -59,6 +67,43 @@ pub enum StartError {
         #[source]
         error: JoinError,
     },
+}
+
+/// The advice for an executor that failed to start, when its reason is one locked memory
+/// explains (io_uring's rings are locked memory: `ENOMEM`, `EPERM`); none for other reasons.
+fn locked_memory_hint(reason: &str) -> &'static str {
+    let memory = [
+        "Cannot allocate memory",
+        "Operation not permitted",
+        "os error 12",
+    ];
+    if memory.iter().any(|m| reason.contains(m)) {
+        " (glommio needs locked memory: try `ulimit -l unlimited`)"
+    } else {
+        ""
+    }
+}
+
+/// CPU ids as ranges: `0-3,6`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for &c in cpus {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == c => *end = c,
+            _ => ranges.push((c, c)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Whether a node starts a cluster or joins one.
@@ -79,6 +124,8 @@ pub struct Engine {
     view: Arc<Mutex<status::View>>,
     listeners: Vec<TcpListener>,
     acceptors: Mutex<Vec<JoinHandle<()>>>,
+    /// The change that holds the coordinator's lock, and since when.
+    changing: Mutex<Option<(String, Instant)>>,
     stopping: Arc<AtomicBool>,
     input_addrs: Vec<SocketAddr>,
     started: Instant,
@@ -116,11 +163,27 @@ impl Engine {
                 inputs: config.inputs.len(),
             });
         }
-        if config.cores == 0 || config.cores > usize::from(u16::MAX) {
-            return Err(StartError::Config("cores must be between 1 and 65535"));
+        if config.cores == 0 || config.cores > Config::MAX_CORES {
+            return Err(StartError::Cores {
+                asked: config.cores,
+                limit: Config::MAX_CORES,
+            });
         }
-        if config.n_slots == 0 {
-            return Err(StartError::Config("n_slots must be at least 1"));
+        if config.n_slots == 0 || config.n_slots > Config::MAX_SLOTS {
+            return Err(StartError::Slots {
+                asked: config.n_slots,
+                limit: Config::MAX_SLOTS,
+            });
+        }
+        if config.sink_buffer == 0 {
+            return Err(StartError::SinkBufferZero);
+        }
+        let online = online_cpus();
+        if let Some(&cpu) = config.cpus.iter().find(|c| !online.contains(c)) {
+            return Err(StartError::Cpu {
+                cpu,
+                online: cpu_list(&online),
+            });
         }
         if config.token.len() > 255 {
             return Err(StartError::Config(
@@ -185,6 +248,7 @@ impl Engine {
             view,
             listeners,
             acceptors: Mutex::new(acceptors),
+            changing: Mutex::new(None),
             stopping,
             input_addrs,
             started: Instant::now(),
@@ -236,7 +300,7 @@ impl Engine {
 
     /// On the coordinator: moves a member's slots away and lets it exit.
     pub fn remove_node(&self, name: &str) -> Result<ChangeReport, ChangeError> {
-        self.change(|c| c.remove_node(name))
+        self.change(format!("remove-node {name}"), |c| c.remove_node(name))
     }
 
     /// The bound input addresses (useful when a configured port was 0).
@@ -246,35 +310,51 @@ impl Engine {
 
     /// Adds `n` cores while the app runs; slots rebalance onto them.
     pub fn grow(&self, n: usize) -> Result<ChangeReport, ChangeError> {
-        self.change(|c| c.grow(n))
+        self.change(format!("grow-cores {n}"), |c| c.grow(n))
     }
 
     /// Removes the `n` newest cores while the app runs: their slots and source connections move
     /// to the others, then their executors stop.
     pub fn shrink(&self, n: usize) -> Result<ChangeReport, ChangeError> {
-        self.change(|c| c.shrink(n))
+        self.change(format!("shrink-cores {n}"), |c| c.shrink(n))
     }
 
-    /// One change at a time: a second one is refused, not queued behind the first.
+    /// One change at a time: a second one is refused, not queued behind the first, with what
+    /// runs: its migration's progress, or else the change `what` names (a join waiting for its
+    /// node's Ready, cores starting).
     fn change(
         &self,
+        what: String,
         f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>,
     ) -> Result<ChangeReport, ChangeError> {
         let mut coordinator = match self.coordinator.try_lock() {
             Ok(c) => c,
             Err(TryLockError::WouldBlock) => {
-                let doing = self
-                    .view
-                    .lock()
-                    .unwrap()
-                    .migration
-                    .as_ref()
-                    .map_or("starting".into(), |m| m.to_string());
-                return Err(ChangeError::Busy { doing });
+                return Err(ChangeError::Busy {
+                    doing: self.doing(),
+                })
             }
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
         };
-        f(&mut coordinator)
+        *self.changing.lock().unwrap() = Some((what, Instant::now()));
+        let result = f(&mut coordinator);
+        // Cleared while the lock is still held: a refusal never names a change that ended.
+        *self.changing.lock().unwrap() = None;
+        result
+    }
+
+    /// What holds the change lock, for a refusal.
+    fn doing(&self) -> String {
+        if let Some(m) = &self.view.lock().unwrap().migration {
+            return m.to_string();
+        }
+        match &*self.changing.lock().unwrap() {
+            Some((what, since)) => {
+                format!("{what}, running {:.1}s", since.elapsed().as_secs_f64())
+            }
+            // Between taking the lock and naming the change, or a stop.
+            None => "another change, or the engine is stopping".into(),
+        }
     }
 
     /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
@@ -444,5 +524,26 @@ fn accept(
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::{cpu_list, locked_memory_hint};
+
+    #[test]
+    fn cpu_lists_read_as_ranges() {
+        assert_eq!(cpu_list(&[0]), "0");
+        assert_eq!(cpu_list(&[0, 1]), "0-1");
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn only_memory_errors_blame_locked_memory() {
+        assert!(locked_memory_hint("Cannot allocate memory (os error 12)").contains("ulimit -l"));
+        assert!(locked_memory_hint("Operation not permitted (os error 1)").contains("ulimit -l"));
+        assert_eq!(locked_memory_hint("Too many open files (os error 24)"), "");
+        assert_eq!(locked_memory_hint("CPU 5 not found"), "");
     }
 }

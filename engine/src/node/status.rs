@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::StartError;
+use crate::cluster::wire::{self, WireError};
 use crate::cluster::{LinkError, LostNode};
 use crate::metrics::{human_ns, CoreStatus};
 use crate::planner::PlanError;
@@ -58,8 +59,9 @@ impl fmt::Display for MigrationProgress {
     }
 }
 
-/// What a finished change of cores did.
-#[derive(Debug, Clone, Default)]
+/// What a finished change of cores did. A joining node receives its join's report from the
+/// coordinator as an rkyv archive ([`Self::encode`]).
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ChangeReport {
     pub cores_before: usize,
     pub cores_after: usize,
@@ -70,6 +72,19 @@ pub struct ChangeReport {
     pub bytes_moved: u64,
     /// From the request to the end of the last step.
     pub elapsed: Duration,
+}
+
+impl ChangeReport {
+    /// The report as the coordinator sends it to a joining node (the body of a control
+    /// `Joined` answer): the node protocol's magic and version, then an rkyv archive.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        wire::encode_body(self)
+    }
+
+    /// A report from [`Self::encode`], validated: bad bytes are an error, never a panic.
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, WireError> {
+        wire::decode_body(body)
+    }
 }
 
 impl fmt::Display for ChangeReport {
@@ -105,8 +120,15 @@ pub enum ChangeError {
     ShrinkByZero,
     #[error("cannot shrink {cores} core(s) by {by}: at least one must remain")]
     LastCore { cores: usize, by: usize },
-    #[error("the cluster would have {requested} cores; at most {limit} are allowed")]
+    #[error("the cluster would have {requested} cores; at most {limit} are allowed (core ids are 16 bits)")]
     TooManyCores { requested: usize, limit: usize },
+    #[error("node {node} runs {cores} core(s); {by} more would pass the limit of {limit} cores per node")]
+    CoresPerNode {
+        node: String,
+        cores: usize,
+        by: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -125,8 +147,9 @@ pub enum ChangeError {
     OpenSources { node: String, open: u32 },
     #[error("node {node} did not answer within {waited:?}")]
     NoAnswer { node: String, waited: Duration },
-    #[error("cannot start a core")]
-    Start(#[source] StartError),
+    /// A core that failed to start (the change was undone: nothing changed).
+    #[error(transparent)]
+    Start(StartError),
     #[error("migration failed: core {core}: {reason}")]
     Protocol { core: CoreId, reason: String },
     #[error("gave up waiting for {waiting_for} after {after:?} (no word from cores {cores:?}); the steps not switched yet were called off")]
@@ -152,8 +175,8 @@ pub enum JoinRefusal {
     SlotCount { cluster: u32, joining: u32 },
     #[error("a node named `{0}` is already a member; choose another --name")]
     NameTaken(String),
-    #[error("cannot give {0} cores to a node")]
-    Cores(u16),
+    #[error("the joining node asks for {asked} cores; a node runs 1 to {limit}")]
+    Cores { asked: u16, limit: usize },
 }
 
 /// A node of the cluster as `status` shows it.
@@ -265,5 +288,35 @@ impl fmt::Display for Status {
             writeln!(f, "{id:>4} (busy: no answer within 2 s)")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_report_crosses_as_itself_and_garbage_is_an_error() {
+        let report = ChangeReport {
+            cores_before: 1,
+            cores_after: 2,
+            steps: 32,
+            slots_moved: 2048,
+            entities_moved: 1_000_000,
+            bytes_moved: 48_000_000,
+            elapsed: Duration::from_micros(1_234_567),
+        };
+        let body = report.encode();
+        assert_eq!(ChangeReport::decode(&body).unwrap(), report);
+        assert!(ChangeReport::decode(&body[..body.len() - 1]).is_err());
+        assert!(ChangeReport::decode(b"").is_err());
+        assert!(ChangeReport::decode(b"QN").is_err());
+        let mut other_version = body.clone();
+        other_version[2] = other_version[2].wrapping_add(1);
+        assert!(matches!(
+            ChangeReport::decode(&other_version),
+            Err(WireError::Version(_))
+        ));
+        assert!(ChangeReport::decode(&[b'Q', b'N', body[2], 1, 2, 3]).is_err());
     }
 }

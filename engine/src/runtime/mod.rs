@@ -58,6 +58,22 @@ impl Config {
     pub const DEFAULT_SLOTS: u32 = 4096;
     /// Bytes of outputs a core buffers for the sink unless told otherwise.
     pub const DEFAULT_SINK_BUFFER: usize = 4 << 20;
+    /// Most cores one node runs (`--cores`, a grow, a joining node's request). Measured on the
+    /// 2-CPU test machine (optimized build, idle, 4096 slots): a core costs ~2.6 MB of RSS (1
+    /// core 10 MB, 32 cores 87 MB, 128 cores 336 MB), 4 file descriptors and 2 threads, so
+    /// `grow-cores 65533` asked for ~170 GB. 256 covers one core per CPU on the largest common
+    /// machines (cores beyond the CPUs only share them) for ~0.7 GB, 1024 descriptors (a node
+    /// that runs out of them refuses the grow and changes nothing), and keeps a node's `status`
+    /// (a line per core) within one control frame.
+    pub const MAX_CORES: usize = 256;
+    /// Most slots a cluster has (`--slots`). A joining node receives the routing table, 2 bytes
+    /// per slot, in one control frame of at most 64 KiB, so past ~32000 slots no node could
+    /// join; 16384 leaves half the frame to the members. Slots cost every core memory too:
+    /// ~130 bytes of RSS per slot per core idle (measured: 1 core with 1M slots 142 MB, 4
+    /// cores 541 MB; `--slots 4294967295` asked for ~0.5 TB per core), and a change builds a
+    /// table per step on every core (2 bytes per slot each, a step per 64 slots moved): at
+    /// 16384 slots at most ~2 MB per core idle and ~8 MB during a change.
+    pub const MAX_SLOTS: u32 = 16384;
 
     /// A change's wait for the cores unless told otherwise: a step takes milliseconds, so this
     /// is only reached when a core, a node or a sink does not answer at all.
@@ -86,7 +102,20 @@ impl Config {
 /// The machine's online CPUs: the default core count, and what placement wraps around. Not the
 /// calling thread's affinity (a pinned caller must not squeeze every executor onto its CPU).
 pub fn default_cores() -> usize {
-    glommio::CpuSet::online().map_or(1, |set| set.len().max(1))
+    online_cpus().len()
+}
+
+/// The ids of the machine's online CPUs, lowest first (`[0]` if they cannot be read).
+pub fn online_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = glommio::CpuSet::online()
+        .map(|set| set.into_iter().map(|l| l.cpu).collect())
+        .unwrap_or_default();
+    cpus.sort_unstable();
+    cpus.dedup();
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
 }
 
 /// How long a core runs ready tasks before it polls its reactor. A message from another thread
@@ -112,18 +141,24 @@ pub(crate) fn core_channels() -> (CoreAddr, flume::Receiver<CoreMsg>, flume::Rec
 }
 
 /// Starts the executor of one core, pinned to `setup.cpu`. `started` hears the core's id once
-/// its executor runs; an executor that fails to start drops it unsent, and `join` says why.
+/// its executor runs, and is dropped right after; an executor that fails to start drops it
+/// unsent, and `join` says why. So a receiver whose senders are all gone has heard every core
+/// that runs.
 pub(crate) fn spawn_core(
     setup: CoreSetup,
     started: std::sync::mpsc::Sender<crate::routing::CoreId>,
 ) -> glommio::Result<ExecutorJoinHandle<CoreReport>, ()> {
     let id = setup.id;
-    LocalExecutorBuilder::new(Placement::Fixed(setup.cpu))
+    // `Placement::Fixed` reads the CPU topology inside glommio and panics if it cannot (out of
+    // file descriptors, say); a one-CPU set read here turns that into an error.
+    let cpu = glommio::CpuSet::online()?.filter(|l| l.cpu == setup.cpu);
+    LocalExecutorBuilder::new(Placement::Fenced(cpu))
         .name(&format!("quokka-core-{id}"))
         .preempt_timer(PREEMPT_TIMER)
         .io_memory(IO_MEMORY)
         .spawn(move || async move {
             let _ = started.send(id);
+            drop(started);
             core::run(setup).await
         })
 }

@@ -7,7 +7,9 @@
 //! until it has read a valid greeting within a deadline: a port that is not a control endpoint
 //! (a source, a sink) never sees the token. A request then carries the cluster token (one
 //! length byte, then the bytes), then its body; the endpoint answers with a [`Response`]. A join
-//! is a conversation of two requests on one connection (`Join`, then `Ready`).
+//! is a conversation of two requests on one connection: `Join`, answered by a `Welcome`, then
+//! `Ready`, answered by `Joined` (the join's report) or an error. The engine's bodies (join
+//! request, welcome, report) are opaque bytes here.
 //!
 //! Decoding is pure and total: any bytes give a message or an error, never a panic. The
 //! blocking ends are [`Client`] (`quokka ctl`, a joining or leaving node) and [`serve`] with its
@@ -63,6 +65,9 @@ pub enum Response {
     Error(String),
     /// The answer to a join: the engine's welcome (opaque here).
     Welcome(Vec<u8>),
+    /// The answer to a joining node's `Ready` once slots moved to it: the engine's report of
+    /// the change (opaque here).
+    Joined(Vec<u8>),
 }
 
 /// What the endpoint sends first on every connection.
@@ -180,6 +185,7 @@ const GREETING: u8 = 0x80;
 const OK: u8 = 0x81;
 const ERROR: u8 = 0x82;
 const WELCOME: u8 = 0x83;
+const JOINED: u8 = 0x84;
 
 fn header(kind: u8) -> Vec<u8> {
     vec![MAGIC[0], MAGIC[1], VERSION, kind]
@@ -273,6 +279,7 @@ impl Response {
             Response::Ok(t) => (OK, t.as_bytes()),
             Response::Error(t) => (ERROR, t.as_bytes()),
             Response::Welcome(body) => (WELCOME, &body[..]),
+            Response::Joined(body) => (JOINED, &body[..]),
         };
         let mut out = header(kind);
         out.extend_from_slice(body);
@@ -286,6 +293,7 @@ impl Response {
             OK => Ok(Response::Ok(text()?)),
             ERROR => Ok(Response::Error(text()?)),
             WELCOME => Ok(Response::Welcome(body.to_vec())),
+            JOINED => Ok(Response::Joined(body.to_vec())),
             _ => Err(ControlError::UnknownKind(kind)),
         }
     }
@@ -361,6 +369,8 @@ mod tests {
             Response::Error("no".into()),
             Response::Ok(String::new()),
             Response::Welcome(vec![9, 8, 7]),
+            Response::Joined(vec![6, 5]),
+            Response::Joined(Vec::new()),
         ] {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);
         }
@@ -451,6 +461,11 @@ mod tests {
         assert!(matches!(
             Response::decode(b"QK\x03\x81\xff\xfe"),
             Err(ControlError::BadText)
+        ));
+        assert_eq!(Response::Joined(vec![7]).encode(), b"QK\x03\x84\x07");
+        assert!(matches!(
+            Response::decode(b"QK\x03\x85"),
+            Err(ControlError::UnknownKind(0x85))
         ));
         assert!(matches!(
             Response::decode(b"QK\x03\x05"),

@@ -80,7 +80,10 @@ fn execute(engine: &Engine, request: Request) -> Response {
     };
     match result {
         Ok(text) => Response::Ok(text),
-        Err(e) => Response::Error(e.to_string()),
+        Err(e) => {
+            tracing::warn!("refused a change: {e}");
+            Response::Error(e.to_string())
+        }
     }
 }
 

@@ -101,7 +101,8 @@ enum CtlCommand {
     /// Every node with its cores, slots per core, routing epoch, per-core rates and latency,
     /// any migration, any lost node.
     Status,
-    /// Start N more cores on the coordinator's node and move slots onto them while the app runs.
+    /// Start N more cores on the coordinator's node and move slots onto them while the app runs
+    /// (a node runs at most 256 cores).
     GrowCores { n: u16 },
     /// Move the slots and connections of the coordinator's N newest cores to its others, then
     /// stop them.
@@ -145,20 +146,23 @@ struct RunArgs {
     join: Option<String>,
     #[command(flatten)]
     token: TokenArgs,
-    /// Executors (one per CPU in production; more than the CPUs share them) [default: all CPUs]
+    /// Executors, 1 to 256 (one per CPU in production; more than the CPUs share them)
+    /// [default: all CPUs]
     #[arg(long)]
     cores: Option<usize>,
-    /// CPUs to place this node's executors on, e.g. `1` or `0,2` (two nodes on one machine
-    /// should not share CPUs) [default: every online CPU]
+    /// CPUs to place this node's executors on, e.g. `1` or `0,2`, each an online CPU (two
+    /// nodes on one machine should not share CPUs) [default: every online CPU]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cpus: Vec<usize>,
-    /// Slots in the routing table (the unit of placement).
+    /// Slots in the routing table (the unit of placement), 1 to 16384; every node of a cluster
+    /// has the same.
     #[arg(long, default_value_t = Config::DEFAULT_SLOTS)]
     slots: u32,
     /// Largest accepted frame payload in bytes; a larger frame closes its connection.
     #[arg(long, default_value_t = quokka_io::framing::DEFAULT_MAX_FRAME)]
     max_frame: usize,
-    /// Bytes of outputs each core buffers for the sink before it back-pressures the sources.
+    /// Bytes of outputs each core buffers for the sink before it back-pressures the sources (at
+    /// least 1).
     #[arg(long, default_value_t = Config::DEFAULT_SINK_BUFFER)]
     sink_buffer: usize,
     /// On shutdown, seconds to keep retrying an unreachable sink before giving up (and saying so).
@@ -214,7 +218,9 @@ fn ctl(args: CtlArgs) -> Result<()> {
     match quokka::control::request(addr, &args.token.token()?, &request, timeouts)? {
         Response::Ok(text) => Ok(quokka::outln!("{}", text.trim_end())?),
         Response::Error(text) => anyhow::bail!("{text}"),
-        Response::Welcome(_) => anyhow::bail!("unexpected answer (a welcome) from {addr}"),
+        Response::Welcome(_) | Response::Joined(_) => {
+            anyhow::bail!("unexpected answer (a join's) from {addr}")
+        }
     }
 }
 
@@ -306,7 +312,7 @@ fn run(args: RunArgs) -> Result<()> {
         None => Engine::start(&app, config)?,
         Some(coordinator) => {
             let (engine, report) = Engine::join(&app, config, coordinator, output)?;
-            tracing::info!("{}: {report}", engine.node_name());
+            tracing::info!("node {} joined: {report}", engine.node_name());
             engine
         }
     };

@@ -22,12 +22,13 @@ use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire}
 use crate::cluster::Node;
 use crate::dataflow::Dataflow;
 use crate::metrics::{latency_histogram, CoreReport, Retired};
-use crate::planner::{plan, Change};
+use crate::planner::{plan, Change, Plan};
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::core::CoreSetup;
 use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
-use crate::runtime::{core_channels, default_cores, spawn_core, Config};
+use crate::runtime::{core_channels, online_cpus, spawn_core, Config};
 
+mod ids;
 mod migrate;
 use migrate::Aborted;
 pub use migrate::MAX_SLOTS_PER_STEP;
@@ -55,7 +56,6 @@ pub(crate) struct Coordinator {
     pub node: Arc<Node>,
     table: Arc<RoutingTable>,
     pub cores: BTreeMap<CoreId, CoreHandle>,
-    next_id: CoreId,
     events: flume::Receiver<CoreEvent>,
     /// The inboxes acceptor threads deal new connections to.
     pub accept_targets: Arc<RwLock<Vec<flume::Sender<CoreMsg>>>>,
@@ -82,7 +82,6 @@ impl Coordinator {
         let table = RoutingTable::uniform(config.n_slots, config.cores as CoreId);
         let mut c = Self::new(config, dataflow, node, events, table);
         let ids: Vec<CoreId> = (0..c.config.cores as CoreId).collect();
-        c.next_id = ids.len() as CoreId;
         c.spawn_cores(&ids)?;
         c.publish(None);
         Ok(c)
@@ -122,7 +121,6 @@ impl Coordinator {
             node,
             table,
             cores: BTreeMap::new(),
-            next_id: 0,
             events,
             accept_targets: Arc::default(),
             retired: Retired::default(),
@@ -154,10 +152,12 @@ impl Coordinator {
     }
 
     /// Starts executors for `ids` that own no slots yet (at start, the table gives them
-    /// theirs), each knowing every core as a peer.
+    /// theirs), each knowing every core as a peer. All or nothing: if one fails to start, the
+    /// others are retired again and nothing is registered (cores, this node's local cores,
+    /// the acceptors' targets); the error says why that one failed.
     fn spawn_cores(&mut self, ids: &[CoreId]) -> Result<(), StartError> {
-        let cpus: Vec<usize> = if self.config.cpus.is_empty() {
-            (0..default_cores()).collect()
+        let cpus = if self.config.cpus.is_empty() {
+            online_cpus()
         } else {
             self.config.cpus.clone()
         };
@@ -174,8 +174,11 @@ impl Coordinator {
         );
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut spawned: Vec<(CoreId, CoreHandle)> = Vec::new();
+        let mut failed = None;
         for (&id, (addr, data_rx, control_rx)) in ids.iter().zip(channels) {
-            let cpu = self.least_used_cpu(&cpus);
+            let placed: Vec<usize> = spawned.iter().map(|(_, h)| h.cpu).collect();
+            let cpu = self.least_used_cpu(&cpus, &placed);
             let setup = CoreSetup {
                 id,
                 cpu,
@@ -188,40 +191,66 @@ impl Coordinator {
                 events: self.node.events.clone(),
                 open_sources: self.node.open_sources.clone(),
             };
-            let spawned =
-                spawn_core(setup, ready_tx.clone()).map_err(|e| StartError::Executor {
-                    core: usize::from(id),
-                    reason: e.to_string(),
-                })?;
-            self.node.local.write().unwrap().insert(id, addr.clone());
-            self.cores.insert(
-                id,
-                CoreHandle {
-                    addr,
-                    cpu,
-                    executor: Some(spawned),
-                },
-            );
-        }
-        drop(ready_tx);
-        for _ in ids {
-            if ready_rx.recv().is_err() {
-                // A core's closure was dropped unrun: its executor failed; join tells why.
-                let mut reason = "unknown".to_string();
-                for id in ids {
-                    self.node.local.write().unwrap().remove(id);
-                    if let Some(h) = self.cores.remove(id) {
-                        if let Some(Err(e)) = h.executor.map(|e| e.join()) {
-                            reason = e.to_string();
-                        }
-                    }
+            match spawn_core(setup, ready_tx.clone()) {
+                Ok(executor) => spawned.push((
+                    id,
+                    CoreHandle {
+                        addr,
+                        cpu,
+                        executor: Some(executor),
+                    },
+                )),
+                Err(e) => {
+                    failed = Some(StartError::Executor {
+                        core: usize::from(id),
+                        reason: e.to_string(),
+                    });
+                    break;
                 }
-                return Err(StartError::Executor {
-                    core: usize::from(ids[0]),
-                    reason,
-                });
             }
         }
+        drop(ready_tx);
+        // A core sends its id once its executor runs and then lets go of its sender; one whose
+        // executor failed drops it unsent. So this ends once every spawned core said either.
+        let started: BTreeSet<CoreId> = ready_rx.iter().collect();
+        if failed.is_none() && started.len() < spawned.len() {
+            let (id, handle) = spawned
+                .iter_mut()
+                .find(|(id, _)| !started.contains(id))
+                .expect("a core did not start");
+            let reason = match handle.executor.take().map(ExecutorJoinHandle::join) {
+                Some(Err(e)) => e.to_string(),
+                _ => "its executor ended before it ran".to_string(),
+            };
+            failed = Some(StartError::Executor {
+                core: usize::from(*id),
+                reason,
+            });
+        }
+        if let Some(error) = failed {
+            // No other core knows these yet: each retires at once, with nothing to flush.
+            for (id, handle) in spawned {
+                handle.addr.retire();
+                if let Some(Err(e)) = handle.executor.map(ExecutorJoinHandle::join) {
+                    tracing::debug!(core = id, "a core that did not start: {e}");
+                }
+            }
+            return Err(error);
+        }
+        {
+            let mut local = self.node.local.write().unwrap();
+            for (id, handle) in &spawned {
+                local.insert(*id, handle.addr.clone());
+            }
+        }
+        let mut targets = self.accept_targets.write().unwrap();
+        targets.extend(
+            spawned
+                .iter()
+                .filter_map(|(_, h)| h.addr.local_data().cloned()),
+        );
+        drop(targets);
+        self.cores.extend(spawned);
         let local = self.local_ids().len();
         if local > cpus.len() {
             tracing::warn!(
@@ -229,15 +258,12 @@ impl Coordinator {
                 cpus.len()
             );
         }
-        let mut targets = self.accept_targets.write().unwrap();
-        targets.extend(
-            ids.iter()
-                .filter_map(|id| self.cores[id].addr.local_data().cloned()),
-        );
         Ok(())
     }
 
-    fn least_used_cpu(&self, cpus: &[usize]) -> usize {
+    /// The CPU of `cpus` that runs the fewest of this node's cores, counting `placed` (cores
+    /// being started) too.
+    fn least_used_cpu(&self, cpus: &[usize], placed: &[usize]) -> usize {
         cpus.iter()
             .copied()
             .min_by_key(|&cpu| {
@@ -245,7 +271,8 @@ impl Coordinator {
                     .cores
                     .values()
                     .filter(|h| h.executor.is_some() && h.cpu == cpu)
-                    .count();
+                    .count()
+                    + placed.iter().filter(|&&p| p == cpu).count();
                 (on_cpu, cpu)
             })
             .unwrap_or(0)
@@ -293,27 +320,33 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Adds `n` cores and moves slots onto them.
+    /// Adds `n` cores and moves slots onto them. Refused, changing nothing, if this node would
+    /// run more than [`Config::MAX_CORES`] or the cluster has no `n` free core ids; a core that
+    /// fails to start changes nothing either.
     pub fn grow(&mut self, n: usize) -> Result<ChangeReport, ChangeError> {
         self.check_can_change()?;
         if n == 0 {
             return Err(ChangeError::GrowByZero);
         }
-        if self.cores.len() + n > usize::from(CoreId::MAX) {
-            return Err(ChangeError::TooManyCores {
-                requested: self.cores.len() + n,
-                limit: usize::from(CoreId::MAX),
+        let local = self.local_ids().len();
+        if local.saturating_add(n) > Config::MAX_CORES {
+            return Err(ChangeError::CoresPerNode {
+                node: self.node.name.clone(),
+                cores: local,
+                by: n,
+                limit: Config::MAX_CORES,
             });
         }
         let started = Instant::now();
         let before = self.cores.len();
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
-        let ids: Vec<CoreId> = (0..n).map(|i| self.next_id + i as CoreId).collect();
-        self.next_id += n as CoreId;
+        let ids = self.free_ids(n)?;
+        // Planned before anything starts: a plan that fails leaves nothing to undo.
+        let p = plan(&self.table, &old, &Change::Add(ids.clone()))?;
         tracing::trace!("grow: starting cores");
         self.spawn_cores(&ids).map_err(ChangeError::Start)?;
         tracing::trace!("grow: cores started");
-        match self.move_onto(&old, &ids, &format!("grow-cores {n}"), started, before) {
+        match self.move_onto(&old, &ids, p, &format!("grow-cores {n}"), started, before) {
             Ok(report) => Ok(report),
             Err(Aborted { error, switched: 0 }) => {
                 // Nothing moved: the new cores go again, and the cluster is as it was.
@@ -332,20 +365,26 @@ impl Coordinator {
         }
     }
 
-    /// Tells the cores `old` about the cores `new`, then moves slots onto `new`.
+    /// The lowest `n` core ids no core of the cluster holds (see `ids.rs` on reuse).
+    fn free_ids(&self, n: usize) -> Result<Vec<CoreId>, ChangeError> {
+        let used: BTreeSet<CoreId> = self.cores.keys().copied().collect();
+        ids::free_ids(&used, n).ok_or(ChangeError::TooManyCores {
+            requested: self.cores.len().saturating_add(n),
+            limit: usize::from(CoreId::MAX) + 1,
+        })
+    }
+
+    /// Tells the cores `old` about the cores `new`, then moves slots onto `new` as planned.
     fn move_onto(
         &mut self,
         old: &[CoreId],
         new: &[CoreId],
+        p: Plan,
         label: &str,
         started: Instant,
         before: usize,
     ) -> Result<ChangeReport, Aborted> {
         self.introduce(old, new);
-        let p = plan(&self.table, old, &Change::Add(new.to_vec())).map_err(|e| Aborted {
-            error: e.into(),
-            switched: 0,
-        })?;
         let report = self.migrate(p, label)?;
         Ok(self.finished(report, label, started, before))
     }
@@ -511,16 +550,18 @@ impl Coordinator {
         {
             return refuse(JoinRefusal::NameTaken(join.node.clone()));
         }
-        if join.cores == 0
-            || usize::from(self.next_id) + usize::from(join.cores) > usize::from(CoreId::MAX)
-        {
-            return refuse(JoinRefusal::Cores(join.cores));
+        if join.cores == 0 || usize::from(join.cores) > Config::MAX_CORES {
+            return refuse(JoinRefusal::Cores {
+                asked: join.cores,
+                limit: Config::MAX_CORES,
+            });
         }
-        let cores: Vec<CoreId> = (0..join.cores).map(|i| self.next_id + i).collect();
+        // Nothing is recorded: the ids stay free until `add_node` makes the cores members, and
+        // the change lock keeps any other change from taking them meanwhile.
+        let cores = self.free_ids(usize::from(join.cores))?;
         let members =
             self.node
                 .expect_joiner(&join.node, &join.data_addr, &cores, self.local_ids())?;
-        self.next_id += join.cores;
         Ok(Welcome {
             cores,
             members,
@@ -529,7 +570,9 @@ impl Coordinator {
         })
     }
 
-    /// The welcomed node is up: link to it, tell the others, move slots to its cores.
+    /// The welcomed node is up: link to it, tell the others, move slots to its cores. What can
+    /// be refused (the plan, the link to the node) is checked before anything changes; once
+    /// the link is up only the migration itself can fail.
     pub fn add_node(
         &mut self,
         join: &JoinRequest,
@@ -537,6 +580,8 @@ impl Coordinator {
     ) -> Result<ChangeReport, ChangeError> {
         let started = Instant::now();
         let before = self.cores.len();
+        let old: Vec<CoreId> = self.cores.keys().copied().collect();
+        let p = plan(&self.table, &old, &Change::Add(ids.to_vec()))?;
         let others = self.node.members();
         let member = self.node.link_expected(&join.node)?;
         for other in &others {
@@ -546,9 +591,15 @@ impl Coordinator {
                 });
             }
         }
-        let old: Vec<CoreId> = self.cores.keys().copied().collect();
         self.add_remote(&member);
-        match self.move_onto(&old, ids, &format!("join {}", join.node), started, before) {
+        match self.move_onto(
+            &old,
+            ids,
+            p,
+            &format!("join {}", join.node),
+            started,
+            before,
+        ) {
             Ok(report) => Ok(report),
             Err(Aborted { error, switched: 0 }) => {
                 // No slot moved: the node was never really part of the cluster, so whether it
