@@ -14,8 +14,7 @@ use quokka_io::client::Records;
 use quokka_io::control::{Client, Request, Response, Timeouts};
 
 use crate::fixtures::BILL_OF_RIGHTS;
-use crate::harness::{init_logging, send_frames, Coordinator, Sink};
-use crate::reference::{check_running_totals, reference_counts};
+use crate::harness::{init_logging, send_again_stop_and_check, send_frames, Coordinator, Sink};
 
 /// A node that asks to join, says it is ready, and then never answers a core message: its data
 /// port admits every link (answers the hello) and then reads nothing more.
@@ -107,13 +106,7 @@ fn a_join_whose_node_never_answers_is_called_off_and_rolled_back() {
     // Changes work again, and no word was counted twice or lost.
     let report = lead.engine.grow(1).expect("a grow after the rollback");
     assert_eq!(report.cores_after, 2);
-    send_frames(lead.engine.input_addrs()[0], &frames);
-    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
-    let expected = reference_counts(doubled.iter().copied());
-    sink.wait_for(expected.values().sum());
-    let summary = lead.engine.stop();
-    assert_eq!(summary.misrouted(), 0);
-    check_running_totals(&sink.lines(), &expected);
+    send_again_stop_and_check(&lead.engine, &sink, &lines);
 }
 
 /// While a change waits for a node that does not answer, a second change is refused as busy

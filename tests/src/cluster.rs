@@ -16,7 +16,8 @@ use quokka_io::control::{Client, Request, Response, Timeouts};
 
 use crate::fixtures::BILL_OF_RIGHTS;
 use crate::harness::{
-    init_logging, load_text, send_frames, send_until, sent_lines, Coordinator, Sink, DEADLINE,
+    init_logging, load_text, send_again_stop_and_check, send_frames, send_until, sent_lines,
+    Coordinator, Sink, DEADLINE,
 };
 use crate::reference::{check_running_totals, reference_counts};
 
@@ -246,13 +247,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
     assert_eq!(status.cores.len(), 1, "{status}");
     assert_eq!(status.cores[0].slots, 4096);
     assert!(status.lost.is_empty());
-    send_frames(lead.engine.input_addrs()[0], &frames);
-    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
-    let expected = reference_counts(doubled.iter().copied());
-    sink.wait_for(expected.values().sum());
-    let summary = lead.engine.stop();
-    assert_eq!(summary.misrouted(), 0);
-    check_running_totals(&sink.lines(), &expected);
+    send_again_stop_and_check(&lead.engine, &sink, &lines);
 }
 
 /// A member with an open source connection refuses to leave (its connection cannot move to

@@ -216,3 +216,16 @@ pub fn load_text() -> Vec<String> {
         ..quokka_apps::corpus::CorpusSpec::default()
     })
 }
+
+/// Sends `lines` once more to the engine's first source and checks, after it stops, that the
+/// sink holds exactly the running totals of both rounds (`lines` was sent once before).
+pub fn send_again_stop_and_check(engine: &Engine, sink: &Sink, lines: &[&str]) {
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_frames(engine.input_addrs()[0], &frames);
+    let doubled: Vec<&str> = lines.iter().chain(lines).copied().collect();
+    let expected = crate::reference::reference_counts(doubled.iter().copied());
+    sink.wait_for(expected.values().sum());
+    let summary = engine.stop();
+    assert_eq!(summary.misrouted(), 0);
+    crate::reference::check_running_totals(&sink.lines(), &expected);
+}
