@@ -605,3 +605,20 @@ fn sigterm_on_a_member_with_open_sources_closes_them_after_the_grace_and_leaves(
     w1.wait_exit_ok();
     check_running_totals(&sink.lines(), &expected);
 }
+
+/// Issue 14 (4), (12): SIGTERM on a member whose coordinator does not answer (stopped with
+/// SIGSTOP) still ends the member: it cannot ask to leave, so it stops on its own, as when its
+/// coordinator is lost (found by the probe: it ran on).
+#[test]
+fn sigterm_on_a_member_whose_coordinator_does_not_answer_stops_it_on_its_own() {
+    let sink = Sink::start(Records::Lines);
+    let out = sink.addr().to_string();
+    let w1 = spawn_node(&Loopback, 0, "w1", None, &["--out", &out]);
+    let mut w2 = spawn_node(&Loopback, 1, "w2", Some(w1.addrs.control()), &[]);
+    signal(&w1.child, "-STOP");
+    signal(&w2.child, "-TERM");
+    w2.wait_exit_uncrashed();
+    let log = w2.log_text();
+    assert!(log.contains("stopping this node on its own"), "{log}");
+    signal(&w1.child, "-KILL");
+}

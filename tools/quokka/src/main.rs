@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use quokka::duration::parse_duration;
 use quokka::inputs::{parse_addr, resolve};
-use quokka_engine::{Config, Engine, SourcesClosed};
+use quokka_engine::{Config, Engine, JoinError, SourcesClosed};
 use quokka_io::control::{Request, Response, Timeouts};
 
 #[global_allocator]
@@ -372,6 +372,15 @@ fn run(args: RunArgs) -> Result<()> {
                 tracing::info!("asking the coordinator to remove this node");
                 match engine.request_leave() {
                     Ok(report) => tracing::info!("{report}"),
+                    // The coordinator cannot be reached or does not answer: as when it is lost,
+                    // this node stops on its own (a stop must not wait on a silent peer).
+                    Err(e @ JoinError::Control(_)) => {
+                        tracing::warn!(
+                            "cannot reach the coordinator to leave ({:#}); stopping this node on its own",
+                            anyhow::Error::new(e)
+                        );
+                        break engine.stop();
+                    }
                     Err(e) => {
                         tracing::error!("cannot leave the cluster: {:#}", anyhow::Error::new(e))
                     }
