@@ -387,6 +387,15 @@ fn grow_when_free(engine: &Engine, n: usize) -> ChangeReport {
     }
 }
 
+/// Sets its flag when dropped, a panic's unwinding included.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// Issue 14 (1): joins that are welcomed and then hang up give their core ids back, a join
 /// may not ask for more cores than a node runs, and a grow after them gets the lowest free ids
 /// (no collision with a live core, no wrap) while the output stays exact under load.
@@ -407,6 +416,8 @@ fn core_ids_of_a_join_that_hangs_up_are_given_back_and_a_grow_after_it_stays_exa
 
     let sent = std::thread::scope(|s| {
         let load = s.spawn(|| send_until(input, &text, &stop, usize::MAX));
+        // A failed assertion below must end the load, or the scope would wait for it forever.
+        let _stop_on_panic = StopOnDrop(&stop);
         let ids = welcomed_ids(join_and_hang_up(lead.control, "greedy", max));
         assert_eq!(ids, (1..=max).collect::<Vec<_>>());
         let e = error_of(join_and_hang_up(lead.control, "greedier", 65531));
