@@ -14,10 +14,13 @@
 //! `AddPeers` on the same FIFO lanes (a link's control lane is FIFO too), so a core always
 //! learns that the old holder of an id is gone before it learns of the new one; no slot maps to
 //! a retired core and no message waits for it (its slots moved away with every marker and
-//! batch for them). A failed joiner's ids were never introduced to any core at all. Lost nodes'
-//! cores stay members (the coordinator refuses changes while a node is lost), so their ids are
-//! never handed out again. What reuse costs is only that a summary may list a retired core and
-//! a live one with the same number.
+//! batch for them). The cores of a removed node may still be retiring in their own process,
+//! but they own no slot and no source connection, and a core sends events only during a
+//! change's steps, so nothing from them can be taken for the new holder's. A failed joiner's
+//! ids were never introduced to any core at all. Lost nodes' cores stay members (the
+//! coordinator refuses changes while a node is lost), so their ids are never handed out again.
+//! What reuse costs is only that a summary may list a retired core and a live one with the
+//! same number.
 
 use std::collections::BTreeSet;
 
