@@ -173,3 +173,19 @@ fn a_grow_past_the_limit_or_whose_cores_fail_to_start_changes_nothing() {
     engine.wait_exit_ok();
     check_running_totals(&sink.lines(), &expected);
 }
+
+/// A blank cluster token would silently turn every check off (the probe of issue 14 found it):
+/// an empty `--cluster-token`, or a token file whose first line is blank, is refused.
+#[test]
+fn an_empty_cluster_token_is_refused_not_taken_as_none() {
+    let file = std::env::temp_dir().join(format!("quokka-blank-{}.tok", std::process::id()));
+    std::fs::write(&file, "\nsecret\n").unwrap();
+    let path = file.to_string_lossy().to_string();
+    let err = refused_run(&["--cluster-token", ""]);
+    assert!(err.contains("--cluster-token is empty"), "{err}");
+    let err = refused_run(&["--cluster-token-file", &path]);
+    assert!(err.contains("its first line is empty"), "{err}");
+    let out = quokka_output(&["ctl", "--cluster-token", "", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_file(file);
+}
