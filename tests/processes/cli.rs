@@ -84,6 +84,19 @@ pub(crate) fn failure(out: &Output) -> String {
     err
 }
 
+/// Sends `lines` (sent once before) again to the service's source, stops it with SIGTERM, and
+/// checks that the sink holds exactly the running totals of both rounds.
+pub(crate) fn send_again_stop_and_check(engine: &mut Service, sink: &Sink, lines: &[&str]) {
+    let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    send_frames(engine.addrs.input(), &frames);
+    let doubled: Vec<&str> = lines.iter().chain(lines).copied().collect();
+    let expected = reference_counts(doubled.iter().copied());
+    sink.wait_for(expected.values().sum());
+    signal(&engine.child, "-TERM");
+    engine.wait_exit_ok();
+    check_running_totals(&sink.lines(), &expected);
+}
+
 /// Starts `quokka run APP` with its source and control endpoint on ports it chooses, writing
 /// to `out`, with `extra` flags; returns once it reported its addresses.
 pub(crate) fn spawn_app(app: &str, out: SocketAddr, extra: &[&str]) -> Service {
@@ -164,13 +177,7 @@ fn ctl_grows_shrinks_and_reports_a_running_engine() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("2 -> 1 cores"), "{out}");
 
-    send_frames(input, &frames);
-    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
-    let expected = reference_counts(doubled.iter().copied());
-    sink.wait_for(expected.values().sum());
-    signal(&engine.child, "-TERM");
-    engine.wait_exit_ok();
-    check_running_totals(&sink.lines(), &expected);
+    send_again_stop_and_check(&mut engine, &sink, &lines);
 
     let (code, _, err) = ctl(&["status"]);
     assert_eq!(code, Some(1), "{err}");

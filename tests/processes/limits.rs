@@ -9,10 +9,9 @@ use quokka_engine::Config;
 use quokka_io::client::Records;
 use quokka_tests::fixtures::BILL_OF_RIGHTS;
 use quokka_tests::harness::{send_frames, Sink, DEADLINE};
-use quokka_tests::reference::{check_running_totals, reference_counts};
 
-use crate::cli::{failure, spawn_app, succeeded};
-use crate::{ctl, quokka_output, signal};
+use crate::cli::{failure, send_again_stop_and_check, spawn_app, succeeded};
+use crate::{ctl, quokka_output};
 
 /// `quokka run word_count` on ports it chooses with `extra` flags; it must refuse to start.
 fn refused_run(extra: &[&str]) -> String {
@@ -165,13 +164,7 @@ fn a_grow_past_the_limit_or_whose_cores_fail_to_start_changes_nothing() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("1 -> 3 cores"), "{out}");
     assert_eq!(core_ids(control), [0, 1, 2]);
-    send_frames(input, &frames);
-    let doubled: Vec<&str> = lines.iter().chain(&lines).copied().collect();
-    let expected = reference_counts(doubled.iter().copied());
-    sink.wait_for(expected.values().sum());
-    signal(&engine.child, "-TERM");
-    engine.wait_exit_ok();
-    check_running_totals(&sink.lines(), &expected);
+    send_again_stop_and_check(&mut engine, &sink, &lines);
 }
 
 /// A blank cluster token would silently turn every check off (the probe of issue 14 found it):
