@@ -32,7 +32,7 @@ enum Command {
     /// 0 is chosen then), e.g. `listening control=127.0.0.1:6000 data=127.0.0.1:41235
     /// in=text@127.0.0.1:7000`: one `in=NAME@HOST:PORT` per source, none on a joining node
     /// without --in, and `control=none` on a joining node without --control.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the apps linked into this binary.
     Apps,
     /// Run word count on bundled and generated text over loopback TCP, growing from 1 core
@@ -189,7 +189,7 @@ struct RunArgs {
 fn main() {
     quokka::init_logging();
     let result = match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Apps => quokka_apps::all()
             .iter()
             .try_for_each(|app| quokka::outln!("{:<14} {}", app.name, app.about))
