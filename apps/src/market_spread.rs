@@ -52,20 +52,35 @@ impl Market {
 }
 
 /// A symbol's state: its last quote and whether its trades are rejected.
+///
+/// Without padding (`repr(C)` and the explicit `_pad`), so rkyv archives it by copying its
+/// bytes and a quote received from another node is used in place (see `State`).
 #[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[repr(C)]
 pub struct Quote {
     pub bid: f64,
     pub offer: f64,
     pub reject: bool,
+    _pad: [u8; 7],
+}
+
+impl Quote {
+    pub fn new(bid: f64, offer: f64) -> Self {
+        Self {
+            bid,
+            offer,
+            reject: rejects(bid, offer),
+            _pad: [0; 7],
+        }
+    }
 }
 
 impl Default for Quote {
     /// No quote yet: trades are rejected.
     fn default() -> Self {
         Self {
-            bid: 0.0,
-            offer: 0.0,
             reject: true,
+            ..Self::new(0.0, 0.0)
         }
     }
 }
@@ -179,13 +194,7 @@ pub fn decode_result(b: &[u8]) -> Option<OrderResult> {
 
 fn check(quote: &mut Quote, msg: Market, out: &mut Emit<OrderResult>) {
     match msg {
-        Market::Nbbo(n) => {
-            *quote = Quote {
-                bid: n.bid,
-                offer: n.offer,
-                reject: rejects(n.bid, n.offer),
-            }
-        }
+        Market::Nbbo(n) => *quote = Quote::new(n.bid, n.offer),
         Market::Order(order) if quote.reject => out.emit(OrderResult {
             order,
             bid: quote.bid,
@@ -365,6 +374,16 @@ mod tests {
         assert!(rejects(10.00, 10.05), "absolute spread 0.05");
         assert!(rejects(0.50, 0.54), "relative spread over 5%");
         assert!(Quote::default().reject, "no quote yet rejects");
+    }
+
+    #[test]
+    fn a_quote_is_archived_as_its_bytes_so_a_received_one_is_used_in_place() {
+        use rkyv::Archive;
+        assert!(Quote::COPY_OPTIMIZATION.is_enabled());
+        assert_eq!(
+            std::mem::size_of::<Quote>(),
+            std::mem::size_of::<ArchivedQuote>()
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Two nodes on this machine (two engines in this process, each with its own cores, control
 //! endpoint and data port, linked over loopback TCP): word count on one node against two nodes
 //! where half the keys cross to the other node; then a node joining while a million words are in
-//! state, under load: time, bytes and MB/s of the move, latency during the join against before.
+//! state, under load, and removed again: time, bytes and MB/s of each move, latency during it and
+//! in the second after against before.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -11,7 +12,6 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
 use quokka_apps::word_count;
-use quokka_engine::metrics::human_ns;
 use quokka_engine::{ChangeReport, Config, Ending, Engine};
 use quokka_io::client::Collector;
 use quokka_tests::harness::Coordinator;
@@ -50,6 +50,8 @@ struct Cluster {
     collector: Collector,
     lead: Coordinator,
     member: Option<Engine>,
+    /// Misrouted messages of members that departed.
+    misrouted: u64,
 }
 
 impl Cluster {
@@ -67,6 +69,7 @@ impl Cluster {
             collector,
             lead: Coordinator::serve(lead?)?,
             member: None,
+            misrouted: 0,
         })
     }
 
@@ -84,6 +87,16 @@ impl Cluster {
         Ok(report)
     }
 
+    /// w2 is removed; returns the coordinator's report once w2 has departed.
+    fn remove(&mut self) -> Result<ChangeReport> {
+        let report = self.lead.engine.remove_node("w2")?;
+        if let Some(m) = self.member.take() {
+            let ending = m.ended().recv_timeout(Duration::from_secs(60))?;
+            self.misrouted += m.finish(ending).misrouted();
+        }
+        Ok(report)
+    }
+
     fn input(&self) -> SocketAddr {
         self.lead.engine.input_addrs()[0]
     }
@@ -96,7 +109,7 @@ impl Cluster {
                 self.collector.records()
             );
         }
-        let mut misrouted = self.lead.engine.stop().misrouted();
+        let mut misrouted = self.misrouted + self.lead.engine.stop().misrouted();
         if let Some(m) = self.member {
             m.ended().recv_timeout(Duration::from_secs(60))?;
             misrouted += m.finish(Ending::ClusterStopped).misrouted();
@@ -171,7 +184,15 @@ pub fn run(args: Args) -> Result<()> {
     join_with_state(&args)
 }
 
-/// w1 holds `distinct` words; w2 joins under load. Reports the move and latency around it.
+/// Latency of one change: before it, during it, and in the second after.
+struct Around {
+    steady: Histogram<u64>,
+    during: Histogram<u64>,
+    after: Histogram<u64>,
+}
+
+/// w1 holds `distinct` words; w2 joins under load, then is removed. Reports each move and
+/// latency around it.
 fn join_with_state(args: &Args) -> Result<()> {
     let load = corpus::lines(CorpusSpec {
         words: 2_000_000,
@@ -179,8 +200,7 @@ fn join_with_state(args: &Args) -> Result<()> {
     });
     let per_line =
         load.iter().map(|l| l.split(' ').count()).sum::<usize>() as f64 / load.len() as f64;
-    let mut reports = Vec::new();
-    let (mut steadies, mut durings) = (Vec::new(), Vec::new());
+    let (mut joins, mut removals) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
         let mut c = Cluster::start()?;
         let words: Vec<String> = (0..args.distinct).map(vocab_word).collect();
@@ -194,52 +214,86 @@ fn join_with_state(args: &Args) -> Result<()> {
             bail!("state did not fill");
         }
         let stop = AtomicBool::new(false);
-        let (report, steady, during, sent) = std::thread::scope(|s| -> Result<_> {
+        let (join, removal, sent) = std::thread::scope(|s| -> Result<_> {
             let input = c.input();
             let (load, stop) = (&load, &stop);
             let sender = s.spawn(move || {
                 set_nice(CLIENT_NICE);
                 send_until(input, load, args.rate / per_line, stop)
             });
-            c.lead.engine.take_latency();
-            std::thread::sleep(Duration::from_secs_f64(args.steady_secs));
-            let steady = c.lead.engine.take_latency();
-            let report = c.join(args.member_cpu)?;
-            std::thread::sleep(Duration::from_millis(100));
-            let during = c.lead.engine.take_latency();
+            let join = around(&mut c, args.steady_secs, |c| c.join(args.member_cpu))?;
+            let removal = around(&mut c, args.steady_secs, Cluster::remove)?;
             stop.store(true, std::sync::atomic::Ordering::Release);
-            Ok((report, steady, during, sender.join().expect("sender")?))
+            Ok((join, removal, sender.join().expect("sender")?))
         })?;
-        println!("  run: {report}");
-        reports.push(report_numbers(&report));
-        steadies.push(steady);
-        durings.push(during);
+        println!("  run: join {} | removal {}", join.0, removal.0);
+        joins.push(join);
+        removals.push(removal);
         c.stop(args.distinct as u64 + words_in_cycle(&load, sent))?;
     }
-    let p999 = |hs: &[Histogram<u64>]| {
-        let xs: Vec<f64> = hs
-            .iter()
-            .map(|h| h.value_at_quantile(0.999) as f64)
+    for (name, changes) in [("join", &joins), ("remove-node", &removals)] {
+        let moves: Vec<(f64, f64)> = changes.iter().map(|(r, _)| report_numbers(r)).collect();
+        print_moves(name, &moves);
+        let whole: Vec<f64> = (changes.iter())
+            .map(|(r, _)| r.elapsed.as_secs_f64() * 1e3)
             .collect();
-        human_ns(median(&xs) as u64)
-    };
-    print_moves("join", &reports);
-    println!(
-        "join with {} words in state at {:.2} M words/s: p99.9 before {}, during {} (medians)",
-        args.distinct,
-        args.rate / 1e6,
-        p999(&steadies),
-        p999(&durings)
-    );
-    println!("  steady before: {}", median_percentiles(&steadies));
-    println!("  during join:   {}", median_percentiles(&durings));
+        println!(
+            "  (the whole change, with the handshake, preparing and departing: {:.1} ms)",
+            median(&whole)
+        );
+        let pick = |f: fn(&Around) -> &Histogram<u64>| -> Vec<Histogram<u64>> {
+            changes.iter().map(|(_, a)| f(a).clone()).collect()
+        };
+        println!(
+            "  {name} with {} words in state at {:.2} M words/s (medians):",
+            args.distinct,
+            args.rate / 1e6
+        );
+        println!(
+            "    steady before: {}",
+            median_percentiles(&pick(|a| &a.steady))
+        );
+        println!(
+            "    during:        {}",
+            median_percentiles(&pick(|a| &a.during))
+        );
+        println!(
+            "    second after:  {}",
+            median_percentiles(&pick(|a| &a.after))
+        );
+    }
     Ok(())
 }
 
-/// (milliseconds, MB of state) of a change.
+/// Measures `steady_secs` of steady state, then `change` and the 100 ms after it, then the
+/// second after that.
+fn around(
+    c: &mut Cluster,
+    steady_secs: f64,
+    change: impl FnOnce(&mut Cluster) -> Result<ChangeReport>,
+) -> Result<(ChangeReport, Around)> {
+    c.lead.engine.take_latency();
+    std::thread::sleep(Duration::from_secs_f64(steady_secs));
+    let steady = c.lead.engine.take_latency();
+    let report = change(c)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let during = c.lead.engine.take_latency();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = c.lead.engine.take_latency();
+    Ok((
+        report,
+        Around {
+            steady,
+            during,
+            after,
+        },
+    ))
+}
+
+/// (milliseconds moving, MB of state) of a change.
 fn report_numbers(report: &ChangeReport) -> (f64, f64) {
     (
-        report.elapsed.as_secs_f64() * 1e3,
+        report.moving.as_secs_f64() * 1e3,
         report.bytes_moved as f64 / 1e6,
     )
 }

@@ -43,6 +43,8 @@ struct Phase {
     report: ChangeReport,
     steady: Histogram<u64>,
     during: Histogram<u64>,
+    /// The second after the change: what first touching moved state costs its new owner.
+    after: Histogram<u64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -55,8 +57,6 @@ pub fn run(args: Args) -> Result<()> {
         "# migration under load: {} distinct words in state, {offered} offered, {} runs (clients on CPU {cpu})",
         args.distinct, args.runs
     );
-    // Before any engine runs, so the new thread's heap is as fresh as a new core's.
-    let ceiling = receive_ceiling(args.distinct);
     let mut grows = Vec::new();
     let mut shrinks = Vec::new();
     for _ in 0..args.runs {
@@ -72,15 +72,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     summarize("grow 1 -> 2", &grows);
     summarize("shrink 2 -> 1", &shrinks);
-    let raw: Vec<f64> = (0..args.runs).map(|_| raw_move(args.distinct)).collect();
+    let (adopt, archive): (Vec<f64>, Vec<f64>) =
+        (0..args.runs).map(|_| baselines(args.distinct)).unzip();
     println!(
-        "baseline: the same half of the state archived, validated and installed by one thread, no engine: {:.0} MB/s (median of {})",
-        median(&raw),
-        raw.len()
-    );
-    println!(
-        "receiving side alone (checksum, validation, copy, index), the grow's ceiling: a new thread {:.0} MB/s ({} page faults), the same thread again {:.0} MB/s",
-        ceiling.fresh, ceiling.fresh_faults, ceiling.warm
+        "baselines, one thread, no engine, the same half of the state: taken and put by ownership {:.0} MB/s; archived, checked and adopted in place (a move between nodes without the network) {:.0} MB/s (medians of {})",
+        median(&adopt),
+        median(&archive),
+        archive.len()
     );
     Ok(())
 }
@@ -97,98 +95,60 @@ fn filled_store(distinct: usize) -> SlotStore<u64> {
     store
 }
 
-/// What the new owner's work alone allows: MB/s of archives checked and installed.
-struct Ceiling {
-    /// On a thread that never allocated before, as a core started for a grow.
-    fresh: f64,
-    fresh_faults: i64,
-    /// The same thread again, its heap warm.
-    warm: f64,
-}
-
-/// Archives half the slots of a store holding `distinct` words, then times a new thread
-/// checking and installing them, twice.
-fn receive_ceiling(distinct: usize) -> Ceiling {
-    let mut from = filled_store(distinct);
-    let archives: Vec<SlotArchive> = (0..N_SLOTS)
-        .step_by(2)
-        .map(|slot| SlotArchive::write(slot, &from.take_slot(slot)).expect("archive"))
-        .collect();
-    // `from` (the old owner's other half) lives on: in an engine the new core's heap cannot
-    // reuse it either.
-    let bytes: usize = archives.iter().map(|a| a.bytes.len()).sum();
-    let install_all = |archives: &[SlotArchive]| {
-        let mut to = SlotStore::<u64>::new(N_SLOTS);
-        let (faults, started) = (thread_page_faults(), Instant::now());
-        for a in archives {
-            let entities = a.read::<u64>().expect("valid archive");
-            to.install_slot(a.slot, entities).expect("install");
-        }
-        let mbps = bytes as f64 / 1e6 / started.elapsed().as_secs_f64();
-        (mbps, thread_page_faults() - faults)
-    };
-    let ceiling = std::thread::scope(|s| {
-        s.spawn(|| {
-            let (fresh, fresh_faults) = install_all(&archives);
-            let (warm, _) = install_all(&archives);
-            Ceiling {
-                fresh,
-                fresh_faults,
-                warm,
-            }
-        })
-        .join()
-        .expect("ceiling thread")
-    });
-    drop(from);
-    ceiling
-}
-
-/// Minor page faults of the calling thread so far.
-fn thread_page_faults() -> i64 {
-    // SAFETY: getrusage fills the zeroed struct it is given; RUSAGE_THREAD is Linux's own.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut u);
-        u
-    };
-    usage.ru_minflt
-}
-
-/// Moves half the slots of a store holding `distinct` words between two stores in one thread:
-/// archive, checksum, validate, deserialize, install. Returns archive MB/s.
-fn raw_move(distinct: usize) -> f64 {
+/// Moves half the slots of a store holding `distinct` words to another store in one thread,
+/// by ownership, then back through archives (write, checksum, validate, adopt in place).
+/// Returns both in MB/s of slot bytes.
+fn baselines(distinct: usize) -> (f64, f64) {
     let mut from = filled_store(distinct);
     let mut to = SlotStore::<u64>::new(N_SLOTS);
-    let started = Instant::now();
-    let mut bytes = 0;
-    for slot in (0..N_SLOTS).step_by(2) {
-        let entities = from.take_slot(slot);
-        let archive = SlotArchive::write(slot, &entities).expect("archive");
-        bytes += archive.bytes.len();
-        to.install_slot(slot, archive.read::<u64>().expect("valid archive"))
-            .expect("install");
+    let half: Vec<u32> = (0..N_SLOTS).step_by(2).collect();
+    let (started, mut bytes) = (Instant::now(), 0);
+    for &slot in &half {
+        let taken = from.take(slot);
+        bytes += taken.bytes();
+        to.put(slot, taken).expect("an empty slot");
     }
-    bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
+    let by_ownership = bytes as f64 / 1e6 / started.elapsed().as_secs_f64();
+    let (started, mut bytes) = (Instant::now(), 0);
+    for &slot in &half {
+        let archive = SlotArchive::write(slot, &mut to.take(slot)).expect("archive");
+        bytes += archive.bytes.len();
+        let slot = archive.slot;
+        from.put(slot, archive.read::<u64>().expect("a valid archive"))
+            .expect("an empty slot");
+    }
+    let archived = bytes as f64 / 1e6 / started.elapsed().as_secs_f64();
+    (by_ownership, archived)
 }
 
 fn summarize(name: &str, phases: &[Phase]) {
     let runs: Vec<(f64, f64)> = phases
         .iter()
         .map(|p| {
-            let ms = p.report.elapsed.as_secs_f64() * 1e3;
+            let ms = p.report.moving.as_secs_f64() * 1e3;
             (ms, p.report.bytes_moved as f64 / 1e6)
         })
         .collect();
     print_moves(name, &runs);
+    let whole: Vec<f64> = (phases.iter())
+        .map(|p| p.report.elapsed.as_secs_f64() * 1e3)
+        .collect();
+    println!(
+        "  (the whole change, with starting or retiring a core: {:.1} ms)",
+        median(&whole)
+    );
     let pct = |hs: Vec<&Histogram<u64>>, q: f64| {
         let xs: Vec<f64> = hs.iter().map(|h| if q >= 1.0 { h.max() } else { h.value_at_quantile(q) } as f64).collect();
         human_ns(median(&xs) as u64)
     };
-    for (label, pick) in [("steady before", 0), ("during change", 1)] {
+    for (label, pick) in [
+        ("steady before", 0),
+        ("during change", 1),
+        ("second after", 2),
+    ] {
         let hs: Vec<&Histogram<u64>> = phases
             .iter()
-            .map(|p| if pick == 0 { &p.steady } else { &p.during })
+            .map(|p| [&p.steady, &p.during, &p.after][pick])
             .collect();
         println!(
             "  {label:<14} latency p50 {}  p99 {}  p99.9 {}  max {}",
@@ -272,7 +232,7 @@ fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
 }
 
 /// Measures `steady` of steady state, then the change and the window until it has finished
-/// (plus 100 ms for outputs of messages that waited for their slot).
+/// (plus 100 ms for outputs of messages that waited for their slot), then the second after.
 fn phase(
     engine: &Engine,
     steady: Duration,
@@ -284,10 +244,13 @@ fn phase(
     let report = change(engine)?;
     std::thread::sleep(Duration::from_millis(100));
     let during = engine.take_latency();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = engine.take_latency();
     Ok(Phase {
         report,
         steady,
         during,
+        after,
     })
 }
 

@@ -1,22 +1,23 @@
 //! Slot archives: every entity of one slot in one aligned rkyv buffer, the form in which state
-//! moves between cores (in memory), between nodes and, later, to disk.
+//! crosses to another node (and, later, to disk).
 //!
-//! The buffer is the slot's `SlotEntities`: its keys' bytes back to back, a span per entity and a
-//! state per entity (three flat arrays, not an archived hash map, and not a record per key: plain
-//! states and the keys are written and read as bulk copies). A receiver checks the checksum,
-//! then validates the archive with bytecheck and every span before it touches it; a bad archive
-//! is an error value, never a panic.
+//! The buffer's layout is the store's own ([`SlotMemory`]: keys back to back, a span and a state
+//! per entity, and the index), so writing it is bulk copies and the receiver uses it in place. A
+//! receiver checks the checksum, then validates the archive (bytecheck, and what a lookup relies
+//! on) before it touches it; a bad archive is an error value, never a panic.
 
-use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
 
 use crate::hash::stable_hash;
 use crate::step::State;
-use crate::store::{ArchivedSlotEntities, SlotEntities};
+use crate::store::Slot;
+#[cfg(doc)]
+use crate::store::SlotMemory;
 
 /// The archived entities of one slot, with what a receiver needs to trust them. It crosses a
-/// link as itself (its bytes are read straight into an aligned buffer there too).
+/// link as itself; the receiving node reads it into an aligned buffer that becomes the slot's
+/// storage.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SlotArchive {
     pub slot: u32,
@@ -47,18 +48,10 @@ pub enum ArchiveError {
 }
 
 impl SlotArchive {
-    /// Archives `entities` of `slot`.
-    pub fn write<S: State>(slot: u32, entities: &SlotEntities<S>) -> Result<Self, ArchiveError> {
-        // Room for the three arrays up front: growing the buffer would copy it again.
-        let estimate = entities.keys.len()
-            + entities.spans.len() * 8
-            + entities.states.len() * std::mem::size_of::<S::Archived>()
-            + 64;
-        let bytes = rkyv::api::high::to_bytes_in::<_, BoxedError>(
-            entities,
-            AlignedVec::<16>::with_capacity(estimate),
-        )
-        .map_err(|e| ArchiveError::Serialize {
+    /// Archives the entities of `slot` (a received slot whose states were all used in place is
+    /// copied as it is).
+    pub fn write<S: State>(slot: u32, entities: &mut Slot<S>) -> Result<Self, ArchiveError> {
+        let bytes = entities.write_archive().map_err(|e| ArchiveError::Serialize {
             slot,
             reason: e.to_string(),
         })?;
@@ -70,8 +63,8 @@ impl SlotArchive {
         })
     }
 
-    /// Checks and reads the entities back.
-    pub fn read<S: State>(&self) -> Result<SlotEntities<S>, ArchiveError> {
+    /// Checks the archive and makes its buffer the slot's storage, used in place.
+    pub fn read<S: State>(self) -> Result<Slot<S>, ArchiveError> {
         let slot = self.slot;
         if stable_hash(&self.bytes) != self.checksum {
             return Err(ArchiveError::Checksum {
@@ -79,89 +72,93 @@ impl SlotArchive {
                 len: self.bytes.len(),
             });
         }
-        let invalid = |reason: String| ArchiveError::Invalid { slot, reason };
-        let archived = rkyv::access::<ArchivedSlotEntities<S>, BoxedError>(&self.bytes)
-            .map_err(|e| invalid(e.to_string()))?;
-        let n = archived.states.len();
-        if archived.spans.len() != n {
-            return Err(invalid(format!(
-                "{} key spans for {n} states",
-                archived.spans.len()
-            )));
-        }
-        if n != self.entities as usize {
+        let entities = Slot::from_archive(self.bytes).map_err(|e| ArchiveError::Invalid {
+            slot,
+            reason: e.to_string(),
+        })?;
+        if entities.len() != self.entities as usize {
             return Err(ArchiveError::Count {
                 slot,
-                got: n,
+                got: entities.len(),
                 want: self.entities,
             });
         }
-        let keys_len = archived.keys.len() as u64;
-        if let Some(bad) = archived.spans.iter().find(|[start, len]| {
-            u64::from(start.to_native()) + u64::from(len.to_native()) > keys_len
-        }) {
-            return Err(invalid(format!(
-                "key span [{}, {}] outside the {keys_len} bytes of keys",
-                bad[0], bad[1]
-            )));
-        }
-        rkyv::deserialize::<SlotEntities<S>, BoxedError>(archived)
-            .map_err(|e| invalid(e.to_string()))
+        Ok(entities)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SlotMemory;
 
-    fn words(n: usize) -> SlotEntities<u64> {
+    fn words(n: usize) -> Slot<u64> {
         let keys: Vec<String> = (0..n).map(|i| format!("word{i}")).collect();
-        SlotEntities::from_pairs(
+        SlotMemory::of(
             keys.iter()
                 .enumerate()
                 .map(|(i, k)| (k.as_bytes(), i as u64 * 3)),
         )
+        .into_slot()
+    }
+
+    fn sorted<S: State + Clone + Ord>(mut slot: Slot<S>) -> Vec<(Vec<u8>, S)> {
+        let mut pairs: Vec<_> = slot
+            .pairs()
+            .into_iter()
+            .map(|(k, s)| (k, s.clone()))
+            .collect();
+        pairs.sort();
+        pairs
     }
 
     #[test]
     fn round_trip() {
-        let e = words(1000);
-        let a = SlotArchive::write(7, &e).unwrap();
+        let mut e = words(1000);
+        let a = SlotArchive::write(7, &mut e).unwrap();
         assert_eq!(a.entities, 1000);
-        assert_eq!(a.read::<u64>().unwrap(), e);
-        let empty = SlotArchive::write::<u64>(1, &SlotEntities::default()).unwrap();
+        let read = a.read::<u64>().unwrap();
+        assert!(read.is_received());
+        assert_eq!(sorted(read), sorted(e));
+        let empty = SlotArchive::write::<u64>(1, &mut Slot::default()).unwrap();
         assert!(empty.read::<u64>().unwrap().is_empty());
     }
 
     #[test]
     fn structured_state_round_trips() {
         #[derive(
-            Debug, Default, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+            Debug,
+            Default,
+            Clone,
+            PartialEq,
+            Eq,
+            PartialOrd,
+            Ord,
+            rkyv::Archive,
+            rkyv::Serialize,
+            rkyv::Deserialize,
         )]
         struct Quote {
-            bid: f64,
-            offer: f64,
+            bid: u64,
             reject: bool,
             history: Vec<u32>,
         }
-        let e = SlotEntities::from_pairs([(
-            &b"IBM "[..],
-            Quote {
-                bid: 1.5,
-                offer: 1.6,
-                reject: true,
-                history: vec![1, 2],
-            },
-        )]);
-        assert_eq!(
-            SlotArchive::write(0, &e).unwrap().read::<Quote>().unwrap(),
-            e
-        );
+        let quote = Quote {
+            bid: 15,
+            reject: true,
+            history: vec![1, 2],
+        };
+        let mut e = SlotMemory::of([(&b"IBM "[..], quote.clone())]).into_slot();
+        let read = SlotArchive::write(0, &mut e)
+            .unwrap()
+            .read::<Quote>()
+            .unwrap();
+        assert_eq!(sorted(read), vec![(b"IBM ".to_vec(), quote)]);
     }
 
     #[test]
     fn corruption_is_caught_by_the_checksum() {
-        let mut a = SlotArchive::write(3, &words(10)).unwrap();
+        let mut a = SlotArchive::write(3, &mut words(10)).unwrap();
         let mid = a.bytes.len() / 2;
         a.bytes[mid] ^= 0x40;
         let err = a.read::<u64>().unwrap_err();
@@ -174,10 +171,10 @@ mod tests {
 
     #[test]
     fn structurally_invalid_bytes_fail_validation() {
-        let mut a = SlotArchive::write(4, &words(10)).unwrap();
+        let mut a = SlotArchive::write(4, &mut words(10)).unwrap();
         let n = a.bytes.len();
-        // Point the root vector far outside the buffer, and fix the checksum so validation runs.
-        for b in &mut a.bytes[n - 8..] {
+        // Point the root's arrays far outside the buffer, and fix the checksum so validation runs.
+        for b in &mut a.bytes[n - 16..] {
             *b = 0x7f;
         }
         a.checksum = stable_hash(&a.bytes);
@@ -186,12 +183,11 @@ mod tests {
             matches!(err, ArchiveError::Invalid { slot: 4, .. }),
             "{err}"
         );
-        assert!(!err.to_string().is_empty());
     }
 
     #[test]
     fn entity_count_must_match() {
-        let mut a = SlotArchive::write(5, &words(3)).unwrap();
+        let mut a = SlotArchive::write(5, &mut words(3)).unwrap();
         a.entities = 4;
         assert!(matches!(
             a.read::<u64>(),
@@ -201,30 +197,5 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn a_key_span_outside_the_keys_is_rejected() {
-        let mut e = words(3);
-        e.spans[1] = [u32::MAX, 2];
-        let err = SlotArchive::write(6, &e)
-            .unwrap()
-            .read::<u64>()
-            .unwrap_err();
-        assert!(
-            matches!(err, ArchiveError::Invalid { slot: 6, .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("outside"), "{err}");
-        let mut e = words(3);
-        e.states.pop();
-        let err = SlotArchive::write(6, &e)
-            .unwrap()
-            .read::<u64>()
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("3 key spans for 2 states"),
-            "{err}"
-        );
     }
 }

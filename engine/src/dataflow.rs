@@ -20,7 +20,7 @@ use crate::migration::{Delivery, Protocol, ProtocolError, Switched, Transition};
 use crate::routing::{CoreId, Move, RoutingTable};
 use crate::sink_buffer::SinkBuffer;
 use crate::step::{DecodeError, Emit, Message, State};
-use crate::store::{InstallSlotError, SlotEntities, SlotStore};
+use crate::store::{Slot, SlotStore};
 
 // The app's closures, erased: the builder (`app.rs`) makes them, the runtime calls them.
 pub(crate) type Decode<I> = Arc<dyn Fn(&[u8]) -> Result<I, DecodeError> + Send + Sync>;
@@ -55,6 +55,40 @@ pub(crate) trait Dataflow: Send + Sync {
     fn encode_batch(&self, batch: &(dyn Any + Send)) -> Result<AlignedVec, BatchError>;
     /// A batch from another node (its archive, as sent), validated before it is read.
     fn decode_batch(&self, bytes: &AlignedVec) -> Result<Batch, BatchError>;
+    /// A slot from another node (its archive, as sent), checked; its buffer becomes the slot's
+    /// storage, for the new owner to adopt.
+    fn receive_slot(&self, archive: SlotArchive) -> Result<MovedSlot, ArchiveError>;
+}
+
+/// A slot's entities on their way to a core of this node, as they are (a `store::Slot` of the
+/// app's state type, erased): moved by ownership, never copied.
+pub(crate) struct MovedSlot {
+    pub slot: u32,
+    pub entities: u32,
+    /// Bytes of the slot's arrays.
+    pub bytes: u64,
+    memory: Box<dyn Any + Send>,
+}
+
+impl MovedSlot {
+    fn new<S: State>(slot: u32, memory: Slot<S>) -> Self {
+        MovedSlot {
+            slot,
+            entities: memory.len() as u32,
+            bytes: memory.bytes() as u64,
+            memory: Box::new(memory),
+        }
+    }
+
+    fn into_memory<S: State>(self) -> Slot<S> {
+        *self.memory.downcast().expect("a slot of this dataflow")
+    }
+}
+
+impl std::fmt::Debug for MovedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MovedSlot({}, {} entities)", self.slot, self.entities)
+    }
 }
 
 /// One source connection's pipeline up to `key_by`, with batches waiting per owner core.
@@ -71,15 +105,13 @@ pub(crate) trait SourcePipeline {
     fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch));
 }
 
-/// Why a handoff could not be installed.
+/// A slot its new owner could not adopt (a runtime bug: the memory itself was checked or
+/// never left the node), given back so it is not lost.
 #[derive(Debug, Error)]
-pub(crate) enum InstallError {
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    #[error(transparent)]
-    Store(#[from] InstallSlotError),
+#[error("{reason}")]
+pub(crate) struct Refused {
+    pub reason: String,
+    pub moved: MovedSlot,
 }
 
 /// One core's keyed state and the steps from the stateful one to the sink encoder.
@@ -91,15 +123,16 @@ pub(crate) trait KeyedCore {
     fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError>;
     fn switch(&mut self) -> Result<Switched, ProtocolError>;
     fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError>;
-    /// Archives a slot that was handed off; its entities stay here until [`Self::release`].
+    /// Takes a handed-off slot out, for a core of this node to adopt as it is.
+    fn hand_over(&mut self, slot: u32) -> MovedSlot;
+    /// Keeps a slot its new owner refused (until [`Self::release`], which will not come).
+    fn take_back(&mut self, refused: MovedSlot);
+    /// Archives a slot handed off to another node; its entities stay here until
+    /// [`Self::release`], so a rejected archive can be sent again.
     fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError>;
-    /// Installs a handoff and applies the messages that waited for it; returns the entities.
-    fn install(
-        &mut self,
-        archive: &SlotArchive,
-        sink: &mut SinkBuffer,
-    ) -> Result<u32, InstallError>;
-    /// The new owner has the slot: drop the entities kept here.
+    /// Adopts a handed-off slot and applies the messages that waited for it.
+    fn adopt(&mut self, moved: MovedSlot, sink: &mut SinkBuffer) -> Result<(), Refused>;
+    /// The new owner has the slot: drop what was kept of it here.
     fn release(&mut self, slot: u32) -> Result<(), ProtocolError>;
     /// Forgets the prepared steps not switched to yet; returns how many.
     fn abort(&mut self) -> Result<usize, ProtocolError>;
@@ -162,6 +195,11 @@ where
         let batch = rkyv::from_bytes::<Vec<KeyedMsg<T>>, BoxedError>(bytes).map_err(BatchError)?;
         Ok(Box::new(batch))
     }
+
+    fn receive_slot(&self, archive: SlotArchive) -> Result<MovedSlot, ArchiveError> {
+        let slot = archive.slot;
+        Ok(MovedSlot::new(slot, archive.read::<S>()?))
+    }
 }
 
 struct TypedSource<I, T> {
@@ -207,11 +245,11 @@ impl<I, T: Send + 'static> SourcePipeline for TypedSource<I, T> {
     }
 }
 
-struct TypedKeyed<T, S, R, O> {
+struct TypedKeyed<T, S: State, R, O> {
     protocol: Protocol<KeyedMsg<T>>,
     store: SlotStore<S>,
-    /// Entities of slots handed off, kept until the new owner acknowledges.
-    frozen: HashMap<u32, SlotEntities<S>>,
+    /// Slots handed off to another node (or refused), kept until the new owner acknowledges.
+    frozen: HashMap<u32, Slot<S>>,
     applied: u64,
     n_slots: u32,
     key: KeyFn<T>,
@@ -267,30 +305,41 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
         self.protocol.on_marker(from, epoch)
     }
 
+    fn hand_over(&mut self, slot: u32) -> MovedSlot {
+        MovedSlot::new(slot, self.store.take(slot))
+    }
+
+    fn take_back(&mut self, refused: MovedSlot) {
+        let slot = refused.slot;
+        self.frozen.insert(slot, refused.into_memory());
+    }
+
     fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError> {
         let store = &mut self.store;
-        let entities = self
-            .frozen
-            .entry(slot)
-            .or_insert_with(|| store.take_slot(slot));
+        let entities = self.frozen.entry(slot).or_insert_with(|| store.take(slot));
         SlotArchive::write(slot, entities)
     }
 
-    fn install(
-        &mut self,
-        archive: &SlotArchive,
-        sink: &mut SinkBuffer,
-    ) -> Result<u32, InstallError> {
-        let entities = archive.read::<S>()?;
-        let count = entities.len() as u32;
-        // The store first: a bad archive (a key twice, a key of another slot) leaves the slot
-        // incoming, so a resend can still succeed; the protocol refuses only on a runtime bug.
-        self.store.install_slot(archive.slot, entities)?;
-        let waiting = self.protocol.install(archive.slot)?;
+    fn adopt(&mut self, moved: MovedSlot, sink: &mut SinkBuffer) -> Result<(), Refused> {
+        let slot = moved.slot;
+        // Either refusal leaves everything as it was, the slot given back whole.
+        if let Err(occupied) = self.store.put(slot, moved.into_memory()) {
+            let reason = occupied.to_string();
+            let moved = MovedSlot::new(slot, occupied.returned);
+            return Err(Refused { reason, moved });
+        }
+        let waiting = match self.protocol.install(slot) {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                let moved = MovedSlot::new(slot, self.store.take(slot));
+                let reason = e.to_string();
+                return Err(Refused { reason, moved });
+            }
+        };
         for msg in waiting {
             self.apply_one(msg, sink);
         }
-        Ok(count)
+        Ok(())
     }
 
     fn release(&mut self, slot: u32) -> Result<(), ProtocolError> {
@@ -320,7 +369,7 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
     }
 
     fn entities(&self) -> usize {
-        self.store.len() + self.frozen.values().map(SlotEntities::len).sum::<usize>()
+        self.store.len() + self.frozen.values().map(Slot::len).sum::<usize>()
     }
 
     fn applied(&self) -> u64 {

@@ -67,6 +67,13 @@ impl<M> Message for M where
 
 /// What a state entity must be: a plain value with a default, archivable with rkyv so the engine
 /// can move it between cores and machines.
+///
+/// Inside a node a slot moves as it is. A slot from another node is used in place: if rkyv
+/// says archiving `S` is copying its bytes (its copy optimization, which `#[derive(Archive)]`
+/// turns on for a struct of such fields without padding, and which `u64` and the other numbers
+/// have), the state is updated inside the received buffer; otherwise each entity's state is
+/// deserialized on its first use after the move. Deserializing a state from a validated archive
+/// must not fail (it cannot for rkyv's own types and derives).
 pub trait State: Message + Default {}
 
 impl<S: Message + Default> State for S {}

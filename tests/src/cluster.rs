@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use quokka_apps::{alphabet, word_count};
 use quokka_engine::cluster::wire::{self, JoinRequest, Lane, LinkSecret};
-use quokka_engine::{App, ChangeError, ChangeReport, Config, Ending, Engine, StartError};
+use quokka_engine::{
+    App, ChangeError, ChangeReport, Config, DecodeError, Emit, Ending, Engine, StartError,
+};
 use quokka_io::client::{FrameSender, Records};
 use quokka_io::control::{Client, Request, Response, Timeouts};
 
@@ -129,6 +131,58 @@ fn nodes_join_and_leave_under_continuous_load() {
     let bursts = std::iter::repeat_n(&text[..300], bursts).flatten();
     let expected = reference_counts(sent_lines(&text, sent).chain(bursts.map(String::as_str)));
     sink.wait_for(expected.values().sum());
+    check_running_totals(&sink.lines(), &expected);
+}
+
+/// Word count with each count kept as text: a state whose archived form is not its native form,
+/// so a slot that arrives from another node is converted entity by entity on first use.
+fn word_count_as_text() -> App {
+    let decode = |frame: &[u8]| {
+        std::str::from_utf8(frame)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::new("not UTF-8"))
+    };
+    App::source("text", decode)
+        .flat_map(|line: String, out: &mut Emit<String>| {
+            word_count::words(&line, |w| out.emit(w.to_owned()))
+        })
+        .key_by(|word: &String| word.as_bytes())
+        .stateful(|total: &mut String, word: String, out| {
+            let n = total.parse::<u64>().unwrap_or(0) + 1;
+            *total = n.to_string();
+            out.emit((word, n));
+        })
+        .sink(|(word, n): &(String, u64), out: &mut Vec<u8>| word_count::encode(word, *n, out))
+        .named("word_count_as_text")
+}
+
+/// Issue 15: slots whose states are converted on use (not used in place) cross to a joining
+/// node with state in them, are used there, and come back when it leaves: the running totals
+/// are exact throughout.
+#[test]
+fn states_converted_on_use_cross_nodes_and_come_back_exactly() {
+    let app = word_count_as_text();
+    let sink = Sink::start(Records::Lines);
+    let lead = start_lead(&app, &sink);
+    let input = lead.engine.input_addrs()[0];
+    let text = load_text();
+    let thirds: Vec<Vec<&[u8]>> = (text.chunks(text.len().div_ceil(3)))
+        .map(|part| part.iter().map(|l| l.as_bytes()).collect())
+        .collect();
+    let counted = |parts: usize| {
+        let lines = thirds[..parts].iter().flatten();
+        reference_counts(lines.map(|l| std::str::from_utf8(l).unwrap()))
+    };
+    send_frames(input, &thirds[0]);
+    sink.wait_for(counted(1).values().sum());
+    let w2 = join(&app, &lead, "w2");
+    send_frames(input, &thirds[1]);
+    sink.wait_for(counted(2).values().sum());
+    remove(&lead, &w2);
+    send_frames(input, &thirds[2]);
+    let expected = counted(3);
+    sink.wait_for(expected.values().sum());
+    assert_eq!(lead.engine.stop().misrouted(), 0);
     check_running_totals(&sink.lines(), &expected);
 }
 

@@ -308,6 +308,8 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
                 .collect(),
         },
         CoreMsg::Connection(_)
+        | CoreMsg::Adopt { .. }
+        | CoreMsg::Refused { .. }
         | CoreMsg::Leave { .. }
         | CoreMsg::Status(_)
         | CoreMsg::TakeLatency(_)

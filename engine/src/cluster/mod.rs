@@ -19,6 +19,7 @@ use thiserror::Error;
 use self::link::Link;
 use self::peers::{Admitted, Closed, LinkEnd, Peers, Refusal};
 use self::wire::{Answer, Lane, LinkSecret, Member, Question, Wire};
+use crate::archive::SlotArchive;
 use crate::dataflow::Dataflow;
 use crate::metrics::latency_histogram;
 use crate::routing::CoreId;
@@ -397,6 +398,38 @@ impl Node {
         }
     }
 
+    /// A slot archive from core `old` of node `from` for core `to` here: checked on this
+    /// (the link's) thread, so the new owner only adopts it; a bad one goes back rejected, and
+    /// the old owner sends it again.
+    fn adopt(&self, from: &str, old: CoreId, to: CoreId, archive: SlotArchive) {
+        let slot = archive.slot;
+        if self.local.read().unwrap().contains_key(&old) {
+            tracing::error!(node = %self.name, "dropped slot {slot} from node {from}, which says it comes from core {old} of this node");
+            return;
+        }
+        match self.dataflow.receive_slot(archive) {
+            Ok(moved) => self.to_core(
+                to,
+                CoreMsg::Adopt {
+                    from: old,
+                    slots: vec![moved],
+                },
+            ),
+            Err(e) => {
+                tracing::error!(node = %self.name, "rejected slot {slot} from core {old} of node {from}: {e}");
+                let reason = e.to_string();
+                match self.addr_of(old, from) {
+                    Some(addr) => {
+                        addr.send_control(PeerMsg::HandoffRejected { slot, reason });
+                    }
+                    None => {
+                        tracing::error!(node = %self.name, "node {from} is gone: cannot reject slot {slot}")
+                    }
+                }
+            }
+        }
+    }
+
     /// Handles one message from node `from`. Peer input is checked here, where it is decoded:
     /// a core never sees a slot beyond the cluster's.
     pub fn deliver(self: &Arc<Self>, from: &str, msg: Wire) {
@@ -405,6 +438,9 @@ impl Node {
                 if let Err(e) = msg.check_slots(self.n_slots) {
                     tracing::error!(node = %self.name, "dropped a message from node {from}: {e}");
                     return;
+                }
+                if let PeerMsg::Handoff { from: old, archive } = msg {
+                    return self.adopt(from, old, to, archive);
                 }
                 let stop = matches!(msg, PeerMsg::Stop { .. });
                 self.to_core(to, CoreMsg::Peer(msg));
@@ -453,6 +489,9 @@ impl Node {
             }
             Wire::Depart => {
                 let _ = self.ending.send(Ending::Departed);
+            }
+            Wire::Slot(_) => {
+                tracing::error!(node = %self.name, "bug: a slot header from node {from} was not read as a handoff");
             }
             Wire::Hello { .. } | Wire::Admitted | Wire::Bye => {
                 tracing::warn!(node = %self.name, "unexpected hello, admission or goodbye inside the link from node {from}");

@@ -10,6 +10,7 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
 
+use crate::archive::SlotArchive;
 use crate::metrics::CoreStatus;
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::messages::{CoreEvent, PeerMsg};
@@ -20,8 +21,9 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// `Prepare` carries every step of a change; 4: a core's status tells of its sink connection;
 /// 5: a core's message crosses as itself, `Wire::Core`; 6: a hello names its lane and carries
 /// the link secret its two nodes share, which a welcome and `Expect` hand out, and is answered
-/// with `Admitted`; a join's `Ready` is answered with the change report, control `Joined`).
-pub const VERSION: u8 = 6;
+/// with `Admitted`; a join's `Ready` is answered with the change report, control `Joined`;
+/// 7: a slot archive carries its index, one slot per handoff frame).
+pub const VERSION: u8 = 7;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -174,6 +176,10 @@ pub(crate) enum Wire {
         to: CoreId,
         msg: PeerMsg,
     },
+    /// A slot handoff (`Core` with `PeerMsg::Handoff`) as it is framed: the frame holds the
+    /// archive's bytes first, as they are, and this header after them; the reader's buffer
+    /// becomes the slot's storage and it reads the handoff back as `Core`.
+    Slot(SlotHeader),
     /// A batch of keyed messages for core `to` (the app's rkyv archive of them).
     Batch {
         to: CoreId,
@@ -245,13 +251,22 @@ pub enum WireError {
     Frame(#[from] FrameError),
     #[error("link closed")]
     Closed,
+    #[error("a slot header says {len} bytes of archive, in a {frame}-byte frame")]
+    SlotLength { len: u64, frame: usize },
     #[error("a routing table of {got} slots, where this cluster has {expected}")]
     SlotCount { got: usize, expected: u32 },
 }
 
 /// Writes `msg` as one link frame, straight into `out` (no intermediate payload buffer).
 pub(crate) fn write(out: &mut impl Write, msg: &Wire) -> Result<(), FrameError> {
-    let bytes = archive(msg);
+    if let Wire::Core {
+        to,
+        msg: PeerMsg::Handoff { from, archive },
+    } = msg
+    {
+        return write_slot(out, *to, *from, archive);
+    }
+    let bytes = archive_of(msg);
     framing::write_header(out, PREFIX_LEN + bytes.len())?;
     out.write_all(&MAGIC)?;
     out.write_all(&[VERSION])?;
@@ -305,14 +320,89 @@ pub(crate) fn read(
         buf.resize(end, 0);
         framing::read_payload(input, &mut buf[start..end])?;
     }
-    rkyv::from_bytes::<Wire, BoxedError>(buf).map_err(WireError::Invalid)
+    let wire = rkyv::access::<ArchivedWire, BoxedError>(buf).map_err(WireError::Invalid)?;
+    if let ArchivedWire::Slot(header) = wire {
+        let header =
+            rkyv::deserialize::<SlotHeader, BoxedError>(header).map_err(WireError::Invalid)?;
+        return header.with_archive(std::mem::take(buf));
+    }
+    rkyv::deserialize::<Wire, BoxedError>(wire).map_err(WireError::Invalid)
+}
+
+/// What precedes a slot's archive on a link (see [`Wire::Slot`]).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct SlotHeader {
+    to: CoreId,
+    from: CoreId,
+    slot: u32,
+    entities: u32,
+    checksum: u64,
+    /// Bytes of the archive at the start of the frame.
+    len: u64,
+}
+
+/// Bytes a slot's archive is padded to on a link, so the header after it is aligned where the
+/// reader's buffer holds it.
+const SLOT_PAD: usize = 16;
+
+impl SlotHeader {
+    /// The handoff this header ends: its archive is the first `len` bytes of `frame`, whose
+    /// buffer becomes the slot's storage.
+    fn with_archive(self, mut frame: AlignedVec) -> Result<Wire, WireError> {
+        let len = usize::try_from(self.len).unwrap_or(usize::MAX);
+        if len > frame.len() {
+            return Err(WireError::SlotLength {
+                len: self.len,
+                frame: frame.len(),
+            });
+        }
+        frame.resize(len, 0);
+        let archive = SlotArchive {
+            slot: self.slot,
+            entities: self.entities,
+            checksum: self.checksum,
+            bytes: frame,
+        };
+        let msg = PeerMsg::Handoff {
+            from: self.from,
+            archive,
+        };
+        Ok(Wire::Core { to: self.to, msg })
+    }
+}
+
+/// Writes a handoff as its archive's bytes as they are, padding, then a [`SlotHeader`]: the
+/// bytes are not copied into a message first.
+fn write_slot(
+    out: &mut impl Write,
+    to: CoreId,
+    from: CoreId,
+    archive: &SlotArchive,
+) -> Result<(), FrameError> {
+    let len = archive.bytes.len();
+    let pad = len.next_multiple_of(SLOT_PAD) - len;
+    let header = archive_of(&Wire::Slot(SlotHeader {
+        to,
+        from,
+        slot: archive.slot,
+        entities: archive.entities,
+        checksum: archive.checksum,
+        len: len as u64,
+    }));
+    framing::write_header(out, PREFIX_LEN + len + pad + header.len())?;
+    out.write_all(&MAGIC)?;
+    out.write_all(&[VERSION])?;
+    out.write_all(&archive.bytes)?;
+    out.write_all(&[0; SLOT_PAD][..pad])?;
+    out.write_all(&header)?;
+    Ok(())
 }
 
 /// Bytes of a link frame read (and allocated) at a time.
 const READ_CHUNK: usize = 1 << 20;
 
 pub fn encode_join(j: &JoinRequest) -> Vec<u8> {
-    prefixed(&archive(j))
+    prefixed(&archive_of(j))
 }
 
 pub fn decode_join(payload: &[u8]) -> Result<JoinRequest, WireError> {
@@ -320,7 +410,7 @@ pub fn decode_join(payload: &[u8]) -> Result<JoinRequest, WireError> {
 }
 
 pub fn encode_welcome(w: &Welcome) -> Vec<u8> {
-    prefixed(&archive(w))
+    prefixed(&archive_of(w))
 }
 
 pub fn decode_welcome(payload: &[u8]) -> Result<Welcome, WireError> {
@@ -339,7 +429,7 @@ where
         >,
     >,
 {
-    prefixed(&archive(value))
+    prefixed(&archive_of(value))
 }
 
 /// A control-frame body: magic, version, archive.
@@ -350,7 +440,7 @@ fn prefixed(archive: &[u8]) -> Vec<u8> {
 /// Magic and version before every archive.
 const PREFIX_LEN: usize = 3;
 
-fn archive<T>(value: &T) -> AlignedVec
+fn archive_of<T>(value: &T) -> AlignedVec
 where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
@@ -425,13 +515,7 @@ mod tests {
                 bytes: Payload::from(&[1, 2, 3][..]),
             },
             core(1, PeerMsg::Marker { from: 2, epoch: 7 }),
-            core(
-                1,
-                PeerMsg::Handoff {
-                    from: 0,
-                    archives: vec![archive],
-                },
-            ),
+            core(1, PeerMsg::Handoff { from: 0, archive }),
             core(0, PeerMsg::HandoffAck { slots: vec![1, 2] }),
             core(2, PeerMsg::Prepare(plan)),
             core(
@@ -510,6 +594,31 @@ mod tests {
             data_addr: "127.0.0.1:6001".into(),
         };
         assert_eq!(decode_join(&encode_join(&j)).unwrap(), j);
+    }
+
+    #[test]
+    fn a_handoff_frame_becomes_the_slot_storage_as_it_was_read() {
+        let mut entities = crate::store::SlotMemory::<u64>::of([(&b"k"[..], 7)]).into_slot();
+        let archive = SlotArchive::write(3, &mut entities).unwrap();
+        let sent = Wire::Core {
+            to: 1,
+            msg: PeerMsg::Handoff { from: 0, archive },
+        };
+        let mut buf = AlignedVec::new();
+        let got = read(&mut &frame(&sent)[..], &mut buf, MAX_LINK_FRAME).unwrap();
+        assert_eq!(got, sent);
+        // The frame's buffer left with the archive (the link reads the next frame into a new
+        // one): nothing was copied out of it.
+        assert_eq!(buf.capacity(), 0);
+        let Wire::Core {
+            msg: PeerMsg::Handoff { archive, .. },
+            ..
+        } = got
+        else {
+            unreachable!()
+        };
+        let mut slot = archive.read::<u64>().unwrap();
+        assert_eq!(slot.pairs(), [(b"k".to_vec(), &7)]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::node::Engine;
 use crate::routing::{Move, RoutingTable};
 use crate::runtime::messages::PeerMsg;
 use crate::runtime::Config;
-use crate::store::SlotEntities;
+use crate::store::{Slot, SlotMemory};
 
 fn count_words() -> App {
     App::source("text", |frame: &[u8]| {
@@ -95,12 +95,33 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
     // sends what would index past a core's tables.
     let secret = LinkSecret([3; 16]);
     expect(&engine, "w9", "127.0.0.1:1".parse().unwrap(), secret);
-    let archive = |slot| SlotArchive::write::<u64>(slot, &SlotEntities::default()).unwrap();
+    let archive = |slot| SlotArchive::write::<u64>(slot, &mut Slot::default()).unwrap();
+    // A well-formed archive of slot 1 (no change is under way: no core expects it) that would
+    // set "a" to 100.
+    let forged = || {
+        let mut a = SlotMemory::of([(&b"a"[..], 100u64)]).into_slot();
+        SlotArchive::write(1, &mut a).unwrap()
+    };
+    let mut corrupt = forged();
+    corrupt.checksum ^= 1;
     let other_cluster = RoutingTable::uniform(8, 2);
     let hostile = [
         PeerMsg::Handoff {
+            from: 7,
+            archive: archive(64),
+        },
+        // From a core that is not the peer's: this node's own core 1.
+        PeerMsg::Handoff {
             from: 1,
-            archives: vec![archive(64)],
+            archive: forged(),
+        },
+        PeerMsg::Handoff {
+            from: 7,
+            archive: corrupt,
+        },
+        PeerMsg::Handoff {
+            from: 7,
+            archive: forged(),
         },
         PeerMsg::HandoffAck { slots: vec![64] },
         PeerMsg::HandoffRejected {
@@ -130,7 +151,13 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
         }
     }
     link.write_all(&frame(&Wire::Bye)).unwrap();
-    drop(link);
+    // The engine closes the link once it has read (and delivered) everything before the goodbye:
+    // what reached the cores' control lanes is handled before the words below.
+    link.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answers = Vec::new();
+    link.read_to_end(&mut answers)
+        .expect("the engine closes the link");
 
     // Every core is alive, owns what it owned, and counts on exactly.
     send(engine.input_addrs()[0], &["a", "b", "a"]);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 
 use crate::archive::SlotArchive;
-use crate::dataflow::Batch;
+use crate::dataflow::{Batch, MovedSlot, Refused};
 use crate::metrics::CoreStatus;
 use crate::migration::ChangePlan;
 use crate::routing::CoreId;
@@ -38,11 +38,12 @@ pub(crate) enum PeerMsg {
     ProducerDone {
         from: CoreId,
     },
-    /// Slots' entities, handed over by their old owner (several per message: one message per
-    /// chunk of a step, not per slot, keeps the round trips few).
+    /// A slot's entities, handed over by their old owner on another node: one slot per
+    /// message, so the frame it arrives in becomes the slot's storage. (A core never receives
+    /// this: the receiving node checks the archive and hands the core a [`CoreMsg::Adopt`].)
     Handoff {
         from: CoreId,
-        archives: Vec<SlotArchive>,
+        archive: SlotArchive,
     },
     /// The new owner installed `slots`.
     HandoffAck {
@@ -86,7 +87,7 @@ impl PeerMsg {
     /// its tables. (A plan is checked whole when a core turns it into steps.)
     pub fn check_slots(&self, n_slots: u32) -> Result<(), SlotOutOfRange> {
         let slots: Vec<u32> = match self {
-            PeerMsg::Handoff { archives, .. } => archives.iter().map(|a| a.slot).collect(),
+            PeerMsg::Handoff { archive, .. } => vec![archive.slot],
             PeerMsg::HandoffAck { slots } => slots.clone(),
             PeerMsg::HandoffRejected { slot, .. } => vec![*slot],
             _ => Vec::new(),
@@ -106,6 +107,17 @@ pub(crate) enum CoreMsg {
     Batch(Batch),
     /// A source connection for this core to read.
     Connection(SourceConnection),
+    /// Slots handed over by core `from` (on this node, or checked by this node on their way
+    /// from another), to adopt as they are.
+    Adopt {
+        from: CoreId,
+        slots: Vec<MovedSlot>,
+    },
+    /// Core `by` of this node could not adopt a slot this core handed over: keep it.
+    Refused {
+        by: CoreId,
+        refused: Refused,
+    },
     AddPeers(Vec<(CoreId, CoreAddr)>),
     /// This core owns no slot any more: hand its source connections to `heirs` and report.
     Leave {
@@ -244,12 +256,12 @@ mod tests {
             bytes: Default::default(),
         };
         let out = |slot| Err(SlotOutOfRange { slot, n_slots: 8 });
-        let handoff = |slots: &[u32]| PeerMsg::Handoff {
+        let handoff = |slot| PeerMsg::Handoff {
             from: 0,
-            archives: slots.iter().map(|&s| archive(s)).collect(),
+            archive: archive(slot),
         };
-        assert_eq!(handoff(&[0, 7]).check_slots(8), Ok(()));
-        assert_eq!(handoff(&[0, 8]).check_slots(8), out(8));
+        assert_eq!(handoff(7).check_slots(8), Ok(()));
+        assert_eq!(handoff(8).check_slots(8), out(8));
         let ack = PeerMsg::HandoffAck {
             slots: vec![3, u32::MAX],
         };

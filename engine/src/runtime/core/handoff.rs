@@ -1,6 +1,8 @@
-//! Slot handoffs, both sides: an old owner archives each complete slot (once its outputs so far
-//! are written) and sends it to the new owner, which installs it, applies what waited for it and
-//! acknowledges; a rejected archive is sent again, and the slot is never lost meanwhile.
+//! Slot handoffs, both sides. An old owner, once its outputs so far are written, hands each
+//! complete slot to its new owner: to a core of this node as the slot's memory itself (nothing
+//! copied), to a core of another node as an archive it keeps until acknowledged (a rejected
+//! archive is sent again; the slot is never lost meanwhile). The new owner adopts the slot,
+//! applies what waited for it and acknowledges.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -8,20 +10,15 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::Core;
-use crate::archive::SlotArchive;
+use crate::dataflow::{MovedSlot, Refused};
 use crate::routing::{CoreId, Move};
-use crate::runtime::messages::{CoreEvent, PeerMsg};
+use crate::runtime::messages::{CoreEvent, CoreMsg, PeerMsg};
 
-/// Handed-off slots sent as one message: the new owner installs one message while the next is
-/// archived. Between messages the hand-off task yields only when the executor's preempt timer
-/// asks (an unconditional yield cost a round of every other task per message).
-const SLOTS_PER_MESSAGE: usize = 16;
-
-/// Times a rejected handoff is sent again before the slot is reported stuck (it is never lost:
+/// Times a rejected archive is sent again before the slot is reported stuck (it is never lost:
 /// the old owner keeps it).
 const HANDOFF_ATTEMPTS: u32 = 3;
 
-/// Slots handed off and not yet acknowledged.
+/// Archives sent to another node and not yet acknowledged.
 #[derive(Default)]
 pub(super) struct Handoffs {
     /// Per slot: the new owner and the attempts so far.
@@ -35,45 +32,71 @@ impl Core {
         }
     }
 
-    /// The new owner's side: installs each archive, applies what waited for it, acknowledges.
-    pub(super) async fn install(&self, from: CoreId, archives: Vec<SlotArchive>) {
-        tracing::trace!(core = self.id, from, n = archives.len(), "step: handoff in");
-        let (mut installed, mut entities, mut bytes) = (Vec::new(), 0, 0);
-        for archive in archives {
+    /// The new owner's side: adopts each slot, applies what waited for it, acknowledges.
+    pub(super) async fn adopt(&self, from: CoreId, slots: Vec<MovedSlot>) {
+        tracing::trace!(core = self.id, from, n = slots.len(), "step: handoff in");
+        let (mut adopted, mut entities, mut bytes) = (Vec::new(), 0, 0);
+        for moved in slots {
             self.sink.wait_room().await;
+            let (slot, n, size) = (moved.slot, moved.entities, moved.bytes);
             let result = self
                 .keyed
                 .borrow_mut()
-                .install(&archive, &mut self.sink.buffer());
+                .adopt(moved, &mut self.sink.buffer());
             self.sink.pushed();
             match result {
-                Ok(n) => {
-                    installed.push(archive.slot);
+                Ok(()) => {
+                    adopted.push(slot);
                     entities += n;
-                    bytes += archive.bytes.len() as u64;
+                    bytes += size;
                 }
-                Err(e) => {
-                    tracing::error!(
-                        core = self.id,
-                        from,
-                        "rejected the handoff of slot {}: {e}",
-                        archive.slot
-                    );
-                    let reason = e.to_string();
-                    let slot = archive.slot;
-                    self.send_control(from, PeerMsg::HandoffRejected { slot, reason });
-                }
+                Err(refused) => self.refuse(from, refused),
             }
         }
-        tracing::trace!(core = self.id, "step: handoff installed");
-        if !installed.is_empty() {
-            self.send_control(from, PeerMsg::HandoffAck { slots: installed });
+        tracing::trace!(core = self.id, "step: handoff adopted");
+        if !adopted.is_empty() {
+            self.send_control(from, PeerMsg::HandoffAck { slots: adopted });
             let _ = self.events.send(CoreEvent::Installed { entities, bytes });
             self.report_finished_steps();
         }
     }
 
-    /// The new owner has `slots`: drop the copies kept here.
+    /// Gives a slot this core cannot adopt back to its old owner: the memory itself to a core
+    /// of this node, else a rejection (the old owner still has the archive).
+    fn refuse(&self, from: CoreId, refused: Refused) {
+        let slot = refused.moved.slot;
+        tracing::error!(
+            core = self.id,
+            from,
+            "refused slot {slot}: {}",
+            refused.reason
+        );
+        if self.peers.is_local(from) {
+            self.send_control(
+                from,
+                CoreMsg::Refused {
+                    by: self.id,
+                    refused,
+                },
+            );
+        } else {
+            let reason = refused.reason;
+            self.send_control(from, PeerMsg::HandoffRejected { slot, reason });
+        }
+    }
+
+    /// A core of this node refused a slot handed to it: keep the slot here, and fail the change
+    /// (a refusal of memory that never left the node is a bug, not something to retry).
+    pub(super) fn refused(&self, by: CoreId, refused: Refused) {
+        let slot = refused.moved.slot;
+        self.keyed.borrow_mut().take_back(refused.moved);
+        self.fail(format!(
+            "core {by} refused slot {slot} ({}); its state stays on core {}",
+            refused.reason, self.id
+        ));
+    }
+
+    /// The new owner has `slots`: drop what was kept of them.
     pub(super) fn acknowledged(&self, slots: Vec<u32>) {
         tracing::trace!(core = self.id, n = slots.len(), "step: ack in");
         for slot in slots {
@@ -103,20 +126,17 @@ impl Core {
             core = self.id,
             "core {to} rejected slot {slot} ({reason}); sending it again"
         );
+        self.send_archive(to, slot, attempts + 1);
+    }
+
+    /// Archives `slot` (kept here until acknowledged) and sends it to core `to` of another node.
+    fn send_archive(&self, to: CoreId, slot: u32, attempt: u32) {
         let archive = self.keyed.borrow_mut().archive(slot);
         match archive {
             Ok(archive) => {
-                self.handoffs
-                    .unacknowledged
-                    .borrow_mut()
-                    .insert(slot, (to, attempts + 1));
-                self.send_control(
-                    to,
-                    PeerMsg::Handoff {
-                        from: self.id,
-                        archives: vec![archive],
-                    },
-                );
+                (self.handoffs.unacknowledged.borrow_mut()).insert(slot, (to, attempt));
+                let from = self.id;
+                self.send_control(to, PeerMsg::Handoff { from, archive });
             }
             Err(e) => self.fail(format!("archiving slot {slot}: {e}")),
         }
@@ -124,8 +144,8 @@ impl Core {
 }
 
 /// An old owner's side of a handoff: once this core's outputs so far are written (so a reader
-/// of the sink never sees a key's later count before an earlier one), archive each complete
-/// slot and send it to its new owner.
+/// of the sink never sees a key's later count before an earlier one), hand each complete slot
+/// to its new owner: in one message per core of this node, as archives to other nodes.
 async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
     let started = Instant::now();
     tracing::trace!(core = core.id, "step: handoff start");
@@ -136,27 +156,27 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
         by_owner.entry(m.to).or_default().push(m.slot);
     }
     for (to, slots) in by_owner {
-        for chunk in slots.chunks(SLOTS_PER_MESSAGE) {
-            let mut archives = Vec::with_capacity(chunk.len());
-            for &slot in chunk {
-                let archive = core.keyed.borrow_mut().archive(slot);
-                match archive {
-                    Ok(archive) => {
-                        core.handoffs
-                            .unacknowledged
-                            .borrow_mut()
-                            .insert(slot, (to, 1));
-                        archives.push(archive);
-                    }
-                    Err(e) => core.fail(format!("archiving slot {slot}: {e}")),
-                }
+        tracing::trace!(core = core.id, to, "step: handoff out");
+        if core.peers.is_local(to) {
+            let slots = (slots.iter())
+                .map(|&slot| core.keyed.borrow_mut().hand_over(slot))
+                .collect();
+            core.send_control(
+                to,
+                CoreMsg::Adopt {
+                    from: core.id,
+                    slots,
+                },
+            );
+        } else {
+            for slot in slots {
+                core.send_archive(to, slot, 1);
+                // Archiving is the old owner's one sizeable piece of work in a move: let the
+                // core's other tasks in when the executor's preempt timer asks.
+                glommio::yield_if_needed().await;
             }
-            let from = core.id;
-            tracing::trace!(core = core.id, "step: handoff out");
-            core.send_control(to, PeerMsg::Handoff { from, archives });
-            core.poke_inbox();
-            glommio::yield_if_needed().await;
         }
+        core.poke_inbox();
     }
     tracing::debug!(core = core.id, slots = moves.len(), ?flush, total = ?started.elapsed(), "handed off");
 }

@@ -205,6 +205,8 @@ impl Core {
                     glommio::spawn_local(sources::read_source(self.clone(), conn)).detach();
                 }
             }
+            CoreMsg::Adopt { from, slots } => self.adopt(from, slots).await,
+            CoreMsg::Refused { by, refused } => self.refused(by, refused),
             CoreMsg::AddPeers(peers) => self.peers.add(self.id, peers),
             CoreMsg::Leave { heirs } => {
                 self.sources.start_leaving(heirs);
@@ -236,7 +238,9 @@ impl Core {
                 }
             }
             PeerMsg::ProducerDone { from } => self.shutdown.producers_done([from]),
-            PeerMsg::Handoff { from, archives } => self.install(from, archives).await,
+            PeerMsg::Handoff { from, .. } => self.fail(format!(
+                "an unchecked slot archive from core {from} (its node adopts archives for its cores)"
+            )),
             PeerMsg::HandoffAck { slots } => self.acknowledged(slots),
             PeerMsg::HandoffRejected { slot, reason } => self.retry_handoff(slot, &reason),
             PeerMsg::Prepare(plan) => self.prepare(&plan),

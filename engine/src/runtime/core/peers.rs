@@ -86,6 +86,14 @@ impl Peers {
         }
     }
 
+    /// Whether `peer` is a core of this node (a slot reaches it by ownership, not archived).
+    pub fn is_local(&self, peer: CoreId) -> bool {
+        matches!(
+            self.controls.borrow().get(&peer),
+            Some(CoreAddr::Local { .. })
+        )
+    }
+
     /// Whether every outbox can take another step's batches.
     pub fn have_room(&self) -> bool {
         self.outboxes.borrow().values().all(|o| o.has_room())
