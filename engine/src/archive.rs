@@ -11,9 +11,9 @@ use thiserror::Error;
 
 use crate::hash::stable_hash;
 use crate::step::State;
-use crate::store::Slot;
 #[cfg(doc)]
 use crate::store::SlotMemory;
+use crate::store::{Malformed, Slot};
 
 /// The archived entities of one slot, with what a receiver needs to trust them. It crosses a
 /// link as itself; the receiving node reads it into an aligned buffer that becomes the slot's
@@ -39,8 +39,12 @@ impl PartialEq for SlotArchive {
 pub enum ArchiveError {
     #[error("slot {slot}: archive checksum mismatch ({len} bytes): corrupt in transit")]
     Checksum { slot: u32, len: usize },
-    #[error("slot {slot}: archive failed validation: {reason}")]
-    Invalid { slot: u32, reason: String },
+    #[error("slot {slot}: archive failed validation: {source}")]
+    Invalid {
+        slot: u32,
+        #[source]
+        source: Malformed,
+    },
     #[error("slot {slot}: archive holds {got} entities, its header says {want}")]
     Count { slot: u32, got: usize, want: u32 },
     #[error("slot {slot}: cannot archive state: {reason}")]
@@ -51,10 +55,21 @@ impl SlotArchive {
     /// Archives the entities of `slot` (a received slot whose states were all used in place is
     /// copied as it is).
     pub fn write<S: State>(slot: u32, entities: &mut Slot<S>) -> Result<Self, ArchiveError> {
-        let bytes = entities.write_archive().map_err(|e| ArchiveError::Serialize {
-            slot,
-            reason: e.to_string(),
-        })?;
+        Self::write_in(slot, entities, AlignedVec::new())
+    }
+
+    /// The same, into `buf` (a writer's buffer, reused from archive to archive).
+    pub fn write_in<S: State>(
+        slot: u32,
+        entities: &mut Slot<S>,
+        buf: AlignedVec,
+    ) -> Result<Self, ArchiveError> {
+        let bytes = entities
+            .write_archive(buf)
+            .map_err(|e| ArchiveError::Serialize {
+                slot,
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             slot,
             entities: entities.len() as u32,
@@ -72,10 +87,8 @@ impl SlotArchive {
                 len: self.bytes.len(),
             });
         }
-        let entities = Slot::from_archive(self.bytes).map_err(|e| ArchiveError::Invalid {
-            slot,
-            reason: e.to_string(),
-        })?;
+        let entities = Slot::from_archive(self.bytes)
+            .map_err(|source| ArchiveError::Invalid { slot, source })?;
         if entities.len() != self.entities as usize {
             return Err(ArchiveError::Count {
                 slot,

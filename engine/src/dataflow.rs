@@ -7,7 +7,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use thiserror::Error;
 
@@ -75,13 +75,55 @@ impl MovedSlot {
         MovedSlot {
             slot,
             entities: memory.len() as u32,
-            bytes: memory.bytes() as u64,
+            bytes: memory.byte_len() as u64,
             memory: Box::new(memory),
         }
     }
 
     fn into_memory<S: State>(self) -> Slot<S> {
         *self.memory.downcast().expect("a slot of this dataflow")
+    }
+}
+
+/// A slot handed to a core of another node: its old owner keeps it until the new owner
+/// acknowledges, and the link that carries it archives it (so the old owner's core does no
+/// per-byte work for a move; a rejected archive is made again from the same slot).
+pub(crate) trait OutgoingSlot: Send + Sync {
+    fn slot(&self) -> u32;
+    /// The slot's archive, written into `buf` (a link's buffer, reused from slot to slot).
+    fn archive_in(&self, buf: AlignedVec) -> Result<SlotArchive, ArchiveError>;
+}
+
+/// The old owner's copy of a slot handed to another node (or refused by a core of its own).
+struct Frozen<S: State> {
+    slot: u32,
+    memory: Mutex<Slot<S>>,
+}
+
+impl<S: State> Frozen<S> {
+    fn new(slot: u32, memory: Slot<S>) -> Arc<Self> {
+        Arc::new(Frozen {
+            slot,
+            memory: Mutex::new(memory),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl<S: State> OutgoingSlot for Frozen<S> {
+    fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    fn archive_in(&self, buf: AlignedVec) -> Result<SlotArchive, ArchiveError> {
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        SlotArchive::write_in(self.slot, &mut memory, buf)
     }
 }
 
@@ -127,9 +169,9 @@ pub(crate) trait KeyedCore {
     fn hand_over(&mut self, slot: u32) -> MovedSlot;
     /// Keeps a slot its new owner refused (until [`Self::release`], which will not come).
     fn take_back(&mut self, refused: MovedSlot);
-    /// Archives a slot handed off to another node; its entities stay here until
+    /// A slot handed off to another node, for the link to archive; it stays here until
     /// [`Self::release`], so a rejected archive can be sent again.
-    fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError>;
+    fn send_off(&mut self, slot: u32) -> Arc<dyn OutgoingSlot>;
     /// Adopts a handed-off slot and applies the messages that waited for it.
     fn adopt(&mut self, moved: MovedSlot, sink: &mut SinkBuffer) -> Result<(), Refused>;
     /// The new owner has the slot: drop what was kept of it here.
@@ -249,7 +291,7 @@ struct TypedKeyed<T, S: State, R, O> {
     protocol: Protocol<KeyedMsg<T>>,
     store: SlotStore<S>,
     /// Slots handed off to another node (or refused), kept until the new owner acknowledges.
-    frozen: HashMap<u32, Slot<S>>,
+    frozen: HashMap<u32, Arc<Frozen<S>>>,
     applied: u64,
     n_slots: u32,
     key: KeyFn<T>,
@@ -311,13 +353,15 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
 
     fn take_back(&mut self, refused: MovedSlot) {
         let slot = refused.slot;
-        self.frozen.insert(slot, refused.into_memory());
+        self.frozen
+            .insert(slot, Frozen::new(slot, refused.into_memory()));
     }
 
-    fn archive(&mut self, slot: u32) -> Result<SlotArchive, ArchiveError> {
+    fn send_off(&mut self, slot: u32) -> Arc<dyn OutgoingSlot> {
         let store = &mut self.store;
-        let entities = self.frozen.entry(slot).or_insert_with(|| store.take(slot));
-        SlotArchive::write(slot, entities)
+        let frozen =
+            (self.frozen.entry(slot)).or_insert_with(|| Frozen::new(slot, store.take(slot)));
+        frozen.clone()
     }
 
     fn adopt(&mut self, moved: MovedSlot, sink: &mut SinkBuffer) -> Result<(), Refused> {
@@ -328,7 +372,7 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
             let moved = MovedSlot::new(slot, occupied.returned);
             return Err(Refused { reason, moved });
         }
-        let waiting = match self.protocol.install(slot) {
+        let waiting = match self.protocol.adopt(slot) {
             Ok(waiting) => waiting,
             Err(e) => {
                 let moved = MovedSlot::new(slot, self.store.take(slot));
@@ -369,7 +413,7 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
     }
 
     fn entities(&self) -> usize {
-        self.store.len() + self.frozen.values().map(Slot::len).sum::<usize>()
+        self.store.len() + self.frozen.values().map(|f| f.len()).sum::<usize>()
     }
 
     fn applied(&self) -> u64 {

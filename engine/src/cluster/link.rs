@@ -16,8 +16,9 @@ use rkyv::util::AlignedVec;
 use super::peers::LinkEnd;
 use super::wire::{self, Lane, LinkSecret, Member, Wire, MAX_LINK_FRAME};
 use super::Node;
+use crate::dataflow::OutgoingSlot;
 use crate::routing::CoreId;
-use crate::runtime::messages::{CoreAddr, CoreMsg, RemotePeer, Sending};
+use crate::runtime::messages::{CoreAddr, CoreMsg, PeerMsg, RemotePeer, Sending};
 
 /// Batches (and markers) queued for one remote node before the cores routing there wait.
 const LINK_DATA_CAPACITY: usize = 16;
@@ -214,6 +215,7 @@ fn write_link(
         out,
         broken: false,
         dropped,
+        archive_buf: AlignedVec::new(),
     };
     loop {
         let next = match lane.try_recv() {
@@ -227,6 +229,9 @@ fn write_link(
             }
         };
         match next {
+            Outgoing::Core(core, CoreMsg::SendSlot { from, slot }) => {
+                w.send_slot(core, from, &*slot)
+            }
             Outgoing::Core(core, msg) => w.write(to_wire(node, core, msg)),
             Outgoing::Node(msg) => w.write(Some(msg)),
             Outgoing::Close => {
@@ -251,9 +256,35 @@ struct LinkWriter<'a> {
     out: BufWriter<TcpStream>,
     broken: bool,
     dropped: &'a AtomicU64,
+    /// Where slots are archived, one after the other (warm memory, no allocation per slot).
+    archive_buf: AlignedVec,
 }
 
 impl LinkWriter<'_> {
+    /// Archives a slot handed off by core `from` here, on the link's thread, and writes it.
+    fn send_slot(&mut self, to: CoreId, from: CoreId, slot: &dyn OutgoingSlot) {
+        if self.broken {
+            self.dropped.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        match slot.archive_in(std::mem::take(&mut self.archive_buf)) {
+            Ok(archive) => {
+                if let Err(e) = wire::write_slot(&mut self.out, to, from, &archive) {
+                    self.fail(&e);
+                }
+                self.archive_buf = archive.bytes;
+            }
+            Err(e) => {
+                // The old owner still has the slot: a rejection makes it try again, and fail
+                // the change if it cannot.
+                tracing::error!(node = %self.node.name, "cannot archive slot {} for node {}: {e}", slot.slot(), self.peer);
+                let (slot, reason) = (slot.slot(), e.to_string());
+                let rejected = PeerMsg::HandoffRejected { slot, reason };
+                self.node.to_core(from, CoreMsg::Peer(rejected));
+            }
+        }
+    }
+
     fn write(&mut self, msg: Option<Wire>) {
         let Some(msg) = msg else { return };
         if self.broken {
@@ -308,6 +339,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
                 .collect(),
         },
         CoreMsg::Connection(_)
+        | CoreMsg::SendSlot { .. }
         | CoreMsg::Adopt { .. }
         | CoreMsg::Refused { .. }
         | CoreMsg::Leave { .. }

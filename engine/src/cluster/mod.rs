@@ -403,10 +403,12 @@ impl Node {
     /// the old owner sends it again.
     fn adopt(&self, from: &str, old: CoreId, to: CoreId, archive: SlotArchive) {
         let slot = archive.slot;
-        if self.local.read().unwrap().contains_key(&old) {
-            tracing::error!(node = %self.name, "dropped slot {slot} from node {from}, which says it comes from core {old} of this node");
+        let local = self.local.read().unwrap();
+        if !local.contains_key(&to) || local.contains_key(&old) {
+            tracing::error!(node = %self.name, "dropped slot {slot} from node {from}: for core {to}, from core {old}, and this node runs {:?}", local.keys().collect::<Vec<_>>());
             return;
         }
+        drop(local);
         match self.dataflow.receive_slot(archive) {
             Ok(moved) => self.to_core(
                 to,

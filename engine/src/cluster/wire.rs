@@ -1,7 +1,8 @@
 //! What nodes say to each other: the join handshake (inside control frames) and the messages on
 //! node-to-node links. Every link frame is a Wallaroo frame whose payload is `QN`, a version
 //! byte, then one rkyv archive of a [`Wire`] message, validated (bytecheck) before it is read:
-//! garbage, a truncated archive or another version is an error value, never a panic.
+//! garbage, a truncated archive or another version is an error value, never a panic. A slot
+//! handoff's frame holds the slot's archive first, as it is, and then the `Wire::Slot` archive.
 
 use std::io::{Read, Write};
 
@@ -251,7 +252,7 @@ pub enum WireError {
     Frame(#[from] FrameError),
     #[error("link closed")]
     Closed,
-    #[error("a slot header says {len} bytes of archive, in a {frame}-byte frame")]
+    #[error("a slot header says {len} bytes of archive, which do not fill its {frame}-byte frame")]
     SlotLength { len: u64, frame: usize },
     #[error("a routing table of {got} slots, where this cluster has {expected}")]
     SlotCount { got: usize, expected: u32 },
@@ -314,6 +315,10 @@ pub(crate) fn read(
     // announces 256 MiB and sends nothing holds no memory here.
     let body = len - PREFIX_LEN;
     buf.clear();
+    if body <= READ_CHUNK {
+        // Exactly: a slot's frame buffer becomes its storage, capacity and all.
+        buf.reserve_exact(body);
+    }
     while buf.len() < body {
         let start = buf.len();
         let end = body.min(start + READ_CHUNK);
@@ -324,7 +329,7 @@ pub(crate) fn read(
     if let ArchivedWire::Slot(header) = wire {
         let header =
             rkyv::deserialize::<SlotHeader, BoxedError>(header).map_err(WireError::Invalid)?;
-        return header.with_archive(std::mem::take(buf));
+        return header.with_archive(buf);
     }
     rkyv::deserialize::<Wire, BoxedError>(wire).map_err(WireError::Invalid)
 }
@@ -346,22 +351,37 @@ pub(crate) struct SlotHeader {
 const SLOT_PAD: usize = 16;
 
 impl SlotHeader {
-    /// The handoff this header ends: its archive is the first `len` bytes of `frame`, whose
-    /// buffer becomes the slot's storage.
-    fn with_archive(self, mut frame: AlignedVec) -> Result<Wire, WireError> {
+    /// The handoff this header ends: its archive is the first `len` bytes of `frame`. The
+    /// frame's buffer becomes the slot's storage (taken from the reader, who reads the next frame
+    /// into a new one) if it is not much larger than the archive; else (a buffer grown by
+    /// earlier, larger frames) the archive is copied out of it.
+    fn with_archive(self, frame: &mut AlignedVec) -> Result<Wire, WireError> {
         let len = usize::try_from(self.len).unwrap_or(usize::MAX);
-        if len > frame.len() {
+        let header = std::mem::size_of::<ArchivedWire>();
+        if len
+            .checked_next_multiple_of(SLOT_PAD)
+            .and_then(|l| l.checked_add(header))
+            != Some(frame.len())
+        {
             return Err(WireError::SlotLength {
                 len: self.len,
                 frame: frame.len(),
             });
         }
-        frame.resize(len, 0);
+        let bytes = if frame.capacity() <= frame.len() + frame.len() / 8 {
+            let mut taken = std::mem::take(frame);
+            taken.resize(len, 0);
+            taken
+        } else {
+            let mut copy = AlignedVec::with_capacity(len);
+            copy.extend_from_slice(&frame[..len]);
+            copy
+        };
         let archive = SlotArchive {
             slot: self.slot,
             entities: self.entities,
             checksum: self.checksum,
-            bytes: frame,
+            bytes,
         };
         let msg = PeerMsg::Handoff {
             from: self.from,
@@ -373,7 +393,7 @@ impl SlotHeader {
 
 /// Writes a handoff as its archive's bytes as they are, padding, then a [`SlotHeader`]: the
 /// bytes are not copied into a message first.
-fn write_slot(
+pub(crate) fn write_slot(
     out: &mut impl Write,
     to: CoreId,
     from: CoreId,
@@ -619,6 +639,67 @@ mod tests {
         };
         let mut slot = archive.read::<u64>().unwrap();
         assert_eq!(slot.pairs(), [(b"k".to_vec(), &7)]);
+    }
+
+    #[test]
+    fn a_handoff_read_into_a_buffer_grown_by_a_larger_frame_is_copied_out_of_it() {
+        let big = Wire::Batch {
+            to: 0,
+            bytes: Payload::from(&[7; 300_000][..]),
+        };
+        let mut entities = crate::store::SlotMemory::<u64>::of([(&b"k"[..], 7)]).into_slot();
+        let archive = SlotArchive::write(3, &mut entities).unwrap();
+        let slot = Wire::Core {
+            to: 1,
+            msg: PeerMsg::Handoff { from: 0, archive },
+        };
+        let stream = [frame(&big), frame(&slot)].concat();
+        let (mut input, mut buf) = (&stream[..], AlignedVec::new());
+        assert_eq!(read(&mut input, &mut buf, MAX_LINK_FRAME).unwrap(), big);
+        let grown = buf.capacity();
+        assert_eq!(read(&mut input, &mut buf, MAX_LINK_FRAME).unwrap(), slot);
+        // The slot did not keep 300 KB for its few bytes: the reader keeps its buffer.
+        assert_eq!(buf.capacity(), grown);
+    }
+
+    #[test]
+    fn a_slot_header_that_does_not_match_its_frame_is_an_error() {
+        let slot_frame = |len_says: u64, archive: &[u8]| {
+            let header = archive_of(&Wire::Slot(SlotHeader {
+                to: 1,
+                from: 0,
+                slot: 2,
+                entities: 0,
+                checksum: 0,
+                len: len_says,
+            }));
+            let pad = archive.len().next_multiple_of(SLOT_PAD) - archive.len();
+            let payload = [
+                &MAGIC[..],
+                &[VERSION],
+                archive,
+                &[0; SLOT_PAD][..pad],
+                &header,
+            ]
+            .concat();
+            framed(&payload)
+        };
+        assert!(read_one(&slot_frame(32, &[0; 32])).is_ok());
+        for (len, archive) in [
+            (33, &[0; 32][..]),
+            (16, &[0; 32]),
+            (u64::MAX, &[0; 32]),
+            (1 << 40, &[]),
+        ] {
+            assert!(
+                matches!(
+                    read_one(&slot_frame(len, archive)),
+                    Err(WireError::SlotLength { .. })
+                ),
+                "a header saying {len} bytes over {} bytes of archive",
+                archive.len()
+            );
+        }
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //!    epoch marker to every old owner of a moving slot. Channels are FIFO, so nothing routed at
 //!    `e` follows the marker.
 //! 3. An old owner keeps applying messages of its leaving slots until it holds the markers of
-//!    every producer; then the slots are complete and it hands them off (archive + send).
-//! 4. The new owner installs a handoff, applies the messages it buffered in arrival order, and
-//!    acknowledges; the old owner keeps the slot's entities until then.
+//!    every producer; then the slots are complete and it hands them off.
+//! 4. The new owner adopts a handed-off slot, applies the messages it buffered in arrival order,
+//!    and acknowledges; the old owner keeps the slot's entities (if it sent an archive of them)
+//!    until then.
 //!
 //! Slots that do not move are never held up: they stay `Owned` throughout.
 
@@ -362,9 +363,9 @@ impl<M> Protocol<M> {
         }
     }
 
-    /// The handoff of `slot` is installed: the slot is owned here; returns the messages that
+    /// The handoff of `slot` is adopted: the slot is owned here; returns the messages that
     /// waited for it, in arrival order.
-    pub fn install(&mut self, slot: u32) -> Result<Vec<M>, ProtocolError> {
+    pub fn adopt(&mut self, slot: u32) -> Result<Vec<M>, ProtocolError> {
         let state = std::mem::replace(&mut self.slots[slot as usize], SlotState::Owned);
         let SlotState::Incoming { epoch, buffer } = state else {
             let name = state.name();
@@ -514,7 +515,7 @@ mod tests {
         assert_eq!(p.deliver(1, 7), Delivery::Buffered, "slot 1 still comes");
         assert_eq!(p.abort(), Ok(1));
         assert_eq!(p.deliver(0, 8), Delivery::Misrouted(8), "slot 0 stays away");
-        assert_eq!(p.install(1), Ok(vec![7]));
+        assert_eq!(p.adopt(1), Ok(vec![7]));
         assert!(!p.in_step());
         assert_eq!(p.owned(), 3);
     }
@@ -530,7 +531,7 @@ mod tests {
     }
 
     #[test]
-    fn new_owner_buffers_until_install_and_returns_in_order() {
+    fn new_owner_buffers_until_adopting_and_returns_in_order() {
         let (t0, tr) = setup();
         let mut p = Protocol::<u32>::new(1, &t0);
         assert!(matches!(p.deliver(1, 0), Delivery::Misrouted(0)));
@@ -550,7 +551,7 @@ mod tests {
             "unmoved slots never wait"
         );
         assert_eq!(p.buffered(), 2);
-        assert_eq!(p.install(1).unwrap(), vec![1, 2]);
+        assert_eq!(p.adopt(1).unwrap(), vec![1, 2]);
         assert_eq!(p.deliver(1, 3), Delivery::Apply(3));
         assert!(!p.in_step());
         assert_eq!(p.owned(), 3);
@@ -605,7 +606,7 @@ mod tests {
             Err(ProtocolError::UnexpectedMarker { from: 7, epoch: 0 })
         );
         assert!(matches!(
-            p.install(1),
+            p.adopt(1),
             Err(ProtocolError::SlotState { slot: 1, .. })
         ));
         assert!(matches!(
@@ -693,12 +694,12 @@ mod tests {
         // Core 1's marker for epoch 2 overtakes nothing (FIFO), but step 2 may finish first.
         assert_eq!(p.on_marker(1, 0).unwrap(), s1.moves);
         assert_eq!(p.on_marker(1, 1).unwrap(), s2.moves);
-        assert_eq!(q.install(1).unwrap(), vec![7]);
+        assert_eq!(q.adopt(1).unwrap(), vec![7]);
         p.acknowledged(1).unwrap();
         assert_eq!(q.take_finished(), vec![2]);
         assert_eq!(p.take_finished(), vec![2]);
         assert!(p.in_step() && q.in_step());
-        assert_eq!(q.install(0).unwrap(), Vec::<u8>::new());
+        assert_eq!(q.adopt(0).unwrap(), Vec::<u8>::new());
         p.acknowledged(0).unwrap();
         assert_eq!((p.take_finished(), q.take_finished()), (vec![1], vec![1]));
         assert!(!p.in_step() && !q.in_step());

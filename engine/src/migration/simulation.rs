@@ -165,7 +165,7 @@ impl Sim {
             }
             Wire::Handoff(slot, entities) => {
                 self.cores[core].state.extend(entities);
-                for m in self.cores[core].protocol.install(slot).unwrap() {
+                for m in self.cores[core].protocol.adopt(slot).unwrap() {
                     self.apply(core, m);
                 }
                 self.send(core, from, Wire::Ack(slot));

@@ -15,6 +15,7 @@ use crate::app::{App, DecodeError};
 use crate::archive::SlotArchive;
 use crate::cluster::wire::{self, Answer, Lane, LinkSecret, Member, Question, Wire};
 use crate::cluster::LinkError;
+use crate::hash::{slot_of, stable_hash};
 use crate::migration::ChangePlan;
 use crate::node::Engine;
 use crate::routing::{Move, RoutingTable};
@@ -96,11 +97,11 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
     let secret = LinkSecret([3; 16]);
     expect(&engine, "w9", "127.0.0.1:1".parse().unwrap(), secret);
     let archive = |slot| SlotArchive::write::<u64>(slot, &mut Slot::default()).unwrap();
-    // A well-formed archive of slot 1 (no change is under way: no core expects it) that would
-    // set "a" to 100.
+    // A well-formed archive of the slot of "a" (no change is under way: no core expects it)
+    // that would set "a" to 100.
     let forged = || {
         let mut a = SlotMemory::of([(&b"a"[..], 100u64)]).into_slot();
-        SlotArchive::write(1, &mut a).unwrap()
+        SlotArchive::write(slot_of(stable_hash(b"a"), 64), &mut a).unwrap()
     };
     let mut corrupt = forged();
     corrupt.checksum ^= 1;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 
 use crate::archive::SlotArchive;
-use crate::dataflow::{Batch, MovedSlot, Refused};
+use crate::dataflow::{Batch, MovedSlot, OutgoingSlot, Refused};
 use crate::metrics::CoreStatus;
 use crate::migration::ChangePlan;
 use crate::routing::CoreId;
@@ -45,11 +45,11 @@ pub(crate) enum PeerMsg {
         from: CoreId,
         archive: SlotArchive,
     },
-    /// The new owner installed `slots`.
+    /// The new owner adopted `slots`.
     HandoffAck {
         slots: Vec<u32>,
     },
-    /// The new owner could not install `slot`; the old owner still has it.
+    /// The new owner could not adopt `slot`; the old owner still has it.
     HandoffRejected {
         slot: u32,
         reason: String,
@@ -118,6 +118,12 @@ pub(crate) enum CoreMsg {
         by: CoreId,
         refused: Refused,
     },
+    /// A slot for a core of another node: the link archives it and sends it as a
+    /// [`PeerMsg::Handoff`].
+    SendSlot {
+        from: CoreId,
+        slot: Arc<dyn OutgoingSlot>,
+    },
     AddPeers(Vec<(CoreId, CoreAddr)>),
     /// This core owns no slot any more: hand its source connections to `heirs` and report.
     Leave {
@@ -150,7 +156,7 @@ impl From<PeerMsg> for CoreMsg {
 pub(crate) enum CoreEvent {
     Prepared(CoreId),
     StepDone { core: CoreId, epoch: u64 },
-    Installed { entities: u32, bytes: u64 },
+    Adopted { entities: u32, bytes: u64 },
     Left(CoreId),
     Failed { core: CoreId, error: String },
 }

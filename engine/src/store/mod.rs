@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::hash::slot_of;
 use crate::step::State;
 
-pub use received::Malformed;
+pub use received::{used_in_place, Malformed};
 use slot::tag_of;
 pub use slot::{ArchivedSlotMemory, Slot, SlotMemory};
 
@@ -103,7 +103,7 @@ mod tests {
 
     /// A slot's round trip through its archive bytes (without the checksum `archive` adds).
     fn through_archive<S: State>(mut slot: Slot<S>) -> Slot<S> {
-        let bytes = slot.write_archive().unwrap();
+        let bytes = slot.write_archive(Default::default()).unwrap();
         Slot::from_archive(bytes).unwrap()
     }
 
@@ -162,8 +162,14 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_moved_by_ownership_keeps_every_entity() {
+    fn a_slot_moved_by_ownership_keeps_every_entity_where_they_were() {
         moved_slot_keeps_every_entity(|slot| slot);
+        let mut a = SlotStore::<u64>::new(1);
+        count(&mut a, "k", 1);
+        let at = a.slots[0].storage();
+        let mut b = SlotStore::<u64>::new(1);
+        b.put(0, a.take(0)).unwrap();
+        assert_eq!(b.slots[0].storage(), at, "moved, not copied");
     }
 
     #[test]
@@ -176,19 +182,25 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_used_in_place_and_strings_are_not() {
+        assert!(used_in_place::<u64>() && used_in_place::<[u32; 3]>());
+        assert!(!used_in_place::<String>() && !used_in_place::<Vec<u64>>());
+    }
+
+    #[test]
     fn plain_states_are_updated_inside_the_received_buffer() {
         let mut store = SlotStore::<u64>::new(1);
         for (k, n) in [("one", 1), ("two", 2)] {
             count(&mut store, k, n);
         }
         let received = through_archive(store.take(0));
-        let bytes = received.bytes();
+        let bytes = received.byte_len();
         store.put(0, received).unwrap();
         count(&mut store, "one", 10);
         // Still the received buffer: an update of a plain state converts nothing.
         assert!(store.slots[0].is_received());
         assert_eq!(store.slots[0].converted(), 0);
-        assert_eq!(store.slots[0].bytes(), bytes);
+        assert_eq!(store.slots[0].byte_len(), bytes);
         // The archive of it again is the buffer, with the update in it.
         let mut again = through_archive(store.take(0));
         let mut pairs: Vec<_> = again.pairs().into_iter().map(|(k, s)| (k, *s)).collect();
@@ -266,7 +278,7 @@ mod tests {
     /// The archive of hand-made arrays, read back: what a lying peer could send.
     fn read_raw(keys: &[u8], spans: Vec<[u32; 2]>, states: Vec<u64>, index: Vec<u64>) -> String {
         let mut slot = SlotMemory::raw(keys.to_vec(), spans, states, index).into_slot();
-        match Slot::<u64>::from_archive(slot.write_archive().unwrap()) {
+        match Slot::<u64>::from_archive(slot.write_archive(Default::default()).unwrap()) {
             Ok(_) => "accepted".into(),
             Err(e) => e.to_string(),
         }
@@ -336,7 +348,9 @@ mod tests {
         for b in m.index.iter_mut().filter(|b| **b != 0) {
             *b ^= 0xffff << 32;
         }
-        let mut slot = Slot::<u64>::from_archive(m.into_slot().write_archive().unwrap()).unwrap();
+        let mut slot =
+            Slot::<u64>::from_archive(m.into_slot().write_archive(Default::default()).unwrap())
+                .unwrap();
         assert_eq!(slot.get(tag_of(stable_hash(b"a")), b"a"), None);
     }
 

@@ -4,18 +4,44 @@
 //! updated in place too; any other state (a `String`, a `Vec`, a map) is converted when its
 //! entity is first used, not for the whole slot up front.
 //!
-//! The store's one `unsafe` lives here: handing out a plain state inside the buffer as `&mut S`.
+//! The store's `unsafe` lives here, in [`checked`]: reading the validated archive without
+//! validating it again, and handing out a plain state inside the buffer as `&mut S`.
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
+use self::checked::Checked;
 use super::slot::{probe, ArchivedSlotMemory, Probe, SlotMemory, Table};
 use crate::step::State;
 
-/// A received archive that does not hold a well-formed slot.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Malformed(String);
+/// Why a received archive does not hold a well-formed slot (bad input from a peer).
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error("failed validation")]
+    Validation(#[source] BoxedError),
+    #[error("{spans} key spans for {states} states")]
+    SpanCount { spans: usize, states: usize },
+    #[error("key span [{start}, {len}] outside the {keys} bytes of keys")]
+    SpanOutside { start: u32, len: u32, keys: u64 },
+    #[error(
+        "an index of {buckets} buckets for {entities} entities (a power of two, at most 3/4 full)"
+    )]
+    IndexShape { buckets: usize, entities: usize },
+    #[error("an index bucket names entity {entity} of 1..={entities}")]
+    BucketEntity { entity: u64, entities: usize },
+    #[error("{used} index buckets for {entities} entities")]
+    BucketCount { used: u64, entities: usize },
+}
+
+/// Whether a received slot's states of type `S` are used in place (else converted on first
+/// use): rkyv says archiving `S` copies its bytes, and the archived form has `S`'s size, at
+/// least its alignment, and at most the buffer's (16).
+pub const fn used_in_place<S: State>() -> bool {
+    S::COPY_OPTIMIZATION.is_enabled()
+        && std::mem::size_of::<S>() == std::mem::size_of::<S::Archived>()
+        && std::mem::align_of::<S>() <= std::mem::align_of::<S::Archived>()
+        && std::mem::align_of::<S::Archived>() <= 16
+}
 
 /// A slot whose storage is a received archive.
 pub(super) struct Received<S: State> {
@@ -25,12 +51,6 @@ pub(super) struct Received<S: State> {
 }
 
 impl<S: State> Received<S> {
-    /// Whether states are used in place: rkyv says archiving `S` copies its bytes, and the
-    /// archived form has `S`'s size and at least its alignment.
-    const IN_PLACE: bool = S::COPY_OPTIMIZATION.is_enabled()
-        && std::mem::size_of::<S>() == std::mem::size_of::<S::Archived>()
-        && std::mem::align_of::<S>() <= std::mem::align_of::<S::Archived>();
-
     pub fn new(bytes: AlignedVec) -> Result<Self, Malformed> {
         Ok(Received {
             bytes: Checked::new(bytes)?,
@@ -42,23 +62,19 @@ impl<S: State> Received<S> {
         self.bytes.image().states.len()
     }
 
-    pub fn bytes(&self) -> usize {
-        self.bytes.0.len()
+    pub fn byte_len(&self) -> usize {
+        self.bytes.as_bytes().len()
     }
 
     pub fn find(&self, tag: u32, key: &[u8]) -> Option<usize> {
-        let image = self.bytes.image();
-        if image.index.is_empty() {
-            return None;
-        }
-        match probe(image, tag, key) {
+        match probe(self.bytes.image(), tag, key) {
             Probe::Found(e) => Some(e),
             Probe::Free(_) => None,
         }
     }
 
     pub fn state_mut(&mut self, e: usize) -> &mut S {
-        if Self::IN_PLACE {
+        if used_in_place::<S>() {
             return self.bytes.plain_state_mut(e);
         }
         let n = self.len();
@@ -76,7 +92,7 @@ impl<S: State> Received<S> {
 
     /// The archive as it is, if every state is in it (none was converted out of it).
     pub fn archive_bytes(&self) -> Option<&[u8]> {
-        self.converted.is_empty().then_some(&self.bytes.0[..])
+        self.converted.is_empty().then_some(self.bytes.as_bytes())
     }
 
     /// The slot as native vectors: the arrays copied out of the buffer, the index kept.
@@ -105,51 +121,71 @@ fn deserialize<S: State>(archived: &S::Archived) -> S {
         .expect("a state in a validated archive deserializes (see `State`)")
 }
 
-/// Bytes that hold a well-formed slot archive: made only by [`Checked::new`], which validates
-/// them, and changed since only by [`Checked::plain_state_mut`].
-struct Checked<S>(AlignedVec, std::marker::PhantomData<S>);
+mod checked {
+    //! Bytes known to hold a well-formed slot archive. Its own module, so nothing else can
+    //! touch the buffer behind the guarantee.
 
-impl<S: State> Checked<S> {
-    fn new(bytes: AlignedVec) -> Result<Self, Malformed> {
-        check::<S>(&bytes)?;
-        Ok(Checked(bytes, std::marker::PhantomData))
-    }
+    use rkyv::util::AlignedVec;
 
-    fn image(&self) -> &ArchivedSlotMemory<S> {
-        // SAFETY: the bytes passed `check` (rkyv's validation of this very type) when this value
-        // was made, and the only writes since are whole plain states through
-        // `plain_state_mut`, each of which leaves a valid archived state.
-        unsafe { rkyv::access_unchecked::<ArchivedSlotMemory<S>>(&self.0) }
-    }
+    use super::{check, used_in_place, ArchivedSlotMemory, Malformed};
+    use crate::step::State;
 
-    /// A state inside the buffer as `&mut S` (only for [`Received::IN_PLACE`] types).
-    fn plain_state_mut(&mut self, e: usize) -> &mut S {
-        assert!(Received::<S>::IN_PLACE);
-        let archived: *const S::Archived = &self.image().states[e];
-        let offset = archived as usize - self.0.as_ptr() as usize;
-        // SAFETY: `offset` is where the validated archived state `e` sits inside the buffer, in
-        // bounds and aligned for `S::Archived`, whose alignment is at least `S`'s and whose size
-        // is `S`'s (`IN_PLACE`). rkyv's copy optimization says archiving an `S` is copying its
-        // bytes, so these bytes (a valid `S::Archived`) are a valid `S`, and any `S` written
-        // through the reference is in turn a valid `S::Archived`. The pointer is derived from
-        // `&mut self.0`, and the `&mut self` borrow keeps it the only reference into the buffer.
-        unsafe { &mut *self.0.as_mut_ptr().add(offset).cast::<S>() }
+    /// Made only by [`Checked::new`], which validates the bytes; changed since only by
+    /// [`Checked::plain_state_mut`].
+    pub(super) struct Checked<S>(AlignedVec, std::marker::PhantomData<S>);
+
+    impl<S: State> Checked<S> {
+        pub fn new(bytes: AlignedVec) -> Result<Self, Malformed> {
+            check::<S>(&bytes)?;
+            Ok(Checked(bytes, std::marker::PhantomData))
+        }
+
+        pub fn as_bytes(&self) -> &[u8] {
+            &self.0
+        }
+
+        pub fn image(&self) -> &ArchivedSlotMemory<S> {
+            // SAFETY: the bytes passed `check` (rkyv's validation of this very type) when this
+            // value was made, and the only writes since are whole states through
+            // `plain_state_mut`, each of which leaves a valid archived state (see there).
+            unsafe { rkyv::access_unchecked::<ArchivedSlotMemory<S>>(&self.0) }
+        }
+
+        /// A state inside the buffer as `&mut S` (only if [`used_in_place`]).
+        pub fn plain_state_mut(&mut self, e: usize) -> &mut S {
+            assert!(used_in_place::<S>());
+            let archived: *const S::Archived = &self.image().states[e];
+            let offset = archived as usize - self.0.as_ptr() as usize;
+            // SAFETY: `offset` is where the validated archived state `e` sits inside the buffer:
+            // in bounds, and aligned for `S::Archived` (bytecheck checks alignment; the buffer is
+            // 16-aligned and never moves while borrowed), whose size is `S`'s and alignment at
+            // least `S`'s (`used_in_place`). With the copy optimization, archiving an `S` is
+            // copying its bytes, and for rkyv's own impls and derives (a derive turns it on only
+            // for a struct whose every field has it, at the same offsets, without padding) the
+            // two forms accept the same bytes: these bytes are a valid `S`, and any `S` written
+            // through the reference is a valid `S::Archived` again. A hand-written impl that
+            // turns the optimization on must promise the same (`State` says so). The pointer is
+            // derived from `&mut self.0`, and the `&mut self` borrow keeps it the only reference
+            // into the buffer.
+            unsafe { &mut *self.0.as_mut_ptr().add(offset).cast::<S>() }
+        }
     }
 }
 
 /// Validates a slot archive: rkyv's bytecheck (every array inside the buffer), then what a
 /// lookup relies on so it can never index out of bounds or probe forever: spans inside the
 /// keys, a power-of-two index at most 3/4 full, every bucket naming an entity. A key is not
-/// hashed again: a lying archive can make its keys unreachable, never crash a core.
+/// hashed again (that is the work a move no longer does): an archive that lies about its keys
+/// (one of another slot, or a key twice) can make them unreachable, never crash a core.
 fn check<S: State>(bytes: &[u8]) -> Result<(), Malformed> {
-    let bad = |reason: String| Err(Malformed(reason));
-    let image = match rkyv::access::<ArchivedSlotMemory<S>, BoxedError>(bytes) {
-        Ok(image) => image,
-        Err(e) => return bad(format!("failed validation: {e}")),
-    };
-    let n = image.states.len();
-    if image.spans.len() != n {
-        return bad(format!("{} key spans for {n} states", image.spans.len()));
+    let image =
+        rkyv::access::<ArchivedSlotMemory<S>, BoxedError>(bytes).map_err(Malformed::Validation)?;
+    let entities = image.states.len();
+    if image.spans.len() != entities {
+        return Err(Malformed::SpanCount {
+            spans: image.spans.len(),
+            states: entities,
+        });
     }
     let keys = image.keys.len() as u64;
     let end = |[start, len]: &[rkyv::rend::u32_le; 2]| {
@@ -158,16 +194,13 @@ fn check<S: State>(bytes: &[u8]) -> Result<(), Malformed> {
     // The furthest end first (a loop without branches), the culprit only if there is one.
     if image.spans.iter().map(end).max().unwrap_or(0) > keys {
         if let Some([start, len]) = image.spans.iter().find(|s| end(s) > keys) {
-            return bad(format!(
-                "key span [{start}, {len}] outside the {keys} bytes of keys"
-            ));
+            let (start, len) = (start.to_native(), len.to_native());
+            return Err(Malformed::SpanOutside { start, len, keys });
         }
     }
     let buckets = image.index.len();
-    if (buckets != 0 && !buckets.is_power_of_two()) || n * 4 > buckets * 3 {
-        return bad(format!(
-            "an index of {buckets} buckets for {n} entities (a power of two, at most 3/4 full)"
-        ));
+    if (buckets != 0 && !buckets.is_power_of_two()) || entities * 4 > buckets * 3 {
+        return Err(Malformed::IndexShape { buckets, entities });
     }
     // Without branches (half the buckets are free, at random): the count of used buckets, and
     // the largest entity number in them, 1-based, where 0 counts as 2^32 (it is out of range).
@@ -178,12 +211,12 @@ fn check<S: State>(bytes: &[u8]) -> Result<(), Malformed> {
         used += in_use;
         worst = worst.max(in_use * ((b.wrapping_sub(1) & 0xffff_ffff) + 1));
     }
-    if worst > n as u64 {
+    if worst > entities as u64 {
         let entity = worst & 0xffff_ffff;
-        return bad(format!("an index bucket names entity {entity} of 1..={n}"));
+        return Err(Malformed::BucketEntity { entity, entities });
     }
-    if used != n as u64 {
-        return bad(format!("{used} index buckets for {n} entities"));
+    if used != entities as u64 {
+        return Err(Malformed::BucketCount { used, entities });
     }
     Ok(())
 }

@@ -48,8 +48,11 @@ pub(super) enum Probe {
     Free(usize),
 }
 
-/// Looks `key` up in a table with at least one free bucket.
+/// Looks `key` up in a table with at least one free bucket, or none at all.
 pub(super) fn probe(table: &impl Table, tag: u32, key: &[u8]) -> Probe {
+    if table.buckets() == 0 {
+        return Probe::Free(0);
+    }
     let mask = table.buckets() - 1;
     let mut at = tag as usize & mask;
     loop {
@@ -124,7 +127,7 @@ impl<S> SlotMemory<S> {
     }
 
     /// Bytes of the four arrays (what a move carries).
-    fn bytes(&self) -> usize {
+    fn byte_len(&self) -> usize {
         self.keys.len()
             + std::mem::size_of_val(&self.spans[..])
             + std::mem::size_of_val(&self.states[..])
@@ -171,10 +174,10 @@ impl<S: State> Slot<S> {
     }
 
     /// Bytes of the slot's arrays: what a move hands over, or an archive of it holds.
-    pub fn bytes(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         match &self.0 {
-            Form::Native(m) => m.bytes(),
-            Form::Received(r) => r.bytes(),
+            Form::Native(m) => m.byte_len(),
+            Form::Received(r) => r.byte_len(),
         }
     }
 
@@ -202,7 +205,6 @@ impl<S: State> Slot<S> {
     pub(super) fn get(&mut self, tag: u32, key: &[u8]) -> Option<&S> {
         let e = match &self.0 {
             Form::Received(r) => r.find(tag, key)?,
-            Form::Native(m) if m.index.is_empty() => return None,
             Form::Native(m) => match probe(m, tag, key) {
                 Probe::Found(e) => e,
                 Probe::Free(_) => return None,
@@ -232,15 +234,16 @@ impl<S: State> Slot<S> {
         }
     }
 
-    /// The slot's archive bytes (before the checksum): a copy of a received buffer whose
-    /// states are all in it, else the native arrays written by rkyv (bulk copies for plain
-    /// data), after converting a received slot whose states were converted on use.
-    pub(crate) fn write_archive(&mut self) -> Result<AlignedVec, BoxedError> {
+    /// The slot's archive bytes (before the checksum), written into `buf` (cleared first, so a
+    /// writer can reuse one buffer): a copy of a received buffer whose states are all in it,
+    /// else the native arrays written by rkyv (bulk copies for plain data), after converting a
+    /// received slot whose states were converted on use.
+    pub(crate) fn write_archive(&mut self, mut buf: AlignedVec) -> Result<AlignedVec, BoxedError> {
+        buf.clear();
         if let Form::Received(r) = &self.0 {
             if let Some(bytes) = r.archive_bytes() {
-                let mut copy = AlignedVec::with_capacity(bytes.len());
-                copy.extend_from_slice(bytes);
-                return Ok(copy);
+                buf.extend_from_slice(bytes);
+                return Ok(buf);
             }
         }
         let memory = self.native();
@@ -250,16 +253,23 @@ impl<S: State> Slot<S> {
             + memory.states.len() * std::mem::size_of::<S::Archived>()
             + memory.index.len() * 8
             + 128;
-        rkyv::api::high::to_bytes_in::<_, BoxedError>(
-            &*memory,
-            AlignedVec::<16>::with_capacity(estimate),
-        )
+        buf.reserve(estimate);
+        rkyv::api::high::to_bytes_in::<_, BoxedError>(&*memory, buf)
     }
 
     /// A slot whose storage is `bytes`, an archive from [`Self::write_archive`], once it is
     /// validated: no copy, no index rebuilt.
     pub(crate) fn from_archive(bytes: AlignedVec) -> Result<Self, Malformed> {
         Ok(Slot(Form::Received(Received::new(bytes)?)))
+    }
+
+    /// Where the slot's first array lives (for tests: a move by ownership keeps it).
+    #[cfg(test)]
+    pub fn storage(&self) -> *const u8 {
+        match &self.0 {
+            Form::Native(m) => m.keys.as_ptr(),
+            Form::Received(r) => r.archive_bytes().map_or(std::ptr::null(), <[u8]>::as_ptr),
+        }
     }
 
     /// States converted out of a received slot's buffer so far (for tests).

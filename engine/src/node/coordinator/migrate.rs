@@ -141,6 +141,7 @@ impl Coordinator {
         // Then up to the window's width are switched at once; each finished step releases the
         // next.
         let mut released_at = Vec::new();
+        let first_switch = Instant::now();
         while !window.is_done() {
             for _ in 0..window.release() {
                 for h in self.cores.values() {
@@ -149,7 +150,6 @@ impl Coordinator {
                 tracing::trace!("step: released");
                 released_at.push(Instant::now());
             }
-            let first_switch = released_at[0];
             let mut finished = None;
             let epoch = window.awaiting();
             let shared = RefCell::new(&mut *window);
@@ -160,7 +160,7 @@ impl Coordinator {
                         finished = shared.borrow_mut().finished(*core, *epoch);
                         finished.is_some()
                     }
-                    CoreEvent::Installed {
+                    CoreEvent::Adopted {
                         entities, bytes, ..
                     } => {
                         report.entities_moved += u64::from(*entities);

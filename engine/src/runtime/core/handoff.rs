@@ -56,7 +56,7 @@ impl Core {
         tracing::trace!(core = self.id, "step: handoff adopted");
         if !adopted.is_empty() {
             self.send_control(from, PeerMsg::HandoffAck { slots: adopted });
-            let _ = self.events.send(CoreEvent::Installed { entities, bytes });
+            let _ = self.events.send(CoreEvent::Adopted { entities, bytes });
             self.report_finished_steps();
         }
     }
@@ -129,17 +129,19 @@ impl Core {
         self.send_archive(to, slot, attempts + 1);
     }
 
-    /// Archives `slot` (kept here until acknowledged) and sends it to core `to` of another node.
+    /// Sends `slot` (kept here until acknowledged) to core `to` of another node, whose link
+    /// archives it.
     fn send_archive(&self, to: CoreId, slot: u32, attempt: u32) {
-        let archive = self.keyed.borrow_mut().archive(slot);
-        match archive {
-            Ok(archive) => {
-                (self.handoffs.unacknowledged.borrow_mut()).insert(slot, (to, attempt));
-                let from = self.id;
-                self.send_control(to, PeerMsg::Handoff { from, archive });
-            }
-            Err(e) => self.fail(format!("archiving slot {slot}: {e}")),
-        }
+        let outgoing = self.keyed.borrow_mut().send_off(slot);
+        (self.handoffs.unacknowledged.borrow_mut()).insert(slot, (to, attempt));
+        let from = self.id;
+        self.send_control(
+            to,
+            CoreMsg::SendSlot {
+                from,
+                slot: outgoing,
+            },
+        );
     }
 }
 
@@ -161,19 +163,23 @@ async fn hand_off(core: Rc<Core>, moves: Vec<Move>) {
             let slots = (slots.iter())
                 .map(|&slot| core.keyed.borrow_mut().hand_over(slot))
                 .collect();
-            core.send_control(
-                to,
-                CoreMsg::Adopt {
-                    from: core.id,
-                    slots,
-                },
-            );
+            let adopt = CoreMsg::Adopt {
+                from: core.id,
+                slots,
+            };
+            if let Err(CoreMsg::Adopt { slots, .. }) = core.peers.send_local(to, adopt) {
+                let n = slots.len();
+                for moved in slots {
+                    core.keyed.borrow_mut().take_back(moved);
+                }
+                core.fail(format!(
+                    "core {to} is gone: the {n} slots handed to it stay on core {}",
+                    core.id
+                ));
+            }
         } else {
             for slot in slots {
                 core.send_archive(to, slot, 1);
-                // Archiving is the old owner's one sizeable piece of work in a move: let the
-                // core's other tasks in when the executor's preempt timer asks.
-                glommio::yield_if_needed().await;
             }
         }
         core.poke_inbox();

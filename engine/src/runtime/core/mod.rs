@@ -207,6 +207,10 @@ impl Core {
             }
             CoreMsg::Adopt { from, slots } => self.adopt(from, slots).await,
             CoreMsg::Refused { by, refused } => self.refused(by, refused),
+            CoreMsg::SendSlot { slot, .. } => self.fail(format!(
+                "slot {} to archive for another node reached a core",
+                slot.slot()
+            )),
             CoreMsg::AddPeers(peers) => self.peers.add(self.id, peers),
             CoreMsg::Leave { heirs } => {
                 self.sources.start_leaving(heirs);

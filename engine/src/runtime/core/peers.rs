@@ -86,6 +86,15 @@ impl Peers {
         }
     }
 
+    /// Sends on the control lane of `peer`, a core of this node; gives the message back if it
+    /// is gone (or not on this node), so what it carries is not lost.
+    pub fn send_local(&self, peer: CoreId, msg: CoreMsg) -> Result<(), CoreMsg> {
+        match self.controls.borrow().get(&peer) {
+            Some(CoreAddr::Local { control, .. }) => control.send(msg).map_err(|e| e.into_inner()),
+            _ => Err(msg),
+        }
+    }
+
     /// Whether `peer` is a core of this node (a slot reaches it by ownership, not archived).
     pub fn is_local(&self, peer: CoreId) -> bool {
         matches!(
