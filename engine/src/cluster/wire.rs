@@ -616,14 +616,19 @@ mod tests {
         assert_eq!(decode_join(&encode_join(&j)).unwrap(), j);
     }
 
-    #[test]
-    fn a_handoff_frame_becomes_the_slot_storage_as_it_was_read() {
+    /// A handoff of slot 3 holding the key "k" with the count 7.
+    fn handoff_of_k() -> Wire {
         let mut entities = crate::store::SlotMemory::<u64>::of([(&b"k"[..], 7)]).into_slot();
         let archive = SlotArchive::write(3, &mut entities).unwrap();
-        let sent = Wire::Core {
+        Wire::Core {
             to: 1,
             msg: PeerMsg::Handoff { from: 0, archive },
-        };
+        }
+    }
+
+    #[test]
+    fn a_handoff_frame_becomes_the_slot_storage_as_it_was_read() {
+        let sent = handoff_of_k();
         let mut buf = AlignedVec::new();
         let got = read(&mut &frame(&sent)[..], &mut buf, MAX_LINK_FRAME).unwrap();
         assert_eq!(got, sent);
@@ -647,12 +652,7 @@ mod tests {
             to: 0,
             bytes: Payload::from(&[7; 300_000][..]),
         };
-        let mut entities = crate::store::SlotMemory::<u64>::of([(&b"k"[..], 7)]).into_slot();
-        let archive = SlotArchive::write(3, &mut entities).unwrap();
-        let slot = Wire::Core {
-            to: 1,
-            msg: PeerMsg::Handoff { from: 0, archive },
-        };
+        let slot = handoff_of_k();
         let stream = [frame(&big), frame(&slot)].concat();
         let (mut input, mut buf) = (&stream[..], AlignedVec::new());
         assert_eq!(read(&mut input, &mut buf, MAX_LINK_FRAME).unwrap(), big);
