@@ -3,7 +3,7 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -167,20 +167,30 @@ impl Collector {
         true
     }
 
-    /// Waits until no record has arrived for `idle`, or `n` records arrived, whichever is first.
-    pub fn wait_idle(&self, n: Option<u64>, idle: Duration) {
+    /// Waits until no record has arrived for `idle`, `n` records arrived, or `stop` is set (a
+    /// signal handler's flag: looked at every 100 ms), whichever is first.
+    pub fn wait_idle_or(&self, n: Option<u64>, idle: Duration, stop: &AtomicBool) {
+        const LOOK: Duration = Duration::from_millis(100);
         let mut guard = self.shared.last_record.lock().unwrap();
-        let mut seen = self.records();
-        loop {
+        let (mut seen, mut since) = (self.records(), Instant::now());
+        while !stop.load(Ordering::Acquire) {
             if n.is_some_and(|n| self.records() >= n) {
                 return;
             }
-            guard = self.shared.changed.wait_timeout(guard, idle).unwrap().0;
-            let now = self.records();
-            if now == seen {
+            let left = idle.saturating_sub(since.elapsed());
+            if left.is_zero() {
                 return;
             }
-            seen = now;
+            guard = self
+                .shared
+                .changed
+                .wait_timeout(guard, left.min(LOOK))
+                .unwrap()
+                .0;
+            let now = self.records();
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            }
         }
     }
 }

@@ -605,3 +605,77 @@ fn ctl_into_a_reader_that_closes_early_exits_quietly() {
     assert!(status.success(), "{status}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Bytes waiting unread in the receive queue of the loopback socket on port `local` connected
+/// to port `remote` (Linux's /proc/net/tcp), if there is one.
+fn unread_bytes(local: u16, remote: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if port(f[1])? != local || port(f[2])? != remote {
+            return None;
+        }
+        u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// A probe's leftover from issue 14: `quokka-recv --out` stopped by SIGTERM lost the records
+/// still in its write buffer. Every record it counted must be in the file.
+#[test]
+fn recv_stopped_by_a_signal_writes_every_record_it_received() {
+    let dir = std::env::temp_dir().join(format!("quokka-recv-signal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_file = dir.join("out.txt");
+    let mut recv = Proc::spawn(
+        Command::new(tool("quokka-recv"))
+            .args(["--listen", "127.0.0.1:0", "--idle-timeout", "600"])
+            .args(["--out", out_file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    // Its first line says where it listens (the reader stays open: it says more at the end).
+    let mut recv_err = BufReader::new(recv.stderr.take().unwrap());
+    let mut said = String::new();
+    recv_err.read_line(&mut said).unwrap();
+    let at: SocketAddr = said
+        .trim_end()
+        .strip_prefix("quokka-recv: listening on ")
+        .unwrap_or_else(|| panic!("{said:?}"))
+        .parse()
+        .unwrap();
+    // As an engine's sink connection would: lines, fewer than a write buffer holds.
+    let lines: Vec<String> = (0..500).map(|i| format!("word{i} => {i}")).collect();
+    let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let mut conn = TcpStream::connect(at).unwrap();
+    conn.write_all(text.as_bytes()).unwrap();
+    // Wait (on the socket's state, with a deadline) until it has read them all: on loopback a
+    // write is in the receiver's queue when it returns.
+    let mine = conn.local_addr().unwrap().port();
+    let deadline = Instant::now() + DEADLINE;
+    while unread_bytes(at.port(), mine) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "quokka-recv did not read the lines"
+        );
+        std::thread::yield_now();
+    }
+    signal(&recv, "-TERM");
+    let mut child = recv.into_child();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(wait_exit(&mut child).success());
+    assert!(stdout.contains("received 500 records"), "{stdout}");
+    let mut rest = String::new();
+    recv_err.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("stopped by a signal"), "{rest}");
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(written.lines().collect::<Vec<_>>(), lines);
+    drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,8 +29,9 @@ fn refused_run(extra: &[&str]) -> String {
 
 /// Issue 14 (5), (9), (11): `--sink-buffer 0` (the engine then never exited on SIGTERM),
 /// `--cores` and `--slots` past their limits (`--slots 4294967295` took the machine's memory),
-/// and a `--cpus` CPU that is not online (blamed on locked memory) are refused, each saying
-/// what is allowed; `run --help` states the limits.
+/// a `--cpus` CPU that is not online (blamed on locked memory), and `--max-frame 0` (every frame
+/// then closed its connection) are refused, each saying what is allowed; `run --help` states
+/// the limits.
 #[test]
 fn run_refuses_settings_that_cannot_work_and_says_what_is_allowed() {
     let err = refused_run(&["--sink-buffer", "0"]);
@@ -55,6 +56,11 @@ fn run_refuses_settings_that_cannot_work_and_says_what_is_allowed() {
         "{err}"
     );
     assert!(!err.contains("locked memory"), "{err}");
+    let err = refused_run(&["--max-frame", "0"]);
+    assert!(
+        err.contains("--max-frame) must be at least 1 byte"),
+        "{err}"
+    );
 
     let out = quokka_output(&["run", "--help"]);
     succeeded(&out);

@@ -178,6 +178,11 @@ impl Engine {
         if config.sink_buffer == 0 {
             return Err(StartError::SinkBufferZero);
         }
+        if config.max_frame == 0 {
+            return Err(StartError::Config(
+                "the largest frame (--max-frame) must be at least 1 byte: with 0 every frame would close its connection",
+            ));
+        }
         let online = online_cpus();
         if let Some(&cpu) = config.cpus.iter().find(|c| !online.contains(c)) {
             return Err(StartError::Cpu {

@@ -158,7 +158,8 @@ struct RunArgs {
     /// has the same.
     #[arg(long, default_value_t = Config::DEFAULT_SLOTS)]
     slots: u32,
-    /// Largest accepted frame payload in bytes; a larger frame closes its connection.
+    /// Largest accepted frame payload in bytes (at least 1); a larger frame closes its
+    /// connection.
     #[arg(long, default_value_t = quokka_io::framing::DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// Bytes of outputs each core buffers for the sink before it back-pressures the sources (at

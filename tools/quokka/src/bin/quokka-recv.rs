@@ -1,9 +1,11 @@
 //! `quokka-recv`: a sink for Quokka's outputs: accepts the engine's sink connections, counts
-//! records, optionally writes them to a file, and exits after N records or when idle.
+//! records, optionally writes them to a file, and exits after N records, when idle, or on
+//! SIGINT/SIGTERM (having written every record it received to the file).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use clap::{Parser, ValueEnum};
 use quokka::inputs::parse_addr;
 use quokka_io::client::{Collector, Records};
 use quokka_io::framing::encode_frame;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// Receive a Quokka sink's outputs.
 #[derive(Parser)]
@@ -85,15 +88,27 @@ fn run(args: Args) -> Result<bool> {
             }
         }
     })?;
+    // A signal ends the wait like idleness does: what arrived is still written and counted.
+    let stopped = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, stopped.clone()).context("handling signals")?;
+    }
     // The bound address: with port 0 the system chose it, and this line reports it.
     eprintln!("quokka-recv: listening on {}", collector.addr());
     let started = Instant::now();
-    collector.wait_idle(args.expect, Duration::from_secs(args.idle_timeout));
+    collector.wait_idle_or(
+        args.expect,
+        Duration::from_secs(args.idle_timeout),
+        &stopped,
+    );
     if let Some(w) = &file {
         w.lock()
             .unwrap()
             .flush()
             .context("flushing the output file")?;
+    }
+    if stopped.load(Ordering::Acquire) {
+        eprintln!("quokka-recv: stopped by a signal");
     }
     let n = collector.records();
     let span = collector
