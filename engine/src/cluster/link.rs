@@ -366,7 +366,7 @@ pub(crate) fn serve(node: Arc<Node>, listener: TcpListener) {
                     Ok(stream) => {
                         if unidentified.fetch_add(1, Ordering::AcqRel) >= MAX_UNIDENTIFIED {
                             unidentified.fetch_sub(1, Ordering::AcqRel);
-                            tracing::warn!(node = %node.name, "refused a connection on the data port: {MAX_UNIDENTIFIED} others have not said hello yet");
+                            node.log_refusal(format_args!("refused a connection on the data port: {MAX_UNIDENTIFIED} others have not said hello yet"));
                             continue;
                         }
                         let (node, count) = (node.clone(), unidentified.clone());
@@ -430,7 +430,9 @@ fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
         Ok(Wire::Hello {
             node: peer, token, ..
         }) if !node.token_matches(&token) => {
-            tracing::warn!(node = %node.name, "refused a link from {from_addr} (node `{peer}`): wrong cluster token");
+            node.log_refusal(format_args!(
+                "refused a link from {from_addr} (node `{peer}`): wrong cluster token"
+            ));
             return;
         }
         Ok(Wire::Hello {
@@ -441,16 +443,20 @@ fn read_link(node: &Arc<Node>, stream: TcpStream, unidentified: &AtomicUsize) {
         }) => match node.admit(&peer, lane, secret) {
             Ok(conn) => conn,
             Err(refusal) => {
-                tracing::warn!(node = %node.name, "refused a link from {from_addr}: {refusal}");
+                node.log_refusal(format_args!("refused a link from {from_addr}: {refusal}"));
                 return;
             }
         },
         Ok(_) => {
-            tracing::warn!(node = %node.name, "refused a link from {from_addr}: it did not start with a hello");
+            node.log_refusal(format_args!(
+                "refused a link from {from_addr}: it did not start with a hello"
+            ));
             return;
         }
         Err(e) => {
-            tracing::warn!(node = %node.name, "refused a connection on the data port from {from_addr}: {e}");
+            node.log_refusal(format_args!(
+                "refused a connection on the data port from {from_addr}: {e}"
+            ));
             return;
         }
     };

@@ -17,7 +17,7 @@ use hdrhistogram::serialization::Serializer;
 use thiserror::Error;
 
 use self::link::Link;
-use self::peers::{Admitted, Closed, LinkEnd, Peers, Refusal};
+use self::peers::{Admitted, Closed, LinkEnd, Peers, Refusal, RefusalLog};
 use self::wire::{Answer, Lane, LinkSecret, Member, Question, Wire};
 use crate::archive::SlotArchive;
 use crate::dataflow::Dataflow;
@@ -98,6 +98,8 @@ pub(crate) struct Node {
     expected: Mutex<BTreeMap<String, Member>>,
     /// Whom links are accepted from, with which secret; which lanes are live.
     peers: Mutex<Peers>,
+    /// How many refused connections are logged.
+    refusals: Mutex<RefusalLog>,
     links: Mutex<BTreeMap<String, Arc<Link>>>,
     /// Where core events go: the coordinator's channel, or (on a member) a forwarder's.
     pub events: flume::Sender<CoreEvent>,
@@ -124,6 +126,19 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// Logs a refused connection, unless a flood of them has used up the log's budget (then it
+    /// is counted, and the next one logged says how many were not).
+    pub(crate) fn log_refusal(&self, what: std::fmt::Arguments<'_>) {
+        let left_out = self.refusals.lock().unwrap().admit(Instant::now());
+        match left_out {
+            Some(0) => tracing::warn!(node = %self.name, "{what}"),
+            Some(n) => {
+                tracing::warn!(node = %self.name, "{what} ({n} more refusals were not logged)")
+            }
+            None => {}
+        }
+    }
+
     /// Whether `token` is this cluster's.
     pub fn token_matches(&self, token: &str) -> bool {
         same_token(token, &self.token)
@@ -150,6 +165,7 @@ impl Node {
             members: Mutex::default(),
             expected: Mutex::default(),
             peers: Mutex::default(),
+            refusals: Mutex::new(RefusalLog::new(Instant::now())),
             links: Mutex::default(),
             events,
             role,

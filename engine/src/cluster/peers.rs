@@ -4,6 +4,7 @@
 //! readers ask it and carry out its answers.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -137,6 +138,42 @@ impl Peers {
     }
 }
 
+/// How many refused connections the log tells of: a flood of them (thousands of connections
+/// that never say hello, or say it wrong) must not flood the log. The first [`Self::PER_WINDOW`]
+/// of each minute are logged; the rest are counted, and the next one logged says how many.
+#[derive(Debug)]
+pub(crate) struct RefusalLog {
+    window_start: Instant,
+    logged: u32,
+    left_out: u64,
+}
+
+impl RefusalLog {
+    const PER_WINDOW: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    pub fn new(now: Instant) -> Self {
+        RefusalLog {
+            window_start: now,
+            logged: 0,
+            left_out: 0,
+        }
+    }
+
+    /// Whether a refusal at `now` is logged; if so, with how many were left out before it.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        if now.duration_since(self.window_start) >= Self::WINDOW {
+            (self.window_start, self.logged) = (now, 0);
+        }
+        if self.logged == Self::PER_WINDOW {
+            self.left_out += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +287,18 @@ mod tests {
         peers.expect("w2", S1);
         let conn = peers.admit("w2", Lane::Control, S1).unwrap();
         assert_eq!(peers.closed(&conn, LinkEnd::Goodbye), Closed::Quiet);
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_logged_twenty_a_minute_then_counted() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::new(t0);
+        let logged: Vec<Option<u64>> = (0..1000).map(|_| log.admit(t0)).collect();
+        assert_eq!(logged.iter().filter(|l| l.is_some()).count(), 20);
+        assert!(logged[..20].iter().all(|l| *l == Some(0)));
+        // A minute later the next one is logged, saying how many were not.
+        assert_eq!(log.admit(t0 + Duration::from_secs(59)), None);
+        assert_eq!(log.admit(t0 + Duration::from_secs(60)), Some(981));
+        assert_eq!(log.admit(t0 + Duration::from_secs(61)), Some(0));
     }
 }
