@@ -213,16 +213,7 @@ fn send_and_recv_tools_carry_a_file_through_the_engine() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    // Its first line says where it listens (the reader stays open: it may say more).
-    let mut recv_err = std::io::BufReader::new(recv.stderr.take().unwrap());
-    let mut said = String::new();
-    recv_err.read_line(&mut said).unwrap();
-    let output: SocketAddr = said
-        .trim_end()
-        .strip_prefix("quokka-recv: listening on ")
-        .unwrap_or_else(|| panic!("{said:?}"))
-        .parse()
-        .unwrap();
+    let (output, _recv_err) = recv_listening(&mut recv);
     let mut engine = spawn_app("word_count", output, &["--cores", "2"]);
     let input = engine.addrs.input().to_string();
     let send = Command::new(tool("quokka-send"))
@@ -606,6 +597,21 @@ fn ctl_into_a_reader_that_closes_early_exits_quietly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Where a `quokka-recv` started with `--listen 127.0.0.1:0` listens, from its first line on
+/// stderr; and the rest of its stderr, kept open (it may say more, and must be able to).
+fn recv_listening(recv: &mut Proc) -> (SocketAddr, BufReader<std::process::ChildStderr>) {
+    let mut err = BufReader::new(recv.stderr.take().unwrap());
+    let mut said = String::new();
+    err.read_line(&mut said).unwrap();
+    let at = said
+        .trim_end()
+        .strip_prefix("quokka-recv: listening on ")
+        .unwrap_or_else(|| panic!("{said:?}"))
+        .parse()
+        .unwrap();
+    (at, err)
+}
+
 /// Bytes waiting unread in the receive queue of the loopback socket on port `local` connected
 /// to port `remote` (Linux's /proc/net/tcp), if there is one.
 fn unread_bytes(local: u16, remote: u16) -> Option<u64> {
@@ -634,16 +640,7 @@ fn recv_stopped_by_a_signal_writes_every_record_it_received() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    // Its first line says where it listens (the reader stays open: it says more at the end).
-    let mut recv_err = BufReader::new(recv.stderr.take().unwrap());
-    let mut said = String::new();
-    recv_err.read_line(&mut said).unwrap();
-    let at: SocketAddr = said
-        .trim_end()
-        .strip_prefix("quokka-recv: listening on ")
-        .unwrap_or_else(|| panic!("{said:?}"))
-        .parse()
-        .unwrap();
+    let (at, mut recv_err) = recv_listening(&mut recv);
     // As an engine's sink connection would: lines, fewer than a write buffer holds.
     let lines: Vec<String> = (0..500).map(|i| format!("word{i} => {i}")).collect();
     let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
