@@ -184,6 +184,8 @@ pub(crate) trait KeyedCore {
     fn owned_slots(&self) -> usize;
     fn buffered(&self) -> usize;
     fn entities(&self) -> usize;
+    /// Bytes of the slots owned here.
+    fn state_bytes(&self) -> u64;
     /// Keyed messages applied so far.
     fn applied(&self) -> u64;
 }
@@ -414,6 +416,10 @@ impl<T: 'static, S: State, R, O> KeyedCore for TypedKeyed<T, S, R, O> {
 
     fn entities(&self) -> usize {
         self.store.len() + self.frozen.values().map(|f| f.len()).sum::<usize>()
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.store.byte_len() as u64
     }
 
     fn applied(&self) -> u64 {

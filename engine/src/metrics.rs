@@ -275,6 +275,8 @@ pub struct CoreStatus {
     pub epoch: u64,
     pub slots: usize,
     pub entities: usize,
+    /// Bytes of the slots this core owns (their arrays, as a move carries them).
+    pub state_bytes: u64,
     /// Messages waiting for slots on their way to this core.
     pub buffered: usize,
     pub connections: usize,

@@ -65,6 +65,11 @@ impl<S: State> SlotStore<S> {
         self.len == 0
     }
 
+    /// Bytes of every slot's arrays (as moves carry them).
+    pub fn byte_len(&self) -> usize {
+        self.slots.iter().map(Slot::byte_len).sum()
+    }
+
     /// Entities held in `slot`.
     pub fn slot_len(&self, slot: u32) -> usize {
         self.slots[slot as usize].len()

@@ -411,6 +411,7 @@ impl Core {
             epoch: keyed.epoch(),
             slots: keyed.owned_slots(),
             entities: keyed.entities(),
+            state_bytes: keyed.state_bytes(),
             buffered: keyed.buffered(),
             connections: self.sources.count(),
             frames: report.frames,
