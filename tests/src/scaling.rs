@@ -130,17 +130,24 @@ fn a_million_keys_move_and_come_back() {
     run.send(0, &frames);
     run.sink.wait_for(1_000_000);
 
+    let state_bytes = |run: &Running| -> u64 {
+        run.engine.status().cores.iter().map(|c| c.state_bytes).sum()
+    };
+    let before = state_bytes(&run);
     let up = run.engine.grow(1).unwrap();
     assert!(
         up.entities_moved > 400_000 && up.entities_moved < 600_000,
         "{up}"
     );
     assert!(up.bytes_moved > 0);
+    // Inside a node slots move as they are (issue 15): not a byte more or less on the new core.
+    assert_eq!(state_bytes(&run), before);
     let down = run.engine.shrink(1).unwrap();
     assert_eq!(
         down.entities_moved, up.entities_moved,
         "the same slots come back"
     );
+    assert_eq!((down.bytes_moved, state_bytes(&run)), (up.bytes_moved, before));
 
     run.send(0, &frames);
     run.sink.wait_for(2_000_000);

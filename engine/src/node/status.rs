@@ -241,12 +241,13 @@ impl fmt::Display for Status {
         }
         writeln!(
             f,
-            "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}  sink",
+            "{:>8} {:>4} {:>3} {:>6} {:>10} {:>9} {:>5} {:>11} {:>12} {:>9} {:>9} {:>9}  sink",
             "node",
             "core",
             "cpu",
             "slots",
             "entities",
+            "state",
             "conns",
             "frames/s",
             "outputs/s",
@@ -273,12 +274,13 @@ impl fmt::Display for Status {
             }
             writeln!(
                 f,
-                "{:>8} {:>4} {:>3} {:>6} {:>10} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}  {}",
+                "{:>8} {:>4} {:>3} {:>6} {:>10} {:>9} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}  {}",
                 c.node,
                 c.core,
                 c.cpu,
                 c.slots,
                 c.entities,
+                human_bytes(c.state_bytes),
                 c.connections,
                 c.frames_per_sec,
                 c.outputs_per_sec,
@@ -292,6 +294,18 @@ impl fmt::Display for Status {
             writeln!(f, "{id:>4} (busy: no answer within 2 s)")?;
         }
         Ok(())
+    }
+}
+
+/// Bytes for a person: `812 B`, `9.1 KB`, `18.6 MB`, `1.2 GB` (powers of 1000, as the benchmarks'
+/// MB).
+fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        n if n < 1e3 => format!("{n} B"),
+        n if n < 1e6 => format!("{:.1} KB", n / 1e3),
+        n if n < 1e9 => format!("{:.1} MB", n / 1e6),
+        n => format!("{:.1} GB", n / 1e9),
     }
 }
 
@@ -323,5 +337,14 @@ mod tests {
             Err(WireError::Version(_))
         ));
         assert!(ChangeReport::decode(&[b'Q', b'N', body[2], 1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn bytes_read_as_a_person_would() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(812), "812 B");
+        assert_eq!(human_bytes(9_100), "9.1 KB");
+        assert_eq!(human_bytes(18_600_000), "18.6 MB");
+        assert_eq!(human_bytes(1_234_000_000), "1.2 GB");
     }
 }
