@@ -131,7 +131,12 @@ fn a_million_keys_move_and_come_back() {
     run.sink.wait_for(1_000_000);
 
     let state_bytes = |run: &Running| -> u64 {
-        run.engine.status().cores.iter().map(|c| c.state_bytes).sum()
+        run.engine
+            .status()
+            .cores
+            .iter()
+            .map(|c| c.state_bytes)
+            .sum()
     };
     let before = state_bytes(&run);
     let up = run.engine.grow(1).unwrap();
@@ -147,7 +152,10 @@ fn a_million_keys_move_and_come_back() {
         down.entities_moved, up.entities_moved,
         "the same slots come back"
     );
-    assert_eq!((down.bytes_moved, state_bytes(&run)), (up.bytes_moved, before));
+    assert_eq!(
+        (down.bytes_moved, state_bytes(&run)),
+        (up.bytes_moved, before)
+    );
 
     run.send(0, &frames);
     run.sink.wait_for(2_000_000);
