@@ -281,13 +281,18 @@ impl<S: State> Slot<S> {
         }
     }
 
-    /// (key, state) of every entity, converting a received slot (for tests).
+    /// (key, state) of every entity, sorted, converting a received slot (for tests).
     #[cfg(test)]
-    pub fn pairs(&mut self) -> Vec<(Vec<u8>, &S)> {
+    pub fn pairs(&mut self) -> Vec<(Vec<u8>, S)>
+    where
+        S: Clone + Ord,
+    {
         let m = self.native();
-        (0..m.states.len())
-            .map(|e| (m.key(e).to_vec(), &m.states[e]))
-            .collect()
+        let mut pairs: Vec<_> = (0..m.states.len())
+            .map(|e| (m.key(e).to_vec(), m.states[e].clone()))
+            .collect();
+        pairs.sort();
+        pairs
     }
 }
 

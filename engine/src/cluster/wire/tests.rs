@@ -145,7 +145,7 @@ fn a_handoff_frame_becomes_the_slot_storage_as_it_was_read() {
         unreachable!()
     };
     let mut slot = archive.read::<u64>().unwrap();
-    assert_eq!(slot.pairs(), [(b"k".to_vec(), &7)]);
+    assert_eq!(slot.pairs(), [(b"k".to_vec(), 7)]);
 }
 
 #[test]
