@@ -41,7 +41,10 @@ pub fn app() -> App {
     App::source("votes", decode)
         .key_by(|v: &Vote| std::slice::from_ref(&v.letter))
         .stateful(tally)
-        .sink(|&(letter, total): &(u8, u64), out: &mut Vec<u8>| encode(letter, total, out))
+        .sink(
+            "totals",
+            |&(letter, total): &(u8, u64), out: &mut Vec<u8>| encode(letter, total, out),
+        )
         .named("alphabet")
 }
 

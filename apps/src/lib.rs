@@ -5,6 +5,8 @@
 pub mod alphabet;
 pub mod corpus;
 pub mod market_spread;
+pub mod window_counts;
+pub mod word_buckets;
 pub mod word_count;
 
 use quokka_engine::App;
@@ -25,6 +27,11 @@ pub fn all() -> Vec<AppInfo> {
             build: word_count::app,
         },
         AppInfo {
+            name: "word_buckets",
+            about: "two keyed stages: word count, then per running count n how many words reached it; outputs `n => k`",
+            build: word_buckets::app,
+        },
+        AppInfo {
             name: "alphabet",
             about: "running total of votes per letter (frames: u8 letter, u32 votes); outputs `letter => total`",
             build: alphabet::app,
@@ -33,6 +40,11 @@ pub fn all() -> Vec<AppInfo> {
             name: "market_spread",
             about: "orders checked against NBBO spreads per symbol (sources orders, nbbo); outputs order results",
             build: market_spread::app,
+        },
+        AppInfo {
+            name: "window_counts",
+            about: "event-time tumbling 1 s counts per key of `MILLIS KEY` lines; outputs `key [start, end) => count`, late lines to sink `late`",
+            build: window_counts::app,
         },
     ]
 }
@@ -49,7 +61,16 @@ mod tests {
     #[test]
     fn every_app_is_linked_under_its_own_name() {
         let names: Vec<&str> = all().iter().map(|a| a.name).collect();
-        assert_eq!(names, ["word_count", "alphabet", "market_spread"]);
+        assert_eq!(
+            names,
+            [
+                "word_count",
+                "word_buckets",
+                "alphabet",
+                "market_spread",
+                "window_counts"
+            ]
+        );
         for info in all() {
             assert_eq!((info.build)().name(), info.name);
         }

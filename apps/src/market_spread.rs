@@ -215,7 +215,9 @@ pub fn app() -> App {
         .source("nbbo", decode_nbbo)
         .key_by(Market::symbol)
         .stateful(check)
-        .sink(|r: &OrderResult, out: &mut Vec<u8>| encode_result(r, now_unix_ns(), out))
+        .sink("results", |r: &OrderResult, out: &mut Vec<u8>| {
+            encode_result(r, now_unix_ns(), out)
+        })
         .named("market_spread")
 }
 

@@ -32,17 +32,17 @@ pub fn encode(word: &str, count: u64, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-fn decode(frame: &[u8]) -> Result<String, DecodeError> {
+pub(crate) fn decode(frame: &[u8]) -> Result<String, DecodeError> {
     std::str::from_utf8(frame)
         .map(str::to_owned)
         .map_err(|e| DecodeError::new(format!("line is not UTF-8: {e}")))
 }
 
-fn split(line: String, out: &mut Emit<String>) {
+pub(crate) fn split(line: String, out: &mut Emit<String>) {
     words(&line, |w| out.emit(w.to_owned()));
 }
 
-fn count(total: &mut u64, word: String, out: &mut Emit<(String, u64)>) {
+pub(crate) fn count(total: &mut u64, word: String, out: &mut Emit<(String, u64)>) {
     *total += 1;
     out.emit((word, *total));
 }
@@ -52,7 +52,10 @@ pub fn app() -> App {
         .flat_map(split)
         .key_by(|word: &String| word.as_bytes())
         .stateful(count)
-        .sink(|(word, count): &(String, u64), out: &mut Vec<u8>| encode(word, *count, out))
+        .sink(
+            "counts",
+            |(word, count): &(String, u64), out: &mut Vec<u8>| encode(word, *count, out),
+        )
         .named("word_count")
 }
 

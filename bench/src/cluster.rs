@@ -80,7 +80,7 @@ impl Cluster {
         config.cpus = vec![cpu];
         config.name = "w2".into();
         unpin();
-        let joined = Engine::join(&word_count::app(), config, self.lead.control, None);
+        let joined = Engine::join(&word_count::app(), config, self.lead.control, Vec::new());
         pin_to_last_cpu();
         let (member, report) = joined?;
         self.member = Some(member);

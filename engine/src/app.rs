@@ -12,37 +12,40 @@
 //!         *count += 1;
 //!         out.emit((word, *count));
 //!     })
-//!     .sink(|(word, count): &(String, u64), bytes: &mut Vec<u8>| {
+//!     .sink("counts", |(word, count): &(String, u64), bytes: &mut Vec<u8>| {
 //!         bytes.extend_from_slice(format!("{word} => {count}\n").as_bytes())
 //!     })
 //!     .named("word_count");
 //! assert_eq!(app.sources(), ["text"]);
+//! assert_eq!(app.sinks(), ["counts"]);
 //! ```
 //!
+//! A pipeline may chain keyed stages (`key_by(..).stateful(..)` again after a stage's outputs,
+//! with stateless steps between), copy some outputs to further sinks on the way
+//! ([`Outputs::also_sink`]), stamp event times at its sources ([`Stream::event_time`]), and
+//! set timers ([`Keyed::process`]); windows ([`Keyed::window`]) are built on those timers.
+//!
 //! The typed builder is a thin generic layer; it erases its closures into the `Dataflow`
-//! objects the runtime drives (see `dataflow.rs`), so the engine is not monomorphised per app.
+//! objects the runtime drives (see `dataflow/`), so the engine is not monomorphised per app.
 
 use std::sync::Arc;
 
-use crate::dataflow::{Chain, Dataflow, Decode, KeyFn, StepFn, Typed};
-pub use crate::step::{DecodeError, Emit, Message, State};
+use crate::dataflow::{
+    then, Chain, Dataflow, Decode, KeyFn, Late, OutletDef, SourceDef, StageDef, StageFns, Stamp,
+    StepFn, Tap, Taps, TimerFn, ToSink, ToStage, Typed,
+};
+pub use crate::step::{Context, DecodeError, Emit, Message, State, Time};
+pub use crate::window::{Open, Window, Windows};
 
 struct Source<I> {
     name: String,
     decode: Decode<I>,
 }
 
-/// Extends a chain of stateless steps by one step.
-fn then<I: 'static, T: 'static, U: 'static>(
-    chain: Chain<I, T>,
-    step: impl Fn(T, &mut Emit<U>) + Send + Sync + 'static,
-) -> Chain<I, U> {
-    Arc::new(move |input, out| chain(input, &mut |t| step(t, &mut Emit(out))))
-}
-
-/// Messages decoded from one or more sources, before `key_by`.
+/// Messages decoded from one or more sources, before the first `key_by`.
 pub struct Stream<I, T> {
     sources: Vec<Source<I>>,
+    stamp: Option<(Stamp<I>, u64)>,
     chain: Chain<I, T>,
 }
 
@@ -58,6 +61,7 @@ impl App {
         };
         Stream {
             sources: vec![first],
+            stamp: None,
             chain: Arc::new(|i, out| out(i)),
         }
     }
@@ -76,27 +80,33 @@ impl<I: Send + 'static> Stream<I, I> {
         });
         self
     }
+
+    /// Stamps each decoded message with its event time (in the app's own units), for every
+    /// source of this stream. The engine derives each connection's watermark as the largest
+    /// time it has read minus `lateness`, carries the minimum through every stage, and counts
+    /// a message older than its stage's watermark as late (see [`Keyed::late_to`]). Messages
+    /// after a stage carry the time of the message (or timer) they came from.
+    pub fn event_time(
+        mut self,
+        stamp: impl Fn(&I) -> u64 + Send + Sync + 'static,
+        lateness: u64,
+    ) -> Self {
+        self.stamp = Some((Arc::new(stamp), lateness));
+        self
+    }
 }
 
-impl<I: 'static, T: 'static> Stream<I, T> {
+impl<I: Send + 'static, T: 'static> Stream<I, T> {
     pub fn map<U: 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Stream<I, U> {
-        let chain = then(self.chain, move |t, out| out.emit(f(t)));
-        Stream {
-            sources: self.sources,
-            chain,
-        }
+        self.flat_map(move |t, out| out.emit(f(t)))
     }
 
     pub fn filter(self, keep: impl Fn(&T) -> bool + Send + Sync + 'static) -> Stream<I, T> {
-        let chain = then(self.chain, move |t, out| {
+        self.flat_map(move |t, out| {
             if keep(&t) {
                 out.emit(t)
             }
-        });
-        Stream {
-            sources: self.sources,
-            chain,
-        }
+        })
     }
 
     pub fn flat_map<U: 'static>(
@@ -105,122 +115,303 @@ impl<I: 'static, T: 'static> Stream<I, T> {
     ) -> Stream<I, U> {
         Stream {
             sources: self.sources,
+            stamp: self.stamp,
             chain: then(self.chain, f),
         }
     }
+}
 
+impl<I: Send + 'static, T: Message> Stream<I, T> {
     /// Names the key of each message: all messages with equal key bytes see one state entity.
-    pub fn key_by(self, key: impl Fn(&T) -> &[u8] + Send + Sync + 'static) -> Keyed<I, T> {
+    pub fn key_by(self, key: impl Fn(&T) -> &[u8] + Send + Sync + 'static) -> Keyed<T> {
+        let key: KeyFn<T> = Arc::new(key);
+        let event_time = self.stamp.is_some();
+        let names = self.sources.iter().map(|s| s.name.clone()).collect();
+        let sources = (self.sources.into_iter())
+            .map(|s| {
+                let def = SourceDef {
+                    decode: s.decode,
+                    stamp: self.stamp.clone(),
+                    pre: self.chain.clone(),
+                    key: key.clone(),
+                };
+                Arc::new(move || def.pipeline()) as _
+            })
+            .collect();
         Keyed {
-            stream: self,
-            key: Arc::new(key),
+            built: Built {
+                source_names: names,
+                dataflow: Dataflow {
+                    sources,
+                    stages: Vec::new(),
+                    sinks: Vec::new(),
+                },
+                event_time,
+            },
+            key,
+            late: None,
         }
+    }
+}
+
+/// What the builder has erased so far: the sources and the stages before the open one.
+struct Built {
+    source_names: Vec<String>,
+    dataflow: Dataflow,
+    event_time: bool,
+}
+
+impl Built {
+    /// The index of sink `name` (a new one, or one named before).
+    fn sink(&mut self, name: &str) -> usize {
+        let sinks = &mut self.dataflow.sinks;
+        sinks.iter().position(|s| s == name).unwrap_or_else(|| {
+            sinks.push(name.to_owned());
+            sinks.len() - 1
+        })
     }
 }
 
 /// A stream with a key, ready for its stateful step.
-pub struct Keyed<I, T> {
-    stream: Stream<I, T>,
+pub struct Keyed<T> {
+    built: Built,
     key: KeyFn<T>,
+    late: Late<T>,
 }
 
-impl<I: 'static, T: Message> Keyed<I, T> {
+impl<T: Message> Keyed<T> {
+    /// Sends messages later than the stage's watermark to sink `name` (by default they are
+    /// dropped; either way status counts them).
+    pub fn late_to(
+        mut self,
+        name: &str,
+        encode: impl Fn(&T, &mut Vec<u8>) + Send + Sync + 'static,
+    ) -> Self {
+        let sink = self.built.sink(name);
+        self.late = Some(Arc::new(move |t, ingress_ns, sinks| {
+            sinks[sink].push(ingress_ns, |bytes| encode(t, bytes))
+        }));
+        self
+    }
+
     /// The stateful step: runs on the core that owns the message's key, with that key's state.
     pub fn stateful<S: State, R: 'static>(
         self,
         step: impl Fn(&mut S, T, &mut Emit<R>) + Send + Sync + 'static,
-    ) -> Outputs<I, T, S, R, R> {
+    ) -> Outputs<T, S, R, R> {
+        let step: StepFn<S, T, R> = Arc::new(move |s, t, ctx| step(s, t, &mut Emit(ctx.emit)));
+        self.outputs(step, None)
+    }
+
+    /// A stateful step with timers: `step` may ask for a callback ([`Context::timer_at`]), and
+    /// `on_timer` runs when the stage's watermark (event time) or the wall clock (processing
+    /// time) passes it, with the entity's state. Timers are part of the entity: they move
+    /// with it and fire once, on whichever core owns it then. On stop, once every source is
+    /// read, the watermark passes the end of time and every event-time timer fires;
+    /// processing-time timers still pending then do not.
+    pub fn process<S: State, R: 'static>(
+        self,
+        step: impl Fn(&mut S, T, &mut Context<R>) + Send + Sync + 'static,
+        on_timer: impl Fn(&mut S, Time, &mut Context<R>) + Send + Sync + 'static,
+    ) -> Outputs<T, S, R, R> {
+        self.outputs(Arc::new(step), Some(Arc::new(on_timer)))
+    }
+
+    /// Event-time windows per key: `fold` adds a message to its window's accumulator, `merge`
+    /// joins two (sessions merge as they grow; tumbling and sliding windows never call it).
+    /// Once the watermark passes a window's end it is emitted, as a [`Windowed`], and dropped.
+    ///
+    /// # Panics
+    /// If the pipeline's sources stamp no event time (see [`Stream::event_time`]).
+    pub fn window<A: State>(
+        self,
+        windows: Windows,
+        fold: impl Fn(&mut A, &T) + Send + Sync + 'static,
+        merge: impl Fn(&mut A, A) + Send + Sync + 'static,
+    ) -> Outputs<T, Open<A>, Windowed<A>, Windowed<A>> {
+        assert!(
+            self.built.event_time,
+            "window needs event time: call .event_time(..) on the sources"
+        );
+        let step = move |open: &mut Open<A>, t: T, ctx: &mut Context<Windowed<A>>| {
+            // Stamped sources give every message after them an event time.
+            let Some(ts) = ctx.event_time() else { return };
+            open.add(
+                &windows,
+                ts,
+                |a| fold(a, &t),
+                &merge,
+                |end| ctx.timer_at(Time::Event(end)),
+            );
+        };
+        let on_timer = |open: &mut Open<A>, at: Time, ctx: &mut Context<Windowed<A>>| {
+            let Time::Event(watermark) = at else { return };
+            for w in open.close(watermark) {
+                let key = ctx.key().to_vec();
+                ctx.emit(Windowed {
+                    key,
+                    start: w.start,
+                    end: w.end,
+                    value: w.acc,
+                });
+            }
+        };
+        self.process(step, on_timer)
+    }
+
+    fn outputs<S: State, R: 'static>(
+        self,
+        step: StepFn<S, T, R>,
+        on_timer: Option<TimerFn<S, R>>,
+    ) -> Outputs<T, S, R, R> {
         Outputs {
-            keyed: self,
-            step: Arc::new(step),
-            chain: Arc::new(|r, out| out(r)),
+            built: self.built,
+            key: self.key,
+            late: self.late,
+            step,
+            on_timer,
+            post: Arc::new(|r, out| out(r)),
+            taps: Vec::new(),
         }
     }
 }
 
-/// What the stateful step emits, through further stateless steps.
-pub struct Outputs<I, T, S, R, O> {
-    keyed: Keyed<I, T>,
-    step: StepFn<S, T, R>,
-    chain: Chain<R, O>,
+/// A closed window of one key, as [`Keyed::window`] emits it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Windowed<A> {
+    pub key: Vec<u8>,
+    pub start: u64,
+    pub end: u64,
+    pub value: A,
 }
 
-impl<I, T, S, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
+/// What a stateful step emits, through further stateless steps.
+pub struct Outputs<T, S, R, O> {
+    built: Built,
+    key: KeyFn<T>,
+    late: Late<T>,
+    step: StepFn<S, T, R>,
+    on_timer: Option<TimerFn<S, R>>,
+    post: Chain<R, O>,
+    taps: Vec<Tap<O>>,
+}
+
+impl<T: Message, S: State, R: 'static, O: 'static> Outputs<T, S, R, O> {
     pub fn map<U: 'static>(
         self,
         f: impl Fn(O) -> U + Send + Sync + 'static,
-    ) -> Outputs<I, T, S, R, U> {
-        let chain = then(self.chain, move |o, out| out.emit(f(o)));
-        Outputs {
-            keyed: self.keyed,
-            step: self.step,
-            chain,
-        }
+    ) -> Outputs<T, S, R, U> {
+        self.flat_map(move |o, out| out.emit(f(o)))
     }
 
-    pub fn filter(
-        self,
-        keep: impl Fn(&O) -> bool + Send + Sync + 'static,
-    ) -> Outputs<I, T, S, R, O> {
-        let chain = then(self.chain, move |o, out| {
+    pub fn filter(self, keep: impl Fn(&O) -> bool + Send + Sync + 'static) -> Outputs<T, S, R, O> {
+        self.flat_map(move |o, out| {
             if keep(&o) {
                 out.emit(o)
             }
-        });
-        Outputs {
-            keyed: self.keyed,
-            step: self.step,
-            chain,
-        }
+        })
     }
 
+    /// # Panics
+    /// After [`Self::also_sink`]: copy outputs to another sink after the stateless steps.
     pub fn flat_map<U: 'static>(
         self,
         f: impl Fn(O, &mut Emit<U>) + Send + Sync + 'static,
-    ) -> Outputs<I, T, S, R, U> {
+    ) -> Outputs<T, S, R, U> {
+        assert!(
+            self.taps.is_empty(),
+            "also_sink comes after a stage's stateless steps"
+        );
         Outputs {
-            keyed: self.keyed,
+            built: self.built,
+            key: self.key,
+            late: self.late,
             step: self.step,
-            chain: then(self.chain, f),
+            on_timer: self.on_timer,
+            post: then(self.post, f),
+            taps: Vec::new(),
         }
+    }
+
+    /// Also writes the outputs `select` picks to sink `name` (as `encode` writes them); every
+    /// output still goes on.
+    pub fn also_sink<U>(
+        mut self,
+        name: &str,
+        select: impl Fn(&O) -> Option<U> + Send + Sync + 'static,
+        encode: impl Fn(&U, &mut Vec<u8>) + Send + Sync + 'static,
+    ) -> Self {
+        let sink = self.built.sink(name);
+        self.taps.push(Arc::new(move |o, ingress_ns, sinks| {
+            if let Some(u) = select(o) {
+                sinks[sink].push(ingress_ns, |bytes| encode(&u, bytes))
+            }
+        }));
+        self
+    }
+
+    /// Ends the pipeline at sink `name`; `encode` appends one output's bytes.
+    pub fn sink(
+        mut self,
+        name: &str,
+        encode: impl Fn(&O, &mut Vec<u8>) + Send + Sync + 'static,
+    ) -> Pipeline {
+        let sink = self.built.sink(name);
+        let encode = Arc::new(encode);
+        let built = self.close(Arc::new(ToSink { sink, encode }));
+        Pipeline { built }
+    }
+
+    fn close(mut self, outlet: Arc<dyn OutletDef<O>>) -> Built {
+        let outlet: Arc<dyn OutletDef<O>> = if self.taps.is_empty() {
+            outlet
+        } else {
+            Arc::new(Taps {
+                taps: self.taps,
+                then: outlet,
+            })
+        };
+        let stages = &mut self.built.dataflow.stages;
+        let fns = StageFns {
+            stage: stages.len() as u32,
+            key: self.key,
+            step: self.step,
+            on_timer: self.on_timer,
+            post: self.post,
+            outlet,
+            late: self.late,
+        };
+        stages.push(Arc::new(Typed(Arc::new(fns))) as Arc<dyn StageDef>);
+        self.built
     }
 }
 
-impl<I: Send + 'static, T: Message, S: State, R: 'static, O: 'static> Outputs<I, T, S, R, O> {
-    /// Ends the pipeline at a sink; `encode` appends one output's bytes.
-    pub fn sink(self, encode: impl Fn(&O, &mut Vec<u8>) + Send + Sync + 'static) -> Pipeline {
-        let Stream {
-            sources,
-            chain: pre,
-        } = self.keyed.stream;
-        let names = sources.iter().map(|s| s.name.clone()).collect();
-        let dataflow = Typed {
-            decoders: sources.into_iter().map(|s| s.decode).collect(),
-            pre,
-            key: self.keyed.key,
-            step: self.step,
-            post: self.chain,
-            encode: Arc::new(encode),
-        };
-        Pipeline {
-            sources: names,
-            dataflow: Arc::new(dataflow),
+impl<T: Message, S: State, R: 'static, O: Message> Outputs<T, S, R, O> {
+    /// Keys the outputs for another stateful stage.
+    pub fn key_by(self, key: impl Fn(&O) -> &[u8] + Send + Sync + 'static) -> Keyed<O> {
+        let key: KeyFn<O> = Arc::new(key);
+        let stage = self.built.dataflow.stages.len() as u32 + 1;
+        let next = key.clone();
+        let built = self.close(Arc::new(ToStage { stage, key: next }));
+        Keyed {
+            built,
+            key,
+            late: None,
         }
     }
 }
 
 /// A finished pipeline, to be given a name.
 pub struct Pipeline {
-    sources: Vec<String>,
-    dataflow: Arc<dyn Dataflow>,
+    built: Built,
 }
 
 impl Pipeline {
     pub fn named(self, name: impl Into<String>) -> App {
         App {
             name: name.into(),
-            sources: self.sources,
-            dataflow: self.dataflow,
+            sources: self.built.source_names,
+            dataflow: Arc::new(self.built.dataflow),
         }
     }
 }
@@ -230,7 +421,7 @@ impl Pipeline {
 pub struct App {
     name: String,
     sources: Vec<String>,
-    pub(crate) dataflow: Arc<dyn Dataflow>,
+    pub(crate) dataflow: Arc<Dataflow>,
 }
 
 impl App {
@@ -241,5 +432,15 @@ impl App {
     /// The source names, in the order they were added.
     pub fn sources(&self) -> &[String] {
         &self.sources
+    }
+
+    /// The sink names, in the order they were first named.
+    pub fn sinks(&self) -> &[String] {
+        &self.dataflow.sinks
+    }
+
+    /// Keyed stages, in pipeline order.
+    pub fn stages(&self) -> usize {
+        self.dataflow.stages.len()
     }
 }

@@ -26,12 +26,16 @@ pub struct SlotArchive {
     pub checksum: u64,
     #[rkyv(with = rkyv::with::AsVec)]
     pub bytes: AlignedVec,
+    /// Where each part ends in `bytes`, when the slot has several (a pipeline of several keyed
+    /// stages has one per stage, and one more for a stage's timers); empty for one part.
+    pub parts: Vec<u64>,
 }
 
 impl PartialEq for SlotArchive {
     fn eq(&self, other: &Self) -> bool {
         (self.slot, self.entities, self.checksum) == (other.slot, other.entities, other.checksum)
             && self.bytes.as_slice() == other.bytes.as_slice()
+            && self.parts == other.parts
     }
 }
 
@@ -49,7 +53,19 @@ pub enum ArchiveError {
     Count { slot: u32, got: usize, want: u32 },
     #[error("slot {slot}: cannot archive state: {reason}")]
     Serialize { slot: u32, reason: String },
+    #[error("slot {slot}: archived timers: {reason}")]
+    Timers { slot: u32, reason: String },
+    #[error("slot {slot}: archive parts do not fit its {len} bytes ({parts:?})")]
+    Parts {
+        slot: u32,
+        len: usize,
+        parts: Vec<u64>,
+    },
 }
+
+/// Where each part of a several-part archive starts: parts are padded to this, so each stays
+/// aligned where it is read.
+const PART_ALIGN: usize = 16;
 
 impl SlotArchive {
     /// Archives the entities of `slot` (a received slot whose states were all used in place is
@@ -75,7 +91,87 @@ impl SlotArchive {
             entities: entities.len() as u32,
             checksum: stable_hash(&bytes),
             bytes,
+            parts: Vec::new(),
         })
+    }
+
+    /// One archive of several parts (each an archive of its own), holding `entities` in all.
+    pub fn join(slot: u32, entities: u32, parts: Vec<AlignedVec>) -> Self {
+        if parts.len() == 1 {
+            let bytes = parts.into_iter().next().expect("one part");
+            return Self {
+                slot,
+                entities,
+                checksum: stable_hash(&bytes),
+                bytes,
+                parts: Vec::new(),
+            };
+        }
+        let total = parts
+            .iter()
+            .map(|p| p.len().next_multiple_of(PART_ALIGN))
+            .sum();
+        let mut bytes = AlignedVec::with_capacity(total);
+        let mut ends = Vec::with_capacity(parts.len());
+        for part in &parts {
+            bytes.resize(bytes.len().next_multiple_of(PART_ALIGN), 0);
+            bytes.extend_from_slice(part);
+            ends.push(bytes.len() as u64);
+        }
+        Self {
+            slot,
+            entities,
+            checksum: stable_hash(&bytes),
+            bytes,
+            parts: ends,
+        }
+    }
+
+    /// Checks the checksum and cuts the archive into its parts: the first keeps the buffer (a
+    /// slot of one part is used where it arrived), the others are copied out.
+    pub fn split(self) -> Result<Vec<AlignedVec>, ArchiveError> {
+        let slot = self.slot;
+        if stable_hash(&self.bytes) != self.checksum {
+            return Err(ArchiveError::Checksum {
+                slot,
+                len: self.bytes.len(),
+            });
+        }
+        if self.parts.is_empty() {
+            return Ok(vec![self.bytes]);
+        }
+        let bad = || ArchiveError::Parts {
+            slot,
+            len: self.bytes.len(),
+            parts: self.parts.clone(),
+        };
+        let mut ranges = Vec::with_capacity(self.parts.len());
+        let mut start = 0usize;
+        for &end in &self.parts {
+            let end = usize::try_from(end).map_err(|_| bad())?;
+            if end < start || end > self.bytes.len() {
+                return Err(bad());
+            }
+            ranges.push(start..end);
+            start = end.next_multiple_of(PART_ALIGN);
+        }
+        let mut rest: Vec<AlignedVec> = ranges[1..]
+            .iter()
+            .map(|r| {
+                let mut part = AlignedVec::with_capacity(r.len());
+                part.extend_from_slice(&self.bytes[r.clone()]);
+                part
+            })
+            .collect();
+        let mut first = self.bytes;
+        first.resize(ranges[0].end, 0);
+        rest.insert(0, first);
+        Ok(rest)
+    }
+
+    /// One part of an archive, a slot's entities, checked and made the slot's storage.
+    pub fn read_part<S: State>(slot: u32, bytes: AlignedVec) -> Result<Slot<S>, ArchiveError> {
+        Slot::from_archive(bytes).map_err(|source| ArchiveError::Invalid { slot, source })
     }
 
     /// Checks the archive and makes its buffer the slot's storage, used in place.

@@ -8,6 +8,8 @@ const LAYERS: &[&str] = &[
     "hash",
     "routing",
     "step",
+    "time",
+    "window",
     "sink_buffer",
     "metrics",
     "store",

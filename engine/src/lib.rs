@@ -35,8 +35,12 @@ mod runtime;
 mod sink_buffer;
 mod step;
 pub mod store;
+mod time;
+pub mod window;
 
-pub use app::{App, DecodeError, Emit, Message, State};
+pub use app::{
+    App, Context, DecodeError, Emit, Message, Open, State, Time, Window, Windowed, Windows,
+};
 pub use cluster::Ending;
 pub use metrics::Summary;
 pub use node::{

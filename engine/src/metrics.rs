@@ -281,8 +281,15 @@ pub struct CoreStatus {
     pub buffered: usize,
     pub connections: usize,
     pub frames: u64,
-    /// Keyed messages applied by this core's stateful step.
+    /// Keyed messages applied by this core's stateful steps (every stage's).
     pub applied: u64,
+    /// Messages that came later than their stage's watermark (dropped, or sent to the app's
+    /// sink for them).
+    pub late: u64,
+    /// Timers pending on this core's entities.
+    pub timers: usize,
+    /// The first stage's watermark on this core, if its sources stamp event time.
+    pub watermark: Option<u64>,
     pub outputs: u64,
     /// Failed connection attempts to the sink so far.
     pub sink_failures: u64,

@@ -40,6 +40,86 @@ impl<'a, T> Emit<'a, T> {
     }
 }
 
+/// An instant a timer waits for: the watermark passing an event time (in the app's own units,
+/// as its `event_time` stamps), or the wall clock passing a processing time (milliseconds since
+/// the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Time {
+    Event(u64),
+    Processing(u64),
+}
+
+impl Time {
+    /// The wall clock now, as a processing time.
+    pub fn now() -> Time {
+        Time::Processing(now_ms())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a keyed step sees besides its state and message: an emitter, the key, event time and
+/// watermark, and timers. A timer belongs to the entity: it moves with it, and when it fires the
+/// stage's `on_timer` runs with the entity's state at hand.
+pub struct Context<'a, R> {
+    pub(crate) emit: &'a mut dyn FnMut(R),
+    pub(crate) timers: &'a mut Vec<Time>,
+    pub(crate) key: &'a [u8],
+    pub(crate) event_time: Option<u64>,
+    pub(crate) watermark: Option<u64>,
+}
+
+impl<'a, R> Context<'a, R> {
+    /// A context for unit tests of steps: emits into `out`, records timers in `timers`.
+    pub fn new(
+        key: &'a [u8],
+        out: &'a mut dyn FnMut(R),
+        timers: &'a mut Vec<Time>,
+        event_time: Option<u64>,
+        watermark: Option<u64>,
+    ) -> Self {
+        Context {
+            emit: out,
+            timers,
+            key,
+            event_time,
+            watermark,
+        }
+    }
+
+    pub fn emit(&mut self, value: R) {
+        (self.emit)(value)
+    }
+
+    /// Calls the stage's `on_timer` for this entity once `at` has passed (once per instant:
+    /// setting the same one twice fires it once).
+    pub fn timer_at(&mut self, at: Time) {
+        self.timers.push(at)
+    }
+
+    /// The entity's key.
+    pub fn key(&self) -> &[u8] {
+        self.key
+    }
+
+    /// The message's event time (for a timer: the instant it was set for), if its source
+    /// stamps one.
+    pub fn event_time(&self) -> Option<u64> {
+        self.event_time
+    }
+
+    /// The stage's watermark on this core: no message with an earlier event time follows
+    /// (except late ones, which never reach the step). `None` until a source reports one.
+    pub fn watermark(&self) -> Option<u64> {
+        self.watermark
+    }
+}
+
 /// What a keyed message must be: a plain value archivable with rkyv, so the engine can send it
 /// to the node that owns its key.
 pub trait Message:

@@ -49,7 +49,7 @@ fn start_lead(app: &App, sink: &Sink) -> Coordinator {
 
 fn join(app: &App, lead: &Coordinator, name: &str) -> Arc<Engine> {
     let c = config(app, "127.0.0.1:1".parse().unwrap(), name, true);
-    let (engine, report) = Engine::join(app, c, lead.control, None).expect("join");
+    let (engine, report) = Engine::join(app, c, lead.control, Vec::new()).expect("join");
     assert_eq!(report.cores_after, report.cores_before + 1, "{report}");
     assert!(report.slots_moved > 0 && report.steps > 0, "{report}");
     Arc::new(engine)
@@ -152,7 +152,9 @@ fn word_count_as_text() -> App {
             *total = n.to_string();
             out.emit((word, n));
         })
-        .sink(|(word, n): &(String, u64), out: &mut Vec<u8>| word_count::encode(word, *n, out))
+        .sink("counts", |(word, n): &(String, u64), out: &mut Vec<u8>| {
+            word_count::encode(word, *n, out)
+        })
         .named("word_count_as_text")
 }
 
@@ -223,7 +225,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
         &other,
         config(&other, sink.addr(), "w2", false),
         lead.control,
-        None,
+        Vec::new(),
     ));
     assert!(
         e.contains("runs app `word_count`") && e.contains("`alphabet`"),
@@ -232,19 +234,19 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
 
     let mut c = config(&app, sink.addr(), "w2", false);
     c.n_slots = 1024;
-    let e = refused(Engine::join(&app, c, lead.control, None));
+    let e = refused(Engine::join(&app, c, lead.control, Vec::new()));
     assert!(e.contains("4096 slots") && e.contains("1024"), "{e}");
 
     let mut c = config(&app, sink.addr(), "w2", false);
     c.token = "guess".into();
-    let e = refused(Engine::join(&app, c, lead.control, None));
+    let e = refused(Engine::join(&app, c, lead.control, Vec::new()));
     assert!(e.contains("wrong cluster token"), "{e}");
 
     let e = refused(Engine::join(
         &app,
         config(&app, sink.addr(), "w1", false),
         lead.control,
-        None,
+        Vec::new(),
     ));
     assert!(e.contains("already a member"), "{e}");
 

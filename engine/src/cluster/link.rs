@@ -315,9 +315,10 @@ impl LinkWriter<'_> {
 fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
     Some(match msg {
         CoreMsg::Peer(msg) => Wire::Core { to, msg },
-        CoreMsg::Batch(batch) => match node.dataflow.encode_batch(&*batch) {
+        CoreMsg::Batch(batch) => match node.dataflow.encode_batch(&batch) {
             Ok(bytes) => Wire::Batch {
                 to,
+                stage: batch.stage,
                 bytes: wire::Payload(bytes),
             },
             Err(e) => {

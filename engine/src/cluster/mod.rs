@@ -85,7 +85,7 @@ pub struct LostNode {
 pub(crate) struct Node {
     pub name: String,
     pub token: String,
-    pub dataflow: Arc<dyn Dataflow>,
+    pub dataflow: Arc<Dataflow>,
     /// The cluster's slot count: a peer's message naming a slot beyond it is refused.
     pub n_slots: u32,
     /// Where the other nodes reach this one.
@@ -147,7 +147,7 @@ impl Node {
     pub fn new(
         name: String,
         token: String,
-        dataflow: Arc<dyn Dataflow>,
+        dataflow: Arc<Dataflow>,
         n_slots: u32,
         data_addr: SocketAddr,
         events: flume::Sender<CoreEvent>,
@@ -425,7 +425,7 @@ impl Node {
             return;
         }
         drop(local);
-        match self.dataflow.receive_slot(archive) {
+        match self.dataflow.receive_slot(archive, self.n_slots) {
             Ok(moved) => self.to_core(
                 to,
                 CoreMsg::Adopt {
@@ -470,7 +470,7 @@ impl Node {
                     }
                 }
             }
-            Wire::Batch { to, bytes } => match self.dataflow.decode_batch(&bytes.0) {
+            Wire::Batch { to, stage, bytes } => match self.dataflow.decode_batch(stage, &bytes.0) {
                 Ok(batch) => self.to_core(to, CoreMsg::Batch(batch)),
                 Err(e) => {
                     tracing::error!(node = %self.name, "dropped a garbled batch from node {from}: {e}")

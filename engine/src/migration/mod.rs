@@ -66,6 +66,7 @@ pub enum ProtocolError {
 }
 
 /// What became of a keyed message delivered to this core.
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivery<M> {
     /// The core owns the slot: apply the message now.
@@ -74,6 +75,14 @@ pub enum Delivery<M> {
     Buffered,
     /// The core neither owns nor expects the slot: a routing bug; the message is returned.
     Misrouted(M),
+}
+
+/// Where a keyed message for a slot goes on this core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Apply,
+    Buffer,
+    Misrouted,
 }
 
 /// What a core must do after switching epochs.
@@ -352,14 +361,33 @@ impl<M> Protocol<M> {
     }
 
     /// Routes a keyed message for `slot` that arrived here.
+    #[cfg(test)]
     pub fn deliver(&mut self, slot: u32, msg: M) -> Delivery<M> {
-        match &mut self.slots[slot as usize] {
-            SlotState::Owned | SlotState::Outgoing => Delivery::Apply(msg),
-            SlotState::Incoming { buffer, .. } => {
-                buffer.push(msg);
+        match self.route(slot) {
+            Route::Apply => Delivery::Apply(msg),
+            Route::Buffer => {
+                self.buffer(slot, msg);
                 Delivery::Buffered
             }
-            SlotState::Absent | SlotState::HandedOff { .. } => Delivery::Misrouted(msg),
+            Route::Misrouted => Delivery::Misrouted(msg),
+        }
+    }
+
+    /// What to do with a keyed message for `slot` (see [`Self::deliver`]), without taking it:
+    /// a caller whose messages are typed per stage buffers them erased, and only those.
+    pub fn route(&self, slot: u32) -> Route {
+        match &self.slots[slot as usize] {
+            SlotState::Owned | SlotState::Outgoing => Route::Apply,
+            SlotState::Incoming { .. } => Route::Buffer,
+            SlotState::Absent | SlotState::HandedOff { .. } => Route::Misrouted,
+        }
+    }
+
+    /// Keeps a message for an incoming slot (one [`Self::route`] said to buffer) until the
+    /// slot is adopted; a message for any other slot is dropped.
+    pub fn buffer(&mut self, slot: u32, msg: M) {
+        if let SlotState::Incoming { buffer, .. } = &mut self.slots[slot as usize] {
+            buffer.push(msg);
         }
     }
 

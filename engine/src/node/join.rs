@@ -64,13 +64,13 @@ impl Engine {
     /// Joins the cluster whose coordinator listens for control at `coordinator`: the
     /// coordinator checks the app, slot count and token, this node links to every member and
     /// starts its cores, then slots move to them. Returns once the join is complete, with the
-    /// coordinator's report of the change. `output`, if given, replaces the cluster's sink
-    /// address here.
+    /// coordinator's report of the change. `outputs`, if not empty, replace the cluster's sink
+    /// addresses here (one per sink of the app).
     pub fn join(
         app: &App,
         config: Config,
         coordinator: SocketAddr,
-        output: Option<SocketAddr>,
+        outputs: Vec<SocketAddr>,
     ) -> Result<(Engine, ChangeReport), StartError> {
         let mut config = Self::check(app, config, Starting::Joining)?;
         let refused = |error: JoinError| StartError::Join {
@@ -108,21 +108,33 @@ impl Engine {
         };
         let Welcome {
             members,
-            output: cluster_output,
+            outputs: cluster_outputs,
             ..
         } = &welcome;
         let Some(lead) = members.first().map(|m| m.name.clone()) else {
             return Err(refused(JoinError::NoCoordinator));
         };
-        config.output = match output {
-            Some(o) => o,
-            None => cluster_output.parse().map_err(|error| {
-                refused(JoinError::SinkAddress {
-                    addr: cluster_output.clone(),
-                    error,
+        config.outputs = if outputs.is_empty() {
+            (cluster_outputs.iter())
+                .map(|addr| {
+                    addr.parse().map_err(|error| {
+                        refused(JoinError::SinkAddress {
+                            addr: addr.clone(),
+                            error,
+                        })
+                    })
                 })
-            })?,
+                .collect::<Result<_, _>>()?
+        } else {
+            outputs
         };
+        if config.outputs.len() != app.sinks().len() {
+            return Err(StartError::Sinks {
+                app: app.name().into(),
+                sinks: app.sinks().to_vec(),
+                given: config.outputs.len(),
+            });
+        }
         let table = welcome
             .table
             .to_table(config.n_slots)

@@ -41,6 +41,12 @@ pub enum StartError {
         sources: usize,
         inputs: usize,
     },
+    #[error("app `{app}` has {} sink(s) ({}) but {given} output address(es) were given", .sinks.len(), .sinks.join(", "))]
+    Sinks {
+        app: String,
+        sinks: Vec<String>,
+        given: usize,
+    },
     #[error("invalid configuration: {0}")]
     Config(&'static str),
     #[error("a node runs 1 to {limit} cores; {asked} were asked for (--cores)")]
@@ -161,6 +167,14 @@ impl Engine {
                 app: app.name().into(),
                 sources: app.sources().len(),
                 inputs: config.inputs.len(),
+            });
+        }
+        // A joining node learns the cluster's sinks (it checks them then).
+        if config.outputs.len() != app.sinks().len() && starting != Starting::Joining {
+            return Err(StartError::Sinks {
+                app: app.name().into(),
+                sinks: app.sinks().to_vec(),
+                given: config.outputs.len(),
             });
         }
         if config.cores == 0 || config.cores > Config::MAX_CORES {

@@ -272,6 +272,9 @@ impl fmt::Display for Status {
             if c.at_risk > 0 {
                 sink += &format!(", {} outputs at risk", c.at_risk);
             }
+            if c.late > 0 {
+                sink += &format!(", {} late messages", c.late);
+            }
             writeln!(
                 f,
                 "{:>8} {:>4} {:>3} {:>6} {:>10} {:>9} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}  {}",

@@ -34,7 +34,7 @@ fn count_words() -> App {
         *count += 1;
         out.emit(format!("{word} {count}"));
     })
-    .sink(|line: &String, bytes: &mut Vec<u8>| {
+    .sink("lines", |line: &String, bytes: &mut Vec<u8>| {
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
     })

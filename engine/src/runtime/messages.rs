@@ -34,9 +34,19 @@ pub(crate) enum PeerMsg {
         from: CoreId,
         epoch: u64,
     },
-    /// The sending core has no more batches for anyone (its sources are closed and flushed).
+    /// The sending core has no more batches for stage `stage` (for stage 0: its sources are
+    /// closed and flushed; for a later one: every producer of the stage before is done, and
+    /// its outputs are routed).
     ProducerDone {
         from: CoreId,
+        stage: u32,
+    },
+    /// No message for stage `stage` older than `at` follows from the sender (`None`: it has no
+    /// source connection to speak for, so it holds nobody back).
+    Watermark {
+        from: CoreId,
+        stage: u32,
+        at: Option<u64>,
     },
     /// A slot's entities, handed over by their old owner on another node: one slot per
     /// message, so the frame it arrives in becomes the slot's storage. (A core never receives
@@ -62,8 +72,8 @@ pub(crate) enum PeerMsg {
     /// The change ends early: forget the prepared steps not switched to yet.
     Abort,
     RemovePeer(CoreId),
-    /// Stop reading sources; end after a `ProducerDone` from each of `producers` (this core
-    /// included).
+    /// Stop reading sources; end after a `ProducerDone` for every stage from each of
+    /// `producers` (this core included).
     Stop {
         producers: Vec<CoreId>,
     },
@@ -80,7 +90,10 @@ pub(crate) struct SlotOutOfRange {
 impl PeerMsg {
     /// Whether it travels on the data lane: in order with the batches around it.
     pub fn is_data(&self) -> bool {
-        matches!(self, PeerMsg::Marker { .. } | PeerMsg::ProducerDone { .. })
+        matches!(
+            self,
+            PeerMsg::Marker { .. } | PeerMsg::ProducerDone { .. } | PeerMsg::Watermark { .. }
+        )
     }
 
     /// Checks the slot numbers a message from another node names, so a core never indexes past
@@ -260,6 +273,7 @@ mod tests {
             entities: 0,
             checksum: 0,
             bytes: Default::default(),
+            parts: Vec::new(),
         };
         let out = |slot| Err(SlotOutOfRange { slot, n_slots: 8 });
         let handoff = |slot| PeerMsg::Handoff {

@@ -30,8 +30,8 @@ pub struct Config {
     pub n_slots: u32,
     /// One listen address per source of the app, in the app's source order.
     pub inputs: Vec<SocketAddr>,
-    /// The sink address; every core connects to it.
-    pub output: SocketAddr,
+    /// One address per sink of the app, in the app's sink order; every core connects to each.
+    pub outputs: Vec<SocketAddr>,
     /// Largest accepted frame payload, in bytes.
     pub max_frame: usize,
     /// Bytes of encoded outputs a core buffers before it stops applying (back-pressure).
@@ -79,13 +79,14 @@ impl Config {
     /// is only reached when a core, a node or a sink does not answer at all.
     pub const DEFAULT_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// Defaults for everything but the addresses.
+    /// Defaults for everything but the addresses (`output`: the first sink's; an app with
+    /// more sinks sets `outputs`).
     pub fn new(inputs: Vec<SocketAddr>, output: SocketAddr) -> Self {
         Self {
             cores: default_cores(),
             n_slots: Self::DEFAULT_SLOTS,
             inputs,
-            output,
+            outputs: vec![output],
             max_frame: quokka_io::framing::DEFAULT_MAX_FRAME,
             sink_buffer: Self::DEFAULT_SINK_BUFFER,
             drain_timeout: Duration::from_secs(10),

@@ -1,4 +1,5 @@
-//! `--in` arguments: `NAME@HOST:PORT` (Wallaroo's form) or, for a one-source app, `HOST:PORT`.
+//! `--in` and `--out` arguments: `NAME@HOST:PORT` (Wallaroo's form) or, for an app with one
+//! source (or sink), `HOST:PORT`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -12,35 +13,61 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("`{text}` resolves to no address"))
 }
 
+/// Which flag's arguments, naming what.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub flag: &'static str,
+    pub noun: &'static str,
+}
+
+pub const INPUTS: Endpoints = Endpoints {
+    flag: "--in",
+    noun: "source",
+};
+pub const OUTPUTS: Endpoints = Endpoints {
+    flag: "--out",
+    noun: "sink",
+};
+
 /// Orders the `--in` arguments by the app's sources; every source needs exactly one.
 pub fn resolve(sources: &[String], args: &[String]) -> Result<Vec<SocketAddr>> {
-    let names = sources.join(", ");
+    resolve_endpoints(INPUTS, sources, args)
+}
+
+/// Orders a flag's arguments by the app's `names` (sources or sinks); each needs exactly one.
+pub fn resolve_endpoints(
+    kind: Endpoints,
+    names: &[String],
+    args: &[String],
+) -> Result<Vec<SocketAddr>> {
+    let Endpoints { flag, noun } = kind;
+    let list = names.join(", ");
     if args.is_empty() {
-        bail!("no --in given; this app reads sources: {names}");
+        bail!("no {flag} given; this app has {noun}s: {list}");
     }
-    let mut addrs: Vec<Option<SocketAddr>> = vec![None; sources.len()];
+    let mut addrs: Vec<Option<SocketAddr>> = vec![None; names.len()];
     for arg in args {
         let (index, addr) = match arg.split_once('@') {
             Some((name, addr)) => {
-                let i = sources.iter().position(|s| s == name).ok_or_else(|| {
-                    anyhow!("--in {arg}: the app has no source `{name}` (it has: {names})")
+                let i = names.iter().position(|s| s == name).ok_or_else(|| {
+                    anyhow!("{flag} {arg}: the app has no {noun} `{name}` (it has: {list})")
                 })?;
                 (i, addr)
             }
-            None if sources.len() == 1 => (0, arg.as_str()),
+            None if names.len() == 1 => (0, arg.as_str()),
             None => {
-                bail!("--in {arg}: this app has several sources ({names}); write NAME@HOST:PORT")
+                bail!("{flag} {arg}: this app has several {noun}s ({list}); write NAME@HOST:PORT")
             }
         };
         if addrs[index].is_some() {
-            bail!("--in: source `{}` is given twice", sources[index]);
+            bail!("{flag}: {noun} `{}` is given twice", names[index]);
         }
-        addrs[index] = Some(parse_addr(addr).with_context(|| format!("--in {arg}"))?);
+        addrs[index] = Some(parse_addr(addr).with_context(|| format!("{flag} {arg}"))?);
     }
-    sources
+    names
         .iter()
         .zip(addrs)
-        .map(|(name, a)| a.ok_or_else(|| anyhow!("--in: no address for source `{name}`")))
+        .map(|(name, a)| a.ok_or_else(|| anyhow!("{flag}: no address for {noun} `{name}`")))
         .collect()
 }
 
@@ -85,5 +112,21 @@ mod tests {
         assert!(err(&["orders@127.0.0.1:1"]).contains("no address for source `nbbo`"));
         assert!(err(&["orders@127.0.0.1:1", "orders@127.0.0.1:2"]).contains("twice"));
         assert!(err(&["orders@nonsense", "nbbo@127.0.0.1:2"]).contains("not a HOST:PORT"));
+    }
+
+    #[test]
+    fn sinks_resolve_like_sources() {
+        let sinks = names(&["counts", "late"]);
+        let got = resolve_endpoints(
+            OUTPUTS,
+            &sinks,
+            &args(&["late@127.0.0.1:2", "counts@127.0.0.1:1"]),
+        );
+        assert_eq!(got.unwrap(), vec![sock("127.0.0.1:1"), sock("127.0.0.1:2")]);
+        let err = resolve_endpoints(OUTPUTS, &sinks, &args(&["127.0.0.1:1"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--out 127.0.0.1:1: this app has several sinks"),
+            "{err:#}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use quokka::duration::parse_duration;
-use quokka::inputs::{parse_addr, resolve};
+use quokka::inputs::{parse_addr, resolve, resolve_endpoints, OUTPUTS};
 use quokka_engine::{Config, Engine, JoinError, SourcesClosed};
 use quokka_io::control::{Request, Response, Timeouts};
 
@@ -124,14 +124,15 @@ struct RunArgs {
         required_unless_present = "join"
     )]
     inputs: Vec<String>,
-    /// The sink: every core of every node connects here and writes its outputs (retrying until
-    /// it is up). A joining node uses the cluster's unless given.
+    /// A sink: NAME@HOST:PORT, or HOST:PORT for a one-sink app; repeat for each sink (see
+    /// `quokka apps`). Every core of every node connects to each and writes its outputs there
+    /// (retrying until it is up). A joining node uses the cluster's unless given.
     #[arg(
         long = "out",
-        value_name = "HOST:PORT",
+        value_name = "[NAME@]HOST:PORT",
         required_unless_present = "join"
     )]
-    output: Option<String>,
+    outputs: Vec<String>,
     /// This node's name in the cluster [default: w1, or node-PID when joining]
     #[arg(long)]
     name: Option<String>,
@@ -246,13 +247,13 @@ fn run(args: RunArgs) -> Result<()> {
     } else {
         resolve(app.sources(), &args.inputs)?
     };
-    let output = args
-        .output
-        .as_deref()
-        .map(parse_addr)
-        .transpose()
-        .context("--out")?;
-    let mut config = Config::new(inputs, output.unwrap_or(([127, 0, 0, 1], 0).into()));
+    let outputs = if joining.is_some() && args.outputs.is_empty() {
+        Vec::new()
+    } else {
+        resolve_endpoints(OUTPUTS, app.sinks(), &args.outputs)?
+    };
+    let mut config = Config::new(inputs, ([127, 0, 0, 1], 0).into());
+    config.outputs = outputs.clone();
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
@@ -312,7 +313,7 @@ fn run(args: RunArgs) -> Result<()> {
     let engine = match joining {
         None => Engine::start(&app, config)?,
         Some(coordinator) => {
-            let (engine, report) = Engine::join(&app, config, coordinator, output)?;
+            let (engine, report) = Engine::join(&app, config, coordinator, outputs)?;
             tracing::info!("node {} joined: {report}", engine.node_name());
             engine
         }

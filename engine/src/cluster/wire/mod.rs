@@ -23,8 +23,10 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// 5: a core's message crosses as itself, `Wire::Core`; 6: a hello names its lane and carries
 /// the link secret its two nodes share, which a welcome and `Expect` hand out, and is answered
 /// with `Admitted`; a join's `Ready` is answered with the change report, control `Joined`;
-/// 7: a slot archive carries its index, one slot per handoff frame).
-pub const VERSION: u8 = 7;
+/// 7: a slot archive carries its index, one slot per handoff frame; 8: a batch names its
+/// stage, a slot archive has a part per stage (and per stage's timers), cores exchange
+/// watermarks and say when they are done per stage; a welcome names every sink).
+pub const VERSION: u8 = 8;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -102,8 +104,8 @@ pub struct Welcome {
     /// Every current member, the coordinator first.
     pub members: Vec<Member>,
     pub table: TableWire,
-    /// The sink address the cluster writes to.
-    pub output: String,
+    /// The sink addresses the cluster writes to, one per sink of the app.
+    pub outputs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -181,9 +183,11 @@ pub(crate) enum Wire {
     /// archive's bytes first, as they are, and this header after them; the reader's buffer
     /// becomes the slot's storage and it reads the handoff back as `Core`.
     Slot(SlotHeader),
-    /// A batch of keyed messages for core `to` (the app's rkyv archive of them).
+    /// A batch of keyed messages for stage `stage` of core `to` (the app's rkyv archive of
+    /// them).
     Batch {
         to: CoreId,
+        stage: u32,
         bytes: Payload,
     },
     /// Peers by core id and the node that runs them.
@@ -344,6 +348,8 @@ pub(crate) struct SlotHeader {
     checksum: u64,
     /// Bytes of the archive at the start of the frame.
     len: u64,
+    /// Where each of its parts ends, if it has several (see [`SlotArchive::parts`]).
+    parts: Vec<u64>,
 }
 
 /// Bytes a slot's archive is padded to on a link, so the header after it is aligned where the
@@ -357,7 +363,8 @@ impl SlotHeader {
     /// earlier, larger frames) the archive is copied out of it.
     fn with_archive(self, frame: &mut AlignedVec) -> Result<Wire, WireError> {
         let len = usize::try_from(self.len).unwrap_or(usize::MAX);
-        let header = std::mem::size_of::<ArchivedWire>();
+        // The header: the archived `Wire` and, before it, the list of parts' ends.
+        let header = std::mem::size_of::<ArchivedWire>() + self.parts.len() * 8;
         if len
             .checked_next_multiple_of(SLOT_PAD)
             .and_then(|l| l.checked_add(header))
@@ -382,6 +389,7 @@ impl SlotHeader {
             entities: self.entities,
             checksum: self.checksum,
             bytes,
+            parts: self.parts,
         };
         let msg = PeerMsg::Handoff {
             from: self.from,
@@ -408,6 +416,7 @@ pub(crate) fn write_slot(
         entities: archive.entities,
         checksum: archive.checksum,
         len: len as u64,
+        parts: archive.parts.clone(),
     }));
     framing::write_header(out, PREFIX_LEN + len + pad + header.len())?;
     out.write_all(&MAGIC)?;

@@ -11,6 +11,7 @@ fn samples() -> Vec<Wire> {
         entities: 2,
         checksum: 99,
         bytes: Payload::from(&[0; 100][..]).0,
+        parts: vec![40, 100],
     };
     let plan = ChangePlan::new(
         &RoutingTable::uniform(3, 2),
@@ -34,6 +35,7 @@ fn samples() -> Vec<Wire> {
         Wire::Bye,
         Wire::Batch {
             to: 3,
+            stage: 1,
             bytes: Payload::from(&[1, 2, 3][..]),
         },
         core(1, PeerMsg::Marker { from: 2, epoch: 7 }),
@@ -152,6 +154,7 @@ fn a_handoff_frame_becomes_the_slot_storage_as_it_was_read() {
 fn a_handoff_read_into_a_buffer_grown_by_a_larger_frame_is_copied_out_of_it() {
     let big = Wire::Batch {
         to: 0,
+        stage: 0,
         bytes: Payload::from(&[7; 300_000][..]),
     };
     let slot = handoff_of_k();
@@ -174,6 +177,7 @@ fn a_slot_header_that_does_not_match_its_frame_is_an_error() {
             entities: 0,
             checksum: 0,
             len: len_says,
+            parts: Vec::new(),
         }));
         let pad = archive.len().next_multiple_of(SLOT_PAD) - archive.len();
         let payload = [
@@ -308,7 +312,7 @@ fn link_secrets_are_random_unprinted_and_equal_only_whole() {
             secret: a,
         }],
         table: TableWire::from(&RoutingTable::uniform(8, 2)),
-        output: "127.0.0.1:7002".into(),
+        outputs: vec!["127.0.0.1:7002".into(), "127.0.0.1:7003".into()],
     };
     let printed = format!("{welcome:?}");
     assert!(printed.contains("LinkSecret(..)"), "{printed}");

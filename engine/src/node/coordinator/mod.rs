@@ -52,7 +52,7 @@ pub(crate) struct CoreHandle {
 
 pub(crate) struct Coordinator {
     config: Arc<Config>,
-    dataflow: Arc<dyn Dataflow>,
+    dataflow: Arc<Dataflow>,
     pub node: Arc<Node>,
     table: Arc<RoutingTable>,
     pub cores: BTreeMap<CoreId, CoreHandle>,
@@ -75,7 +75,7 @@ impl Coordinator {
     /// slots evenly.
     pub fn start(
         config: Arc<Config>,
-        dataflow: Arc<dyn Dataflow>,
+        dataflow: Arc<Dataflow>,
         node: Arc<Node>,
         events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
     ) -> Result<Self, StartError> {
@@ -91,7 +91,7 @@ impl Coordinator {
     /// the cluster as a peer (links to the other members are open already).
     pub fn start_member(
         config: Arc<Config>,
-        dataflow: Arc<dyn Dataflow>,
+        dataflow: Arc<Dataflow>,
         node: Arc<Node>,
         events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
         welcome: &Welcome,
@@ -108,7 +108,7 @@ impl Coordinator {
 
     fn new(
         config: Arc<Config>,
-        dataflow: Arc<dyn Dataflow>,
+        dataflow: Arc<Dataflow>,
         node: Arc<Node>,
         (_, events): (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
         table: RoutingTable,
@@ -566,7 +566,7 @@ impl Coordinator {
             cores,
             members,
             table: (&*self.table).into(),
-            output: self.config.output.to_string(),
+            outputs: self.config.outputs.iter().map(|a| a.to_string()).collect(),
         })
     }
 

@@ -39,11 +39,11 @@ impl Core {
         for moved in slots {
             self.sink.wait_room().await;
             let (slot, n, size) = (moved.slot, moved.entities, moved.bytes);
-            let result = self
-                .keyed
-                .borrow_mut()
-                .adopt(moved, &mut self.sink.buffer());
-            self.sink.pushed();
+            let mut result = Ok(());
+            self.with_keyed(|keyed, out, send| {
+                result = keyed.adopt(moved, out, send);
+                0
+            });
             match result {
                 Ok(()) => {
                     adopted.push(slot);

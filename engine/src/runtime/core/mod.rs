@@ -1,8 +1,9 @@
 //! One core: a glommio executor that owns a share of the slots. Its tasks: one per source
 //! connection it reads (`sources.rs`), the inbox loop (batches from other cores, control and
 //! migration messages), one sender per peer core (`peers.rs`, `outbox.rs`), the sink writer
-//! (`sink.rs`), a hand-off task per step it gives slots up in (`handoff.rs`), and a ticker that
-//! keeps per-second figures for `status`. Stopping is in `shutdown.rs`.
+//! (`sink.rs`, a writer per sink), a hand-off task per step it gives slots up in (`handoff.rs`),
+//! and a ticker that fires processing-time timers and keeps per-second figures for `status`.
+//! Watermarks are in `time.rs`, stopping in `shutdown.rs`.
 //!
 //! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 
@@ -11,6 +12,7 @@ mod peers;
 mod shutdown;
 mod sink;
 mod sources;
+mod time;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -29,7 +31,7 @@ use self::sources::Sources;
 use super::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
 use super::notify::Notify;
 use super::Config;
-use crate::dataflow::{Dataflow, KeyedCore, SourcePipeline};
+use crate::dataflow::{Dataflow, Out, SendBatch, SourcePipeline, Stages};
 use crate::metrics::{CoreReport, CoreStatus, Window};
 use crate::migration::{ChangePlan, Transition};
 use crate::routing::{CoreId, RoutingTable};
@@ -39,11 +41,12 @@ pub(crate) struct Core {
     id: CoreId,
     cpu: usize,
     config: Arc<Config>,
-    dataflow: Arc<dyn Dataflow>,
+    dataflow: Arc<Dataflow>,
     table: RefCell<Arc<RoutingTable>>,
     /// Steps prepared and not yet switched to, in epoch order.
     prepared: RefCell<VecDeque<Arc<Transition>>>,
-    keyed: RefCell<Box<dyn KeyedCore>>,
+    keyed: RefCell<Stages>,
+    time: time::EventTime,
     /// This core's inbox (data and control lanes), to see whether messages wait there.
     inbox: (flume::Receiver<CoreMsg>, flume::Receiver<CoreMsg>),
     /// Wakes the inbox task when a busy task sees messages waiting (see `poke_inbox`).
@@ -62,7 +65,7 @@ pub(crate) struct CoreSetup {
     pub id: CoreId,
     pub cpu: usize,
     pub config: Arc<Config>,
-    pub dataflow: Arc<dyn Dataflow>,
+    pub dataflow: Arc<Dataflow>,
     pub table: Arc<RoutingTable>,
     pub peers: Vec<(CoreId, CoreAddr)>,
     pub data: flume::Receiver<CoreMsg>,
@@ -89,9 +92,11 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         id,
         cpu,
         keyed: RefCell::new(dataflow.keyed(id, &table)),
+        time: time::EventTime::new(dataflow.stages.len()),
+        shutdown: Shutdown::new(dataflow.stages.len()),
         table: RefCell::new(table),
         prepared: RefCell::new(VecDeque::new()),
-        sink: Sink::new(config.sink_buffer),
+        sink: Sink::new(config.sink_buffer, config.outputs.len()),
         config,
         dataflow,
         inbox: (data, control),
@@ -100,16 +105,19 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         peers: Peers::default(),
         sources: Sources::new(open_sources),
         handoffs: Handoffs::default(),
-        shutdown: Shutdown::default(),
         report: RefCell::new(CoreReport::new(usize::from(id))),
         window: RefCell::new(Window::default()),
     });
     core.peers.add(id, peers);
-    let writer = glommio::spawn_local({
-        let core = core.clone();
-        async move { sink::write_outputs(&core).await }
-    });
+    let writers: Vec<_> = (0..core.config.outputs.len())
+        .map(|i| {
+            let core = core.clone();
+            glommio::spawn_local(async move { sink::write_outputs(&core, i).await })
+        })
+        .collect();
     let ticker = glommio::spawn_local(tick(core.clone()));
+    let clock = (core.dataflow.stages.iter().any(|s| s.has_timers()))
+        .then(|| glommio::spawn_local(time::clock(core.clone())));
 
     let mut released = None;
     while !core.shutdown.is_complete() {
@@ -131,13 +139,18 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
     }
     core.peers.flush().await;
     core.sink.finish();
-    writer.await;
+    for writer in writers {
+        writer.await;
+    }
     // Every task must end (not merely be cancelled) before the executor does. A task still
     // parked then is never freed: its waker sits in a structure the task itself holds (an
     // outbox's `Notify`), or, dropped after the executor stopped polling (a timer's), is queued
     // for an executor that will never run it. With the task go this `Core` and the executor's
     // eventfd (issue 14 (10): every retired core leaked both).
     ticker.await;
+    if let Some(clock) = clock {
+        clock.await;
+    }
     core.peers.close_all().await;
     core.window
         .borrow_mut()
@@ -188,13 +201,9 @@ impl Core {
     async fn handle(self: &Rc<Self>, msg: CoreMsg) {
         match msg {
             CoreMsg::Peer(msg) => self.handle_peer(msg).await,
-            CoreMsg::Batch(mut batch) => {
+            CoreMsg::Batch(batch) => {
                 self.sink.wait_room().await;
-                let misrouted = self
-                    .keyed
-                    .borrow_mut()
-                    .apply(&mut *batch, &mut self.sink.buffer());
-                self.after_apply(misrouted);
+                self.with_keyed(|keyed, out, send| keyed.apply(batch, out, send));
                 glommio::yield_if_needed().await;
             }
             CoreMsg::Connection(conn) => {
@@ -211,7 +220,11 @@ impl Core {
                 "slot {} to archive for another node reached a core",
                 slot.slot()
             )),
-            CoreMsg::AddPeers(peers) => self.peers.add(self.id, peers),
+            CoreMsg::AddPeers(peers) => {
+                let new: Vec<CoreId> = peers.iter().map(|(id, _)| *id).collect();
+                self.peers.add(self.id, peers);
+                self.greet(&new);
+            }
             CoreMsg::Leave { heirs } => {
                 self.sources.start_leaving(heirs);
                 glommio::spawn_local(sources::leave(self.clone())).detach();
@@ -225,7 +238,13 @@ impl Core {
             }
             // Their outboxes stay: what is routed to them is dropped (and counted) by the
             // broken link, so routing needs no special case and nothing waits on them.
-            CoreMsg::PeerLost(peers) => self.shutdown.producers_done(peers),
+            CoreMsg::PeerLost(peers) => {
+                for &peer in &peers {
+                    self.forget_producer(peer);
+                }
+                self.shutdown.producers_done(peers, None);
+                self.end_stages();
+            }
             CoreMsg::CutSources => self.sources.shut_reads(),
             CoreMsg::Retire { .. } => unreachable!("handled by the inbox loop"),
         }
@@ -241,7 +260,11 @@ impl Core {
                     Err(e) => self.fail(format!("marker from core {from}: {e}")),
                 }
             }
-            PeerMsg::ProducerDone { from } => self.shutdown.producers_done([from]),
+            PeerMsg::ProducerDone { from, stage } => {
+                self.shutdown.producers_done([from], Some(stage as usize));
+                self.end_stages();
+            }
+            PeerMsg::Watermark { from, stage, at } => self.on_watermark(from, stage as usize, at),
             PeerMsg::Handoff { from, .. } => self.fail(format!(
                 "an unchecked slot archive from core {from} (its node adopts archives for its cores)"
             )),
@@ -262,7 +285,10 @@ impl Core {
                     Err(e) => self.fail(format!("abort: {e}")),
                 }
             }
-            PeerMsg::RemovePeer(peer) => self.peers.forget(peer),
+            PeerMsg::RemovePeer(peer) => {
+                self.peers.forget(peer);
+                self.forget_producer(peer);
+            }
             PeerMsg::Stop { producers } => {
                 self.shutdown.expect(producers);
                 self.sink
@@ -382,21 +408,39 @@ impl Core {
         }
     }
 
+    /// Runs `f` over the keyed stages with this core's sinks and routing table; what it routes
+    /// to other cores is queued for them.
+    fn with_keyed(&self, f: impl FnOnce(&mut Stages, &mut Out, SendBatch) -> usize) {
+        let misrouted = {
+            let table = self.table.borrow();
+            let mut sinks = self.sink.buffers();
+            let mut out = Out {
+                sinks: &mut sinks,
+                routes: &table,
+            };
+            f(
+                &mut self.keyed.borrow_mut(),
+                &mut out,
+                &mut |core, batch| self.send_to(core, CoreMsg::Batch(batch)),
+            )
+        };
+        self.after_apply(misrouted);
+    }
+
     /// Routes a connection's waiting batches: this core's own are applied in place, the others
     /// queued for their owners.
     fn dispatch(&self, pipeline: &mut dyn SourcePipeline) {
-        let mut misrouted = 0;
-        pipeline.take_batches(&mut |owner, mut batch| {
+        let mut own = Vec::new();
+        pipeline.take_batches(&mut |owner, batch| {
             if owner == self.id {
-                misrouted += self
-                    .keyed
-                    .borrow_mut()
-                    .apply(&mut *batch, &mut self.sink.buffer());
+                own.push(batch);
             } else {
                 self.send_to(owner, CoreMsg::Batch(batch));
             }
         });
-        self.after_apply(misrouted);
+        for batch in own {
+            self.with_keyed(|keyed, out, send| keyed.apply(batch, out, send));
+        }
     }
 
     fn status(&self) -> CoreStatus {
@@ -416,6 +460,9 @@ impl Core {
             connections: self.sources.count(),
             frames: report.frames,
             applied: keyed.applied(),
+            late: keyed.late(),
+            timers: keyed.timers(),
+            watermark: self.time.watermark(0),
             outputs: report.outputs,
             sink_failures: report.sink_failures,
             sink_down: self.sink.is_down(),

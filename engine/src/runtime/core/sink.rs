@@ -1,5 +1,5 @@
-//! A core's sink: outputs are encoded into a bounded buffer, and a writer task sends the buffer
-//! to the core's sink connection, recording each output's source-to-sink latency once it is
+//! A core's sinks: outputs are encoded into a bounded buffer per sink, and a writer task per
+//! sink sends its buffer to the core's connection to that sink, recording each output's source-to-sink latency once it is
 //! written. A full buffer holds back the core's data (never its control messages). Outputs
 //! written to a connection that then failed are counted as at risk (the sink may not have read
 //! them; TCP cannot tell).
@@ -16,17 +16,20 @@ use crate::runtime::notify::Notify;
 use crate::sink_buffer::SinkBuffer;
 
 pub(super) struct Sink {
-    buffer: RefCell<SinkBuffer>,
-    /// Bytes buffered before the core stops applying.
+    /// One per sink of the app, in its order.
+    buffers: RefCell<Vec<SinkBuffer>>,
+    /// Bytes buffered (for any one sink) before the core stops applying.
     limit: usize,
     /// Signalled when outputs are added, and when the core finishes.
     ready: Notify,
     /// Signalled when the writer takes the buffer and when it finishes a write.
     progress: Notify,
-    /// Outputs written to the sink (or given up on).
-    written: Cell<u64>,
-    /// The last attempt to connect to the sink failed; outputs wait for it.
-    down: Cell<bool>,
+    /// Per sink: outputs written (or given up on).
+    written: Vec<Cell<u64>>,
+    /// Per sink: the last attempt to connect failed; outputs wait for it.
+    down: Vec<Cell<bool>>,
+    /// Per sink: outputs written to a connection that then failed.
+    at_risk: Vec<Cell<u64>>,
     /// Set on stop: when the writer gives up on a receiver that is unreachable or not reading.
     drain_deadline: Cell<Option<Instant>>,
     /// Signalled when the drain deadline is set.
@@ -38,14 +41,15 @@ pub(super) struct Sink {
 }
 
 impl Sink {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, sinks: usize) -> Self {
         Sink {
-            buffer: RefCell::default(),
+            buffers: RefCell::new((0..sinks).map(|_| SinkBuffer::default()).collect()),
             limit,
             ready: Notify::default(),
             progress: Notify::default(),
-            written: Cell::new(0),
-            down: Cell::new(false),
+            written: (0..sinks).map(|_| Cell::new(0)).collect(),
+            down: (0..sinks).map(|_| Cell::new(false)).collect(),
+            at_risk: (0..sinks).map(|_| Cell::new(0)).collect(),
             drain_deadline: Cell::new(None),
             draining: Notify::default(),
             finished: Cell::new(false),
@@ -53,9 +57,10 @@ impl Sink {
         }
     }
 
-    /// The buffer the keyed steps push outputs into; call [`Self::pushed`] after.
-    pub fn buffer(&self) -> RefMut<'_, SinkBuffer> {
-        self.buffer.borrow_mut()
+    /// The buffers the keyed steps push outputs into, one per sink; call [`Self::pushed`]
+    /// after.
+    pub fn buffers(&self) -> RefMut<'_, Vec<SinkBuffer>> {
+        self.buffers.borrow_mut()
     }
 
     /// Outputs were pushed: wake the writer.
@@ -64,11 +69,11 @@ impl Sink {
     }
 
     pub fn is_full(&self) -> bool {
-        self.buffer.borrow().len_bytes() >= self.limit
+        (self.buffers.borrow().iter()).any(|b| b.len_bytes() >= self.limit)
     }
 
     pub fn is_down(&self) -> bool {
-        self.down.get()
+        self.down.iter().any(Cell::get)
     }
 
     pub async fn wait_room(&self) {
@@ -84,8 +89,9 @@ impl Sink {
 
     /// Waits until every output pushed so far has been written (or given up on).
     pub async fn flushed(&self) {
-        let target = self.buffer.borrow().pushed();
-        while self.written.get() < target {
+        let targets: Vec<u64> = self.buffers.borrow().iter().map(|b| b.pushed()).collect();
+        let behind = || (self.written.iter().zip(&targets)).any(|(w, &t)| w.get() < t);
+        while behind() {
             self.progress.wait().await;
         }
     }
@@ -128,30 +134,31 @@ impl Sink {
     }
 }
 
-/// Drains the core's sink buffer into the sink connection until the core finishes.
-pub(super) async fn write_outputs(core: &Core) {
+/// Drains the core's buffer for sink `i` into its connection until the core finishes.
+pub(super) async fn write_outputs(core: &Core, i: usize) {
     let state = &core.sink;
-    let mut sink = TcpSink::new(core.config.output);
+    let addr = core.config.outputs[i];
+    let mut sink = TcpSink::new(addr);
     let mut writing = SinkBuffer::default();
     // Counts every failed attempt to reach the sink; gives up only once a stop's drain
     // deadline has passed.
     let failed_attempt = || {
         core.report.borrow_mut().sink_failures += 1;
-        state.down.set(true);
+        state.down[i].set(true);
         state
             .drain_deadline
             .get()
             .is_some_and(|t| Instant::now() >= t)
     };
     loop {
-        while state.buffer.borrow().is_empty() {
+        while state.buffers.borrow()[i].is_empty() {
             if state.finished.get() {
                 future::or(sink.close(), state.drain_expired()).await;
                 return;
             }
             state.ready.wait().await;
         }
-        state.buffer.borrow_mut().swap_contents(&mut writing);
+        state.buffers.borrow_mut()[i].swap_contents(&mut writing);
         state.progress.notify_all();
         let (bytes, ends, ingress_ns) = writing.records();
         let taken = now_ns();
@@ -166,18 +173,19 @@ pub(super) async fn write_outputs(core: &Core) {
         let result = future::or(sink.write_records(bytes, ends, &failed_attempt), async {
             state.drain_expired().await;
             Err(SinkError::GaveUp {
-                addr: core.config.output,
+                addr,
                 records: ends.len(),
                 bytes: bytes.len(),
                 reason: "the drain timeout passed while the sink was not reading".into(),
             })
         })
         .await;
-        state.down.set(result.is_err());
+        state.down[i].set(result.is_err());
         let n = ends.len() as u64;
         {
             let mut report = core.report.borrow_mut();
-            report.at_risk = sink.at_risk();
+            state.at_risk[i].set(sink.at_risk());
+            report.at_risk = state.at_risk.iter().map(Cell::get).sum();
             match result {
                 Ok(()) => {
                     let now = now_ns();
@@ -193,7 +201,7 @@ pub(super) async fn write_outputs(core: &Core) {
                 }
             }
         }
-        state.written.set(state.written.get() + n);
+        state.written[i].set(state.written[i].get() + n);
         state.progress.notify_all();
         writing.clear();
     }

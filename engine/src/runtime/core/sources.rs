@@ -191,7 +191,9 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
     let ended = 'read: loop {
         // Work through what was read in bounded steps, yielding between them.
         loop {
-            match step(&core, &mut reader, &mut *pipeline, now).await {
+            let stepped = step(&core, &mut reader, &mut *pipeline, now).await;
+            core.source_mark(key, pipeline.watermark());
+            match stepped {
                 Ok(true) => {
                     core.poke_inbox();
                     future::yield_now().await
@@ -217,6 +219,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         }
     };
     let handle = sources.open.borrow_mut().remove(&key);
+    core.source_mark(key, None);
     match ended {
         Ended::Leaving => {
             if let Some(stream) = handle {

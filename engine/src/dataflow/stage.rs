@@ -1,0 +1,391 @@
+//! One keyed stage, typed: its entities (a slot store), their timers, the stateful step and the
+//! steps after it, and how its batches and slots are archived to cross nodes.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+
+use super::{
+    Batch, BatchError, Chain, FrozenPart, KeyFn, KeyedMsg, Meta, Out, Outlet, OutletDef, Pending,
+    StageCore, StageDef, StagePart, StepFn, TimerFn, NO_TIME,
+};
+use crate::archive::{ArchiveError, SlotArchive};
+use crate::hash::{slot_of, stable_hash};
+use crate::metrics::now_ns;
+use crate::migration::{Protocol, Route};
+use crate::routing::CoreId;
+use crate::sink_buffer::SinkBuffer;
+use crate::step::{Context, Message, State, Time};
+use crate::store::{Slot, SlotStore};
+use crate::time::{Timer, Timers};
+
+/// What to do with a message later than its stage's watermark (besides counting it).
+pub(crate) type Late<T> = Option<Arc<dyn Fn(&T, u64, &mut [SinkBuffer]) + Send + Sync>>;
+
+/// A stage as the builder makes it.
+pub(crate) struct StageFns<T, S, R, O> {
+    pub stage: u32,
+    pub key: KeyFn<T>,
+    pub step: StepFn<S, T, R>,
+    pub on_timer: Option<TimerFn<S, R>>,
+    pub post: Chain<R, O>,
+    pub outlet: Arc<dyn OutletDef<O>>,
+    pub late: Late<T>,
+}
+
+/// The stage, erased for the runtime.
+pub(crate) struct Typed<T, S, R, O>(pub Arc<StageFns<T, S, R, O>>);
+
+/// One stage's share of a slot: its entities and their pending timers.
+struct Part<S: State> {
+    memory: Slot<S>,
+    timers: Vec<Timer>,
+}
+
+impl<S: State> Part<S> {
+    fn erase(self) -> StagePart {
+        StagePart {
+            entities: self.memory.len() as u32,
+            bytes: self.memory.byte_len() as u64,
+            part: Box::new(self),
+        }
+    }
+
+    fn of(part: StagePart) -> Self {
+        *part.part.downcast().expect("a slot part of this stage")
+    }
+}
+
+impl<T: Message, S: State, R: 'static, O: 'static> StageDef for Typed<T, S, R, O> {
+    fn core(&self, n_slots: u32) -> Box<dyn StageCore> {
+        Box::new(OnCore {
+            fns: self.0.clone(),
+            store: SlotStore::new(n_slots),
+            timers: Timers::default(),
+            frozen: HashMap::new(),
+            outlet: self.0.outlet.outlet(),
+            watermark: None,
+            requested: Vec::new(),
+            key: Vec::new(),
+            applied: 0,
+            late: 0,
+            n_slots,
+        })
+    }
+
+    fn has_timers(&self) -> bool {
+        self.0.on_timer.is_some()
+    }
+
+    fn encode_batch(&self, msgs: &(dyn Any + Send)) -> Result<AlignedVec, BatchError> {
+        let msgs: &Vec<KeyedMsg<T>> = msgs.downcast_ref().expect("a batch of this stage");
+        rkyv::to_bytes::<BoxedError>(msgs).map_err(BatchError::Archive)
+    }
+
+    fn decode_batch(&self, bytes: &AlignedVec) -> Result<Box<dyn Any + Send>, BatchError> {
+        let msgs =
+            rkyv::from_bytes::<Vec<KeyedMsg<T>>, BoxedError>(bytes).map_err(BatchError::Archive)?;
+        Ok(Box::new(msgs))
+    }
+
+    fn receive(
+        &self,
+        slot: u32,
+        n_slots: u32,
+        parts: &mut dyn Iterator<Item = AlignedVec>,
+    ) -> Result<StagePart, ArchiveError> {
+        let missing = || ArchiveError::Parts {
+            slot,
+            len: 0,
+            parts: Vec::new(),
+        };
+        let memory = SlotArchive::read_part::<S>(slot, parts.next().ok_or_else(missing)?)?;
+        let timers = if self.0.on_timer.is_some() {
+            let bytes = parts.next().ok_or_else(missing)?;
+            let timers = rkyv::from_bytes::<Vec<Timer>, BoxedError>(&bytes).map_err(|e| {
+                ArchiveError::Timers {
+                    slot,
+                    reason: e.to_string(),
+                }
+            })?;
+            // A timer names its entity by key: one of another slot would fire on the wrong core.
+            if let Some(t) = (timers.iter()).find(|t| slot_of(stable_hash(&t.key), n_slots) != slot)
+            {
+                return Err(ArchiveError::Timers {
+                    slot,
+                    reason: format!("a timer at {} of a key in another slot", t.due),
+                });
+            }
+            timers
+        } else {
+            Vec::new()
+        };
+        Ok(Part { memory, timers }.erase())
+    }
+}
+
+struct OnCore<T, S: State, R, O> {
+    fns: Arc<StageFns<T, S, R, O>>,
+    store: SlotStore<S>,
+    timers: Timers,
+    /// Slots handed off to another node (or refused), kept until the new owner acknowledges.
+    frozen: HashMap<u32, Arc<Frozen<S>>>,
+    outlet: Box<dyn Outlet<O>>,
+    /// This stage's watermark on this core.
+    watermark: Option<u64>,
+    /// Timers the step asked for while it ran.
+    requested: Vec<Time>,
+    /// The key of the message being applied (the step takes the message).
+    key: Vec<u8>,
+    applied: u64,
+    late: u64,
+    n_slots: u32,
+}
+
+impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
+    fn apply_one(&mut self, msg: KeyedMsg<T>, out: &mut Out) {
+        if msg.event != NO_TIME && self.watermark.is_some_and(|w| msg.event < w) {
+            self.late += 1;
+            if let Some(late) = &self.fns.late {
+                late(&msg.value, msg.ingress_ns, out.sinks);
+            }
+            return;
+        }
+        self.applied += 1;
+        let Self {
+            fns,
+            store,
+            timers,
+            outlet,
+            watermark,
+            requested,
+            key,
+            ..
+        } = self;
+        key.clear();
+        key.extend_from_slice((fns.key)(&msg.value));
+        let state = store.entry(msg.hash, key);
+        let meta = Meta {
+            ingress_ns: msg.ingress_ns,
+            event: msg.event,
+        };
+        let post = &fns.post;
+        let mut ctx = Context {
+            emit: &mut |r| post(r, &mut |o| outlet.push(o, meta, out)),
+            timers: requested,
+            key,
+            event_time: (msg.event != NO_TIME).then_some(msg.event),
+            watermark: *watermark,
+        };
+        (fns.step)(state, msg.value, &mut ctx);
+        if !requested.is_empty() {
+            let slot = slot_of(msg.hash, self.n_slots);
+            for at in requested.drain(..) {
+                timers.set(slot, at, key);
+            }
+        }
+    }
+}
+
+impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R, O> {
+    fn apply(
+        &mut self,
+        msgs: &mut (dyn Any + Send),
+        protocol: &mut Protocol<Pending>,
+        out: &mut Out,
+    ) -> usize {
+        let msgs: &mut Vec<KeyedMsg<T>> = msgs.downcast_mut().expect("a batch of this stage");
+        let mut misrouted = 0;
+        for msg in msgs.drain(..) {
+            let slot = slot_of(msg.hash, self.n_slots);
+            match protocol.route(slot) {
+                Route::Apply => self.apply_one(msg, out),
+                Route::Buffer => {
+                    let stage = self.fns.stage;
+                    let msg = Box::new(msg);
+                    protocol.buffer(slot, Pending { stage, msg });
+                }
+                Route::Misrouted => misrouted += 1,
+            }
+        }
+        misrouted
+    }
+
+    fn apply_pending(&mut self, msg: Box<dyn Any + Send>, out: &mut Out) {
+        let msg: Box<KeyedMsg<T>> = msg.downcast().expect("a message of this stage");
+        self.apply_one(*msg, out)
+    }
+
+    fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch)) {
+        self.outlet.take_batches(each)
+    }
+
+    fn advance(&mut self, at: Time, out: &mut Out) {
+        let (clock, upto) = match at {
+            Time::Event(t) => {
+                self.watermark = self.watermark.max(Some(t));
+                (0, t)
+            }
+            Time::Processing(t) => (1, t),
+        };
+        let Some(on_timer) = self.fns.on_timer.clone() else {
+            return;
+        };
+        for (slot, timer) in self.timers.due(clock, upto) {
+            let Self {
+                fns,
+                store,
+                timers,
+                outlet,
+                watermark,
+                requested,
+                ..
+            } = self;
+            let hash = stable_hash(&timer.key);
+            let state = store.entry(hash, &timer.key);
+            let event = if clock == 0 { timer.due } else { NO_TIME };
+            let meta = Meta {
+                ingress_ns: now_ns(),
+                event,
+            };
+            let post = &fns.post;
+            let mut ctx = Context {
+                emit: &mut |r| post(r, &mut |o| outlet.push(o, meta, out)),
+                timers: requested,
+                key: &timer.key,
+                event_time: (clock == 0).then_some(timer.due),
+                watermark: *watermark,
+            };
+            on_timer(state, timer.at(), &mut ctx);
+            for at in requested.drain(..) {
+                timers.set(slot, at, &timer.key);
+            }
+        }
+    }
+
+    fn take_part(&mut self, slot: u32) -> StagePart {
+        Part {
+            memory: self.store.take(slot),
+            timers: self.timers.take_slot(slot),
+        }
+        .erase()
+    }
+
+    fn has_slot(&self, slot: u32) -> bool {
+        self.store.slot_len(slot) > 0
+    }
+
+    fn put_part(&mut self, slot: u32, part: StagePart) {
+        let Part { memory, timers } = Part::<S>::of(part);
+        if let Err(occupied) = self.store.put(slot, memory) {
+            // Checked by the caller (`has_slot`): unreachable, but never lose entities.
+            tracing::error!("slot {slot}: {occupied}; its entities are kept aside");
+            self.frozen.insert(
+                slot,
+                Frozen::new(Part {
+                    memory: occupied.returned,
+                    timers: Vec::new(),
+                }),
+            );
+        }
+        self.timers.put_slot(slot, timers);
+    }
+
+    fn freeze(&mut self, slot: u32) -> Arc<dyn FrozenPart> {
+        let Self {
+            store,
+            timers,
+            frozen,
+            fns,
+            ..
+        } = self;
+        let part = frozen.entry(slot).or_insert_with(|| {
+            Frozen::new(Part {
+                memory: store.take(slot),
+                timers: timers.take_slot(slot),
+            })
+        });
+        Arc::new(FrozenShare {
+            part: part.clone(),
+            with_timers: fns.on_timer.is_some(),
+        })
+    }
+
+    fn keep_frozen(&mut self, slot: u32, part: StagePart) {
+        self.frozen.insert(slot, Frozen::new(Part::<S>::of(part)));
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.frozen.remove(&slot);
+    }
+
+    fn entities(&self) -> usize {
+        self.store.len() + self.frozen.values().map(|f| f.entities()).sum::<usize>()
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.store.byte_len() as u64
+    }
+
+    fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    fn late(&self) -> u64 {
+        self.late
+    }
+
+    fn timers(&self) -> usize {
+        self.timers.len()
+    }
+}
+
+/// The old owner's copy of a stage's share of a slot handed to another node (or refused by a
+/// core of its own).
+struct Frozen<S: State>(Mutex<Part<S>>);
+
+impl<S: State> Frozen<S> {
+    fn new(part: Part<S>) -> Arc<Self> {
+        Arc::new(Frozen(Mutex::new(part)))
+    }
+
+    fn entities(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .memory
+            .len()
+    }
+}
+
+struct FrozenShare<S: State> {
+    part: Arc<Frozen<S>>,
+    with_timers: bool,
+}
+
+impl<S: State> FrozenPart for FrozenShare<S> {
+    fn archive(
+        &self,
+        slot: u32,
+        buf: &mut Option<AlignedVec>,
+        parts: &mut Vec<AlignedVec>,
+    ) -> Result<u32, ArchiveError> {
+        let mut part = self.part.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let serialize = |reason: BoxedError| ArchiveError::Serialize {
+            slot,
+            reason: reason.to_string(),
+        };
+        let memory = part
+            .memory
+            .write_archive(buf.take().unwrap_or_default())
+            .map_err(serialize)?;
+        parts.push(memory);
+        if self.with_timers {
+            parts.push(rkyv::to_bytes::<BoxedError>(&part.timers).map_err(serialize)?);
+        }
+        Ok(part.memory.len() as u32)
+    }
+}

@@ -1,0 +1,151 @@
+//! A core's event time: the watermark of its own source connections (the lowest of theirs),
+//! sent to every core in order with its batches, and the watermark of each stage here (the
+//! lowest over every producer, `time::Watermarks`). When a stage's watermark advances, its
+//! timers fire, and this core passes the new watermark on as its word for the next stage.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future;
+
+use super::Core;
+use crate::routing::CoreId;
+use crate::runtime::messages::{CoreMsg, PeerMsg};
+use crate::step::now_ms;
+use crate::time::{Mark, Watermarks};
+
+pub(super) struct EventTime {
+    /// Per source connection read here: its watermark, once it has one.
+    connections: RefCell<BTreeMap<u64, u64>>,
+    /// Per stage: what this core last told the others (`None`: nothing yet).
+    said: RefCell<Vec<Option<Mark>>>,
+    /// Per stage: the watermark here, from every producer's word.
+    marks: RefCell<Watermarks>,
+}
+
+impl EventTime {
+    pub fn new(stages: usize) -> Self {
+        EventTime {
+            connections: RefCell::default(),
+            said: RefCell::new(vec![None; stages]),
+            marks: RefCell::new(Watermarks::new(stages)),
+        }
+    }
+}
+
+impl EventTime {
+    /// `stage`'s watermark here.
+    pub fn watermark(&self, stage: usize) -> Option<u64> {
+        self.marks.borrow().current(stage)
+    }
+}
+
+impl Core {
+    /// Source connection `conn` reports its watermark (after a step of its frames was routed;
+    /// `None`: it has none, or it closed).
+    pub(super) fn source_mark(&self, conn: u64, mark: Mark) {
+        let mut connections = self.time.connections.borrow_mut();
+        let before = connections.get(&conn).copied();
+        if before == mark {
+            return;
+        }
+        match mark {
+            Some(m) => connections.insert(conn, m),
+            None => connections.remove(&conn),
+        };
+        let lowest = connections.values().min().copied();
+        drop(connections);
+        self.say(0, lowest);
+    }
+
+    /// Tells every core (this one first) this core's word on `stage`'s watermark.
+    fn say(&self, stage: usize, mark: Mark) {
+        {
+            let mut said = self.time.said.borrow_mut();
+            if said[stage] == Some(mark) {
+                return;
+            }
+            said[stage] = Some(mark);
+        }
+        let from = self.id;
+        let msg = PeerMsg::Watermark {
+            from,
+            stage: stage as u32,
+            at: mark,
+        };
+        self.peers.send_all(|| CoreMsg::Peer(msg.clone()));
+        self.on_watermark(from, stage, mark);
+    }
+
+    /// A producer's word on `stage`'s watermark: if the stage's watermark here advances, its
+    /// timers fire, and this core passes it on for the next stage.
+    pub(super) fn on_watermark(&self, from: CoreId, stage: usize, at: Mark) {
+        let advanced = self.time.marks.borrow_mut().update(stage, from, at);
+        if let Some(w) = advanced {
+            self.advance(stage, w);
+        }
+    }
+
+    fn advance(&self, stage: usize, at: u64) {
+        self.with_keyed(|keyed, out, send| keyed.watermark(stage, at, out, send));
+        if stage + 1 < self.dataflow.stages.len() {
+            self.say(stage + 1, Some(at));
+        }
+    }
+
+    /// A producer left (or its node was lost): it holds no watermark back any more.
+    pub(super) fn forget_producer(&self, core: CoreId) {
+        let advanced = self.time.marks.borrow_mut().forget(core);
+        for (stage, w) in advanced {
+            self.advance(stage, w);
+        }
+    }
+
+    /// New cores hear what this core said so far, so they need not wait for its next word.
+    pub(super) fn greet(&self, new: &[CoreId]) {
+        let said = self.time.said.borrow().clone();
+        for (stage, mark) in said.into_iter().enumerate() {
+            if let Some(at) = mark {
+                for &peer in new {
+                    let from = self.id;
+                    let stage = stage as u32;
+                    self.send_to(peer, CoreMsg::Peer(PeerMsg::Watermark { from, stage, at }));
+                }
+            }
+        }
+    }
+
+    /// Every producer is done with `stage`: its watermark passes the end of time here, and its
+    /// pending event-time timers fire.
+    pub(super) fn end_of_input(&self, stage: usize) {
+        let ended = self.time.marks.borrow_mut().end(stage);
+        if let Some(w) = ended {
+            self.with_keyed(|keyed, out, send| keyed.watermark(stage, w, out, send));
+        }
+    }
+}
+
+/// How often a core looks for processing-time timers that are due.
+const CLOCK_TICK: Duration = Duration::from_millis(10);
+
+/// Fires processing-time timers as the wall clock passes them (within [`CLOCK_TICK`]). Ends
+/// with the core.
+pub(super) async fn clock(core: Rc<Core>) {
+    loop {
+        let tick = async {
+            glommio::timer::sleep(CLOCK_TICK).await;
+            true
+        };
+        let finished = async {
+            core.sink.finished().await;
+            false
+        };
+        if !future::or(finished, tick).await {
+            return;
+        }
+        let now = now_ms();
+        core.with_keyed(|keyed, out, send| keyed.clock(now, out, send));
+    }
+}

@@ -1,0 +1,299 @@
+//! Event time on one core, as plain data: the timers of a stage's entities, kept per slot so
+//! they move with the slot, and the watermarks a core derives from its producers (the minimum
+//! over them, never going back).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::routing::CoreId;
+use crate::step::Time;
+
+/// A pending timer of one entity, as it moves with its slot.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Timer {
+    /// 0: event time, 1: processing time.
+    pub clock: u8,
+    pub due: u64,
+    pub key: Vec<u8>,
+}
+
+impl Timer {
+    pub fn new(at: Time, key: &[u8]) -> Self {
+        let (clock, due) = split(at);
+        Timer {
+            clock,
+            due,
+            key: key.to_vec(),
+        }
+    }
+
+    pub fn at(&self) -> Time {
+        match self.clock {
+            0 => Time::Event(self.due),
+            _ => Time::Processing(self.due),
+        }
+    }
+}
+
+fn split(at: Time) -> (u8, u64) {
+    match at {
+        Time::Event(t) => (0, t),
+        Time::Processing(t) => (1, t),
+    }
+}
+
+type Pending = BTreeSet<(u8, u64, Box<[u8]>)>;
+
+/// The pending timers of one stage's entities on one core, per slot.
+#[derive(Debug, Default)]
+pub struct Timers {
+    by_slot: HashMap<u32, Pending>,
+    /// Per slot and clock, its earliest due instant: what fires next is at the front.
+    next: BTreeSet<(u8, u64, u32)>,
+}
+
+impl Timers {
+    pub fn len(&self) -> usize {
+        self.by_slot.values().map(BTreeSet::len).sum()
+    }
+
+    fn first(&self, slot: u32, clock: u8) -> Option<u64> {
+        let pending = self.by_slot.get(&slot)?;
+        let (c, due, _) = pending.range((clock, 0, Box::default())..).next()?;
+        (*c == clock).then_some(*due)
+    }
+
+    /// Sets a timer of entity `key` in `slot` (again: no change).
+    pub fn set(&mut self, slot: u32, at: Time, key: &[u8]) {
+        let (clock, due) = split(at);
+        let before = self.first(slot, clock);
+        (self.by_slot.entry(slot).or_default()).insert((clock, due, key.into()));
+        if before.is_none_or(|b| due < b) {
+            if let Some(b) = before {
+                self.next.remove(&(clock, b, slot));
+            }
+            self.next.insert((clock, due, slot));
+        }
+    }
+
+    /// Takes out, in order, every timer of `clock` due at or before `upto`, with its slot.
+    pub fn due(&mut self, clock: u8, upto: u64) -> Vec<(u32, Timer)> {
+        let mut fired = Vec::new();
+        while let Some(&(_, due, slot)) = self
+            .next
+            .range((clock, 0, 0)..=(clock, upto, u32::MAX))
+            .next()
+        {
+            self.fire_first(clock, due, slot, &mut fired);
+        }
+        fired
+    }
+
+    fn fire_first(&mut self, clock: u8, due: u64, slot: u32, fired: &mut Vec<(u32, Timer)>) {
+        self.next.remove(&(clock, due, slot));
+        let pending = self
+            .by_slot
+            .get_mut(&slot)
+            .expect("indexed slot has timers");
+        let entry = pending
+            .range((clock, due, Box::default())..)
+            .next()
+            .cloned()
+            .expect("indexed timer");
+        pending.remove(&entry);
+        if pending.is_empty() {
+            self.by_slot.remove(&slot);
+        }
+        if let Some(next) = self.first(slot, clock) {
+            self.next.insert((clock, next, slot));
+        }
+        fired.push((
+            slot,
+            Timer {
+                clock,
+                due,
+                key: entry.2.into_vec(),
+            },
+        ));
+    }
+
+    /// Takes every timer of `slot` out (the slot leaves this core).
+    pub fn take_slot(&mut self, slot: u32) -> Vec<Timer> {
+        let Some(pending) = self.by_slot.remove(&slot) else {
+            return Vec::new();
+        };
+        for clock in [0, 1] {
+            if let Some(&(_, due, _)) = pending.iter().find(|e| e.0 == clock) {
+                self.next.remove(&(clock, due, slot));
+            }
+        }
+        (pending.into_iter())
+            .map(|(clock, due, key)| Timer {
+                clock,
+                due,
+                key: key.into_vec(),
+            })
+            .collect()
+    }
+
+    /// Puts a slot's timers in (the slot came to this core).
+    pub fn put_slot(&mut self, slot: u32, timers: Vec<Timer>) {
+        for t in timers {
+            self.set(slot, t.at(), &t.key);
+        }
+    }
+}
+
+/// A producer's word on a watermark level: an instant, or idle (it has no source to speak for,
+/// so it holds nobody back).
+pub type Mark = Option<u64>;
+
+/// The watermarks a core derives, one per stage input: each is the minimum over the producers
+/// that reported one (idle ones excluded), and never goes back.
+#[derive(Debug, Default)]
+pub struct Watermarks {
+    levels: Vec<Level>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Level {
+    from: BTreeMap<CoreId, Mark>,
+    current: Option<u64>,
+}
+
+impl Watermarks {
+    pub fn new(levels: usize) -> Self {
+        Watermarks {
+            levels: vec![Level::default(); levels],
+        }
+    }
+
+    pub fn current(&self, level: usize) -> Option<u64> {
+        self.levels.get(level).and_then(|l| l.current)
+    }
+
+    /// `from` reports `mark` on `level`; returns the level's watermark if it advanced.
+    pub fn update(&mut self, level: usize, from: CoreId, mark: Mark) -> Option<u64> {
+        let l = self.levels.get_mut(level)?;
+        l.from.insert(from, mark);
+        l.advance()
+    }
+
+    /// Input ended on `level` (every producer is done): the watermark jumps to the end of time.
+    pub fn end(&mut self, level: usize) -> Option<u64> {
+        let l = self.levels.get_mut(level)?;
+        (l.current != Some(u64::MAX)).then(|| {
+            l.current = Some(u64::MAX);
+            u64::MAX
+        })
+    }
+
+    /// `core` is gone: it holds nobody back any more. Returns the levels that advanced.
+    pub fn forget(&mut self, core: CoreId) -> Vec<(usize, u64)> {
+        let mut advanced = Vec::new();
+        for (i, l) in self.levels.iter_mut().enumerate() {
+            if l.from.remove(&core).is_some() {
+                if let Some(w) = l.advance() {
+                    advanced.push((i, w));
+                }
+            }
+        }
+        advanced
+    }
+}
+
+impl Level {
+    fn advance(&mut self) -> Option<u64> {
+        let min = self.from.values().flatten().min().copied()?;
+        if self.current.is_some_and(|c| c >= min) {
+            return None;
+        }
+        self.current = Some(min);
+        Some(min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(fired: &[(u32, Timer)]) -> Vec<(u32, u64, &[u8])> {
+        fired
+            .iter()
+            .map(|(s, t)| (*s, t.due, t.key.as_slice()))
+            .collect()
+    }
+
+    #[test]
+    fn timers_fire_in_due_order_across_slots_and_once() {
+        let mut t = Timers::default();
+        t.set(3, Time::Event(50), b"a");
+        t.set(1, Time::Event(10), b"b");
+        t.set(3, Time::Event(20), b"c");
+        t.set(3, Time::Event(20), b"c");
+        t.set(2, Time::Processing(5), b"p");
+        assert_eq!(t.len(), 4, "the same timer twice is one timer");
+        let fired = t.due(0, 20);
+        assert_eq!(keys(&fired), [(1, 10, &b"b"[..]), (3, 20, &b"c"[..])]);
+        assert!(t.due(0, 20).is_empty(), "a timer fires once");
+        assert_eq!(keys(&t.due(1, 100)), [(2, 5, &b"p"[..])]);
+        assert_eq!(keys(&t.due(0, u64::MAX)), [(3, 50, &b"a"[..])]);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn processing_timers_do_not_hide_event_timers() {
+        let mut t = Timers::default();
+        t.set(0, Time::Processing(1), b"p");
+        t.set(9, Time::Event(7), b"e");
+        assert_eq!(keys(&t.due(0, 7)), [(9, 7, &b"e"[..])]);
+        assert_eq!(keys(&t.due(1, 0)), []);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_slots_timers_move_whole() {
+        let mut a = Timers::default();
+        a.set(4, Time::Event(30), b"x");
+        a.set(4, Time::Processing(9), b"y");
+        a.set(5, Time::Event(10), b"z");
+        let moved = a.take_slot(4);
+        assert_eq!(moved.len(), 2);
+        assert_eq!(keys(&a.due(0, 100)), [(5, 10, &b"z"[..])]);
+        assert!(
+            a.due(1, 100).is_empty(),
+            "the slot's processing timer left too"
+        );
+        let mut b = Timers::default();
+        b.put_slot(4, moved);
+        assert_eq!(keys(&b.due(0, 100)), [(4, 30, &b"x"[..])]);
+        assert_eq!(keys(&b.due(1, 100)), [(4, 9, &b"y"[..])]);
+    }
+
+    #[test]
+    fn watermark_is_the_minimum_over_producers_and_never_goes_back() {
+        let mut w = Watermarks::new(2);
+        assert_eq!(w.update(0, 1, Some(100)), Some(100));
+        assert_eq!(w.update(0, 2, Some(50)), None, "it never goes back");
+        assert_eq!(w.current(0), Some(100));
+        assert_eq!(w.update(0, 1, Some(200)), None, "core 2 holds it at 50");
+        assert_eq!(w.update(0, 2, Some(150)), Some(150));
+        assert_eq!(
+            w.update(0, 2, None),
+            Some(200),
+            "an idle producer holds none back"
+        );
+        assert_eq!(w.current(1), None, "levels are apart");
+        assert_eq!(w.update(1, 1, None), None, "all idle: no watermark yet");
+        assert_eq!(w.forget(1), vec![]);
+        assert_eq!(w.end(0), Some(u64::MAX));
+        assert_eq!(w.end(0), None);
+    }
+
+    #[test]
+    fn a_removed_producer_releases_the_watermark() {
+        let mut w = Watermarks::new(1);
+        w.update(0, 1, Some(10));
+        w.update(0, 2, Some(90));
+        assert_eq!(w.forget(1), vec![(0, 90)]);
+    }
+}
