@@ -147,8 +147,9 @@ impl Timers {
 /// so it holds nobody back).
 pub type Mark = Option<u64>;
 
-/// The watermarks a core derives, one per stage input: each is the minimum over the producers
-/// that reported one (idle ones excluded), and never goes back.
+/// The watermarks a core derives, one per stage input: each is the minimum over its producers'
+/// words (idle ones excluded), held back while a producer has not spoken yet, and never goes
+/// back.
 #[derive(Debug, Default)]
 pub struct Watermarks {
     levels: Vec<Level>,
@@ -156,14 +157,22 @@ pub struct Watermarks {
 
 #[derive(Debug, Default, Clone)]
 struct Level {
-    from: BTreeMap<CoreId, Mark>,
+    /// Per producer, its last word (`None`: none yet).
+    from: BTreeMap<CoreId, Option<Mark>>,
     current: Option<u64>,
 }
 
 impl Watermarks {
-    pub fn new(levels: usize) -> Self {
+    /// Watermarks over `producers`, none of which has spoken yet.
+    pub fn new(levels: usize, producers: impl IntoIterator<Item = CoreId>) -> Self {
+        let from: BTreeMap<CoreId, Option<Mark>> =
+            producers.into_iter().map(|p| (p, None)).collect();
+        let level = Level {
+            from,
+            current: None,
+        };
         Watermarks {
-            levels: vec![Level::default(); levels],
+            levels: vec![level; levels],
         }
     }
 
@@ -171,10 +180,19 @@ impl Watermarks {
         self.levels.get(level).and_then(|l| l.current)
     }
 
+    /// New producers: each holds every level back until it speaks (unless it spoke already).
+    pub fn add_producers(&mut self, producers: &[CoreId]) {
+        for l in &mut self.levels {
+            for &p in producers {
+                l.from.entry(p).or_insert(None);
+            }
+        }
+    }
+
     /// `from` reports `mark` on `level`; returns the level's watermark if it advanced.
     pub fn update(&mut self, level: usize, from: CoreId, mark: Mark) -> Option<u64> {
         let l = self.levels.get_mut(level)?;
-        l.from.insert(from, mark);
+        l.from.insert(from, Some(mark));
         l.advance()
     }
 
@@ -203,7 +221,10 @@ impl Watermarks {
 
 impl Level {
     fn advance(&mut self) -> Option<u64> {
-        let min = self.from.values().flatten().min().copied()?;
+        if self.from.values().any(Option::is_none) {
+            return None;
+        }
+        let min = self.from.values().flatten().flatten().min().copied()?;
         if self.current.is_some_and(|c| c >= min) {
             return None;
         }
@@ -271,29 +292,38 @@ mod tests {
 
     #[test]
     fn watermark_is_the_minimum_over_producers_and_never_goes_back() {
-        let mut w = Watermarks::new(2);
-        assert_eq!(w.update(0, 1, Some(100)), Some(100));
-        assert_eq!(w.update(0, 2, Some(50)), None, "it never goes back");
-        assert_eq!(w.current(0), Some(100));
+        let mut w = Watermarks::new(2, [1, 2]);
+        assert_eq!(w.update(0, 1, Some(100)), None, "core 2 has not spoken");
+        assert_eq!(w.update(0, 2, Some(50)), Some(50));
         assert_eq!(w.update(0, 1, Some(200)), None, "core 2 holds it at 50");
         assert_eq!(w.update(0, 2, Some(150)), Some(150));
+        assert_eq!(w.update(0, 2, Some(120)), None, "it never goes back");
+        assert_eq!(w.current(0), Some(150));
         assert_eq!(
             w.update(0, 2, None),
             Some(200),
             "an idle producer holds none back"
         );
         assert_eq!(w.current(1), None, "levels are apart");
-        assert_eq!(w.update(1, 1, None), None, "all idle: no watermark yet");
-        assert_eq!(w.forget(1), vec![]);
+        w.update(1, 1, None);
+        assert_eq!(w.update(1, 2, None), None, "all idle: no watermark yet");
         assert_eq!(w.end(0), Some(u64::MAX));
         assert_eq!(w.end(0), None);
     }
 
     #[test]
-    fn a_removed_producer_releases_the_watermark() {
-        let mut w = Watermarks::new(1);
-        w.update(0, 1, Some(10));
-        w.update(0, 2, Some(90));
+    fn a_new_producer_holds_back_until_it_speaks_and_a_removed_one_releases() {
+        let mut w = Watermarks::new(1, [1]);
+        assert_eq!(w.update(0, 1, Some(10)), Some(10));
+        w.add_producers(&[2]);
+        assert_eq!(w.update(0, 1, Some(20)), None, "core 2 is new and silent");
+        assert_eq!(w.update(0, 2, Some(90)), Some(20));
+        w.add_producers(&[2]);
+        assert_eq!(
+            w.update(0, 1, Some(30)),
+            Some(30),
+            "a spoken producer stays heard"
+        );
         assert_eq!(w.forget(1), vec![(0, 90)]);
     }
 }

@@ -303,6 +303,8 @@ pub(crate) trait StageCore {
     fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch));
     /// Fires the timers due at `at` (an event time: the stage's watermark has reached it).
     fn advance(&mut self, at: Time, out: &mut Out);
+    /// Fires the timers the stage's watermark here has passed (those of a slot just adopted).
+    fn catch_up(&mut self, out: &mut Out);
     fn take_part(&mut self, slot: u32) -> StagePart;
     fn has_slot(&self, slot: u32) -> bool;
     fn put_part(&mut self, slot: u32, part: StagePart);
@@ -457,6 +459,10 @@ impl Stages {
             .expect("checked: the slot is incoming");
         for p in waiting {
             self.stages[p.stage as usize].apply_pending(p.msg, out);
+        }
+        // After the waiting messages: a window they fall in closes with them.
+        for s in &mut self.stages {
+            s.catch_up(out);
         }
         self.route_from(0, out, send);
         Ok(())

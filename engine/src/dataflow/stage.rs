@@ -146,14 +146,21 @@ struct OnCore<T, S: State, R, O> {
 }
 
 impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
-    fn apply_one(&mut self, msg: KeyedMsg<T>, out: &mut Out) {
-        if msg.event != NO_TIME && self.watermark.is_some_and(|w| msg.event < w) {
-            self.late += 1;
-            if let Some(late) = &self.fns.late {
-                late(&msg.value, msg.ingress_ns, out.sinks);
-            }
-            return;
+    /// Whether `msg` comes later than this stage's watermark here.
+    fn is_late(&self, msg: &KeyedMsg<T>) -> bool {
+        msg.event != NO_TIME && self.watermark.is_some_and(|w| msg.event < w)
+    }
+
+    /// Counts a late message and hands it to the app's sink for them, if any.
+    fn late_one(&mut self, msg: KeyedMsg<T>, out: &mut Out) {
+        self.late += 1;
+        if let Some(late) = &self.fns.late {
+            late(&msg.value, msg.ingress_ns, out.sinks);
         }
+    }
+
+    /// Applies a message that was on time where it arrived.
+    fn apply_one(&mut self, msg: KeyedMsg<T>, out: &mut Out) {
         self.applied += 1;
         let Self {
             fns,
@@ -201,6 +208,15 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
         let mut misrouted = 0;
         for msg in msgs.drain(..) {
             let slot = slot_of(msg.hash, self.n_slots);
+            if self.is_late(&msg) {
+                // Lateness is judged on arrival: a message that waits for its slot is applied
+                // once the slot is here, when this core's watermark may have passed it.
+                match protocol.route(slot) {
+                    Route::Misrouted => misrouted += 1,
+                    _ => self.late_one(msg, out),
+                }
+                continue;
+            }
             match protocol.route(slot) {
                 Route::Apply => self.apply_one(msg, out),
                 Route::Buffer => {
@@ -221,6 +237,12 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
 
     fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch)) {
         self.outlet.take_batches(each)
+    }
+
+    fn catch_up(&mut self, out: &mut Out) {
+        if let Some(w) = self.watermark {
+            self.advance(Time::Event(w), out)
+        }
     }
 
     fn advance(&mut self, at: Time, out: &mut Out) {

@@ -2,14 +2,19 @@
 //! FIFO channels between every pair of cores deliver them in random interleavings, and a series
 //! of grow/shrink changes runs through prepare (every step up front), switch (in random order and
 //! at random times, with up to three steps in flight), markers, handoffs and acknowledgements.
-//! Checks per-key order and exactly-once.
+//! Checks per-key order and exactly-once. Messages carry event times; producers send
+//! watermarks in order with their data, and applying a message sets a timer of its key: every
+//! timer moves with its key's slot and fires exactly once, on the core that owns the slot then,
+//! once that core's watermark has passed it, in due order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::{Delivery, Protocol, Transition};
 use crate::planner::{plan, steps, Change};
 use crate::routing::{CoreId, Move, RoutingTable};
+use crate::step::Time;
+use crate::time::{Timer, Timers, Watermarks};
 
 /// A message: which producer sent it, its sequence number for that (producer, key), the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +22,8 @@ struct Msg {
     producer: CoreId,
     seq: u64,
     key: u32,
+    /// Event time: the producer's clock, which never goes back.
+    ts: u64,
 }
 
 /// Per-key state: messages applied, and the last sequence number seen per producer.
@@ -29,8 +36,9 @@ struct KeyState {
 enum Wire {
     Data(u32, Msg),
     Marker(u64),
-    Handoff(u32, HashMap<u32, KeyState>),
+    Handoff(u32, HashMap<u32, KeyState>, Vec<Timer>),
     Ack(u32),
+    Watermark(u64),
 }
 
 struct Core {
@@ -41,6 +49,8 @@ struct Core {
     prepared: VecDeque<Arc<RoutingTable>>,
     /// Switches the coordinator released to this core that it has not carried out yet.
     pending_switches: usize,
+    timers: Timers,
+    marks: Watermarks,
 }
 
 /// xorshift64*: deterministic per seed.
@@ -79,6 +89,15 @@ struct Sim {
     window: usize,
     /// The most steps seen in flight at once.
     most_in_flight: usize,
+    /// Per producer, its event-time clock.
+    clocks: Vec<u64>,
+    /// Timers pending anywhere, as (key, due): setting one again while it waits is a no-op.
+    pending: HashSet<(u32, u64)>,
+    /// Per (key, due): timers set (while none was pending), and timers fired.
+    set: HashMap<(u32, u64), usize>,
+    fired: HashMap<(u32, u64), usize>,
+    /// Pending timers handed over with their slots.
+    timers_moved: usize,
 }
 
 fn slot_of_key(key: u32) -> u32 {
@@ -95,9 +114,11 @@ impl Sim {
                 state: HashMap::new(),
                 prepared: VecDeque::new(),
                 pending_switches: 0,
+                timers: Timers::default(),
+                marks: Watermarks::new(1, 0..N_CORES as CoreId),
             })
             .collect();
-        Sim {
+        let mut sim = Sim {
             rng: Rng(seed | 1),
             cores,
             channels: (0..N_CORES * N_CORES).map(|_| VecDeque::new()).collect(),
@@ -108,7 +129,17 @@ impl Sim {
             in_flight: HashMap::new(),
             window: 1,
             most_in_flight: 0,
+            clocks: vec![0; N_CORES],
+            pending: HashSet::new(),
+            set: HashMap::new(),
+            timers_moved: 0,
+            fired: HashMap::new(),
+        };
+        // Every producer speaks first: a silent one holds the watermark back.
+        for core in 0..N_CORES {
+            sim.watermark(core);
         }
+        sim
     }
 
     fn send(&mut self, from: usize, to: usize, wire: Wire) {
@@ -123,10 +154,12 @@ impl Sim {
         let key = self.rng.below(N_KEYS as usize) as u32;
         let seq = self.produced.entry((core as CoreId, key)).or_insert(0);
         *seq += 1;
+        self.clocks[core] += self.rng.below(3) as u64;
         let msg = Msg {
             producer: core as CoreId,
             seq: *seq,
             key,
+            ts: self.clocks[core],
         };
         let slot = slot_of_key(key);
         let owner = usize::from(self.cores[core].table.owner(slot));
@@ -145,17 +178,67 @@ impl Sim {
         );
         *last = msg.seq;
         entry.applied += 1;
+        let due = msg.ts + 1 + self.rng.below(40) as u64;
+        let c = &mut self.cores[core];
+        c.timers.set(
+            slot_of_key(msg.key),
+            Time::Event(due),
+            &msg.key.to_le_bytes(),
+        );
+        if self.pending.insert((msg.key, due)) {
+            *self.set.entry((msg.key, due)).or_insert(0) += 1;
+        }
+    }
+
+    /// Fires the timers of `core` due by its watermark.
+    fn fire(&mut self, core: usize) {
+        let Some(w) = self.cores[core].marks.current(0) else {
+            return;
+        };
+        let mut last = 0;
+        for (slot, t) in self.cores[core].timers.due(0, w) {
+            let key = u32::from_le_bytes(t.key.as_slice().try_into().unwrap());
+            assert_eq!(slot, slot_of_key(key));
+            assert!(t.due <= w);
+            assert_eq!(
+                self.cores[core].protocol.route(slot),
+                super::Route::Apply,
+                "core {core} fired a timer of slot {slot}, which it does not own"
+            );
+            assert!(self.pending.remove(&(key, t.due)), "a timer fired twice");
+            *self.fired.entry((key, t.due)).or_insert(0) += 1;
+            assert!(
+                t.due >= last,
+                "timers fire in due order: {} after {last}",
+                t.due
+            );
+            last = t.due;
+        }
+    }
+
+    /// `core` tells every core (itself too) its event time so far.
+    fn watermark(&mut self, core: usize) {
+        let at = self.clocks[core];
+        for to in 0..N_CORES {
+            self.send(core, to, Wire::Watermark(at));
+        }
     }
 
     fn receive(&mut self, core: usize, from: usize, wire: Wire) {
         match wire {
-            Wire::Data(slot, msg) => match self.cores[core].protocol.deliver(slot, msg) {
-                Delivery::Apply(m) => self.apply(core, m),
-                Delivery::Buffered => {}
-                Delivery::Misrouted(m) => {
-                    panic!("core {core} got {m:?} for slot {slot} it does not own")
-                }
-            },
+            Wire::Data(slot, msg) => {
+                // On time where it arrives (a message that waits for its slot is applied later,
+                // when the watermark may have passed it: it still counts as on time).
+                let w = self.cores[core].marks.current(0);
+                assert!(
+                    w.is_none_or(|w| msg.ts >= w),
+                    "key {}: a message at {} arrived after watermark {w:?}",
+                    msg.key,
+                    msg.ts,
+                );
+                self.deliver(core, slot, msg)
+            }
+
             Wire::Marker(epoch) => {
                 let ready = self.cores[core]
                     .protocol
@@ -163,14 +246,33 @@ impl Sim {
                     .unwrap();
                 self.hand_off(core, ready);
             }
-            Wire::Handoff(slot, entities) => {
+            Wire::Handoff(slot, entities, timers) => {
                 self.cores[core].state.extend(entities);
+                self.cores[core].timers.put_slot(slot, timers);
                 for m in self.cores[core].protocol.adopt(slot).unwrap() {
                     self.apply(core, m);
                 }
+                // Timers this core's watermark has passed already fire now.
+                self.fire(core);
                 self.send(core, from, Wire::Ack(slot));
             }
             Wire::Ack(slot) => self.cores[core].protocol.acknowledged(slot).unwrap(),
+            Wire::Watermark(at) => {
+                let advanced = self.cores[core].marks.update(0, from as CoreId, Some(at));
+                if advanced.is_some() {
+                    self.fire(core);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, core: usize, slot: u32, msg: Msg) {
+        match self.cores[core].protocol.deliver(slot, msg) {
+            Delivery::Apply(m) => self.apply(core, m),
+            Delivery::Buffered => {}
+            Delivery::Misrouted(m) => {
+                panic!("core {core} got {m:?} for slot {slot} it does not own")
+            }
         }
     }
 
@@ -186,7 +288,13 @@ impl Sim {
                 .iter()
                 .map(|k| (*k, self.cores[core].state.remove(k).unwrap()))
                 .collect();
-            self.send(core, usize::from(m.to), Wire::Handoff(m.slot, entities));
+            let timers = self.cores[core].timers.take_slot(m.slot);
+            self.timers_moved += timers.len();
+            self.send(
+                core,
+                usize::from(m.to),
+                Wire::Handoff(m.slot, entities, timers),
+            );
         }
     }
 
@@ -256,6 +364,10 @@ impl Sim {
     }
 
     fn step(&mut self) {
+        if self.rng.below(32) == 0 {
+            let core = self.rng.below(N_CORES);
+            return self.watermark(core);
+        }
         match self.rng.below(10) {
             0..=3 => {
                 let core = self.rng.below(N_CORES);
@@ -284,8 +396,18 @@ impl Sim {
         }
     }
 
-    /// Releases the rest of the current change and delivers everything in flight.
+    /// Releases the rest of the current change and delivers everything in flight; then the
+    /// producers' clocks pass every timer.
     fn drain(&mut self) {
+        self.deliver_all();
+        for core in 0..N_CORES {
+            self.clocks[core] = u64::MAX;
+            self.watermark(core);
+        }
+        self.deliver_all();
+    }
+
+    fn deliver_all(&mut self) {
         self.window = usize::MAX;
         loop {
             self.coordinate(false);
@@ -304,6 +426,13 @@ impl Sim {
     }
 
     fn check(&self) {
+        assert!(
+            self.pending.is_empty(),
+            "timers that never fired, e.g. {:?}",
+            self.pending.iter().next()
+        );
+        assert_eq!(self.fired, self.set, "every timer fired once");
+        assert!(!self.fired.is_empty());
         for c in &self.cores {
             assert!(!c.protocol.in_step(), "a step never finished");
             assert_eq!(c.protocol.buffered(), 0);
@@ -368,5 +497,9 @@ fn simulation_really_migrates() {
         "only {epochs} epochs: the simulation must exercise many steps"
     );
     assert!(sim.most_in_flight >= 2, "steps must overlap");
+    assert!(
+        sim.timers_moved > 0,
+        "pending timers must move with their slots"
+    );
     assert!(sim.cores.iter().filter(|c| !c.state.is_empty()).count() >= 1);
 }

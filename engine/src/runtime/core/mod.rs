@@ -92,7 +92,10 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         id,
         cpu,
         keyed: RefCell::new(dataflow.keyed(id, &table)),
-        time: time::EventTime::new(dataflow.stages.len()),
+        time: time::EventTime::new(
+            dataflow.stages.len(),
+            peers.iter().map(|(p, _)| *p).chain([id]),
+        ),
         shutdown: Shutdown::new(dataflow.stages.len()),
         table: RefCell::new(table),
         prepared: RefCell::new(VecDeque::new()),
@@ -109,6 +112,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         window: RefCell::new(Window::default()),
     });
     core.peers.add(id, peers);
+    core.speak_first();
     let writers: Vec<_> = (0..core.config.outputs.len())
         .map(|i| {
             let core = core.clone();

@@ -26,11 +26,12 @@ pub(super) struct EventTime {
 }
 
 impl EventTime {
-    pub fn new(stages: usize) -> Self {
+    /// Event time over `producers` (every core, this one too).
+    pub fn new(stages: usize, producers: impl IntoIterator<Item = CoreId>) -> Self {
         EventTime {
             connections: RefCell::default(),
             said: RefCell::new(vec![None; stages]),
-            marks: RefCell::new(Watermarks::new(stages)),
+            marks: RefCell::new(Watermarks::new(stages, producers)),
         }
     }
 }
@@ -103,8 +104,16 @@ impl Core {
         }
     }
 
-    /// New cores hear what this core said so far, so they need not wait for its next word.
+    /// Says this core's first word (idle until a source connection here reports a watermark):
+    /// every core holds its watermarks back until each producer has spoken.
+    pub(super) fn speak_first(&self) {
+        self.say(0, None);
+    }
+
+    /// New cores hear what this core said so far, so they need not wait for its next word;
+    /// their own words are awaited.
     pub(super) fn greet(&self, new: &[CoreId]) {
+        self.time.marks.borrow_mut().add_producers(new);
         let said = self.time.said.borrow().clone();
         for (stage, mark) in said.into_iter().enumerate() {
             if let Some(at) = mark {
