@@ -31,8 +31,8 @@
 use std::sync::Arc;
 
 use crate::dataflow::{
-    then, Chain, Dataflow, Decode, KeyFn, Late, OutletDef, SourceDef, StageDef, StageFns, Stamp,
-    StepFn, Tap, Taps, TimerFn, ToSink, ToStage, Typed,
+    then, Chain, Dataflow, Decode, Discard, KeyFn, Late, OutletDef, SourceDef, StageDef, StageFns,
+    Stamp, StepFn, Tap, Taps, TimerFn, ToSink, ToStage, Typed,
 };
 pub use crate::step::{Context, DecodeError, Emit, Message, State, Time};
 pub use crate::window::{Open, Window, Windows};
@@ -359,6 +359,20 @@ impl<T: Message, S: State, R: 'static, O: 'static> Outputs<T, S, R, O> {
         let sink = self.built.sink(name);
         let encode = Arc::new(encode);
         let built = self.close(Arc::new(ToSink { sink, encode }));
+        Pipeline { built }
+    }
+
+    /// Ends the pipeline at the sinks of its [`Self::also_sink`]s: outputs none of them picks
+    /// go nowhere.
+    ///
+    /// # Panics
+    /// Without an `also_sink`: the pipeline would write nothing.
+    pub fn end(self) -> Pipeline {
+        assert!(
+            !self.taps.is_empty(),
+            "end() closes a pipeline whose outputs go to its also_sinks; it has none"
+        );
+        let built = self.close(Arc::new(Discard));
         Pipeline { built }
     }
 

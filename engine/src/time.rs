@@ -41,6 +41,17 @@ fn split(at: Time) -> (u8, u64) {
     }
 }
 
+/// A slot's event time as it moves: how far its old owner's watermark had come (so a message
+/// a closed window would have taken is late on the new owner too, whose watermark may lag), and
+/// its entities' pending timers.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct SlotTime {
+    pub watermark: Option<u64>,
+    pub timers: Vec<Timer>,
+}
+
 type Pending = BTreeSet<(u8, u64, Box<[u8]>)>;
 
 /// The pending timers of one stage's entities on one core, per slot.
@@ -49,6 +60,8 @@ pub struct Timers {
     by_slot: HashMap<u32, Pending>,
     /// Per slot and clock, its earliest due instant: what fires next is at the front.
     next: BTreeSet<(u8, u64, u32)>,
+    /// Slots whose timers wait instead of firing (they are leaving this core).
+    frozen: BTreeSet<u32>,
 }
 
 impl Timers {
@@ -67,6 +80,9 @@ impl Timers {
         let (clock, due) = split(at);
         let before = self.first(slot, clock);
         (self.by_slot.entry(slot).or_default()).insert((clock, due, key.into()));
+        if self.frozen.contains(&slot) {
+            return;
+        }
         if before.is_none_or(|b| due < b) {
             if let Some(b) = before {
                 self.next.remove(&(clock, b, slot));
@@ -116,16 +132,38 @@ impl Timers {
         ));
     }
 
-    /// Takes every timer of `slot` out (the slot leaves this core).
-    pub fn take_slot(&mut self, slot: u32) -> Vec<Timer> {
-        let Some(pending) = self.by_slot.remove(&slot) else {
-            return Vec::new();
-        };
+    /// Stops `slot`'s timers from firing (they, and any set meanwhile, wait) until
+    /// [`Self::thaw`] or [`Self::take_slot`].
+    pub fn freeze(&mut self, slot: u32) {
+        self.unindex(slot);
+        self.frozen.insert(slot);
+    }
+
+    pub fn thaw(&mut self, slot: u32) {
+        if self.frozen.remove(&slot) {
+            for clock in [0, 1] {
+                if let Some(due) = self.first(slot, clock) {
+                    self.next.insert((clock, due, slot));
+                }
+            }
+        }
+    }
+
+    fn unindex(&mut self, slot: u32) {
         for clock in [0, 1] {
-            if let Some(&(_, due, _)) = pending.iter().find(|e| e.0 == clock) {
+            if let Some(due) = self.first(slot, clock) {
                 self.next.remove(&(clock, due, slot));
             }
         }
+    }
+
+    /// Takes every timer of `slot` out (the slot leaves this core).
+    pub fn take_slot(&mut self, slot: u32) -> Vec<Timer> {
+        self.unindex(slot);
+        self.frozen.remove(&slot);
+        let Some(pending) = self.by_slot.remove(&slot) else {
+            return Vec::new();
+        };
         (pending.into_iter())
             .map(|(clock, due, key)| Timer {
                 clock,
@@ -288,6 +326,25 @@ mod tests {
         b.put_slot(4, moved);
         assert_eq!(keys(&b.due(0, 100)), [(4, 30, &b"x"[..])]);
         assert_eq!(keys(&b.due(1, 100)), [(4, 9, &b"y"[..])]);
+    }
+
+    #[test]
+    fn a_frozen_slots_timers_wait_and_move_whole() {
+        let mut t = Timers::default();
+        t.set(1, Time::Event(10), b"a");
+        t.set(2, Time::Event(20), b"b");
+        t.freeze(1);
+        t.set(1, Time::Event(5), b"c");
+        assert_eq!(keys(&t.due(0, 100)), [(2, 20, &b"b"[..])]);
+        assert_eq!(t.take_slot(1).len(), 2, "frozen timers move with the slot");
+        t.set(3, Time::Event(1), b"d");
+        t.freeze(3);
+        t.thaw(3);
+        assert_eq!(
+            keys(&t.due(0, 1)),
+            [(3, 1, &b"d"[..])],
+            "a thawed slot fires again"
+        );
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! own cores, control endpoint and data port; links over loopback TCP), and joins that must be
 //! refused. The same scenario with real processes is in `tests/processes/nodes.rs`.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quokka_apps::{alphabet, word_count};
+use quokka_apps::{alphabet, word_buckets, word_count};
 use quokka_engine::cluster::wire::{self, JoinRequest, Lane, LinkSecret};
 use quokka_engine::{
     App, ChangeError, ChangeReport, Config, DecodeError, Emit, Ending, Engine, StartError,
@@ -21,7 +22,7 @@ use crate::harness::{
     init_logging, load_text, send_again_stop_and_check, send_frames, send_until, sent_lines,
     Coordinator, Sink, DEADLINE,
 };
-use crate::reference::{check_running_totals, reference_counts};
+use crate::reference::{check_running_totals, reference_buckets, reference_counts};
 
 const TOKEN: &str = "quokka-test-token";
 
@@ -78,7 +79,22 @@ fn remove(lead: &Coordinator, member: &Engine) {
 /// whole time on w1 plus a burst into each joined node while it is a member.
 #[test]
 fn nodes_join_and_leave_under_continuous_load() {
-    let app = word_count::app();
+    join_and_leave_under_load(word_count::app(), |counts| counts.clone());
+}
+
+/// The same with two keyed stages: both stages' slots cross nodes, and stage 1 on one node
+/// feeds stage 2 on another.
+#[test]
+fn word_buckets_across_node_join_and_remove() {
+    join_and_leave_under_load(word_buckets::app(), reference_buckets);
+}
+
+/// Joins and removes nodes while `app` runs; its whole output must be the running totals of
+/// `expected(word counts of what was sent)`.
+fn join_and_leave_under_load(
+    app: App,
+    expected: fn(&HashMap<String, u64>) -> HashMap<String, u64>,
+) {
     let sink = Sink::start(Records::Lines);
     let lead = start_lead(&app, &sink);
     let text = load_text();
@@ -129,7 +145,8 @@ fn nodes_join_and_leave_under_continuous_load() {
     });
 
     let bursts = std::iter::repeat_n(&text[..300], bursts).flatten();
-    let expected = reference_counts(sent_lines(&text, sent).chain(bursts.map(String::as_str)));
+    let counts = reference_counts(sent_lines(&text, sent).chain(bursts.map(String::as_str)));
+    let expected = expected(&counts);
     sink.wait_for(expected.values().sum());
     check_running_totals(&sink.lines(), &expected);
 }

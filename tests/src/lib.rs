@@ -22,4 +22,6 @@ pub mod reference;
 #[cfg(test)]
 mod scaling;
 #[cfg(test)]
+mod windows;
+#[cfg(test)]
 mod word_count;

@@ -26,8 +26,21 @@ pub fn reference_counts<'a>(lines: impl IntoIterator<Item = &'a str>) -> HashMap
     counts
 }
 
-/// Checks word count's whole output: for every word exactly the running totals 1..=n, each
-/// once, no gap, no duplicate, and the final counts equal `expected`. `outputs` holds each sink
+/// Word buckets' final totals from word count's: per running count n, the words that reached
+/// it (so its outputs for n are `n => 1` up to `n => that many`).
+pub fn reference_buckets(counts: &HashMap<String, u64>) -> HashMap<String, u64> {
+    let mut buckets = HashMap::new();
+    for &c in counts.values() {
+        for n in 1..=c {
+            *buckets.entry(n.to_string()).or_insert(0) += 1;
+        }
+    }
+    buckets
+}
+
+/// Checks word count's whole output (or any output of `key => running total` lines, as word
+/// buckets' `n => k`): for every key exactly the running totals 1..=n, each once, no gap, no
+/// duplicate, and the final counts equal `expected`. `outputs` holds each sink
 /// connection's lines in arrival order; a word's outputs may be spread over several connections
 /// when its slot moved between cores, but within each connection they must rise.
 pub fn check_running_totals(outputs: &[Vec<String>], expected: &HashMap<String, u64>) {

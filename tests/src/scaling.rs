@@ -1,26 +1,43 @@
 //! Adding and removing cores while word count runs: the whole output still equals the reference.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use quokka_apps::corpus::{self, vocab_word, CorpusSpec, SplitMix64};
-use quokka_apps::word_count;
+use quokka_apps::{word_buckets, word_count};
 use quokka_io::client::Records;
 
 use quokka_engine::{Config, Engine};
 
 use crate::fixtures::BILL_OF_RIGHTS;
 use crate::harness::{send_frames, send_until, sent_lines, Running, Sink, DEADLINE};
-use crate::reference::{check_running_totals, reference_counts};
+use crate::reference::{check_running_totals, reference_buckets, reference_counts};
 
 /// 24 random grow/shrink operations between 1 and 4 cores, with three text connections and one
 /// hot-key connection sending the whole time. They start spread over 4 cores, so shrinking hands
 /// connections over to the cores that stay.
 #[test]
 fn random_grow_and_shrink_under_continuous_load() {
-    let run = Running::start(&word_count::app(), 4, Records::Lines);
+    grow_and_shrink_under_load(word_count::app(), |counts| counts.clone());
+}
+
+/// The same with two keyed stages: every slot of both stages moves, and stage 2's input comes
+/// from stage 1 on every core.
+#[test]
+fn word_buckets_across_random_grow_and_shrink_under_load() {
+    grow_and_shrink_under_load(word_buckets::app(), reference_buckets);
+}
+
+/// Runs the random changes with `app`, whose whole output must be the running totals of
+/// `expected(word counts of what was sent)`.
+fn grow_and_shrink_under_load(
+    app: quokka_engine::App,
+    expected: fn(&HashMap<String, u64>) -> HashMap<String, u64>,
+) {
+    let run = Running::start(&app, 4, Records::Lines);
     let input = run.input(0);
     let text = corpus::lines(CorpusSpec {
         words: 60_000,
@@ -85,8 +102,9 @@ fn random_grow_and_shrink_under_continuous_load() {
         .iter()
         .zip(&sent)
         .flat_map(|(part, &n)| sent_lines(part, n));
-    let expected = reference_counts(all.chain(late_lines.iter().map(String::as_str)));
-    assert!(expected["hot"] > 100, "the hot key was sent throughout");
+    let counts = reference_counts(all.chain(late_lines.iter().map(String::as_str)));
+    assert!(counts["hot"] > 100, "the hot key was sent throughout");
+    let expected = expected(&counts);
     run.sink.wait_for(expected.values().sum());
     let (summary, sink) = run.stop();
     assert_eq!(summary.misrouted(), 0);

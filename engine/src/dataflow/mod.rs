@@ -20,7 +20,7 @@ use thiserror::Error;
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
-pub(crate) use self::outlet::{Outlet, OutletDef, SourceDef, Tap, Taps, ToSink, ToStage};
+pub(crate) use self::outlet::{Discard, Outlet, OutletDef, SourceDef, Tap, Taps, ToSink, ToStage};
 pub(crate) use self::stage::{Late, StageFns, Typed};
 use crate::archive::{ArchiveError, SlotArchive};
 use crate::migration::{Protocol, ProtocolError, Switched, Transition};
@@ -305,6 +305,13 @@ pub(crate) trait StageCore {
     fn advance(&mut self, at: Time, out: &mut Out);
     /// Fires the timers the stage's watermark here has passed (those of a slot just adopted).
     fn catch_up(&mut self, out: &mut Out);
+    /// `slot` will leave: its timers wait from now on, and it keeps the watermark it has
+    /// reached, for its new owner (nothing has been routed there yet).
+    fn leave(&mut self, slot: u32);
+    /// A change that would have moved `slot` was called off: it stays, its timers fire again.
+    fn stay(&mut self, slot: u32);
+    /// Slots that [`Self::leave`] was called for and that have not left.
+    fn leaving(&self) -> Vec<u32>;
     fn take_part(&mut self, slot: u32) -> StagePart;
     fn has_slot(&self, slot: u32) -> bool;
     fn put_part(&mut self, slot: u32, part: StagePart);
@@ -390,7 +397,13 @@ impl Stages {
     }
 
     pub fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError> {
-        self.protocol.prepare(t)
+        self.protocol.prepare(t)?;
+        for m in t.moves.iter().filter(|m| m.from == self.me) {
+            for s in &mut self.stages {
+                s.leave(m.slot);
+            }
+        }
+        Ok(())
     }
 
     pub fn switch(&mut self) -> Result<Switched, ProtocolError> {
@@ -479,7 +492,15 @@ impl Stages {
 
     /// Forgets the prepared steps not switched to yet; returns how many.
     pub fn abort(&mut self) -> Result<usize, ProtocolError> {
-        self.protocol.abort()
+        let dropped = self.protocol.abort()?;
+        for s in &mut self.stages {
+            for slot in s.leaving() {
+                if !self.protocol.is_leaving(slot) {
+                    s.stay(slot);
+                }
+            }
+        }
+        Ok(dropped)
     }
 
     /// Epochs of the migration steps finished here since the last call.

@@ -108,6 +108,21 @@ impl<O> Outlet<O> for ToSink<O> {
     fn take_batches(&mut self, _: &mut dyn FnMut(CoreId, Batch)) {}
 }
 
+/// Drops outputs (the pipeline's sinks are its taps).
+pub(crate) struct Discard;
+
+impl<O: 'static> OutletDef<O> for Discard {
+    fn outlet(&self) -> Box<dyn Outlet<O>> {
+        Box::new(Discard)
+    }
+}
+
+impl<O> Outlet<O> for Discard {
+    fn push(&mut self, _: O, _: Meta, _: &mut Out) {}
+
+    fn take_batches(&mut self, _: &mut dyn FnMut(CoreId, Batch)) {}
+}
+
 /// Copies some outputs to their own sink (encoding writes them; `None` skips one).
 pub(crate) type Tap<O> = Arc<dyn Fn(&O, u64, &mut [SinkBuffer]) + Send + Sync>;
 

@@ -20,7 +20,7 @@ use crate::routing::CoreId;
 use crate::sink_buffer::SinkBuffer;
 use crate::step::{Context, Message, State, Time};
 use crate::store::{Slot, SlotStore};
-use crate::time::{Timer, Timers};
+use crate::time::{SlotTime, Timers};
 
 /// What to do with a message later than its stage's watermark (besides counting it).
 pub(crate) type Late<T> = Option<Arc<dyn Fn(&T, u64, &mut [SinkBuffer]) + Send + Sync>>;
@@ -39,10 +39,10 @@ pub(crate) struct StageFns<T, S, R, O> {
 /// The stage, erased for the runtime.
 pub(crate) struct Typed<T, S, R, O>(pub Arc<StageFns<T, S, R, O>>);
 
-/// One stage's share of a slot: its entities and their pending timers.
+/// One stage's share of a slot: its entities, their pending timers, and its watermark.
 struct Part<S: State> {
     memory: Slot<S>,
-    timers: Vec<Timer>,
+    time: SlotTime,
 }
 
 impl<S: State> Part<S> {
@@ -65,6 +65,8 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageDef for Typed<T, S, R, O
             fns: self.0.clone(),
             store: SlotStore::new(n_slots),
             timers: Timers::default(),
+            floors: HashMap::new(),
+            leaving: HashMap::new(),
             frozen: HashMap::new(),
             outlet: self.0.outlet.outlet(),
             watermark: None,
@@ -103,27 +105,28 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageDef for Typed<T, S, R, O
             parts: Vec::new(),
         };
         let memory = SlotArchive::read_part::<S>(slot, parts.next().ok_or_else(missing)?)?;
-        let timers = if self.0.on_timer.is_some() {
+        let time = if self.0.on_timer.is_some() {
             let bytes = parts.next().ok_or_else(missing)?;
-            let timers = rkyv::from_bytes::<Vec<Timer>, BoxedError>(&bytes).map_err(|e| {
+            let time = rkyv::from_bytes::<SlotTime, BoxedError>(&bytes).map_err(|e| {
                 ArchiveError::Timers {
                     slot,
                     reason: e.to_string(),
                 }
             })?;
             // A timer names its entity by key: one of another slot would fire on the wrong core.
-            if let Some(t) = (timers.iter()).find(|t| slot_of(stable_hash(&t.key), n_slots) != slot)
+            if let Some(t) =
+                (time.timers.iter()).find(|t| slot_of(stable_hash(&t.key), n_slots) != slot)
             {
                 return Err(ArchiveError::Timers {
                     slot,
                     reason: format!("a timer at {} of a key in another slot", t.due),
                 });
             }
-            timers
+            time
         } else {
-            Vec::new()
+            SlotTime::default()
         };
-        Ok(Part { memory, timers }.erase())
+        Ok(Part { memory, time }.erase())
     }
 }
 
@@ -131,6 +134,11 @@ struct OnCore<T, S: State, R, O> {
     fns: Arc<StageFns<T, S, R, O>>,
     store: SlotStore<S>,
     timers: Timers,
+    /// Adopted slots whose old owner's watermark was ahead of this stage's here: a message for
+    /// one is late by that watermark (its window may be closed and gone).
+    floors: HashMap<u32, u64>,
+    /// Slots prepared to leave, with the watermark they had reached then.
+    leaving: HashMap<u32, Option<u64>>,
     /// Slots handed off to another node (or refused), kept until the new owner acknowledges.
     frozen: HashMap<u32, Arc<Frozen<S>>>,
     outlet: Box<dyn Outlet<O>>,
@@ -146,9 +154,28 @@ struct OnCore<T, S: State, R, O> {
 }
 
 impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
+    /// This stage's watermark here for `slot`.
+    fn watermark_of(&self, slot: u32) -> Option<u64> {
+        if self.floors.is_empty() {
+            return self.watermark;
+        }
+        self.watermark.max(self.floors.get(&slot).copied())
+    }
+
     /// Whether `msg` comes later than this stage's watermark here.
-    fn is_late(&self, msg: &KeyedMsg<T>) -> bool {
-        msg.event != NO_TIME && self.watermark.is_some_and(|w| msg.event < w)
+    fn is_late(&self, msg: &KeyedMsg<T>, slot: u32) -> bool {
+        msg.event != NO_TIME && self.watermark_of(slot).is_some_and(|w| msg.event < w)
+    }
+
+    /// The slot's event time, to move with it: the watermark it had reached when its move was
+    /// prepared (a later one here may count words of producers that already route the slot's
+    /// messages to its new owner, and would close windows those messages belong to).
+    fn take_time(&mut self, slot: u32) -> SlotTime {
+        let reached = self.watermark.max(self.floors.remove(&slot));
+        SlotTime {
+            watermark: self.leaving.remove(&slot).unwrap_or(reached),
+            timers: self.timers.take_slot(slot),
+        }
     }
 
     /// Counts a late message and hands it to the app's sink for them, if any.
@@ -162,12 +189,13 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
     /// Applies a message that was on time where it arrived.
     fn apply_one(&mut self, msg: KeyedMsg<T>, out: &mut Out) {
         self.applied += 1;
+        let slot = slot_of(msg.hash, self.n_slots);
+        let watermark = self.watermark_of(slot);
         let Self {
             fns,
             store,
             timers,
             outlet,
-            watermark,
             requested,
             key,
             ..
@@ -185,11 +213,10 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
             timers: requested,
             key,
             event_time: (msg.event != NO_TIME).then_some(msg.event),
-            watermark: *watermark,
+            watermark,
         };
         (fns.step)(state, msg.value, &mut ctx);
         if !requested.is_empty() {
-            let slot = slot_of(msg.hash, self.n_slots);
             for at in requested.drain(..) {
                 timers.set(slot, at, key);
             }
@@ -208,7 +235,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
         let mut misrouted = 0;
         for msg in msgs.drain(..) {
             let slot = slot_of(msg.hash, self.n_slots);
-            if self.is_late(&msg) {
+            if self.is_late(&msg, slot) {
                 // Lateness is judged on arrival: a message that waits for its slot is applied
                 // once the slot is here, when this core's watermark may have passed it.
                 match protocol.route(slot) {
@@ -245,10 +272,30 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
         }
     }
 
+    fn leave(&mut self, slot: u32) {
+        self.timers.freeze(slot);
+        let reached = self.watermark.max(self.floors.remove(&slot));
+        self.leaving.insert(slot, reached);
+    }
+
+    fn stay(&mut self, slot: u32) {
+        if let Some(reached) = self.leaving.remove(&slot) {
+            if let Some(w) = reached.filter(|&w| self.watermark < Some(w)) {
+                self.floors.insert(slot, w);
+            }
+            self.timers.thaw(slot);
+        }
+    }
+
+    fn leaving(&self) -> Vec<u32> {
+        self.leaving.keys().copied().collect()
+    }
+
     fn advance(&mut self, at: Time, out: &mut Out) {
         let (clock, upto) = match at {
             Time::Event(t) => {
                 self.watermark = self.watermark.max(Some(t));
+                self.floors.retain(|_, floor| *floor > t);
                 (0, t)
             }
             Time::Processing(t) => (1, t),
@@ -291,7 +338,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
     fn take_part(&mut self, slot: u32) -> StagePart {
         Part {
             memory: self.store.take(slot),
-            timers: self.timers.take_slot(slot),
+            time: self.take_time(slot),
         }
         .erase()
     }
@@ -301,7 +348,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
     }
 
     fn put_part(&mut self, slot: u32, part: StagePart) {
-        let Part { memory, timers } = Part::<S>::of(part);
+        let Part { memory, time } = Part::<S>::of(part);
         if let Err(occupied) = self.store.put(slot, memory) {
             // Checked by the caller (`has_slot`): unreachable, but never lose entities.
             tracing::error!("slot {slot}: {occupied}; its entities are kept aside");
@@ -309,30 +356,27 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
                 slot,
                 Frozen::new(Part {
                     memory: occupied.returned,
-                    timers: Vec::new(),
+                    time: SlotTime::default(),
                 }),
             );
         }
-        self.timers.put_slot(slot, timers);
+        if let Some(w) = time.watermark.filter(|&w| self.watermark < Some(w)) {
+            self.floors.insert(slot, w);
+        }
+        self.timers.put_slot(slot, time.timers);
     }
 
     fn freeze(&mut self, slot: u32) -> Arc<dyn FrozenPart> {
-        let Self {
-            store,
-            timers,
-            frozen,
-            fns,
-            ..
-        } = self;
-        let part = frozen.entry(slot).or_insert_with(|| {
-            Frozen::new(Part {
-                memory: store.take(slot),
-                timers: timers.take_slot(slot),
-            })
-        });
+        if !self.frozen.contains_key(&slot) {
+            let part = Part {
+                memory: self.store.take(slot),
+                time: self.take_time(slot),
+            };
+            self.frozen.insert(slot, Frozen::new(part));
+        }
         Arc::new(FrozenShare {
-            part: part.clone(),
-            with_timers: fns.on_timer.is_some(),
+            part: self.frozen[&slot].clone(),
+            with_timers: self.fns.on_timer.is_some(),
         })
     }
 
@@ -406,7 +450,7 @@ impl<S: State> FrozenPart for FrozenShare<S> {
             .map_err(serialize)?;
         parts.push(memory);
         if self.with_timers {
-            parts.push(rkyv::to_bytes::<BoxedError>(&part.timers).map_err(serialize)?);
+            parts.push(rkyv::to_bytes::<BoxedError>(&part.time).map_err(serialize)?);
         }
         Ok(part.memory.len() as u32)
     }

@@ -383,6 +383,15 @@ impl<M> Protocol<M> {
         }
     }
 
+    /// Whether `slot` is leaving this core (in a prepared or switched step, not yet
+    /// acknowledged by its new owner).
+    pub fn is_leaving(&self, slot: u32) -> bool {
+        matches!(
+            self.slots[slot as usize],
+            SlotState::Outgoing | SlotState::HandedOff { .. }
+        )
+    }
+
     /// Keeps a message for an incoming slot (one [`Self::route`] said to buffer) until the
     /// slot is adopted; a message for any other slot is dropped.
     pub fn buffer(&mut self, slot: u32, msg: M) {

@@ -14,7 +14,7 @@ use super::{Delivery, Protocol, Transition};
 use crate::planner::{plan, steps, Change};
 use crate::routing::{CoreId, Move, RoutingTable};
 use crate::step::Time;
-use crate::time::{Timer, Timers, Watermarks};
+use crate::time::{SlotTime, Timers, Watermarks};
 
 /// A message: which producer sent it, its sequence number for that (producer, key), the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ struct KeyState {
 enum Wire {
     Data(u32, Msg),
     Marker(u64),
-    Handoff(u32, HashMap<u32, KeyState>, Vec<Timer>),
+    Handoff(u32, HashMap<u32, KeyState>, SlotTime),
     Ack(u32),
     Watermark(u64),
 }
@@ -51,6 +51,10 @@ struct Core {
     pending_switches: usize,
     timers: Timers,
     marks: Watermarks,
+    /// Per adopted slot, the watermark its old owner had reached.
+    floors: HashMap<u32, u64>,
+    /// Per leaving slot, the watermark it had reached when its move was prepared.
+    leaving: HashMap<u32, Option<u64>>,
 }
 
 /// xorshift64*: deterministic per seed.
@@ -116,6 +120,8 @@ impl Sim {
                 pending_switches: 0,
                 timers: Timers::default(),
                 marks: Watermarks::new(1, 0..N_CORES as CoreId),
+                floors: HashMap::new(),
+                leaving: HashMap::new(),
             })
             .collect();
         let mut sim = Sim {
@@ -229,7 +235,10 @@ impl Sim {
             Wire::Data(slot, msg) => {
                 // On time where it arrives (a message that waits for its slot is applied later,
                 // when the watermark may have passed it: it still counts as on time).
-                let w = self.cores[core].marks.current(0);
+                // The slot's watermark where it came from counts too: a window closed there
+                // must not open again here.
+                let c = &self.cores[core];
+                let w = c.marks.current(0).max(c.floors.get(&slot).copied());
                 assert!(
                     w.is_none_or(|w| msg.ts >= w),
                     "key {}: a message at {} arrived after watermark {w:?}",
@@ -246,9 +255,13 @@ impl Sim {
                     .unwrap();
                 self.hand_off(core, ready);
             }
-            Wire::Handoff(slot, entities, timers) => {
-                self.cores[core].state.extend(entities);
-                self.cores[core].timers.put_slot(slot, timers);
+            Wire::Handoff(slot, entities, time) => {
+                let c = &mut self.cores[core];
+                c.state.extend(entities);
+                c.timers.put_slot(slot, time.timers);
+                if let Some(w) = time.watermark {
+                    c.floors.insert(slot, w);
+                }
                 for m in self.cores[core].protocol.adopt(slot).unwrap() {
                     self.apply(core, m);
                 }
@@ -288,12 +301,16 @@ impl Sim {
                 .iter()
                 .map(|k| (*k, self.cores[core].state.remove(k).unwrap()))
                 .collect();
-            let timers = self.cores[core].timers.take_slot(m.slot);
-            self.timers_moved += timers.len();
+            let c = &mut self.cores[core];
+            let time = SlotTime {
+                watermark: c.leaving.remove(&m.slot).expect("prepared to leave"),
+                timers: c.timers.take_slot(m.slot),
+            };
+            self.timers_moved += time.timers.len();
             self.send(
                 core,
                 usize::from(m.to),
-                Wire::Handoff(m.slot, entities, timers),
+                Wire::Handoff(m.slot, entities, time),
             );
         }
     }
@@ -354,9 +371,16 @@ impl Sim {
                 moves,
                 producers: (0..N_CORES as CoreId).collect(),
             };
-            for c in &mut self.cores {
+            for (i, c) in self.cores.iter_mut().enumerate() {
                 c.protocol.prepare(&t).unwrap();
                 c.prepared.push_back(next.clone());
+                // A leaving slot's timers wait from now on, and it takes the watermark it has
+                // reached: no producer has routed anything to its new owner yet.
+                for m in t.moves.iter().filter(|m| usize::from(m.from) == i) {
+                    c.timers.freeze(m.slot);
+                    let w = c.marks.current(0).max(c.floors.remove(&m.slot));
+                    c.leaving.insert(m.slot, w);
+                }
             }
             self.table = (*next).clone();
             self.unreleased += 1;
