@@ -7,6 +7,7 @@ mod cluster;
 mod market_spread;
 mod migrate;
 mod util;
+mod windows;
 mod wordcount;
 
 use anyhow::Result;
@@ -24,9 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Word count: throughput at max rate, latency at half of it, memory per entity, against a
-    /// single-threaded in-process baseline.
+    /// Word count (or word buckets, `--app word_buckets`): throughput at max rate, latency at
+    /// half of it, memory per entity, against a single-threaded in-process baseline.
     Wordcount(wordcount::Args),
+    /// Event-time windows (window_counts): events/s at max rate and per core, window latency
+    /// at half of it.
+    Windows(windows::Args),
     /// Cross-core channels (flume against glommio's shared channel), single and batched.
     Channels(channels::Args),
     /// Grow 1 -> 2 cores and shrink back under load with a million words in state.
@@ -47,6 +51,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().bench {
         Bench::Wordcount(args) => wordcount::run(args),
+        Bench::Windows(args) => windows::run(args),
         Bench::Channels(args) => channels::run(args),
         Bench::Migrate(args) => migrate::run(args),
         Bench::MarketSpread(args) => market_spread::run(args),

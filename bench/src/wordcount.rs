@@ -1,5 +1,6 @@
 //! Word count end to end: engine + sender + receiver over loopback, against a single-threaded
-//! in-process baseline (split + hash-map update + format) timed in the same run.
+//! in-process baseline (split + hash-map update + format) timed in the same run. `--app
+//! word_buckets` runs the same load through two keyed stages (one output per word too).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -17,6 +18,12 @@ use crate::util::{self, median, pin_to_last_cpu, resident_bytes, send_paced};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The app: word_count, or word_buckets (word count, then a second keyed stage).
+    #[arg(long, default_value = "word_count", value_parser = ["word_count", "word_buckets"])]
+    app: String,
+    /// Skip the memory measurement.
+    #[arg(long)]
+    no_memory: bool,
     /// Runs of each measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -41,9 +48,11 @@ struct Run {
 
 pub fn run(args: Args) -> Result<()> {
     let cpu = pin_to_last_cpu();
+    let app = quokka_apps::find(&args.app).expect("a linked app").build;
+    let app = app();
     println!(
-        "# word count benchmark ({} runs each; sender and receiver pinned to CPU {cpu})",
-        args.runs
+        "# {} benchmark ({} runs each; sender and receiver pinned to CPU {cpu})",
+        args.app, args.runs
     );
     let spec = CorpusSpec {
         words: args.words,
@@ -64,7 +73,7 @@ pub fn run(args: Args) -> Result<()> {
 
     for &cores in &args.cores {
         let max: Vec<Run> = (0..args.runs)
-            .map(|_| one_run(cores, &frames, total_words, None))
+            .map(|_| one_run(&app, cores, &frames, total_words, None))
             .collect::<Result<_>>()?;
         let rates: Vec<f64> = max.iter().map(|r| r.words_per_sec).collect();
         let max_rate = median(&rates);
@@ -85,6 +94,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|_| {
                 let part = &frames[..n_lines];
                 one_run(
+                    &app,
                     cores,
                     part,
                     count_words(&lines[..n_lines]),
@@ -110,7 +120,9 @@ pub fn run(args: Args) -> Result<()> {
         println!("  latency (median of runs): {latency}");
         println!("  engine share (median of runs): {share}");
     }
-    memory(args.distinct)?;
+    if !args.no_memory {
+        memory(args.distinct)?;
+    }
     Ok(())
 }
 
@@ -156,11 +168,17 @@ fn baseline(lines: &[String], total_words: u64) -> f64 {
 }
 
 /// One engine run: sends `frames` (at `rate` lines/s, or flat out) and waits for every output.
-fn one_run(cores: usize, frames: &[&[u8]], words: u64, rate: Option<f64>) -> Result<Run> {
+fn one_run(
+    app: &quokka_engine::App,
+    cores: usize,
+    frames: &[&[u8]],
+    words: u64,
+    rate: Option<f64>,
+) -> Result<Run> {
     let collector = Collector::start(TcpListener::bind("127.0.0.1:0")?, Records::Lines, |_, _| {})?;
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
     config.cores = cores;
-    let engine = Engine::start(&word_count::app(), config)?;
+    let engine = Engine::start(app, config)?;
     let started = Instant::now();
     send_paced(engine.input_addrs()[0], frames, rate)?;
     if !collector.wait_for(words, Duration::from_secs(300)) {

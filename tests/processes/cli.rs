@@ -97,6 +97,70 @@ pub(crate) fn send_again_stop_and_check(engine: &mut Service, sink: &Sink, lines
     check_running_totals(&sink.lines(), &expected);
 }
 
+/// window_counts as a user runs it from the README: two sinks by name; the watermark closes
+/// windows while it runs, a line older than it goes to the late sink, and the stop closes the
+/// rest.
+#[test]
+fn window_counts_writes_windows_and_late_lines_to_their_own_sinks() {
+    let counts = Sink::start(Records::Lines);
+    let late = Sink::start(Records::Lines);
+    let (counts_at, late_at) = (
+        format!("counts@{}", counts.addr()),
+        format!("late@{}", late.addr()),
+    );
+    // A bare address is refused for an app with two sinks, naming them.
+    let bare = counts.addr().to_string();
+    let out = quokka_output(&[
+        "run",
+        "window_counts",
+        "--in",
+        "127.0.0.1:0",
+        "--out",
+        &bare,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this app has several sinks (late, counts)"),
+        "{stderr}"
+    );
+    let mut engine = Service::start(
+        "window_counts",
+        Command::new(quokka())
+            .args([
+                "run",
+                "window_counts",
+                "--in",
+                "127.0.0.1:0",
+                "--control",
+                "127.0.0.1:0",
+            ])
+            .args(["--out", &counts_at, "--out", &late_at, "--cores", "2"]),
+    );
+    send_frames(
+        engine.addrs.input(),
+        &[b"1000 apple", b"1500 pear", b"1200 apple", b"2300 apple"],
+    );
+    // The watermark (2300 - 200) passed 2000: both windows of [1000, 2000) are out.
+    counts.wait_for(2);
+    send_frames(engine.addrs.input(), &[b"900 pear"]);
+    late.wait_for(1);
+    signal(&engine.child, "-INT");
+    engine.wait_exit_ok();
+    counts.wait_for(3);
+    let mut windows = counts.lines().concat();
+    windows.sort();
+    assert_eq!(
+        windows,
+        [
+            "apple [1000, 2000) => 2",
+            "apple [2000, 3000) => 1",
+            "pear [1000, 2000) => 1"
+        ]
+    );
+    assert_eq!(late.lines().concat(), ["900 pear"]);
+}
+
 /// Starts `quokka run APP` with its source and control endpoint on ports it chooses, writing
 /// to `out`, with `extra` flags; returns once it reported its addresses.
 pub(crate) fn spawn_app(app: &str, out: SocketAddr, extra: &[&str]) -> Service {

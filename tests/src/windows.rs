@@ -296,7 +296,7 @@ fn windows_stay_exact_across_grow_and_shrink_mid_stream() {
         let mut cores = 2;
         let mut changes = 0;
         while !sender.is_finished() || changes < 4 {
-            let grow = cores == 1 || (cores < 4 && rng.next_u64() % 2 == 0);
+            let grow = cores == 1 || (cores < 4 && rng.next_u64().is_multiple_of(2));
             let report = if grow {
                 run.engine.grow(1)
             } else {

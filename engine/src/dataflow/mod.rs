@@ -23,6 +23,7 @@ use rkyv::util::AlignedVec;
 pub(crate) use self::outlet::{Discard, Outlet, OutletDef, SourceDef, Tap, Taps, ToSink, ToStage};
 pub(crate) use self::stage::{Late, StageFns, Typed};
 use crate::archive::{ArchiveError, SlotArchive};
+use crate::metrics::now_ns;
 use crate::migration::{Protocol, ProtocolError, Switched, Transition};
 use crate::routing::{CoreId, Move, RoutingTable};
 use crate::sink_buffer::SinkBuffer;
@@ -301,8 +302,9 @@ pub(crate) trait StageCore {
     fn apply_pending(&mut self, msg: Box<dyn Any + Send>, out: &mut Out);
     /// Takes the batches waiting for the next stage, with the core each is for.
     fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch));
-    /// Fires the timers due at `at` (an event time: the stage's watermark has reached it).
-    fn advance(&mut self, at: Time, out: &mut Out);
+    /// Fires the timers due at `at` (an event time: the stage's watermark has reached it);
+    /// what they emit counts its latency from `since_ns`.
+    fn advance(&mut self, at: Time, since_ns: u64, out: &mut Out);
     /// Fires the timers the stage's watermark here has passed (those of a slot just adopted).
     fn catch_up(&mut self, out: &mut Out);
     /// `slot` will leave: its timers wait from now on, and it keeps the watermark it has
@@ -378,20 +380,28 @@ impl Stages {
         misrouted
     }
 
-    /// Stage `stage`'s watermark reached `at`: fires its event-time timers, and routes what
-    /// they emit.
-    pub fn watermark(&mut self, stage: usize, at: u64, out: &mut Out, send: SendBatch) -> usize {
+    /// Stage `stage`'s watermark reached `at` (moved by frames read at `since_ns`): fires its
+    /// event-time timers, and routes what they emit.
+    pub fn watermark(
+        &mut self,
+        stage: usize,
+        at: u64,
+        since_ns: u64,
+        out: &mut Out,
+        send: SendBatch,
+    ) -> usize {
         let Some(s) = self.stages.get_mut(stage) else {
             return 0;
         };
-        s.advance(Time::Event(at), out);
+        s.advance(Time::Event(at), since_ns, out);
         self.route_from(stage, out, send)
     }
 
     /// The wall clock reached `now_ms`: fires every stage's processing-time timers.
     pub fn clock(&mut self, now_ms: u64, out: &mut Out, send: SendBatch) -> usize {
+        let now = now_ns();
         for s in &mut self.stages {
-            s.advance(Time::Processing(now_ms), out);
+            s.advance(Time::Processing(now_ms), now, out);
         }
         self.route_from(0, out, send)
     }

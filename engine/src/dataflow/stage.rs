@@ -268,7 +268,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
 
     fn catch_up(&mut self, out: &mut Out) {
         if let Some(w) = self.watermark {
-            self.advance(Time::Event(w), out)
+            self.advance(Time::Event(w), now_ns(), out)
         }
     }
 
@@ -291,7 +291,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
         self.leaving.keys().copied().collect()
     }
 
-    fn advance(&mut self, at: Time, out: &mut Out) {
+    fn advance(&mut self, at: Time, since_ns: u64, out: &mut Out) {
         let (clock, upto) = match at {
             Time::Event(t) => {
                 self.watermark = self.watermark.max(Some(t));
@@ -317,7 +317,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
             let state = store.entry(hash, &timer.key);
             let event = if clock == 0 { timer.due } else { NO_TIME };
             let meta = Meta {
-                ingress_ns: now_ns(),
+                ingress_ns: since_ns,
                 event,
             };
             let post = &fns.post;

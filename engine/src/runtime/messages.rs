@@ -47,6 +47,9 @@ pub(crate) enum PeerMsg {
         from: CoreId,
         stage: u32,
         at: Option<u64>,
+        /// When the sender read the frames that moved it (monotonic ns): what a window it
+        /// closes measures its latency from.
+        ingress_ns: u64,
     },
     /// A slot's entities, handed over by their old owner on another node: one slot per
     /// message, so the frame it arrives in becomes the slot's storage. (A core never receives

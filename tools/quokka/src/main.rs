@@ -194,7 +194,16 @@ fn main() {
         Command::Run(args) => run(*args),
         Command::Apps => quokka_apps::all()
             .iter()
-            .try_for_each(|app| quokka::outln!("{:<14} {}", app.name, app.about))
+            .try_for_each(|info| {
+                let app = (info.build)();
+                quokka::outln!("{:<14} {}", info.name, info.about)?;
+                quokka::outln!(
+                    "{:<14} sources: {}; sinks: {}",
+                    "",
+                    app.sources().join(", "),
+                    app.sinks().join(", ")
+                )
+            })
             .map_err(Into::into),
         Command::Demo(args) => quokka::demo::run(args),
         Command::Ctl(args) => ctl(args),

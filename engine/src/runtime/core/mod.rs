@@ -268,7 +268,12 @@ impl Core {
                 self.shutdown.producers_done([from], Some(stage as usize));
                 self.end_stages();
             }
-            PeerMsg::Watermark { from, stage, at } => self.on_watermark(from, stage as usize, at),
+            PeerMsg::Watermark {
+                from,
+                stage,
+                at,
+                ingress_ns,
+            } => self.on_watermark(from, stage as usize, at, ingress_ns),
             PeerMsg::Handoff { from, .. } => self.fail(format!(
                 "an unchecked slot archive from core {from} (its node adopts archives for its cores)"
             )),

@@ -192,7 +192,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         // Work through what was read in bounded steps, yielding between them.
         loop {
             let stepped = step(&core, &mut reader, &mut *pipeline, now).await;
-            core.source_mark(key, pipeline.watermark());
+            core.source_mark(key, pipeline.watermark(), now);
             match stepped {
                 Ok(true) => {
                     core.poke_inbox();
@@ -219,7 +219,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         }
     };
     let handle = sources.open.borrow_mut().remove(&key);
-    core.source_mark(key, None);
+    core.source_mark(key, None, now_ns());
     match ended {
         Ended::Leaving => {
             if let Some(stream) = handle {

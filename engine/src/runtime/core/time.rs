@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_lite::future;
 
 use super::Core;
+use crate::metrics::now_ns;
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreMsg, PeerMsg};
 use crate::step::now_ms;
@@ -44,9 +45,9 @@ impl EventTime {
 }
 
 impl Core {
-    /// Source connection `conn` reports its watermark (after a step of its frames was routed;
-    /// `None`: it has none, or it closed).
-    pub(super) fn source_mark(&self, conn: u64, mark: Mark) {
+    /// Source connection `conn` reports its watermark (after a step of its frames, read at
+    /// `ingress_ns`, was routed; `None`: it has none, or it closed).
+    pub(super) fn source_mark(&self, conn: u64, mark: Mark, ingress_ns: u64) {
         let mut connections = self.time.connections.borrow_mut();
         let before = connections.get(&conn).copied();
         if before == mark {
@@ -58,11 +59,11 @@ impl Core {
         };
         let lowest = connections.values().min().copied();
         drop(connections);
-        self.say(0, lowest);
+        self.say(0, lowest, ingress_ns);
     }
 
     /// Tells every core (this one first) this core's word on `stage`'s watermark.
-    fn say(&self, stage: usize, mark: Mark) {
+    fn say(&self, stage: usize, mark: Mark, ingress_ns: u64) {
         {
             let mut said = self.time.said.borrow_mut();
             if said[stage] == Some(mark) {
@@ -75,24 +76,25 @@ impl Core {
             from,
             stage: stage as u32,
             at: mark,
+            ingress_ns,
         };
         self.peers.send_all(|| CoreMsg::Peer(msg.clone()));
-        self.on_watermark(from, stage, mark);
+        self.on_watermark(from, stage, mark, ingress_ns);
     }
 
     /// A producer's word on `stage`'s watermark: if the stage's watermark here advances, its
     /// timers fire, and this core passes it on for the next stage.
-    pub(super) fn on_watermark(&self, from: CoreId, stage: usize, at: Mark) {
+    pub(super) fn on_watermark(&self, from: CoreId, stage: usize, at: Mark, ingress_ns: u64) {
         let advanced = self.time.marks.borrow_mut().update(stage, from, at);
         if let Some(w) = advanced {
-            self.advance(stage, w);
+            self.advance(stage, w, ingress_ns);
         }
     }
 
-    fn advance(&self, stage: usize, at: u64) {
-        self.with_keyed(|keyed, out, send| keyed.watermark(stage, at, out, send));
+    fn advance(&self, stage: usize, at: u64, ingress_ns: u64) {
+        self.with_keyed(|keyed, out, send| keyed.watermark(stage, at, ingress_ns, out, send));
         if stage + 1 < self.dataflow.stages.len() {
-            self.say(stage + 1, Some(at));
+            self.say(stage + 1, Some(at), ingress_ns);
         }
     }
 
@@ -100,14 +102,14 @@ impl Core {
     pub(super) fn forget_producer(&self, core: CoreId) {
         let advanced = self.time.marks.borrow_mut().forget(core);
         for (stage, w) in advanced {
-            self.advance(stage, w);
+            self.advance(stage, w, now_ns());
         }
     }
 
     /// Says this core's first word (idle until a source connection here reports a watermark):
     /// every core holds its watermarks back until each producer has spoken.
     pub(super) fn speak_first(&self) {
-        self.say(0, None);
+        self.say(0, None, now_ns());
     }
 
     /// New cores hear what this core said so far, so they need not wait for its next word;
@@ -118,9 +120,13 @@ impl Core {
         for (stage, mark) in said.into_iter().enumerate() {
             if let Some(at) = mark {
                 for &peer in new {
-                    let from = self.id;
-                    let stage = stage as u32;
-                    self.send_to(peer, CoreMsg::Peer(PeerMsg::Watermark { from, stage, at }));
+                    let msg = PeerMsg::Watermark {
+                        from: self.id,
+                        stage: stage as u32,
+                        at,
+                        ingress_ns: now_ns(),
+                    };
+                    self.send_to(peer, CoreMsg::Peer(msg));
                 }
             }
         }
@@ -131,7 +137,8 @@ impl Core {
     pub(super) fn end_of_input(&self, stage: usize) {
         let ended = self.time.marks.borrow_mut().end(stage);
         if let Some(w) = ended {
-            self.with_keyed(|keyed, out, send| keyed.watermark(stage, w, out, send));
+            let now = now_ns();
+            self.with_keyed(|keyed, out, send| keyed.watermark(stage, w, now, out, send));
         }
     }
 }
