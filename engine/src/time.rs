@@ -7,11 +7,36 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::routing::CoreId;
 use crate::step::Time;
 
+/// The event time of a message whose source stamps none: never late.
+pub const NO_TIME: u64 = u64::MAX;
+
+/// Which clock a timer waits for.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum Clock {
+    /// The stage's watermark.
+    Event,
+    /// The wall clock (milliseconds since the Unix epoch).
+    Processing,
+}
+
+const CLOCKS: [Clock; 2] = [Clock::Event, Clock::Processing];
+
 /// A pending timer of one entity, as it moves with its slot.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Timer {
-    /// 0: event time, 1: processing time.
-    pub clock: u8,
+    pub clock: Clock,
     pub due: u64,
     pub key: Vec<u8>,
 }
@@ -28,16 +53,17 @@ impl Timer {
 
     pub fn at(&self) -> Time {
         match self.clock {
-            0 => Time::Event(self.due),
-            _ => Time::Processing(self.due),
+            Clock::Event => Time::Event(self.due),
+            Clock::Processing => Time::Processing(self.due),
         }
     }
 }
 
-fn split(at: Time) -> (u8, u64) {
+/// A timer's clock and instant.
+pub fn split(at: Time) -> (Clock, u64) {
     match at {
-        Time::Event(t) => (0, t),
-        Time::Processing(t) => (1, t),
+        Time::Event(t) => (Clock::Event, t),
+        Time::Processing(t) => (Clock::Processing, t),
     }
 }
 
@@ -52,14 +78,14 @@ pub struct SlotTime {
     pub timers: Vec<Timer>,
 }
 
-type Pending = BTreeSet<(u8, u64, Box<[u8]>)>;
+type Pending = BTreeSet<(Clock, u64, Box<[u8]>)>;
 
 /// The pending timers of one stage's entities on one core, per slot.
 #[derive(Debug, Default)]
 pub struct Timers {
     by_slot: HashMap<u32, Pending>,
     /// Per slot and clock, its earliest due instant: what fires next is at the front.
-    next: BTreeSet<(u8, u64, u32)>,
+    next: BTreeSet<(Clock, u64, u32)>,
     /// Slots whose timers wait instead of firing (they are leaving this core).
     frozen: BTreeSet<u32>,
 }
@@ -69,7 +95,7 @@ impl Timers {
         self.by_slot.values().map(BTreeSet::len).sum()
     }
 
-    fn first(&self, slot: u32, clock: u8) -> Option<u64> {
+    fn first(&self, slot: u32, clock: Clock) -> Option<u64> {
         let pending = self.by_slot.get(&slot)?;
         let (c, due, _) = pending.range((clock, 0, Box::default())..).next()?;
         (*c == clock).then_some(*due)
@@ -92,7 +118,7 @@ impl Timers {
     }
 
     /// Takes out, in order, every timer of `clock` due at or before `upto`, with its slot.
-    pub fn due(&mut self, clock: u8, upto: u64) -> Vec<(u32, Timer)> {
+    pub fn due(&mut self, clock: Clock, upto: u64) -> Vec<(u32, Timer)> {
         let mut fired = Vec::new();
         while let Some(&(_, due, slot)) = self
             .next
@@ -104,7 +130,7 @@ impl Timers {
         fired
     }
 
-    fn fire_first(&mut self, clock: u8, due: u64, slot: u32, fired: &mut Vec<(u32, Timer)>) {
+    fn fire_first(&mut self, clock: Clock, due: u64, slot: u32, fired: &mut Vec<(u32, Timer)>) {
         self.next.remove(&(clock, due, slot));
         let pending = self
             .by_slot
@@ -141,7 +167,7 @@ impl Timers {
 
     pub fn thaw(&mut self, slot: u32) {
         if self.frozen.remove(&slot) {
-            for clock in [0, 1] {
+            for clock in CLOCKS {
                 if let Some(due) = self.first(slot, clock) {
                     self.next.insert((clock, due, slot));
                 }
@@ -150,7 +176,7 @@ impl Timers {
     }
 
     fn unindex(&mut self, slot: u32) {
-        for clock in [0, 1] {
+        for clock in CLOCKS {
             if let Some(due) = self.first(slot, clock) {
                 self.next.remove(&(clock, due, slot));
             }
@@ -177,6 +203,85 @@ impl Timers {
     pub fn put_slot(&mut self, slot: u32, timers: Vec<Timer>) {
         for t in timers {
             self.set(slot, t.at(), &t.key);
+        }
+    }
+}
+
+/// A stage's watermark on one core, and where a slot's differs from it: the watermark is where
+/// timers fire; lateness is judged per slot. A slot that came from a core whose watermark was
+/// ahead keeps that one (a floor) until this core's catches up, so a message a window closed
+/// there would have taken is late here too. A slot prepared to leave keeps the watermark it had
+/// then, and takes that with it: afterwards this core still hears producers that already route
+/// the slot's messages to its new owner, and a later watermark could be past one of them.
+#[derive(Debug, Default)]
+pub struct StageClock {
+    watermark: Option<u64>,
+    /// Adopted slots whose old owner's watermark was ahead of this one.
+    floors: HashMap<u32, u64>,
+    /// Slots prepared to leave, with the watermark they had reached then.
+    leaving: HashMap<u32, Option<u64>>,
+}
+
+impl StageClock {
+    pub fn watermark(&self) -> Option<u64> {
+        self.watermark
+    }
+
+    /// The watermark that judges messages for `slot`.
+    pub fn of(&self, slot: u32) -> Option<u64> {
+        if self.floors.is_empty() {
+            return self.watermark;
+        }
+        self.watermark.max(self.floors.get(&slot).copied())
+    }
+
+    /// Whether a message at `event` for `slot` is late.
+    pub fn is_late(&self, slot: u32, event: u64) -> bool {
+        event != NO_TIME && self.of(slot).is_some_and(|w| event < w)
+    }
+
+    /// Whether a message that waited for `slot` is late by the watermark the slot came with
+    /// (it was judged on arrival by this core's own).
+    pub fn is_below_floor(&self, slot: u32, event: u64) -> bool {
+        event != NO_TIME && self.floors.get(&slot).is_some_and(|&f| event < f)
+    }
+
+    /// The watermark advanced to `to`; returns whether it moved.
+    pub fn advance(&mut self, to: u64) -> bool {
+        if self.watermark >= Some(to) {
+            return false;
+        }
+        self.watermark = Some(to);
+        self.floors.retain(|_, floor| *floor > to);
+        true
+    }
+
+    /// `slot` will leave: it keeps the watermark it has now.
+    pub fn leave(&mut self, slot: u32) {
+        let reached = self.of(slot);
+        self.leaving.insert(slot, reached);
+    }
+
+    /// A move of `slot` was called off.
+    pub fn stay(&mut self, slot: u32) -> bool {
+        self.leaving.remove(&slot).is_some()
+    }
+
+    /// Slots prepared to leave and still here.
+    pub fn leaving(&self) -> Vec<u32> {
+        self.leaving.keys().copied().collect()
+    }
+
+    /// `slot` leaves: the watermark that travels with it.
+    pub fn take(&mut self, slot: u32) -> Option<u64> {
+        let floor = self.floors.remove(&slot);
+        (self.leaving.remove(&slot).unwrap_or(self.watermark)).max(floor)
+    }
+
+    /// `slot` arrived with the watermark its old owner gave it.
+    pub fn adopt(&mut self, slot: u32, came_with: Option<u64>) {
+        if let Some(w) = came_with.filter(|&w| self.watermark < Some(w)) {
+            self.floors.insert(slot, w);
         }
     }
 }
@@ -291,11 +396,11 @@ mod tests {
         t.set(3, Time::Event(20), b"c");
         t.set(2, Time::Processing(5), b"p");
         assert_eq!(t.len(), 4, "the same timer twice is one timer");
-        let fired = t.due(0, 20);
+        let fired = t.due(Clock::Event, 20);
         assert_eq!(keys(&fired), [(1, 10, &b"b"[..]), (3, 20, &b"c"[..])]);
-        assert!(t.due(0, 20).is_empty(), "a timer fires once");
-        assert_eq!(keys(&t.due(1, 100)), [(2, 5, &b"p"[..])]);
-        assert_eq!(keys(&t.due(0, u64::MAX)), [(3, 50, &b"a"[..])]);
+        assert!(t.due(Clock::Event, 20).is_empty(), "a timer fires once");
+        assert_eq!(keys(&t.due(Clock::Processing, 100)), [(2, 5, &b"p"[..])]);
+        assert_eq!(keys(&t.due(Clock::Event, u64::MAX)), [(3, 50, &b"a"[..])]);
         assert_eq!(t.len(), 0);
     }
 
@@ -304,8 +409,8 @@ mod tests {
         let mut t = Timers::default();
         t.set(0, Time::Processing(1), b"p");
         t.set(9, Time::Event(7), b"e");
-        assert_eq!(keys(&t.due(0, 7)), [(9, 7, &b"e"[..])]);
-        assert_eq!(keys(&t.due(1, 0)), []);
+        assert_eq!(keys(&t.due(Clock::Event, 7)), [(9, 7, &b"e"[..])]);
+        assert_eq!(keys(&t.due(Clock::Processing, 0)), []);
         assert_eq!(t.len(), 1);
     }
 
@@ -317,15 +422,15 @@ mod tests {
         a.set(5, Time::Event(10), b"z");
         let moved = a.take_slot(4);
         assert_eq!(moved.len(), 2);
-        assert_eq!(keys(&a.due(0, 100)), [(5, 10, &b"z"[..])]);
+        assert_eq!(keys(&a.due(Clock::Event, 100)), [(5, 10, &b"z"[..])]);
         assert!(
-            a.due(1, 100).is_empty(),
+            a.due(Clock::Processing, 100).is_empty(),
             "the slot's processing timer left too"
         );
         let mut b = Timers::default();
         b.put_slot(4, moved);
-        assert_eq!(keys(&b.due(0, 100)), [(4, 30, &b"x"[..])]);
-        assert_eq!(keys(&b.due(1, 100)), [(4, 9, &b"y"[..])]);
+        assert_eq!(keys(&b.due(Clock::Event, 100)), [(4, 30, &b"x"[..])]);
+        assert_eq!(keys(&b.due(Clock::Processing, 100)), [(4, 9, &b"y"[..])]);
     }
 
     #[test]
@@ -335,16 +440,62 @@ mod tests {
         t.set(2, Time::Event(20), b"b");
         t.freeze(1);
         t.set(1, Time::Event(5), b"c");
-        assert_eq!(keys(&t.due(0, 100)), [(2, 20, &b"b"[..])]);
+        assert_eq!(keys(&t.due(Clock::Event, 100)), [(2, 20, &b"b"[..])]);
         assert_eq!(t.take_slot(1).len(), 2, "frozen timers move with the slot");
         t.set(3, Time::Event(1), b"d");
         t.freeze(3);
         t.thaw(3);
         assert_eq!(
-            keys(&t.due(0, 1)),
+            keys(&t.due(Clock::Event, 1)),
             [(3, 1, &b"d"[..])],
             "a thawed slot fires again"
         );
+    }
+
+    #[test]
+    fn a_slot_keeps_the_watermark_it_left_with_and_takes_a_floor_where_it_lands() {
+        let mut old = StageClock::default();
+        old.advance(100);
+        old.leave(7);
+        old.advance(150);
+        assert!(
+            old.is_late(7, 120),
+            "judged by the core's watermark while it is here"
+        );
+        assert!(!old.is_late(7, 150));
+        assert_eq!(
+            old.take(7),
+            Some(100),
+            "it takes the watermark of when it was prepared"
+        );
+        let mut new = StageClock::default();
+        new.advance(40);
+        new.adopt(7, Some(100));
+        assert!(
+            new.is_late(7, 99),
+            "a window closed at the old owner stays closed"
+        );
+        assert!(
+            !new.is_late(8, 99),
+            "other slots go by this core's watermark"
+        );
+        assert!(new.is_below_floor(7, 99));
+        new.leave(7);
+        assert_eq!(new.take(7), Some(100), "the floor travels on");
+        new.adopt(9, Some(30));
+        assert!(
+            !new.is_below_floor(9, 35),
+            "a floor behind this core's watermark is none"
+        );
+        new.adopt(7, Some(100));
+        assert!(new.advance(120));
+        assert!(
+            !new.is_below_floor(7, 110),
+            "the floor goes once the watermark passes it"
+        );
+        new.leave(3);
+        assert!(new.stay(3));
+        assert!(new.leaving().is_empty());
     }
 
     #[test]

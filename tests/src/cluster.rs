@@ -24,9 +24,9 @@ use crate::harness::{
 };
 use crate::reference::{check_running_totals, reference_buckets, reference_counts};
 
-const TOKEN: &str = "quokka-test-token";
+pub(crate) const TOKEN: &str = "quokka-test-token";
 
-fn config(app: &App, sink: SocketAddr, name: &str, with_inputs: bool) -> Config {
+pub(crate) fn config(app: &App, sink: SocketAddr, name: &str, with_inputs: bool) -> Config {
     let inputs = if with_inputs {
         app.sources()
             .iter()
@@ -48,7 +48,7 @@ fn start_lead(app: &App, sink: &Sink) -> Coordinator {
     Coordinator::serve(engine).expect("serve control")
 }
 
-fn join(app: &App, lead: &Coordinator, name: &str) -> Arc<Engine> {
+pub(crate) fn join(app: &App, lead: &Coordinator, name: &str) -> Arc<Engine> {
     let c = config(app, "127.0.0.1:1".parse().unwrap(), name, true);
     let (engine, report) = Engine::join(app, c, lead.control, Vec::new()).expect("join");
     assert_eq!(report.cores_after, report.cores_before + 1, "{report}");
@@ -58,7 +58,7 @@ fn join(app: &App, lead: &Coordinator, name: &str) -> Arc<Engine> {
 
 /// Removes a member through the coordinator; retries while the member still counts a source
 /// connection that its sender already closed (the node notices the close a moment later).
-fn remove(lead: &Coordinator, member: &Engine) {
+pub(crate) fn remove(lead: &Coordinator, member: &Engine) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         match lead.engine.remove_node(member.node_name()) {

@@ -12,7 +12,8 @@ use quokka_apps::window_counts::{self, Event, LATENESS};
 use quokka_engine::{App, Config, Context, Engine, Open, Time, Windowed, Windows};
 use quokka_io::client::{FrameSender, Records};
 
-use crate::harness::{init_logging, send_frames, wait_applied, Sink, DEADLINE};
+use crate::cluster;
+use crate::harness::{init_logging, send_frames, wait_applied, Coordinator, Sink, DEADLINE};
 
 const TUMBLING: Windows = Windows::Tumbling { size: 1000 };
 const SLIDING: Windows = Windows::Sliding {
@@ -115,7 +116,7 @@ impl Windowed3 {
         init_logging();
         let app = windows_app();
         assert_eq!(app.sinks(), ["late", "tumbling", "sliding"]);
-        let sinks: Vec<Sink> = (0..3).map(|_| Sink::start(Records::Lines)).collect();
+        let sinks = three_sinks();
         let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], sinks[0].addr());
         config.outputs = sinks.iter().map(Sink::addr).collect();
         config.cores = cores;
@@ -136,14 +137,40 @@ impl Windowed3 {
     /// Stops (every window closes: the watermark passes the end of time), then checks both
     /// window sinks against the reference and returns the late sink's lines.
     fn stop_and_check(self, sent: &[(u64, String)]) -> Vec<String> {
-        let summary = self.engine.stop();
-        assert_eq!(summary.misrouted(), 0);
-        for (sink, want) in self.sinks[1..].iter().zip(reference(sent)) {
-            sink.wait_for(want.len() as u64);
-            check_windows(&sink.lines(), &want);
-        }
-        self.sinks[0].lines().concat()
+        assert_eq!(self.engine.stop().misrouted(), 0);
+        check_sinks(&self.sinks, sent)
     }
+}
+
+/// Checks both window sinks against the reference (once the engine stopped) and returns the
+/// late sink's lines.
+fn check_sinks(sinks: &[Sink], sent: &[(u64, String)]) -> Vec<String> {
+    for (sink, want) in sinks[1..].iter().zip(reference(sent)) {
+        sink.wait_for(want.len() as u64);
+        check_windows(&sink.lines(), &want);
+    }
+    sinks[0].lines().concat()
+}
+
+/// One collecting sink per sink of the windows app.
+fn three_sinks() -> Vec<Sink> {
+    (0..3).map(|_| Sink::start(Records::Lines)).collect()
+}
+
+/// Sends `events` over one connection at 20k events/s (pacing the load, not synchronising),
+/// so that changes made meanwhile land mid-stream.
+fn send_paced(input: SocketAddr, events: &[(u64, String)]) {
+    let mut sender = FrameSender::connect(input, DEADLINE).expect("connect");
+    let started = Instant::now();
+    for (i, chunk) in frames(events).chunks(500).enumerate() {
+        for f in chunk {
+            sender.send(f).expect("send");
+        }
+        sender.flush().expect("flush");
+        let due = started + Duration::from_millis(25 * (i as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    sender.finish().expect("finish");
 }
 
 /// Every window once, with its count; per key, window ends rise on each connection.
@@ -275,23 +302,9 @@ fn late_events_are_counted_sent_to_their_sink_and_change_no_closed_window() {
 fn windows_stay_exact_across_grow_and_shrink_mid_stream() {
     let run = Windowed3::start(2);
     let events = events(60_000, 200, 5);
-    let frames = frames(&events);
     let input = run.input();
     std::thread::scope(|s| {
-        let sender = s.spawn(move || {
-            let mut sender = FrameSender::connect(input, DEADLINE).expect("connect");
-            let started = Instant::now();
-            for (i, chunk) in frames.chunks(500).enumerate() {
-                for f in chunk {
-                    sender.send(f).expect("send");
-                }
-                sender.flush().expect("flush");
-                // Pacing the load (not synchronisation): 20k events/s, so changes land mid-stream.
-                let due = started + Duration::from_millis(25 * (i as u64 + 1));
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            }
-            sender.finish().expect("finish");
-        });
+        let sender = s.spawn(|| send_paced(input, &events));
         let mut rng = SplitMix64::new(7);
         let mut cores = 2;
         let mut changes = 0;
@@ -313,5 +326,32 @@ fn windows_stay_exact_across_grow_and_shrink_mid_stream() {
     let timers: usize = run.engine.status().cores.iter().map(|c| c.timers).sum();
     assert!(timers > 0, "windows are still open before the stop");
     let late = run.stop_and_check(&events);
+    assert!(late.is_empty(), "nothing was late: {late:?}");
+}
+
+/// Nodes join and leave while windows are open: every key's windows and pending timers cross
+/// nodes in the slot archive (its timers part) and come back, and the results stay exact.
+#[test]
+fn windows_stay_exact_across_node_join_and_remove() {
+    init_logging();
+    let app = windows_app();
+    let sinks = three_sinks();
+    let mut c = cluster::config(&app, sinks[0].addr(), "w1", true);
+    c.outputs = sinks.iter().map(Sink::addr).collect();
+    let lead = Coordinator::serve(Engine::start(&app, c).expect("w1 starts")).expect("serve");
+    let events = events(40_000, 200, 6);
+    let input = lead.engine.input_addrs()[0];
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| send_paced(input, &events));
+        let w2 = cluster::join(&app, &lead, "w2");
+        let w3 = cluster::join(&app, &lead, "w3");
+        let timers: usize = lead.engine.status().cores.iter().map(|c| c.timers).sum();
+        assert!(timers > 0, "windows are open while the nodes change");
+        cluster::remove(&lead, &w2);
+        cluster::remove(&lead, &w3);
+        sender.join().unwrap();
+    });
+    assert_eq!(lead.engine.stop().misrouted(), 0);
+    let late = check_sinks(&sinks, &events);
     assert!(late.is_empty(), "nothing was late: {late:?}");
 }

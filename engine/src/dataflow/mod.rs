@@ -38,8 +38,7 @@ pub(crate) type TimerFn<S, R> = Arc<dyn Fn(&mut S, Time, &mut Context<R>) + Send
 pub(crate) type Encode<O> = Arc<dyn Fn(&O, &mut Vec<u8>) + Send + Sync>;
 pub(crate) type Stamp<I> = Arc<dyn Fn(&I) -> u64 + Send + Sync>;
 
-/// The event time of a message whose source stamps none: never late.
-pub(crate) const NO_TIME: u64 = u64::MAX;
+pub(crate) use crate::time::NO_TIME;
 
 /// Extends a chain of stateless steps by one step.
 pub(crate) fn then<I: 'static, T: 'static, U: 'static>(

@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 
 use super::{
     Batch, BatchError, Chain, FrozenPart, KeyFn, KeyedMsg, Meta, Out, Outlet, OutletDef, Pending,
-    StageCore, StageDef, StagePart, StepFn, TimerFn, NO_TIME,
+    StageCore, StageDef, StagePart, StepFn, TimerFn,
 };
 use crate::archive::{ArchiveError, SlotArchive};
 use crate::hash::{slot_of, stable_hash};
@@ -20,7 +20,7 @@ use crate::routing::CoreId;
 use crate::sink_buffer::SinkBuffer;
 use crate::step::{Context, Message, State, Time};
 use crate::store::{Slot, SlotStore};
-use crate::time::{SlotTime, Timers};
+use crate::time::{split, Clock, SlotTime, StageClock, Timers, NO_TIME};
 
 /// What to do with a message later than its stage's watermark (besides counting it).
 pub(crate) type Late<T> = Option<Arc<dyn Fn(&T, u64, &mut [SinkBuffer]) + Send + Sync>>;
@@ -65,11 +65,9 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageDef for Typed<T, S, R, O
             fns: self.0.clone(),
             store: SlotStore::new(n_slots),
             timers: Timers::default(),
-            floors: HashMap::new(),
-            leaving: HashMap::new(),
+            clock: StageClock::default(),
             frozen: HashMap::new(),
             outlet: self.0.outlet.outlet(),
-            watermark: None,
             requested: Vec::new(),
             key: Vec::new(),
             applied: 0,
@@ -134,16 +132,11 @@ struct OnCore<T, S: State, R, O> {
     fns: Arc<StageFns<T, S, R, O>>,
     store: SlotStore<S>,
     timers: Timers,
-    /// Adopted slots whose old owner's watermark was ahead of this stage's here: a message for
-    /// one is late by that watermark (its window may be closed and gone).
-    floors: HashMap<u32, u64>,
-    /// Slots prepared to leave, with the watermark they had reached then.
-    leaving: HashMap<u32, Option<u64>>,
+    /// This stage's watermark here, and per slot where it differs.
+    clock: StageClock,
     /// Slots handed off to another node (or refused), kept until the new owner acknowledges.
     frozen: HashMap<u32, Arc<Frozen<S>>>,
     outlet: Box<dyn Outlet<O>>,
-    /// This stage's watermark on this core.
-    watermark: Option<u64>,
     /// Timers the step asked for while it ran.
     requested: Vec<Time>,
     /// The key of the message being applied (the step takes the message).
@@ -154,26 +147,10 @@ struct OnCore<T, S: State, R, O> {
 }
 
 impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
-    /// This stage's watermark here for `slot`.
-    fn watermark_of(&self, slot: u32) -> Option<u64> {
-        if self.floors.is_empty() {
-            return self.watermark;
-        }
-        self.watermark.max(self.floors.get(&slot).copied())
-    }
-
-    /// Whether `msg` comes later than this stage's watermark here.
-    fn is_late(&self, msg: &KeyedMsg<T>, slot: u32) -> bool {
-        msg.event != NO_TIME && self.watermark_of(slot).is_some_and(|w| msg.event < w)
-    }
-
-    /// The slot's event time, to move with it: the watermark it had reached when its move was
-    /// prepared (a later one here may count words of producers that already route the slot's
-    /// messages to its new owner, and would close windows those messages belong to).
+    /// The slot's event time, to move with it (see [`StageClock`]).
     fn take_time(&mut self, slot: u32) -> SlotTime {
-        let reached = self.watermark.max(self.floors.remove(&slot));
         SlotTime {
-            watermark: self.leaving.remove(&slot).unwrap_or(reached),
+            watermark: self.clock.take(slot),
             timers: self.timers.take_slot(slot),
         }
     }
@@ -190,7 +167,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
     fn apply_one(&mut self, msg: KeyedMsg<T>, out: &mut Out) {
         self.applied += 1;
         let slot = slot_of(msg.hash, self.n_slots);
-        let watermark = self.watermark_of(slot);
+        let watermark = self.clock.of(slot);
         let Self {
             fns,
             store,
@@ -235,7 +212,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
         let mut misrouted = 0;
         for msg in msgs.drain(..) {
             let slot = slot_of(msg.hash, self.n_slots);
-            if self.is_late(&msg, slot) {
+            if self.clock.is_late(slot, msg.event) {
                 // Lateness is judged on arrival: a message that waits for its slot is applied
                 // once the slot is here, when this core's watermark may have passed it.
                 match protocol.route(slot) {
@@ -259,6 +236,13 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
 
     fn apply_pending(&mut self, msg: Box<dyn Any + Send>, out: &mut Out) {
         let msg: Box<KeyedMsg<T>> = msg.downcast().expect("a message of this stage");
+        // On time where it arrived, but the slot may have come with a later watermark.
+        if self
+            .clock
+            .is_below_floor(slot_of(msg.hash, self.n_slots), msg.event)
+        {
+            return self.late_one(*msg, out);
+        }
         self.apply_one(*msg, out)
     }
 
@@ -267,39 +251,31 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
     }
 
     fn catch_up(&mut self, out: &mut Out) {
-        if let Some(w) = self.watermark {
+        if let Some(w) = self.clock.watermark() {
             self.advance(Time::Event(w), now_ns(), out)
         }
     }
 
     fn leave(&mut self, slot: u32) {
         self.timers.freeze(slot);
-        let reached = self.watermark.max(self.floors.remove(&slot));
-        self.leaving.insert(slot, reached);
+        self.clock.leave(slot);
     }
 
     fn stay(&mut self, slot: u32) {
-        if let Some(reached) = self.leaving.remove(&slot) {
-            if let Some(w) = reached.filter(|&w| self.watermark < Some(w)) {
-                self.floors.insert(slot, w);
-            }
+        if self.clock.stay(slot) {
             self.timers.thaw(slot);
         }
     }
 
     fn leaving(&self) -> Vec<u32> {
-        self.leaving.keys().copied().collect()
+        self.clock.leaving()
     }
 
     fn advance(&mut self, at: Time, since_ns: u64, out: &mut Out) {
-        let (clock, upto) = match at {
-            Time::Event(t) => {
-                self.watermark = self.watermark.max(Some(t));
-                self.floors.retain(|_, floor| *floor > t);
-                (0, t)
-            }
-            Time::Processing(t) => (1, t),
-        };
+        let (clock, upto) = split(at);
+        if clock == Clock::Event {
+            self.clock.advance(upto);
+        }
         let Some(on_timer) = self.fns.on_timer.clone() else {
             return;
         };
@@ -309,13 +285,14 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
                 store,
                 timers,
                 outlet,
-                watermark,
+                clock: stage_clock,
                 requested,
                 ..
             } = self;
             let hash = stable_hash(&timer.key);
             let state = store.entry(hash, &timer.key);
-            let event = if clock == 0 { timer.due } else { NO_TIME };
+            let event_time = (clock == Clock::Event).then_some(timer.due);
+            let event = event_time.unwrap_or(NO_TIME);
             let meta = Meta {
                 ingress_ns: since_ns,
                 event,
@@ -325,8 +302,8 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
                 emit: &mut |r| post(r, &mut |o| outlet.push(o, meta, out)),
                 timers: requested,
                 key: &timer.key,
-                event_time: (clock == 0).then_some(timer.due),
-                watermark: *watermark,
+                event_time,
+                watermark: stage_clock.of(slot),
             };
             on_timer(state, timer.at(), &mut ctx);
             for at in requested.drain(..) {
@@ -360,9 +337,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
                 }),
             );
         }
-        if let Some(w) = time.watermark.filter(|&w| self.watermark < Some(w)) {
-            self.floors.insert(slot, w);
-        }
+        self.clock.adopt(slot, time.watermark);
         self.timers.put_slot(slot, time.timers);
     }
 

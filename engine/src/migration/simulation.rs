@@ -14,7 +14,7 @@ use super::{Delivery, Protocol, Transition};
 use crate::planner::{plan, steps, Change};
 use crate::routing::{CoreId, Move, RoutingTable};
 use crate::step::Time;
-use crate::time::{SlotTime, Timers, Watermarks};
+use crate::time::{Clock, SlotTime, StageClock, Timers, Watermarks};
 
 /// A message: which producer sent it, its sequence number for that (producer, key), the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +52,8 @@ struct Core {
     timers: Timers,
     marks: Watermarks,
     /// Per adopted slot, the watermark its old owner had reached.
-    floors: HashMap<u32, u64>,
-    /// Per leaving slot, the watermark it had reached when its move was prepared.
-    leaving: HashMap<u32, Option<u64>>,
+    /// The stage's watermark here, per slot where it differs (the engine's own type).
+    clock: StageClock,
 }
 
 /// xorshift64*: deterministic per seed.
@@ -120,8 +119,7 @@ impl Sim {
                 pending_switches: 0,
                 timers: Timers::default(),
                 marks: Watermarks::new(1, 0..N_CORES as CoreId),
-                floors: HashMap::new(),
-                leaving: HashMap::new(),
+                clock: StageClock::default(),
             })
             .collect();
         let mut sim = Sim {
@@ -198,11 +196,11 @@ impl Sim {
 
     /// Fires the timers of `core` due by its watermark.
     fn fire(&mut self, core: usize) {
-        let Some(w) = self.cores[core].marks.current(0) else {
+        let Some(w) = self.cores[core].clock.watermark() else {
             return;
         };
         let mut last = 0;
-        for (slot, t) in self.cores[core].timers.due(0, w) {
+        for (slot, t) in self.cores[core].timers.due(Clock::Event, w) {
             let key = u32::from_le_bytes(t.key.as_slice().try_into().unwrap());
             assert_eq!(slot, slot_of_key(key));
             assert!(t.due <= w);
@@ -233,17 +231,16 @@ impl Sim {
     fn receive(&mut self, core: usize, from: usize, wire: Wire) {
         match wire {
             Wire::Data(slot, msg) => {
-                // On time where it arrives (a message that waits for its slot is applied later,
-                // when the watermark may have passed it: it still counts as on time).
-                // The slot's watermark where it came from counts too: a window closed there
-                // must not open again here.
+                // Producers never send late, so every message must be on time where it arrives,
+                // by the core's watermark and by the one its slot came with (a message that
+                // waits for its slot is applied later, when the watermark may have passed it).
                 let c = &self.cores[core];
-                let w = c.marks.current(0).max(c.floors.get(&slot).copied());
                 assert!(
-                    w.is_none_or(|w| msg.ts >= w),
-                    "key {}: a message at {} arrived after watermark {w:?}",
+                    !c.clock.is_late(slot, msg.ts),
+                    "key {}: a message at {} arrived after watermark {:?}",
                     msg.key,
                     msg.ts,
+                    c.clock.of(slot)
                 );
                 self.deliver(core, slot, msg)
             }
@@ -259,10 +256,15 @@ impl Sim {
                 let c = &mut self.cores[core];
                 c.state.extend(entities);
                 c.timers.put_slot(slot, time.timers);
-                if let Some(w) = time.watermark {
-                    c.floors.insert(slot, w);
-                }
+                c.clock.adopt(slot, time.watermark);
                 for m in self.cores[core].protocol.adopt(slot).unwrap() {
+                    assert!(
+                        !self.cores[core].clock.is_below_floor(slot, m.ts),
+                        "key {}: a message at {} waited for a slot that came with watermark {:?}",
+                        m.key,
+                        m.ts,
+                        time.watermark
+                    );
                     self.apply(core, m);
                 }
                 // Timers this core's watermark has passed already fire now.
@@ -271,8 +273,9 @@ impl Sim {
             }
             Wire::Ack(slot) => self.cores[core].protocol.acknowledged(slot).unwrap(),
             Wire::Watermark(at) => {
-                let advanced = self.cores[core].marks.update(0, from as CoreId, Some(at));
-                if advanced.is_some() {
+                let c = &mut self.cores[core];
+                if let Some(w) = c.marks.update(0, from as CoreId, Some(at)) {
+                    c.clock.advance(w);
                     self.fire(core);
                 }
             }
@@ -303,7 +306,7 @@ impl Sim {
                 .collect();
             let c = &mut self.cores[core];
             let time = SlotTime {
-                watermark: c.leaving.remove(&m.slot).expect("prepared to leave"),
+                watermark: c.clock.take(m.slot),
                 timers: c.timers.take_slot(m.slot),
             };
             self.timers_moved += time.timers.len();
@@ -378,8 +381,7 @@ impl Sim {
                 // reached: no producer has routed anything to its new owner yet.
                 for m in t.moves.iter().filter(|m| usize::from(m.from) == i) {
                     c.timers.freeze(m.slot);
-                    let w = c.marks.current(0).max(c.floors.remove(&m.slot));
-                    c.leaving.insert(m.slot, w);
+                    c.clock.leave(m.slot);
                 }
             }
             self.table = (*next).clone();
