@@ -234,7 +234,8 @@ impl<T: Message> Keyed<T> {
             "window needs event time: call .event_time(..) on the sources"
         );
         let step = move |open: &mut Open<A>, t: T, ctx: &mut Context<Windowed<A>>| {
-            // Stamped sources give every message after them an event time.
+            // Messages from stamped sources, and from event-time timers, carry an event time;
+            // outputs of processing-time timers do not, and no window takes them.
             let Some(ts) = ctx.event_time() else { return };
             open.add(
                 &windows,
@@ -453,7 +454,7 @@ impl App {
         &self.dataflow.sinks
     }
 
-    /// Keyed stages, in pipeline order.
+    /// How many keyed stages the pipeline has.
     pub fn stages(&self) -> usize {
         self.dataflow.stages.len()
     }

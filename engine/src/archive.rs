@@ -55,6 +55,8 @@ pub enum ArchiveError {
     Serialize { slot: u32, reason: String },
     #[error("slot {slot}: archived timers: {reason}")]
     Timers { slot: u32, reason: String },
+    #[error("slot {slot}: the archive has {got} parts, the app's stages make {want}")]
+    PartCount { slot: u32, got: usize, want: usize },
     #[error("slot {slot}: archive parts do not fit its {len} bytes ({parts:?})")]
     Parts {
         slot: u32,
@@ -63,8 +65,8 @@ pub enum ArchiveError {
     },
 }
 
-/// Where each part of a several-part archive starts: parts are padded to this, so each stays
-/// aligned where it is read.
+/// Where each part of a several-part archive starts: parts are padded to this, so a part's
+/// alignment within the archive is what it was when written.
 const PART_ALIGN: usize = 16;
 
 impl SlotArchive {

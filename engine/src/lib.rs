@@ -1,16 +1,17 @@
 //! Quokka's engine: runs an app thread-per-core, shared-nothing.
 //!
 //! An app is built once with the scale-free API in [`app`] (sources, stateless steps, `key_by`,
-//! one stateful step, more steps, a sink). The engine starts one glommio executor per core; each
+//! a stateful step, more steps, and again `key_by` and a stateful step as often as needed, then
+//! sinks; event time, timers and windows). The engine starts one glommio executor per core; each
 //! core owns a set of *slots* ([`hash`]: `stable_hash(key) % n_slots`) and every state entity in
 //! them ([`store`]). A routing table maps each slot to its core; a keyed message is applied on
 //! the owner core, reached by a function call, a batch on a bounded channel, or a link to
 //! another node. [`metrics`] gathers per-core counters and source-to-sink latency.
 //!
 //! Modules depend downward only, in this order (a tidy test, `layers`, enforces it):
-//! - pure parts, no I/O: `hash`, `routing`, `step` (what app steps see), `sink_buffer`,
-//!   `metrics`, [`store`], [`archive`], `planner`, `migration` (the per-core protocol, a
-//!   change's steps and the coordinator's step window);
+//! - pure parts, no I/O: `hash`, `routing`, `step` (what app steps see), `time` (timers,
+//!   watermarks), [`window`], `sink_buffer`, `metrics`, [`store`], [`archive`], `planner`,
+//!   `migration` (the per-core protocol, a change's steps and the coordinator's step window);
 //! - `dataflow`: the app erased into per-connection and per-core objects; [`app`]: the builder;
 //! - `runtime`: one node's cores (executors, channels, the messages cores exchange);
 //! - [`cluster`]: links between nodes and their wire format;

@@ -107,14 +107,16 @@ impl<'a, R> Context<'a, R> {
         self.key
     }
 
-    /// The message's event time (for a timer: the instant it was set for), if its source
-    /// stamps one.
+    /// The message's event time, if its source stamps one; for an event-time timer, the
+    /// instant it was set for (a processing-time timer has none).
     pub fn event_time(&self) -> Option<u64> {
         self.event_time
     }
 
-    /// The stage's watermark on this core: no message with an earlier event time follows
-    /// (except late ones, which never reach the step). `None` until a source reports one.
+    /// The stage's watermark on this core for this entity: a message with an earlier event time
+    /// that arrives from now on is late and never reaches the step (one that arrived on time
+    /// and waited for its entity to move here may be applied after the watermark passed it).
+    /// `None` until every core has reported one.
     pub fn watermark(&self) -> Option<u64> {
         self.watermark
     }

@@ -9,7 +9,7 @@
 //!
 //! Late events are the caller's business: [`Open`] does not know the watermark, so an event behind
 //! one already passed to [`Open::close`] opens a window again, which the next close emits again,
-//! partial. The step, which knows its watermark, drops (or side-outputs) such events before `add`.
+//! partial. The engine judges lateness before the step runs, so such events never reach `add`.
 
 /// How events are grouped into windows (event time, in the app's own units, a `u64`).
 ///
@@ -18,17 +18,20 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Windows {
     /// Fixed, non-overlapping windows `[k*size, (k+1)*size)`.
+    #[non_exhaustive]
     Tumbling { size: u64 },
     /// Windows of `size` starting every `slide` (overlapping when `slide < size`): an event at
     /// `ts` belongs to every window `[s, s+size)` with `s` a multiple of `slide` and
     /// `s <= ts < s+size`. Time starts at 0: no window starts before it, so an event at
     /// `ts < size - slide` is in fewer windows than later ones (an event at 3 with size 10 and
     /// slide 5 is in `[0, 10)` only, as `[-5, 5)` does not exist).
+    #[non_exhaustive]
     Sliding { size: u64, slide: u64 },
     /// Per key, events closer than `gap` form one window `[first, last + gap)`. A new event at
     /// `ts` makes the window `[ts, ts+gap)` and merges with every open window it overlaps
     /// (`other.start < ts+gap && ts < other.end`), so an event exactly at a window's end, or
     /// exactly `gap` before its start, starts a window of its own.
+    #[non_exhaustive]
     Session { gap: u64 },
 }
 
@@ -49,8 +52,9 @@ impl Windows {
         Self::Session { gap }.checked()
     }
 
-    /// `self`, or a panic naming the bad parameter: the variants are public, so [`Open::add`]
-    /// checks again rather than divide by zero.
+    /// `self`, or a panic naming the bad parameter. The variants are only built here (outside
+    /// this crate they are `non_exhaustive`); [`Open::add`] checks again rather than divide by
+    /// zero.
     fn checked(self) -> Self {
         match self {
             Self::Tumbling { size } => assert!(size > 0, "tumbling windows need a size > 0"),

@@ -15,11 +15,13 @@ use quokka_io::client::{FrameSender, Records};
 use crate::cluster;
 use crate::harness::{init_logging, send_frames, wait_applied, Coordinator, Sink, DEADLINE};
 
-const TUMBLING: Windows = Windows::Tumbling { size: 1000 };
-const SLIDING: Windows = Windows::Sliding {
-    size: 2000,
-    slide: 500,
-};
+fn tumbling() -> Windows {
+    Windows::tumbling(1000)
+}
+
+fn sliding() -> Windows {
+    Windows::sliding(2000, 500)
+}
 
 /// A key's windows of both kinds.
 #[derive(Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -32,7 +34,10 @@ type Out = (u8, Windowed<u64>);
 
 fn count(both: &mut Both, _: Event, ctx: &mut Context<Out>) {
     let ts = ctx.event_time().expect("the source stamps event time");
-    for (open, spec) in [(&mut both.tumbling, TUMBLING), (&mut both.sliding, SLIDING)] {
+    for (open, spec) in [
+        (&mut both.tumbling, tumbling()),
+        (&mut both.sliding, sliding()),
+    ] {
         let timer = |end| ctx.timer_at(Time::Event(end));
         open.add(&spec, ts, |n| *n += 1, |n, m| *n += m, timer);
     }

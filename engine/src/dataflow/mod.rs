@@ -140,24 +140,28 @@ impl Dataflow {
         n_slots: u32,
     ) -> Result<MovedSlot, ArchiveError> {
         let (slot, want) = (archive.slot, archive.entities);
-        let mut parts = archive.split()?.into_iter();
-        let parts_in = &mut parts;
-        let stage_parts = (self.stages.iter())
-            .map(|s| s.receive(slot, n_slots, parts_in))
-            .collect::<Result<Vec<_>, _>>()?;
+        let parts = archive.split()?;
+        let expected: usize = (self.stages.iter())
+            .map(|s| 1 + usize::from(s.has_timers()))
+            .sum();
+        if parts.len() != expected {
+            return Err(ArchiveError::PartCount {
+                slot,
+                got: parts.len(),
+                want: expected,
+            });
+        }
+        let mut parts = parts.into_iter();
+        let mut stage_parts = Vec::with_capacity(self.stages.len());
+        for s in &self.stages {
+            stage_parts.push(s.receive(slot, n_slots, &mut parts)?);
+        }
         let moved = MovedSlot::new(slot, stage_parts);
         if moved.entities != want {
             return Err(ArchiveError::Count {
                 slot,
                 got: moved.entities as usize,
                 want,
-            });
-        }
-        if parts.next().is_some() {
-            return Err(ArchiveError::Parts {
-                slot,
-                len: 0,
-                parts: Vec::new(),
             });
         }
         Ok(moved)
@@ -447,13 +451,13 @@ impl Stages {
     }
 
     /// Adopts a handed-off slot into every stage and applies the messages that waited for it,
-    /// in the order they arrived.
+    /// in the order they arrived. Returns how many messages were misrouted on the way on.
     pub fn adopt(
         &mut self,
         moved: MovedSlot,
         out: &mut Out,
         send: SendBatch,
-    ) -> Result<(), Refused> {
+    ) -> Result<usize, Refused> {
         let slot = moved.slot;
         // Every check before any change: a refusal gives the slot back whole.
         let refusal = if moved.parts.len() != self.stages.len() {
@@ -486,8 +490,7 @@ impl Stages {
         for s in &mut self.stages {
             s.catch_up(out);
         }
-        self.route_from(0, out, send);
-        Ok(())
+        Ok(self.route_from(0, out, send))
     }
 
     /// The new owner has the slot: drop what was kept of it here.

@@ -97,10 +97,11 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageDef for Typed<T, S, R, O
         n_slots: u32,
         parts: &mut dyn Iterator<Item = AlignedVec>,
     ) -> Result<StagePart, ArchiveError> {
-        let missing = || ArchiveError::Parts {
+        // The caller counted the parts: one per stage, one more per stage with timers.
+        let missing = || ArchiveError::PartCount {
             slot,
-            len: 0,
-            parts: Vec::new(),
+            got: 0,
+            want: 1,
         };
         let memory = SlotArchive::read_part::<S>(slot, parts.next().ok_or_else(missing)?)?;
         let time = if self.0.on_timer.is_some() {

@@ -40,9 +40,12 @@ impl Core {
             self.sink.wait_room().await;
             let (slot, n, size) = (moved.slot, moved.entities, moved.bytes);
             let mut result = Ok(());
-            self.with_keyed(|keyed, out, send| {
-                result = keyed.adopt(moved, out, send);
-                0
+            self.with_keyed(|keyed, out, send| match keyed.adopt(moved, out, send) {
+                Ok(misrouted) => misrouted,
+                Err(refused) => {
+                    result = Err(refused);
+                    0
+                }
             });
             match result {
                 Ok(()) => {

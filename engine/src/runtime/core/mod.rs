@@ -2,8 +2,9 @@
 //! connection it reads (`sources.rs`), the inbox loop (batches from other cores, control and
 //! migration messages), one sender per peer core (`peers.rs`, `outbox.rs`), the sink writer
 //! (`sink.rs`, a writer per sink), a hand-off task per step it gives slots up in (`handoff.rs`),
-//! and a ticker that fires processing-time timers and keeps per-second figures for `status`.
-//! Watermarks are in `time.rs`, stopping in `shutdown.rs`.
+//! a ticker that keeps per-second figures for `status`, and, if a stage sets timers, a clock
+//! task that fires processing-time ones (`time.rs`, which also carries watermarks). Stopping is
+//! in `shutdown.rs`.
 //!
 //! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 

@@ -1,5 +1,5 @@
 //! A core's sinks: outputs are encoded into a bounded buffer per sink, and a writer task per
-//! sink sends its buffer to the core's connection to that sink, recording each output's source-to-sink latency once it is
+//! sink sends its buffer to the core's connection to it, recording each output's source-to-sink latency once it is
 //! written. A full buffer holds back the core's data (never its control messages). Outputs
 //! written to a connection that then failed are counted as at risk (the sink may not have read
 //! them; TCP cannot tell).
