@@ -257,6 +257,10 @@ pub(crate) trait SourcePipeline {
     /// The connection's watermark: its largest event time so far minus the allowed lateness
     /// (`None` before its first stamped message, or if its source stamps none).
     fn watermark(&self) -> Option<u64>;
+    /// The largest event time read so far.
+    fn latest(&self) -> Option<u64>;
+    /// Goes on from a previous reader's largest event time.
+    fn resume(&mut self, latest: Option<u64>);
 }
 
 /// A slot its new owner could not adopt (a runtime bug: the memory itself was checked or

@@ -223,4 +223,12 @@ impl<I, T: Send + 'static> SourcePipeline for TypedSource<I, T> {
         let (_, lateness) = self.stamp.as_ref()?;
         Some(self.latest?.saturating_sub(*lateness))
     }
+
+    fn latest(&self) -> Option<u64> {
+        self.latest
+    }
+
+    fn resume(&mut self, latest: Option<u64>) {
+        self.latest = self.latest.max(latest);
+    }
 }

@@ -532,6 +532,7 @@ fn accept(
                     source,
                     stream,
                     pending: Vec::new(),
+                    latest: None,
                 };
                 if targets[core].send(CoreMsg::Connection(conn)).is_err() {
                     node.open_sources.fetch_sub(1, Ordering::AcqRel);

@@ -24,6 +24,8 @@ pub(crate) struct SourceConnection {
     pub stream: TcpStream,
     /// Bytes a previous reader received but did not decode yet.
     pub pending: Vec<u8>,
+    /// The largest event time a previous reader read (its watermark goes on from there).
+    pub latest: Option<u64>,
 }
 
 /// What one core says to another, on this node or across a link (where it travels as itself).

@@ -155,6 +155,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         source,
         stream,
         pending,
+        latest,
     } = conn;
     let sources = &core.sources;
     let peer = stream
@@ -187,6 +188,11 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
 
     let mut reader = FrameReader::new(stream, core.config.max_frame, &pending);
     let mut pipeline = core.dataflow.source_pipeline(source);
+    if latest.is_some() {
+        // Handed over by a leaving core, which kept its word for it: say it at once.
+        pipeline.resume(latest);
+        core.source_mark(key, pipeline.watermark(), now_ns());
+    }
     let mut now = now_ns();
     let ended = 'read: loop {
         // Work through what was read in bounded steps, yielding between them.
@@ -219,8 +225,14 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         }
     };
     let handle = sources.open.borrow_mut().remove(&key);
-    core.source_mark(key, None, now_ns());
+    if !matches!(ended, Ended::Leaving) {
+        core.source_mark(key, None, now_ns());
+    }
     match ended {
+        // This core's word for the connection stands until it leaves the producers, and the
+        // heir says it again as soon as it takes the connection, so the watermark does not
+        // jump past the connection meanwhile (unless a core hears this one's removal before
+        // the heir's word: a narrow race, noted on issue 16).
         Ended::Leaving => {
             if let Some(stream) = handle {
                 let pending = reader.pending();
@@ -228,6 +240,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
                     source,
                     stream,
                     pending,
+                    latest: pipeline.latest(),
                 });
             }
         }
