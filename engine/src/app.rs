@@ -199,8 +199,7 @@ impl<T: Message> Keyed<T> {
         self,
         step: impl Fn(&mut S, T, &mut Emit<R>) + Send + Sync + 'static,
     ) -> Outputs<T, S, R, R> {
-        let step: StepFn<S, T, R> = Arc::new(move |s, t, ctx| step(s, t, &mut Emit(ctx.emit)));
-        self.outputs(step, None)
+        self.outputs(StepFn::Plain(Arc::new(step)), None)
     }
 
     /// A stateful step with timers: `step` may ask for a callback ([`Context::timer_at`]), and
@@ -214,7 +213,7 @@ impl<T: Message> Keyed<T> {
         step: impl Fn(&mut S, T, &mut Context<R>) + Send + Sync + 'static,
         on_timer: impl Fn(&mut S, Time, &mut Context<R>) + Send + Sync + 'static,
     ) -> Outputs<T, S, R, R> {
-        self.outputs(Arc::new(step), Some(Arc::new(on_timer)))
+        self.outputs(StepFn::Timed(Arc::new(step)), Some(Arc::new(on_timer)))
     }
 
     /// Event-time windows per key: `fold` adds a message to its window's accumulator, `merge`

@@ -92,8 +92,9 @@ impl<A: Default> Open<A> {
     /// Adds an event at `ts`: folds it (`fold`) into the accumulator of every window it belongs
     /// to, opening windows as needed. For sessions, the windows the event bridges merge into one:
     /// the earliest absorbs the others in order of start (`merge(into, from)`), then the event is
-    /// folded in. Calls `timer(end)` for the end of every window the event is now in (the caller
-    /// sets an event-time timer there; duplicates are fine).
+    /// folded in. Calls `timer(end)` for the end of every window the event opened, and for a
+    /// session's new end (the caller sets an event-time timer there): a window already open
+    /// has its timer, so most events ask for none.
     pub fn add(
         &mut self,
         spec: &Windows,
@@ -107,8 +108,11 @@ impl<A: Default> Open<A> {
             Windows::Tumbling { size } => {
                 let start = ts - ts % size;
                 let end = start.saturating_add(size);
-                fold(&mut self.window(start, end).acc);
-                timer(end);
+                let (window, opened) = self.window(start, end);
+                fold(&mut window.acc);
+                if opened {
+                    timer(end);
+                }
             }
             Windows::Sliding { size, slide } => {
                 // The starts in (ts - size, ts], and not before 0. That interval holds `size`
@@ -118,8 +122,11 @@ impl<A: Default> Open<A> {
                 let mut start = first;
                 loop {
                     let end = start.saturating_add(size);
-                    fold(&mut self.window(start, end).acc);
-                    timer(end);
+                    let (window, opened) = self.window(start, end);
+                    fold(&mut window.acc);
+                    if opened {
+                        timer(end);
+                    }
                     if start == last {
                         break;
                     }
@@ -130,20 +137,20 @@ impl<A: Default> Open<A> {
         }
     }
 
-    /// The window `[start, end)`, opened empty if it is not open.
-    fn window(&mut self, start: u64, end: u64) -> &mut Window<A> {
-        let at = match self
+    /// The window `[start, end)`, opened empty if it is not open; and whether it was opened.
+    fn window(&mut self, start: u64, end: u64) -> (&mut Window<A>, bool) {
+        let (at, opened) = match self
             .windows
             .binary_search_by(|w| (w.end, w.start).cmp(&(end, start)))
         {
-            Ok(at) => at,
+            Ok(at) => (at, false),
             Err(at) => {
                 let acc = A::default();
                 self.windows.insert(at, Window { start, end, acc });
-                at
+                (at, true)
             }
         };
-        &mut self.windows[at]
+        (&mut self.windows[at], opened)
     }
 
     fn add_to_session(
@@ -160,20 +167,28 @@ impl<A: Default> Open<A> {
         // after it start at or after `end`. (`ts < u64::MAX`, so saturated ends compare exactly.)
         let from = self.windows.partition_point(|w| w.end <= ts);
         let to = from + self.windows[from..].partition_point(|w| w.start < end);
+        // Each window of the run has a timer at its end; a new end needs one.
+        let mut timed = [None, None];
         let mut run = self.windows.drain(from..to);
         let mut window = run.next().unwrap_or_else(|| Window {
             start: ts,
             end,
             acc: A::default(),
         });
+        if from < to {
+            timed[0] = Some(window.end);
+        }
         for w in run {
             window.end = w.end;
+            timed[1] = Some(w.end);
             merge(&mut window.acc, w.acc);
         }
         window.start = window.start.min(ts);
         window.end = window.end.max(end);
         fold(&mut window.acc);
-        timer(window.end);
+        if !timed.contains(&Some(window.end)) {
+            timer(window.end);
+        }
         self.windows.insert(from, window);
     }
 }
@@ -284,7 +299,19 @@ mod tests {
         let timers: Vec<_> = [25, 3, 17, 0, 9, 10]
             .map(|ts| add(&mut open, spec, ts))
             .into();
-        assert_eq!(timers, [[30], [10], [20], [10], [10], [20]]);
+        let none: Vec<u64> = Vec::new();
+        assert_eq!(
+            timers,
+            [
+                vec![30],
+                vec![10],
+                vec![20],
+                none.clone(),
+                none.clone(),
+                none
+            ],
+            "a timer per window opened"
+        );
         assert_eq!(open.len(), 3);
         assert!(open.close(9).is_empty());
         // The end is exclusive, so a watermark at the end closes the window.
@@ -299,10 +326,13 @@ mod tests {
         let spec = Windows::sliding(9, 3);
         let mut open = Open::default();
         assert_eq!(add(&mut open, spec, 20), [21, 24, 27]);
-        assert_eq!(add(&mut open, spec, 18), [21, 24, 27]);
+        assert!(
+            add(&mut open, spec, 18).is_empty(),
+            "its windows are open, with their timers"
+        );
         // No window starts before 0: an event at 4 is in [0, 9) and [3, 12) only.
         assert_eq!(add(&mut open, spec, 4), [9, 12]);
-        assert_eq!(add(&mut open, spec, 0), [9]);
+        assert!(add(&mut open, spec, 0).is_empty());
         let expected = [
             s(0, 9, &[0, 4]),
             s(3, 12, &[4]),
@@ -341,7 +371,10 @@ mod tests {
         let spec = Windows::session(5);
         let mut open = fed(spec, &[0, 8]);
         assert_eq!(spans(open.windows()), [s(0, 5, &[0]), s(8, 13, &[8])]);
-        assert_eq!(add(&mut open, spec, 4), [13]);
+        assert!(
+            add(&mut open, spec, 4).is_empty(),
+            "the merged end 13 has its timer"
+        );
         // [0, 5) absorbed [8, 13), then took the event: the accumulator keeps that order.
         assert_eq!(
             open.windows(),
@@ -419,7 +452,7 @@ mod tests {
         // MAX - 1 and MAX (which counts as MAX - 1) share the last window, whose end saturates.
         let spec = Windows::tumbling(10);
         let mut open = fed(spec, &[0, MAX, MAX - 1]);
-        assert_eq!(add(&mut open, spec, MAX), [MAX]);
+        assert!(add(&mut open, spec, MAX).is_empty(), "its window is open");
         let last = s(MAX - 5, MAX, &[MAX - 1, MAX, MAX]);
         assert_eq!(spans(open.windows()), [s(0, 10, &[0]), last.clone()]);
         assert_eq!(spans(&open.close(MAX - 1)), [s(0, 10, &[0])]);
@@ -433,7 +466,11 @@ mod tests {
         assert_eq!(add(&mut open, spec, MAX), [MAX, MAX]);
         let last_two = [s(MAX - 10, MAX, &[MAX]), s(MAX - 5, MAX, &[MAX])];
         assert_eq!(spans(open.windows()), last_two);
-        assert_eq!(add(&mut open, spec, MAX - 6), [MAX - 5, MAX]);
+        assert_eq!(
+            add(&mut open, spec, MAX - 6),
+            [MAX - 5],
+            "[MAX - 10, MAX) is open"
+        );
         assert_eq!(
             spans(&open.close(MAX - 5)),
             [s(MAX - 15, MAX - 5, &[MAX - 6])]
@@ -448,8 +485,14 @@ mod tests {
 
         let spec = Windows::session(10);
         let mut open = fed(spec, &[MAX, MAX - 30]);
-        assert_eq!(add(&mut open, spec, MAX - 3), [MAX]);
-        assert_eq!(add(&mut open, spec, MAX - 12), [MAX]);
+        assert!(
+            add(&mut open, spec, MAX - 3).is_empty(),
+            "the session ending at MAX"
+        );
+        assert!(
+            add(&mut open, spec, MAX - 12).is_empty(),
+            "still ends at MAX"
+        );
         let session = s(MAX - 12, MAX, &[MAX - 12, MAX - 3, MAX]);
         assert_eq!(
             spans(open.windows()),
@@ -522,7 +565,8 @@ mod tests {
 
     /// Feeds `events`, in their (arbitrary) order, between watermarks at `cuts`: each event after
     /// the last watermark below it, so none is late, then closes at `u64::MAX`. Checks on the
-    /// way that each add asks for exactly the ends of the windows the event is then in, that
+    /// way that every window an event is in has had a timer asked at its end, none at another
+    /// instant, that
     /// the windows stay sorted (and, for sessions, disjoint), and that a close leaves only
     /// windows past the watermark. Returns everything closed, in order.
     fn run(spec: Windows, events: &[u64], cuts: &[u64]) -> Vec<Span> {
@@ -533,16 +577,29 @@ mod tests {
         let mut open = Open::default();
         let mut closed = Vec::new();
         let mut from = 0;
+        // Every timer asked so far (a window's stays set until the close it causes).
+        let mut asked = std::collections::HashSet::new();
         for &watermark in &cuts {
             for &ts in events
                 .iter()
                 .filter(|&&ts| from <= ts && (ts < watermark || watermark == MAX))
             {
-                let mut timers = add(&mut open, spec, ts);
-                timers.sort_unstable();
-                let inside = open.windows().iter().filter(|w| w.acc.contains(&ts));
-                let ends: Vec<u64> = inside.map(|w| w.end).collect();
-                assert_eq!(timers, ends, "{spec:?} at {ts}");
+                let timers = add(&mut open, spec, ts);
+                let ends: Vec<u64> = open.windows().iter().map(|w| w.end).collect();
+                for t in &timers {
+                    assert!(
+                        ends.contains(t),
+                        "{spec:?} at {ts}: timer {t} ends no window"
+                    );
+                }
+                asked.extend(timers);
+                for w in open.windows().iter().filter(|w| w.acc.contains(&ts)) {
+                    assert!(
+                        asked.contains(&w.end),
+                        "{spec:?} at {ts}: no timer at {}",
+                        w.end
+                    );
+                }
                 for pair in open.windows().windows(2) {
                     assert!((pair[0].end, pair[0].start) < (pair[1].end, pair[1].start));
                     if let Windows::Session { .. } = spec {

@@ -18,7 +18,7 @@ use crate::metrics::now_ns;
 use crate::migration::{Protocol, Route};
 use crate::routing::CoreId;
 use crate::sink_buffer::SinkBuffer;
-use crate::step::{Context, Message, State, Time};
+use crate::step::{Context, Emit, Message, State, Time};
 use crate::store::{Slot, SlotStore};
 use crate::time::{split, Clock, SlotTime, StageClock, Timers, NO_TIME};
 
@@ -164,10 +164,9 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
         }
     }
 
-    /// Applies a message that was on time where it arrived.
-    fn apply_one(&mut self, msg: KeyedMsg<T>, out: &mut Out) {
+    /// Applies a message for `slot` that was on time where it arrived.
+    fn apply_one(&mut self, msg: KeyedMsg<T>, slot: u32, out: &mut Out) {
         self.applied += 1;
-        let slot = slot_of(msg.hash, self.n_slots);
         let watermark = self.clock.of(slot);
         let Self {
             fns,
@@ -178,25 +177,33 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
             key,
             ..
         } = self;
-        key.clear();
-        key.extend_from_slice((fns.key)(&msg.value));
-        let state = store.entry(msg.hash, key);
         let meta = Meta {
             ingress_ns: msg.ingress_ns,
             event: msg.event,
         };
         let post = &fns.post;
-        let mut ctx = Context {
-            emit: &mut |r| post(r, &mut |o| outlet.push(o, meta, out)),
-            timers: requested,
-            key,
-            event_time: (msg.event != NO_TIME).then_some(msg.event),
-            watermark,
-        };
-        (fns.step)(state, msg.value, &mut ctx);
-        if !requested.is_empty() {
-            for at in requested.drain(..) {
-                timers.set(slot, at, key);
+        let emit = &mut |r| post(r, &mut |o| outlet.push(o, meta, out));
+        match &fns.step {
+            StepFn::Plain(step) => {
+                let state = store.entry(msg.hash, (fns.key)(&msg.value));
+                step(state, msg.value, &mut Emit(emit));
+            }
+            StepFn::Timed(step) => {
+                // The step takes the message, and its context lends the key.
+                key.clear();
+                key.extend_from_slice((fns.key)(&msg.value));
+                let state = store.entry(msg.hash, key);
+                let mut ctx = Context {
+                    emit,
+                    timers: requested,
+                    key,
+                    event_time: (msg.event != NO_TIME).then_some(msg.event),
+                    watermark,
+                };
+                step(state, msg.value, &mut ctx);
+                for at in requested.drain(..) {
+                    timers.set(slot, at, key);
+                }
             }
         }
     }
@@ -223,7 +230,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
                 continue;
             }
             match protocol.route(slot) {
-                Route::Apply => self.apply_one(msg, out),
+                Route::Apply => self.apply_one(msg, slot, out),
                 Route::Buffer => {
                     let stage = self.fns.stage;
                     let msg = Box::new(msg);
@@ -237,14 +244,12 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
 
     fn apply_pending(&mut self, msg: Box<dyn Any + Send>, out: &mut Out) {
         let msg: Box<KeyedMsg<T>> = msg.downcast().expect("a message of this stage");
+        let slot = slot_of(msg.hash, self.n_slots);
         // On time where it arrived, but the slot may have come with a later watermark.
-        if self
-            .clock
-            .is_below_floor(slot_of(msg.hash, self.n_slots), msg.event)
-        {
+        if self.clock.is_below_floor(slot, msg.event) {
             return self.late_one(*msg, out);
         }
-        self.apply_one(*msg, out)
+        self.apply_one(*msg, slot, out)
     }
 
     fn take_batches(&mut self, each: &mut dyn FnMut(CoreId, Batch)) {
