@@ -302,6 +302,8 @@ pub struct Watermarks {
 struct Level {
     /// Per producer, its last word (`None`: none yet).
     from: BTreeMap<CoreId, Option<Mark>>,
+    /// Forgotten producers, with what was heard from them since.
+    gone: BTreeMap<CoreId, Option<Mark>>,
     current: Option<u64>,
 }
 
@@ -312,6 +314,7 @@ impl Watermarks {
             producers.into_iter().map(|p| (p, None)).collect();
         let level = Level {
             from,
+            gone: BTreeMap::new(),
             current: None,
         };
         Watermarks {
@@ -323,18 +326,32 @@ impl Watermarks {
         self.levels.get(level).and_then(|l| l.current)
     }
 
-    /// New producers: each holds every level back until it speaks (unless it spoke already).
+    /// New producers: each holds every level back until it speaks (unless it spoke already:
+    /// its word may overtake the news of it).
     pub fn add_producers(&mut self, producers: &[CoreId]) {
         for l in &mut self.levels {
             for &p in producers {
-                l.from.entry(p).or_insert(None);
+                match l.gone.remove(&p) {
+                    // An id used again: what was heard from it since it was forgotten counts.
+                    Some(word) => {
+                        l.from.insert(p, word);
+                    }
+                    None => {
+                        l.from.entry(p).or_insert(None);
+                    }
+                }
             }
         }
     }
 
-    /// `from` reports `mark` on `level`; returns the level's watermark if it advanced.
+    /// `from` reports `mark` on `level`; returns the level's watermark if it advanced. A word
+    /// from a forgotten producer (one that overtook the news of its removal) is kept aside.
     pub fn update(&mut self, level: usize, from: CoreId, mark: Mark) -> Option<u64> {
         let l = self.levels.get_mut(level)?;
+        if let Some(word) = l.gone.get_mut(&from) {
+            *word = Some(mark);
+            return None;
+        }
         l.from.insert(from, Some(mark));
         l.advance()
     }
@@ -352,6 +369,7 @@ impl Watermarks {
     pub fn forget(&mut self, core: CoreId) -> Vec<(usize, u64)> {
         let mut advanced = Vec::new();
         for (i, l) in self.levels.iter_mut().enumerate() {
+            l.gone.insert(core, None);
             if l.from.remove(&core).is_some() {
                 if let Some(w) = l.advance() {
                     advanced.push((i, w));
@@ -533,5 +551,19 @@ mod tests {
             "a spoken producer stays heard"
         );
         assert_eq!(w.forget(1), vec![(0, 90)]);
+        assert_eq!(
+            w.update(0, 1, Some(40)),
+            None,
+            "a forgotten producer's late word holds nobody back"
+        );
+        assert_eq!(w.update(0, 2, Some(95)), Some(95));
+        w.add_producers(&[1]);
+        assert_eq!(w.current(0), Some(95));
+        assert_eq!(
+            w.update(0, 2, Some(99)),
+            None,
+            "an id used again counts its word"
+        );
+        assert_eq!(w.update(0, 1, Some(120)), Some(99));
     }
 }

@@ -36,9 +36,11 @@ pub(crate) type KeyFn<T> = Arc<dyn Fn(&T) -> &[u8] + Send + Sync>;
 /// A stateful step: plain (`stateful`: an emitter only, the hot path of most apps, called
 /// directly) or with a context (`process`: timers, key, times).
 pub(crate) enum StepFn<S, T, R> {
-    Plain(Arc<dyn Fn(&mut S, T, &mut Emit<R>) + Send + Sync>),
-    Timed(Arc<dyn Fn(&mut S, T, &mut Context<R>) + Send + Sync>),
+    Plain(PlainStep<S, T, R>),
+    Timed(TimedStep<S, T, R>),
 }
+pub(crate) type PlainStep<S, T, R> = Arc<dyn Fn(&mut S, T, &mut Emit<R>) + Send + Sync>;
+pub(crate) type TimedStep<S, T, R> = Arc<dyn Fn(&mut S, T, &mut Context<R>) + Send + Sync>;
 pub(crate) type TimerFn<S, R> = Arc<dyn Fn(&mut S, Time, &mut Context<R>) + Send + Sync>;
 pub(crate) type Encode<O> = Arc<dyn Fn(&O, &mut Vec<u8>) + Send + Sync>;
 pub(crate) type Stamp<I> = Arc<dyn Fn(&I) -> u64 + Send + Sync>;

@@ -167,7 +167,6 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
     /// Applies a message for `slot` that was on time where it arrived.
     fn apply_one(&mut self, msg: KeyedMsg<T>, slot: u32, out: &mut Out) {
         self.applied += 1;
-        let watermark = self.clock.of(slot);
         let Self {
             fns,
             store,
@@ -175,6 +174,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
             outlet,
             requested,
             key,
+            clock,
             ..
         } = self;
         let meta = Meta {
@@ -198,7 +198,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
                     timers: requested,
                     key,
                     event_time: (msg.event != NO_TIME).then_some(msg.event),
-                    watermark,
+                    watermark: clock.of(slot),
                 };
                 step(state, msg.value, &mut ctx);
                 for at in requested.drain(..) {
