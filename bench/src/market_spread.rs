@@ -64,11 +64,7 @@ pub fn run(args: Args) -> Result<()> {
             "cores={cores} max rate: {:.2} M msgs/s ({:.2} M per core; runs: {})",
             max_rate / 1e6,
             max_rate / 1e6 / cores as f64,
-            rates
-                .iter()
-                .map(|r| format!("{:.2}", r / 1e6))
-                .collect::<Vec<_>>()
-                .join(", ")
+            util::millions(&rates)
         );
         println!("  latency at max rate: {}", median_percentiles(&max));
         let half: Vec<(f64, Summary)> = (0..args.runs)

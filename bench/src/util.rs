@@ -115,6 +115,22 @@ pub fn median(xs: &[f64]) -> f64 {
 }
 
 /// Latency percentiles, each the median over runs' histograms.
+/// Each run's rate in millions: `2.45, 2.35, 2.81`.
+pub fn millions(xs: &[f64]) -> String {
+    xs.iter()
+        .map(|x| format!("{:.2}", x / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Each run's duration (ns) for people: `228.4us, 3.49ms`.
+pub fn durations(ns: &[f64]) -> String {
+    ns.iter()
+        .map(|&x| quokka_engine::metrics::human_ns(x as u64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn median_percentiles(hists: &[hdrhistogram::Histogram<u64>]) -> String {
     let at = |q: f64| {
         let xs: Vec<f64> = hists

@@ -14,7 +14,7 @@ use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
 
-use crate::util::{self, median, pin_to_last_cpu, send_paced};
+use crate::util::{self, durations, median, millions, pin_to_last_cpu, send_paced};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -91,11 +91,7 @@ pub fn run(args: Args) -> Result<()> {
             "cores={cores} max rate: {:.2} M events/s ({:.2} M per core; runs: {})",
             max_rate / 1e6,
             max_rate / 1e6 / cores as f64,
-            rates
-                .iter()
-                .map(|r| format!("{:.2}", r / 1e6))
-                .collect::<Vec<_>>()
-                .join(", ")
+            millions(&rates)
         );
         let half = max_rate / 2.0;
         let n = ((half * args.paced_secs) as usize).min(frames.len());
@@ -110,10 +106,7 @@ pub fn run(args: Args) -> Result<()> {
             "cores={cores} at half rate ({:.2} M events/s offered): window p99 median {} (runs: {})",
             half / 1e6,
             human_ns(median(&p99s) as u64),
-            p99s.iter()
-                .map(|&p| human_ns(p as u64))
-                .collect::<Vec<_>>()
-                .join(", ")
+            durations(&p99s)
         );
         let hists: Vec<Histogram<u64>> = paced.iter().map(|r| r.summary.latency()).collect();
         println!(

@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         println!(
             "cores={cores} max rate: {:.2} M words/s (runs: {}), {:.2}x the baseline, {} ns/word",
             max_rate / 1e6,
-            list(&rates),
+            util::millions(&rates),
             max_rate / base_median,
             (1e9 / max_rate) as u64
         );
@@ -110,10 +110,7 @@ pub fn run(args: Args) -> Result<()> {
             "cores={cores} at half rate ({:.2} M words/s offered): p99 median {} (runs: {})",
             half / 1e6,
             human_ns(median(&p99s) as u64),
-            p99s.iter()
-                .map(|&p| human_ns(p as u64))
-                .collect::<Vec<_>>()
-                .join(", ")
+            util::durations(&p99s)
         );
         let latency = median_percentiles(&paced, |s| s.latency());
         let share = median_percentiles(&paced, |s| s.engine_latency());
@@ -132,13 +129,6 @@ fn count_words(lines: &[String]) -> u64 {
         word_count::words(l, |_| n += 1);
     }
     n
-}
-
-fn list(xs: &[f64]) -> String {
-    xs.iter()
-        .map(|x| format!("{:.2}", x / 1e6))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Each latency percentile as the median over the runs.

@@ -453,6 +453,19 @@ impl Core {
         }
     }
 
+    /// Sleeps for `period`; false if the core finished meanwhile (for tasks that end with it).
+    async fn sleep_unless_done(&self, period: Duration) -> bool {
+        let slept = async {
+            glommio::timer::sleep(period).await;
+            true
+        };
+        let finished = async {
+            self.sink.finished().await;
+            false
+        };
+        future::or(finished, slept).await
+    }
+
     fn status(&self) -> CoreStatus {
         let keyed = self.keyed.borrow();
         let report = self.report.borrow();
@@ -490,18 +503,7 @@ impl Core {
 async fn tick(core: Rc<Core>) {
     let mut last = Instant::now();
     let (mut frames, mut outputs) = (0, 0);
-    loop {
-        let second = async {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            true
-        };
-        let finished = async {
-            core.sink.finished().await;
-            false
-        };
-        if !future::or(finished, second).await {
-            return;
-        }
+    while core.sleep_unless_done(Duration::from_secs(1)).await {
         let secs = last.elapsed().as_secs_f64();
         last = Instant::now();
         let mut report = core.report.borrow_mut();

@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::future;
-
 use super::Core;
 use crate::metrics::now_ns;
 use crate::routing::CoreId;
@@ -149,18 +147,7 @@ const CLOCK_TICK: Duration = Duration::from_millis(10);
 /// Fires processing-time timers as the wall clock passes them (within [`CLOCK_TICK`]). Ends
 /// with the core.
 pub(super) async fn clock(core: Rc<Core>) {
-    loop {
-        let tick = async {
-            glommio::timer::sleep(CLOCK_TICK).await;
-            true
-        };
-        let finished = async {
-            core.sink.finished().await;
-            false
-        };
-        if !future::or(finished, tick).await {
-            return;
-        }
+    while core.sleep_unless_done(CLOCK_TICK).await {
         let now = now_ms();
         core.with_keyed(|keyed, out, send| keyed.clock(now, out, send));
     }
