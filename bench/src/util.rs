@@ -123,8 +123,20 @@ pub fn millions(xs: &[f64]) -> String {
         .join(", ")
 }
 
+/// The p99 of each run's latency, as `p99 median X (runs: a, b, c)`.
+pub fn p99_of_runs(latencies: &[hdrhistogram::Histogram<u64>]) -> String {
+    let p99s: Vec<f64> = (latencies.iter())
+        .map(|h| h.value_at_quantile(0.99) as f64)
+        .collect();
+    format!(
+        "p99 median {} (runs: {})",
+        quokka_engine::metrics::human_ns(median(&p99s) as u64),
+        durations(&p99s)
+    )
+}
+
 /// Each run's duration (ns) for people: `228.4us, 3.49ms`.
-pub fn durations(ns: &[f64]) -> String {
+fn durations(ns: &[f64]) -> String {
     ns.iter()
         .map(|&x| quokka_engine::metrics::human_ns(x as u64))
         .collect::<Vec<_>>()

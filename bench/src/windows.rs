@@ -10,11 +10,10 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use quokka_apps::corpus::SplitMix64;
 use quokka_apps::window_counts::{self, LATENESS, WINDOW_MS};
-use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
 
-use crate::util::{self, durations, median, millions, pin_to_last_cpu, send_paced};
+use crate::util::{self, median, millions, pin_to_last_cpu, send_paced};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -98,17 +97,12 @@ pub fn run(args: Args) -> Result<()> {
         let paced: Vec<Run> = (0..args.runs)
             .map(|_| one_run(cores, &frames[..n], closed_windows(&all[..n]), Some(half)))
             .collect::<Result<_>>()?;
-        let p99s: Vec<f64> = paced
-            .iter()
-            .map(|r| r.summary.latency().value_at_quantile(0.99) as f64)
-            .collect();
-        println!(
-            "cores={cores} at half rate ({:.2} M events/s offered): window p99 median {} (runs: {})",
-            half / 1e6,
-            human_ns(median(&p99s) as u64),
-            durations(&p99s)
-        );
         let hists: Vec<Histogram<u64>> = paced.iter().map(|r| r.summary.latency()).collect();
+        println!(
+            "cores={cores} at half rate ({:.2} M events/s offered): window {}",
+            half / 1e6,
+            util::p99_of_runs(&hists)
+        );
         println!(
             "  window latency (median of runs): {}",
             util::median_percentiles(&hists)

@@ -10,7 +10,6 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use quokka_apps::corpus::{self, vocab_word, CorpusSpec};
 use quokka_apps::word_count;
-use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
 
@@ -102,15 +101,11 @@ pub fn run(args: Args) -> Result<()> {
                 )
             })
             .collect::<Result<_>>()?;
-        let p99s: Vec<f64> = paced
-            .iter()
-            .map(|r| r.summary.latency().value_at_quantile(0.99) as f64)
-            .collect();
+        let latencies: Vec<Histogram<u64>> = paced.iter().map(|r| r.summary.latency()).collect();
         println!(
-            "cores={cores} at half rate ({:.2} M words/s offered): p99 median {} (runs: {})",
+            "cores={cores} at half rate ({:.2} M words/s offered): {}",
             half / 1e6,
-            human_ns(median(&p99s) as u64),
-            util::durations(&p99s)
+            util::p99_of_runs(&latencies)
         );
         let latency = median_percentiles(&paced, |s| s.latency());
         let share = median_percentiles(&paced, |s| s.engine_latency());

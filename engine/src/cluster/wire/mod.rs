@@ -448,16 +448,7 @@ pub fn decode_welcome(payload: &[u8]) -> Result<Welcome, WireError> {
 
 /// A control-frame body of a type the layers above define (a change report): magic, version,
 /// archive; read back with [`decode_body`].
-pub(crate) fn encode_body<T>(value: &T) -> Vec<u8>
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            BoxedError,
-        >,
-    >,
-{
+pub(crate) fn encode_body<T: Archivable>(value: &T) -> Vec<u8> {
     prefixed(&archive_of(value))
 }
 
@@ -469,16 +460,26 @@ fn prefixed(archive: &[u8]) -> Vec<u8> {
 /// Magic and version before every archive.
 const PREFIX_LEN: usize = 3;
 
-fn archive_of<T>(value: &T) -> AlignedVec
-where
+/// What rkyv archives into an aligned buffer, as every wire message is.
+pub(crate) trait Archivable:
+    for<'a> rkyv::Serialize<
+    rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, BoxedError>,
+>
+{
+}
+
+impl<T> Archivable for T where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
             AlignedVec,
             rkyv::ser::allocator::ArenaHandle<'a>,
             BoxedError,
         >,
-    >,
+    >
 {
+}
+
+fn archive_of<T: Archivable>(value: &T) -> AlignedVec {
     rkyv::to_bytes::<BoxedError>(value).expect("wire messages always serialize")
 }
 

@@ -440,17 +440,13 @@ impl Core {
     /// Routes a connection's waiting batches: this core's own are applied in place, the others
     /// queued for their owners.
     fn dispatch(&self, pipeline: &mut dyn SourcePipeline) {
-        let mut own = Vec::new();
         pipeline.take_batches(&mut |owner, batch| {
             if owner == self.id {
-                own.push(batch);
+                self.with_keyed(|keyed, out, send| keyed.apply(batch, out, send));
             } else {
                 self.send_to(owner, CoreMsg::Batch(batch));
             }
         });
-        for batch in own {
-            self.with_keyed(|keyed, out, send| keyed.apply(batch, out, send));
-        }
     }
 
     /// Sleeps for `period`; false if the core finished meanwhile (for tasks that end with it).
