@@ -5,6 +5,7 @@
 pub mod alphabet;
 pub mod corpus;
 pub mod market_spread;
+pub mod nexmark;
 pub mod window_counts;
 pub mod word_buckets;
 pub mod word_count;
@@ -20,7 +21,7 @@ pub struct AppInfo {
 
 /// Every linked app.
 pub fn all() -> Vec<AppInfo> {
-    vec![
+    [
         AppInfo {
             name: "word_count",
             about: "running count per word of text lines; outputs `word => count` (Wallaroo's word count)",
@@ -47,6 +48,13 @@ pub fn all() -> Vec<AppInfo> {
             build: window_counts::app,
         },
     ]
+    .into_iter()
+    .chain(
+        nexmark::QUERIES
+            .iter()
+            .map(|&(name, build, about)| AppInfo { name, about, build }),
+    )
+    .collect()
 }
 
 /// The app called `name`.
@@ -68,7 +76,16 @@ mod tests {
                 "word_buckets",
                 "alphabet",
                 "market_spread",
-                "window_counts"
+                "window_counts",
+                "nexmark_q0",
+                "nexmark_q1",
+                "nexmark_q2",
+                "nexmark_q3",
+                "nexmark_q4",
+                "nexmark_q5",
+                "nexmark_q6",
+                "nexmark_q7",
+                "nexmark_q8",
             ]
         );
         for info in all() {
