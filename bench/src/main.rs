@@ -6,6 +6,7 @@ mod channels;
 mod cluster;
 mod market_spread;
 mod migrate;
+mod nexmark;
 mod util;
 mod windows;
 mod wordcount;
@@ -31,6 +32,9 @@ enum Bench {
     /// Event-time windows (window_counts): events/s at max rate and per core, window latency
     /// at half of it.
     Windows(windows::Args),
+    /// NEXMark q0-q8: events/s per core at max rate and latency at half of it, 1 and 2 cores,
+    /// against decoding alone.
+    Nexmark(nexmark::Args),
     /// Cross-core channels (flume against glommio's shared channel), single and batched.
     Channels(channels::Args),
     /// Grow 1 -> 2 cores and shrink back under load with a million words in state.
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Wordcount(args) => wordcount::run(args),
         Bench::Windows(args) => windows::run(args),
+        Bench::Nexmark(args) => nexmark::run(args),
         Bench::Channels(args) => channels::run(args),
         Bench::Migrate(args) => migrate::run(args),
         Bench::MarketSpread(args) => market_spread::run(args),

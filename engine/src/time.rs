@@ -296,6 +296,29 @@ pub type Mark = Option<u64>;
 #[derive(Debug, Default)]
 pub struct Watermarks {
     levels: Vec<Level>,
+    /// Changes of slot owners on their way, by id: what they hold the levels at.
+    changes: BTreeMap<u64, ChangeHold>,
+}
+
+/// While a change moves slots, a moving slot's timers fire, and the messages that waited for
+/// it are applied, on its new owner after that core and the old one may have said later
+/// watermarks for the next stage; those outputs would be late there. So each old owner holds
+/// every later level at the watermark its stage had when it prepared (outputs of the moving
+/// slots are never older), until every core of the change says it is done with it. Both words
+/// travel on the data lanes, so "done" comes after everything the core emitted for the change.
+#[derive(Debug, Default)]
+struct ChangeHold {
+    /// Per level, the lowest watermark an old owner holds it at.
+    at: Vec<Option<u64>>,
+    /// The change's cores (empty until the first of them is done).
+    cores: BTreeSet<CoreId>,
+    done: BTreeSet<CoreId>,
+}
+
+impl ChangeHold {
+    fn at(&self, level: usize) -> Option<u64> {
+        self.at.get(level).copied().flatten()
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -319,6 +342,7 @@ impl Watermarks {
         };
         Watermarks {
             levels: vec![level; levels],
+            changes: BTreeMap::new(),
         }
     }
 
@@ -353,7 +377,61 @@ impl Watermarks {
             return None;
         }
         l.from.insert(from, Some(mark));
-        l.advance()
+        self.advance(level)
+    }
+
+    /// An old owner of change `change` holds each level at most at `at[level]` (`None`: not
+    /// at all) until the change is done.
+    pub fn hold(&mut self, change: u64, at: &[Option<u64>]) {
+        let hold = self.changes.entry(change).or_default();
+        if hold.at.len() < at.len() {
+            hold.at.resize(at.len(), None);
+        }
+        for (held, &new) in hold.at.iter_mut().zip(at) {
+            *held = match (*held, new) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+
+    /// `from`, one of `cores`, is done with change `change`: once all of them are (or are
+    /// gone), its holds end. Returns the levels that advanced.
+    pub fn change_done(
+        &mut self,
+        change: u64,
+        from: CoreId,
+        cores: &[CoreId],
+    ) -> Vec<(usize, u64)> {
+        let hold = self.changes.entry(change).or_default();
+        if hold.cores.is_empty() {
+            hold.cores = cores.iter().copied().collect();
+        }
+        hold.done.insert(from);
+        self.release_done()
+    }
+
+    /// Ends the holds of every change whose cores are all done or gone; advances the levels.
+    fn release_done(&mut self) -> Vec<(usize, u64)> {
+        let gone = self.levels.first().map(|l| &l.gone);
+        let before = self.changes.len();
+        self.changes.retain(|_, h| {
+            let waiting = (h.cores.iter())
+                .any(|c| !h.done.contains(c) && !gone.is_some_and(|g| g.contains_key(c)));
+            h.cores.is_empty() || waiting
+        });
+        if self.changes.len() == before {
+            return Vec::new();
+        }
+        (0..self.levels.len())
+            .filter_map(|i| self.advance(i).map(|w| (i, w)))
+            .collect()
+    }
+
+    /// Moves `level` to the lowest word, within the holds.
+    fn advance(&mut self, level: usize) -> Option<u64> {
+        let held = self.changes.values().filter_map(|h| h.at(level)).min();
+        self.levels.get_mut(level)?.advance(held)
     }
 
     /// Input ended on `level` (every producer is done): the watermark jumps to the end of time.
@@ -368,24 +446,33 @@ impl Watermarks {
     /// `core` is gone: it holds nobody back any more. Returns the levels that advanced.
     pub fn forget(&mut self, core: CoreId) -> Vec<(usize, u64)> {
         let mut advanced = Vec::new();
-        for (i, l) in self.levels.iter_mut().enumerate() {
+        for i in 0..self.levels.len() {
+            let l = &mut self.levels[i];
             l.gone.insert(core, None);
             if l.from.remove(&core).is_some() {
-                if let Some(w) = l.advance() {
+                if let Some(w) = self.advance(i) {
                     advanced.push((i, w));
                 }
             }
         }
+        // A change it was part of need not wait for it.
+        for (level, w) in self.release_done() {
+            advanced.retain(|&(l, _)| l != level);
+            advanced.push((level, w));
+        }
+        advanced.sort_unstable();
         advanced
     }
 }
 
 impl Level {
-    fn advance(&mut self) -> Option<u64> {
+    /// Moves to the lowest word (but no further than `held`), if every producer has spoken.
+    fn advance(&mut self, held: Option<u64>) -> Option<u64> {
         if self.from.values().any(Option::is_none) {
             return None;
         }
-        let min = self.from.values().flatten().flatten().min().copied()?;
+        let lowest = self.from.values().flatten().flatten().min().copied()?;
+        let min = held.map_or(lowest, |h| h.min(lowest));
         if self.current.is_some_and(|c| c >= min) {
             return None;
         }
@@ -565,5 +652,42 @@ mod tests {
             "an id used again counts its word"
         );
         assert_eq!(w.update(0, 1, Some(120)), Some(99));
+    }
+
+    #[test]
+    fn a_change_holds_later_levels_until_each_of_its_cores_is_done() {
+        let mut w = Watermarks::new(2, [1, 2, 3]);
+        for core in [1, 2, 3] {
+            w.update(0, core, Some(100));
+            w.update(1, core, Some(100));
+        }
+        // Core 1 gives slots up while its stage 0 is at 100: level 1 stays there.
+        w.hold(7, &[None, Some(100)]);
+        for core in [1, 2, 3] {
+            w.update(0, core, Some(500));
+        }
+        assert_eq!(w.current(0), Some(500), "level 0 is not held");
+        for core in [1, 2] {
+            assert_eq!(w.update(1, core, Some(500)), None);
+        }
+        assert_eq!(w.update(1, 3, Some(500)), None, "held at 100");
+        assert_eq!(w.current(1), Some(100));
+        // A core's "done" may overtake the hold of another (other lanes): nothing is released
+        // until every core of the change is done.
+        assert!(w.change_done(7, 2, &[1, 2, 3]).is_empty());
+        assert!(w.change_done(7, 1, &[1, 2, 3]).is_empty());
+        assert_eq!(w.change_done(7, 3, &[1, 2, 3]), vec![(1, 500)]);
+        assert!(w.changes.is_empty(), "a finished change is forgotten");
+
+        // Done before any hold arrives, then the hold (another change): same ending.
+        assert!(w.change_done(8, 1, &[1, 2]).is_empty());
+        w.hold(8, &[None, Some(450)]);
+        for core in [1, 2, 3] {
+            w.update(1, core, Some(600));
+        }
+        assert_eq!(w.current(1), Some(500), "it never goes back, and holds");
+        // A core that is lost is not waited for.
+        assert_eq!(w.forget(2), vec![(1, 600)]);
+        assert!(w.changes.is_empty());
     }
 }

@@ -3,8 +3,9 @@
 //! `tests/processes`, which shares this crate's harness.
 //!
 //! [`harness`] starts an engine with a collecting sink and waits on its state; [`reference`]
-//! computes what the output must be, independently of the app code under test; [`fixtures`]
-//! holds the bundled data. The benchmarks (`bench/`) use the fixtures and harness too.
+//! computes what the output must be, independently of the app code under test, and
+//! [`nexmark_reference`] does so for the NEXMark queries; [`fixtures`] holds the bundled data.
+//! The benchmarks (`bench/`) use the fixtures and harness too.
 
 #[cfg(test)]
 mod apps;
@@ -18,6 +19,9 @@ pub mod fixtures;
 pub mod harness;
 #[cfg(test)]
 mod limits;
+#[cfg(test)]
+mod nexmark;
+pub mod nexmark_reference;
 pub mod reference;
 #[cfg(test)]
 mod scaling;

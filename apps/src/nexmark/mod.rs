@@ -521,7 +521,7 @@ fn q7_offer(open: &mut Q7Open, m: ById<Q7Bid>, ctx: &mut Context<Highest>) {
     let bid = m.value;
     let t = bid.date_time;
     let end = (t - t % TUMBLE).saturating_add(TUMBLE);
-    if t % TUMBLE == 0 && t > 0 {
+    if t.is_multiple_of(TUMBLE) && t > 0 {
         open.window(t, ctx).at_end.push(bid.clone());
     }
     open.window(end, ctx).offer(bid);
@@ -643,8 +643,11 @@ pub fn q8() -> App {
         .named("nexmark_q8")
 }
 
+/// A query's app name, builder and one-line description.
+pub type Query = (&'static str, fn() -> App, &'static str);
+
 /// Every query, in order.
-pub const QUERIES: [(&str, fn() -> App, &str); 9] = [
+pub const QUERIES: [Query; 9] = [
     ("nexmark_q0", q0, "NEXMark q0, pass-through: bids as `auction,bidder,price,dateTime,extra`"),
     ("nexmark_q1", q1, "NEXMark q1, currency conversion: `auction,bidder,price*0.908,dateTime,extra`"),
     ("nexmark_q2", q2, "NEXMark q2, selection: `auction,price` of bids whose auction is a multiple of 123"),
@@ -698,8 +701,10 @@ mod tests {
         h.offer(q7_bid(9, 2));
         h.offer(q7_bid(9, 3));
         h.offer(q7_bid(7, 4));
-        let mut other = Highest::default();
-        other.at_end = vec![q7_bid(9, 10_000), q7_bid(8, 10_000)];
+        let other = Highest {
+            at_end: vec![q7_bid(9, 10_000), q7_bid(8, 10_000)],
+            ..Highest::default()
+        };
         h.merge(other);
         let times: Vec<u64> = h.winners().iter().map(|b| b.date_time).collect();
         assert_eq!(times, [2, 3, 10_000]);

@@ -535,6 +535,11 @@ impl Stages {
         self.protocol.epoch()
     }
 
+    /// Whether a step of a change is unfinished here (prepared, or a slot still on its way).
+    pub fn in_step(&self) -> bool {
+        self.protocol.in_step()
+    }
+
     pub fn owned_slots(&self) -> usize {
         self.protocol.owned()
     }

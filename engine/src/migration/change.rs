@@ -13,6 +13,9 @@ use crate::routing::{CoreId, Move, RoutingTable};
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ChangePlan {
+    /// Tells this change from every other of the cluster (an aborted change and the next may
+    /// start at the same epoch).
+    pub id: u64,
     /// The epoch before the first step.
     pub epoch: u64,
     /// The owner of every slot before the first step.
@@ -38,8 +41,14 @@ pub enum BadPlan {
 
 impl ChangePlan {
     /// The plan that takes `base` through `steps` (each step's moves), routed by `producers`.
-    pub fn new(base: &RoutingTable, steps: Vec<Vec<Move>>, producers: Vec<CoreId>) -> Self {
+    pub fn new(
+        id: u64,
+        base: &RoutingTable,
+        steps: Vec<Vec<Move>>,
+        producers: Vec<CoreId>,
+    ) -> Self {
         ChangePlan {
+            id,
             epoch: base.epoch(),
             owners: (0..base.n_slots()).map(|s| base.owner(s)).collect(),
             steps,
@@ -108,6 +117,7 @@ mod tests {
         let moves = [mv(0, 0, 1), mv(1, 0, 1), mv(2, 0, 1)];
         let planned = steps(&base, &moves, 2);
         let plan = ChangePlan::new(
+            1,
             &base,
             planned.iter().map(|(_, m)| m.clone()).collect(),
             vec![0, 1],
@@ -124,7 +134,7 @@ mod tests {
     #[test]
     fn a_plan_that_does_not_fit_this_cluster_is_refused() {
         let base = RoutingTable::uniform(8, 1);
-        let plan = |steps| ChangePlan::new(&base, steps, vec![0, 1]);
+        let plan = |steps| ChangePlan::new(1, &base, steps, vec![0, 1]);
         assert_eq!(
             plan(vec![vec![mv(0, 0, 1)]]).transitions(16),
             Err(BadPlan::SlotCount {

@@ -187,7 +187,6 @@ impl<M> Protocol<M> {
     }
 
     /// True while a step involves this core.
-    #[cfg(test)]
     pub fn in_step(&self) -> bool {
         !self.steps.is_empty()
     }

@@ -130,6 +130,7 @@ fn peer_messages_naming_foreign_slots_are_refused_not_panicked_on() {
             reason: String::new(),
         },
         PeerMsg::Prepare(ChangePlan::new(
+            1,
             &other_cluster,
             vec![vec![Move {
                 slot: 7,

@@ -53,6 +53,19 @@ pub(crate) enum PeerMsg {
         /// closes measures its latency from.
         ingress_ns: u64,
     },
+    /// The sender gives slots up in change `change`: each stage's input `level` must not pass
+    /// `at[level]` until every core of the change is done with it (`time::Watermarks`).
+    Hold {
+        change: u64,
+        at: Vec<Option<u64>>,
+    },
+    /// The sender is done with change `change`: everything it emitted for it is ahead of this.
+    /// `cores`: every core of the change.
+    ChangeDone {
+        from: CoreId,
+        change: u64,
+        cores: Vec<CoreId>,
+    },
     /// A slot's entities, handed over by their old owner on another node: one slot per
     /// message, so the frame it arrives in becomes the slot's storage. (A core never receives
     /// this: the receiving node checks the archive and hands the core a [`CoreMsg::Adopt`].)
@@ -97,7 +110,11 @@ impl PeerMsg {
     pub fn is_data(&self) -> bool {
         matches!(
             self,
-            PeerMsg::Marker { .. } | PeerMsg::ProducerDone { .. } | PeerMsg::Watermark { .. }
+            PeerMsg::Marker { .. }
+                | PeerMsg::ProducerDone { .. }
+                | PeerMsg::Watermark { .. }
+                | PeerMsg::Hold { .. }
+                | PeerMsg::ChangeDone { .. }
         )
     }
 

@@ -14,6 +14,7 @@ fn samples() -> Vec<Wire> {
         parts: vec![40, 100],
     };
     let plan = ChangePlan::new(
+        1,
         &RoutingTable::uniform(3, 2),
         vec![vec![Move {
             slot: 1,

@@ -96,7 +96,9 @@ impl Coordinator {
         };
         self.publish(Some(progress.clone()));
         let producers: Vec<CoreId> = self.cores.keys().copied().collect();
+        self.changes += 1;
         let change = ChangePlan::new(
+            self.changes,
             &self.table,
             steps.into_iter().map(|(_, moves)| moves).collect(),
             producers.clone(),

@@ -68,6 +68,8 @@ pub(crate) struct Coordinator {
     /// Set when the engine stops: a change in progress ends at its next wait.
     pub stopping: Arc<AtomicBool>,
     unfinished: Option<Unfinished>,
+    /// Changes planned so far (each plan's id).
+    changes: u64,
 }
 
 impl Coordinator {
@@ -128,6 +130,7 @@ impl Coordinator {
             stopped: false,
             stopping: Arc::default(),
             unfinished: None,
+            changes: 0,
         }
     }
 

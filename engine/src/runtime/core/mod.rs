@@ -46,6 +46,8 @@ pub(crate) struct Core {
     table: RefCell<Arc<RoutingTable>>,
     /// Steps prepared and not yet switched to, in epoch order.
     prepared: RefCell<VecDeque<Arc<Transition>>>,
+    /// The change this core takes part in (its id and cores), until it is done with it here.
+    change: RefCell<Option<(u64, Vec<CoreId>)>>,
     keyed: RefCell<Stages>,
     time: time::EventTime,
     /// This core's inbox (data and control lanes), to see whether messages wait there.
@@ -100,6 +102,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         shutdown: Shutdown::new(dataflow.stages.len()),
         table: RefCell::new(table),
         prepared: RefCell::new(VecDeque::new()),
+        change: RefCell::new(None),
         sink: Sink::new(config.sink_buffer, config.outputs.len()),
         config,
         dataflow,
@@ -275,6 +278,12 @@ impl Core {
                 at,
                 ingress_ns,
             } => self.on_watermark(from, stage as usize, at, ingress_ns),
+            PeerMsg::Hold { change, at } => self.time.hold(change, &at),
+            PeerMsg::ChangeDone {
+                from,
+                change,
+                cores,
+            } => self.change_done(from, change, &cores),
             PeerMsg::Handoff { from, .. } => self.fail(format!(
                 "an unchecked slot archive from core {from} (its node adopts archives for its cores)"
             )),
@@ -291,6 +300,7 @@ impl Core {
                     Ok(n) => {
                         self.prepared.borrow_mut().clear();
                         tracing::debug!(core = self.id, steps = n, "change aborted");
+                        self.end_change_if_done();
                     }
                     Err(e) => self.fail(format!("abort: {e}")),
                 }
@@ -321,6 +331,7 @@ impl Core {
             }
             self.prepared.borrow_mut().push_back(t);
         }
+        self.begin_change(plan);
         let _ = self.events.send(CoreEvent::Prepared(self.id));
     }
 
@@ -354,6 +365,7 @@ impl Core {
                 epoch,
             });
         }
+        self.end_change_if_done();
     }
 
     /// Queues `msg` for `peer`. A peer this core cannot reach (its node could not be linked)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::Core;
 use crate::metrics::now_ns;
+use crate::migration::ChangePlan;
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreMsg, PeerMsg};
 use crate::step::now_ms;
@@ -39,6 +40,12 @@ impl EventTime {
     /// `stage`'s watermark here.
     pub fn watermark(&self, stage: usize) -> Option<u64> {
         self.marks.borrow().current(stage)
+    }
+
+    /// A core giving slots up in `change` holds later stages' watermarks (see
+    /// `time::Watermarks`).
+    pub fn hold(&self, change: u64, at: &[Option<u64>]) {
+        self.marks.borrow_mut().hold(change, at)
     }
 }
 
@@ -101,6 +108,63 @@ impl Core {
         let advanced = self.time.marks.borrow_mut().forget(core);
         for (stage, w) in advanced {
             self.advance(stage, w, now_ns());
+        }
+    }
+
+    /// Joins change `plan` (after preparing its steps). In a pipeline of several stages, a core
+    /// that gives slots up holds every later stage's watermark where its own stages are now,
+    /// until every core of the change is done with it: what the moving slots still emit (timers
+    /// their new owner fires late, messages that waited for them) must not come late there.
+    pub(super) fn begin_change(&self, plan: &ChangePlan) {
+        let stages = self.dataflow.stages.len();
+        if stages < 2 {
+            return;
+        }
+        if plan.steps.iter().flatten().any(|m| m.from == self.id) {
+            // Stage k's outputs feed level k + 1; level 0 is the sources'.
+            let at: Vec<Option<u64>> = std::iter::once(None)
+                .chain((0..stages - 1).map(|k| Some(self.time.watermark(k).unwrap_or(0))))
+                .collect();
+            let hold = PeerMsg::Hold {
+                change: plan.id,
+                at: at.clone(),
+            };
+            self.peers.send_all(|| CoreMsg::Peer(hold.clone()));
+            self.time.hold(plan.id, &at);
+        }
+        *self.change.borrow_mut() = Some((plan.id, plan.producers.clone()));
+        self.end_change_if_done();
+    }
+
+    /// Once no step of its change is unfinished here, says so to every core (after all this
+    /// core emitted for it, on the same lanes).
+    pub(super) fn end_change_if_done(&self) {
+        if self.keyed.borrow().in_step() {
+            return;
+        }
+        let Some((change, cores)) = self.change.borrow_mut().take() else {
+            return;
+        };
+        let from = self.id;
+        let done = PeerMsg::ChangeDone {
+            from,
+            change,
+            cores: cores.clone(),
+        };
+        self.peers.send_all(|| CoreMsg::Peer(done.clone()));
+        self.change_done(from, change, &cores);
+    }
+
+    /// `from` is done with `change`: its holds may end.
+    pub(super) fn change_done(&self, from: CoreId, change: u64, cores: &[CoreId]) {
+        let advanced = self
+            .time
+            .marks
+            .borrow_mut()
+            .change_done(change, from, cores);
+        let now = now_ns();
+        for (stage, w) in advanced {
+            self.advance(stage, w, now);
         }
     }
 
