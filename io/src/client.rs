@@ -57,6 +57,29 @@ impl FrameSender {
         self.out.flush()?;
         self.out.get_ref().shutdown(std::net::Shutdown::Write)
     }
+
+    /// As [`Self::finish`], then waits until the engine closes its side, which it does once it
+    /// has read every byte: until then the last frames may sit in socket buffers, and an engine
+    /// stopped meanwhile would not read them. An error if it closed without reading all.
+    pub fn finish_read(self) -> std::io::Result<()> {
+        let stream = self.out.get_ref().try_clone()?;
+        self.finish()?;
+        let mut buf = [0u8; 64];
+        loop {
+            match (&stream).read(&mut buf) {
+                Ok(0) => return Ok(()),
+                // The engine writes nothing on a source connection; ignore it if it did.
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("the engine closed the connection before reading all of it ({e})"),
+                    ))
+                }
+            }
+        }
+    }
 }
 
 /// How a sink's byte stream splits into records.

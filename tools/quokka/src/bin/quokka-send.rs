@@ -78,13 +78,16 @@ fn run(args: Args) -> Result<()> {
             }
         }
     }
-    sender.finish().context("closing the connection")?;
+    // Returns once the engine has read every frame, so stopping it next loses none.
+    sender
+        .finish_read()
+        .context("waiting for the engine to read every frame")?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     if progress {
         eprint!("\r");
     }
     quokka::outln!(
-        "sent {sent} frames ({bytes} bytes) to {addr} in {secs:.2}s: {:.0} frames/s, {:.1} MB/s",
+        "sent {sent} frames ({bytes} bytes) to {addr} in {secs:.2}s, all read by the engine: {:.0} frames/s, {:.1} MB/s",
         sent as f64 / secs,
         bytes as f64 / secs / 1e6
     )?;
