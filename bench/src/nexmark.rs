@@ -1,5 +1,5 @@
 //! NEXMark q0-q8 end to end: generated events (the standard generator, 10 000 per second of
-//! event time) sent framed over one loopback connection. Per query and core count: events/s
+//! event time) sent framed over loopback, one connection per engine core. Per query and core count: events/s
 //! at max rate (all events read and every result written: the time until the engine has
 //! stopped) and per core; at half of it, source-to-sink latency. The baseline, timed in the
 //! same run, decodes every frame on one thread and does nothing else: the floor of an event's
@@ -114,7 +114,20 @@ fn one_run(q: usize, cores: usize, frames: &[&[u8]], rate: Option<f64>) -> Resul
     config.cores = cores;
     let engine = Engine::start(&app, config)?;
     let started = Instant::now();
-    send_paced(engine.input_addrs()[0], frames, rate)?;
+    // One connection per core (the acceptor deals them out in turn), each taking every
+    // `cores`-th event: each stays in event-time order, and every core decodes.
+    let input = engine.input_addrs()[0];
+    let parts: Vec<Vec<&[u8]>> = (0..cores)
+        .map(|c| frames.iter().skip(c).step_by(cores).copied().collect())
+        .collect();
+    std::thread::scope(|s| {
+        let senders: Vec<_> = (parts.iter())
+            .map(|part| s.spawn(move || send_paced(input, part, rate.map(|r| r / cores as f64))))
+            .collect();
+        senders
+            .into_iter()
+            .try_for_each(|h| h.join().expect("sender thread"))
+    })?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let read: u64 = engine.status().cores.iter().map(|c| c.frames).sum();

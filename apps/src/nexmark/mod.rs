@@ -76,9 +76,16 @@ pub fn q0() -> App {
 }
 
 /// `0.908 * price`, as the exact decimal the SQL gives (three places).
-pub fn dollars_to_euros(price: u64) -> String {
+pub fn dollars_to_euros(price: u64, out: &mut Vec<u8>) {
     let milli = price as u128 * 908;
-    format!("{}.{:03}", milli / 1000, milli % 1000)
+    let fraction = (milli % 1000) as u16;
+    out.extend_from_slice(itoa::Buffer::new().format(milli / 1000).as_bytes());
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ]);
 }
 
 /// q1, currency conversion: `SELECT auction, bidder, 0.908 * price, dateTime, extra FROM bid`.
@@ -91,7 +98,7 @@ pub fn q1() -> App {
             Row::new(out)
                 .num(b.auction)
                 .num(b.bidder)
-                .raw(&dollars_to_euros(b.price))
+                .raw(|out| dollars_to_euros(b.price, out))
                 .num(b.date_time)
                 .text(&b.extra)
                 .end()
@@ -665,10 +672,16 @@ mod tests {
 
     #[test]
     fn prices_convert_to_exact_euros() {
-        assert_eq!(dollars_to_euros(0), "0.000");
-        assert_eq!(dollars_to_euros(1), "0.908");
-        assert_eq!(dollars_to_euros(1234), "1120.472");
-        assert_eq!(dollars_to_euros(u64::MAX), "16749643618928272866.420");
+        let euros = |price| {
+            let mut out = Vec::new();
+            dollars_to_euros(price, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(euros(0), "0.000");
+        assert_eq!(euros(1), "0.908");
+        assert_eq!(euros(12), "10.896");
+        assert_eq!(euros(1234), "1120.472");
+        assert_eq!(euros(u64::MAX), "16749643618928272866.420");
     }
 
     #[test]
