@@ -49,11 +49,7 @@ pub fn all() -> Vec<AppInfo> {
         },
     ]
     .into_iter()
-    .chain(
-        nexmark::QUERIES
-            .iter()
-            .map(|&(name, build, about)| AppInfo { name, about, build }),
-    )
+    .chain(nexmark::QUERIES)
     .collect()
 }
 

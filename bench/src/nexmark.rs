@@ -1,9 +1,9 @@
-//! NEXMark q0-q8 end to end: generated events (the standard generator, 10 000 per second of
-//! event time) sent framed over loopback, one connection per engine core. Per query and core count: events/s
-//! at max rate (all events read and every result written: the time until the engine has
-//! stopped) and per core; at half of it, source-to-sink latency. The baseline, timed in the
-//! same run, decodes every frame on one thread and does nothing else: the floor of an event's
-//! cost.
+//! NEXMark q0-q8 end to end: generated events (the standard generator, 10 000 per second
+//! of event time) sent framed over loopback, one connection per engine core. Per query and
+//! core count: events/s at max rate (all events read and every result written: the time until
+//! the engine has stopped) and per core; at half of it, source-to-sink latency. The baseline,
+//! timed in the same run, decodes every frame on one thread and does nothing else: the floor
+//! of an event's cost.
 
 use std::time::{Duration, Instant};
 
@@ -109,7 +109,7 @@ fn decode_only(frames: &[&[u8]]) -> f64 {
 /// writes every result).
 fn one_run(q: usize, cores: usize, frames: &[&[u8]], rate: Option<f64>) -> Result<Run> {
     let sink = client_collector()?;
-    let app = (QUERIES[q].1)();
+    let app = (QUERIES[q].build)();
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], sink.addr());
     config.cores = cores;
     let engine = Engine::start(&app, config)?;

@@ -298,6 +298,13 @@ pub struct Watermarks {
     levels: Vec<Level>,
     /// Changes of slot owners on their way, by id: what they hold the levels at.
     changes: BTreeMap<u64, ChangeHold>,
+    /// Changes whose holds ended: a word about one that comes later changes nothing.
+    ended: BTreeSet<u64>,
+    /// Producers removed while a change still waits for their word that they are done: they
+    /// count (as does what they said) until it comes, on the data lane, behind their holds.
+    retiring: BTreeSet<CoreId>,
+    /// Producers whose node was lost: a change they were part of can no longer be exact.
+    lost: BTreeSet<CoreId>,
 }
 
 /// While a change moves slots, a moving slot's timers fire, and the messages that waited for
@@ -310,15 +317,9 @@ pub struct Watermarks {
 struct ChangeHold {
     /// Per level, the lowest watermark an old owner holds it at.
     at: Vec<Option<u64>>,
-    /// The change's cores (empty until the first of them is done).
-    cores: BTreeSet<CoreId>,
+    /// The change's cores, once this core prepared it (until then it holds and never ends).
+    cores: Option<BTreeSet<CoreId>>,
     done: BTreeSet<CoreId>,
-}
-
-impl ChangeHold {
-    fn at(&self, level: usize) -> Option<u64> {
-        self.at.get(level).copied().flatten()
-    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -328,6 +329,20 @@ struct Level {
     /// Forgotten producers, with what was heard from them since.
     gone: BTreeMap<CoreId, Option<Mark>>,
     current: Option<u64>,
+}
+
+impl ChangeHold {
+    fn at(&self, level: usize) -> Option<u64> {
+        self.at.get(level).copied().flatten()
+    }
+
+    fn waits_for(&self, core: CoreId) -> bool {
+        self.cores.as_ref().is_none_or(|c| c.contains(&core)) && !self.done.contains(&core)
+    }
+
+    fn is_done(&self) -> bool {
+        (self.cores.as_ref()).is_some_and(|cores| cores.iter().all(|c| self.done.contains(c)))
+    }
 }
 
 impl Watermarks {
@@ -342,7 +357,7 @@ impl Watermarks {
         };
         Watermarks {
             levels: vec![level; levels],
-            changes: BTreeMap::new(),
+            ..Watermarks::default()
         }
     }
 
@@ -380,9 +395,25 @@ impl Watermarks {
         self.advance(level)
     }
 
+    /// This core prepared change `change` of `cores` (on its control lane, so before any
+    /// removal of one of them).
+    pub fn begin_change(&mut self, change: u64, cores: &[CoreId]) -> Vec<(usize, u64)> {
+        if self.ended.contains(&change) {
+            return Vec::new();
+        }
+        if cores.iter().any(|c| self.lost.contains(c)) {
+            return self.end_change(change);
+        }
+        self.changes.entry(change).or_default().cores = Some(cores.iter().copied().collect());
+        self.end_done_changes()
+    }
+
     /// An old owner of change `change` holds each level at most at `at[level]` (`None`: not
     /// at all) until the change is done.
     pub fn hold(&mut self, change: u64, at: &[Option<u64>]) {
+        if self.ended.contains(&change) {
+            return;
+        }
         let hold = self.changes.entry(change).or_default();
         if hold.at.len() < at.len() {
             hold.at.resize(at.len(), None);
@@ -395,34 +426,44 @@ impl Watermarks {
         }
     }
 
-    /// `from`, one of `cores`, is done with change `change`: once all of them are (or are
-    /// gone), its holds end. Returns the levels that advanced.
-    pub fn change_done(
-        &mut self,
-        change: u64,
-        from: CoreId,
-        cores: &[CoreId],
-    ) -> Vec<(usize, u64)> {
-        let hold = self.changes.entry(change).or_default();
-        if hold.cores.is_empty() {
-            hold.cores = cores.iter().copied().collect();
-        }
-        hold.done.insert(from);
-        self.release_done()
-    }
-
-    /// Ends the holds of every change whose cores are all done or gone; advances the levels.
-    fn release_done(&mut self) -> Vec<(usize, u64)> {
-        let gone = self.levels.first().map(|l| &l.gone);
-        let before = self.changes.len();
-        self.changes.retain(|_, h| {
-            let waiting = (h.cores.iter())
-                .any(|c| !h.done.contains(c) && !gone.is_some_and(|g| g.contains_key(c)));
-            h.cores.is_empty() || waiting
-        });
-        if self.changes.len() == before {
+    /// `from` is done with change `change`: once every core of it is, its holds end. Returns
+    /// the levels that advanced.
+    pub fn change_done(&mut self, change: u64, from: CoreId) -> Vec<(usize, u64)> {
+        if self.ended.contains(&change) {
             return Vec::new();
         }
+        self.changes.entry(change).or_default().done.insert(from);
+        let mut advanced = self.end_done_changes();
+        // A removed producer the change waited for can go now.
+        let free: Vec<CoreId> = (self.retiring.iter().copied())
+            .filter(|&r| !self.changes.values().any(|h| h.waits_for(r)))
+            .collect();
+        for core in free {
+            self.retiring.remove(&core);
+            merge(&mut advanced, self.forget_now(core));
+        }
+        advanced
+    }
+
+    fn end_change(&mut self, change: u64) -> Vec<(usize, u64)> {
+        self.changes.remove(&change);
+        self.ended.insert(change);
+        self.advance_all()
+    }
+
+    fn end_done_changes(&mut self) -> Vec<(usize, u64)> {
+        let done: Vec<u64> = (self.changes.iter())
+            .filter(|(_, h)| h.is_done())
+            .map(|(&id, _)| id)
+            .collect();
+        let mut advanced = Vec::new();
+        for change in done {
+            merge(&mut advanced, self.end_change(change));
+        }
+        advanced
+    }
+
+    fn advance_all(&mut self) -> Vec<(usize, u64)> {
         (0..self.levels.len())
             .filter_map(|i| self.advance(i).map(|w| (i, w)))
             .collect()
@@ -443,8 +484,31 @@ impl Watermarks {
         })
     }
 
-    /// `core` is gone: it holds nobody back any more. Returns the levels that advanced.
-    pub fn forget(&mut self, core: CoreId) -> Vec<(usize, u64)> {
+    /// `core` was removed (`lost`: its node was lost): it holds nobody back any more, except
+    /// that a change still waiting for a removed core's "done" keeps it until that comes (it
+    /// is on its way, behind the core's holds); a change a lost core was part of ends. Returns
+    /// the levels that advanced.
+    pub fn forget(&mut self, core: CoreId, lost: bool) -> Vec<(usize, u64)> {
+        let mut advanced = Vec::new();
+        if lost {
+            self.lost.insert(core);
+            let broken: Vec<u64> = (self.changes.iter())
+                .filter(|(_, h)| h.cores.as_ref().is_some_and(|c| c.contains(&core)))
+                .map(|(&id, _)| id)
+                .collect();
+            for change in broken {
+                merge(&mut advanced, self.end_change(change));
+            }
+        } else if self.changes.values().any(|h| h.waits_for(core)) {
+            self.retiring.insert(core);
+            return advanced;
+        }
+        self.retiring.remove(&core);
+        merge(&mut advanced, self.forget_now(core));
+        advanced
+    }
+
+    fn forget_now(&mut self, core: CoreId) -> Vec<(usize, u64)> {
         let mut advanced = Vec::new();
         for i in 0..self.levels.len() {
             let l = &mut self.levels[i];
@@ -455,14 +519,17 @@ impl Watermarks {
                 }
             }
         }
-        // A change it was part of need not wait for it.
-        for (level, w) in self.release_done() {
-            advanced.retain(|&(l, _)| l != level);
-            advanced.push((level, w));
-        }
-        advanced.sort_unstable();
         advanced
     }
+}
+
+/// Adds `more` advanced levels to `into`, keeping the latest watermark per level.
+fn merge(into: &mut Vec<(usize, u64)>, more: Vec<(usize, u64)>) {
+    for (level, w) in more {
+        into.retain(|&(l, _)| l != level);
+        into.push((level, w));
+    }
+    into.sort_unstable();
 }
 
 impl Level {
@@ -637,7 +704,7 @@ mod tests {
             Some(30),
             "a spoken producer stays heard"
         );
-        assert_eq!(w.forget(1), vec![(0, 90)]);
+        assert_eq!(w.forget(1, false), vec![(0, 90)]);
         assert_eq!(
             w.update(0, 1, Some(40)),
             None,
@@ -672,22 +739,60 @@ mod tests {
         }
         assert_eq!(w.update(1, 3, Some(500)), None, "held at 100");
         assert_eq!(w.current(1), Some(100));
-        // A core's "done" may overtake the hold of another (other lanes): nothing is released
-        // until every core of the change is done.
-        assert!(w.change_done(7, 2, &[1, 2, 3]).is_empty());
-        assert!(w.change_done(7, 1, &[1, 2, 3]).is_empty());
-        assert_eq!(w.change_done(7, 3, &[1, 2, 3]), vec![(1, 500)]);
-        assert!(w.changes.is_empty(), "a finished change is forgotten");
-
-        // Done before any hold arrives, then the hold (another change): same ending.
-        assert!(w.change_done(8, 1, &[1, 2]).is_empty());
-        w.hold(8, &[None, Some(450)]);
-        for core in [1, 2, 3] {
-            w.update(1, core, Some(600));
+        // Every core's "done" may come before this core prepared the change (other lanes):
+        // nothing ends until it knows the change's cores, and all of them are done.
+        for core in [2, 1, 3] {
+            assert!(w.change_done(7, core).is_empty());
         }
-        assert_eq!(w.current(1), Some(500), "it never goes back, and holds");
-        // A core that is lost is not waited for.
-        assert_eq!(w.forget(2), vec![(1, 600)]);
+        assert_eq!(w.begin_change(7, &[1, 2, 3]), vec![(1, 500)]);
+        assert!(w.changes.is_empty(), "a finished change is forgotten");
+        // A word about it that comes later (a removed core's, behind a control message)
+        // holds nothing and is not kept.
+        w.hold(7, &[None, Some(100)]);
+        assert!(w.change_done(7, 2).is_empty());
         assert!(w.changes.is_empty());
+        assert_eq!(w.update(1, 1, Some(600)), None);
+        assert_eq!(w.update(1, 2, Some(600)), None);
+        assert_eq!(w.update(1, 3, Some(600)), Some(600));
+    }
+
+    #[test]
+    fn a_removed_core_counts_until_it_is_done_and_a_lost_one_ends_its_changes() {
+        let mut w = Watermarks::new(2, [1, 2, 3]);
+        for core in [1, 2, 3] {
+            w.update(1, core, Some(100));
+        }
+        w.begin_change(8, &[1, 2, 3]);
+        // Core 3 gives slots up and retires; its removal overtakes its hold and its "done".
+        assert!(w.forget(3, false).is_empty(), "it still counts");
+        w.update(1, 1, Some(300));
+        assert_eq!(
+            w.update(1, 2, Some(300)),
+            None,
+            "core 3's word (100) still counts"
+        );
+        w.hold(8, &[None, Some(100)]);
+        assert!(w.change_done(8, 1).is_empty());
+        assert!(w.change_done(8, 2).is_empty());
+        assert_eq!(w.change_done(8, 3), vec![(1, 300)], "done, then forgotten");
+        assert!(w.retiring.is_empty());
+        assert_eq!(
+            w.update(1, 3, Some(50)),
+            None,
+            "its late word holds nobody back"
+        );
+
+        // A lost core's changes end (they cannot be exact any more), and so do its words.
+        w.begin_change(9, &[1, 2]);
+        w.hold(9, &[None, Some(300)]);
+        w.update(1, 1, Some(400));
+        assert_eq!(w.update(1, 2, Some(400)), None, "held");
+        assert_eq!(w.forget(2, true), vec![(1, 400)]);
+        assert!(w.changes.is_empty());
+        // A change prepared after the loss of one of its cores does not hold either.
+        w.hold(10, &[None, Some(400)]);
+        assert!(w.begin_change(10, &[1, 2]).is_empty());
+        assert!(w.changes.is_empty());
+        assert_eq!(w.update(1, 1, Some(500)), Some(500));
     }
 }

@@ -258,6 +258,49 @@ mod tests {
     use super::*;
     use crate::framing::encode_frame;
 
+    /// A source that reads `limit` bytes at most, then closes.
+    fn source(limit: usize) -> (SocketAddr, JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0; 64 * 1024];
+            let mut read = 0;
+            while read < limit {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+            }
+            read
+        });
+        (addr, reader)
+    }
+
+    #[test]
+    fn finish_read_returns_once_the_peer_has_read_everything() {
+        let (addr, reader) = source(usize::MAX);
+        let mut sender = FrameSender::connect(addr, Duration::from_secs(10)).unwrap();
+        let payload = vec![7u8; 1000];
+        for _ in 0..10_000 {
+            sender.send(&payload).unwrap();
+        }
+        sender.finish_read().unwrap();
+        assert_eq!(reader.join().unwrap(), 10_000 * 1004);
+    }
+
+    #[test]
+    fn finish_read_fails_if_the_peer_closes_before_reading_everything() {
+        let (addr, reader) = source(1000);
+        let mut sender = FrameSender::connect(addr, Duration::from_secs(10)).unwrap();
+        let payload = vec![7u8; 1000];
+        // Enough to stay in the socket buffers: the peer stops reading after the first frame.
+        let sent = (0..10_000).try_for_each(|_| sender.send(&payload));
+        let finished = sent.and_then(|()| sender.finish_read());
+        assert!(reader.join().unwrap() < 10_000 * 1004);
+        assert!(finished.is_err(), "the unread frames are reported");
+    }
+
     #[test]
     fn records_split_keeps_partial_tail() {
         let mut got = Vec::new();

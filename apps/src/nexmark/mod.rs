@@ -9,6 +9,8 @@ pub mod generate;
 use quokka_engine::app::{Outputs, Stream};
 use quokka_engine::{App, Context, Emit, Time, Windowed, Windows};
 
+use crate::AppInfo;
+
 pub use event::{decode, Auction, Bid, Event, Person, Row};
 
 /// How far behind the latest `dateTime` on a connection an event may come and still count.
@@ -310,7 +312,8 @@ pub struct InOrder<S> {
 
 impl<S> InOrder<S> {
     fn add<R>(&mut self, c: &Closed, ctx: &mut Context<R>) {
-        let at = ctx.event_time().unwrap_or(c.expires);
+        // A closed auction carries its closing time (just after `expires`).
+        let at = ctx.event_time().unwrap_or(c.expires.saturating_add(1));
         self.waiting.push((at, c.auction, c.price));
         // Every closed auction at `at` has come once the watermark passes it.
         ctx.timer_at(Time::Event(at.saturating_add(1)));
@@ -650,20 +653,53 @@ pub fn q8() -> App {
         .named("nexmark_q8")
 }
 
-/// A query's app name, builder and one-line description.
-pub type Query = (&'static str, fn() -> App, &'static str);
-
 /// Every query, in order.
-pub const QUERIES: [Query; 9] = [
-    ("nexmark_q0", q0, "NEXMark q0, pass-through: bids as `auction,bidder,price,dateTime,extra`"),
-    ("nexmark_q1", q1, "NEXMark q1, currency conversion: `auction,bidder,price*0.908,dateTime,extra`"),
-    ("nexmark_q2", q2, "NEXMark q2, selection: `auction,price` of bids whose auction is a multiple of 123"),
-    ("nexmark_q3", q3, "NEXMark q3, local item suggestion: `name,city,state,id` of OR/ID/CA sellers' category-10 auctions"),
-    ("nexmark_q4", q4, "NEXMark q4, average price per category: `category,avg` as each auction closes"),
-    ("nexmark_q5", q5, "NEXMark q5, hot items: `auction,num` per 10 s window sliding by 2 s"),
-    ("nexmark_q6", q6, "NEXMark q6, average selling price by seller: `seller,avg` of its last 11 closed auctions"),
-    ("nexmark_q7", q7, "NEXMark q7, highest bid per 10 s window: `auction,price,bidder,dateTime,extra`"),
-    ("nexmark_q8", q8, "NEXMark q8, new users: `id,name,starttime` of persons who opened an auction in their first 10 s window"),
+pub const QUERIES: [AppInfo; 9] = [
+    AppInfo {
+        name: "nexmark_q0",
+        about: "NEXMark q0, pass-through: bids as `auction,bidder,price,dateTime,extra`",
+        build: q0,
+    },
+    AppInfo {
+        name: "nexmark_q1",
+        about: "NEXMark q1, currency conversion: `auction,bidder,price*0.908,dateTime,extra`",
+        build: q1,
+    },
+    AppInfo {
+        name: "nexmark_q2",
+        about: "NEXMark q2, selection: `auction,price` of bids whose auction is a multiple of 123",
+        build: q2,
+    },
+    AppInfo {
+        name: "nexmark_q3",
+        about: "NEXMark q3, local item suggestion: `name,city,state,id` of OR/ID/CA sellers' category-10 auctions",
+        build: q3,
+    },
+    AppInfo {
+        name: "nexmark_q4",
+        about: "NEXMark q4, average price per category: `category,avg` as each auction closes",
+        build: q4,
+    },
+    AppInfo {
+        name: "nexmark_q5",
+        about: "NEXMark q5, hot items: `auction,num` per 10 s window sliding by 2 s",
+        build: q5,
+    },
+    AppInfo {
+        name: "nexmark_q6",
+        about: "NEXMark q6, average selling price by seller: `seller,avg` of its last 11 closed auctions",
+        build: q6,
+    },
+    AppInfo {
+        name: "nexmark_q7",
+        about: "NEXMark q7, highest bid per 10 s window: `auction,price,bidder,dateTime,extra`",
+        build: q7,
+    },
+    AppInfo {
+        name: "nexmark_q8",
+        about: "NEXMark q8, new users: `id,name,starttime` of persons who opened an auction in their first 10 s window",
+        build: q8,
+    },
 ];
 
 #[cfg(test)]
@@ -686,9 +722,9 @@ mod tests {
 
     #[test]
     fn every_query_reads_events_and_writes_its_own_sink() {
-        for (i, (name, build, _)) in QUERIES.iter().enumerate() {
-            let app = build();
-            assert_eq!(app.name(), *name);
+        for (i, query) in QUERIES.iter().enumerate() {
+            let app = (query.build)();
+            assert_eq!(app.name(), query.name);
             assert_eq!(app.sources(), ["events"]);
             assert_eq!(app.sinks(), [format!("q{i}")]);
         }

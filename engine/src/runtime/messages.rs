@@ -60,11 +60,9 @@ pub(crate) enum PeerMsg {
         at: Vec<Option<u64>>,
     },
     /// The sender is done with change `change`: everything it emitted for it is ahead of this.
-    /// `cores`: every core of the change.
     ChangeDone {
         from: CoreId,
         change: u64,
-        cores: Vec<CoreId>,
     },
     /// A slot's entities, handed over by their old owner on another node: one slot per
     /// message, so the frame it arrives in becomes the slot's storage. (A core never receives
@@ -214,7 +212,7 @@ pub(crate) trait RemotePeer: Send + Sync {
 }
 
 /// How to reach a core. Two lanes: `data` (bounded, FIFO per sender: batches, markers,
-/// connections, `ProducerDone`, whose order matters) and `control` (unbounded, served first:
+/// connections, `ProducerDone`, watermarks, `Hold`, `ChangeDone`, whose order matters) and `control` (unbounded, served first:
 /// coordinator requests and handoffs, which must not wait behind a queue of batches). A core on
 /// another node is reached through its node, which keeps both lanes.
 #[derive(Clone)]

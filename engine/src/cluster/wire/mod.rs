@@ -25,7 +25,8 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// with `Admitted`; a join's `Ready` is answered with the change report, control `Joined`;
 /// 7: a slot archive carries its index, one slot per handoff frame; 8: a batch names its
 /// stage, a slot archive has a part per stage (and per stage's timers), cores exchange
-/// watermarks and say when they are done per stage; a welcome names every sink).
+/// watermarks and say when they are done per stage; a welcome names every sink; 9: a plan has
+/// an id, and cores hold later stages' watermarks through a change, `Hold` and `ChangeDone`).
 pub const VERSION: u8 = 9;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;

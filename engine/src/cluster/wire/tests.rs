@@ -44,6 +44,14 @@ fn samples() -> Vec<Wire> {
         core(0, PeerMsg::HandoffAck { slots: vec![1, 2] }),
         core(2, PeerMsg::Prepare(plan)),
         core(
+            0,
+            PeerMsg::Hold {
+                change: 3,
+                at: vec![None, Some(1_767_225_600_000)],
+            },
+        ),
+        core(1, PeerMsg::ChangeDone { from: 2, change: 3 }),
+        core(
             2,
             PeerMsg::Stop {
                 producers: vec![0, 1],

@@ -248,7 +248,7 @@ impl Core {
             // broken link, so routing needs no special case and nothing waits on them.
             CoreMsg::PeerLost(peers) => {
                 for &peer in &peers {
-                    self.forget_producer(peer);
+                    self.forget_producer(peer, true);
                 }
                 self.shutdown.producers_done(peers, None);
                 self.end_stages();
@@ -279,11 +279,7 @@ impl Core {
                 ingress_ns,
             } => self.on_watermark(from, stage as usize, at, ingress_ns),
             PeerMsg::Hold { change, at } => self.time.hold(change, &at),
-            PeerMsg::ChangeDone {
-                from,
-                change,
-                cores,
-            } => self.change_done(from, change, &cores),
+            PeerMsg::ChangeDone { from, change } => self.change_done(from, change),
             PeerMsg::Handoff { from, .. } => self.fail(format!(
                 "an unchecked slot archive from core {from} (its node adopts archives for its cores)"
             )),
@@ -307,7 +303,7 @@ impl Core {
             }
             PeerMsg::RemovePeer(peer) => {
                 self.peers.forget(peer);
-                self.forget_producer(peer);
+                self.forget_producer(peer, false);
             }
             PeerMsg::Stop { producers } => {
                 self.shutdown.expect(producers);
@@ -320,6 +316,8 @@ impl Core {
 
     /// Learns every step of a change (incoming slots start buffering) and says so.
     fn prepare(&self, plan: &ChangePlan) {
+        // First: should a step fail to prepare, the abort that follows still ends the change.
+        self.begin_change(plan);
         let steps = match plan.transitions(self.table.borrow().n_slots()) {
             Ok(steps) => steps,
             Err(e) => return self.fail(format!("prepare: {e}")),
@@ -331,7 +329,7 @@ impl Core {
             }
             self.prepared.borrow_mut().push_back(t);
         }
-        self.begin_change(plan);
+        self.end_change_if_done();
         let _ = self.events.send(CoreEvent::Prepared(self.id));
     }
 

@@ -103,22 +103,28 @@ impl Core {
         }
     }
 
-    /// A producer left (or its node was lost): it holds no watermark back any more.
-    pub(super) fn forget_producer(&self, core: CoreId) {
-        let advanced = self.time.marks.borrow_mut().forget(core);
-        for (stage, w) in advanced {
-            self.advance(stage, w, now_ns());
-        }
+    /// A producer left (`lost`: its node was lost): it holds no watermark back any more.
+    pub(super) fn forget_producer(&self, core: CoreId, lost: bool) {
+        let advanced = self.time.marks.borrow_mut().forget(core, lost);
+        self.advance_all(advanced);
     }
 
-    /// Joins change `plan` (after preparing its steps). In a pipeline of several stages, a core
-    /// that gives slots up holds every later stage's watermark where its own stages are now,
-    /// until every core of the change is done with it: what the moving slots still emit (timers
-    /// their new owner fires late, messages that waited for them) must not come late there.
+    /// Joins change `plan`. In a pipeline of several stages, a core that gives slots up holds
+    /// every later stage's watermark where its own stages are now, until every core of the
+    /// change is done with it: what the moving slots still emit (timers their new owner fires
+    /// late, messages that waited for them) must not come late there.
     pub(super) fn begin_change(&self, plan: &ChangePlan) {
         let stages = self.dataflow.stages.len();
         if stages < 2 {
             return;
+        }
+        if let Some((open, _)) = *self.change.borrow() {
+            tracing::warn!(
+                core = self.id,
+                open,
+                next = plan.id,
+                "a change prepared while one is open here"
+            );
         }
         if plan.steps.iter().flatten().any(|m| m.from == self.id) {
             // Stage k's outputs feed level k + 1; level 0 is the sources'.
@@ -130,10 +136,11 @@ impl Core {
                 at: at.clone(),
             };
             self.peers.send_all(|| CoreMsg::Peer(hold.clone()));
-            self.time.hold(plan.id, &at);
+            self.time.marks.borrow_mut().hold(plan.id, &at);
         }
         *self.change.borrow_mut() = Some((plan.id, plan.producers.clone()));
-        self.end_change_if_done();
+        let advanced = (self.time.marks.borrow_mut()).begin_change(plan.id, &plan.producers);
+        self.advance_all(advanced);
     }
 
     /// Once no step of its change is unfinished here, says so to every core (after all this
@@ -142,26 +149,22 @@ impl Core {
         if self.keyed.borrow().in_step() {
             return;
         }
-        let Some((change, cores)) = self.change.borrow_mut().take() else {
+        let Some((change, _)) = self.change.borrow_mut().take() else {
             return;
         };
         let from = self.id;
-        let done = PeerMsg::ChangeDone {
-            from,
-            change,
-            cores: cores.clone(),
-        };
+        let done = PeerMsg::ChangeDone { from, change };
         self.peers.send_all(|| CoreMsg::Peer(done.clone()));
-        self.change_done(from, change, &cores);
+        self.change_done(from, change);
     }
 
     /// `from` is done with `change`: its holds may end.
-    pub(super) fn change_done(&self, from: CoreId, change: u64, cores: &[CoreId]) {
-        let advanced = self
-            .time
-            .marks
-            .borrow_mut()
-            .change_done(change, from, cores);
+    pub(super) fn change_done(&self, from: CoreId, change: u64) {
+        let advanced = self.time.marks.borrow_mut().change_done(change, from);
+        self.advance_all(advanced);
+    }
+
+    fn advance_all(&self, advanced: Vec<(usize, u64)>) {
         let now = now_ns();
         for (stage, w) in advanced {
             self.advance(stage, w, now);
