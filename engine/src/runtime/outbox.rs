@@ -13,9 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-#[cfg(test)]
-use super::messages::PeerMsg;
-use super::messages::{CoreAddr, CoreMsg};
+use super::messages::{CoreAddr, CoreMsg, PeerMsg};
 use super::notify::Notify;
 use crate::routing::CoreId;
 
@@ -108,11 +106,25 @@ impl Outbox {
             if matches!(msg, CoreMsg::Batch(_)) {
                 self.queued_batches.set(self.queued_batches.get() - 1);
             }
+            // What a core says about event time and changes concerns only its receiver: one
+            // that retired before the news of it reached this core misses nothing.
+            let news = matches!(
+                &msg,
+                CoreMsg::Peer(
+                    PeerMsg::Watermark { .. } | PeerMsg::Hold { .. } | PeerMsg::ChangeDone { .. }
+                )
+            );
             self.sending.set(true);
             let sent = self.inbox.send_data(msg).await;
             self.sending.set(false);
             progress.notify_all();
-            if !sent {
+            if !sent && news {
+                tracing::debug!(
+                    peer = self.peer,
+                    "core {} is gone: news to it dropped",
+                    self.peer
+                );
+            } else if !sent {
                 tracing::error!(
                     peer = self.peer,
                     "core {} is gone: a message to it was lost",

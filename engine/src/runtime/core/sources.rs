@@ -225,6 +225,11 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         }
     };
     let handle = sources.open.borrow_mut().remove(&key);
+    if let (Ended::Cut { .. } | Ended::Failed(_), Some(stream)) = (&ended, &handle) {
+        // Closed before its end: a reset, not a clean close, tells the sender that what it
+        // sent was not all read (`quokka-send` then fails).
+        let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+    }
     if !matches!(ended, Ended::Leaving) {
         core.source_mark(key, None, now_ns());
     }

@@ -61,7 +61,11 @@ fn run(args: Args) -> Result<()> {
     for _ in 0..args.repeat {
         for frame in &frames {
             if let Some(rate) = args.rate {
-                let due = started + Duration::from_secs_f64(sent as f64 / rate);
+                // A rate so low the next frame is due past any clock is never due.
+                let due = Duration::try_from_secs_f64(sent as f64 / rate)
+                    .ok()
+                    .and_then(|d| started.checked_add(d))
+                    .context("--rate is too low: the next frame would never be due")?;
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     sender.flush()?;
                     std::thread::sleep(wait);
