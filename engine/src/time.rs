@@ -368,6 +368,15 @@ impl Watermarks {
     /// New producers: each holds every level back until it speaks (unless it spoke already:
     /// its word may overtake the news of it).
     pub fn add_producers(&mut self, producers: &[CoreId]) {
+        for &p in producers {
+            // The id of a removed core that a change still counted: from now on it names a new
+            // core, which must speak for itself (the old one's "done" still ends the change).
+            if self.retiring.remove(&p) {
+                for l in &mut self.levels {
+                    l.from.insert(p, None);
+                }
+            }
+        }
         for l in &mut self.levels {
             for &p in producers {
                 match l.gone.remove(&p) {
@@ -794,5 +803,36 @@ mod tests {
         assert!(w.begin_change(10, &[1, 2]).is_empty());
         assert!(w.changes.is_empty());
         assert_eq!(w.update(1, 1, Some(500)), Some(500));
+    }
+
+    #[test]
+    fn an_id_used_again_before_the_old_cores_done_names_the_new_core() {
+        let mut w = Watermarks::new(2, [1, 2, 3]);
+        for core in [1, 2, 3] {
+            w.update(1, core, Some(300));
+        }
+        w.begin_change(11, &[1, 2, 3]);
+        assert!(
+            w.forget(3, false).is_empty(),
+            "core 3 retires; the change counts it"
+        );
+        w.add_producers(&[3]);
+        assert_eq!(w.update(1, 1, Some(900)), None);
+        assert_eq!(
+            w.update(1, 2, Some(900)),
+            None,
+            "the new core 3 has not spoken"
+        );
+        for core in [1, 2, 3] {
+            assert!(
+                w.change_done(11, core).is_empty(),
+                "the old core 3's done removes nobody"
+            );
+        }
+        assert_eq!(
+            w.update(1, 3, Some(700)),
+            Some(700),
+            "the new core 3 counts"
+        );
     }
 }

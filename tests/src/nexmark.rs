@@ -112,7 +112,8 @@ fn wait_read(engine: &Engine, n: u64) {
 
 /// The sink's whole output against the reference: the same lines, as many times each.
 fn check(query: usize, sink: &Sink, want: &[String]) {
-    sink.wait_for(want.len() as u64);
+    // On a shortfall, the comparison below says which lines are missing.
+    sink.collector.wait_for(want.len() as u64, DEADLINE);
     let mut got: Vec<String> = (sink.lines().concat().into_iter())
         .map(|l| l.trim_end_matches('\n').to_owned())
         .collect();
@@ -176,6 +177,8 @@ fn across_grow_and_shrink(query: usize, seed: u64) {
     // Results flow while it runs: no change left a later stage's watermark held (a stop would
     // release it and hide that).
     run.sink.wait_for(want.len() as u64 / 2);
+    let late: u64 = run.engine.status().cores.iter().map(|c| c.late).sum();
+    assert_eq!(late, 0, "no event is late, even across changes");
     let (summary, sink) = run.stop();
     assert_eq!(summary.misrouted(), 0);
     check(query, &sink, &want);
@@ -199,6 +202,11 @@ fn across_nodes(query: usize, seed: u64) {
         sender.join().unwrap();
     });
     sink.wait_for(want.len() as u64 / 2);
+    let late: u64 = lead.engine.status().cores.iter().map(|c| c.late).sum();
+    assert_eq!(
+        late, 0,
+        "no event is late, even across nodes joining and leaving"
+    );
     assert_eq!(lead.engine.stop().misrouted(), 0);
     check(query, &sink, &want);
 }
