@@ -229,3 +229,28 @@ pub fn send_again_stop_and_check(engine: &Engine, sink: &Sink, lines: &[&str]) {
     assert_eq!(summary.misrouted(), 0);
     crate::reference::check_running_totals(&sink.lines(), &expected);
 }
+
+/// Grows or shrinks `engine` by one core at a time, at random between 1 and 4 cores (starting
+/// from `cores`), while `busy()` or until `min` changes; returns how many it made.
+pub fn change_cores_while(
+    engine: &Engine,
+    seed: u64,
+    mut cores: usize,
+    min: usize,
+    busy: impl Fn() -> bool,
+) -> usize {
+    let mut rng = quokka_apps::corpus::SplitMix64::new(seed);
+    let mut changes = 0;
+    while busy() || changes < min {
+        let grow = cores == 1 || (cores < 4 && rng.next_u64().is_multiple_of(2));
+        let report = if grow {
+            engine.grow(1)
+        } else {
+            engine.shrink(1)
+        }
+        .expect("change of cores");
+        cores = report.cores_after;
+        changes += 1;
+    }
+    changes
+}

@@ -10,14 +10,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use quokka_apps::corpus::SplitMix64;
 use quokka_apps::nexmark::generate::{write_files, GenSpec};
 use quokka_apps::nexmark::QUERIES;
 use quokka_engine::{App, Engine};
 use quokka_io::client::{FrameSender, Records};
 
 use crate::cluster;
-use crate::harness::{Coordinator, Running, Sink, DEADLINE};
+use crate::harness::{change_cores_while, Coordinator, Running, Sink, DEADLINE};
 use crate::nexmark_reference::{expected, read};
 
 /// Events per test: 200k, 2 000 per second of event time (100 s: 10 tumbling windows of 10 s,
@@ -159,19 +158,7 @@ fn across_grow_and_shrink(query: usize, seed: u64) {
     let input = run.input(0);
     std::thread::scope(|s| {
         let sender = s.spawn(|| send(input, &data.frames, 40));
-        let mut rng = SplitMix64::new(seed);
-        let (mut cores, mut changes) = (2, 0);
-        while !sender.is_finished() || changes < 4 {
-            let grow = cores == 1 || (cores < 4 && rng.next_u64().is_multiple_of(2));
-            let report = if grow {
-                run.engine.grow(1)
-            } else {
-                run.engine.shrink(1)
-            }
-            .expect("change of cores");
-            cores = report.cores_after;
-            changes += 1;
-        }
+        change_cores_while(&run.engine, seed, 2, 4, || !sender.is_finished());
         sender.join().unwrap();
     });
     // Results flow while it runs: no change left a later stage's watermark held (a stop would

@@ -13,7 +13,9 @@ use quokka_engine::{App, Config, Context, Engine, Open, Time, Windowed, Windows}
 use quokka_io::client::{FrameSender, Records};
 
 use crate::cluster;
-use crate::harness::{init_logging, send_frames, wait_applied, Coordinator, Sink, DEADLINE};
+use crate::harness::{
+    change_cores_while, init_logging, send_frames, wait_applied, Coordinator, Sink, DEADLINE,
+};
 
 fn tumbling() -> Windows {
     Windows::tumbling(1000)
@@ -310,20 +312,7 @@ fn windows_stay_exact_across_grow_and_shrink_mid_stream() {
     let input = run.input();
     std::thread::scope(|s| {
         let sender = s.spawn(|| send_paced(input, &events));
-        let mut rng = SplitMix64::new(7);
-        let mut cores = 2;
-        let mut changes = 0;
-        while !sender.is_finished() || changes < 4 {
-            let grow = cores == 1 || (cores < 4 && rng.next_u64().is_multiple_of(2));
-            let report = if grow {
-                run.engine.grow(1)
-            } else {
-                run.engine.shrink(1)
-            }
-            .expect("change of cores");
-            cores = report.cores_after;
-            changes += 1;
-        }
+        let changes = change_cores_while(&run.engine, 7, 2, 4, || !sender.is_finished());
         sender.join().unwrap();
         assert!(changes >= 4);
     });
