@@ -52,6 +52,9 @@ pub struct CoreReport {
     pub misrouted: u64,
     /// State entities held at the end.
     pub entities: u64,
+    /// Keyed messages that came later than their stage's watermark (dropped, or written to the
+    /// app's sink for them).
+    pub late: u64,
     /// Source-to-sink latency of the outputs written, in nanoseconds: from the read of the input
     /// to the completed write of the output to the sink socket.
     pub latency: Histogram<u64>,
@@ -75,6 +78,7 @@ impl CoreReport {
             sink_failures: 0,
             misrouted: 0,
             entities: 0,
+            late: 0,
             latency: latency_histogram(),
             engine_latency: latency_histogram(),
         }
@@ -93,6 +97,7 @@ impl CoreReport {
         self.sink_failures += other.sink_failures;
         self.misrouted += other.misrouted;
         self.entities += other.entities;
+        self.late += other.late;
         self.latency
             .add(&other.latency)
             .expect("same histogram bounds");
@@ -184,6 +189,11 @@ impl Summary {
 
     pub fn misrouted(&self) -> u64 {
         self.total(|c| c.misrouted)
+    }
+
+    /// Messages later than their stage's watermark, retired cores' too.
+    pub fn late(&self) -> u64 {
+        self.total(|c| c.late)
     }
 
     /// Source-to-sink latency over all cores.
@@ -373,6 +383,14 @@ impl fmt::Display for Summary {
                 f,
                 "BUG: {} messages reached a core that did not own their slot",
                 self.misrouted()
+            )?;
+        }
+        if self.late() > 0 {
+            writeln!(
+                f,
+                "{} messages came later than their stage's watermark: dropped, or written to \
+                 the app's sink for late messages",
+                self.late()
             )?;
         }
         if self.at_risk() > 0 {

@@ -144,8 +144,15 @@ impl Windowed3 {
     /// Stops (every window closes: the watermark passes the end of time), then checks both
     /// window sinks against the reference and returns the late sink's lines.
     fn stop_and_check(self, sent: &[(u64, String)]) -> Vec<String> {
-        assert_eq!(self.engine.stop().misrouted(), 0);
-        check_sinks(&self.sinks, sent)
+        let summary = self.engine.stop();
+        assert_eq!(summary.misrouted(), 0);
+        let late = check_sinks(&self.sinks, sent);
+        assert_eq!(
+            summary.late(),
+            late.len() as u64,
+            "the summary counts every late message, retired cores' too"
+        );
+        late
     }
 }
 

@@ -165,6 +165,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         .fold(&mut core.report.borrow_mut().latency);
     let mut report = core.report.borrow().clone();
     report.entities = core.keyed.borrow().entities() as u64;
+    report.late = core.keyed.borrow().late();
     if let Some(released) = released {
         // Blocks this (finished) executor until the retiring thread is done with our waker.
         let _ = released.recv();
