@@ -1,12 +1,14 @@
 //! `quokka-send`: sends a file to a Quokka source, one frame per line or as already-framed data.
 
-use std::io::{IsTerminal, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use quokka::inputs::parse_addr;
-use quokka_io::client::{FrameSender, Records};
+use quokka_io::client::FrameSender;
 
 /// Send a file to a Quokka source as Wallaroo frames (u32 big-endian length + payload).
 #[derive(Parser)]
@@ -43,9 +45,10 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let data =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let frames = split(&data, args.framed)?;
+    let file = args.file.display();
+    // The file is read as it is sent (it may be larger than memory); a first pass counts its
+    // frames and checks a framed file is whole frames before anything is sent.
+    let frames = count(&args.file, args.framed).with_context(|| format!("reading {file}"))?;
     if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         bail!("--rate must be a positive number of frames per second");
     }
@@ -53,13 +56,15 @@ fn run(args: Args) -> Result<()> {
     let mut sender = FrameSender::connect(addr, Duration::from_secs(args.connect_timeout))
         .with_context(|| format!("connecting to {addr}"))?;
 
-    let total = frames.len() as u64 * args.repeat;
+    let total = frames * args.repeat;
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_report = started;
     let (mut sent, mut bytes) = (0u64, 0u64);
     for _ in 0..args.repeat {
-        for frame in &frames {
+        let mut frames =
+            FileFrames::open(&args.file, args.framed).with_context(|| format!("reading {file}"))?;
+        while let Some(frame) = frames.next().with_context(|| format!("reading {file}"))? {
             if let Some(rate) = args.rate {
                 // A rate so low the next frame is due past any clock is never due.
                 let due = Duration::try_from_secs_f64(sent as f64 / rate)
@@ -98,23 +103,82 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The frames of the file: its lines, or its Wallaroo frames.
-fn split(data: &[u8], framed: bool) -> Result<Vec<&[u8]>> {
-    if !framed {
-        let text = data.strip_suffix(b"\n").unwrap_or(data);
-        return Ok(text
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .collect());
+/// A file's frames, read one at a time: its lines (without `\n` or `\r\n`), or its Wallaroo
+/// frames.
+struct FileFrames {
+    input: BufReader<File>,
+    framed: bool,
+    frame: Vec<u8>,
+}
+
+impl FileFrames {
+    fn open(path: &Path, framed: bool) -> std::io::Result<Self> {
+        Ok(FileFrames {
+            input: BufReader::with_capacity(1 << 20, File::open(path)?),
+            framed,
+            frame: Vec::new(),
+        })
     }
-    let mut frames = Vec::new();
-    let used = Records::Frames.split(data, |f| frames.push(f));
-    if used != data.len() {
-        bail!(
-            "the file is not whole frames: {} trailing bytes after {} frames",
-            data.len() - used,
-            frames.len()
-        );
+
+    /// The next frame; `None` at the end of the file.
+    fn next(&mut self) -> Result<Option<&[u8]>> {
+        self.frame.clear();
+        if self.framed {
+            let Some(len) = read_header(&mut self.input)? else {
+                return Ok(None);
+            };
+            self.frame.resize(len, 0);
+            self.input
+                .read_exact(&mut self.frame)
+                .context("the file changed while it was sent")?;
+            return Ok(Some(&self.frame));
+        }
+        if self.input.read_until(b'\n', &mut self.frame)? == 0 {
+            return Ok(None);
+        }
+        let line = self.frame.strip_suffix(b"\n").unwrap_or(&self.frame);
+        Ok(Some(line.strip_suffix(b"\r").unwrap_or(line)))
+    }
+}
+
+/// A frame's length, or `None` at the end of the file (which must not cut a header).
+fn read_header(input: &mut impl BufRead) -> Result<Option<usize>> {
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match input.read(&mut header[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => bail!("the file is not whole frames: it ends inside a frame's header"),
+            n => got += n,
+        }
+    }
+    Ok(Some(u32::from_be_bytes(header) as usize))
+}
+
+/// How many frames the file holds; a framed file must be whole frames.
+fn count(path: &Path, framed: bool) -> Result<u64> {
+    let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut frames = 0u64;
+    if !framed {
+        let mut line = Vec::new();
+        while input.read_until(b'\n', &mut line)? > 0 {
+            frames += 1;
+            line.clear();
+        }
+        return Ok(frames);
+    }
+    let size = std::fs::metadata(path)?.len();
+    let mut at = 0u64;
+    while let Some(len) = read_header(&mut input)? {
+        at += 4 + len as u64;
+        if at > size {
+            bail!(
+                "the file is not whole frames: frame {} claims {len} bytes past the file's end",
+                frames + 1
+            );
+        }
+        input.seek_relative(len as i64)?;
+        frames += 1;
     }
     Ok(frames)
 }
