@@ -63,82 +63,72 @@ impl Event {
 
     /// Appends the event as one frame's payload.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut w = Writer(out);
-        match self {
-            Event::Person(p) => {
-                w.0.push(b'P');
-                w.num(p.id);
-                w.text(&p.name);
-                w.text(&p.email_address);
-                w.text(&p.credit_card);
-                w.text(&p.city);
-                w.text(&p.state);
-                w.num(p.date_time);
-                w.text(&p.extra);
-            }
-            Event::Auction(a) => {
-                w.0.push(b'A');
-                w.num(a.id);
-                w.text(&a.item_name);
-                w.text(&a.description);
-                w.num(a.initial_bid);
-                w.num(a.reserve);
-                w.num(a.date_time);
-                w.num(a.expires);
-                w.num(a.seller);
-                w.num(a.category);
-                w.text(&a.extra);
-            }
-            Event::Bid(b) => {
-                w.0.push(b'B');
-                w.num(b.auction);
-                w.num(b.bidder);
-                w.num(b.price);
-                w.text(&b.channel);
-                w.text(&b.url);
-                w.num(b.date_time);
-                w.text(&b.extra);
-            }
-        }
+        out.push(match self {
+            Event::Person(_) => b'P',
+            Event::Auction(_) => b'A',
+            Event::Bid(_) => b'B',
+        });
+        self.fields(&mut Writer(out));
     }
 
     /// Appends the event as a CSV row of its kind's file.
     pub fn csv(&self, out: &mut Vec<u8>) {
         let mut row = Row::new(out);
+        self.fields(&mut row);
+        row.end();
+    }
+
+    /// Hands its fields to `to` in the CSV's column order (which the frame keeps too).
+    fn fields(&self, to: &mut impl Fields) {
         match self {
             Event::Person(p) => {
-                row.num(p.id);
-                row.text(&p.name);
-                row.text(&p.email_address);
-                row.text(&p.credit_card);
-                row.text(&p.city);
-                row.text(&p.state);
-                row.num(p.date_time);
-                row.text(&p.extra);
+                to.num(p.id);
+                to.text(&p.name);
+                to.text(&p.email_address);
+                to.text(&p.credit_card);
+                to.text(&p.city);
+                to.text(&p.state);
+                to.num(p.date_time);
+                to.text(&p.extra);
             }
             Event::Auction(a) => {
-                row.num(a.id);
-                row.text(&a.item_name);
-                row.text(&a.description);
-                row.num(a.initial_bid);
-                row.num(a.reserve);
-                row.num(a.date_time);
-                row.num(a.expires);
-                row.num(a.seller);
-                row.num(a.category);
-                row.text(&a.extra);
+                to.num(a.id);
+                to.text(&a.item_name);
+                to.text(&a.description);
+                to.num(a.initial_bid);
+                to.num(a.reserve);
+                to.num(a.date_time);
+                to.num(a.expires);
+                to.num(a.seller);
+                to.num(a.category);
+                to.text(&a.extra);
             }
             Event::Bid(b) => {
-                row.num(b.auction);
-                row.num(b.bidder);
-                row.num(b.price);
-                row.text(&b.channel);
-                row.text(&b.url);
-                row.num(b.date_time);
-                row.text(&b.extra);
+                to.num(b.auction);
+                to.num(b.bidder);
+                to.num(b.price);
+                to.text(&b.channel);
+                to.text(&b.url);
+                to.num(b.date_time);
+                to.text(&b.extra);
             }
         }
-        row.end();
+    }
+}
+
+/// Where an event's fields go: a frame or a CSV row.
+trait Fields {
+    fn num(&mut self, n: u64);
+    fn text(&mut self, s: &str);
+}
+
+impl Fields for Row<'_> {
+    fn num(&mut self, n: u64) {
+        Row::num(self, n);
+    }
+
+    fn text(&mut self, s: &str) {
+        Row::text(self, s);
     }
 }
 
@@ -203,7 +193,7 @@ pub fn decode(frame: &[u8]) -> Result<Event, DecodeError> {
 
 struct Writer<'a>(&'a mut Vec<u8>);
 
-impl Writer<'_> {
+impl Fields for Writer<'_> {
     fn num(&mut self, n: u64) {
         self.0.extend_from_slice(&n.to_le_bytes());
     }

@@ -72,6 +72,36 @@ const STEPS_IN_FLIGHT: usize = 1;
 const STEPS_IN_FLIGHT_ACROSS_NODES: usize = 2;
 
 impl Coordinator {
+    /// Tells the cores `old` about the cores `new`, then moves slots onto `new` as planned.
+    pub(super) fn move_onto(
+        &mut self,
+        old: &[CoreId],
+        new: &[CoreId],
+        p: Plan,
+        label: &str,
+        started: Instant,
+        before: usize,
+    ) -> Result<ChangeReport, Aborted> {
+        self.introduce(old, new);
+        let report = self.migrate(p, label)?;
+        Ok(self.finished(report, label, started, before))
+    }
+
+    /// Completes and logs the report of a change.
+    pub(super) fn finished(
+        &self,
+        mut report: ChangeReport,
+        label: &str,
+        started: Instant,
+        before: usize,
+    ) -> ChangeReport {
+        report.cores_before = before;
+        report.cores_after = self.cores.len();
+        report.elapsed = started.elapsed();
+        tracing::info!("{label}: {report}");
+        report
+    }
+
     /// Carries out `p` in bounded steps, each one epoch. On an error the steps not switched yet
     /// are aborted on every core and the routing table stands after the switched ones.
     pub(super) fn migrate(&mut self, p: Plan, label: &str) -> Result<ChangeReport, Aborted> {

@@ -22,7 +22,7 @@ use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire}
 use crate::cluster::Node;
 use crate::dataflow::Dataflow;
 use crate::metrics::{latency_histogram, CoreReport, Retired};
-use crate::planner::{plan, Change, Plan};
+use crate::planner::{plan, Change};
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::core::CoreSetup;
 use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
@@ -375,36 +375,6 @@ impl Coordinator {
             requested: self.cores.len().saturating_add(n),
             limit: usize::from(CoreId::MAX) + 1,
         })
-    }
-
-    /// Tells the cores `old` about the cores `new`, then moves slots onto `new` as planned.
-    fn move_onto(
-        &mut self,
-        old: &[CoreId],
-        new: &[CoreId],
-        p: Plan,
-        label: &str,
-        started: Instant,
-        before: usize,
-    ) -> Result<ChangeReport, Aborted> {
-        self.introduce(old, new);
-        let report = self.migrate(p, label)?;
-        Ok(self.finished(report, label, started, before))
-    }
-
-    /// Completes and logs the report of a change.
-    fn finished(
-        &self,
-        mut report: ChangeReport,
-        label: &str,
-        started: Instant,
-        before: usize,
-    ) -> ChangeReport {
-        report.cores_before = before;
-        report.cores_after = self.cores.len();
-        report.elapsed = started.elapsed();
-        tracing::info!("{label}: {report}");
-        report
     }
 
     /// Tells the cores `old` about the cores `new` (the links to their node exist already).
