@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "archive",
     "planner",
     "migration",
+    "checkpoint",
     "dataflow",
     "app",
     "runtime",

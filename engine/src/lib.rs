@@ -11,7 +11,8 @@
 //! Modules depend downward only, in this order (a tidy test, `layers`, enforces it):
 //! - pure parts, no I/O: `hash`, `routing`, `step` (what app steps see), `time` (timers,
 //!   watermarks), [`window`], `sink_buffer`, `metrics`, [`store`], [`archive`], `planner`,
-//!   `migration` (the per-core protocol, a change's steps and the coordinator's step window);
+//!   `migration` (the per-core protocol, a change's steps and the coordinator's step window),
+//!   `checkpoint` (manifests, barrier alignment);
 //! - `dataflow`: the app erased into per-connection and per-core objects; [`app`]: the builder;
 //! - `runtime`: one node's cores (executors, channels, the messages cores exchange);
 //! - [`cluster`]: links between nodes and their wire format;
@@ -22,6 +23,7 @@
 
 pub mod app;
 pub mod archive;
+mod checkpoint;
 pub mod cluster;
 mod dataflow;
 pub mod hash;
@@ -45,7 +47,9 @@ pub use app::{
 pub use cluster::Ending;
 pub use metrics::Summary;
 pub use node::{
-    ChangeError, ChangeReport, Engine, JoinError, JoinRefusal, LostReport, MigrationProgress,
-    NodeInfo, SourcesClosed, StartError, Status, MAX_SLOTS_PER_STEP,
+    ChangeError, ChangeReport, CheckpointError, CheckpointInfo, CheckpointStatus, Engine,
+    JoinError, JoinRefusal, LostReport, MigrationProgress, NodeInfo, SourcesClosed, StartError,
+    StateDirError, Status, MAX_SLOTS_PER_STEP,
 };
-pub use runtime::{default_cores, Config};
+pub use quokka_io::file::FileFormat;
+pub use runtime::{default_cores, Config, FileInput, Input};

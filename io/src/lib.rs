@@ -1,4 +1,4 @@
-//! Quokka's I/O edges: everything that touches a socket lives here.
+//! Quokka's I/O edges: everything that touches a socket (or a source file) lives here.
 //!
 //! - [`framing`]: Wallaroo's wire framing (`u32` big-endian length, then payload): the one
 //!   framing codec, pure (frames split across reads) and blocking (any `Read`/`Write`).
@@ -7,6 +7,7 @@
 //! - [`control`]: the control protocol (`quokka ctl`, joining and leaving nodes): a pure codec,
 //!   a blocking client that waits for the endpoint's greeting before it sends anything, and an
 //!   endpoint that bounds its connections and deadlines.
+//! - [`file`]: a replayable source, a file of frames or lines read from an offset.
 //! - [`client`]: blocking clients used by the tools, tests and benchmarks (send frames, collect
 //!   outputs).
 //!
@@ -14,5 +15,6 @@
 
 pub mod client;
 pub mod control;
+pub mod file;
 pub mod framing;
 pub mod tcp;

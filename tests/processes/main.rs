@@ -12,6 +12,7 @@
 //! statuses and printed summaries, never on log text.
 
 mod cli;
+mod crash;
 mod limits;
 mod nodes;
 mod service;

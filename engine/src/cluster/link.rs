@@ -318,6 +318,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
         CoreMsg::Batch(batch) => match node.dataflow.encode_batch(&batch) {
             Ok(bytes) => Wire::Batch {
                 to,
+                from: batch.from,
                 stage: batch.stage,
                 bytes: wire::Payload(bytes),
             },
@@ -340,6 +341,7 @@ fn to_wire(node: &Node, to: CoreId, msg: CoreMsg) -> Option<Wire> {
                 .collect(),
         },
         CoreMsg::Connection(_)
+        | CoreMsg::ReadFile(_)
         | CoreMsg::SendSlot { .. }
         | CoreMsg::Adopt { .. }
         | CoreMsg::Refused { .. }

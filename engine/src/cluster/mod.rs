@@ -470,7 +470,12 @@ impl Node {
                     }
                 }
             }
-            Wire::Batch { to, stage, bytes } => match self.dataflow.decode_batch(stage, &bytes.0) {
+            Wire::Batch {
+                to,
+                from: producer,
+                stage,
+                bytes,
+            } => match self.dataflow.decode_batch(stage, producer, &bytes.0) {
                 Ok(batch) => self.to_core(to, CoreMsg::Batch(batch)),
                 Err(e) => {
                     tracing::error!(node = %self.name, "dropped a garbled batch from node {from}: {e}")

@@ -23,6 +23,7 @@ use rkyv::util::AlignedVec;
 pub(crate) use self::outlet::{Discard, Outlet, OutletDef, SourceDef, Tap, Taps, ToSink, ToStage};
 pub(crate) use self::stage::{Late, StageFns, Typed};
 use crate::archive::{ArchiveError, SlotArchive};
+use crate::checkpoint::{Alignment, BarrierError};
 use crate::metrics::now_ns;
 use crate::migration::{Protocol, ProtocolError, Switched, Transition};
 use crate::routing::{CoreId, Move, RoutingTable};
@@ -67,6 +68,8 @@ pub(crate) enum BatchError {
 /// A batch of keyed messages for one core's stage `stage`: a `Vec<KeyedMsg<T>>` behind `Any`.
 pub(crate) struct Batch {
     pub stage: u32,
+    /// The core that routed it (set as it leaves that core): what barrier alignment holds back.
+    pub from: CoreId,
     pub msgs: Box<dyn Any + Send>,
 }
 
@@ -111,7 +114,12 @@ impl Dataflow {
     }
 
     /// The keyed part of core `me`, owning what `table` gives it.
-    pub fn keyed(&self, me: CoreId, table: &RoutingTable) -> Stages {
+    pub fn keyed(
+        &self,
+        me: CoreId,
+        table: &RoutingTable,
+        producers: impl IntoIterator<Item = CoreId>,
+    ) -> Stages {
         Stages {
             me,
             protocol: Protocol::new(me, table),
@@ -121,7 +129,29 @@ impl Dataflow {
                 .map(|s| s.core(table.n_slots()))
                 .collect(),
             local: Vec::new(),
+            alignment: Alignment::new(self.stages.len(), producers),
+            held: Vec::new(),
         }
+    }
+
+    /// A stage's share of a slot read back from a checkpoint: its archive and, if the stage
+    /// has timers, theirs.
+    pub fn read_part(
+        &self,
+        stage: u32,
+        slot: u32,
+        n_slots: u32,
+        parts: Vec<AlignedVec>,
+    ) -> Result<StagePart, ArchiveError> {
+        let def = self
+            .stages
+            .get(stage as usize)
+            .ok_or(ArchiveError::PartCount {
+                slot,
+                got: stage as usize + 1,
+                want: self.stages.len(),
+            })?;
+        def.receive(slot, n_slots, &mut parts.into_iter())
     }
 
     fn stage(&self, stage: u32) -> Result<&Arc<dyn StageDef>, BatchError> {
@@ -134,9 +164,14 @@ impl Dataflow {
     }
 
     /// A batch from another node (its archive, as sent), validated before it is read.
-    pub fn decode_batch(&self, stage: u32, bytes: &AlignedVec) -> Result<Batch, BatchError> {
+    pub fn decode_batch(
+        &self,
+        stage: u32,
+        from: CoreId,
+        bytes: &AlignedVec,
+    ) -> Result<Batch, BatchError> {
         let msgs = self.stage(stage)?.decode_batch(bytes)?;
-        Ok(Batch { stage, msgs })
+        Ok(Batch { stage, from, msgs })
     }
 
     /// A slot from another node (its archive, as sent), checked; its buffers become the
@@ -180,6 +215,16 @@ pub(crate) struct StagePart {
     pub entities: u32,
     pub bytes: u64,
     pub part: Box<dyn Any + Send>,
+}
+
+/// One stage's share of a slot, archived for a checkpoint: its entities, and its timers (with
+/// the slot's watermark) if the stage has any.
+pub(crate) struct SavedPart {
+    pub stage: u32,
+    pub slot: u32,
+    pub entities: u32,
+    pub memory: AlignedVec,
+    pub timers: Option<AlignedVec>,
 }
 
 /// A slot's entities of every stage on their way to a core of this node, as they are: moved by
@@ -333,6 +378,12 @@ pub(crate) trait StageCore {
     fn put_part(&mut self, slot: u32, part: StagePart);
     fn freeze(&mut self, slot: u32) -> Arc<dyn FrozenPart>;
     fn keep_frozen(&mut self, slot: u32, part: StagePart);
+    /// Archives every slot changed since the last call (its entities and timers), for a
+    /// checkpoint; they count as unchanged from then on.
+    fn snapshot(&mut self, each: &mut dyn FnMut(SavedPart)) -> Result<(), ArchiveError>;
+    fn mark_all_changed(&mut self);
+    /// Puts a slot read back from a checkpoint in: unchanged since that checkpoint.
+    fn restore(&mut self, slot: u32, part: StagePart);
     fn release(&mut self, slot: u32);
     fn entities(&self) -> usize;
     fn state_bytes(&self) -> u64;
@@ -348,6 +399,11 @@ pub(crate) struct Stages {
     stages: Vec<Box<dyn StageCore>>,
     /// Batches for this core's own next stage, applied before this call returns.
     local: Vec<Batch>,
+    /// Which producers passed a checkpoint's barrier, per stage.
+    alignment: Alignment,
+    /// Batches from producers past their barrier, waiting until their stage is snapshotted,
+    /// in arrival order.
+    held: Vec<Batch>,
 }
 
 /// Where a core sends a batch for another core.
@@ -359,6 +415,10 @@ impl Stages {
     /// messages were misrouted (a bug; they are logged and counted).
     pub fn apply(&mut self, mut batch: Batch, out: &mut Out, send: SendBatch) -> usize {
         let stage = batch.stage as usize;
+        if self.alignment.holds(batch.from, stage) {
+            self.held.push(batch);
+            return 0;
+        }
         let Some(s) = self.stages.get_mut(stage) else {
             return 1;
         };
@@ -374,10 +434,13 @@ impl Stages {
             protocol,
             stages,
             local,
+            alignment,
+            held,
         } = self;
         let mut misrouted = 0;
         for i in first..stages.len() {
-            stages[i].take_batches(&mut |core, batch| {
+            stages[i].take_batches(&mut |core, mut batch| {
+                batch.from = *me;
                 if core == *me {
                     local.push(batch)
                 } else {
@@ -385,6 +448,10 @@ impl Stages {
                 }
             });
             for mut batch in local.drain(..) {
+                if alignment.holds(*me, batch.stage as usize) {
+                    held.push(batch);
+                    continue;
+                }
                 match stages.get_mut(batch.stage as usize) {
                     Some(s) => misrouted += s.apply(&mut *batch.msgs, protocol, out),
                     None => misrouted += 1,
@@ -392,6 +459,62 @@ impl Stages {
             }
         }
         misrouted
+    }
+
+    /// `from`'s barrier of checkpoint `checkpoint` for `stage` is here: returns the stages
+    /// that are now aligned (snapshot each, in order, then [`Self::release_held`]).
+    pub fn on_barrier(
+        &mut self,
+        checkpoint: u64,
+        from: CoreId,
+        stage: usize,
+    ) -> Result<Vec<usize>, BarrierError> {
+        self.alignment.on_barrier(checkpoint, from, stage)
+    }
+
+    /// Checkpoint `checkpoint` starts on this core.
+    pub fn begin_checkpoint(&mut self, checkpoint: u64) -> Result<(), BarrierError> {
+        self.alignment.begin(checkpoint)
+    }
+
+    pub fn alignment(&mut self) -> &mut Alignment {
+        &mut self.alignment
+    }
+
+    /// Archives what stage `stage` changed since the last checkpoint.
+    pub fn snapshot(&mut self, stage: usize) -> Result<Vec<SavedPart>, ArchiveError> {
+        let mut saved = Vec::new();
+        if let Some(s) = self.stages.get_mut(stage) {
+            s.snapshot(&mut |p| saved.push(p))?;
+        }
+        Ok(saved)
+    }
+
+    /// Applies the held batches alignment no longer holds, in the order they came.
+    pub fn release_held(&mut self, out: &mut Out, send: SendBatch) -> usize {
+        let held = std::mem::take(&mut self.held);
+        let mut misrouted = 0;
+        for batch in held {
+            // Held again if its stage still aligns: `apply` checks.
+            misrouted += self.apply(batch, out, send);
+        }
+        misrouted
+    }
+
+    /// Counts every slot as changed: the next checkpoint archives them all.
+    pub fn mark_all_changed(&mut self) {
+        for s in &mut self.stages {
+            s.mark_all_changed();
+        }
+    }
+
+    /// Puts slots read back from a checkpoint in (before this core runs anything).
+    pub fn restore(&mut self, parts: Vec<(u32, u32, StagePart)>) {
+        for (stage, slot, part) in parts {
+            if let Some(s) = self.stages.get_mut(stage as usize) {
+                s.restore(slot, part);
+            }
+        }
     }
 
     /// Stage `stage`'s watermark reached `at` (moved by frames read at `since_ns`): fires its

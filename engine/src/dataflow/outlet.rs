@@ -76,6 +76,7 @@ impl<O: Send + 'static> Outlet<O> for Router<O> {
                     core as CoreId,
                     Batch {
                         stage: self.stage,
+                        from: 0,
                         msgs,
                     },
                 );

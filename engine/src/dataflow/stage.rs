@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 
 use super::{
     Batch, BatchError, Chain, FrozenPart, KeyFn, KeyedMsg, Meta, Out, Outlet, OutletDef, Pending,
-    StageCore, StageDef, StagePart, StepFn, TimerFn,
+    SavedPart, StageCore, StageDef, StagePart, StepFn, TimerFn,
 };
 use crate::archive::{ArchiveError, SlotArchive};
 use crate::hash::{slot_of, stable_hash};
@@ -72,6 +72,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageDef for Typed<T, S, R, O
             key: Vec::new(),
             applied: 0,
             late: 0,
+            changed: vec![false; n_slots as usize],
             n_slots,
         })
     }
@@ -144,6 +145,8 @@ struct OnCore<T, S: State, R, O> {
     key: Vec<u8>,
     applied: u64,
     late: u64,
+    /// Per slot: changed since the last checkpoint (what an incremental checkpoint writes).
+    changed: Vec<bool>,
     n_slots: u32,
 }
 
@@ -167,6 +170,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> OnCore<T, S, R, O> {
     /// Applies a message for `slot` that was on time where it arrived.
     fn apply_one(&mut self, msg: KeyedMsg<T>, slot: u32, out: &mut Out) {
         self.applied += 1;
+        self.changed[slot as usize] = true;
         let Self {
             fns,
             store,
@@ -286,6 +290,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
             return;
         };
         for (slot, timer) in self.timers.due(clock, upto) {
+            self.changed[slot as usize] = true;
             let Self {
                 fns,
                 store,
@@ -319,6 +324,8 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
     }
 
     fn take_part(&mut self, slot: u32) -> StagePart {
+        // Its new owner counts it as changed.
+        self.changed[slot as usize] = false;
         Part {
             memory: self.store.take(slot),
             time: self.take_time(slot),
@@ -345,9 +352,59 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
         }
         self.clock.adopt(slot, time.watermark);
         self.timers.put_slot(slot, time.timers);
+        // Where a checkpoint last stored it is not known here: store it again.
+        self.changed[slot as usize] = true;
+    }
+
+    fn mark_all_changed(&mut self) {
+        for slot in 0..self.n_slots {
+            // Only what is stored here: a slot of another core is that core's to write.
+            if self.store.slot_len(slot) > 0 || self.timers.has_slot(slot) {
+                self.changed[slot as usize] = true;
+            }
+        }
+    }
+
+    fn restore(&mut self, slot: u32, part: StagePart) {
+        self.put_part(slot, part);
+        self.changed[slot as usize] = false;
+    }
+
+    fn snapshot(&mut self, each: &mut dyn FnMut(SavedPart)) -> Result<(), ArchiveError> {
+        let with_timers = self.fns.on_timer.is_some();
+        for slot in 0..self.n_slots {
+            if !std::mem::take(&mut self.changed[slot as usize]) {
+                continue;
+            }
+            let serialize = |reason: BoxedError| ArchiveError::Serialize {
+                slot,
+                reason: reason.to_string(),
+            };
+            let memory = self.store.slot_mut(slot);
+            let entities = memory.len() as u32;
+            let memory = memory.write_archive(AlignedVec::new()).map_err(serialize)?;
+            let timers = if with_timers {
+                let time = SlotTime {
+                    watermark: self.clock.of(slot),
+                    timers: self.timers.of_slot(slot),
+                };
+                Some(rkyv::to_bytes::<BoxedError>(&time).map_err(serialize)?)
+            } else {
+                None
+            };
+            each(SavedPart {
+                stage: self.fns.stage,
+                slot,
+                entities,
+                memory,
+                timers,
+            });
+        }
+        Ok(())
     }
 
     fn freeze(&mut self, slot: u32) -> Arc<dyn FrozenPart> {
+        self.changed[slot as usize] = false;
         if !self.frozen.contains_key(&slot) {
             let part = Part {
                 memory: self.store.take(slot),

@@ -5,6 +5,7 @@
 
 mod coordinator;
 mod join;
+mod state_dir;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -18,9 +19,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use thiserror::Error;
 
-use self::coordinator::Coordinator;
-pub use self::coordinator::MAX_SLOTS_PER_STEP;
+pub use self::coordinator::{
+    CheckpointError, CheckpointInfo, CheckpointStatus, MAX_SLOTS_PER_STEP,
+};
+use self::coordinator::{Checkpoints, Coordinator};
 pub use self::join::{JoinError, SourcesClosed};
+pub use self::state_dir::StateDirError;
 pub use self::status::{
     ChangeError, ChangeReport, JoinRefusal, LostReport, MigrationProgress, NodeInfo, Status,
 };
@@ -64,6 +68,8 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
     #[error("core {core} failed to start: {reason}{}", locked_memory_hint(.reason))]
     Executor { core: usize, reason: String },
     // The reason is the source only, so `{:#}` shows it once.
@@ -121,7 +127,7 @@ enum Starting {
 
 /// A running engine. Its methods take `&self`, so a control thread can share it.
 pub struct Engine {
-    coordinator: Mutex<Coordinator>,
+    coordinator: Arc<Mutex<Coordinator>>,
     node: Arc<Node>,
     app_name: String,
     /// A member's coordinator: its control address (for leaving) and its node name.
@@ -131,9 +137,12 @@ pub struct Engine {
     listeners: Vec<TcpListener>,
     acceptors: Mutex<Vec<JoinHandle<()>>>,
     /// The change that holds the coordinator's lock, and since when.
-    changing: Mutex<Option<(String, Instant)>>,
+    changing: Arc<Mutex<Option<(String, Instant)>>>,
+    /// Takes a checkpoint every interval (with a state dir and an interval).
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
-    input_addrs: Vec<SocketAddr>,
+    /// Each TCP source's index and bound address.
+    input_addrs: Vec<(usize, SocketAddr)>,
     started: Instant,
 }
 
@@ -153,9 +162,22 @@ impl Engine {
             events.0.clone(),
             Role::Coordinator,
         );
+        let checkpoints = match &config.state_dir {
+            Some(dir) => Some(Checkpoints::open(state_dir::StateDir::open(
+                dir,
+                app.name(),
+                config.n_slots,
+            )?)),
+            None => None,
+        };
         link::serve(node.clone(), data);
-        let coordinator =
-            Coordinator::start(Arc::new(config), app.dataflow.clone(), node.clone(), events)?;
+        let coordinator = Coordinator::start(
+            Arc::new(config),
+            app.dataflow.clone(),
+            node.clone(),
+            events,
+            checkpoints,
+        )?;
         Self::serve_inputs(app, coordinator, node, None)
     }
 
@@ -212,6 +234,11 @@ impl Engine {
         if config.name.is_empty() {
             return Err(StartError::Config("the node name must not be empty"));
         }
+        if starting == Starting::Joining && config.state_dir.is_some() {
+            return Err(StartError::Config(
+                "--state-dir on a joining node: checkpoints of a cluster of several nodes are not built yet",
+            ));
+        }
         config.source_names = app.sources().to_vec();
         Ok(config)
     }
@@ -227,22 +254,23 @@ impl Engine {
         joined: Option<(SocketAddr, String)>,
     ) -> Result<Engine, StartError> {
         let inputs = coordinator.config_inputs();
-        let listeners = inputs
-            .iter()
-            .map(|&addr| {
-                TcpListener::bind(addr).map_err(|error| StartError::Listen { addr, error })
+        let listeners = (inputs.iter().enumerate())
+            .filter_map(|(source, addr)| Some((source, (*addr)?)))
+            .map(|(source, addr)| match TcpListener::bind(addr) {
+                Ok(l) => Ok((source, l)),
+                Err(error) => Err(StartError::Listen { addr, error }),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let input_addrs = listeners
             .iter()
-            .map(|l| l.local_addr().expect("bound"))
+            .map(|(source, l)| (*source, l.local_addr().expect("bound")))
             .collect();
         let view = coordinator.view.clone();
         let stopping = coordinator.stopping.clone();
+        let checkpoint_interval = coordinator.checkpoint_interval();
         let acceptors = listeners
             .iter()
-            .enumerate()
-            .map(|(source, listener)| {
+            .map(|&(source, ref listener)| {
                 let listener = listener.try_clone().expect("clone listener");
                 let (targets, stopping) = (coordinator.accept_targets.clone(), stopping.clone());
                 let node = node.clone();
@@ -258,16 +286,28 @@ impl Engine {
             data = %node.data_addr,
             "engine started"
         );
+        let retired_latency = coordinator.retired_latency.clone();
+        let coordinator = Arc::new(Mutex::new(coordinator));
+        let changing = Arc::new(Mutex::new(None));
+        let checkpointer = checkpoint_interval.map(|every| {
+            let (coordinator, changing) = (coordinator.clone(), changing.clone());
+            let (stopping, app) = (stopping.clone(), app.name().to_string());
+            std::thread::Builder::new()
+                .name("quokka-checkpoint".into())
+                .spawn(move || checkpoint_every(every, &coordinator, &changing, &stopping, &app))
+                .expect("spawn the checkpoint thread")
+        });
         Ok(Engine {
-            retired_latency: coordinator.retired_latency.clone(),
-            coordinator: Mutex::new(coordinator),
+            retired_latency,
+            coordinator,
             node,
             app_name: app.name().to_string(),
             joined,
             view,
-            listeners,
+            listeners: listeners.into_iter().map(|(_, l)| l).collect(),
             acceptors: Mutex::new(acceptors),
-            changing: Mutex::new(None),
+            changing,
+            checkpointer: Mutex::new(checkpointer),
             stopping,
             input_addrs,
             started: Instant::now(),
@@ -322,8 +362,14 @@ impl Engine {
         self.change(format!("remove-node {name}"), |c| c.remove_node(name))
     }
 
-    /// The bound input addresses (useful when a configured port was 0).
-    pub fn input_addrs(&self) -> &[SocketAddr] {
+    /// The bound input addresses (useful when a configured port was 0), of the TCP sources in
+    /// source order (an app whose sources are all TCP: one per source).
+    pub fn input_addrs(&self) -> Vec<SocketAddr> {
+        self.input_addrs.iter().map(|(_, a)| *a).collect()
+    }
+
+    /// Each TCP source's index and bound address.
+    pub fn listening(&self) -> &[(usize, SocketAddr)] {
         &self.input_addrs
     }
 
@@ -348,6 +394,10 @@ impl Engine {
     ) -> Result<ChangeReport, ChangeError> {
         let mut coordinator = match self.coordinator.try_lock() {
             Ok(c) => c,
+            // A checkpoint ends within the change timeout: wait for it, not refuse.
+            Err(TryLockError::WouldBlock) if self.checkpointing() => {
+                self.coordinator.lock().unwrap_or_else(|e| e.into_inner())
+            }
             Err(TryLockError::WouldBlock) => {
                 return Err(ChangeError::Busy {
                     doing: self.doing(),
@@ -360,6 +410,29 @@ impl Engine {
         // Cleared while the lock is still held: a refusal never names a change that ended.
         *self.changing.lock().unwrap() = None;
         result
+    }
+
+    /// Takes a checkpoint now and waits until it is durable. Refused while a change runs (a
+    /// migration and a checkpoint never overlap); waits for a checkpoint already running.
+    pub fn checkpoint(&self) -> Result<CheckpointInfo, CheckpointError> {
+        let mut coordinator = match self.coordinator.try_lock() {
+            Ok(c) => c,
+            Err(TryLockError::WouldBlock) if self.checkpointing() => {
+                self.coordinator.lock().unwrap_or_else(|e| e.into_inner())
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(CheckpointError::Busy {
+                    doing: self.doing(),
+                })
+            }
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        take_checkpoint(&mut coordinator, &self.changing, &self.app_name)
+    }
+
+    /// Whether the coordinator's lock is held by a checkpoint.
+    fn checkpointing(&self) -> bool {
+        (self.changing.lock().unwrap().as_ref()).is_some_and(|(what, _)| what == CHECKPOINT)
     }
 
     /// What holds the change lock, for a refusal.
@@ -430,6 +503,7 @@ impl Engine {
             silent,
             migration,
             retired,
+            checkpoints: self.view.lock().unwrap().checkpoints.clone(),
         }
     }
 
@@ -489,12 +563,60 @@ impl Engine {
 impl Engine {
     fn close_inputs(&self) {
         self.stopping.store(true, Ordering::Release);
+        if let Some(t) = self.checkpointer.lock().unwrap().take() {
+            let _ = t.join();
+        }
         for l in &self.listeners {
             // Wakes the acceptor blocked in accept() (Linux returns EINVAL after shutdown).
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
         }
         for a in std::mem::take(&mut *self.acceptors.lock().unwrap()) {
             let _ = a.join();
+        }
+    }
+}
+
+/// What `changing` says while a checkpoint holds the coordinator's lock.
+const CHECKPOINT: &str = "checkpoint";
+
+fn take_checkpoint(
+    coordinator: &mut Coordinator,
+    changing: &Mutex<Option<(String, Instant)>>,
+    app: &str,
+) -> Result<CheckpointInfo, CheckpointError> {
+    *changing.lock().unwrap() = Some((CHECKPOINT.into(), Instant::now()));
+    let result = coordinator.checkpoint(app);
+    *changing.lock().unwrap() = None;
+    result
+}
+
+/// Takes a checkpoint every `every` until the engine stops; an interval that finds a change
+/// running skips its turn (the next one tries again).
+fn checkpoint_every(
+    every: Duration,
+    coordinator: &Mutex<Coordinator>,
+    changing: &Mutex<Option<(String, Instant)>>,
+    stopping: &AtomicBool,
+    app: &str,
+) {
+    let mut next = Instant::now() + every;
+    loop {
+        while Instant::now() < next {
+            if stopping.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(20)));
+        }
+        next = Instant::now() + every;
+        match coordinator.try_lock() {
+            Ok(mut c) => {
+                // Failures are logged and shown by `status`.
+                let _ = take_checkpoint(&mut c, changing, app);
+            }
+            Err(TryLockError::WouldBlock) => {
+                tracing::debug!("checkpoint skipped: a change is running");
+            }
+            Err(TryLockError::Poisoned(_)) => return,
         }
     }
 }

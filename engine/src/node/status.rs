@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use super::coordinator::CheckpointStatus;
 use super::StartError;
 use crate::cluster::wire::{self, WireError};
 use crate::cluster::{LinkError, LostNode};
@@ -20,6 +21,7 @@ pub(crate) struct View {
     pub cores: Vec<(CoreId, usize, flume::Sender<CoreMsg>)>,
     pub migration: Option<MigrationProgress>,
     pub retired: usize,
+    pub checkpoints: Option<CheckpointStatus>,
 }
 
 impl View {
@@ -29,6 +31,7 @@ impl View {
             cores: Vec::new(),
             migration: None,
             retired: 0,
+            checkpoints: None,
         }
     }
 }
@@ -212,6 +215,8 @@ pub struct Status {
     pub silent: Vec<CoreId>,
     pub migration: Option<MigrationProgress>,
     pub retired: usize,
+    /// With a state dir: the last checkpoint, and any failure since.
+    pub checkpoints: Option<CheckpointStatus>,
 }
 
 impl fmt::Display for Status {
@@ -227,6 +232,9 @@ impl fmt::Display for Status {
         match &self.migration {
             Some(m) => writeln!(f, "migration in progress: {m}")?,
             None => writeln!(f, "no migration in progress")?,
+        }
+        if let Some(c) = &self.checkpoints {
+            write_checkpoints(f, c)?;
         }
         for n in &self.nodes {
             let role = if n.coordinator { " (coordinator)" } else { "" };
@@ -310,6 +318,35 @@ fn human_bytes(n: u64) -> String {
         n if n < 1e9 => format!("{:.1} MB", n / 1e6),
         n => format!("{:.1} GB", n / 1e9),
     }
+}
+
+/// The checkpoint lines of `status`.
+fn write_checkpoints(f: &mut fmt::Formatter<'_>, c: &CheckpointStatus) -> fmt::Result {
+    write!(f, "checkpoints in {}: ", c.state_dir.display())?;
+    match &c.last {
+        Some(last) => {
+            let age = std::time::SystemTime::now()
+                .duration_since(last.taken)
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "last complete {} ({:.1}s ago, {} bytes written, {} bytes of state, took {} ms)",
+                last.checkpoint,
+                age.as_secs_f64(),
+                last.written,
+                last.state_bytes,
+                last.duration.as_millis()
+            )?;
+        }
+        None => writeln!(f, "none complete yet")?,
+    }
+    if let Some(n) = c.restored_from {
+        writeln!(f, "restored from checkpoint {n} at start")?;
+    }
+    if let Some(e) = &c.failure {
+        writeln!(f, "LAST CHECKPOINT FAILED: {e}")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

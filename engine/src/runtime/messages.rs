@@ -13,10 +13,12 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 
 use crate::archive::SlotArchive;
-use crate::dataflow::{Batch, MovedSlot, OutgoingSlot, Refused};
+use crate::checkpoint::SourceMark;
+use crate::dataflow::{Batch, MovedSlot, OutgoingSlot, Refused, SavedPart};
 use crate::metrics::CoreStatus;
 use crate::migration::ChangePlan;
 use crate::routing::CoreId;
+use crate::runtime::FileInput;
 
 /// A source connection on its way to the core that will read it.
 pub(crate) struct SourceConnection {
@@ -63,6 +65,25 @@ pub(crate) enum PeerMsg {
     ChangeDone {
         from: CoreId,
         change: u64,
+    },
+    /// Everything the sender routed to `stage` before checkpoint `checkpoint` is ahead of this;
+    /// what follows belongs after it.
+    Barrier {
+        from: CoreId,
+        checkpoint: u64,
+        stage: u32,
+    },
+    /// Take checkpoint `checkpoint`: note where the replayable sources stand and send the
+    /// stage-0 barriers.
+    Checkpoint {
+        checkpoint: u64,
+        /// Archive every slot, not only those changed since the last checkpoint (the last
+        /// attempt's archives were lost).
+        full: bool,
+    },
+    /// Checkpoint `checkpoint` is called off: apply what its alignment held back.
+    CheckpointAbort {
+        checkpoint: u64,
     },
     /// A slot's entities, handed over by their old owner on another node: one slot per
     /// message, so the frame it arrives in becomes the slot's storage. (A core never receives
@@ -113,6 +134,7 @@ impl PeerMsg {
                 | PeerMsg::Watermark { .. }
                 | PeerMsg::Hold { .. }
                 | PeerMsg::ChangeDone { .. }
+                | PeerMsg::Barrier { .. }
         )
     }
 
@@ -132,6 +154,25 @@ impl PeerMsg {
     }
 }
 
+/// A file to read as a replayable source, from `offset`.
+pub(crate) struct FileSource {
+    pub source: usize,
+    pub input: FileInput,
+    pub offset: u64,
+}
+
+/// A core's share of a checkpoint, for its node to write.
+pub(crate) struct Snapshot {
+    pub core: CoreId,
+    pub checkpoint: u64,
+    /// The slots (per stage) changed since the last checkpoint.
+    pub parts: Vec<SavedPart>,
+    /// Where the replayable sources this core reads stood at its barrier.
+    pub sources: Vec<SourceMark>,
+    /// Why this core could not take its share.
+    pub error: Option<String>,
+}
+
 /// What travels on a core's channels.
 pub(crate) enum CoreMsg {
     /// From another core.
@@ -140,6 +181,8 @@ pub(crate) enum CoreMsg {
     Batch(Batch),
     /// A source connection for this core to read.
     Connection(SourceConnection),
+    /// A file for this core to read.
+    ReadFile(FileSource),
     /// Slots handed over by core `from` (on this node, or checked by this node on their way
     /// from another), to adopt as they are.
     Adopt {

@@ -13,6 +13,7 @@ mod notify;
 mod outbox;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
@@ -28,8 +29,8 @@ pub struct Config {
     pub cores: usize,
     /// Slots in the routing table; fixed for the life of a cluster.
     pub n_slots: u32,
-    /// One listen address per source of the app, in the app's source order.
-    pub inputs: Vec<SocketAddr>,
+    /// One input per source of the app, in the app's source order.
+    pub inputs: Vec<Input>,
     /// One address per sink of the app, in the app's sink order; every core connects to each.
     pub outputs: Vec<SocketAddr>,
     /// Largest accepted frame payload, in bytes.
@@ -51,6 +52,34 @@ pub struct Config {
     pub token: String,
     /// The CPUs this node's executors are placed on (empty: every online CPU).
     pub cpus: Vec<usize>,
+    /// Where checkpoints are kept (none: no checkpoints, a restart starts empty).
+    pub state_dir: Option<PathBuf>,
+    /// How often a checkpoint is taken (with a state dir; `None`: only when asked).
+    pub checkpoint_interval: Option<Duration>,
+}
+
+/// Where a source's messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Connections to this listen address (not replayable: what a crash catches in flight is
+    /// lost).
+    Tcp(SocketAddr),
+    /// A file, read from where the last checkpoint stood (replayable).
+    File(FileInput),
+}
+
+impl From<SocketAddr> for Input {
+    fn from(addr: SocketAddr) -> Self {
+        Input::Tcp(addr)
+    }
+}
+
+/// A file source: frames or lines, read to its end, or on as it grows (`follow`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInput {
+    pub path: PathBuf,
+    pub format: quokka_io::file::FileFormat,
+    pub follow: bool,
 }
 
 impl Config {
@@ -85,7 +114,7 @@ impl Config {
         Self {
             cores: default_cores(),
             n_slots: Self::DEFAULT_SLOTS,
-            inputs,
+            inputs: inputs.into_iter().map(Input::Tcp).collect(),
             outputs: vec![output],
             max_frame: quokka_io::framing::DEFAULT_MAX_FRAME,
             sink_buffer: Self::DEFAULT_SINK_BUFFER,
@@ -96,6 +125,8 @@ impl Config {
             data: None,
             token: String::new(),
             cpus: Vec::new(),
+            state_dir: None,
+            checkpoint_interval: None,
         }
     }
 }

@@ -75,6 +75,11 @@ impl<S: State> SlotStore<S> {
         self.slots[slot as usize].len()
     }
 
+    /// The entities of `slot`, in place (to archive them for a checkpoint).
+    pub fn slot_mut(&mut self, slot: u32) -> &mut Slot<S> {
+        &mut self.slots[slot as usize]
+    }
+
     /// Takes every entity of `slot` out, leaving it empty: the slot's memory moves out as it is.
     pub fn take(&mut self, slot: u32) -> Slot<S> {
         let taken = std::mem::take(&mut self.slots[slot as usize]);

@@ -202,6 +202,24 @@ impl Timers {
             .collect()
     }
 
+    pub fn has_slot(&self, slot: u32) -> bool {
+        self.by_slot.contains_key(&slot)
+    }
+
+    /// A copy of every timer of `slot` (for a checkpoint; they stay).
+    pub fn of_slot(&self, slot: u32) -> Vec<Timer> {
+        let Some(pending) = self.by_slot.get(&slot) else {
+            return Vec::new();
+        };
+        (pending.iter())
+            .map(|(clock, due, key)| Timer {
+                clock: *clock,
+                due: *due,
+                key: key.to_vec(),
+            })
+            .collect()
+    }
+
     /// Puts a slot's timers in (the slot came to this core).
     pub fn put_slot(&mut self, slot: u32, timers: Vec<Timer>) {
         for t in timers {

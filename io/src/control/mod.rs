@@ -50,6 +50,8 @@ pub enum Request {
     Join(Vec<u8>),
     /// The joining node started its cores and links: move slots to it.
     Ready,
+    /// Take a checkpoint now and answer once it is durable.
+    Checkpoint,
 }
 
 /// A request with the cluster token it was sent with.
@@ -181,6 +183,7 @@ const SHRINK_CORES: u8 = 3;
 const REMOVE_NODE: u8 = 4;
 const JOIN: u8 = 5;
 const READY: u8 = 6;
+const CHECKPOINT: u8 = 7;
 const GREETING: u8 = 0x80;
 const OK: u8 = 0x81;
 const ERROR: u8 = 0x82;
@@ -217,6 +220,7 @@ impl Request {
             Request::RemoveNode(name) => (REMOVE_NODE, name.as_bytes()),
             Request::Join(body) => (JOIN, body),
             Request::Ready => (READY, &[]),
+            Request::Checkpoint => (CHECKPOINT, &[]),
         };
         Self::with_body(kind, token, body)
     }
@@ -232,7 +236,7 @@ impl Request {
 
     pub fn decode(payload: &[u8]) -> Result<Envelope, ControlError> {
         let (kind, rest) = open(payload)?;
-        if !(STATUS..=READY).contains(&kind) {
+        if !(STATUS..=CHECKPOINT).contains(&kind) {
             return Err(ControlError::UnknownKind(kind));
         }
         let len = usize::from(*rest.first().ok_or(ControlError::Truncated)?);
@@ -267,6 +271,7 @@ impl Request {
             ),
             JOIN => Request::Join(body.to_vec()),
             READY => empty(body, Request::Ready)?,
+            CHECKPOINT => empty(body, Request::Checkpoint)?,
             _ => return Err(ControlError::UnknownKind(kind)),
         };
         Ok(Envelope { token, request })
@@ -354,6 +359,7 @@ mod tests {
             Request::Join(vec![0, 1, 2, 255]),
             Request::Join(Vec::new()),
             Request::Ready,
+            Request::Checkpoint,
         ] {
             for token in ["", "secret", &"t".repeat(255)] {
                 let payload = r.encode(token).unwrap();

@@ -74,6 +74,18 @@ fn execute(engine: &Engine, request: Request) -> Response {
         Request::RemoveNode(name) => engine
             .remove_node(&name)
             .map(|r| format!("remove-node {name}: {r}")),
+        Request::Checkpoint => {
+            return match engine.checkpoint() {
+                Ok(c) => Response::Ok(format!(
+                    "checkpoint {} is durable: {} bytes written ({} bytes of state) in {} ms",
+                    c.checkpoint,
+                    c.written,
+                    c.state_bytes,
+                    c.duration.as_millis()
+                )),
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
         Request::Join(_) | Request::Ready => {
             return Response::Error("a join must start with a join request".into())
         }

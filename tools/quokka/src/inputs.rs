@@ -1,9 +1,11 @@
 //! `--in` and `--out` arguments: `NAME@HOST:PORT` (Wallaroo's form) or, for an app with one
-//! source (or sink), `HOST:PORT`.
+//! source (or sink), `HOST:PORT`; a source may be a file instead: `NAME@file:PATH` (frames) or
+//! `NAME@lines:PATH` (one message per line).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use anyhow::{anyhow, bail, Context, Result};
+use quokka_engine::{FileFormat, FileInput, Input};
 
 /// Resolves `HOST:PORT` to one socket address.
 pub fn parse_addr(text: &str) -> Result<SocketAddr> {
@@ -29,9 +31,26 @@ pub const OUTPUTS: Endpoints = Endpoints {
     noun: "sink",
 };
 
-/// Orders the `--in` arguments by the app's sources; every source needs exactly one.
-pub fn resolve(sources: &[String], args: &[String]) -> Result<Vec<SocketAddr>> {
-    resolve_endpoints(INPUTS, sources, args)
+/// Orders the `--in` arguments by the app's sources; every source needs exactly one. File
+/// sources are followed as they grow if `follow`.
+pub fn resolve(sources: &[String], args: &[String], follow: bool) -> Result<Vec<Input>> {
+    let file = |text: &str| -> Option<FileInput> {
+        let (format, path) = match text.split_once(':')? {
+            ("file", path) => (FileFormat::Frames, path),
+            ("lines", path) => (FileFormat::Lines, path),
+            _ => return None,
+        };
+        Some(FileInput {
+            path: path.into(),
+            format,
+            follow,
+        })
+    };
+    resolve_with(INPUTS, sources, args, |text| match file(text) {
+        Some(f) if f.path.as_os_str().is_empty() => bail!("`{text}` names no file"),
+        Some(f) => Ok(Input::File(f)),
+        None => Ok(Input::Tcp(parse_addr(text)?)),
+    })
 }
 
 /// Orders a flag's arguments by the app's `names` (sources or sinks); each needs exactly one.
@@ -40,12 +59,21 @@ pub fn resolve_endpoints(
     names: &[String],
     args: &[String],
 ) -> Result<Vec<SocketAddr>> {
+    resolve_with(kind, names, args, parse_addr)
+}
+
+fn resolve_with<T: Clone>(
+    kind: Endpoints,
+    names: &[String],
+    args: &[String],
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<Vec<T>> {
     let Endpoints { flag, noun } = kind;
     let list = names.join(", ");
     if args.is_empty() {
         bail!("no {flag} given; this app has {noun}s: {list}");
     }
-    let mut addrs: Vec<Option<SocketAddr>> = vec![None; names.len()];
+    let mut addrs: Vec<Option<T>> = vec![None; names.len()];
     for arg in args {
         let (index, addr) = match arg.split_once('@') {
             Some((name, addr)) => {
@@ -62,7 +90,7 @@ pub fn resolve_endpoints(
         if addrs[index].is_some() {
             bail!("{flag}: {noun} `{}` is given twice", names[index]);
         }
-        addrs[index] = Some(parse_addr(addr).with_context(|| format!("{flag} {arg}"))?);
+        addrs[index] = Some(parse(addr).with_context(|| format!("{flag} {arg}"))?);
     }
     names
         .iter()
@@ -83,8 +111,12 @@ mod tests {
         names(a)
     }
 
-    fn sock(a: &str) -> SocketAddr {
-        a.parse().unwrap()
+    fn sock(a: &str) -> Input {
+        Input::Tcp(a.parse().unwrap())
+    }
+
+    fn resolve(sources: &[String], args: &[String]) -> Result<Vec<Input>> {
+        super::resolve(sources, args, false)
     }
 
     #[test]
@@ -115,6 +147,37 @@ mod tests {
     }
 
     #[test]
+    fn a_source_may_be_a_file_of_frames_or_lines() {
+        let srcs = names(&["orders", "nbbo"]);
+        let got = super::resolve(
+            &srcs,
+            &args(&["orders@file:a/b.bin", "nbbo@lines:c.txt"]),
+            true,
+        );
+        let file = |path: &str, format| {
+            Input::File(FileInput {
+                path: path.into(),
+                format,
+                follow: true,
+            })
+        };
+        assert_eq!(
+            got.unwrap(),
+            vec![
+                file("a/b.bin", FileFormat::Frames),
+                file("c.txt", FileFormat::Lines)
+            ]
+        );
+        let one = resolve(&names(&["text"]), &args(&["lines:words.txt"])).unwrap();
+        assert!(matches!(&one[0], Input::File(f) if f.format == FileFormat::Lines && !f.follow));
+        let err = format!(
+            "{:#}",
+            resolve(&names(&["text"]), &args(&["file:"])).unwrap_err()
+        );
+        assert!(err.contains("names no file"), "{err}");
+    }
+
+    #[test]
     fn sinks_resolve_like_sources() {
         let sinks = names(&["counts", "late"]);
         let got = resolve_endpoints(
@@ -122,7 +185,8 @@ mod tests {
             &sinks,
             &args(&["late@127.0.0.1:2", "counts@127.0.0.1:1"]),
         );
-        assert_eq!(got.unwrap(), vec![sock("127.0.0.1:1"), sock("127.0.0.1:2")]);
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(got.unwrap(), vec![addr("127.0.0.1:1"), addr("127.0.0.1:2")]);
         let err = resolve_endpoints(OUTPUTS, &sinks, &args(&["127.0.0.1:1"])).unwrap_err();
         assert!(
             format!("{err:#}").contains("--out 127.0.0.1:1: this app has several sinks"),

@@ -110,20 +110,39 @@ enum CtlCommand {
     /// Move every slot of a member node to the others, then let it exit. A node with open source
     /// connections refuses (close them, or send to another node, first).
     RemoveNode { name: String },
+    /// Take a checkpoint now (needs `--state-dir` on `quokka run`) and wait until it is
+    /// durable; refused while a change runs.
+    Checkpoint,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
     /// The app to run (see `quokka apps`).
     app: String,
-    /// A source to listen on: NAME@HOST:PORT, or HOST:PORT for a one-source app. Repeat for
-    /// each source. Optional on a joining node (it then hosts no source connections).
+    /// A source: NAME@HOST:PORT to listen on, NAME@file:PATH for a file of frames, or
+    /// NAME@lines:PATH for a file of lines (one message per line); NAME@ may be left out for a
+    /// one-source app. Repeat for each source. A file is replayable: with --state-dir a restart
+    /// goes on from where the last checkpoint says it stood. Optional on a joining node (it
+    /// then hosts no source connections).
     #[arg(
         long = "in",
-        value_name = "[NAME@]HOST:PORT",
+        value_name = "[NAME@]HOST:PORT|file:PATH|lines:PATH",
         required_unless_present = "join"
     )]
     inputs: Vec<String>,
+    /// Keep reading file sources as they grow (like `tail -f`) instead of finishing at their end.
+    #[arg(long)]
+    follow: bool,
+    /// Keep checkpoints here (a directory, created if missing; one per app and node): every
+    /// stage's entities and timers and where each file source stood. Started again with the
+    /// same command after a crash (kill -9, power cut), the engine restores the newest complete
+    /// checkpoint and file sources go on from there. What TCP sources had in flight is lost.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
+    /// How often to take a checkpoint (with --state-dir), e.g. `1s`, `100ms`; `0s` takes them
+    /// only when asked (`quokka ctl checkpoint`).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    checkpoint_interval: Duration,
     /// A sink: NAME@HOST:PORT, or HOST:PORT for a one-sink app; repeat for each sink (see
     /// `quokka apps`). Every core of every node connects to each and writes its outputs there
     /// (retrying until it is up). A joining node uses the cluster's unless given.
@@ -221,6 +240,7 @@ fn ctl(args: CtlArgs) -> Result<()> {
         CtlCommand::GrowCores { n } => Request::GrowCores(n),
         CtlCommand::ShrinkCores { n } => Request::ShrinkCores(n),
         CtlCommand::RemoveNode { name } => Request::RemoveNode(name),
+        CtlCommand::Checkpoint => Request::Checkpoint,
     };
     let timeouts = Timeouts {
         answer: Duration::from_secs(args.timeout),
@@ -254,15 +274,18 @@ fn run(args: RunArgs) -> Result<()> {
     let inputs = if joining.is_some() && args.inputs.is_empty() {
         Vec::new()
     } else {
-        resolve(app.sources(), &args.inputs)?
+        resolve(app.sources(), &args.inputs, args.follow)?
     };
     let outputs = if joining.is_some() && args.outputs.is_empty() {
         Vec::new()
     } else {
         resolve_endpoints(OUTPUTS, app.sinks(), &args.outputs)?
     };
-    let mut config = Config::new(inputs, ([127, 0, 0, 1], 0).into());
+    let mut config = Config::new(Vec::new(), ([127, 0, 0, 1], 0).into());
+    config.inputs = inputs;
     config.outputs = outputs.clone();
+    config.state_dir = args.state_dir;
+    config.checkpoint_interval = Some(args.checkpoint_interval).filter(|d| !d.is_zero());
     if let Some(cores) = args.cores {
         config.cores = cores;
     }
@@ -333,11 +356,13 @@ fn run(args: RunArgs) -> Result<()> {
         quokka::control::serve(control, engine.clone());
     }
     report_listening(control_addr, &engine, app.sources());
-    let listening: Vec<String> = app
-        .sources()
-        .iter()
-        .zip(engine.input_addrs())
-        .map(|(name, addr)| format!("{name}@{addr}"))
+    let listening: Vec<String> = (app.sources().iter().enumerate())
+        .map(
+            |(i, name)| match engine.listening().iter().find(|(s, _)| *s == i) {
+                Some((_, addr)) => format!("{name}@{addr}"),
+                None => format!("{name}@file"),
+            },
+        )
         .collect();
     tracing::info!(
         "{} running as node {} (data {}): sources {}",
@@ -420,8 +445,8 @@ fn report_listening(control: Option<SocketAddr>, engine: &Engine, sources: &[Str
         None => "listening control=none".to_string(),
     };
     line += &format!(" data={}", engine.data_addr());
-    for (name, addr) in sources.iter().zip(engine.input_addrs()) {
-        line += &format!(" in={name}@{addr}");
+    for &(source, addr) in engine.listening() {
+        line += &format!(" in={}@{addr}", sources[source]);
     }
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {

@@ -36,6 +36,7 @@ fn samples() -> Vec<Wire> {
         Wire::Bye,
         Wire::Batch {
             to: 3,
+            from: 2,
             stage: 1,
             bytes: Payload::from(&[1, 2, 3][..]),
         },
@@ -163,6 +164,7 @@ fn a_handoff_frame_becomes_the_slot_storage_as_it_was_read() {
 fn a_handoff_read_into_a_buffer_grown_by_a_larger_frame_is_copied_out_of_it() {
     let big = Wire::Batch {
         to: 0,
+        from: 1,
         stage: 0,
         bytes: Payload::from(&[7; 300_000][..]),
     };

@@ -20,16 +20,19 @@ use super::status::{ChangeError, ChangeReport, JoinRefusal, MigrationProgress, V
 use super::StartError;
 use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire};
 use crate::cluster::Node;
-use crate::dataflow::Dataflow;
+use crate::dataflow::{Dataflow, StagePart};
 use crate::metrics::{latency_histogram, CoreReport, Retired};
 use crate::planner::{plan, Change};
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::core::CoreSetup;
-use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
-use crate::runtime::{core_channels, online_cpus, spawn_core, Config};
+use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, FileSource, PeerMsg, Snapshot};
+use crate::runtime::{core_channels, online_cpus, spawn_core, Config, Input};
 
+mod checkpoint;
 mod ids;
 mod migrate;
+pub(crate) use checkpoint::Checkpoints;
+pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointStatus};
 use migrate::Aborted;
 pub use migrate::MAX_SLOTS_PER_STEP;
 
@@ -70,6 +73,12 @@ pub(crate) struct Coordinator {
     unfinished: Option<Unfinished>,
     /// Changes planned so far (each plan's id).
     changes: u64,
+    /// With a state dir: the checkpoints taken and the last manifest.
+    checkpoints: Option<Checkpoints>,
+    /// Where cores send their checkpoint snapshots.
+    snapshots: (flume::Sender<Snapshot>, flume::Receiver<Snapshot>),
+    /// Slots read back from a checkpoint, for cores about to start.
+    restoring: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
 }
 
 impl Coordinator {
@@ -80,13 +89,59 @@ impl Coordinator {
         dataflow: Arc<Dataflow>,
         node: Arc<Node>,
         events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
+        mut checkpoints: Option<Checkpoints>,
     ) -> Result<Self, StartError> {
-        let table = RoutingTable::uniform(config.n_slots, config.cores as CoreId);
+        let restored = (checkpoints.as_mut()).and_then(|c| c.restore(&dataflow, config.n_slots));
+        if let (Some(c), None) = (&mut checkpoints, &restored) {
+            c.skip_past_existing();
+        }
+        let (table, ids, offsets) = match restored {
+            Some(r) => {
+                let ids: BTreeSet<CoreId> =
+                    (0..r.table.n_slots()).map(|s| r.table.owner(s)).collect();
+                let ids: Vec<CoreId> = ids.into_iter().collect();
+                if ids.len() != config.cores {
+                    tracing::info!(
+                        "the checkpoint had {} cores: starting with those (not --cores {}); grow or shrink to change",
+                        ids.len(),
+                        config.cores
+                    );
+                }
+                (r.table, ids, (r.per_core, r.offsets))
+            }
+            None => (
+                RoutingTable::uniform(config.n_slots, config.cores as CoreId),
+                (0..config.cores as CoreId).collect(),
+                Default::default(),
+            ),
+        };
         let mut c = Self::new(config, dataflow, node, events, table);
-        let ids: Vec<CoreId> = (0..c.config.cores as CoreId).collect();
+        let (per_core, offsets) = offsets;
+        c.restoring = per_core;
+        c.checkpoints = checkpoints;
         c.spawn_cores(&ids)?;
+        c.read_files(&offsets);
         c.publish(None);
+        c.view.lock().unwrap().checkpoints = c.checkpoints.as_ref().map(|k| k.status.clone());
         Ok(c)
+    }
+
+    /// Gives the file sources to this node's first core (no shrink removes it), each from
+    /// where the checkpoint says it stood.
+    fn read_files(&self, offsets: &BTreeMap<u32, u64>) {
+        let Some(first) = self.local_ids().first().map(|id| &self.cores[id].addr) else {
+            return;
+        };
+        for (source, input) in self.config.inputs.iter().enumerate() {
+            if let Input::File(input) = input {
+                let offset = offsets.get(&(source as u32)).copied().unwrap_or(0);
+                first.send_control(CoreMsg::ReadFile(FileSource {
+                    source,
+                    input: input.clone(),
+                    offset,
+                }));
+            }
+        }
     }
 
     /// A member node's cores, as the coordinator's welcome names them, knowing every core of
@@ -131,11 +186,20 @@ impl Coordinator {
             stopping: Arc::default(),
             unfinished: None,
             changes: 0,
+            checkpoints: None,
+            snapshots: flume::unbounded(),
+            restoring: BTreeMap::new(),
         }
     }
 
-    pub fn config_inputs(&self) -> Vec<std::net::SocketAddr> {
-        self.config.inputs.clone()
+    /// The sources' listen addresses (`None` for a file source).
+    pub fn config_inputs(&self) -> Vec<Option<std::net::SocketAddr>> {
+        (self.config.inputs.iter())
+            .map(|i| match i {
+                Input::Tcp(addr) => Some(*addr),
+                Input::File(_) => None,
+            })
+            .collect()
     }
 
     /// Registers the cores of another node, reached through the link to it.
@@ -193,6 +257,8 @@ impl Coordinator {
                 control: control_rx,
                 events: self.node.events.clone(),
                 open_sources: self.node.open_sources.clone(),
+                snapshots: self.snapshots.0.clone(),
+                restored: self.restoring.remove(&id).unwrap_or_default(),
             };
             match spawn_core(setup, ready_tx.clone()) {
                 Ok(executor) => spawned.push((

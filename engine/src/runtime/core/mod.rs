@@ -8,6 +8,8 @@
 //!
 //! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 
+mod checkpoint;
+mod files;
 mod handoff;
 mod peers;
 mod shutdown;
@@ -29,10 +31,10 @@ use self::peers::{NoRoute, Peers};
 use self::shutdown::Shutdown;
 use self::sink::Sink;
 use self::sources::Sources;
-use super::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg};
+use super::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg, Snapshot};
 use super::notify::Notify;
 use super::Config;
-use crate::dataflow::{Dataflow, Out, SendBatch, SourcePipeline, Stages};
+use crate::dataflow::{Dataflow, Out, SendBatch, SourcePipeline, StagePart, Stages};
 use crate::metrics::{CoreReport, CoreStatus, Window};
 use crate::migration::{ChangePlan, Transition};
 use crate::routing::{CoreId, RoutingTable};
@@ -60,6 +62,9 @@ pub(crate) struct Core {
     sources: Sources,
     handoffs: Handoffs,
     shutdown: Shutdown,
+    checkpointing: checkpoint::Checkpointing,
+    /// Where this core's checkpoint snapshots go (its node writes them).
+    snapshots: flume::Sender<Snapshot>,
     report: RefCell<CoreReport>,
     window: RefCell<Window>,
 }
@@ -75,6 +80,9 @@ pub(crate) struct CoreSetup {
     pub control: flume::Receiver<CoreMsg>,
     pub events: flume::Sender<CoreEvent>,
     pub open_sources: Arc<AtomicUsize>,
+    pub snapshots: flume::Sender<Snapshot>,
+    /// Slots read back from a checkpoint: (stage, slot, its part).
+    pub restored: Vec<(u32, u32, StagePart)>,
 }
 
 /// Runs one core until it is stopped (or retired) and everything in flight is applied.
@@ -90,15 +98,17 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         control,
         events,
         open_sources,
+        snapshots,
+        restored,
     } = setup;
+    let producers: Vec<CoreId> = peers.iter().map(|(p, _)| *p).chain([id]).collect();
+    let mut keyed = dataflow.keyed(id, &table, producers.iter().copied());
+    keyed.restore(restored);
     let core = Rc::new(Core {
         id,
         cpu,
-        keyed: RefCell::new(dataflow.keyed(id, &table)),
-        time: time::EventTime::new(
-            dataflow.stages.len(),
-            peers.iter().map(|(p, _)| *p).chain([id]),
-        ),
+        keyed: RefCell::new(keyed),
+        time: time::EventTime::new(dataflow.stages.len(), producers),
         shutdown: Shutdown::new(dataflow.stages.len()),
         table: RefCell::new(table),
         prepared: RefCell::new(VecDeque::new()),
@@ -112,6 +122,8 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         peers: Peers::default(),
         sources: Sources::new(open_sources),
         handoffs: Handoffs::default(),
+        checkpointing: checkpoint::Checkpointing::default(),
+        snapshots,
         report: RefCell::new(CoreReport::new(usize::from(id))),
         window: RefCell::new(Window::default()),
     });
@@ -223,6 +235,9 @@ impl Core {
                     glommio::spawn_local(sources::read_source(self.clone(), conn)).detach();
                 }
             }
+            CoreMsg::ReadFile(file) => {
+                glommio::spawn_local(files::read_file(self.clone(), file)).detach();
+            }
             CoreMsg::Adopt { from, slots } => self.adopt(from, slots).await,
             CoreMsg::Refused { by, refused } => self.refused(by, refused),
             CoreMsg::SendSlot { slot, .. } => self.fail(format!(
@@ -231,6 +246,9 @@ impl Core {
             )),
             CoreMsg::AddPeers(peers) => {
                 let new: Vec<CoreId> = peers.iter().map(|(id, _)| *id).collect();
+                for &p in &new {
+                    self.keyed.borrow_mut().alignment().add_producer(p);
+                }
                 self.peers.add(self.id, peers);
                 self.greet(&new);
             }
@@ -250,6 +268,7 @@ impl Core {
             CoreMsg::PeerLost(peers) => {
                 for &peer in &peers {
                     self.forget_producer(peer, true);
+                    self.forget_barriers(peer);
                 }
                 self.shutdown.producers_done(peers, None);
                 self.end_stages();
@@ -281,6 +300,18 @@ impl Core {
             } => self.on_watermark(from, stage as usize, at, ingress_ns),
             PeerMsg::Hold { change, at } => self.time.hold(change, &at),
             PeerMsg::ChangeDone { from, change } => self.change_done(from, change),
+            PeerMsg::Barrier {
+                from,
+                checkpoint,
+                stage,
+            } => self.barrier_in(checkpoint, from, stage as usize),
+            PeerMsg::Checkpoint { checkpoint, full } => {
+                if full {
+                    self.keyed.borrow_mut().mark_all_changed();
+                }
+                self.start_checkpoint(checkpoint)
+            }
+            PeerMsg::CheckpointAbort { checkpoint } => self.abort_checkpoint(checkpoint),
             PeerMsg::Handoff { from, .. } => self.fail(format!(
                 "an unchecked slot archive from core {from} (its node adopts archives for its cores)"
             )),
@@ -305,6 +336,7 @@ impl Core {
             PeerMsg::RemovePeer(peer) => {
                 self.peers.forget(peer);
                 self.forget_producer(peer, false);
+                self.forget_barriers(peer);
             }
             PeerMsg::Stop { producers } => {
                 self.shutdown.expect(producers);
@@ -451,7 +483,8 @@ impl Core {
     /// Routes a connection's waiting batches: this core's own are applied in place, the others
     /// queued for their owners.
     fn dispatch(&self, pipeline: &mut dyn SourcePipeline) {
-        pipeline.take_batches(&mut |owner, batch| {
+        pipeline.take_batches(&mut |owner, mut batch| {
+            batch.from = self.id;
             if owner == self.id {
                 self.with_keyed(|keyed, out, send| keyed.apply(batch, out, send));
             } else {

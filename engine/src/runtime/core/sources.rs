@@ -25,7 +25,7 @@ use crate::step::DecodeError;
 
 /// Frames a source connection handles before it dispatches its batches and lets other tasks
 /// run: bounds the time a message waits behind the rest of its read.
-const FRAMES_PER_STEP: usize = 64;
+pub(super) const FRAMES_PER_STEP: usize = 64;
 
 pub(super) struct Sources {
     /// Duplicates of open connections: to shut down on stop, to hand over on leave.
@@ -43,6 +43,11 @@ pub(super) struct Sources {
     handovers: RefCell<Vec<SourceConnection>>,
     heirs: RefCell<Vec<CoreId>>,
     next_heir: Cell<usize>,
+    /// Per file source read here: the offset of its first message not routed yet (kept once
+    /// the file is read to its end: a checkpoint says where every file stands).
+    pub(super) file_offsets: RefCell<std::collections::BTreeMap<u32, u64>>,
+    /// File sources being read here.
+    pub(super) files_open: Cell<usize>,
 }
 
 impl Sources {
@@ -58,6 +63,8 @@ impl Sources {
             handovers: RefCell::default(),
             heirs: RefCell::default(),
             next_heir: Cell::new(0),
+            file_offsets: RefCell::default(),
+            files_open: Cell::new(0),
         }
     }
 
@@ -95,9 +102,30 @@ impl Sources {
 
     /// Waits until every reading task has finished.
     pub async fn all_closed(&self) {
-        while !self.open.borrow().is_empty() {
+        while !self.open.borrow().is_empty() || self.files_open.get() > 0 {
             self.changed.wait().await;
         }
+    }
+
+    /// Where each file source read here stands.
+    pub fn file_offsets(&self) -> Vec<(u32, u64)> {
+        self.file_offsets
+            .borrow()
+            .iter()
+            .map(|(&s, &o)| (s, o))
+            .collect()
+    }
+
+    /// A reading task ended (wakes [`Self::all_closed`]).
+    pub(super) fn task_ended(&self) {
+        self.changed.notify_all();
+    }
+
+    /// A key for a reading task's watermark.
+    pub(super) fn next_key(&self) -> u64 {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        key
     }
 
     fn closed(&self) {
@@ -273,7 +301,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
 
 /// Whether this core cut (or is about to cut) its connections' read sides: stopping, or its
 /// node leaving.
-fn is_cut(core: &Core) -> bool {
+pub(super) fn is_cut(core: &Core) -> bool {
     core.sources.cut.get() || core.sink.is_draining()
 }
 

@@ -90,6 +90,9 @@ impl Core {
     /// A producer's word on `stage`'s watermark: if the stage's watermark here advances, its
     /// timers fire, and this core passes it on for the next stage.
     pub(super) fn on_watermark(&self, from: CoreId, stage: usize, at: Mark, ingress_ns: u64) {
+        if self.hold_word(from, stage, at, ingress_ns) {
+            return;
+        }
         let advanced = self.time.marks.borrow_mut().update(stage, from, at);
         if let Some(w) = advanced {
             self.advance(stage, w, ingress_ns);

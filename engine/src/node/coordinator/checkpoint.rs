@@ -1,0 +1,333 @@
+//! The coordinator's side of checkpoints: asks every core for checkpoint n, gathers their
+//! snapshots (each core sends its own once it has aligned every stage), writes them with the
+//! manifest (`node/state_dir.rs`), and keeps what `status` shows. It holds the coordinator's
+//! lock, so a checkpoint and a change never overlap: a core never aligns barriers while a
+//! slot it snapshots is on its way. At start, the newest complete checkpoint is read back.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use super::Coordinator;
+use crate::checkpoint::Manifest;
+use crate::dataflow::{Dataflow, StagePart};
+use crate::node::state_dir::{Restored, StateDir};
+use crate::routing::{CoreId, RoutingTable};
+use crate::runtime::messages::{PeerMsg, Snapshot};
+
+/// Why a checkpoint was not taken. The previous one stands; the next interval tries again.
+#[derive(Debug, Clone, Error)]
+pub enum CheckpointError {
+    #[error("no --state-dir: checkpoints are off")]
+    Off,
+    #[error("a change is in progress ({doing}); the checkpoint waits for it to end")]
+    Busy { doing: String },
+    #[error("the engine is stopping")]
+    Stopped,
+    #[error("checkpoints of a cluster of several nodes are not built yet")]
+    Cluster,
+    #[error("checkpoint {checkpoint}: core {core}: {reason}")]
+    Core {
+        checkpoint: u64,
+        core: CoreId,
+        reason: String,
+    },
+    #[error("checkpoint {checkpoint}: cores {missing:?} did not finish their snapshot within {waited:?}")]
+    Timeout {
+        checkpoint: u64,
+        missing: Vec<CoreId>,
+        waited: Duration,
+    },
+    #[error("checkpoint {checkpoint} could not be written: {reason}")]
+    Write { checkpoint: u64, reason: String },
+}
+
+/// The last complete checkpoint, as `status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointInfo {
+    pub checkpoint: u64,
+    /// When its barriers were sent.
+    pub taken: SystemTime,
+    /// Bytes it wrote (only what changed since the one before).
+    pub written: u64,
+    /// Bytes of state it holds in all.
+    pub state_bytes: u64,
+    /// From the barriers to the manifest being durable.
+    pub duration: Duration,
+}
+
+/// Checkpoints on this node, for `status`.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointStatus {
+    pub state_dir: PathBuf,
+    pub last: Option<CheckpointInfo>,
+    /// The last failure, if it came after the last success.
+    pub failure: Option<String>,
+    /// The checkpoint this run restored from.
+    pub restored_from: Option<u64>,
+}
+
+/// A node's checkpoints: its state dir and the last manifest written.
+pub(crate) struct Checkpoints {
+    dir: StateDir,
+    last: Option<Manifest>,
+    next: u64,
+    /// The cores' archives of the last failed attempt were lost: write every slot next time.
+    full_next: bool,
+    pub status: CheckpointStatus,
+}
+
+/// What a node starts from: the slots each core gets back, and where its file sources stood.
+pub(crate) struct Restore {
+    pub table: RoutingTable,
+    pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
+    pub offsets: BTreeMap<u32, u64>,
+}
+
+impl Checkpoints {
+    pub fn open(dir: StateDir) -> Self {
+        let status = CheckpointStatus {
+            state_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        Checkpoints {
+            dir,
+            last: None,
+            next: 1,
+            full_next: false,
+            status,
+        }
+    }
+
+    /// Reads back the newest complete checkpoint, if any, into what each core starts with.
+    pub fn restore(&mut self, dataflow: &Dataflow, n_slots: u32) -> Option<Restore> {
+        let started = Instant::now();
+        let Restored {
+            manifest,
+            parts,
+            bytes,
+        } = self.dir.latest()?;
+        let Some(table) = manifest.table() else {
+            tracing::error!(
+                checkpoint = manifest.checkpoint,
+                "its routing table is invalid; starting empty"
+            );
+            return None;
+        };
+        let mut per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>> = BTreeMap::new();
+        for (part, archives) in parts {
+            match dataflow.read_part(part.stage, part.slot, n_slots, archives) {
+                Ok(p) => per_core
+                    .entry(table.owner(part.slot))
+                    .or_default()
+                    .push((part.stage, part.slot, p)),
+                Err(e) => {
+                    // Checksummed on disk, so a bug or another build: say so, never guess.
+                    tracing::error!(
+                        checkpoint = manifest.checkpoint,
+                        "stage {} slot {}: {e}; starting empty",
+                        part.stage,
+                        part.slot
+                    );
+                    return None;
+                }
+            }
+        }
+        let offsets = manifest
+            .sources
+            .iter()
+            .map(|s| (s.source, s.offset))
+            .collect();
+        tracing::info!(
+            checkpoint = manifest.checkpoint,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "restored from checkpoint {}",
+            manifest.checkpoint
+        );
+        self.next = manifest.checkpoint + 1;
+        self.status.restored_from = Some(manifest.checkpoint);
+        self.status.last = Some(info(&manifest, Duration::ZERO));
+        self.last = Some(manifest);
+        Some(Restore {
+            table,
+            per_core,
+            offsets,
+        })
+    }
+
+    /// Where to start counting when nothing could be restored: after every checkpoint on disk,
+    /// so a number is never reused.
+    pub fn skip_past_existing(&mut self) {
+        if let Some(newest) = self.dir.newest() {
+            self.next = self.next.max(newest.checkpoint + 1);
+        }
+    }
+}
+
+fn info(m: &Manifest, duration: Duration) -> CheckpointInfo {
+    CheckpointInfo {
+        checkpoint: m.checkpoint,
+        taken: UNIX_EPOCH + Duration::from_millis(m.taken_ms),
+        written: m.written,
+        state_bytes: m.state_bytes(),
+        duration,
+    }
+}
+
+impl Coordinator {
+    /// How often to take a checkpoint on its own (with a state dir and an interval).
+    pub fn checkpoint_interval(&self) -> Option<Duration> {
+        self.checkpoints.as_ref()?;
+        self.config.checkpoint_interval
+    }
+
+    /// Takes a checkpoint and waits until it is durable.
+    pub fn checkpoint(&mut self, app: &str) -> Result<CheckpointInfo, CheckpointError> {
+        let result = self.try_checkpoint(app);
+        if let Some(c) = &mut self.checkpoints {
+            match &result {
+                Ok(info) => {
+                    c.status.last = Some(info.clone());
+                    c.status.failure = None;
+                }
+                // Stopping is not a failure: the last checkpoint stands as the final one.
+                Err(CheckpointError::Stopped) => {}
+                Err(e) => {
+                    tracing::error!(
+                        "checkpoint failed: {e}; the previous one stands, the next will try again"
+                    );
+                    c.status.failure = Some(e.to_string());
+                }
+            }
+            self.view.lock().unwrap().checkpoints = Some(c.status.clone());
+        }
+        result
+    }
+
+    fn try_checkpoint(&mut self, app: &str) -> Result<CheckpointInfo, CheckpointError> {
+        if self.checkpoints.is_none() {
+            return Err(CheckpointError::Off);
+        }
+        if self.stopped || self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(CheckpointError::Stopped);
+        }
+        if !self.node.members().is_empty() || !self.node.lost_nodes().is_empty() {
+            return Err(CheckpointError::Cluster);
+        }
+        if let Some(u) = &self.unfinished {
+            if !u.window.is_done() {
+                return Err(CheckpointError::Busy {
+                    doing: "steps of a change that ended early".into(),
+                });
+            }
+        }
+        let started = Instant::now();
+        let c = self.checkpoints.as_mut().expect("checked");
+        let checkpoint = c.next;
+        c.next += 1;
+        let full = std::mem::take(&mut c.full_next);
+        let taken_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let cores: Vec<CoreId> = self.cores.keys().copied().collect();
+        for id in &cores {
+            self.cores[id]
+                .addr
+                .send_control(PeerMsg::Checkpoint { checkpoint, full });
+        }
+        let snapshots = match self.gather(checkpoint, &cores) {
+            Ok(s) => s,
+            Err(e) => {
+                for id in &cores {
+                    self.cores[id]
+                        .addr
+                        .send_control(PeerMsg::CheckpointAbort { checkpoint });
+                }
+                // Some cores archived their changes for nothing: write every slot next time.
+                self.checkpoints.as_mut().expect("checked").full_next = true;
+                return Err(e);
+            }
+        };
+        let next = Manifest {
+            checkpoint,
+            app: app.into(),
+            n_slots: self.table.n_slots(),
+            epoch: self.table.epoch(),
+            owners: (0..self.table.n_slots())
+                .map(|s| self.table.owner(s))
+                .collect(),
+            sources: snapshots.iter().flat_map(|s| s.sources.clone()).collect(),
+            parts: Vec::new(),
+            written: 0,
+            taken_ms,
+        };
+        let c = self.checkpoints.as_mut().expect("checked");
+        match c.dir.write(c.last.as_ref(), next, snapshots) {
+            Ok(manifest) => {
+                let info = info(&manifest, started.elapsed());
+                tracing::debug!(
+                    checkpoint,
+                    written = info.written,
+                    ms = info.duration.as_millis() as u64,
+                    "checkpoint durable"
+                );
+                c.last = Some(manifest);
+                Ok(info)
+            }
+            Err(e) => {
+                c.full_next = true;
+                Err(CheckpointError::Write {
+                    checkpoint,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Every core's snapshot of `checkpoint`, within the change timeout.
+    fn gather(&self, checkpoint: u64, cores: &[CoreId]) -> Result<Vec<Snapshot>, CheckpointError> {
+        let waited = self.config.change_timeout;
+        let deadline = Instant::now() + waited;
+        let mut got: BTreeMap<CoreId, Snapshot> = BTreeMap::new();
+        while got.len() < cores.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let tick = left.min(Duration::from_millis(100));
+            match self.snapshots.1.recv_timeout(tick) {
+                Ok(s) if s.checkpoint != checkpoint => {} // of an attempt called off
+                Ok(Snapshot {
+                    core,
+                    error: Some(reason),
+                    ..
+                }) => {
+                    return Err(CheckpointError::Core {
+                        checkpoint,
+                        core,
+                        reason,
+                    })
+                }
+                Ok(s) => {
+                    got.insert(s.core, s);
+                }
+                Err(_) if self.stopping.load(std::sync::atomic::Ordering::Acquire) => {
+                    return Err(CheckpointError::Stopped)
+                }
+                Err(_) if left.is_zero() => {
+                    return Err(CheckpointError::Timeout {
+                        checkpoint,
+                        missing: cores
+                            .iter()
+                            .copied()
+                            .filter(|c| !got.contains_key(c))
+                            .collect(),
+                        waited,
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(got.into_values().collect())
+    }
+}

@@ -1,0 +1,329 @@
+//! A node's state dir: its checkpoints on disk. Layout:
+//! - `IDENTITY`: the app and slot count the checkpoints are of (another app is refused by name);
+//! - `NNNNNNNNNNNN.parts`: what checkpoint N wrote: the archives of the slots its cores had
+//!   changed, back to back (each at a multiple of 16 bytes), then fsynced;
+//! - `NNNNNNNNNNNN.manifest`: checkpoint N itself (`checkpoint::Manifest`), written after its
+//!   parts are durable, to a temporary name, fsynced, renamed into place, the dir fsynced. A
+//!   checkpoint without its manifest never happened.
+//!
+//! Recovery takes the newest manifest whose archives all read back with their checksums; one
+//! that does not is skipped with a log line saying why. The newest two complete checkpoints
+//! are kept, with every parts file they still read (an unchanged slot stays where an older
+//! checkpoint wrote it); the rest is removed after each checkpoint.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rkyv::util::AlignedVec;
+use thiserror::Error;
+
+use crate::checkpoint::{self, Manifest, SlotPart, Span};
+use crate::hash::stable_hash;
+use crate::runtime::messages::Snapshot;
+
+/// Why a state dir cannot be used.
+#[derive(Debug, Error)]
+pub enum StateDirError {
+    #[error("state dir {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("state dir {path} holds checkpoints of {found}, not of app `{app}` with {n_slots} slots; give this app a state dir of its own")]
+    OtherApp {
+        path: PathBuf,
+        found: String,
+        app: String,
+        n_slots: u32,
+    },
+}
+
+/// Why a checkpoint could not be written (nothing durable is touched: the previous one stands).
+#[derive(Debug, Error)]
+#[error("writing {path}: {error}")]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+/// A checkpoint read back: its manifest and, per stored part, its archives (the entities', and
+/// the timers' if the stage has any).
+pub(crate) struct Restored {
+    pub manifest: Manifest,
+    pub parts: Vec<(SlotPart, Vec<AlignedVec>)>,
+    pub bytes: u64,
+}
+
+pub(crate) struct StateDir {
+    path: PathBuf,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateDirError + '_ {
+    move |error| StateDirError::Io {
+        path: path.into(),
+        error,
+    }
+}
+
+/// What `IDENTITY` says for `app` with `n_slots` slots.
+fn identity(app: &str, n_slots: u32) -> String {
+    format!("app {app}, {n_slots} slots\n")
+}
+
+impl StateDir {
+    /// Opens (or creates) the state dir of `app`; refused if it holds another app's checkpoints.
+    pub fn open(path: &Path, app: &str, n_slots: u32) -> Result<Self, StateDirError> {
+        fs::create_dir_all(path).map_err(io_err(path))?;
+        let id_path = path.join("IDENTITY");
+        let want = identity(app, n_slots);
+        match fs::read_to_string(&id_path) {
+            Ok(found) if found == want => {}
+            Ok(found) => {
+                return Err(StateDirError::OtherApp {
+                    path: path.into(),
+                    found: found.trim().to_string(),
+                    app: app.into(),
+                    n_slots,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_durably(path, "IDENTITY", want.as_bytes()).map_err(|e| {
+                    StateDirError::Io {
+                        path: id_path.clone(),
+                        error: e.error,
+                    }
+                })?;
+            }
+            Err(e) => return Err(io_err(&id_path)(e)),
+        }
+        Ok(StateDir { path: path.into() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn parts_path(&self, checkpoint: u64) -> PathBuf {
+        self.path.join(format!("{checkpoint:012}.parts"))
+    }
+
+    /// The checkpoints with a manifest file, newest first.
+    fn manifests(&self) -> Vec<u64> {
+        let mut found: Vec<u64> = fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".manifest")?.parse().ok()
+            })
+            .collect();
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found
+    }
+
+    fn read_manifest(&self, checkpoint: u64) -> Result<Manifest, String> {
+        let path = self.path.join(format!("{checkpoint:012}.manifest"));
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        if m.checkpoint != checkpoint {
+            return Err(format!(
+                "{} names checkpoint {}",
+                path.display(),
+                m.checkpoint
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The newest checkpoint that reads back whole, skipping (loudly) any that does not.
+    pub fn latest(&self) -> Option<Restored> {
+        for checkpoint in self.manifests() {
+            match self
+                .read_manifest(checkpoint)
+                .and_then(|m| self.read_parts(m))
+            {
+                Ok(restored) => return Some(restored),
+                Err(reason) => tracing::error!(
+                    checkpoint,
+                    "skipping checkpoint {checkpoint}: {reason}; trying the one before"
+                ),
+            }
+        }
+        None
+    }
+
+    /// The newest complete checkpoint's number, if any (without reading its parts).
+    pub fn newest(&self) -> Option<Manifest> {
+        self.manifests()
+            .into_iter()
+            .find_map(|n| self.read_manifest(n).ok())
+    }
+
+    fn read_parts(&self, manifest: Manifest) -> Result<Restored, String> {
+        let mut files: std::collections::BTreeMap<u64, File> = Default::default();
+        let mut parts = Vec::with_capacity(manifest.parts.len());
+        let mut bytes = 0;
+        for part in &manifest.parts {
+            let mut archives = Vec::with_capacity(2);
+            for span in [Some(part.memory), part.timers].into_iter().flatten() {
+                let file = match files.entry(span.file) {
+                    std::collections::btree_map::Entry::Occupied(f) => f.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        let path = self.parts_path(span.file);
+                        v.insert(File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+                    }
+                };
+                let mut buf = AlignedVec::with_capacity(span.len as usize);
+                buf.resize(span.len as usize, 0);
+                file.read_exact_at(&mut buf, span.offset).map_err(|e| {
+                    format!(
+                        "{}: {} bytes at {}: {e} (cut short?)",
+                        self.parts_path(span.file).display(),
+                        span.len,
+                        span.offset
+                    )
+                })?;
+                if stable_hash(&buf) != span.checksum {
+                    return Err(format!(
+                        "{}: stage {} slot {}: checksum mismatch ({} bytes at {}): corrupt",
+                        self.parts_path(span.file).display(),
+                        part.stage,
+                        part.slot,
+                        span.len,
+                        span.offset
+                    ));
+                }
+                bytes += span.len;
+                archives.push(buf);
+            }
+            parts.push((*part, archives));
+        }
+        Ok(Restored {
+            manifest,
+            parts,
+            bytes,
+        })
+    }
+
+    /// Writes checkpoint `next` (its manifest, with no parts yet) from the cores' snapshots,
+    /// on top of `previous`: the parts file, durably, then the manifest, durably. Returns the
+    /// manifest as written. On an error nothing the previous checkpoints read is touched.
+    pub fn write(
+        &self,
+        previous: Option<&Manifest>,
+        next: Manifest,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<Manifest, WriteError> {
+        let checkpoint = next.checkpoint;
+        let written = self.try_write(previous, next, snapshots);
+        if written.is_err() {
+            // A full disk must not stay full of what failed.
+            let _ = fs::remove_file(self.parts_path(checkpoint));
+            let _ = fs::remove_file(self.path.join(format!("{checkpoint:012}.manifest.tmp")));
+        }
+        written
+    }
+
+    fn try_write(
+        &self,
+        previous: Option<&Manifest>,
+        next: Manifest,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<Manifest, WriteError> {
+        let checkpoint = next.checkpoint;
+        let path = self.parts_path(checkpoint);
+        let failed = |error| WriteError {
+            path: path.clone(),
+            error,
+        };
+        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&path).map_err(failed)?);
+        let mut written = Vec::new();
+        let mut offset = 0u64;
+        let mut put = |bytes: &AlignedVec, out: &mut io::BufWriter<File>| -> io::Result<Span> {
+            let pad = offset.next_multiple_of(16) - offset;
+            out.write_all(&[0; 16][..pad as usize])?;
+            offset += pad;
+            out.write_all(bytes)?;
+            let span = Span {
+                file: checkpoint,
+                offset,
+                len: bytes.len() as u64,
+                checksum: stable_hash(bytes),
+            };
+            offset += bytes.len() as u64;
+            Ok(span)
+        };
+        for part in snapshots.iter().flat_map(|s| &s.parts) {
+            let memory = put(&part.memory, &mut out).map_err(failed)?;
+            let timers = match &part.timers {
+                Some(t) => Some(put(t, &mut out).map_err(failed)?),
+                None => None,
+            };
+            written.push(SlotPart {
+                stage: part.stage,
+                slot: part.slot,
+                entities: part.entities,
+                memory,
+                timers,
+            });
+        }
+        let file = out.into_inner().map_err(|e| failed(e.into_error()))?;
+        file.sync_all().map_err(failed)?;
+        let mut next = Manifest::next(previous, next, written);
+        next.written = offset;
+        let name = format!("{checkpoint:012}.manifest");
+        write_durably(&self.path, &name, &next.encode())?;
+        self.collect_garbage();
+        Ok(next)
+    }
+
+    /// Removes what no kept checkpoint reads: older manifests, their parts files, leftovers of
+    /// checkpoints that never completed.
+    fn collect_garbage(&self) {
+        let complete: Vec<(u64, BTreeSet<u64>)> = self
+            .manifests()
+            .into_iter()
+            .filter_map(|n| self.read_manifest(n).ok().map(|m| (n, m.files())))
+            .collect();
+        let (manifests, files) = checkpoint::keep(&complete);
+        let newest = complete.first().map_or(0, |c| c.0);
+        for entry in fs::read_dir(&self.path).into_iter().flatten().flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let remove = if let Some(n) = name.strip_suffix(".manifest") {
+                n.parse().is_ok_and(|n: u64| !manifests.contains(&n))
+            } else if let Some(n) = name.strip_suffix(".parts") {
+                // A parts file newer than every manifest may be a checkpoint being written.
+                n.parse()
+                    .is_ok_and(|n: u64| !files.contains(&n) && n <= newest)
+            } else {
+                name.ends_with(".tmp")
+            };
+            if remove {
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!("cannot remove {}: {e}", entry.path().display());
+                }
+            }
+        }
+    }
+}
+
+/// Writes `name` in `dir` so that after a crash it is either whole or absent: a temporary
+/// file, fsynced, renamed into place, the dir fsynced.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WriteError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| WriteError { path, error }
+    };
+    let mut f = File::create(&tmp).map_err(failed(&tmp))?;
+    f.write_all(bytes).map_err(failed(&tmp))?;
+    f.sync_all().map_err(failed(&tmp))?;
+    let target = dir.join(name);
+    fs::rename(&tmp, &target).map_err(failed(&target))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(failed(dir))
+}

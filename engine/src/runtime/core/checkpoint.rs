@@ -1,0 +1,162 @@
+//! A core's part in a checkpoint. Asked for checkpoint n, the core notes where its replayable
+//! sources stand and sends `Barrier(n)` for stage 0 to every core (itself too) behind what it
+//! routed: one synchronous action, so the barrier sits between two messages of every source it
+//! reads. A stage whose barriers from every producer are here (`checkpoint::Alignment`) is
+//! snapshotted (the slots it changed since the last checkpoint are archived), this core sends
+//! its own barrier for the next stage, and what the alignment held back is applied. When every
+//! stage is done, the snapshot goes to the node, which writes it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::Core;
+use crate::checkpoint::SourceMark;
+use crate::routing::CoreId;
+use crate::runtime::messages::{CoreMsg, PeerMsg, Snapshot};
+
+/// A watermark word that came after its producer's barrier: it waits with the batches.
+struct HeldWord {
+    from: CoreId,
+    stage: usize,
+    at: Option<u64>,
+    ingress_ns: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Checkpointing {
+    /// The snapshot being gathered, stage by stage.
+    snapshot: RefCell<Option<Snapshot>>,
+    held_words: RefCell<Vec<HeldWord>>,
+}
+
+impl Core {
+    /// The node asks for checkpoint `checkpoint`: note the sources' positions, send the
+    /// stage-0 barriers.
+    pub(super) fn start_checkpoint(self: &Rc<Self>, checkpoint: u64) {
+        if let Err(e) = self.keyed.borrow_mut().begin_checkpoint(checkpoint) {
+            return self.checkpoint_failed(checkpoint, e.to_string());
+        }
+        let sources = (self.sources.file_offsets().into_iter())
+            .map(|(source, offset)| SourceMark { source, offset })
+            .collect();
+        *self.checkpointing.snapshot.borrow_mut() = Some(Snapshot {
+            core: self.id,
+            checkpoint,
+            parts: Vec::new(),
+            sources,
+            error: None,
+        });
+        self.send_barrier(checkpoint, 0);
+    }
+
+    /// Sends this core's barrier for `stage` to every core, behind what it routed there.
+    fn send_barrier(self: &Rc<Self>, checkpoint: u64, stage: usize) {
+        let from = self.id;
+        let msg = PeerMsg::Barrier {
+            from,
+            checkpoint,
+            stage: stage as u32,
+        };
+        self.peers.send_all(|| CoreMsg::Peer(msg.clone()));
+        self.barrier_in(checkpoint, from, stage);
+    }
+
+    /// `from`'s barrier for `stage` is here.
+    pub(super) fn barrier_in(self: &Rc<Self>, checkpoint: u64, from: CoreId, stage: usize) {
+        let aligned = self.keyed.borrow_mut().on_barrier(checkpoint, from, stage);
+        match aligned {
+            Ok(stages) => self.stages_aligned(checkpoint, stages),
+            Err(e) => self.checkpoint_failed(checkpoint, e.to_string()),
+        }
+    }
+
+    /// A producer is gone: its barriers will not come.
+    pub(super) fn forget_barriers(self: &Rc<Self>, core: CoreId) {
+        let aligned = self.keyed.borrow_mut().alignment().forget(core);
+        if let Some(checkpoint) = self.keyed.borrow_mut().alignment().running() {
+            self.stages_aligned(checkpoint, aligned);
+        }
+    }
+
+    /// Snapshots each aligned stage, passes the barrier on, and applies what waited.
+    fn stages_aligned(self: &Rc<Self>, checkpoint: u64, stages: Vec<usize>) {
+        for stage in stages {
+            let saved = self.keyed.borrow_mut().snapshot(stage);
+            match (saved, &mut *self.checkpointing.snapshot.borrow_mut()) {
+                (Ok(parts), Some(s)) => s.parts.extend(parts),
+                (Ok(_), None) => {}
+                (Err(e), Some(s)) => s.error = Some(e.to_string()),
+                (Err(e), None) => tracing::error!(core = self.id, "checkpoint snapshot: {e}"),
+            }
+            if stage + 1 < self.dataflow.stages.len() {
+                self.send_barrier(checkpoint, stage + 1);
+            }
+            self.release_held();
+        }
+        if self.keyed.borrow_mut().alignment().is_complete() {
+            self.finish_checkpoint();
+        }
+    }
+
+    /// Whether `from`'s word on `stage` must wait (it came after its barrier); if so it is kept.
+    pub(super) fn hold_word(
+        &self,
+        from: CoreId,
+        stage: usize,
+        at: Option<u64>,
+        ingress_ns: u64,
+    ) -> bool {
+        let holds = self.keyed.borrow_mut().alignment().holds(from, stage);
+        if holds {
+            self.checkpointing.held_words.borrow_mut().push(HeldWord {
+                from,
+                stage,
+                at,
+                ingress_ns,
+            });
+        }
+        holds
+    }
+
+    /// Applies the batches and watermark words alignment no longer holds (batches first: a
+    /// word applied after a batch that followed it only comes later, never too early).
+    fn release_held(&self) {
+        self.with_keyed(|keyed, out, send| keyed.release_held(out, send));
+        let words = std::mem::take(&mut *self.checkpointing.held_words.borrow_mut());
+        for w in words {
+            // Held again if its stage still aligns.
+            self.on_watermark(w.from, w.stage, w.at, w.ingress_ns);
+        }
+    }
+
+    fn finish_checkpoint(&self) {
+        self.keyed.borrow_mut().alignment().finish();
+        if let Some(snapshot) = self.checkpointing.snapshot.borrow_mut().take() {
+            let _ = self.snapshots.send(snapshot);
+        }
+    }
+
+    /// The node gave up on `checkpoint` (a core did not answer in time): nothing waits any more.
+    pub(super) fn abort_checkpoint(self: &Rc<Self>, checkpoint: u64) {
+        let mut keyed = self.keyed.borrow_mut();
+        if keyed.alignment().running() != Some(checkpoint) {
+            return;
+        }
+        keyed.alignment().finish();
+        drop(keyed);
+        self.checkpointing.snapshot.borrow_mut().take();
+        self.release_held();
+        tracing::warn!(core = self.id, checkpoint, "checkpoint called off");
+    }
+
+    fn checkpoint_failed(&self, checkpoint: u64, error: String) {
+        tracing::error!(core = self.id, checkpoint, "checkpoint: {error}");
+        let _ = self.snapshots.send(Snapshot {
+            core: self.id,
+            checkpoint,
+            parts: Vec::new(),
+            sources: Vec::new(),
+            error: Some(error),
+        });
+    }
+}

@@ -1,0 +1,133 @@
+//! A core's file sources: a task per file that reads it from its checkpointed offset, decodes,
+//! routes and applies in bounded steps like a connection, and records after each step the
+//! offset of the first message not routed yet (what a checkpoint's barrier notes). At the end
+//! of the file it finishes, or with `follow` waits for more, like `tail -f`. A file source is
+//! read by its node's first core, which no shrink removes.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future;
+use quokka_io::file::FileReader;
+
+use super::sources::{is_cut, FRAMES_PER_STEP};
+use super::Core;
+use crate::dataflow::SourcePipeline;
+use crate::metrics::now_ns;
+use crate::runtime::messages::FileSource;
+
+/// How often a followed file is looked at again once read to its end.
+const FOLLOW_POLL: Duration = Duration::from_millis(20);
+
+pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
+    let FileSource {
+        source,
+        input,
+        offset,
+    } = file;
+    let sources = &core.sources;
+    sources
+        .file_offsets
+        .borrow_mut()
+        .insert(source as u32, offset);
+    let mut reader =
+        match FileReader::open(&input.path, offset, input.format, core.config.max_frame) {
+            Ok(r) if input.follow => r.follow(),
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(core = core.id, "file source: {e}");
+                core.report.borrow_mut().connection_errors += 1;
+                return;
+            }
+        };
+    sources.files_open.set(sources.files_open.get() + 1);
+    core.report.borrow_mut().connections += 1;
+    let key = sources.next_key();
+    let mut pipeline = core.dataflow.source_pipeline(source);
+    tracing::info!(core = core.id, path = %input.path.display(), offset, "reading file source");
+    let ended = loop {
+        if is_cut(&core) {
+            break Ok(());
+        }
+        let now = now_ns();
+        let step = step(&core, &mut reader, &mut *pipeline, now).await;
+        sources
+            .file_offsets
+            .borrow_mut()
+            .insert(source as u32, reader.offset());
+        core.source_mark(key, pipeline.watermark(), now);
+        match step {
+            Ok(Stepped::More) => {
+                core.poke_inbox();
+                future::yield_now().await;
+            }
+            Ok(Stepped::AtEnd) if input.follow => {
+                if !core.sleep_unless_done(FOLLOW_POLL).await {
+                    break Ok(());
+                }
+            }
+            Ok(Stepped::AtEnd) => break reader.finish().map_err(|e| e.to_string()),
+            Err(e) => break Err(e),
+        }
+    };
+    core.source_mark(key, None, now_ns());
+    match ended {
+        Ok(()) => {
+            tracing::info!(core = core.id, path = %input.path.display(), offset = reader.offset(), "file source read")
+        }
+        Err(e) => {
+            tracing::error!(core = core.id, "file source: {e}");
+            core.report.borrow_mut().connection_errors += 1;
+        }
+    }
+    sources.files_open.set(sources.files_open.get() - 1);
+    sources.task_ended();
+}
+
+enum Stepped {
+    /// More messages may be waiting.
+    More,
+    /// The file is read to its end (for now).
+    AtEnd,
+}
+
+/// One bounded step: up to [`FRAMES_PER_STEP`] messages decoded, routed and dispatched in one
+/// synchronous action.
+async fn step(
+    core: &Core,
+    reader: &mut FileReader,
+    pipeline: &mut dyn SourcePipeline,
+    ingress_ns: u64,
+) -> Result<Stepped, String> {
+    core.wait_room().await;
+    let table = core.table.borrow().clone();
+    let mut frames = 0;
+    let mut read_nothing = false;
+    let result = loop {
+        if frames == FRAMES_PER_STEP {
+            break Ok(Stepped::More);
+        }
+        match reader.next_message() {
+            Ok(Some(message)) => match pipeline.push(message, ingress_ns, &table) {
+                Ok(()) => frames += 1,
+                Err(e) => {
+                    let at = reader.offset();
+                    break Err(format!(
+                        "{} before byte {at}: a message was rejected by the decoder: {e}",
+                        reader.path().display()
+                    ));
+                }
+            },
+            Ok(None) if read_nothing => break Ok(Stepped::AtEnd),
+            Ok(None) => match reader.read_more() {
+                Ok(0) => read_nothing = true,
+                Ok(_) => {}
+                Err(e) => break Err(e.to_string()),
+            },
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    core.report.borrow_mut().frames += frames as u64;
+    core.dispatch(pipeline);
+    result
+}

@@ -1,0 +1,263 @@
+//! Surviving a crash (issue 18): `quokka run --state-dir` killed with `kill -9` at random
+//! moments and started again with the same command restores its newest complete checkpoint,
+//! and its file source goes on from where that checkpoint stood; a corrupt checkpoint is
+//! skipped for the one before; another app's state dir is refused by name.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quokka_io::client::Records;
+use quokka_tests::harness::{load_text, Sink, DEADLINE};
+use quokka_tests::reference::reference_counts;
+
+use crate::{ctl, quokka, quokka_output, signal, Service};
+
+/// A fresh directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("quokka-crash-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `quokka run word_count` reading `file` (lines, followed as it grows), checkpointing into
+/// `state` every 20 ms.
+fn run_word_count(file: &Path, state: &Path, out: SocketAddr) -> Service {
+    Service::start(
+        "word_count",
+        Command::new(quokka()).args([
+            "run",
+            "word_count",
+            "--follow",
+            "--cores",
+            "2",
+            "--in",
+            &format!("lines:{}", file.display()),
+            "--out",
+            &out.to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+            "--checkpoint-interval",
+            "20ms",
+            "--control",
+            "127.0.0.1:0",
+        ]),
+    )
+}
+
+/// A small xorshift, seeded from the clock and printed, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("QUOKKA_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("QUOKKA_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Per word, the counts that reached the sink (over every connection of every run).
+fn counts_seen(sink: &Sink) -> HashMap<String, Vec<u64>> {
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    for conn in sink.lines() {
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for line in &conn {
+            let (word, count) = line.rsplit_once(" => ").expect("word => count");
+            let count: u64 = count.parse().expect("a count");
+            let before = last.insert(word, count).unwrap_or(0);
+            assert!(
+                count > before,
+                "word {word:?}: {count} after {before} on one connection"
+            );
+            seen.entry(word.to_string()).or_default().push(count);
+        }
+    }
+    seen
+}
+
+/// Whether every word's final total has reached the sink.
+fn all_final(sink: &Sink, expected: &HashMap<String, u64>) -> bool {
+    let seen = counts_seen(sink);
+    expected
+        .iter()
+        .all(|(w, &n)| seen.get(w).is_some_and(|c| c.contains(&n)))
+}
+
+/// At-least-once across crashes: per word, every running total 1..=n reached the sink (none
+/// skipped: no update was lost), none beyond n (none applied twice); a total may repeat (what
+/// followed the last checkpoint before a crash is applied again after it).
+fn check_replayed_totals(sink: &Sink, expected: &HashMap<String, u64>) -> usize {
+    let seen = counts_seen(sink);
+    let mut repeated = 0;
+    for (word, &n) in expected {
+        let mut counts = seen.get(word).cloned().unwrap_or_default();
+        counts.sort_unstable();
+        let total = counts.len();
+        counts.dedup();
+        repeated += total - counts.len();
+        let want: Vec<u64> = (1..=n).collect();
+        assert_eq!(counts, want, "word {word:?}: its running totals");
+    }
+    assert_eq!(seen.len(), expected.len(), "words the input does not have");
+    repeated
+}
+
+/// Crashes before the last run.
+const KILLS: usize = 6;
+
+/// Appends `lines` to `file` in chunks, one every 20 ms: a log that grows while the engine
+/// follows it (and crashes).
+fn append_slowly(file: PathBuf, lines: Vec<String>) -> std::thread::JoinHandle<()> {
+    std::fs::write(&file, "").unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        for chunk in lines.chunks(400) {
+            f.write_all((chunk.join("\n") + "\n").as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_no_state_and_applies_nothing_twice() {
+    let dir = temp_dir("kill");
+    let lines: Vec<String> = load_text().into_iter().cycle().take(60_000).collect();
+    let expected = reference_counts(lines.iter().map(String::as_str));
+    let file = dir.join("words.txt");
+    let writer = append_slowly(file.clone(), lines);
+    let state = dir.join("state");
+    let sink = Sink::start(Records::Lines);
+    let mut rng = Rng::seeded();
+    for _ in 0..KILLS {
+        let mut run = run_word_count(&file, &state, sink.addr());
+        // A random moment: starting, restoring, between checkpoints or during one.
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        assert!(
+            !writer.is_finished(),
+            "every kill must come while the file grows"
+        );
+        signal(&run.child, "-KILL");
+        let _ = run.child.wait();
+    }
+    writer.join().unwrap();
+    // The last run reads to the end of the file.
+    let mut run = run_word_count(&file, &state, sink.addr());
+    let deadline = Instant::now() + DEADLINE;
+    while !all_final(&sink, &expected) {
+        assert!(
+            Instant::now() < deadline,
+            "the last run did not finish the file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&run.child, "-INT");
+    run.wait_exit_ok();
+    let repeated = check_replayed_totals(&sink, &expected);
+    eprintln!("{KILLS} kills; {repeated} outputs repeated after restarts");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
+    let dir = temp_dir("corrupt");
+    let file = dir.join("words.txt");
+    std::fs::write(&file, "a b c\na b\na\n").unwrap();
+    let state = dir.join("state");
+    let sink = Sink::start(Records::Lines);
+    let mut run = run_word_count(&file, &state, sink.addr());
+    sink.wait_for(6);
+    let control = run.addrs.control();
+    for _ in 0..2 {
+        let (code, out, err) = ctl(control, &["checkpoint"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+    }
+    signal(&run.child, "-KILL");
+    let _ = run.child.wait();
+    // Flip a byte of the newest manifest.
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "manifest"))
+        .collect();
+    manifests.sort();
+    assert_eq!(manifests.len(), 2, "the newest two are kept: {manifests:?}");
+    let newest = manifests.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(newest, bytes).unwrap();
+    let older: u64 = manifests[0]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let run = run_word_count(&file, &state, sink.addr());
+    let (_, status, _) = ctl(run.addrs.control(), &["status"]);
+    assert!(
+        status.contains(&format!("restored from checkpoint {older} at start")),
+        "{status}"
+    );
+    let log = run.log_text();
+    assert!(log.contains("skipping checkpoint"), "{log}");
+    // Restored, it has nothing more to read: no word goes past its total.
+    let mut run = run;
+    signal(&run.child, "-INT");
+    run.wait_exit_ok();
+    let expected: HashMap<String, u64> =
+        [("a".to_string(), 3), ("b".into(), 2), ("c".into(), 1)].into();
+    check_replayed_totals(&sink, &expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_state_dir_of_another_app_is_refused_by_name() {
+    let dir = temp_dir("other");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("IDENTITY"), "app word_buckets, 4096 slots\n").unwrap();
+    let out = quokka_output(&[
+        "run",
+        "word_count",
+        "--in",
+        "127.0.0.1:0",
+        "--out",
+        "127.0.0.1:1",
+        "--control",
+        "127.0.0.1:0",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("word_buckets") && err.contains("not of app `word_count`"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
