@@ -314,6 +314,9 @@ pub struct CoreStatus {
     pub latency_p50: Option<u64>,
     pub latency_p99: Option<u64>,
     pub latency_max: Option<u64>,
+    /// The file sources this core reads: each one's name and the offset of its first message
+    /// not routed yet.
+    pub files: Vec<(String, u64)>,
 }
 
 /// Formats nanoseconds for people: `850ns`, `12.3us`, `4.56ms`, `1.20s`.

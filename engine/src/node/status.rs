@@ -304,6 +304,15 @@ impl fmt::Display for Status {
         for id in &self.silent {
             writeln!(f, "{id:>4} (busy: no answer within 2 s)")?;
         }
+        for c in &self.cores {
+            for (name, offset) in &c.files {
+                writeln!(
+                    f,
+                    "file source {name} (core {}): read to byte {offset}",
+                    c.core
+                )?;
+            }
+        }
         Ok(())
     }
 }

@@ -535,6 +535,12 @@ impl Core {
             latency_p50: last.map(|h| h.value_at_quantile(0.5)),
             latency_p99: last.map(|h| h.value_at_quantile(0.99)),
             latency_max: last.map(|h| h.max()),
+            files: (self.sources.file_offsets().into_iter())
+                .map(|(s, offset)| {
+                    let name = self.config.source_names.get(s as usize);
+                    (name.cloned().unwrap_or_default(), offset)
+                })
+                .collect(),
         }
     }
 }
