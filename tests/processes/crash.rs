@@ -129,16 +129,34 @@ fn append_slowly(file: PathBuf, lines: Vec<String>) -> std::thread::JoinHandle<(
 /// Runs `app` over `lines` appended slowly to a file, killing it with `kill -9` [`KILLS`] times
 /// at random moments and starting it again with the same command; the last run reads the
 /// file to its end and stops cleanly.
-fn crash_while_appending(app: &str, name: &str, lines: Vec<String>, outs: &[String]) {
+/// With `changes`, each run also grows or shrinks by a core (in turn) while it runs, so kills
+/// land during migrations too, and a restart restores whatever cores the checkpoint had.
+fn crash_while_appending(
+    app: &str,
+    name: &str,
+    lines: Vec<String>,
+    outs: &[String],
+    changes: bool,
+) {
     let dir = temp_dir(name);
     let file = dir.join("input.txt");
     let len: usize = lines.iter().map(|l| l.len() + 1).sum();
     let writer = append_slowly(file.clone(), lines);
     let state = dir.join("state");
     let mut rng = Rng::seeded();
-    for _ in 0..KILLS {
+    for kill in 0..KILLS {
         let mut run = run_app(app, &file, &state, outs);
-        // A random moment: starting, restoring, between checkpoints or during one.
+        let change = changes.then(|| {
+            let control = run.addrs.control();
+            let change = if kill % 2 == 0 {
+                "grow-cores"
+            } else {
+                "shrink-cores"
+            };
+            // Its answer does not matter: the kill may cut it.
+            std::thread::spawn(move || ctl(control, &[change, "1"]))
+        });
+        // A random moment: starting, restoring, migrating, between checkpoints or during one.
         std::thread::sleep(Duration::from_millis(rng.below(300)));
         assert!(
             !writer.is_finished(),
@@ -146,6 +164,9 @@ fn crash_while_appending(app: &str, name: &str, lines: Vec<String>, outs: &[Stri
         );
         signal(&run.child, "-KILL");
         let _ = run.child.wait();
+        if let Some(change) = change {
+            let _ = change.join();
+        }
     }
     writer.join().unwrap();
     let mut run = run_app(app, &file, &state, outs);
@@ -168,11 +189,12 @@ fn crash_while_appending(app: &str, name: &str, lines: Vec<String>, outs: &[Stri
 }
 
 #[test]
-fn kill_9_at_random_moments_loses_no_state_and_applies_nothing_twice() {
+fn kill_9_at_random_moments_even_mid_migration_loses_no_state_and_applies_nothing_twice() {
     let lines: Vec<String> = load_text().into_iter().cycle().take(60_000).collect();
     let expected = reference_counts(lines.iter().map(String::as_str));
     let sink = Sink::start(Records::Lines);
-    crash_while_appending("word_count", "kill", lines, &[sink.addr().to_string()]);
+    let outs = [sink.addr().to_string()];
+    crash_while_appending("word_count", "kill", lines, &outs, true);
     let repeated = check_replayed_totals(&sink, &expected);
     eprintln!("{KILLS} kills; {repeated} outputs repeated after restarts");
 }
@@ -182,7 +204,8 @@ fn two_stages_come_back_whole_after_kill_9() {
     let lines: Vec<String> = load_text().into_iter().cycle().take(30_000).collect();
     let expected = reference_buckets(&reference_counts(lines.iter().map(String::as_str)));
     let sink = Sink::start(Records::Lines);
-    crash_while_appending("word_buckets", "buckets", lines, &[sink.addr().to_string()]);
+    let outs = [sink.addr().to_string()];
+    crash_while_appending("word_buckets", "buckets", lines, &outs, true);
     check_replayed_totals(&sink, &expected);
 }
 
@@ -209,7 +232,7 @@ fn windows_and_their_timers_come_back_whole_after_kill_9() {
         format!("counts@{}", counts.addr()),
         format!("late@{}", late.addr()),
     ];
-    crash_while_appending("window_counts", "windows", lines, &outs);
+    crash_while_appending("window_counts", "windows", lines, &outs, true);
     // At least once: a window closed after the last checkpoint before a crash comes again,
     // with the same count; none is missing, none is wrong, none is late.
     let got: BTreeSet<String> = counts.lines().into_iter().flatten().collect();
@@ -297,4 +320,115 @@ fn a_state_dir_of_another_app_is_refused_by_name() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The status line of the last complete checkpoint's number, if any.
+fn last_complete(status: &str) -> Option<u64> {
+    let rest = status.split("last complete ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Waits until `quokka ctl status` satisfies `ok`; returns that status.
+fn wait_status(control: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, status, _) = ctl(control, &["status"]);
+        if ok(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Appends `lines` to `file` at once.
+fn append(file: &Path, lines: &[String]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    f.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+}
+
+/// A tmpfs of `size` mounted at `dir` for the test's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount a tmpfs (the tests run as root)");
+        Tmpfs(dir.into())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_checkpoints_not_the_app_and_the_next_one_after_space_returns_succeeds() {
+    let dir = temp_dir("full");
+    let state = dir.join("state");
+    let _tmpfs = Tmpfs::mount(&state, "8m");
+    let file = dir.join("words.txt");
+    let text = load_text();
+    let (first, second) = text.split_at(text.len() / 2);
+    append(&file, first);
+    let sink = Sink::start(Records::Lines);
+    let run = run_word_count(&file, &state, sink.addr());
+    let control = run.addrs.control();
+    let before = wait_status(control, "no checkpoint", |s| last_complete(s).is_some());
+    let before = last_complete(&before).unwrap();
+
+    // Fill the disk to the last byte.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..1]).is_ok() {}
+    }
+    append(&file, second);
+    let failed = wait_status(control, "no checkpoint failed", |s| {
+        s.contains("LAST CHECKPOINT FAILED") && s.contains("No space left on device")
+    });
+    // The app runs on: every word of the second half is counted.
+    let expected = reference_counts(text.iter().map(String::as_str));
+    let total: u64 = expected.values().sum();
+    sink.wait_for(total);
+    let stuck = last_complete(&failed).unwrap();
+    assert!(stuck >= before, "{failed}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let recovered = wait_status(control, "no checkpoint after space returned", |s| {
+        !s.contains("FAILED") && last_complete(s).is_some_and(|n| n > stuck)
+    });
+    drop(recovered);
+    // What the state dir holds now restores everything.
+    let mut run = run;
+    signal(&run.child, "-KILL");
+    let _ = run.child.wait();
+    let sink_after = Sink::start(Records::Lines);
+    let mut again = run_word_count(&file, &state, sink_after.addr());
+    let status = wait_status(again.addrs.control(), "not restored", |s| {
+        s.contains("restored from checkpoint")
+    });
+    let (word, n) = expected.iter().max_by_key(|(_, n)| **n).unwrap();
+    append(&file, std::slice::from_ref(word));
+    sink_after.wait_for(1);
+    let want = format!("{word} => {}", n + 1);
+    assert_eq!(sink_after.lines().concat(), vec![want], "{status}");
+    signal(&again.child, "-INT");
+    again.wait_exit_ok();
+    check_replayed_totals(&sink, &expected);
 }
