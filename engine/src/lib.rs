@@ -52,4 +52,4 @@ pub use node::{
     StateDirError, Status, MAX_SLOTS_PER_STEP,
 };
 pub use quokka_io::file::FileFormat;
-pub use runtime::{default_cores, Config, FileInput, Input};
+pub use runtime::{default_cores, Config, FileInput, Guarantee, Input};

@@ -142,6 +142,8 @@ pub struct Summary {
     /// The cores retired before the end, folded into one report.
     pub retired: Retired,
     pub elapsed: Duration,
+    /// With a state dir: the last durable checkpoint at the end (the one a restart restores).
+    pub checkpoint: Option<u64>,
 }
 
 impl Summary {
@@ -381,6 +383,13 @@ impl fmt::Display for Summary {
             write!(f, "  {} retired cores, in all: ", self.retired.count)?;
             core_line(f, &self.retired.totals)?;
         }
+        if let Some(n) = self.checkpoint {
+            writeln!(
+                f,
+                "checkpoint {n} is durable: the same command restarts from it (file sources \
+                 replay from their offsets; what plain TCP sources sent after it is not replayed)"
+            )?;
+        }
         if self.misrouted() > 0 {
             writeln!(
                 f,
@@ -489,6 +498,7 @@ mod tests {
             cores: vec![a, b],
             retired: Retired::default(),
             elapsed: Duration::from_secs(1),
+            checkpoint: None,
         };
         assert_eq!(s.outputs(), 7);
         assert_eq!(s.latency().len(), 2);
@@ -513,6 +523,7 @@ mod tests {
             cores: vec![live],
             retired,
             elapsed: Duration::from_secs(1),
+            checkpoint: None,
         };
         assert_eq!(s.outputs(), 1 + 500 * 3);
         assert_eq!(s.frames(), 1000);
@@ -544,6 +555,7 @@ mod tests {
             cores: vec![a],
             retired: Retired::default(),
             elapsed: Duration::from_secs(1),
+            checkpoint: None,
         };
         assert_eq!(s.at_risk(), 4);
         let text = s.to_string();

@@ -2,9 +2,21 @@
 //! and ingress time. Plain data, no I/O: the keyed steps push into it, the runtime's sink writer
 //! drains it.
 
+/// A point between two outputs that an exactly-once sink connection marks (see
+/// `quokka_io::exactly_once`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Every output of epoch n is before this.
+    EpochEnd(u64),
+    /// Checkpoint n is durable: the receiver may release epochs up to n.
+    Commit(u64),
+}
+
 /// Encoded outputs waiting for the sink connection.
 #[derive(Default)]
 pub struct SinkBuffer {
+    /// Marks, each after the first `.0` outputs (exactly-once only).
+    marks: Vec<(usize, Mark)>,
     bytes: Vec<u8>,
     /// End offset of each output in `bytes`.
     ends: Vec<usize>,
@@ -28,7 +40,17 @@ impl SinkBuffer {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.ends.is_empty() && self.marks.is_empty()
+    }
+
+    /// Marks the point after every output pushed so far.
+    pub fn push_mark(&mut self, mark: Mark) {
+        self.marks.push((self.ends.len(), mark));
+    }
+
+    /// The marks, each with how many of the waiting outputs are before it.
+    pub fn marks(&self) -> &[(usize, Mark)] {
+        &self.marks
     }
 
     /// The waiting outputs' bytes, the end offset of each output in them, and each output's
@@ -47,9 +69,11 @@ impl SinkBuffer {
         std::mem::swap(&mut self.bytes, &mut other.bytes);
         std::mem::swap(&mut self.ends, &mut other.ends);
         std::mem::swap(&mut self.ingress_ns, &mut other.ingress_ns);
+        std::mem::swap(&mut self.marks, &mut other.marks);
     }
 
     pub(crate) fn clear(&mut self) {
+        self.marks.clear();
         self.bytes.clear();
         self.ends.clear();
         self.ingress_ns.clear();

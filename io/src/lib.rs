@@ -7,6 +7,8 @@
 //! - [`control`]: the control protocol (`quokka ctl`, joining and leaving nodes): a pure codec,
 //!   a blocking client that waits for the endpoint's greeting before it sends anything, and an
 //!   endpoint that bounds its connections and deadlines.
+//! - [`exactly_once`]: the exactly-once sink protocol (epochs, acknowledgements, commits) and
+//!   its receiver.
 //! - [`file`]: a replayable source, a file of frames or lines read from an offset.
 //! - [`client`]: blocking clients used by the tools, tests and benchmarks (send frames, collect
 //!   outputs).
@@ -15,6 +17,7 @@
 
 pub mod client;
 pub mod control;
+pub mod exactly_once;
 pub mod file;
 pub mod framing;
 pub mod tcp;

@@ -4,10 +4,12 @@
 //!
 //! A producer's barrier for stage k follows everything it routed to stage k before it (lanes
 //! are FIFO), so once every producer's barrier for stage k is here, stage k has applied exactly
-//! the messages before the checkpoint, and its slots are snapshotted. Until then, what a
-//! producer that already passed its barrier sends for stage k waits (it belongs after the
-//! checkpoint). Stages align in order on every core: a core sends its own stage k + 1 barrier
-//! once its stage k is snapshotted, so no stage waits for a later one.
+//! the messages before the checkpoint, and its slots are snapshotted. What a producer that
+//! already passed its barrier sends for stage k waits (it belongs after the checkpoint), until
+//! every stage here is snapshotted: so every output this core emits before that is the
+//! checkpoint's, and every one after it the next's (what an exactly-once sink's epochs need).
+//! Stages align in order on every core: a core sends its own stage k + 1 barrier once its
+//! stage k is snapshotted, and no barrier waits for what is held, so nothing waits in a cycle.
 
 use std::collections::BTreeSet;
 
@@ -130,11 +132,10 @@ impl Alignment {
     }
 
     /// Whether what `from` sends for `stage` must wait: it passed its barrier there, and the
-    /// stage is not snapshotted yet.
+    /// checkpoint is not done here.
     pub fn holds(&self, from: CoreId, stage: usize) -> bool {
-        self.round.as_ref().is_some_and(|r| {
-            stage >= r.aligned && r.arrived.get(stage).is_some_and(|a| a.contains(&from))
-        })
+        (self.round.as_ref())
+            .is_some_and(|r| r.arrived.get(stage).is_some_and(|a| a.contains(&from)))
     }
 
     /// Whether every stage is snapshotted: the checkpoint is done here.
@@ -162,9 +163,13 @@ mod tests {
         assert!(!a.holds(0, 0) && !a.holds(2, 0));
         assert_eq!(a.on_barrier(1, 0, 0), Ok(vec![]));
         assert_eq!(a.on_barrier(1, 2, 0), Ok(vec![0]));
-        assert!(!a.holds(1, 0), "snapshotted: nothing waits");
+        assert!(
+            a.holds(1, 0),
+            "what follows the barrier waits until the checkpoint is done"
+        );
         assert!(a.is_complete());
         assert_eq!(a.finish(), Some(1));
+        assert!(!a.holds(1, 0), "done: nothing waits");
         assert!(!a.is_complete() && a.running().is_none());
     }
 

@@ -163,11 +163,10 @@ impl Engine {
             Role::Coordinator,
         );
         let checkpoints = match &config.state_dir {
-            Some(dir) => Some(Checkpoints::open(state_dir::StateDir::open(
-                dir,
+            Some(dir) => Some(Checkpoints::open(
+                state_dir::StateDir::open(dir, app.name(), config.n_slots)?,
                 app.name(),
-                config.n_slots,
-            )?)),
+            )?),
             None => None,
         };
         link::serve(node.clone(), data);
@@ -234,6 +233,12 @@ impl Engine {
         if config.name.is_empty() {
             return Err(StartError::Config("the node name must not be empty"));
         }
+        if config.guarantee == crate::runtime::Guarantee::ExactlyOnce && config.state_dir.is_none()
+        {
+            return Err(StartError::Config(
+                "--guarantee exactly-once needs --state-dir: outputs are released by durable checkpoints",
+            ));
+        }
         if starting == Starting::Joining && config.state_dir.is_some() {
             return Err(StartError::Config(
                 "--state-dir on a joining node: checkpoints of a cluster of several nodes are not built yet",
@@ -291,10 +296,10 @@ impl Engine {
         let changing = Arc::new(Mutex::new(None));
         let checkpointer = checkpoint_interval.map(|every| {
             let (coordinator, changing) = (coordinator.clone(), changing.clone());
-            let (stopping, app) = (stopping.clone(), app.name().to_string());
+            let stopping = stopping.clone();
             std::thread::Builder::new()
                 .name("quokka-checkpoint".into())
-                .spawn(move || checkpoint_every(every, &coordinator, &changing, &stopping, &app))
+                .spawn(move || checkpoint_every(every, &coordinator, &changing, &stopping))
                 .expect("spawn the checkpoint thread")
         });
         Ok(Engine {
@@ -354,6 +359,7 @@ impl Engine {
             cores,
             retired: coordinator.retired(),
             elapsed: self.started.elapsed(),
+            checkpoint: coordinator.last_checkpoint(),
         }
     }
 
@@ -427,7 +433,7 @@ impl Engine {
             }
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
         };
-        take_checkpoint(&mut coordinator, &self.changing, &self.app_name)
+        take_checkpoint(&mut coordinator, &self.changing)
     }
 
     /// Whether the coordinator's lock is held by a checkpoint.
@@ -556,6 +562,7 @@ impl Engine {
             cores,
             retired: coordinator.retired(),
             elapsed: self.started.elapsed(),
+            checkpoint: coordinator.last_checkpoint(),
         }
     }
 }
@@ -582,10 +589,9 @@ const CHECKPOINT: &str = "checkpoint";
 fn take_checkpoint(
     coordinator: &mut Coordinator,
     changing: &Mutex<Option<(String, Instant)>>,
-    app: &str,
 ) -> Result<CheckpointInfo, CheckpointError> {
     *changing.lock().unwrap() = Some((CHECKPOINT.into(), Instant::now()));
-    let result = coordinator.checkpoint(app);
+    let result = coordinator.checkpoint();
     *changing.lock().unwrap() = None;
     result
 }
@@ -597,7 +603,6 @@ fn checkpoint_every(
     coordinator: &Mutex<Coordinator>,
     changing: &Mutex<Option<(String, Instant)>>,
     stopping: &AtomicBool,
-    app: &str,
 ) {
     let mut next = Instant::now() + every;
     loop {
@@ -611,7 +616,7 @@ fn checkpoint_every(
         match coordinator.try_lock() {
             Ok(mut c) => {
                 // Failures are logged and shown by `status`.
-                let _ = take_checkpoint(&mut c, changing, app);
+                let _ = take_checkpoint(&mut c, changing);
             }
             Err(TryLockError::WouldBlock) => {
                 tracing::debug!("checkpoint skipped: a change is running");

@@ -1,5 +1,7 @@
 //! A node's state dir: its checkpoints on disk. Layout:
 //! - `IDENTITY`: the app and slot count the checkpoints are of (another app is refused by name);
+//! - `RUN`: how many times an engine started on this dir: each start's run number, which
+//!   exactly-once sink connections carry so a receiver can fence off an older run;
 //! - `NNNNNNNNNNNN.parts`: what checkpoint N wrote: the archives of the slots its cores had
 //!   changed, back to back (each at a multiple of 16 bytes), then fsynced;
 //! - `NNNNNNNNNNNN.manifest`: checkpoint N itself (`checkpoint::Manifest`), written after its
@@ -101,6 +103,24 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Counts this start: the run number, one more than the last start's, written durably.
+    pub fn next_run(&self) -> Result<u64, StateDirError> {
+        let path = self.path.join("RUN");
+        let last = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().unwrap_or(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let run: u64 = last + 1;
+        write_durably(&self.path, "RUN", format!("{run}\n").as_bytes()).map_err(|e| {
+            StateDirError::Io {
+                path: path.clone(),
+                error: e.error,
+            }
+        })?;
+        Ok(run)
     }
 
     fn parts_path(&self, checkpoint: u64) -> PathBuf {

@@ -85,6 +85,10 @@ pub(crate) enum PeerMsg {
     CheckpointAbort {
         checkpoint: u64,
     },
+    /// Checkpoint `checkpoint` is durable: exactly-once sinks may release its epochs.
+    Commit {
+        checkpoint: u64,
+    },
     /// A slot's entities, handed over by their old owner on another node: one slot per
     /// message, so the frame it arrives in becomes the slot's storage. (A core never receives
     /// this: the receiving node checks the archive and hands the core a [`CoreMsg::Adopt`].)

@@ -56,6 +56,20 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// How often a checkpoint is taken (with a state dir; `None`: only when asked).
     pub checkpoint_interval: Option<Duration>,
+    /// What a sink receives after a crash (exactly-once needs a state dir).
+    pub guarantee: Guarantee,
+}
+
+/// What the sinks receive across a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// Outputs leave at once (lowest latency); after a crash, those produced after the last
+    /// checkpoint are produced, and sent, again.
+    #[default]
+    AtLeastOnce,
+    /// Outputs are released to the sink only once the checkpoint that covers them is durable
+    /// (the exactly-once sink protocol, `quokka_io::exactly_once`): none lost, none twice.
+    ExactlyOnce,
 }
 
 /// Where a source's messages come from.
@@ -127,6 +141,7 @@ impl Config {
             cpus: Vec::new(),
             state_dir: None,
             checkpoint_interval: None,
+            guarantee: Guarantee::AtLeastOnce,
         }
     }
 }

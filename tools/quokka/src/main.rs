@@ -115,6 +115,12 @@ enum CtlCommand {
     Checkpoint,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GuaranteeArg {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// The app to run (see `quokka apps`).
@@ -143,6 +149,14 @@ struct RunArgs {
     /// only when asked (`quokka ctl checkpoint`).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     checkpoint_interval: Duration,
+    /// What sinks receive across a crash. at-least-once: outputs leave at once; after a crash,
+    /// those produced after the last checkpoint come again (a reader sees a key's value repeat
+    /// or go back, then rise again). exactly-once (needs --state-dir): outputs are released
+    /// only by the checkpoint that covers them (the sink must speak the exactly-once protocol,
+    /// as `quokka-recv --exactly-once` does; see the README): none lost, none twice, at the
+    /// cost of a checkpoint interval of latency.
+    #[arg(long, value_enum, default_value_t = GuaranteeArg::AtLeastOnce)]
+    guarantee: GuaranteeArg,
     /// A sink: NAME@HOST:PORT, or HOST:PORT for a one-sink app; repeat for each sink (see
     /// `quokka apps`). Every core of every node connects to each and writes its outputs there
     /// (retrying until it is up). A joining node uses the cluster's unless given.
@@ -286,6 +300,10 @@ fn run(args: RunArgs) -> Result<()> {
     config.outputs = outputs.clone();
     config.state_dir = args.state_dir;
     config.checkpoint_interval = Some(args.checkpoint_interval).filter(|d| !d.is_zero());
+    config.guarantee = match args.guarantee {
+        GuaranteeArg::AtLeastOnce => quokka_engine::Guarantee::AtLeastOnce,
+        GuaranteeArg::ExactlyOnce => quokka_engine::Guarantee::ExactlyOnce,
+    };
     if let Some(cores) = args.cores {
         config.cores = cores;
     }

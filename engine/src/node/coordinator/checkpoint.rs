@@ -15,7 +15,7 @@ use crate::checkpoint::Manifest;
 use crate::dataflow::{Dataflow, StagePart};
 use crate::node::state_dir::{Restored, StateDir};
 use crate::routing::{CoreId, RoutingTable};
-use crate::runtime::messages::{PeerMsg, Snapshot};
+use crate::runtime::messages::{CoreMsg, PeerMsg, Snapshot};
 
 /// Why a checkpoint was not taken. The previous one stands; the next interval tries again.
 #[derive(Debug, Clone, Error)]
@@ -71,6 +71,9 @@ pub struct CheckpointStatus {
 
 /// A node's checkpoints: its state dir and the last manifest written.
 pub(crate) struct Checkpoints {
+    app: String,
+    /// This start's run number on the state dir.
+    pub run: u64,
     dir: StateDir,
     last: Option<Manifest>,
     next: u64,
@@ -87,18 +90,21 @@ pub(crate) struct Restore {
 }
 
 impl Checkpoints {
-    pub fn open(dir: StateDir) -> Self {
+    pub fn open(dir: StateDir, app: &str) -> Result<Self, crate::node::StateDirError> {
+        let run = dir.next_run()?;
         let status = CheckpointStatus {
             state_dir: dir.path().to_path_buf(),
             ..Default::default()
         };
-        Checkpoints {
+        Ok(Checkpoints {
+            app: app.into(),
+            run,
             dir,
             last: None,
             next: 1,
             full_next: false,
             status,
-        }
+        })
     }
 
     /// Reads back the newest complete checkpoint, if any, into what each core starts with.
@@ -167,6 +173,14 @@ impl Checkpoints {
     }
 }
 
+/// Whether a checkpoint is the last one, taken as the engine stops (which a stop does not
+/// call off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    NotYet,
+    Final,
+}
+
 fn info(m: &Manifest, duration: Duration) -> CheckpointInfo {
     CheckpointInfo {
         checkpoint: m.checkpoint,
@@ -178,15 +192,63 @@ fn info(m: &Manifest, duration: Duration) -> CheckpointInfo {
 }
 
 impl Coordinator {
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The last durable checkpoint, if checkpoints are on and one was taken (or restored).
+    pub fn last_checkpoint(&self) -> Option<u64> {
+        Some(self.last_durable()).filter(|&n| n > 0)
+    }
+
+    /// The last durable checkpoint's number (0: none).
+    pub fn last_durable(&self) -> u64 {
+        (self.checkpoints.as_ref())
+            .and_then(|c| c.last.as_ref())
+            .map_or(0, |m| m.checkpoint)
+    }
+
     /// How often to take a checkpoint on its own (with a state dir and an interval).
     pub fn checkpoint_interval(&self) -> Option<Duration> {
         self.checkpoints.as_ref()?;
         self.config.checkpoint_interval
     }
 
+    /// Stopping with a state dir: the sources stop where they are, and once everything they
+    /// read is applied (the barriers follow it) a last checkpoint is taken, so a restart goes
+    /// on from here and, with exactly-once sinks, every output so far is released.
+    pub fn final_checkpoint(&mut self) {
+        if self.checkpoints.is_none() || self.stopped || !self.node.members().is_empty() {
+            return;
+        }
+        for id in self.local_ids() {
+            self.cores[&id].addr.send_control(CoreMsg::CutSources);
+        }
+        let deadline = Instant::now() + self.config.change_timeout;
+        while (self.node.local_status().iter()).any(|s| s.connections > 0) {
+            if Instant::now() > deadline {
+                tracing::warn!("sources still open at stop: no final checkpoint");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match self.record(Last::Final) {
+            Ok(c) => tracing::info!(
+                checkpoint = c.checkpoint,
+                "final checkpoint durable: a restart goes on from here"
+            ),
+            Err(e) => tracing::warn!("no final checkpoint: {e}"),
+        }
+    }
+
     /// Takes a checkpoint and waits until it is durable.
-    pub fn checkpoint(&mut self, app: &str) -> Result<CheckpointInfo, CheckpointError> {
-        let result = self.try_checkpoint(app);
+    pub fn checkpoint(&mut self) -> Result<CheckpointInfo, CheckpointError> {
+        self.record(Last::NotYet)
+    }
+
+    /// Takes a checkpoint; what `status` shows follows its outcome.
+    fn record(&mut self, last: Last) -> Result<CheckpointInfo, CheckpointError> {
+        let result = self.try_checkpoint(last);
         if let Some(c) = &mut self.checkpoints {
             match &result {
                 Ok(info) => {
@@ -207,11 +269,11 @@ impl Coordinator {
         result
     }
 
-    fn try_checkpoint(&mut self, app: &str) -> Result<CheckpointInfo, CheckpointError> {
-        if self.checkpoints.is_none() {
+    fn try_checkpoint(&mut self, last: Last) -> Result<CheckpointInfo, CheckpointError> {
+        let Some(app) = self.checkpoints.as_ref().map(|c| c.app.clone()) else {
             return Err(CheckpointError::Off);
-        }
-        if self.stopped || self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        };
+        if self.stopped || (last == Last::NotYet && self.is_stopping()) {
             return Err(CheckpointError::Stopped);
         }
         if !self.node.members().is_empty() || !self.node.lost_nodes().is_empty() {
@@ -238,7 +300,7 @@ impl Coordinator {
                 .addr
                 .send_control(PeerMsg::Checkpoint { checkpoint, full });
         }
-        let snapshots = match self.gather(checkpoint, &cores) {
+        let snapshots = match self.gather(checkpoint, &cores, last) {
             Ok(s) => s,
             Err(e) => {
                 for id in &cores {
@@ -253,7 +315,7 @@ impl Coordinator {
         };
         let next = Manifest {
             checkpoint,
-            app: app.into(),
+            app,
             n_slots: self.table.n_slots(),
             epoch: self.table.epoch(),
             owners: (0..self.table.n_slots())
@@ -268,6 +330,11 @@ impl Coordinator {
         match c.dir.write(c.last.as_ref(), next, snapshots) {
             Ok(manifest) => {
                 let info = info(&manifest, started.elapsed());
+                for id in &cores {
+                    self.cores[id]
+                        .addr
+                        .send_control(PeerMsg::Commit { checkpoint });
+                }
                 tracing::debug!(
                     checkpoint,
                     written = info.written,
@@ -288,7 +355,12 @@ impl Coordinator {
     }
 
     /// Every core's snapshot of `checkpoint`, within the change timeout.
-    fn gather(&self, checkpoint: u64, cores: &[CoreId]) -> Result<Vec<Snapshot>, CheckpointError> {
+    fn gather(
+        &self,
+        checkpoint: u64,
+        cores: &[CoreId],
+        last: Last,
+    ) -> Result<Vec<Snapshot>, CheckpointError> {
         let waited = self.config.change_timeout;
         let deadline = Instant::now() + waited;
         let mut got: BTreeMap<CoreId, Snapshot> = BTreeMap::new();
@@ -311,7 +383,7 @@ impl Coordinator {
                 Ok(s) => {
                     got.insert(s.core, s);
                 }
-                Err(_) if self.stopping.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(_) if last == Last::NotYet && self.is_stopping() => {
                     return Err(CheckpointError::Stopped)
                 }
                 Err(_) if left.is_zero() => {

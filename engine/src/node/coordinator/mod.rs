@@ -79,6 +79,8 @@ pub(crate) struct Coordinator {
     snapshots: (flume::Sender<Snapshot>, flume::Receiver<Snapshot>),
     /// Slots read back from a checkpoint, for cores about to start.
     restoring: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
+    /// This run's id (new at every start), which exactly-once sink connections name.
+    run: u64,
 }
 
 impl Coordinator {
@@ -118,6 +120,9 @@ impl Coordinator {
         let mut c = Self::new(config, dataflow, node, events, table);
         let (per_core, offsets) = offsets;
         c.restoring = per_core;
+        if let Some(k) = &checkpoints {
+            c.run = k.run;
+        }
         c.checkpoints = checkpoints;
         c.spawn_cores(&ids)?;
         c.read_files(&offsets);
@@ -189,6 +194,7 @@ impl Coordinator {
             checkpoints: None,
             snapshots: flume::unbounded(),
             restoring: BTreeMap::new(),
+            run: run_id(),
         }
     }
 
@@ -259,6 +265,8 @@ impl Coordinator {
                 open_sources: self.node.open_sources.clone(),
                 snapshots: self.snapshots.0.clone(),
                 restored: self.restoring.remove(&id).unwrap_or_default(),
+                run: self.run,
+                durable: self.last_durable(),
             };
             match spawn_core(setup, ready_tx.clone()) {
                 Ok(executor) => spawned.push((
@@ -761,6 +769,7 @@ impl Coordinator {
     /// flush. Returns this node's core reports once its cores are done. On a member (whose
     /// coordinator was lost) only this node's cores stop, waiting for each other only.
     pub fn stop(&mut self) -> Vec<CoreReport> {
+        self.final_checkpoint();
         self.stopped = true;
         if self.node.is_coordinator() {
             self.let_go_of_silent_members();
@@ -835,4 +844,16 @@ impl Coordinator {
         self.publish(None);
         reports
     }
+}
+
+/// A new run's id: random, or from the clock if the system has no random source.
+fn run_id() -> u64 {
+    let mut bytes = [0; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
 }

@@ -9,10 +9,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use futures_lite::future;
+
 use super::Core;
 use crate::checkpoint::SourceMark;
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreMsg, PeerMsg, Snapshot};
+use crate::runtime::Guarantee;
+use crate::sink_buffer::Mark;
 
 /// A watermark word that came after its producer's barrier: it waits with the batches.
 struct HeldWord {
@@ -78,7 +82,8 @@ impl Core {
         }
     }
 
-    /// Snapshots each aligned stage, passes the barrier on, and applies what waited.
+    /// Snapshots each aligned stage and passes the barrier on; once every stage is done, ends
+    /// the checkpoint here and applies what waited.
     fn stages_aligned(self: &Rc<Self>, checkpoint: u64, stages: Vec<usize>) {
         for stage in stages {
             let saved = self.keyed.borrow_mut().snapshot(stage);
@@ -91,10 +96,10 @@ impl Core {
             if stage + 1 < self.dataflow.stages.len() {
                 self.send_barrier(checkpoint, stage + 1);
             }
-            self.release_held();
         }
         if self.keyed.borrow_mut().alignment().is_complete() {
             self.finish_checkpoint();
+            self.release_held();
         }
     }
 
@@ -129,11 +134,41 @@ impl Core {
         }
     }
 
-    fn finish_checkpoint(&self) {
-        self.keyed.borrow_mut().alignment().finish();
-        if let Some(snapshot) = self.checkpointing.snapshot.borrow_mut().take() {
+    /// Every stage is snapshotted here. With exactly-once sinks, the epoch ends in every sink
+    /// (every output before this is the checkpoint's), and the snapshot goes to the node only
+    /// once every receiver holds the epoch: a durable checkpoint's outputs are never lost.
+    fn finish_checkpoint(self: &Rc<Self>) {
+        let Some(checkpoint) = self.keyed.borrow_mut().alignment().finish() else {
+            return;
+        };
+        let Some(snapshot) = self.checkpointing.snapshot.borrow_mut().take() else {
+            return;
+        };
+        self.epoch.set(checkpoint);
+        if self.config.guarantee == Guarantee::AtLeastOnce {
             let _ = self.snapshots.send(snapshot);
+            return;
         }
+        self.sink.mark(Mark::EpochEnd(checkpoint));
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let acknowledged = core.sink.acknowledged(checkpoint);
+            if future::or(
+                async {
+                    acknowledged.await;
+                    true
+                },
+                async {
+                    core.sink.finished().await;
+                    false
+                },
+            )
+            .await
+            {
+                let _ = core.snapshots.send(snapshot);
+            }
+        })
+        .detach();
     }
 
     /// The node gave up on `checkpoint` (a core did not answer in time): nothing waits any more.

@@ -9,6 +9,7 @@
 //! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 
 mod checkpoint;
+mod exactly_once;
 mod files;
 mod handoff;
 mod peers;
@@ -33,11 +34,12 @@ use self::sink::Sink;
 use self::sources::Sources;
 use super::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg, Snapshot};
 use super::notify::Notify;
-use super::Config;
+use super::{Config, Guarantee};
 use crate::dataflow::{Dataflow, Out, SendBatch, SourcePipeline, StagePart, Stages};
 use crate::metrics::{CoreReport, CoreStatus, Window};
 use crate::migration::{ChangePlan, Transition};
 use crate::routing::{CoreId, RoutingTable};
+use crate::sink_buffer::Mark;
 
 /// The state shared by the tasks of one core.
 pub(crate) struct Core {
@@ -65,6 +67,13 @@ pub(crate) struct Core {
     checkpointing: checkpoint::Checkpointing,
     /// Where this core's checkpoint snapshots go (its node writes them).
     snapshots: flume::Sender<Snapshot>,
+    /// This engine run's id (new at every start), for exactly-once sink connections.
+    run: u64,
+    /// The last durable checkpoint this core heard of.
+    durable: std::cell::Cell<u64>,
+    /// The last checkpoint this core did its part of (or restored): its outputs since belong
+    /// to a later one.
+    epoch: std::cell::Cell<u64>,
     report: RefCell<CoreReport>,
     window: RefCell<Window>,
 }
@@ -83,6 +92,9 @@ pub(crate) struct CoreSetup {
     pub snapshots: flume::Sender<Snapshot>,
     /// Slots read back from a checkpoint: (stage, slot, its part).
     pub restored: Vec<(u32, u32, StagePart)>,
+    pub run: u64,
+    /// The last durable checkpoint (0: none).
+    pub durable: u64,
 }
 
 /// Runs one core until it is stopped (or retired) and everything in flight is applied.
@@ -100,6 +112,8 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         open_sources,
         snapshots,
         restored,
+        run,
+        durable,
     } = setup;
     let producers: Vec<CoreId> = peers.iter().map(|(p, _)| *p).chain([id]).collect();
     let mut keyed = dataflow.keyed(id, &table, producers.iter().copied());
@@ -124,6 +138,9 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         handoffs: Handoffs::default(),
         checkpointing: checkpoint::Checkpointing::default(),
         snapshots,
+        run,
+        durable: std::cell::Cell::new(durable),
+        epoch: std::cell::Cell::new(durable),
         report: RefCell::new(CoreReport::new(usize::from(id))),
         window: RefCell::new(Window::default()),
     });
@@ -132,7 +149,12 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
     let writers: Vec<_> = (0..core.config.outputs.len())
         .map(|i| {
             let core = core.clone();
-            glommio::spawn_local(async move { sink::write_outputs(&core, i).await })
+            glommio::spawn_local(async move {
+                match core.config.guarantee {
+                    Guarantee::AtLeastOnce => sink::write_outputs(&core, i).await,
+                    Guarantee::ExactlyOnce => exactly_once::write_outputs(&core, i).await,
+                }
+            })
         })
         .collect();
     let ticker = glommio::spawn_local(tick(core.clone()));
@@ -146,6 +168,13 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         };
         match msg {
             CoreMsg::Retire { released: r } => {
+                if core.config.guarantee == Guarantee::ExactlyOnce {
+                    // This core's outputs since its last checkpoint would never see another:
+                    // they end an epoch that the next checkpoint anywhere commits (a later
+                    // number commits every epoch up to it; a crash first drops it, and the
+                    // replay from the last durable one makes these outputs again).
+                    core.sink.mark(Mark::EpochEnd(core.epoch.get() + 1));
+                }
                 // A connection dealt here just before this core left the acceptors' targets
                 // may still wait on the data channel: pass it on before ending.
                 while let Ok(msg) = core.inbox.0.try_recv() {
@@ -312,6 +341,12 @@ impl Core {
                 self.start_checkpoint(checkpoint)
             }
             PeerMsg::CheckpointAbort { checkpoint } => self.abort_checkpoint(checkpoint),
+            PeerMsg::Commit { checkpoint } => {
+                self.durable.set(checkpoint);
+                if self.config.guarantee == Guarantee::ExactlyOnce {
+                    self.sink.mark(Mark::Commit(checkpoint));
+                }
+            }
             PeerMsg::Handoff { from, .. } => self.fail(format!(
                 "an unchecked slot archive from core {from} (its node adopts archives for its cores)"
             )),

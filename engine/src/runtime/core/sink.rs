@@ -17,25 +17,27 @@ use crate::sink_buffer::SinkBuffer;
 
 pub(super) struct Sink {
     /// One per sink of the app, in its order.
-    buffers: RefCell<Vec<SinkBuffer>>,
+    pub(super) buffers: RefCell<Vec<SinkBuffer>>,
     /// Bytes buffered (for any one sink) before the core stops applying.
     limit: usize,
     /// Signalled when outputs are added, and when the core finishes.
-    ready: Notify,
+    pub(super) ready: Notify,
     /// Signalled when the writer takes the buffer and when it finishes a write.
-    progress: Notify,
+    pub(super) progress: Notify,
     /// Per sink: outputs written (or given up on).
-    written: Vec<Cell<u64>>,
+    pub(super) written: Vec<Cell<u64>>,
     /// Per sink: the last attempt to connect failed; outputs wait for it.
-    down: Vec<Cell<bool>>,
+    pub(super) down: Vec<Cell<bool>>,
     /// Per sink: outputs written to a connection that then failed.
     at_risk: Vec<Cell<u64>>,
+    /// Per sink (exactly-once): the last epoch the receiver holds whole.
+    pub(super) acked: Vec<Cell<u64>>,
     /// Set on stop: when the writer gives up on a receiver that is unreachable or not reading.
-    drain_deadline: Cell<Option<Instant>>,
+    pub(super) drain_deadline: Cell<Option<Instant>>,
     /// Signalled when the drain deadline is set.
     draining: Notify,
     /// Set when the core is done: the writer exits once the buffer is empty.
-    finished: Cell<bool>,
+    pub(super) finished: Cell<bool>,
     /// Signalled when the core is done (for tasks that end with it).
     done: Notify,
 }
@@ -50,6 +52,7 @@ impl Sink {
             written: (0..sinks).map(|_| Cell::new(0)).collect(),
             down: (0..sinks).map(|_| Cell::new(false)).collect(),
             at_risk: (0..sinks).map(|_| Cell::new(0)).collect(),
+            acked: (0..sinks).map(|_| Cell::new(0)).collect(),
             drain_deadline: Cell::new(None),
             draining: Notify::default(),
             finished: Cell::new(false),
@@ -124,6 +127,21 @@ impl Sink {
         self.finished.set(true);
         self.ready.notify_all();
         self.done.notify_all();
+    }
+
+    /// Marks the point after every output so far in every sink's buffer.
+    pub fn mark(&self, mark: crate::sink_buffer::Mark) {
+        for b in self.buffers.borrow_mut().iter_mut() {
+            b.push_mark(mark);
+        }
+        self.ready.notify_all();
+    }
+
+    /// Waits until every sink's receiver holds epoch `epoch` whole.
+    pub async fn acknowledged(&self, epoch: u64) {
+        while self.acked.iter().any(|a| a.get() < epoch) {
+            self.progress.wait().await;
+        }
     }
 
     /// Waits until the core is done.

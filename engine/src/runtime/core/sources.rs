@@ -68,8 +68,9 @@ impl Sources {
         }
     }
 
+    /// Sources being read here: connections and files.
     pub fn count(&self) -> usize {
-        self.open.borrow().len()
+        self.open.borrow().len() + self.files_open.get()
     }
 
     pub fn is_leaving(&self) -> bool {

@@ -35,6 +35,11 @@ struct Args {
     /// How the output splits into records.
     #[arg(long, value_enum, default_value_t = Framing::Lines)]
     framing: Framing,
+    /// Speak the exactly-once sink protocol (for `quokka run --guarantee exactly-once`): hold
+    /// each epoch's records until the engine commits it, and write each commit once. Records
+    /// are counted (and --expect reached) as commits release them.
+    #[arg(long)]
+    exactly_once: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -70,6 +75,9 @@ fn run(args: Args) -> Result<bool> {
         }
         None => None,
     };
+    if args.exactly_once {
+        return receive_exactly_once(listener, file, &args);
+    }
     let writer = file.clone();
     let collector = Collector::start(listener, records, move |_, record| {
         if let Some(w) = &writer {
@@ -118,6 +126,83 @@ fn run(args: Args) -> Result<bool> {
     quokka::outln!(
         "received {n} records ({} bytes) in {secs:.2}s: {:.0} records/s",
         collector.bytes(),
+        n as f64 / secs
+    )?;
+    match args.expect {
+        Some(expect) if n < expect => {
+            eprintln!(
+                "quokka-recv: expected {expect} records, got {n} before {}s idle",
+                args.idle_timeout
+            );
+            Ok(false)
+        }
+        _ => Ok(true),
+    }
+}
+
+/// `--exactly-once`: serves the exactly-once sink protocol, writing each commit's records
+/// once, as the engine encoded them, in the order they arrived.
+fn receive_exactly_once(
+    listener: TcpListener,
+    file: Option<Arc<Mutex<BufWriter<File>>>>,
+    args: &Args,
+) -> Result<bool> {
+    let counted = Arc::new((
+        Mutex::new((0u64, 0u64, None::<Instant>)),
+        std::sync::Condvar::new(),
+    ));
+    let (writer, count) = (file.clone(), counted.clone());
+    let receiver = quokka_io::exactly_once::Receiver::start(listener, move |records| {
+        if let Some(w) = &writer {
+            let mut w = w.lock().unwrap();
+            for r in &records {
+                if let Err(e) = w.write_all(r) {
+                    eprintln!("quokka-recv: writing the output file failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+            // A commit is written whole before it counts.
+            if let Err(e) = w.flush() {
+                eprintln!("quokka-recv: writing the output file failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        let (lock, changed) = &*count;
+        let mut c = lock.lock().unwrap();
+        c.0 += records.len() as u64;
+        c.1 += records.iter().map(|r| r.len() as u64).sum::<u64>();
+        c.2 = Some(Instant::now());
+        changed.notify_all();
+    })?;
+    let stopped = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, stopped.clone()).context("handling signals")?;
+    }
+    eprintln!(
+        "quokka-recv: listening on {} (exactly-once)",
+        receiver.addr()
+    );
+    let started = Instant::now();
+    let idle = Duration::from_secs(args.idle_timeout);
+    let (lock, changed) = &*counted;
+    let mut c = lock.lock().unwrap();
+    loop {
+        if args.expect.is_some_and(|e| c.0 >= e) || stopped.load(Ordering::Acquire) {
+            break;
+        }
+        let last = c.2.unwrap_or(started);
+        if last.elapsed() >= idle {
+            break;
+        }
+        let wait = (idle - last.elapsed()).min(Duration::from_millis(100));
+        c = changed.wait_timeout(c, wait).unwrap().0;
+    }
+    let (n, bytes, last) = *c;
+    drop(c);
+    let secs = last.map_or(0.0, |t| (t - started).as_secs_f64()).max(1e-9);
+    quokka::outln!(
+        "received {n} committed records ({bytes} bytes; checkpoint {} committed last) in {secs:.2}s: {:.0} records/s",
+        receiver.committed(),
         n as f64 / secs
     )?;
     match args.expect {

@@ -1,0 +1,296 @@
+//! A core's sink connection with `--guarantee exactly-once` (protocol in
+//! `quokka_io::exactly_once`): each output goes as an `R` frame, each checkpoint this core
+//! completes as an `E` (epoch end) frame, each durable checkpoint as a `C` (commit) frame.
+//! Everything after the last epoch end the receiver acknowledged is kept, so a broken
+//! connection is followed by a hello and a resend from what the receiver says it holds. The
+//! receiver's acknowledgements are read by a task of their own.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::TcpStream;
+use quokka_io::exactly_once::{decode_ack, SinkFrame};
+use quokka_io::framing::{frame_len, HEADER};
+
+use super::Core;
+use crate::runtime::notify::Notify;
+use crate::sink_buffer::{Mark, SinkBuffer};
+
+/// What one exactly-once sink connection shares with its acknowledgement reader.
+#[derive(Default)]
+struct Acks {
+    /// The last epoch the receiver holds whole.
+    held: Cell<u64>,
+    /// The connection failed (the reader saw it end).
+    broken: Cell<bool>,
+    changed: Notify,
+}
+
+/// Frames not acknowledged yet: each epoch's bytes, up to and including its end.
+#[derive(Default)]
+struct Unacked {
+    /// (epoch whose end closes the segment, or `None` for the open one; its bytes).
+    segments: VecDeque<(Option<u64>, Vec<u8>)>,
+}
+
+impl Unacked {
+    fn open(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.segments.back(), Some((None, _))) {
+            self.segments.push_back((None, Vec::new()));
+        }
+        &mut self.segments.back_mut().expect("an open segment").1
+    }
+
+    fn end_epoch(&mut self, epoch: u64) {
+        self.open();
+        self.segments.back_mut().expect("open").0 = Some(epoch);
+    }
+
+    /// The receiver holds epochs up to `epoch` whole: their bytes are no longer needed.
+    fn acknowledged(&mut self, epoch: u64) {
+        while matches!(self.segments.front(), Some((Some(e), _)) if *e <= epoch) {
+            self.segments.pop_front();
+        }
+    }
+}
+
+/// Appends `payload` as one frame.
+fn frame(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    payload(out);
+    let len = (out.len() - at - HEADER) as u32;
+    out[at..at + HEADER].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Frames a taken buffer: its outputs as `R`, its marks between them.
+fn frame_buffer(buffer: &SinkBuffer, unacked: &mut Unacked) {
+    let (bytes, ends, _) = buffer.records();
+    let mut marks = buffer.marks().iter().peekable();
+    let mut start = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        while let Some(&&(before, mark)) = marks.peek() {
+            if before > i {
+                break;
+            }
+            put_mark(mark, unacked);
+            marks.next();
+        }
+        let record = &bytes[start..end];
+        frame(unacked.open(), |o| SinkFrame::Record(record).encode(o));
+        start = end;
+    }
+    for &(_, mark) in marks {
+        put_mark(mark, unacked);
+    }
+}
+
+fn put_mark(mark: Mark, unacked: &mut Unacked) {
+    match mark {
+        Mark::EpochEnd(n) => {
+            frame(unacked.open(), |o| SinkFrame::EpochEnd(n).encode(o));
+            unacked.end_epoch(n);
+        }
+        Mark::Commit(n) => frame(unacked.open(), |o| SinkFrame::Commit(n).encode(o)),
+    }
+}
+
+/// Drains the core's buffer for sink `i` into its exactly-once connection until the core
+/// finishes.
+pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
+    let state = &core.sink;
+    let addr = core.config.outputs[i];
+    let name = format!(
+        "{}/{}/{}",
+        core.config.name,
+        core.id,
+        core.dataflow.sinks.get(i).map_or("", String::as_str)
+    );
+    let unacked = RefCell::new(Unacked::default());
+    let mut writing = SinkBuffer::default();
+    let mut conn: Option<(WriteHalf<TcpStream>, Rc<Acks>)> = None;
+    // Bytes of `unacked` already written to the current connection.
+    let mut sent = 0usize;
+    let mut failures = 0u32;
+    // Once the core is done: when to stop waiting for the receiver.
+    let mut give_up_at: Option<std::time::Instant> = None;
+    loop {
+        // Take what waits, if anything.
+        if !state.buffers.borrow()[i].is_empty() {
+            state.buffers.borrow_mut()[i].swap_contents(&mut writing);
+            state.progress.notify_all();
+            frame_buffer(&writing, &mut unacked.borrow_mut());
+            let n = writing.records().1.len() as u64;
+            core.report.borrow_mut().outputs += n;
+            state.written[i].set(state.written[i].get() + n);
+            writing.clear();
+            state.progress.notify_all();
+        }
+        if conn.as_ref().is_some_and(|(_, acks)| acks.broken.get()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            let gave_up = (give_up_at.or(state.drain_deadline.get()))
+                .is_some_and(|t| std::time::Instant::now() >= t);
+            if state.finished.get() && gave_up {
+                let left: usize = unacked.borrow().segments.iter().map(|s| s.1.len()).sum();
+                tracing::error!(sink = %addr, "exactly-once sink unreachable at stop: {left} bytes of outputs not delivered (a restart sends what is not committed again)");
+                return;
+            }
+            match connect(addr, &name, core.run, core.durable.get()).await {
+                Ok((write, acks)) => {
+                    unacked.borrow_mut().acknowledged(acks.held.get());
+                    state.acked[i].set(acks.held.get());
+                    state.down[i].set(false);
+                    failures = 0;
+                    sent = 0;
+                    conn = Some((write, acks));
+                }
+                Err(e) => {
+                    if failures.is_multiple_of(50) {
+                        tracing::warn!(sink = %addr, "exactly-once sink: {e}; retrying");
+                    }
+                    failures += 1;
+                    core.report.borrow_mut().sink_failures += 1;
+                    state.down[i].set(true);
+                    let backoff = Duration::from_millis(10 << failures.min(6));
+                    glommio::timer::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
+        let (write, acks) = conn.as_mut().expect("connected");
+        // Acknowledged epochs are dropped (and `sent` with them).
+        let held = acks.held.get();
+        if held > state.acked[i].get() {
+            let before: usize = unacked.borrow().segments.iter().map(|s| s.1.len()).sum();
+            unacked.borrow_mut().acknowledged(held);
+            let after: usize = unacked.borrow().segments.iter().map(|s| s.1.len()).sum();
+            sent -= before - after;
+            state.acked[i].set(held);
+            state.progress.notify_all();
+        }
+        // Write what was not written to this connection yet.
+        let pending: Vec<u8> = {
+            let u = unacked.borrow();
+            let mut skip = sent;
+            let mut out = Vec::new();
+            for (_, seg) in &u.segments {
+                if skip >= seg.len() {
+                    skip -= seg.len();
+                    continue;
+                }
+                out.extend_from_slice(&seg[skip..]);
+                skip = 0;
+            }
+            out
+        };
+        if !pending.is_empty() {
+            let wrote = async {
+                write.write_all(&pending).await?;
+                write.flush().await
+            };
+            match wrote.await {
+                Ok(()) => sent += pending.len(),
+                Err(e) => {
+                    tracing::warn!(sink = %addr, "exactly-once sink connection lost: {e}; reconnecting to resend from what it holds");
+                    conn = None;
+                    continue;
+                }
+            }
+        }
+        let ended_epochs = (unacked.borrow().segments.iter()).any(|(e, _)| e.is_some());
+        if state.finished.get() && state.buffers.borrow()[i].is_empty() && !ended_epochs {
+            // Every ended epoch is with the receiver; records after the last end (a stop's
+            // end of input) are never committed: a restart makes them again.
+            return;
+        }
+        let give_up = state.finished.get().then(|| {
+            *give_up_at.get_or_insert_with(|| {
+                (state.drain_deadline.get())
+                    .unwrap_or_else(|| std::time::Instant::now() + core.config.drain_timeout)
+            })
+        });
+        if give_up.is_some_and(|t| std::time::Instant::now() >= t) {
+            tracing::error!(sink = %addr, "exactly-once sink did not acknowledge every epoch before the drain timeout: a restart sends what is not committed again");
+            return;
+        }
+        let acks = conn.as_ref().expect("connected").1.clone();
+        let ack_wait = acks.changed.wait();
+        let ready = state.ready.wait();
+        if state.buffers.borrow()[i].is_empty() && acks.held.get() <= state.acked[i].get() {
+            // Done, the writer still waits for acknowledgements: look at the clock now and then.
+            let tick = async {
+                if state.finished.get() {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                } else {
+                    future::pending::<()>().await;
+                }
+            };
+            future::or(future::or(ready, ack_wait), tick).await;
+        }
+    }
+}
+
+/// Connects, says hello, and reads the receiver's answer; starts the task that reads its
+/// acknowledgements.
+async fn connect(
+    addr: std::net::SocketAddr,
+    name: &str,
+    run: u64,
+    durable: u64,
+) -> Result<(WriteHalf<TcpStream>, Rc<Acks>), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut read, mut write) = futures_lite::io::split(stream);
+    let mut hello = Vec::new();
+    frame(&mut hello, |o| {
+        SinkFrame::Hello {
+            run,
+            durable,
+            stream: name,
+        }
+        .encode(o)
+    });
+    write.write_all(&hello).await.map_err(|e| e.to_string())?;
+    write.flush().await.map_err(|e| e.to_string())?;
+    let held = read_ack(&mut read).await?;
+    let acks = Rc::new(Acks::default());
+    acks.held.set(held);
+    let reader = acks.clone();
+    glommio::spawn_local(async move {
+        loop {
+            match read_ack(&mut read).await {
+                Ok(held) => reader.held.set(reader.held.get().max(held)),
+                Err(_) => {
+                    reader.broken.set(true);
+                    reader.changed.notify_all();
+                    return;
+                }
+            }
+            reader.changed.notify_all();
+        }
+    })
+    .detach();
+    Ok((write, acks))
+}
+
+async fn read_ack(read: &mut ReadHalf<TcpStream>) -> Result<u64, String> {
+    let mut header = [0; HEADER];
+    read.read_exact(&mut header)
+        .await
+        .map_err(|e| format!("the receiver closed the connection ({e})"))?;
+    let len = frame_len(header);
+    if len > 64 {
+        return Err(format!("a {len}-byte answer: not an exactly-once receiver"));
+    }
+    let mut payload = vec![0; len];
+    read.read_exact(&mut payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    decode_ack(&payload).map_err(|e| format!("not an exactly-once receiver: {e}"))
+}
