@@ -246,6 +246,15 @@ impl FrameDecoder {
         Ok(Some(&self.buf[payload]))
     }
 
+    /// The next whole frame without taking it, `None` if more bytes are needed.
+    pub fn peek_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let start = self.start;
+        let frame = self.next_frame()?.map(|f| f.len());
+        let end = self.start;
+        self.start = start;
+        Ok(frame.map(|len| &self.buf[end - len..end]))
+    }
+
     /// Bytes received but not yet returned as frames (a partial frame, or frames not yet taken).
     pub fn pending(&self) -> &[u8] {
         &self.buf[self.start..self.end]

@@ -7,6 +7,8 @@
 //! - [`control`]: the control protocol (`quokka ctl`, joining and leaving nodes): a pure codec,
 //!   a blocking client that waits for the endpoint's greeting before it sends anything, and an
 //!   endpoint that bounds its connections and deadlines.
+//! - [`durable`]: the durable TCP source protocol (a sender resends from where the engine
+//!   says) and its blocking client.
 //! - [`exactly_once`]: the exactly-once sink protocol (epochs, acknowledgements, commits) and
 //!   its receiver.
 //! - [`file`]: a replayable source, a file of frames or lines read from an offset.
@@ -17,6 +19,7 @@
 
 pub mod client;
 pub mod control;
+pub mod durable;
 pub mod exactly_once;
 pub mod file;
 pub mod framing;

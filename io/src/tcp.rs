@@ -60,6 +60,11 @@ impl FrameReader {
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
         self.decoder.next_frame()
     }
+
+    /// The next whole frame already read, left in place.
+    pub fn peek_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        self.decoder.peek_frame()
+    }
 }
 
 /// Why a sink could not deliver.

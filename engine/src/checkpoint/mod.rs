@@ -36,11 +36,35 @@ pub(crate) struct SlotPart {
     pub timers: Option<Span>,
 }
 
-/// Where a replayable source stood at the barrier: it resumes reading there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// Where a replayable source stood at the barrier: it resumes reading there. A file source's
+/// offset is a byte offset (`stream` is empty); a durable TCP stream's is a frame count.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) struct SourceMark {
     pub source: u32,
+    pub stream: String,
     pub offset: u64,
+}
+
+/// The sources' marks of the next checkpoint: `previous`'s, with those the cores noted now
+/// taking their place (a durable stream read by two cores in turn: the larger), so a stream
+/// no core reads any more keeps where it stood.
+pub(crate) fn merge_marks(previous: &[SourceMark], now: Vec<SourceMark>) -> Vec<SourceMark> {
+    let mut marks: BTreeMap<(u32, String), u64> = (previous.iter())
+        .map(|m| ((m.source, m.stream.clone()), m.offset))
+        .collect();
+    let mut seen: BTreeMap<(u32, String), u64> = BTreeMap::new();
+    for m in now {
+        let at = seen.entry((m.source, m.stream)).or_insert(0);
+        *at = (*at).max(m.offset);
+    }
+    marks.extend(seen);
+    (marks.into_iter())
+        .map(|((source, stream), offset)| SourceMark {
+            source,
+            stream,
+            offset,
+        })
+        .collect()
 }
 
 /// A complete checkpoint: written last, once every archive it names is durable.
@@ -190,6 +214,7 @@ mod tests {
             owners: vec![0, 0, 1, 1],
             sources: vec![SourceMark {
                 source: 0,
+                stream: String::new(),
                 offset: 1234,
             }],
             parts: Vec::new(),
@@ -244,6 +269,21 @@ mod tests {
         assert_eq!(at, vec![(0, 0, 1), (0, 1, 2), (1, 3, 2)]);
         assert_eq!(second.files(), BTreeSet::from([1, 2]));
         assert_eq!(second.state_bytes(), 30);
+    }
+
+    #[test]
+    fn source_marks_go_on_from_the_last_checkpoint() {
+        let mark = |source, stream: &str, offset| SourceMark {
+            source,
+            stream: stream.into(),
+            offset,
+        };
+        let before = vec![mark(0, "", 100), mark(1, "a", 5), mark(1, "b", 7)];
+        let now = vec![mark(0, "", 150), mark(1, "a", 9), mark(1, "a", 12)];
+        assert_eq!(
+            merge_marks(&before, now),
+            vec![mark(0, "", 150), mark(1, "a", 12), mark(1, "b", 7)]
+        );
     }
 
     #[test]

@@ -660,6 +660,7 @@ fn accept(
                     stream,
                     pending: Vec::new(),
                     latest: None,
+                    durable: None,
                 };
                 if targets[core].send(CoreMsg::Connection(conn)).is_err() {
                     node.open_sources.fetch_sub(1, Ordering::AcqRel);

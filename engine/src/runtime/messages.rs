@@ -28,6 +28,9 @@ pub(crate) struct SourceConnection {
     pub pending: Vec<u8>,
     /// The largest event time a previous reader read (its watermark goes on from there).
     pub latest: Option<u64>,
+    /// A durable stream (its id and frames routed so far), once its hello was read; `None`
+    /// for a connection not read yet (its first frame says) or a plain one (`Some(None)`).
+    pub durable: Option<Option<(crate::runtime::core::StreamId, u64)>>,
 }
 
 /// What one core says to another, on this node or across a link (where it travels as itself).

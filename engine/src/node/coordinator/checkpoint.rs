@@ -11,7 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 use super::Coordinator;
-use crate::checkpoint::Manifest;
+use crate::checkpoint::{merge_marks, Manifest, SourceMark};
+
+/// The source marks of the last checkpoint written, if any.
+fn c_last_sources(c: &Option<Checkpoints>) -> &[SourceMark] {
+    (c.as_ref().and_then(|c| c.last.as_ref())).map_or(&[], |m| &m.sources)
+}
 use crate::dataflow::{Dataflow, StagePart};
 use crate::node::state_dir::{Restored, StateDir};
 use crate::routing::{CoreId, RoutingTable};
@@ -86,7 +91,8 @@ pub(crate) struct Checkpoints {
 pub(crate) struct Restore {
     pub table: RoutingTable,
     pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
-    pub offsets: BTreeMap<u32, u64>,
+    /// Where each file source and durable stream stood.
+    pub offsets: Vec<SourceMark>,
 }
 
 impl Checkpoints {
@@ -141,11 +147,7 @@ impl Checkpoints {
                 }
             }
         }
-        let offsets = manifest
-            .sources
-            .iter()
-            .map(|s| (s.source, s.offset))
-            .collect();
+        let offsets = manifest.sources.clone();
         tracing::info!(
             checkpoint = manifest.checkpoint,
             bytes,
@@ -321,7 +323,10 @@ impl Coordinator {
             owners: (0..self.table.n_slots())
                 .map(|s| self.table.owner(s))
                 .collect(),
-            sources: snapshots.iter().flat_map(|s| s.sources.clone()).collect(),
+            sources: merge_marks(
+                c_last_sources(&self.checkpoints),
+                snapshots.iter().flat_map(|s| s.sources.clone()).collect(),
+            ),
             parts: Vec::new(),
             written: 0,
             taken_ms,

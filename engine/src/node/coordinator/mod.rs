@@ -18,13 +18,14 @@ use hdrhistogram::Histogram;
 
 use super::status::{ChangeError, ChangeReport, JoinRefusal, MigrationProgress, View};
 use super::StartError;
+use crate::checkpoint::SourceMark;
 use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire};
 use crate::cluster::Node;
 use crate::dataflow::{Dataflow, StagePart};
 use crate::metrics::{latency_histogram, CoreReport, Retired};
 use crate::planner::{plan, Change};
 use crate::routing::{CoreId, RoutingTable};
-use crate::runtime::core::CoreSetup;
+use crate::runtime::core::{CoreSetup, DurableStreams};
 use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, FileSource, PeerMsg, Snapshot};
 use crate::runtime::{core_channels, online_cpus, spawn_core, Config, Input};
 
@@ -81,6 +82,8 @@ pub(crate) struct Coordinator {
     restoring: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
     /// This run's id (new at every start), which exactly-once sink connections name.
     run: u64,
+    /// Where each durable TCP stream of this node stands.
+    streams: Arc<DurableStreams>,
 }
 
 impl Coordinator {
@@ -120,6 +123,7 @@ impl Coordinator {
         let mut c = Self::new(config, dataflow, node, events, table);
         let (per_core, offsets) = offsets;
         c.restoring = per_core;
+        c.streams = Arc::new(DurableStreams::restored(&offsets));
         if let Some(k) = &checkpoints {
             c.run = k.run;
         }
@@ -133,13 +137,15 @@ impl Coordinator {
 
     /// Gives the file sources to this node's first core (no shrink removes it), each from
     /// where the checkpoint says it stood.
-    fn read_files(&self, offsets: &BTreeMap<u32, u64>) {
+    fn read_files(&self, offsets: &[SourceMark]) {
         let Some(first) = self.local_ids().first().map(|id| &self.cores[id].addr) else {
             return;
         };
         for (source, input) in self.config.inputs.iter().enumerate() {
             if let Input::File(input) = input {
-                let offset = offsets.get(&(source as u32)).copied().unwrap_or(0);
+                let offset = (offsets.iter())
+                    .find(|m| m.source == source as u32 && m.stream.is_empty())
+                    .map_or(0, |m| m.offset);
                 first.send_control(CoreMsg::ReadFile(FileSource {
                     source,
                     input: input.clone(),
@@ -195,6 +201,7 @@ impl Coordinator {
             snapshots: flume::unbounded(),
             restoring: BTreeMap::new(),
             run: run_id(),
+            streams: Arc::default(),
         }
     }
 
@@ -267,6 +274,7 @@ impl Coordinator {
                 restored: self.restoring.remove(&id).unwrap_or_default(),
                 run: self.run,
                 durable: self.last_durable(),
+                streams: self.streams.clone(),
             };
             match spawn_core(setup, ready_tx.clone()) {
                 Ok(executor) => spawned.push((

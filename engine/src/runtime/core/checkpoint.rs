@@ -12,7 +12,6 @@ use std::rc::Rc;
 use futures_lite::future;
 
 use super::Core;
-use crate::checkpoint::SourceMark;
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreMsg, PeerMsg, Snapshot};
 use crate::runtime::Guarantee;
@@ -40,9 +39,7 @@ impl Core {
         if let Err(e) = self.keyed.borrow_mut().begin_checkpoint(checkpoint) {
             return self.checkpoint_failed(checkpoint, e.to_string());
         }
-        let sources = (self.sources.file_offsets().into_iter())
-            .map(|(source, offset)| SourceMark { source, offset })
-            .collect();
+        let sources = self.sources.marks(checkpoint);
         *self.checkpointing.snapshot.borrow_mut() = Some(Snapshot {
             core: self.id,
             checkpoint,

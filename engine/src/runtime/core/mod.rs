@@ -9,6 +9,7 @@
 //! Tasks share [`Core`] through an `Rc`; `RefCell` borrows never span an `.await`.
 
 mod checkpoint;
+mod durable;
 mod exactly_once;
 mod files;
 mod handoff;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
+pub(crate) use self::durable::{DurableStreams, StreamId};
 use self::handoff::Handoffs;
 use self::peers::{NoRoute, Peers};
 use self::shutdown::Shutdown;
@@ -71,6 +73,8 @@ pub(crate) struct Core {
     run: u64,
     /// The last durable checkpoint this core heard of.
     durable: std::cell::Cell<u64>,
+    /// The node's durable TCP streams.
+    streams: Arc<DurableStreams>,
     /// The last checkpoint this core did its part of (or restored): its outputs since belong
     /// to a later one.
     epoch: std::cell::Cell<u64>,
@@ -95,6 +99,7 @@ pub(crate) struct CoreSetup {
     pub run: u64,
     /// The last durable checkpoint (0: none).
     pub durable: u64,
+    pub streams: Arc<DurableStreams>,
 }
 
 /// Runs one core until it is stopped (or retired) and everything in flight is applied.
@@ -114,6 +119,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         restored,
         run,
         durable,
+        streams,
     } = setup;
     let producers: Vec<CoreId> = peers.iter().map(|(p, _)| *p).chain([id]).collect();
     let mut keyed = dataflow.keyed(id, &table, producers.iter().copied());
@@ -141,6 +147,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         run,
         durable: std::cell::Cell::new(durable),
         epoch: std::cell::Cell::new(durable),
+        streams,
         report: RefCell::new(CoreReport::new(usize::from(id))),
         window: RefCell::new(Window::default()),
     });
@@ -343,6 +350,7 @@ impl Core {
             PeerMsg::CheckpointAbort { checkpoint } => self.abort_checkpoint(checkpoint),
             PeerMsg::Commit { checkpoint } => {
                 self.durable.set(checkpoint);
+                self.sources.durables.borrow_mut().durable(checkpoint);
                 if self.config.guarantee == Guarantee::ExactlyOnce {
                     self.sink.mark(Mark::Commit(checkpoint));
                 }

@@ -15,13 +15,16 @@ use futures_lite::future;
 use quokka_io::framing::FrameError;
 use quokka_io::tcp::{FrameReader, SourceError};
 
+use super::durable::{DurableConn, Durables, StreamId};
 use super::Core;
+use crate::checkpoint::SourceMark;
 use crate::dataflow::SourcePipeline;
 use crate::metrics::now_ns;
 use crate::routing::CoreId;
 use crate::runtime::messages::{CoreEvent, CoreMsg, SourceConnection};
 use crate::runtime::notify::Notify;
 use crate::step::DecodeError;
+use quokka_io::durable::Answer;
 
 /// Frames a source connection handles before it dispatches its batches and lets other tasks
 /// run: bounds the time a message waits behind the rest of its read.
@@ -48,6 +51,8 @@ pub(super) struct Sources {
     pub(super) file_offsets: RefCell<std::collections::BTreeMap<u32, u64>>,
     /// File sources being read here.
     pub(super) files_open: Cell<usize>,
+    /// Durable TCP streams read here.
+    pub(super) durables: RefCell<Durables>,
 }
 
 impl Sources {
@@ -65,6 +70,7 @@ impl Sources {
             next_heir: Cell::new(0),
             file_offsets: RefCell::default(),
             files_open: Cell::new(0),
+            durables: RefCell::default(),
         }
     }
 
@@ -108,6 +114,21 @@ impl Sources {
         }
     }
 
+    /// Where each replayable source read here stands, for checkpoint `checkpoint`'s barrier:
+    /// its files (byte offsets) and durable streams (frame counts).
+    pub fn marks(&self, checkpoint: u64) -> Vec<SourceMark> {
+        let files = self
+            .file_offsets()
+            .into_iter()
+            .map(|(source, offset)| SourceMark {
+                source,
+                stream: String::new(),
+                offset,
+            });
+        let streams = self.durables.borrow_mut().barrier(checkpoint);
+        files.chain(streams).collect()
+    }
+
     /// Where each file source read here stands.
     pub fn file_offsets(&self) -> Vec<(u32, u64)> {
         self.file_offsets
@@ -141,6 +162,8 @@ enum ConnectionError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Read(#[from] SourceError),
+    #[error("durable stream refused: {0}")]
+    Durable(String),
 }
 
 enum Wake {
@@ -185,7 +208,11 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         stream,
         pending,
         latest,
+        durable,
     } = conn;
+    // `Some(None)`: a plain connection; `Some(Some(_))`: a durable stream; `None`: its first
+    // frame will say.
+    let mut durable = durable;
     let sources = &core.sources;
     let peer = stream
         .peer_addr()
@@ -215,6 +242,17 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         .unwrap_or_default();
     tracing::debug!(core = core.id, %peer, source = %source_name, "reading source connection");
 
+    if let Some(Some((id, position))) = &durable {
+        if let Some(writer) = sources
+            .open
+            .borrow()
+            .get(&key)
+            .and_then(|s| s.try_clone().ok())
+        {
+            (sources.durables.borrow_mut().open)
+                .insert(key, DurableConn::new(id.clone(), *position, writer));
+        }
+    }
     let mut reader = FrameReader::new(stream, core.config.max_frame, &pending);
     let mut pipeline = core.dataflow.source_pipeline(source);
     if latest.is_some() {
@@ -226,14 +264,27 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
     let ended = 'read: loop {
         // Work through what was read in bounded steps, yielding between them.
         loop {
+            if durable.is_none() {
+                match hello(&core, key, source, &mut reader) {
+                    Ok(Some(d)) => durable = Some(d),
+                    Ok(None) => break,
+                    Err(e) => break 'read Ended::Failed(e),
+                }
+            }
             let stepped = step(&core, &mut reader, &mut *pipeline, now).await;
             core.source_mark(key, pipeline.watermark(), now);
             match stepped {
-                Ok(true) => {
+                Ok((more, frames)) => {
+                    if let Some(Some((id, position))) = &mut durable {
+                        *position += frames as u64;
+                        sources.durables.borrow_mut().routed(key, id, *position);
+                    }
+                    if !more {
+                        break;
+                    }
                     core.poke_inbox();
                     future::yield_now().await
                 }
-                Ok(false) => break,
                 Err(e) => break 'read Ended::Failed(e),
             }
         }
@@ -254,6 +305,10 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         }
     };
     let handle = sources.open.borrow_mut().remove(&key);
+    sources.durables.borrow_mut().open.remove(&key);
+    if let (Some(Some((id, position))), false) = (&durable, matches!(ended, Ended::Leaving)) {
+        core.streams.disconnect(id, *position);
+    }
     if let (Ended::Cut { .. } | Ended::Failed(_), Some(stream)) = (&ended, &handle) {
         // Closed before its end: a reset, not a clean close, tells the sender that what it
         // sent was not all read (`quokka-send` then fails).
@@ -275,6 +330,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
                     stream,
                     pending,
                     latest: pipeline.latest(),
+                    durable,
                 });
             }
         }
@@ -306,14 +362,64 @@ pub(super) fn is_cut(core: &Core) -> bool {
     core.sources.cut.get() || core.sink.is_draining()
 }
 
+/// A fresh connection's first frame, once it is here: a durable hello makes it a durable
+/// stream (answered with where the stream stands, or refused), anything else a plain
+/// connection. `Ok(None)` while the frame is not whole yet.
+#[allow(clippy::type_complexity)]
+fn hello(
+    core: &Core,
+    key: u64,
+    source: usize,
+    reader: &mut FrameReader,
+) -> Result<Option<Option<(StreamId, u64)>>, ConnectionError> {
+    let frame = match reader.peek_frame() {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Ok(None),
+        // The step reports it.
+        Err(_) => return Ok(Some(None)),
+    };
+    let Some(name) = quokka_io::durable::hello_name(frame) else {
+        return Ok(Some(None));
+    };
+    let name = name.map(str::to_owned);
+    let _ = reader.next_frame();
+    let Some(writer) = (core.sources.open.borrow().get(&key)).and_then(|s| s.try_clone().ok())
+    else {
+        return Err(ConnectionError::Durable("cannot answer the sender".into()));
+    };
+    let id: StreamId = (source as u32, name.clone().unwrap_or_default());
+    let position = match name {
+        Err(why) => Err(why),
+        Ok(_) if core.config.state_dir.is_none() => {
+            Err("durable streams need checkpoints: start the engine with --state-dir".to_string())
+        }
+        Ok(_) => core.streams.connect(&id),
+    };
+    let mut conn = DurableConn::new(id.clone(), 0, writer);
+    match position {
+        Ok(position) => {
+            conn.answer(&Answer::Position(position));
+            conn.position = position;
+            tracing::info!(core = core.id, stream = %id.1, position, "durable stream connected");
+            core.sources.durables.borrow_mut().open.insert(key, conn);
+            Ok(Some(Some((id, position))))
+        }
+        Err(why) => {
+            conn.answer(&Answer::Refused(why.clone()));
+            Err(ConnectionError::Durable(why))
+        }
+    }
+}
+
 /// One bounded step of a connection: up to [`FRAMES_PER_STEP`] frames decoded, routed and
-/// dispatched in one synchronous action. `Ok(true)` if more frames may be waiting.
+/// dispatched in one synchronous action. Returns whether more frames may be waiting, and how
+/// many it routed.
 async fn step(
     core: &Core,
     reader: &mut FrameReader,
     pipeline: &mut dyn SourcePipeline,
     ingress_ns: u64,
-) -> Result<bool, ConnectionError> {
+) -> Result<(bool, usize), ConnectionError> {
     core.wait_room().await;
     let table = core.table.borrow().clone();
     let mut frames = 0;
@@ -338,7 +444,7 @@ async fn step(
     core.dispatch(pipeline);
     match error {
         Some(e) => Err(e),
-        None => Ok(frames == FRAMES_PER_STEP),
+        None => Ok((frames == FRAMES_PER_STEP, frames)),
     }
 }
 

@@ -32,9 +32,16 @@ struct Args {
     /// Send the whole file this many times.
     #[arg(long, default_value_t = 1, value_name = "K")]
     repeat: u64,
-    /// Seconds to keep retrying the first connection.
+    /// Seconds to keep retrying the first connection (with --durable: to wait for progress
+    /// while the engine is down before giving up).
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Send as durable stream NAME (the engine needs --state-dir): frames are kept until the
+    /// engine says a durable checkpoint holds them, and after a broken connection or an engine
+    /// restart, resent from where the engine says (reconnecting with backoff). Exits 0 once
+    /// every frame is durable. One sender per name.
+    #[arg(long, value_name = "NAME")]
+    durable: Option<String>,
 }
 
 fn main() {
@@ -53,6 +60,9 @@ fn run(args: Args) -> Result<()> {
         bail!("--rate must be a positive number of frames per second");
     }
     let addr = parse_addr(&args.to).context("--to")?;
+    if let Some(name) = &args.durable {
+        return send_durable(&args, addr, name, frames);
+    }
     let mut sender = FrameSender::connect(addr, Duration::from_secs(args.connect_timeout))
         .with_context(|| format!("connecting to {addr}"))?;
 
@@ -99,6 +109,59 @@ fn run(args: Args) -> Result<()> {
         "sent {sent} frames ({bytes} bytes) to {addr} in {secs:.2}s, all read by the engine: {:.0} frames/s, {:.1} MB/s",
         sent as f64 / secs,
         bytes as f64 / secs / 1e6
+    )?;
+    Ok(())
+}
+
+/// `--durable NAME`: the file (`--repeat` times) as a durable stream; each (re)connection
+/// resends from the frame the engine names, at `--rate` counted from the start.
+fn send_durable(args: &Args, addr: std::net::SocketAddr, name: &str, frames: u64) -> Result<()> {
+    let total = frames * args.repeat;
+    let started = Instant::now();
+    let (path, framed, rate) = (args.file.clone(), args.framed, args.rate);
+    let from = move |first: u64| -> std::io::Result<quokka_io::durable::Frames> {
+        let mut index = 0u64;
+        let mut round = FileFrames::open(&path, framed)?;
+        let (path, total) = (path.clone(), total);
+        Ok(Box::new(std::iter::from_fn(move || loop {
+            if index >= total {
+                return None;
+            }
+            let frame = match round.next() {
+                Ok(Some(f)) => f.to_vec(),
+                Ok(None) => match FileFrames::open(&path, framed) {
+                    Ok(f) => {
+                        round = f;
+                        continue;
+                    }
+                    Err(e) => return Some(Err(e)),
+                },
+                Err(e) => return Some(Err(std::io::Error::other(format!("{e:#}")))),
+            };
+            index += 1;
+            if index <= first {
+                continue;
+            }
+            if let Some(rate) = rate {
+                let due = Duration::try_from_secs_f64((index - 1) as f64 / rate)
+                    .ok()
+                    .and_then(|d| started.checked_add(d));
+                if let Some(wait) = due.and_then(|d| d.checked_duration_since(Instant::now())) {
+                    std::thread::sleep(wait);
+                }
+            }
+            return Some(Ok(frame));
+        })))
+    };
+    let patience = Duration::from_secs(args.connect_timeout);
+    let sent = quokka_io::durable::send_durably(addr, name, total, &from, patience)
+        .with_context(|| format!("durable stream `{name}` to {addr}"))?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    quokka::outln!(
+        "sent {total} frames to {addr} as durable stream `{name}` in {secs:.2}s over {} connection(s) ({} frames written, resends included), all durable: {:.0} frames/s",
+        sent.connections,
+        sent.frames_written,
+        total as f64 / secs
     )?;
     Ok(())
 }
