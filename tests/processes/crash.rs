@@ -532,3 +532,83 @@ fn exactly_once_two_stages_survive_kill_9_each_output_once() {
     wait_committed(&receiver, &summary);
     check_exact_totals(&got.lock().unwrap(), &expected);
 }
+
+#[test]
+fn durable_senders_and_exactly_once_outputs_survive_kill_9_each_output_once() {
+    let dir = temp_dir("durable");
+    let state = dir.join("state");
+    let text = load_text();
+    let (a, b) = text.split_at(text.len() / 2);
+    let mut inputs = Vec::new();
+    for (name, lines) in [("a", a), ("b", b)] {
+        let lines: Vec<String> = lines.iter().cycle().take(15_000).cloned().collect();
+        let path = dir.join(format!("{name}.txt"));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        inputs.push((name, path, lines));
+    }
+    let expected = reference_counts(
+        inputs
+            .iter()
+            .flat_map(|(_, _, l)| l.iter().map(String::as_str)),
+    );
+    let (receiver, got) = exactly_once_sink();
+    let run = |port: &str| {
+        Service::start(
+            "word_count",
+            Command::new(quokka())
+                .args([
+                    "run",
+                    "word_count",
+                    "--cores",
+                    "2",
+                    "--control",
+                    "127.0.0.1:0",
+                ])
+                .args(["--in", port, "--out", &receiver.addr().to_string()])
+                .args(["--state-dir", &state.display().to_string()])
+                .args([
+                    "--checkpoint-interval",
+                    "20ms",
+                    "--guarantee",
+                    "exactly-once",
+                ]),
+        )
+    };
+    // The first run picks the source port; every restart listens on it again (the senders
+    // reconnect there).
+    let mut engine = run("127.0.0.1:0");
+    let port = engine.addrs.input();
+    let senders: Vec<_> = inputs
+        .iter()
+        .map(|(name, path, _)| {
+            crate::Proc::spawn(
+                Command::new(crate::tool("quokka-send"))
+                    .args(["--to", &port.to_string(), "--lines", "--durable", name])
+                    .args(["--rate", "2500", "--connect-timeout", "60"])
+                    .arg("--file")
+                    .arg(path)
+                    .stdout(std::process::Stdio::piped()),
+            )
+        })
+        .collect();
+    let mut rng = Rng::seeded();
+    // 20 crashes under load: while checkpointing, restoring, replaying, acknowledging.
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50 + rng.below(300)));
+        signal(&engine.child, "-KILL");
+        let _ = engine.child.wait();
+        engine = run(&port.to_string());
+    }
+    for sender in senders {
+        let out = sender.into_child().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "a durable sender failed: {text}");
+        assert!(text.contains("all durable"), "{text}");
+    }
+    signal(&engine.child, "-INT");
+    engine.wait_exit_ok();
+    let summary = engine.rest_of_stdout();
+    wait_committed(&receiver, &summary);
+    check_exact_totals(&got.lock().unwrap(), &expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
