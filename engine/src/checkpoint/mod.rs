@@ -6,6 +6,8 @@
 //! themselves are the node's (`node/state_dir.rs`).
 
 mod barrier;
+#[cfg(test)]
+mod simulation;
 
 use std::collections::{BTreeMap, BTreeSet};
 
