@@ -168,7 +168,18 @@ impl FileReader {
                 Ok(Some(&self.buf[payload]))
             }
             FileFormat::Lines => {
-                let line = match avail.iter().position(|&b| b == b'\n') {
+                let newline = avail.iter().position(|&b| b == b'\n');
+                if newline.unwrap_or(avail.len()) > self.max_frame {
+                    return Err(FileError::Framing {
+                        path: self.path.clone(),
+                        offset: self.offset(),
+                        error: FrameError::Oversized {
+                            len: newline.unwrap_or(avail.len()),
+                            max: self.max_frame,
+                        },
+                    });
+                }
+                let line = match newline {
                     Some(n) => self.start..self.start + n,
                     // A last line without its `\n`: whole once the file ends.
                     None if self.at_end && !self.follow && !avail.is_empty() => {

@@ -25,6 +25,8 @@ pub(crate) enum BarrierError {
     Stray { got: u64, want: Option<u64> },
     #[error("stage {stage}: the app has {stages}")]
     NoStage { stage: usize, stages: usize },
+    #[error("checkpoint {checkpoint} ended here already (the newest that did: {ended})")]
+    Ended { checkpoint: u64, ended: u64 },
 }
 
 /// One checkpoint's alignment in progress.
@@ -43,6 +45,9 @@ pub(crate) struct Alignment {
     producers: BTreeSet<CoreId>,
     stages: usize,
     round: Option<Round>,
+    /// The newest checkpoint that ended here (done or called off): a barrier of it, or of an
+    /// older one, that is still on its way starts nothing.
+    ended: u64,
 }
 
 impl Alignment {
@@ -51,6 +56,7 @@ impl Alignment {
             producers: producers.into_iter().collect(),
             stages,
             round: None,
+            ended: 0,
         }
     }
 
@@ -73,6 +79,12 @@ impl Alignment {
     /// Checkpoint `checkpoint` starts here (the first barrier of it, from anyone, including
     /// this core's own). Starting the running one again is a no-op.
     pub fn begin(&mut self, checkpoint: u64) -> Result<(), BarrierError> {
+        if checkpoint <= self.ended {
+            return Err(BarrierError::Ended {
+                checkpoint,
+                ended: self.ended,
+            });
+        }
         match &self.round {
             Some(r) if r.checkpoint == checkpoint => Ok(()),
             Some(r) => Err(BarrierError::Busy {
@@ -103,6 +115,10 @@ impl Alignment {
                 stage,
                 stages: self.stages,
             });
+        }
+        if checkpoint <= self.ended {
+            // A barrier of a checkpoint that ended here (called off before it came): nothing.
+            return Ok(Vec::new());
         }
         if self.round.is_none() {
             self.begin(checkpoint)?;
@@ -147,7 +163,24 @@ impl Alignment {
 
     /// Ends the round (complete, or called off): nothing waits any more.
     pub fn finish(&mut self) -> Option<u64> {
-        self.round.take().map(|r| r.checkpoint)
+        let ended = self.round.take().map(|r| r.checkpoint);
+        self.ended = self.ended.max(ended.unwrap_or(0));
+        ended
+    }
+
+    /// Checkpoint `checkpoint` is called off by the node: its round ends if it runs, and its
+    /// barriers still on their way start nothing. Returns whether a round ended.
+    pub fn call_off(&mut self, checkpoint: u64) -> bool {
+        self.ended = self.ended.max(checkpoint);
+        if self
+            .round
+            .as_ref()
+            .is_some_and(|r| r.checkpoint <= checkpoint)
+        {
+            self.round = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -216,6 +249,26 @@ mod tests {
                 stages: 1
             })
         );
+    }
+
+    #[test]
+    fn barriers_of_a_called_off_checkpoint_start_nothing() {
+        let mut a = Alignment::new(1, [0, 1]);
+        // The node calls checkpoint 3 off before this core read any barrier of it.
+        assert!(!a.call_off(3));
+        assert_eq!(a.on_barrier(3, 1, 0), Ok(vec![]));
+        assert!(a.running().is_none() && !a.holds(1, 0), "nothing is held");
+        assert!(a.begin(3).is_err());
+        // A round that runs ends when it is called off.
+        assert_eq!(a.on_barrier(4, 1, 0), Ok(vec![]));
+        assert!(a.holds(1, 0));
+        assert!(a.call_off(4));
+        assert!(!a.holds(1, 0));
+        assert_eq!(a.on_barrier(4, 0, 0), Ok(vec![]));
+        assert!(a.running().is_none());
+        // The next checkpoint runs as usual.
+        assert_eq!(a.on_barrier(5, 0, 0), Ok(vec![]));
+        assert_eq!(a.on_barrier(5, 1, 0), Ok(vec![0]));
     }
 
     #[test]

@@ -534,8 +534,13 @@ impl Stages {
         self.route_from(stage, out, send)
     }
 
-    /// The wall clock reached `now_ms`: fires every stage's processing-time timers.
+    /// The wall clock reached `now_ms`: fires every stage's processing-time timers (not while
+    /// a checkpoint aligns here: a stage already snapshotted would change after its snapshot
+    /// while its outputs still count as the checkpoint's; they fire at the next tick).
     pub fn clock(&mut self, now_ms: u64, out: &mut Out, send: SendBatch) -> usize {
+        if self.alignment.running().is_some() {
+            return 0;
+        }
         let now = now_ns();
         for s in &mut self.stages {
             s.advance(Time::Processing(now_ms), now, out);

@@ -33,7 +33,7 @@ use crate::cluster::wire;
 use crate::cluster::{link, Ending, Node, Role};
 use crate::metrics::{latency_histogram, Summary};
 use crate::routing::CoreId;
-use crate::runtime::messages::{CoreMsg, SourceConnection};
+use crate::runtime::messages::{ConnectionKind, CoreMsg, SourceConnection};
 use crate::runtime::{ask_cores, online_cpus, Config};
 
 /// Why the engine could not start.
@@ -660,7 +660,7 @@ fn accept(
                     stream,
                     pending: Vec::new(),
                     latest: None,
-                    durable: None,
+                    kind: ConnectionKind::Unread,
                 };
                 if targets[core].send(CoreMsg::Connection(conn)).is_err() {
                     node.open_sources.fetch_sub(1, Ordering::AcqRel);

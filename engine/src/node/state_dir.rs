@@ -1,5 +1,6 @@
 //! A node's state dir: its checkpoints on disk. Layout:
 //! - `IDENTITY`: the app and slot count the checkpoints are of (another app is refused by name);
+//! - `LOCK`: held by the engine that uses the dir (a second one is refused);
 //! - `RUN`: how many times an engine started on this dir: each start's run number, which
 //!   exactly-once sink connections carry so a receiver can fence off an older run;
 //! - `NNNNNNNNNNNN.parts`: what checkpoint N wrote: the archives of the slots its cores had
@@ -31,6 +32,10 @@ use crate::runtime::messages::Snapshot;
 pub enum StateDirError {
     #[error("state dir {path}: {error}")]
     Io { path: PathBuf, error: io::Error },
+    #[error("state dir {path} is in use by another running engine (its LOCK is held)")]
+    Locked { path: PathBuf },
+    #[error("state dir {path}: its RUN file says `{found}`, not a run number")]
+    Run { path: PathBuf, found: String },
     #[error("state dir {path} holds checkpoints of {found}, not of app `{app}` with {n_slots} slots; give this app a state dir of its own")]
     OtherApp {
         path: PathBuf,
@@ -58,6 +63,22 @@ pub(crate) struct Restored {
 
 pub(crate) struct StateDir {
     path: PathBuf,
+    /// Held (`flock`) while this engine runs: a second engine on the dir is refused.
+    _lock: File,
+}
+
+/// Takes `LOCK` in `dir` for this process, or says who has it.
+fn lock(dir: &Path) -> Result<File, StateDirError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = File::create(&path).map_err(io_err(&path))?;
+    // SAFETY: `flock` on the descriptor of a file this function owns and keeps open; it only
+    // takes an advisory lock, released when the file is closed (or the process ends).
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if taken != 0 {
+        return Err(StateDirError::Locked { path: dir.into() });
+    }
+    Ok(file)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateDirError + '_ {
@@ -76,6 +97,7 @@ impl StateDir {
     /// Opens (or creates) the state dir of `app`; refused if it holds another app's checkpoints.
     pub fn open(path: &Path, app: &str, n_slots: u32) -> Result<Self, StateDirError> {
         fs::create_dir_all(path).map_err(io_err(path))?;
+        let lock = lock(path)?;
         let id_path = path.join("IDENTITY");
         let want = identity(app, n_slots);
         match fs::read_to_string(&id_path) {
@@ -98,7 +120,10 @@ impl StateDir {
             }
             Err(e) => return Err(io_err(&id_path)(e)),
         }
-        Ok(StateDir { path: path.into() })
+        Ok(StateDir {
+            path: path.into(),
+            _lock: lock,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -108,8 +133,11 @@ impl StateDir {
     /// Counts this start: the run number, one more than the last start's, written durably.
     pub fn next_run(&self) -> Result<u64, StateDirError> {
         let path = self.path.join("RUN");
-        let last = match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse().unwrap_or(0),
+        let last: u64 = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| StateDirError::Run {
+                path: path.clone(),
+                found: text.trim().chars().take(40).collect(),
+            })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err(&path)(e)),
         };
@@ -156,13 +184,14 @@ impl StateDir {
         Ok(m)
     }
 
-    /// The newest checkpoint that reads back whole, skipping (loudly) any that does not.
-    pub fn latest(&self) -> Option<Restored> {
+    /// The newest checkpoint that reads back whole and that `accept` takes, skipping (loudly)
+    /// any that does not.
+    pub fn restore<T>(&self, mut accept: impl FnMut(Restored) -> Result<T, String>) -> Option<T> {
         for checkpoint in self.manifests() {
-            match self
+            let read = self
                 .read_manifest(checkpoint)
-                .and_then(|m| self.read_parts(m))
-            {
+                .and_then(|m| self.read_parts(m));
+            match read.and_then(&mut accept) {
                 Ok(restored) => return Some(restored),
                 Err(reason) => tracing::error!(
                     checkpoint,

@@ -28,9 +28,21 @@ pub(crate) struct SourceConnection {
     pub pending: Vec<u8>,
     /// The largest event time a previous reader read (its watermark goes on from there).
     pub latest: Option<u64>,
-    /// A durable stream (its id and frames routed so far), once its hello was read; `None`
-    /// for a connection not read yet (its first frame says) or a plain one (`Some(None)`).
-    pub durable: Option<Option<(crate::runtime::core::StreamId, u64)>>,
+    pub kind: ConnectionKind,
+}
+
+/// What a source connection carries, which its first frame says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ConnectionKind {
+    /// Its first frame was not read yet.
+    Unread,
+    /// Frames; what a crash catches in flight is lost.
+    Plain,
+    /// A durable stream: its id, and the frames of it routed so far.
+    Durable {
+        id: crate::runtime::core::StreamId,
+        position: u64,
+    },
 }
 
 /// What one core says to another, on this node or across a link (where it travels as itself).
@@ -80,9 +92,7 @@ pub(crate) enum PeerMsg {
     /// stage-0 barriers.
     Checkpoint {
         checkpoint: u64,
-        /// Archive every slot, not only those changed since the last checkpoint (the last
-        /// attempt's archives were lost).
-        full: bool,
+        scope: Scope,
     },
     /// Checkpoint `checkpoint` is called off: apply what its alignment held back.
     CheckpointAbort {
@@ -121,6 +131,15 @@ pub(crate) enum PeerMsg {
     Stop {
         producers: Vec<CoreId>,
     },
+}
+
+/// Which slots a checkpoint archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) enum Scope {
+    /// Those changed since the last checkpoint.
+    Changed,
+    /// Every slot (the last attempt's archives were lost).
+    Everything,
 }
 
 /// Why a peer's message cannot be delivered to a core of a cluster of `n_slots` slots.

@@ -12,15 +12,11 @@ use thiserror::Error;
 
 use super::Coordinator;
 use crate::checkpoint::{merge_marks, Manifest, SourceMark};
-
-/// The source marks of the last checkpoint written, if any.
-fn c_last_sources(c: &Option<Checkpoints>) -> &[SourceMark] {
-    (c.as_ref().and_then(|c| c.last.as_ref())).map_or(&[], |m| &m.sources)
-}
 use crate::dataflow::{Dataflow, StagePart};
 use crate::node::state_dir::{Restored, StateDir};
 use crate::routing::{CoreId, RoutingTable};
-use crate::runtime::messages::{CoreMsg, PeerMsg, Snapshot};
+use crate::runtime::messages::{CoreMsg, FileSource, PeerMsg, Scope, Snapshot};
+use crate::runtime::{Config, Input};
 
 /// Why a checkpoint was not taken. The previous one stands; the next interval tries again.
 #[derive(Debug, Clone, Error)]
@@ -83,7 +79,7 @@ pub(crate) struct Checkpoints {
     last: Option<Manifest>,
     next: u64,
     /// The cores' archives of the last failed attempt were lost: write every slot next time.
-    full_next: bool,
+    next_scope: Scope,
     pub status: CheckpointStatus,
 }
 
@@ -93,6 +89,55 @@ pub(crate) struct Restore {
     pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
     /// Where each file source and durable stream stood.
     pub offsets: Vec<SourceMark>,
+}
+
+/// How a node's coordinator starts: from the newest checkpoint that restores, or afresh.
+pub(super) struct Start {
+    pub table: RoutingTable,
+    pub ids: Vec<CoreId>,
+    pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
+    pub offsets: Vec<SourceMark>,
+}
+
+impl Start {
+    pub fn from(
+        checkpoints: Option<&mut Checkpoints>,
+        dataflow: &Dataflow,
+        config: &Config,
+    ) -> Self {
+        let restored = match checkpoints {
+            Some(c) => {
+                let r = c.restore(dataflow, config.n_slots);
+                // Never a number in use, even by a checkpoint that could not be restored.
+                c.skip_past_existing();
+                r
+            }
+            None => None,
+        };
+        let Some(r) = restored else {
+            return Start {
+                table: RoutingTable::uniform(config.n_slots, config.cores as CoreId),
+                ids: (0..config.cores as CoreId).collect(),
+                per_core: BTreeMap::new(),
+                offsets: Vec::new(),
+            };
+        };
+        let ids: std::collections::BTreeSet<CoreId> =
+            (0..r.table.n_slots()).map(|s| r.table.owner(s)).collect();
+        if ids.len() != config.cores {
+            tracing::info!(
+                "the checkpoint had {} cores: starting with those (not --cores {}); grow or shrink to change",
+                ids.len(),
+                config.cores
+            );
+        }
+        Start {
+            table: r.table,
+            ids: ids.into_iter().collect(),
+            per_core: r.per_core,
+            offsets: r.offsets,
+        }
+    }
 }
 
 impl Checkpoints {
@@ -108,46 +153,19 @@ impl Checkpoints {
             dir,
             last: None,
             next: 1,
-            full_next: false,
+            next_scope: Scope::Changed,
             status,
         })
     }
 
-    /// Reads back the newest complete checkpoint, if any, into what each core starts with.
+    /// Reads back the newest checkpoint that restores whole (skipping, loudly, any that does
+    /// not), into what each core starts with.
     pub fn restore(&mut self, dataflow: &Dataflow, n_slots: u32) -> Option<Restore> {
         let started = Instant::now();
-        let Restored {
-            manifest,
-            parts,
-            bytes,
-        } = self.dir.latest()?;
-        let Some(table) = manifest.table() else {
-            tracing::error!(
-                checkpoint = manifest.checkpoint,
-                "its routing table is invalid; starting empty"
-            );
-            return None;
-        };
-        let mut per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>> = BTreeMap::new();
-        for (part, archives) in parts {
-            match dataflow.read_part(part.stage, part.slot, n_slots, archives) {
-                Ok(p) => per_core
-                    .entry(table.owner(part.slot))
-                    .or_default()
-                    .push((part.stage, part.slot, p)),
-                Err(e) => {
-                    // Checksummed on disk, so a bug or another build: say so, never guess.
-                    tracing::error!(
-                        checkpoint = manifest.checkpoint,
-                        "stage {} slot {}: {e}; starting empty",
-                        part.stage,
-                        part.slot
-                    );
-                    return None;
-                }
-            }
-        }
-        let offsets = manifest.sources.clone();
+        let (manifest, restore, bytes) = self.dir.restore(|r| {
+            let restore = decode(dataflow, n_slots, &r)?;
+            Ok((r.manifest, restore, r.bytes))
+        })?;
         tracing::info!(
             checkpoint = manifest.checkpoint,
             bytes,
@@ -159,15 +177,10 @@ impl Checkpoints {
         self.status.restored_from = Some(manifest.checkpoint);
         self.status.last = Some(info(&manifest, Duration::ZERO));
         self.last = Some(manifest);
-        Some(Restore {
-            table,
-            per_core,
-            offsets,
-        })
+        Some(restore)
     }
 
-    /// Where to start counting when nothing could be restored: after every checkpoint on disk,
-    /// so a number is never reused.
+    /// Counts on after every checkpoint on disk (restored or not), so a number is never reused.
     pub fn skip_past_existing(&mut self) {
         if let Some(newest) = self.dir.newest() {
             self.next = self.next.max(newest.checkpoint + 1);
@@ -183,6 +196,32 @@ enum Last {
     Final,
 }
 
+/// A checkpoint read back, as each core's slots: a part the app cannot read (another build of
+/// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable.
+fn decode(dataflow: &Dataflow, n_slots: u32, r: &Restored) -> Result<Restore, String> {
+    let table = (r.manifest.table()).ok_or("its routing table is invalid")?;
+    let mut per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>> = BTreeMap::new();
+    for (part, archives) in &r.parts {
+        if part.slot >= n_slots {
+            return Err(format!("it stores slot {}, beyond {n_slots}", part.slot));
+        }
+        let p = dataflow
+            .read_part(part.stage, part.slot, n_slots, archives.clone())
+            .map_err(|e| format!("stage {} slot {}: {e}", part.stage, part.slot))?;
+        (per_core.entry(table.owner(part.slot)).or_default()).push((part.stage, part.slot, p));
+    }
+    Ok(Restore {
+        table,
+        per_core,
+        offsets: r.manifest.sources.clone(),
+    })
+}
+
+/// The source marks of the last checkpoint written, if any.
+fn last_sources(c: &Option<Checkpoints>) -> &[SourceMark] {
+    (c.as_ref().and_then(|c| c.last.as_ref())).map_or(&[], |m| &m.sources)
+}
+
 fn info(m: &Manifest, duration: Duration) -> CheckpointInfo {
     CheckpointInfo {
         checkpoint: m.checkpoint,
@@ -194,6 +233,26 @@ fn info(m: &Manifest, duration: Duration) -> CheckpointInfo {
 }
 
 impl Coordinator {
+    /// Gives the file sources to this node's first core (no shrink removes it), each from
+    /// where the checkpoint says it stood.
+    pub(super) fn read_files(&self, offsets: &[SourceMark]) {
+        let Some(first) = self.local_ids().first().map(|id| &self.cores[id].addr) else {
+            return;
+        };
+        for (source, input) in self.config.inputs.iter().enumerate() {
+            if let Input::File(input) = input {
+                let offset = (offsets.iter())
+                    .find(|m| m.source == source as u32 && m.stream.is_empty())
+                    .map_or(0, |m| m.offset);
+                first.send_control(CoreMsg::ReadFile(FileSource {
+                    source,
+                    input: input.clone(),
+                    offset,
+                }));
+            }
+        }
+    }
+
     fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -292,7 +351,7 @@ impl Coordinator {
         let c = self.checkpoints.as_mut().expect("checked");
         let checkpoint = c.next;
         c.next += 1;
-        let full = std::mem::take(&mut c.full_next);
+        let scope = std::mem::replace(&mut c.next_scope, Scope::Changed);
         let taken_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -300,7 +359,7 @@ impl Coordinator {
         for id in &cores {
             self.cores[id]
                 .addr
-                .send_control(PeerMsg::Checkpoint { checkpoint, full });
+                .send_control(PeerMsg::Checkpoint { checkpoint, scope });
         }
         let snapshots = match self.gather(checkpoint, &cores, last) {
             Ok(s) => s,
@@ -311,7 +370,7 @@ impl Coordinator {
                         .send_control(PeerMsg::CheckpointAbort { checkpoint });
                 }
                 // Some cores archived their changes for nothing: write every slot next time.
-                self.checkpoints.as_mut().expect("checked").full_next = true;
+                self.checkpoints.as_mut().expect("checked").next_scope = Scope::Everything;
                 return Err(e);
             }
         };
@@ -324,7 +383,7 @@ impl Coordinator {
                 .map(|s| self.table.owner(s))
                 .collect(),
             sources: merge_marks(
-                c_last_sources(&self.checkpoints),
+                last_sources(&self.checkpoints),
                 snapshots.iter().flat_map(|s| s.sources.clone()).collect(),
             ),
             parts: Vec::new(),
@@ -350,7 +409,7 @@ impl Coordinator {
                 Ok(info)
             }
             Err(e) => {
-                c.full_next = true;
+                c.next_scope = Scope::Everything;
                 Err(CheckpointError::Write {
                     checkpoint,
                     reason: e.to_string(),
@@ -407,4 +466,16 @@ impl Coordinator {
         }
         Ok(got.into_values().collect())
     }
+}
+
+/// A new run's id: random, or from the clock if the system has no random source.
+pub(super) fn run_id() -> u64 {
+    let mut bytes = [0; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
 }

@@ -18,7 +18,6 @@ use hdrhistogram::Histogram;
 
 use super::status::{ChangeError, ChangeReport, JoinRefusal, MigrationProgress, View};
 use super::StartError;
-use crate::checkpoint::SourceMark;
 use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire};
 use crate::cluster::Node;
 use crate::dataflow::{Dataflow, StagePart};
@@ -26,13 +25,14 @@ use crate::metrics::{latency_histogram, CoreReport, Retired};
 use crate::planner::{plan, Change};
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::core::{CoreSetup, DurableStreams};
-use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, FileSource, PeerMsg, Snapshot};
+use crate::runtime::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg, Snapshot};
 use crate::runtime::{core_channels, online_cpus, spawn_core, Config, Input};
 
 mod checkpoint;
 mod ids;
 mod migrate;
 pub(crate) use checkpoint::Checkpoints;
+use checkpoint::Start;
 pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointStatus};
 use migrate::Aborted;
 pub use migrate::MAX_SLOTS_PER_STEP;
@@ -96,63 +96,19 @@ impl Coordinator {
         events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
         mut checkpoints: Option<Checkpoints>,
     ) -> Result<Self, StartError> {
-        let restored = (checkpoints.as_mut()).and_then(|c| c.restore(&dataflow, config.n_slots));
-        if let (Some(c), None) = (&mut checkpoints, &restored) {
-            c.skip_past_existing();
-        }
-        let (table, ids, offsets) = match restored {
-            Some(r) => {
-                let ids: BTreeSet<CoreId> =
-                    (0..r.table.n_slots()).map(|s| r.table.owner(s)).collect();
-                let ids: Vec<CoreId> = ids.into_iter().collect();
-                if ids.len() != config.cores {
-                    tracing::info!(
-                        "the checkpoint had {} cores: starting with those (not --cores {}); grow or shrink to change",
-                        ids.len(),
-                        config.cores
-                    );
-                }
-                (r.table, ids, (r.per_core, r.offsets))
-            }
-            None => (
-                RoutingTable::uniform(config.n_slots, config.cores as CoreId),
-                (0..config.cores as CoreId).collect(),
-                Default::default(),
-            ),
-        };
-        let mut c = Self::new(config, dataflow, node, events, table);
-        let (per_core, offsets) = offsets;
-        c.restoring = per_core;
-        c.streams = Arc::new(DurableStreams::restored(&offsets));
+        let start = Start::from(checkpoints.as_mut(), &dataflow, &config);
+        let mut c = Self::new(config, dataflow, node, events, start.table);
+        c.restoring = start.per_core;
+        c.streams = Arc::new(DurableStreams::restored(&start.offsets));
         if let Some(k) = &checkpoints {
             c.run = k.run;
         }
         c.checkpoints = checkpoints;
-        c.spawn_cores(&ids)?;
-        c.read_files(&offsets);
+        c.spawn_cores(&start.ids)?;
+        c.read_files(&start.offsets);
         c.publish(None);
         c.view.lock().unwrap().checkpoints = c.checkpoints.as_ref().map(|k| k.status.clone());
         Ok(c)
-    }
-
-    /// Gives the file sources to this node's first core (no shrink removes it), each from
-    /// where the checkpoint says it stood.
-    fn read_files(&self, offsets: &[SourceMark]) {
-        let Some(first) = self.local_ids().first().map(|id| &self.cores[id].addr) else {
-            return;
-        };
-        for (source, input) in self.config.inputs.iter().enumerate() {
-            if let Input::File(input) = input {
-                let offset = (offsets.iter())
-                    .find(|m| m.source == source as u32 && m.stream.is_empty())
-                    .map_or(0, |m| m.offset);
-                first.send_control(CoreMsg::ReadFile(FileSource {
-                    source,
-                    input: input.clone(),
-                    offset,
-                }));
-            }
-        }
     }
 
     /// A member node's cores, as the coordinator's welcome names them, knowing every core of
@@ -200,7 +156,7 @@ impl Coordinator {
             checkpoints: None,
             snapshots: flume::unbounded(),
             restoring: BTreeMap::new(),
-            run: run_id(),
+            run: checkpoint::run_id(),
             streams: Arc::default(),
         }
     }
@@ -852,16 +808,4 @@ impl Coordinator {
         self.publish(None);
         reports
     }
-}
-
-/// A new run's id: random, or from the clock if the system has no random source.
-fn run_id() -> u64 {
-    let mut bytes = [0; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
-    }
-    u64::from_le_bytes(bytes)
 }

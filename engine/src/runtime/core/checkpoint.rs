@@ -170,15 +170,18 @@ impl Core {
 
     /// The node gave up on `checkpoint` (a core did not answer in time): nothing waits any more.
     pub(super) fn abort_checkpoint(self: &Rc<Self>, checkpoint: u64) {
-        let mut keyed = self.keyed.borrow_mut();
-        if keyed.alignment().running() != Some(checkpoint) {
-            return;
+        // Also when it has not started here: its barriers still on the data lanes must not
+        // start a round that nobody ends.
+        let ended = self.keyed.borrow_mut().alignment().call_off(checkpoint);
+        if (self.checkpointing.snapshot.borrow().as_ref())
+            .is_some_and(|s| s.checkpoint <= checkpoint)
+        {
+            self.checkpointing.snapshot.borrow_mut().take();
         }
-        keyed.alignment().finish();
-        drop(keyed);
-        self.checkpointing.snapshot.borrow_mut().take();
-        self.release_held();
-        tracing::warn!(core = self.id, checkpoint, "checkpoint called off");
+        if ended {
+            self.release_held();
+            tracing::warn!(core = self.id, checkpoint, "checkpoint called off");
+        }
     }
 
     fn checkpoint_failed(&self, checkpoint: u64, error: String) {

@@ -118,17 +118,19 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
     let mut failures = 0u32;
     // Once the core is done: when to stop waiting for the receiver.
     let mut give_up_at: Option<std::time::Instant> = None;
+    // Outputs taken from the buffer so far (they count as written once they are sent).
+    let mut framed = 0u64;
     loop {
-        // Take what waits, if anything.
-        if !state.buffers.borrow()[i].is_empty() {
+        // Take what waits, only while connected: with the receiver away the buffer fills and
+        // holds the core back, as for any sink.
+        if conn.is_some() && !state.buffers.borrow()[i].is_empty() {
             state.buffers.borrow_mut()[i].swap_contents(&mut writing);
             state.progress.notify_all();
             frame_buffer(&writing, &mut unacked.borrow_mut());
             let n = writing.records().1.len() as u64;
             core.report.borrow_mut().outputs += n;
-            state.written[i].set(state.written[i].get() + n);
+            framed += n;
             writing.clear();
-            state.progress.notify_all();
         }
         if conn.as_ref().is_some_and(|(_, acks)| acks.broken.get()) {
             conn = None;
@@ -145,10 +147,12 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
                 Ok((write, acks)) => {
                     unacked.borrow_mut().acknowledged(acks.held.get());
                     state.acked[i].set(acks.held.get());
+                    state.progress.notify_all();
                     state.down[i].set(false);
                     failures = 0;
                     sent = 0;
                     conn = Some((write, acks));
+                    continue;
                 }
                 Err(e) => {
                     if failures.is_multiple_of(50) {
@@ -195,7 +199,12 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
                 write.flush().await
             };
             match wrote.await {
-                Ok(()) => sent += pending.len(),
+                Ok(()) => {
+                    sent += pending.len();
+                    // Written: a slot handed over after this finds its outputs gone ahead.
+                    state.written[i].set(framed);
+                    state.progress.notify_all();
+                }
                 Err(e) => {
                     tracing::warn!(sink = %addr, "exactly-once sink connection lost: {e}; reconnecting to resend from what it holds");
                     conn = None;

@@ -110,12 +110,12 @@ async fn step(
         match reader.next_message() {
             Ok(Some(message)) => match pipeline.push(message, ingress_ns, &table) {
                 Ok(()) => frames += 1,
+                // A file cannot be sent again: the message is skipped (and counted), the rest
+                // read; a restart skips it the same way.
                 Err(e) => {
                     let at = reader.offset();
-                    break Err(format!(
-                        "{} before byte {at}: a message was rejected by the decoder: {e}",
-                        reader.path().display()
-                    ));
+                    tracing::error!(core = core.id, "{} before byte {at}: a message was rejected by the decoder and skipped: {e}", reader.path().display());
+                    core.report.borrow_mut().connection_errors += 1;
                 }
             },
             Ok(None) if read_nothing => break Ok(Stepped::AtEnd),

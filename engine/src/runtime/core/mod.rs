@@ -34,7 +34,7 @@ use self::peers::{NoRoute, Peers};
 use self::shutdown::Shutdown;
 use self::sink::Sink;
 use self::sources::Sources;
-use super::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg, Snapshot};
+use super::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg, Scope, Snapshot};
 use super::notify::Notify;
 use super::{Config, Guarantee};
 use crate::dataflow::{Dataflow, Out, SendBatch, SourcePipeline, StagePart, Stages};
@@ -341,8 +341,8 @@ impl Core {
                 checkpoint,
                 stage,
             } => self.barrier_in(checkpoint, from, stage as usize),
-            PeerMsg::Checkpoint { checkpoint, full } => {
-                if full {
+            PeerMsg::Checkpoint { checkpoint, scope } => {
+                if scope == Scope::Everything {
                     self.keyed.borrow_mut().mark_all_changed();
                 }
                 self.start_checkpoint(checkpoint)

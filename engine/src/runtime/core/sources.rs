@@ -21,7 +21,7 @@ use crate::checkpoint::SourceMark;
 use crate::dataflow::SourcePipeline;
 use crate::metrics::now_ns;
 use crate::routing::CoreId;
-use crate::runtime::messages::{CoreEvent, CoreMsg, SourceConnection};
+use crate::runtime::messages::{ConnectionKind, CoreEvent, CoreMsg, SourceConnection};
 use crate::runtime::notify::Notify;
 use crate::step::DecodeError;
 use quokka_io::durable::Answer;
@@ -208,11 +208,9 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         stream,
         pending,
         latest,
-        durable,
+        kind,
     } = conn;
-    // `Some(None)`: a plain connection; `Some(Some(_))`: a durable stream; `None`: its first
-    // frame will say.
-    let mut durable = durable;
+    let mut kind = kind;
     let sources = &core.sources;
     let peer = stream
         .peer_addr()
@@ -242,7 +240,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         .unwrap_or_default();
     tracing::debug!(core = core.id, %peer, source = %source_name, "reading source connection");
 
-    if let Some(Some((id, position))) = &durable {
+    if let ConnectionKind::Durable { id, position } = &kind {
         if let Some(writer) = sources
             .open
             .borrow()
@@ -264,29 +262,33 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
     let ended = 'read: loop {
         // Work through what was read in bounded steps, yielding between them.
         loop {
-            if durable.is_none() {
+            if kind == ConnectionKind::Unread {
                 match hello(&core, key, source, &mut reader) {
-                    Ok(Some(d)) => durable = Some(d),
-                    Ok(None) => break,
+                    Ok(ConnectionKind::Unread) => break,
+                    Ok(k) => kind = k,
                     Err(e) => break 'read Ended::Failed(e),
                 }
             }
-            let stepped = step(&core, &mut reader, &mut *pipeline, now).await;
+            let Stepped {
+                consumed,
+                more,
+                error,
+            } = step(&core, &mut reader, &mut *pipeline, now).await;
             core.source_mark(key, pipeline.watermark(), now);
-            match stepped {
-                Ok((more, frames)) => {
-                    if let Some(Some((id, position))) = &mut durable {
-                        *position += frames as u64;
-                        sources.durables.borrow_mut().routed(key, id, *position);
-                    }
-                    if !more {
-                        break;
-                    }
-                    core.poke_inbox();
-                    future::yield_now().await
-                }
-                Err(e) => break 'read Ended::Failed(e),
+            if let ConnectionKind::Durable { id, position } = &mut kind {
+                // Every frame taken off the stream counts, a rejected one too: a resend goes
+                // on after it (the error says which frame it was).
+                *position += consumed as u64;
+                sources.durables.borrow_mut().routed(key, id, *position);
             }
+            if let Some(e) = error {
+                break 'read Ended::Failed(e);
+            }
+            if !more {
+                break;
+            }
+            core.poke_inbox();
+            future::yield_now().await
         }
         if sources.leaving.get() {
             break Ended::Leaving;
@@ -306,7 +308,9 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
     };
     let handle = sources.open.borrow_mut().remove(&key);
     sources.durables.borrow_mut().open.remove(&key);
-    if let (Some(Some((id, position))), false) = (&durable, matches!(ended, Ended::Leaving)) {
+    if let (ConnectionKind::Durable { id, position }, false) =
+        (&kind, matches!(ended, Ended::Leaving))
+    {
         core.streams.disconnect(id, *position);
     }
     if let (Ended::Cut { .. } | Ended::Failed(_), Some(stream)) = (&ended, &handle) {
@@ -330,7 +334,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
                     stream,
                     pending,
                     latest: pipeline.latest(),
-                    durable,
+                    kind,
                 });
             }
         }
@@ -364,22 +368,21 @@ pub(super) fn is_cut(core: &Core) -> bool {
 
 /// A fresh connection's first frame, once it is here: a durable hello makes it a durable
 /// stream (answered with where the stream stands, or refused), anything else a plain
-/// connection. `Ok(None)` while the frame is not whole yet.
-#[allow(clippy::type_complexity)]
+/// connection. `Unread` while the frame is not whole yet.
 fn hello(
     core: &Core,
     key: u64,
     source: usize,
     reader: &mut FrameReader,
-) -> Result<Option<Option<(StreamId, u64)>>, ConnectionError> {
+) -> Result<ConnectionKind, ConnectionError> {
     let frame = match reader.peek_frame() {
         Ok(Some(frame)) => frame,
-        Ok(None) => return Ok(None),
+        Ok(None) => return Ok(ConnectionKind::Unread),
         // The step reports it.
-        Err(_) => return Ok(Some(None)),
+        Err(_) => return Ok(ConnectionKind::Plain),
     };
     let Some(name) = quokka_io::durable::hello_name(frame) else {
-        return Ok(Some(None));
+        return Ok(ConnectionKind::Plain);
     };
     let name = name.map(str::to_owned);
     let _ = reader.next_frame();
@@ -402,7 +405,7 @@ fn hello(
             conn.position = position;
             tracing::info!(core = core.id, stream = %id.1, position, "durable stream connected");
             core.sources.durables.borrow_mut().open.insert(key, conn);
-            Ok(Some(Some((id, position))))
+            Ok(ConnectionKind::Durable { id, position })
         }
         Err(why) => {
             conn.answer(&Answer::Refused(why.clone()));
@@ -412,23 +415,24 @@ fn hello(
 }
 
 /// One bounded step of a connection: up to [`FRAMES_PER_STEP`] frames decoded, routed and
-/// dispatched in one synchronous action. Returns whether more frames may be waiting, and how
-/// many it routed.
+/// dispatched in one synchronous action.
 async fn step(
     core: &Core,
     reader: &mut FrameReader,
     pipeline: &mut dyn SourcePipeline,
     ingress_ns: u64,
-) -> Result<(bool, usize), ConnectionError> {
+) -> Stepped {
     core.wait_room().await;
     let table = core.table.borrow().clone();
     let mut frames = 0;
     let mut error = None;
+    let mut rejected = 0;
     while frames < FRAMES_PER_STEP {
         match reader.next_frame() {
             Ok(Some(frame)) => match pipeline.push(frame, ingress_ns, &table) {
                 Ok(()) => frames += 1,
                 Err(e) => {
+                    rejected = 1;
                     error = Some(e.into());
                     break;
                 }
@@ -442,10 +446,20 @@ async fn step(
     }
     core.report.borrow_mut().frames += frames as u64;
     core.dispatch(pipeline);
-    match error {
-        Some(e) => Err(e),
-        None => Ok((frames == FRAMES_PER_STEP, frames)),
+    Stepped {
+        consumed: frames + rejected,
+        more: error.is_none() && frames == FRAMES_PER_STEP,
+        error,
     }
+}
+
+/// What a step did.
+struct Stepped {
+    /// Frames taken off the connection: routed, and one the decoder rejected.
+    consumed: usize,
+    /// More frames may be waiting.
+    more: bool,
+    error: Option<ConnectionError>,
 }
 
 /// A leaving core: once its connection tasks have stopped and everything they routed has
