@@ -3,6 +3,7 @@
 //! quoted as ratios. Results worth keeping go to `bench/RESULTS.md`.
 
 mod channels;
+mod checkpoint;
 mod cluster;
 mod market_spread;
 mod migrate;
@@ -44,6 +45,9 @@ enum Bench {
     /// Two nodes on this machine: cross-node routing against one node, and a node joining
     /// while a million words are in state.
     Cluster(cluster::Args),
+    /// Checkpoints with a million words in state: throughput and latency cost, bytes written
+    /// when 1% of the keys change, restore time, exactly-once latency.
+    Checkpoint(checkpoint::Args),
 }
 
 fn main() -> Result<()> {
@@ -61,5 +65,6 @@ fn main() -> Result<()> {
         Bench::Migrate(args) => migrate::run(args),
         Bench::MarketSpread(args) => market_spread::run(args),
         Bench::Cluster(args) => cluster::run(args),
+        Bench::Checkpoint(args) => checkpoint::run(args),
     }
 }
