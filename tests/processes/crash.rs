@@ -162,6 +162,7 @@ fn crash_while_appending_with(
     let writer = append_slowly(file.clone(), lines);
     let state = dir.join("state");
     let mut rng = Rng::seeded();
+    let mut changed = 0;
     for kill in 0..KILLS {
         let mut run = run_app_with(app, &file, &state, outs, extra);
         let change = changes.then(|| {
@@ -185,15 +186,24 @@ fn crash_while_appending_with(
         signal(&run.child, "-KILL");
         let _ = run.child.wait();
         if let Some(change) = change {
-            let _ = change.join();
+            let (code, _, _) = change.join().unwrap();
+            changed += usize::from(code == Some(0));
         }
     }
+    assert!(
+        !changes || changed > 0,
+        "no grow or shrink went through before its kill"
+    );
     writer.join().unwrap();
     let mut run = run_app_with(app, &file, &state, outs, extra);
     let read_all = format!("read to byte {len}\n");
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (_, status, _) = ctl(run.addrs.control(), &["status"]);
+        assert!(
+            status.contains("restored from checkpoint"),
+            "the last run restored nothing:\n{status}"
+        );
         if status.contains(&read_all) {
             break;
         }
@@ -313,6 +323,86 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before() {
     let expected: HashMap<String, u64> =
         [("a".to_string(), 3), ("b".into(), 2), ("c".into(), 1)].into();
     check_replayed_totals(&sink, &expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The checkpoint numbers with a file of `kind` (`manifest`, `parts`) in `state`, in order.
+fn numbered(state: &Path, kind: &str) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == kind))
+        .map(|p| (p.file_stem().unwrap().to_str().unwrap().parse().unwrap(), p))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_checkpoint_whose_parts_are_cut_short_is_skipped_and_its_input_replayed() {
+    let dir = temp_dir("cut");
+    let file = dir.join("words.txt");
+    append(&file, &["a b c".to_string()]);
+    let state = dir.join("state");
+    let sink = Sink::start(Records::Lines);
+    let start = || {
+        Service::start(
+            "word_count",
+            Command::new(quokka())
+                .args(["run", "word_count", "--follow", "--control", "127.0.0.1:0"])
+                .args(["--in", &format!("lines:{}", file.display())])
+                .args(["--out", &sink.addr().to_string()])
+                .args(["--state-dir", &state.display().to_string()])
+                .args(["--checkpoint-interval", "0s"]),
+        )
+    };
+    let mut run = start();
+    let control = run.addrs.control();
+    sink.wait_for(3);
+    let (code, first, err) = ctl(control, &["checkpoint"]);
+    assert_eq!(code, Some(0), "{first}{err}");
+    // One more `a`: the next checkpoint writes a's slot again, into a parts file of its own.
+    append(&file, &["a".to_string()]);
+    sink.wait_for(4);
+    let (code, out, err) = ctl(control, &["checkpoint"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    signal(&run.child, "-KILL");
+    let _ = run.child.wait();
+    let manifests = numbered(&state, "manifest");
+    let (newest, parts) = numbered(&state, "parts").pop().unwrap();
+    assert_eq!(
+        newest,
+        manifests.last().unwrap().0,
+        "the newest wrote a parts file"
+    );
+    let len = std::fs::metadata(&parts).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&parts)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let mut run = start();
+    let status = wait_status(run.addrs.control(), "not restored", |s| {
+        s.contains("restored from checkpoint")
+    });
+    let older = manifests[0].0;
+    assert!(
+        status.contains(&format!("restored from checkpoint {older} at start")),
+        "{status}"
+    );
+    // The `a` after the older checkpoint is read again: `a => 2` once more.
+    sink.wait_for(5);
+    signal(&run.child, "-INT");
+    run.wait_exit_ok();
+    let expected: HashMap<String, u64> =
+        [("a".to_string(), 2), ("b".into(), 1), ("c".into(), 1)].into();
+    assert_eq!(
+        check_replayed_totals(&sink, &expected),
+        1,
+        "one output repeated"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
