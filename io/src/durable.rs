@@ -6,8 +6,9 @@
 //!   to 255 bytes; one name per sender, the same on every reconnect);
 //! - the engine's answers, frames on the same connection: `P` + `u64` LE: it has applied
 //!   this many frames of the stream, send the next one; `A` + `u64` LE: a durable checkpoint
-//!   holds the first n frames, drop them; `X` + a reason (UTF-8): refused (no `--state-dir`,
-//!   or the stream is connected already), then it closes.
+//!   holds the first n frames, drop them; `B` + a reason: the stream is connected already (a
+//!   previous connection the engine has not seen end yet): try again later; `X` + a reason
+//!   (UTF-8): refused for good (no `--state-dir`, a bad name), then it closes.
 //!
 //! [`send_durably`] is the blocking client `quokka-send --durable` uses.
 
@@ -47,6 +48,8 @@ pub enum Answer {
     Position(u64),
     /// A durable checkpoint holds this many frames.
     Ack(u64),
+    /// The stream is connected already: try again later.
+    Busy(String),
     Refused(String),
 }
 
@@ -55,6 +58,7 @@ impl Answer {
         match self {
             Answer::Position(n) => [&[b'P'][..], &n.to_le_bytes()].concat(),
             Answer::Ack(n) => [&[b'A'][..], &n.to_le_bytes()].concat(),
+            Answer::Busy(why) => [&[b'B'][..], why.as_bytes()].concat(),
             Answer::Refused(why) => [&[b'X'][..], why.as_bytes()].concat(),
         }
     }
@@ -71,6 +75,9 @@ impl Answer {
         match payload.first()? {
             b'P' if payload.len() == 9 => Some(Answer::Position(number()?)),
             b'A' if payload.len() == 9 => Some(Answer::Ack(number()?)),
+            b'B' => Some(Answer::Busy(
+                String::from_utf8_lossy(&payload[1..]).into_owned(),
+            )),
             b'X' => Some(Answer::Refused(
                 String::from_utf8_lossy(&payload[1..]).into_owned(),
             )),
@@ -167,7 +174,7 @@ fn connection(
     let answer = read_frame(&mut stream, 1 << 16).map_err(io::Error::from)?;
     let position = match answer.as_deref().and_then(Answer::decode) {
         Some(Answer::Position(p)) => p,
-        Some(Answer::Refused(why)) if why.contains("connected already") => return Err(Stop(None)),
+        Some(Answer::Busy(_)) => return Err(Stop(None)),
         Some(Answer::Refused(why)) => return Err(Stop(Some(DurableError::Refused(why)))),
         _ => return Err(Stop(None)),
     };
@@ -230,6 +237,7 @@ mod tests {
         for a in [
             Answer::Position(7),
             Answer::Ack(u64::MAX),
+            Answer::Busy("later".into()),
             Answer::Refused("no".into()),
         ] {
             assert_eq!(Answer::decode(&a.encode()), Some(a));

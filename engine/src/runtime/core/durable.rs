@@ -15,6 +15,27 @@ use quokka_io::durable::Answer;
 
 use crate::checkpoint::SourceMark;
 
+/// Why a durable stream is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// For now: its last connection has not ended here yet.
+    #[error("stream `{0}` is connected already")]
+    Connected(String),
+    #[error("durable streams need checkpoints: start the engine with --state-dir")]
+    NoStateDir,
+    #[error("{0}")]
+    BadHello(String),
+}
+
+impl Refusal {
+    pub fn answer(&self) -> Answer {
+        match self {
+            Refusal::Connected(_) => Answer::Busy(self.to_string()),
+            _ => Answer::Refused(self.to_string()),
+        }
+    }
+}
+
 /// A stream: its source and the name its sender gave.
 pub(crate) type StreamId = (u32, String);
 
@@ -46,11 +67,11 @@ impl DurableStreams {
     }
 
     /// A connection takes `id` over: where it stands, or why not.
-    pub fn connect(&self, id: &StreamId) -> Result<u64, String> {
+    pub fn connect(&self, id: &StreamId) -> Result<u64, Refusal> {
         let mut streams = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let s = streams.entry(id.clone()).or_default();
         if s.connected {
-            return Err(format!("stream `{}` is connected already", id.1));
+            return Err(Refusal::Connected(id.1.clone()));
         }
         s.connected = true;
         Ok(s.position)

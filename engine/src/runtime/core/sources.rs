@@ -15,7 +15,7 @@ use futures_lite::future;
 use quokka_io::framing::FrameError;
 use quokka_io::tcp::{FrameReader, SourceError};
 
-use super::durable::{DurableConn, Durables, StreamId};
+use super::durable::{DurableConn, Durables, Refusal, StreamId};
 use super::Core;
 use crate::checkpoint::SourceMark;
 use crate::dataflow::SourcePipeline;
@@ -163,7 +163,9 @@ enum ConnectionError {
     #[error(transparent)]
     Read(#[from] SourceError),
     #[error("durable stream refused: {0}")]
-    Durable(String),
+    Durable(#[from] Refusal),
+    #[error("cannot answer the durable sender: {0}")]
+    Answer(std::io::Error),
 }
 
 enum Wake {
@@ -388,14 +390,14 @@ fn hello(
     let _ = reader.next_frame();
     let Some(writer) = (core.sources.open.borrow().get(&key)).and_then(|s| s.try_clone().ok())
     else {
-        return Err(ConnectionError::Durable("cannot answer the sender".into()));
+        return Err(ConnectionError::Answer(std::io::Error::other(
+            "no socket to answer on",
+        )));
     };
     let id: StreamId = (source as u32, name.clone().unwrap_or_default());
     let position = match name {
-        Err(why) => Err(why),
-        Ok(_) if core.config.state_dir.is_none() => {
-            Err("durable streams need checkpoints: start the engine with --state-dir".to_string())
-        }
+        Err(why) => Err(Refusal::BadHello(why)),
+        Ok(_) if core.config.state_dir.is_none() => Err(Refusal::NoStateDir),
         Ok(_) => core.streams.connect(&id),
     };
     let mut conn = DurableConn::new(id.clone(), 0, writer);
@@ -407,9 +409,9 @@ fn hello(
             core.sources.durables.borrow_mut().open.insert(key, conn);
             Ok(ConnectionKind::Durable { id, position })
         }
-        Err(why) => {
-            conn.answer(&Answer::Refused(why.clone()));
-            Err(ConnectionError::Durable(why))
+        Err(refusal) => {
+            conn.answer(&refusal.answer());
+            Err(ConnectionError::Durable(refusal))
         }
     }
 }
