@@ -45,6 +45,45 @@ pub enum StateDirError {
     },
 }
 
+/// Why a checkpoint on disk cannot be restored (it is skipped for the one before).
+#[derive(Debug, Error)]
+pub enum Unusable {
+    #[error("{path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
+    #[error("{path}: {error}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        error: crate::checkpoint::ManifestError,
+    },
+    #[error("{path} names checkpoint {names}")]
+    Renamed { path: PathBuf, names: u64 },
+    #[error("{path}: {} bytes at {}: {error} (cut short?)", .span.len, .span.offset)]
+    Cut {
+        path: PathBuf,
+        span: Span,
+        error: io::Error,
+    },
+    #[error("{path}: stage {stage} slot {slot}: checksum mismatch ({} bytes at {}): corrupt", .span.len, .span.offset)]
+    Checksum {
+        path: PathBuf,
+        stage: u32,
+        slot: u32,
+        span: Span,
+    },
+    #[error("its routing table is invalid")]
+    Table,
+    #[error("it stores slot {slot}, beyond the cluster's {n_slots}")]
+    Slot { slot: u32, n_slots: u32 },
+    #[error("stage {stage} slot {slot}: {error}")]
+    Decode {
+        stage: u32,
+        slot: u32,
+        #[source]
+        error: crate::archive::ArchiveError,
+    },
+}
+
 /// Why a checkpoint could not be written (nothing durable is touched: the previous one stands).
 #[derive(Debug, Error)]
 #[error("writing {path}: {error}")]
@@ -170,23 +209,28 @@ impl StateDir {
         found
     }
 
-    fn read_manifest(&self, checkpoint: u64) -> Result<Manifest, String> {
+    fn read_manifest(&self, checkpoint: u64) -> Result<Manifest, Unusable> {
         let path = self.path.join(format!("{checkpoint:012}.manifest"));
-        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = fs::read(&path).map_err(|error| Unusable::Read {
+            path: path.clone(),
+            error,
+        })?;
+        let m = Manifest::decode(&bytes).map_err(|error| Unusable::Manifest {
+            path: path.clone(),
+            error,
+        })?;
         if m.checkpoint != checkpoint {
-            return Err(format!(
-                "{} names checkpoint {}",
-                path.display(),
-                m.checkpoint
-            ));
+            return Err(Unusable::Renamed {
+                path,
+                names: m.checkpoint,
+            });
         }
         Ok(m)
     }
 
     /// The newest checkpoint that reads back whole and that `accept` takes, skipping (loudly)
     /// any that does not.
-    pub fn restore<T>(&self, mut accept: impl FnMut(Restored) -> Result<T, String>) -> Option<T> {
+    pub fn restore<T>(&self, mut accept: impl FnMut(Restored) -> Result<T, Unusable>) -> Option<T> {
         for checkpoint in self.manifests() {
             let read = self
                 .read_manifest(checkpoint)
@@ -209,7 +253,7 @@ impl StateDir {
             .find_map(|n| self.read_manifest(n).ok())
     }
 
-    fn read_parts(&self, manifest: Manifest) -> Result<Restored, String> {
+    fn read_parts(&self, manifest: Manifest) -> Result<Restored, Unusable> {
         let mut files: std::collections::BTreeMap<u64, File> = Default::default();
         let mut parts = Vec::with_capacity(manifest.parts.len());
         let mut bytes = 0;
@@ -220,28 +264,26 @@ impl StateDir {
                     std::collections::btree_map::Entry::Occupied(f) => f.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {
                         let path = self.parts_path(span.file);
-                        v.insert(File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+                        let file =
+                            File::open(&path).map_err(|error| Unusable::Read { path, error })?;
+                        v.insert(file)
                     }
                 };
                 let mut buf = AlignedVec::with_capacity(span.len as usize);
                 buf.resize(span.len as usize, 0);
-                file.read_exact_at(&mut buf, span.offset).map_err(|e| {
-                    format!(
-                        "{}: {} bytes at {}: {e} (cut short?)",
-                        self.parts_path(span.file).display(),
-                        span.len,
-                        span.offset
-                    )
-                })?;
+                file.read_exact_at(&mut buf, span.offset)
+                    .map_err(|error| Unusable::Cut {
+                        path: self.parts_path(span.file),
+                        span,
+                        error,
+                    })?;
                 if stable_hash(&buf) != span.checksum {
-                    return Err(format!(
-                        "{}: stage {} slot {}: checksum mismatch ({} bytes at {}): corrupt",
-                        self.parts_path(span.file).display(),
-                        part.stage,
-                        part.slot,
-                        span.len,
-                        span.offset
-                    ));
+                    return Err(Unusable::Checksum {
+                        path: self.parts_path(span.file),
+                        stage: part.stage,
+                        slot: part.slot,
+                        span,
+                    });
                 }
                 bytes += span.len;
                 archives.push(buf);

@@ -13,7 +13,7 @@ use thiserror::Error;
 use super::Coordinator;
 use crate::checkpoint::{merge_marks, Manifest, SourceMark};
 use crate::dataflow::{Dataflow, StagePart};
-use crate::node::state_dir::{Restored, StateDir};
+use crate::node::state_dir::{Restored, StateDir, Unusable};
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::messages::{CoreMsg, FileSource, PeerMsg, Scope, Snapshot};
 use crate::runtime::{Config, Input};
@@ -162,10 +162,7 @@ impl Checkpoints {
     /// not), into what each core starts with.
     pub fn restore(&mut self, dataflow: &Dataflow, n_slots: u32) -> Option<Restore> {
         let started = Instant::now();
-        let (manifest, restore, bytes) = self.dir.restore(|r| {
-            let restore = decode(dataflow, n_slots, &r)?;
-            Ok((r.manifest, restore, r.bytes))
-        })?;
+        let (manifest, restore, bytes) = self.dir.restore(|r| decode(dataflow, n_slots, r))?;
         tracing::info!(
             checkpoint = manifest.checkpoint,
             bytes,
@@ -198,23 +195,30 @@ enum Last {
 
 /// A checkpoint read back, as each core's slots: a part the app cannot read (another build of
 /// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable.
-fn decode(dataflow: &Dataflow, n_slots: u32, r: &Restored) -> Result<Restore, String> {
-    let table = (r.manifest.table()).ok_or("its routing table is invalid")?;
+fn decode(
+    dataflow: &Dataflow,
+    n_slots: u32,
+    r: Restored,
+) -> Result<(Manifest, Restore, u64), Unusable> {
+    let table = (r.manifest.table()).ok_or(Unusable::Table)?;
     let mut per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>> = BTreeMap::new();
-    for (part, archives) in &r.parts {
-        if part.slot >= n_slots {
-            return Err(format!("it stores slot {}, beyond {n_slots}", part.slot));
+    for (part, archives) in r.parts {
+        let (stage, slot) = (part.stage, part.slot);
+        if slot >= n_slots {
+            return Err(Unusable::Slot { slot, n_slots });
         }
         let p = dataflow
-            .read_part(part.stage, part.slot, n_slots, archives.clone())
-            .map_err(|e| format!("stage {} slot {}: {e}", part.stage, part.slot))?;
+            .read_part(stage, slot, n_slots, archives)
+            .map_err(|error| Unusable::Decode { stage, slot, error })?;
         (per_core.entry(table.owner(part.slot)).or_default()).push((part.stage, part.slot, p));
     }
-    Ok(Restore {
+    let offsets = r.manifest.sources.clone();
+    let restore = Restore {
         table,
         per_core,
-        offsets: r.manifest.sources.clone(),
-    })
+        offsets,
+    };
+    Ok((r.manifest, restore, r.bytes))
 }
 
 /// The source marks of the last checkpoint written, if any.
