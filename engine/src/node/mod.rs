@@ -604,7 +604,10 @@ fn checkpoint_every(
     changing: &Mutex<Option<(String, Instant)>>,
     stopping: &AtomicBool,
 ) {
-    let mut next = Instant::now() + every;
+    // An interval past any clock never comes.
+    let Some(mut next) = Instant::now().checked_add(every) else {
+        return;
+    };
     loop {
         while Instant::now() < next {
             if stopping.load(Ordering::Acquire) {
@@ -612,7 +615,10 @@ fn checkpoint_every(
             }
             std::thread::sleep((next - Instant::now()).min(Duration::from_millis(20)));
         }
-        next = Instant::now() + every;
+        let Some(after) = Instant::now().checked_add(every) else {
+            return;
+        };
+        next = after;
         match coordinator.try_lock() {
             Ok(mut c) => {
                 // Failures are logged and shown by `status`.

@@ -140,9 +140,10 @@ struct RunArgs {
     #[arg(long)]
     follow: bool,
     /// Keep checkpoints here (a directory, created if missing; one per app and node): every
-    /// stage's entities and timers and where each file source stood. Started again with the
-    /// same command after a crash (kill -9, power cut), the engine restores the newest complete
-    /// checkpoint and file sources go on from there. What TCP sources had in flight is lost.
+    /// stage's entities and timers, and where each file source and durable stream stood.
+    /// Started again with the same command after a crash (kill -9, power cut), the engine
+    /// restores the newest complete checkpoint and those sources go on from there; what plain
+    /// TCP sources sent after it is lost.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
     /// How often to take a checkpoint (with --state-dir), e.g. `1s`, `100ms`; `0s` takes them
