@@ -26,7 +26,7 @@ pub enum FileError {
     Open { path: PathBuf, error: io::Error },
     #[error("cannot read {path}: {error}")]
     Read { path: PathBuf, error: io::Error },
-    #[error("{path} is {len} bytes, shorter than the checkpoint's offset {offset}: it is not the file that was read")]
+    #[error("{path} is {len} bytes, shorter than the offset {offset} read to: it is not the file that was read (cut back, or replaced)")]
     Shorter {
         path: PathBuf,
         len: u64,
@@ -138,6 +138,23 @@ impl FileReader {
         self.end += n;
         self.buf.truncate(self.end);
         self.at_end = n == 0;
+        if self.at_end {
+            // A file cut back (truncated, or replaced by a shorter one) is not the file that
+            // was read: going on at the old offset would skip or garble what it holds now.
+            let len = (self.file.metadata())
+                .map_err(|error| FileError::Read {
+                    path: self.path.clone(),
+                    error,
+                })?
+                .len();
+            if len < at {
+                return Err(FileError::Shorter {
+                    path: self.path.clone(),
+                    len,
+                    offset: at,
+                });
+            }
+        }
         Ok(n)
     }
 

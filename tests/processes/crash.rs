@@ -702,3 +702,67 @@ fn durable_senders_and_exactly_once_outputs_survive_kill_9_each_output_once() {
     check_exact_totals(&got.lock().unwrap(), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_directory_that_is_not_a_state_dir_and_not_empty_is_refused_and_left_alone() {
+    let dir = temp_dir("foreign");
+    let state = dir.join("notes");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("draft.tmp"), "precious").unwrap();
+    let out = quokka_output(&[
+        "run",
+        "word_count",
+        "--in",
+        "127.0.0.1:0",
+        "--out",
+        "127.0.0.1:1",
+        "--control",
+        "127.0.0.1:0",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is not a state dir") && err.contains("draft.tmp"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("draft.tmp")).unwrap(),
+        "precious"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_exactly_once_engine_stops_within_its_drain_timeout_when_the_sink_never_answers() {
+    let dir = temp_dir("mute");
+    // A sink that accepts and reads, and never answers a hello (not an exactly-once receiver).
+    let mute = Sink::start(Records::Lines);
+    let file = dir.join("words.txt");
+    append(&file, &["a b c".to_string()]);
+    let mut run = Service::start(
+        "word_count",
+        Command::new(quokka())
+            .args(["run", "word_count", "--control", "127.0.0.1:0"])
+            .args(["--in", &format!("lines:{}", file.display())])
+            .args(["--out", &mute.addr().to_string(), "--drain-timeout", "2"])
+            .args(["--state-dir", &dir.join("state").display().to_string()])
+            .args(["--guarantee", "exactly-once", "--checkpoint-interval", "0s"]),
+    );
+    let status = wait_status(run.addrs.control(), "the sink is not shown down", |s| {
+        s.contains("down (")
+    });
+    assert!(status.contains("none complete yet"), "{status}");
+    let asked = Instant::now();
+    signal(&run.child, "-INT");
+    run.wait_exit_uncrashed();
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "the stop took {:?}",
+        asked.elapsed()
+    );
+    let log = run.log_text();
+    assert!(log.contains("is it an exactly-once receiver"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,6 +32,8 @@ use crate::runtime::messages::Snapshot;
 pub enum StateDirError {
     #[error("state dir {path}: {error}")]
     Io { path: PathBuf, error: io::Error },
+    #[error("{path} is not a state dir (no IDENTITY) and is not empty ({found}, ...): give an empty or new directory")]
+    NotEmpty { path: PathBuf, found: String },
     #[error("state dir {path} is in use by another running engine (its LOCK is held)")]
     Locked { path: PathBuf },
     #[error("state dir {path}: its RUN file says `{found}`, not a run number")]
@@ -73,6 +75,8 @@ pub enum Unusable {
     },
     #[error("its routing table is invalid")]
     Table,
+    #[error("it is a checkpoint of app `{app}` with {n_slots} slots, not of this one")]
+    OtherApp { app: String, n_slots: u32 },
     #[error("it stores slot {slot}, beyond the cluster's {n_slots}")]
     Slot { slot: u32, n_slots: u32 },
     #[error("stage {stage} slot {slot}: {error}")]
@@ -150,6 +154,20 @@ impl StateDir {
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A directory that is not a state dir yet must hold nothing else (its files
+                // would be taken for checkpoints, or removed as leftovers).
+                let others: Vec<String> = (fs::read_dir(path).map_err(io_err(path))?)
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "LOCK")
+                    .take(3)
+                    .collect();
+                if !others.is_empty() {
+                    return Err(StateDirError::NotEmpty {
+                        path: path.into(),
+                        found: others.join(", "),
+                    });
+                }
                 write_durably(path, "IDENTITY", want.as_bytes()).map_err(|e| {
                     StateDirError::Io {
                         path: id_path.clone(),
@@ -202,7 +220,8 @@ impl StateDir {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".manifest")?.parse().ok()
+                let n = name.strip_suffix(".manifest").filter(|n| ours(n))?;
+                n.parse().ok()
             })
             .collect();
         found.sort_unstable_by(|a, b| b.cmp(a));
@@ -383,14 +402,17 @@ impl StateDir {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let remove = if let Some(n) = name.strip_suffix(".manifest") {
+            let remove = if let Some(n) = name.strip_suffix(".manifest").filter(|n| ours(n)) {
                 n.parse().is_ok_and(|n: u64| !manifests.contains(&n))
-            } else if let Some(n) = name.strip_suffix(".parts") {
+            } else if let Some(n) = name.strip_suffix(".parts").filter(|n| ours(n)) {
                 // A parts file newer than every manifest may be a checkpoint being written.
                 n.parse()
                     .is_ok_and(|n: u64| !files.contains(&n) && n <= newest)
             } else {
-                name.ends_with(".tmp")
+                // Only this module's own temporary names.
+                (name.strip_suffix(".tmp")).is_some_and(|n| {
+                    n == "IDENTITY" || n == "RUN" || ours(n.trim_end_matches(".manifest"))
+                })
             };
             if remove {
                 if let Err(e) = fs::remove_file(entry.path()) {
@@ -399,6 +421,11 @@ impl StateDir {
             }
         }
     }
+}
+
+/// Whether `n` is a checkpoint number as this module names files: 12 digits.
+fn ours(n: &str) -> bool {
+    n.len() == 12 && n.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Writes `name` in `dir` so that after a crash it is either whole or absent: a temporary

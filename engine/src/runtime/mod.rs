@@ -60,6 +60,13 @@ pub struct Config {
     pub guarantee: Guarantee,
 }
 
+/// `now + after`, or a moment past any run if that overflows the clock (a huge flag value).
+pub(crate) fn deadline_after(after: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// What the sinks receive across a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Guarantee {

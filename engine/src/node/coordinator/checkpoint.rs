@@ -162,7 +162,9 @@ impl Checkpoints {
     /// not), into what each core starts with.
     pub fn restore(&mut self, dataflow: &Dataflow, n_slots: u32) -> Option<Restore> {
         let started = Instant::now();
-        let (manifest, restore, bytes) = self.dir.restore(|r| decode(dataflow, n_slots, r))?;
+        let app = self.app.clone();
+        let (manifest, restore, bytes) =
+            self.dir.restore(|r| decode(dataflow, &app, n_slots, r))?;
         tracing::info!(
             checkpoint = manifest.checkpoint,
             bytes,
@@ -197,9 +199,16 @@ enum Last {
 /// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable.
 fn decode(
     dataflow: &Dataflow,
+    app: &str,
     n_slots: u32,
     r: Restored,
 ) -> Result<(Manifest, Restore, u64), Unusable> {
+    if r.manifest.app != app || r.manifest.n_slots != n_slots {
+        return Err(Unusable::OtherApp {
+            app: r.manifest.app.clone(),
+            n_slots: r.manifest.n_slots,
+        });
+    }
     let table = (r.manifest.table()).ok_or(Unusable::Table)?;
     let mut per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>> = BTreeMap::new();
     for (part, archives) in r.parts {
@@ -429,8 +438,12 @@ impl Coordinator {
         cores: &[CoreId],
         last: Last,
     ) -> Result<Vec<Snapshot>, CheckpointError> {
-        let waited = self.config.change_timeout;
-        let deadline = Instant::now() + waited;
+        // At a stop, no longer than a stop waits for a sink.
+        let waited = match last {
+            Last::NotYet => self.config.change_timeout,
+            Last::Final => self.config.drain_timeout.min(self.config.change_timeout),
+        };
+        let deadline = crate::runtime::deadline_after(waited);
         let mut got: BTreeMap<CoreId, Snapshot> = BTreeMap::new();
         while got.len() < cores.len() {
             let left = deadline.saturating_duration_since(Instant::now());

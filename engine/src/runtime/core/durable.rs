@@ -121,7 +121,7 @@ impl DurableConn {
                 self.partial.drain(..n);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => tracing::debug!(stream = %self.id.1, "durable stream answer: {e}"),
+            Err(e) => tracing::debug!(stream = ?self.id.1, "durable stream answer: {e}"),
         }
     }
 }

@@ -198,7 +198,28 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
                 write.write_all(&pending).await?;
                 write.flush().await
             };
-            match wrote.await {
+            // A receiver that stops reading must not hold a stop past its drain timeout (the
+            // core's sink state checks the drain deadline while it waits).
+            let stalled = async {
+                loop {
+                    if let Some(t) = state
+                        .finished
+                        .get()
+                        .then(|| state.drain_deadline.get())
+                        .flatten()
+                    {
+                        glommio::timer::sleep(
+                            t.saturating_duration_since(std::time::Instant::now()),
+                        )
+                        .await;
+                        return Err(std::io::Error::other(
+                            "the receiver stopped reading (drain timeout)",
+                        ));
+                    }
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            match future::or(wrote, stalled).await {
                 Ok(()) => {
                     sent += pending.len();
                     // Written: a slot handed over after this finds its outputs gone ahead.
@@ -208,6 +229,15 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
                 Err(e) => {
                     tracing::warn!(sink = %addr, "exactly-once sink connection lost: {e}; reconnecting to resend from what it holds");
                     conn = None;
+                    if state.finished.get()
+                        && state
+                            .drain_deadline
+                            .get()
+                            .is_some_and(|t| std::time::Instant::now() >= t)
+                    {
+                        tracing::error!(sink = %addr, "exactly-once sink: gave up at the drain timeout; a restart sends what is not committed again");
+                        return;
+                    }
                     continue;
                 }
             }
@@ -221,7 +251,7 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
         let give_up = state.finished.get().then(|| {
             *give_up_at.get_or_insert_with(|| {
                 (state.drain_deadline.get())
-                    .unwrap_or_else(|| std::time::Instant::now() + core.config.drain_timeout)
+                    .unwrap_or_else(|| crate::runtime::deadline_after(core.config.drain_timeout))
             })
         });
         if give_up.is_some_and(|t| std::time::Instant::now() >= t) {
@@ -248,6 +278,26 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
 /// Connects, says hello, and reads the receiver's answer; starts the task that reads its
 /// acknowledgements.
 async fn connect(
+    addr: std::net::SocketAddr,
+    name: &str,
+    run: u64,
+    durable: u64,
+) -> Result<(WriteHalf<TcpStream>, Rc<Acks>), String> {
+    // A receiver that does not answer its hello (not an exactly-once receiver) is given up on.
+    let answered = async { Ok(hello(addr, name, run, durable).await) };
+    let silent = async {
+        glommio::timer::sleep(HELLO_TIMEOUT).await;
+        Err(format!(
+            "no answer to the hello within {HELLO_TIMEOUT:?}: is it an exactly-once receiver (quokka-recv --exactly-once)?"
+        ))
+    };
+    future::or(answered, silent).await?
+}
+
+/// How long a receiver has to answer a hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn hello(
     addr: std::net::SocketAddr,
     name: &str,
     run: u64,

@@ -384,7 +384,7 @@ impl Core {
             PeerMsg::Stop { producers } => {
                 self.shutdown.expect(producers);
                 self.sink
-                    .drain_until(Instant::now() + self.config.drain_timeout);
+                    .drain_until(crate::runtime::deadline_after(self.config.drain_timeout));
                 glommio::spawn_local(shutdown::finish_producing(self.clone())).detach();
             }
         }

@@ -405,7 +405,7 @@ fn hello(
         Ok(position) => {
             conn.answer(&Answer::Position(position));
             conn.position = position;
-            tracing::info!(core = core.id, stream = %id.1, position, "durable stream connected");
+            tracing::info!(core = core.id, stream = ?id.1, position, "durable stream connected");
             core.sources.durables.borrow_mut().open.insert(key, conn);
             Ok(ConnectionKind::Durable { id, position })
         }
