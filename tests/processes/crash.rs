@@ -406,12 +406,8 @@ fn a_checkpoint_whose_parts_are_cut_short_is_skipped_and_its_input_replayed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_state_dir_of_another_app_is_refused_by_name() {
-    let dir = temp_dir("other");
-    let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("IDENTITY"), "app word_buckets, 4096 slots\n").unwrap();
+/// Starts word count on `state`, which must be refused: its error output.
+fn refused_state_dir(state: &Path) -> String {
     let out = quokka_output(&[
         "run",
         "word_count",
@@ -424,8 +420,18 @@ fn a_state_dir_of_another_app_is_refused_by_name() {
         "--state-dir",
         &state.display().to_string(),
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
+
+#[test]
+fn a_state_dir_of_another_app_is_refused_by_name() {
+    let dir = temp_dir("other");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("IDENTITY"), "app word_buckets, 4096 slots\n").unwrap();
+    let err = refused_state_dir(&state);
     assert!(
         err.contains("word_buckets") && err.contains("not of app `word_count`"),
         "{err}"
@@ -709,20 +715,7 @@ fn a_directory_that_is_not_a_state_dir_and_not_empty_is_refused_and_left_alone()
     let state = dir.join("notes");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("draft.tmp"), "precious").unwrap();
-    let out = quokka_output(&[
-        "run",
-        "word_count",
-        "--in",
-        "127.0.0.1:0",
-        "--out",
-        "127.0.0.1:1",
-        "--control",
-        "127.0.0.1:0",
-        "--state-dir",
-        &state.display().to_string(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused_state_dir(&state);
     assert!(
         err.contains("is not a state dir") && err.contains("draft.tmp"),
         "{err}"

@@ -1,3 +1,5 @@
+//! The NEXMark reference checked on small hand-made inputs, query by query.
+
 use super::tables::{AUCTION_HEADER, BID_HEADER, PERSON_HEADER};
 use super::*;
 

@@ -128,16 +128,7 @@ fn run(args: Args) -> Result<bool> {
         collector.bytes(),
         n as f64 / secs
     )?;
-    match args.expect {
-        Some(expect) if n < expect => {
-            eprintln!(
-                "quokka-recv: expected {expect} records, got {n} before {}s idle",
-                args.idle_timeout
-            );
-            Ok(false)
-        }
-        _ => Ok(true),
-    }
+    Ok(reached(&args, n))
 }
 
 /// `--exactly-once`: serves the exactly-once sink protocol, writing each commit's records
@@ -205,14 +196,19 @@ fn receive_exactly_once(
         receiver.committed(),
         n as f64 / secs
     )?;
+    Ok(reached(args, n))
+}
+
+/// Whether `n` records meet `--expect` (saying so if not).
+fn reached(args: &Args, n: u64) -> bool {
     match args.expect {
         Some(expect) if n < expect => {
             eprintln!(
                 "quokka-recv: expected {expect} records, got {n} before {}s idle",
                 args.idle_timeout
             );
-            Ok(false)
+            false
         }
-        _ => Ok(true),
+        _ => true,
     }
 }
