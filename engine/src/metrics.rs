@@ -316,9 +316,9 @@ pub struct CoreStatus {
     pub latency_p50: Option<u64>,
     pub latency_p99: Option<u64>,
     pub latency_max: Option<u64>,
-    /// The file sources this core reads: each one's name and the offset of its first message
-    /// not routed yet.
-    pub files: Vec<(String, u64)>,
+    /// The file sources this core reads: each one's name, the offset of its first message not
+    /// routed yet, and how it ended if it did.
+    pub files: Vec<(String, u64, Option<String>)>,
 }
 
 /// Formats nanoseconds for people: `850ns`, `12.3us`, `4.56ms`, `1.20s`.

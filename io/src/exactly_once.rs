@@ -51,6 +51,8 @@ pub enum ProtocolError {
     Length(char, usize),
     #[error("a stream name that is not UTF-8")]
     Name,
+    #[error("the receiver has seen run {0} of an engine, newer than this one's: it ignores this run (was the state dir reset, or does a second engine write to this receiver? restart the receiver)")]
+    Fenced(u64),
 }
 
 fn u64_at(payload: &[u8], kind: char) -> Result<u64, ProtocolError> {
@@ -117,6 +119,13 @@ impl<'a> SinkFrame<'a> {
     }
 }
 
+/// The receiver's refusal of a hello from a run older than one it has seen: `F` + that run.
+pub fn encode_fenced(newest: u64) -> [u8; 9] {
+    let mut f = [b'F'; 9];
+    f[1..].copy_from_slice(&newest.to_le_bytes());
+    f
+}
+
 /// The receiver's answer: `A` + the last epoch it holds whole from the stream.
 pub fn encode_ack(epoch: u64) -> [u8; 9] {
     let mut a = [b'A'; 9];
@@ -126,6 +135,7 @@ pub fn encode_ack(epoch: u64) -> [u8; 9] {
 
 pub fn decode_ack(payload: &[u8]) -> Result<u64, ProtocolError> {
     match payload.first() {
+        Some(b'F') if payload.len() == 9 => Err(ProtocolError::Fenced(u64_at(payload, 'F')?)),
         Some(b'A') if payload.len() == 9 => u64_at(payload, 'A'),
         Some(b'A') => Err(ProtocolError::Length('A', payload.len())),
         Some(&k) => Err(ProtocolError::Kind(k)),
@@ -315,7 +325,11 @@ fn serve(
         } => ((run, name.to_string()), durable),
         _ => return Err(ServeError::NoHello),
     };
-    let Some((held, released)) = committer.lock().unwrap().hello(&key, durable) else {
+    let hello = committer.lock().unwrap().hello(&key, durable);
+    let Some((held, released)) = hello else {
+        // Say why, so the engine can: a state dir reset, or a second engine on this receiver.
+        let newest = committer.lock().unwrap().newest;
+        let _ = write_frame(&mut stream, &encode_fenced(newest));
         return Err(ServeError::Fenced(key.0));
     };
     if !released.is_empty() {
@@ -412,6 +426,7 @@ mod tests {
             Err(ProtocolError::Length('H', 6))
         );
         assert_eq!(decode_ack(&encode_ack(5)), Ok(5));
+        assert_eq!(decode_ack(&encode_fenced(9)), Err(ProtocolError::Fenced(9)));
         assert!(decode_ack(b"A1").is_err());
     }
 

@@ -305,12 +305,16 @@ impl fmt::Display for Status {
             writeln!(f, "{id:>4} (busy: no answer within 2 s)")?;
         }
         for c in &self.cores {
-            for (name, offset) in &c.files {
-                writeln!(
+            for (name, offset, ended) in &c.files {
+                write!(
                     f,
                     "file source {name} (core {}): read to byte {offset}",
                     c.core
                 )?;
+                match ended {
+                    Some(how) => writeln!(f, ", {how}")?,
+                    None => writeln!(f)?,
+                }
             }
         }
         Ok(())

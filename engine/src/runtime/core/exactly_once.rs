@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
-use quokka_io::exactly_once::{decode_ack, SinkFrame};
+use quokka_io::exactly_once::{decode_ack, ProtocolError, SinkFrame};
 use quokka_io::framing::{frame_len, HEADER};
 
 use super::Core;
@@ -351,5 +351,8 @@ async fn read_ack(read: &mut ReadHalf<TcpStream>) -> Result<u64, String> {
     read.read_exact(&mut payload)
         .await
         .map_err(|e| e.to_string())?;
-    decode_ack(&payload).map_err(|e| format!("not an exactly-once receiver: {e}"))
+    decode_ack(&payload).map_err(|e| match e {
+        ProtocolError::Fenced(_) => e.to_string(),
+        e => format!("not an exactly-once receiver: {e}"),
+    })
 }

@@ -37,6 +37,10 @@ pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
             Err(e) => {
                 tracing::error!(core = core.id, "file source: {e}");
                 core.report.borrow_mut().connection_errors += 1;
+                sources
+                    .file_ended
+                    .borrow_mut()
+                    .insert(source as u32, format!("stopped: {e}"));
                 return;
             }
         };
@@ -71,6 +75,12 @@ pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
         }
     };
     core.source_mark(key, None, now_ns());
+    let end = match &ended {
+        Ok(()) if !input.follow && !is_cut(&core) => "read to its end".to_string(),
+        Ok(()) => "stopped with the engine".to_string(),
+        Err(e) => format!("stopped: {e}"),
+    };
+    sources.file_ended.borrow_mut().insert(source as u32, end);
     match ended {
         Ok(()) => {
             tracing::info!(core = core.id, path = %input.path.display(), offset = reader.offset(), "file source read")

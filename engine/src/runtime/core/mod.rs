@@ -581,7 +581,8 @@ impl Core {
             files: (self.sources.file_offsets().into_iter())
                 .map(|(s, offset)| {
                     let name = self.config.source_names.get(s as usize);
-                    (name.cloned().unwrap_or_default(), offset)
+                    let ended = self.sources.file_ended.borrow().get(&s).cloned();
+                    (name.cloned().unwrap_or_default(), offset, ended)
                 })
                 .collect(),
         }

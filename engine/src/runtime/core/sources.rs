@@ -49,6 +49,8 @@ pub(super) struct Sources {
     /// Per file source read here: the offset of its first message not routed yet (kept once
     /// the file is read to its end: a checkpoint says where every file stands).
     pub(super) file_offsets: RefCell<std::collections::BTreeMap<u32, u64>>,
+    /// File sources no longer read here, and how each ended (for `status`).
+    pub(super) file_ended: RefCell<std::collections::BTreeMap<u32, String>>,
     /// File sources being read here.
     pub(super) files_open: Cell<usize>,
     /// Durable TCP streams read here.
@@ -69,6 +71,7 @@ impl Sources {
             heirs: RefCell::default(),
             next_heir: Cell::new(0),
             file_offsets: RefCell::default(),
+            file_ended: RefCell::default(),
             files_open: Cell::new(0),
             durables: RefCell::default(),
         }
