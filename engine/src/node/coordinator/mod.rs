@@ -328,39 +328,6 @@ impl Coordinator {
             .collect()
     }
 
-    /// Changes are decided here only on the coordinator, only while every node is alive, and
-    /// only once the switched steps of a change that ended early are done.
-    fn check_can_change(&mut self) -> Result<(), ChangeError> {
-        self.check_running()?;
-        if !self.node.is_coordinator() {
-            return Err(ChangeError::NotCoordinator);
-        }
-        if let Some(lost) = self.node.lost_nodes().into_iter().next() {
-            return Err(ChangeError::NodeLost {
-                node: lost.name,
-                reason: lost.reason,
-            });
-        }
-        // Events of an earlier, failed change must not end this one; its unfinished steps count
-        // them.
-        while let Ok(e) = self.events.try_recv() {
-            if let (CoreEvent::StepDone { core, epoch }, Some(u)) = (&e, &mut self.unfinished) {
-                u.window.finished(*core, *epoch);
-            }
-        }
-        if let Some(u) = &self.unfinished {
-            if !u.window.is_done() {
-                let epoch = u.window.awaiting();
-                return Err(ChangeError::Unfinished {
-                    epoch,
-                    cores: u.window.missing(epoch, &u.cores),
-                });
-            }
-            self.unfinished = None;
-        }
-        Ok(())
-    }
-
     /// Adds `n` cores and moves slots onto them. Refused, changing nothing, if this node would
     /// run more than [`Config::MAX_CORES`] or the cluster has no `n` free core ids; a core that
     /// fails to start changes nothing either.
