@@ -51,10 +51,18 @@ impl Unacked {
     }
 
     /// The receiver holds epochs up to `epoch` whole: their bytes are no longer needed.
-    fn acknowledged(&mut self, epoch: u64) {
+    /// Returns how many bytes that drops.
+    fn acknowledged(&mut self, epoch: u64) -> usize {
+        let mut dropped = 0;
         while matches!(self.segments.front(), Some((Some(e), _)) if *e <= epoch) {
-            self.segments.pop_front();
+            dropped += self.segments.pop_front().map_or(0, |s| s.1.len());
         }
+        dropped
+    }
+
+    /// Bytes kept.
+    fn len(&self) -> usize {
+        self.segments.iter().map(|s| s.1.len()).sum()
     }
 }
 
@@ -139,7 +147,7 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
             let gave_up = (give_up_at.or(state.drain_deadline.get()))
                 .is_some_and(|t| std::time::Instant::now() >= t);
             if state.finished.get() && gave_up {
-                let left: usize = unacked.borrow().segments.iter().map(|s| s.1.len()).sum();
+                let left = unacked.borrow().len();
                 tracing::error!(sink = %addr, "exactly-once sink unreachable at stop: {left} bytes of outputs not delivered (a restart sends what is not committed again)");
                 return;
             }
@@ -171,10 +179,7 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
         // Acknowledged epochs are dropped (and `sent` with them).
         let held = acks.held.get();
         if held > state.acked[i].get() {
-            let before: usize = unacked.borrow().segments.iter().map(|s| s.1.len()).sum();
-            unacked.borrow_mut().acknowledged(held);
-            let after: usize = unacked.borrow().segments.iter().map(|s| s.1.len()).sum();
-            sent -= before - after;
+            sent -= unacked.borrow_mut().acknowledged(held);
             state.acked[i].set(held);
             state.progress.notify_all();
         }
