@@ -17,7 +17,7 @@ use quokka_tests::reference::{reference_buckets, reference_counts};
 use crate::{ctl, quokka, quokka_output, signal, Service};
 
 /// A fresh directory for one test.
-fn temp_dir(name: &str) -> PathBuf {
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("quokka-crash-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -48,10 +48,10 @@ fn run_word_count(file: &Path, state: &Path, out: SocketAddr) -> Service {
 }
 
 /// A small xorshift, seeded from the clock and printed, so a failure can be replayed.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn seeded() -> Rng {
+    pub(crate) fn seeded() -> Rng {
         let seed = std::env::var("QUOKKA_TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -66,7 +66,7 @@ impl Rng {
         Rng(seed)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -117,7 +117,7 @@ const KILLS: usize = 6;
 
 /// Appends `lines` to `file` in chunks, one every 20 ms: a log that grows while the engine
 /// follows it (and crashes).
-fn append_slowly(file: PathBuf, lines: Vec<String>) -> std::thread::JoinHandle<()> {
+pub(crate) fn append_slowly(file: PathBuf, lines: Vec<String>) -> std::thread::JoinHandle<()> {
     std::fs::write(&file, "").unwrap();
     std::thread::spawn(move || {
         use std::io::Write;
@@ -440,13 +440,13 @@ fn a_state_dir_of_another_app_is_refused_by_name() {
 }
 
 /// The status line of the last complete checkpoint's number, if any.
-fn last_complete(status: &str) -> Option<u64> {
+pub(crate) fn last_complete(status: &str) -> Option<u64> {
     let rest = status.split("last complete ").nth(1)?;
     rest.split(' ').next()?.parse().ok()
 }
 
 /// Waits until `quokka ctl status` satisfies `ok`; returns that status.
-fn wait_status(control: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+pub(crate) fn wait_status(control: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (_, status, _) = ctl(control, &["status"]);
@@ -551,7 +551,7 @@ fn a_full_disk_fails_checkpoints_not_the_app_and_the_next_one_after_space_return
 }
 
 /// An exactly-once receiver in the test: every record each commit releases, in order.
-fn exactly_once_sink() -> (quokka_io::exactly_once::Receiver, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn exactly_once_sink() -> (quokka_io::exactly_once::Receiver, Arc<Mutex<Vec<String>>>) {
     let got: Arc<Mutex<Vec<String>>> = Arc::default();
     let into = got.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -584,7 +584,7 @@ fn wait_committed(receiver: &quokka_io::exactly_once::Receiver, summary: &str) {
 /// Exactly once: per key, the running totals 1..=n, each once (a key's outputs may come
 /// through several cores' connections when its slot moved, so their order across them is
 /// not checked here).
-fn check_exact_totals(lines: &[String], expected: &HashMap<String, u64>) {
+pub(crate) fn check_exact_totals(lines: &[String], expected: &HashMap<String, u64>) {
     let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
     for line in lines {
         let (key, n) = line.rsplit_once(" => ").expect("key => count");

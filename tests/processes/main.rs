@@ -12,6 +12,7 @@
 //! statuses and printed summaries, never on log text.
 
 mod cli;
+mod cluster_crash;
 mod crash;
 mod limits;
 mod nodes;

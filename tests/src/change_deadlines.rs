@@ -50,6 +50,7 @@ impl SilentJoiner {
             n_slots: Config::DEFAULT_SLOTS,
             cores,
             data_addr: data.local_addr().unwrap().to_string(),
+            state_dir: false,
         };
         let mut client = Client::connect(control, Timeouts::default()).unwrap();
         let join = Request::Join(wire::encode_join(&request));

@@ -275,6 +275,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
         n_slots: 4096,
         cores: 1,
         data_addr: "127.0.0.1:1".into(),
+        state_dir: false,
     };
     let payload = Request::Join(wire::encode_join(&old))
         .encode(TOKEN)
@@ -376,6 +377,7 @@ fn a_failed_join_leaves_no_link_secret_behind() {
         n_slots: 4096,
         cores: 1,
         data_addr: "127.0.0.1:1".into(),
+        state_dir: false,
     };
     let mut joiner = Client::connect(lead.control, Timeouts::default()).unwrap();
     let welcome = match joiner.request(TOKEN, &Request::Join(wire::encode_join(&join))) {
@@ -425,6 +427,7 @@ fn join_and_hang_up(control: SocketAddr, node: &str, cores: u16) -> Response {
         n_slots: Config::DEFAULT_SLOTS,
         cores,
         data_addr: "127.0.0.1:1".into(),
+        state_dir: false,
     };
     let payload = Request::Join(wire::encode_join(&request));
     let deadline = Instant::now() + DEADLINE;
@@ -549,6 +552,7 @@ fn a_change_refused_while_a_join_runs_names_the_join() {
         n_slots: Config::DEFAULT_SLOTS,
         cores: 1,
         data_addr: "127.0.0.1:1".into(),
+        state_dir: false,
     };
     let welcome = joiner
         .request(TOKEN, &Request::Join(wire::encode_join(&request)))

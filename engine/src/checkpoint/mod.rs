@@ -69,11 +69,25 @@ pub(crate) fn merge_marks(previous: &[SourceMark], now: Vec<SourceMark>) -> Vec<
         .collect()
 }
 
-/// A complete checkpoint: written last, once every archive it names is durable.
+/// A member node of a cluster checkpoint, with the cores it ran: it holds their slots' parts
+/// (and its sources' marks) in its own state dir.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct MemberPart {
+    pub node: String,
+    pub cores: Vec<CoreId>,
+}
+
+/// A node's part of a checkpoint: written last, once every archive it names is durable. The
+/// coordinator's is written once every member's part is durable, so it completes the
+/// checkpoint of the whole cluster and names the members that hold the rest.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) struct Manifest {
     pub checkpoint: u64,
     pub app: String,
+    /// The node that wrote it.
+    pub node: String,
+    /// On the coordinator, the other nodes' parts of this checkpoint (none on one node).
+    pub members: Vec<MemberPart>,
     pub n_slots: u32,
     pub epoch: u64,
     /// Slot -> core.
@@ -90,7 +104,7 @@ pub(crate) struct Manifest {
 /// What a manifest file starts with.
 const MAGIC: &[u8; 4] = b"QKCP";
 /// The manifest format; another is refused by name.
-pub(crate) const FORMAT: u8 = 1;
+pub(crate) const FORMAT: u8 = 2;
 
 #[derive(Debug, Error)]
 pub(crate) enum ManifestError {
@@ -176,9 +190,17 @@ impl Manifest {
 }
 
 /// Of the checkpoints on disk (newest first, each with the files it reads), the ones to keep:
-/// the newest two that are complete. Returns (manifests to keep, data files to keep).
-pub(crate) fn keep(complete: &[(u64, BTreeSet<u64>)]) -> (BTreeSet<u64>, BTreeSet<u64>) {
-    let kept: Vec<_> = complete.iter().take(2).collect();
+/// the newest two that are complete, or on a member every one from `keep_from` on (the
+/// coordinator's, which completes a checkpoint, may be older than the member's newest two).
+/// Returns (manifests to keep, data files to keep).
+pub(crate) fn keep(
+    complete: &[(u64, BTreeSet<u64>)],
+    keep_from: Option<u64>,
+) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let kept: Vec<_> = match keep_from {
+        None => complete.iter().take(2).collect(),
+        Some(from) => complete.iter().filter(|(n, _)| *n >= from).collect(),
+    };
     let manifests = kept.iter().map(|(n, _)| *n).collect();
     let files = kept.iter().flat_map(|(_, f)| f.iter().copied()).collect();
     (manifests, files)
@@ -211,6 +233,11 @@ mod tests {
         Manifest {
             checkpoint,
             app: "word_count".into(),
+            node: "w1".into(),
+            members: vec![MemberPart {
+                node: "w2".into(),
+                cores: vec![1],
+            }],
             n_slots: 4,
             epoch: 3,
             owners: vec![0, 0, 1, 1],
@@ -295,9 +322,24 @@ mod tests {
             (4, BTreeSet::from([2, 4])),
             (3, BTreeSet::from([1, 3])),
         ];
-        let (manifests, files) = keep(&on_disk);
+        let (manifests, files) = keep(&on_disk, None);
         assert_eq!(manifests, BTreeSet::from([4, 5]));
         assert_eq!(files, BTreeSet::from([2, 4, 5]));
-        assert_eq!(keep(&[]), (BTreeSet::new(), BTreeSet::new()));
+        assert_eq!(keep(&[], None), (BTreeSet::new(), BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_member_keeps_every_checkpoint_the_coordinator_may_restore() {
+        // The coordinator keeps 3 and 5 (its 4 failed on another member): this member must
+        // keep 3 although it wrote 4 and 5 since.
+        let on_disk = vec![
+            (5, BTreeSet::from([5])),
+            (4, BTreeSet::from([2, 4])),
+            (3, BTreeSet::from([1, 3])),
+            (2, BTreeSet::from([2])),
+        ];
+        let (manifests, files) = keep(&on_disk, Some(3));
+        assert_eq!(manifests, BTreeSet::from([3, 4, 5]));
+        assert_eq!(files, BTreeSet::from([1, 2, 3, 4, 5]));
     }
 }

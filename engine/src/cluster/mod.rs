@@ -74,6 +74,9 @@ pub enum LinkError {
 /// How long the coordinator waits for each member to expect a joining node.
 const EXPECT_WAIT: Duration = Duration::from_secs(10);
 
+/// A question for the node layer, with where its answer goes.
+pub(crate) type Upward = (Question, flume::Sender<Answer>);
+
 /// A node that went away without saying goodbye.
 #[derive(Debug, Clone)]
 pub struct LostNode {
@@ -113,6 +116,9 @@ pub(crate) struct Node {
     lost: Mutex<Vec<LostNode>>,
     /// The links to lost nodes: what is routed there is dropped and counted.
     lost_links: Mutex<Vec<Arc<Link>>>,
+    /// Where questions only the node layer can answer go (a part of a checkpoint to write,
+    /// sources to open), with where to answer.
+    pub upward: Mutex<Option<flume::Sender<Upward>>>,
     /// Acceptors take new source connections only while this is set.
     pub accepting: AtomicBool,
     pub open_sources: Arc<AtomicUsize>,
@@ -174,6 +180,7 @@ impl Node {
             next_ask: AtomicU64::new(0),
             lost: Mutex::default(),
             lost_links: Mutex::default(),
+            upward: Mutex::default(),
             accepting: AtomicBool::new(true),
             open_sources: Arc::default(),
             stopped_cores: Mutex::new(0),
@@ -576,6 +583,16 @@ impl Node {
             Question::Expect(member) => {
                 self.expect(member);
                 Answer::Done
+            }
+            Question::WritePart { .. } | Question::OpenSources => {
+                let (reply, answered) = flume::bounded(1);
+                let upward = self.upward.lock().unwrap().clone();
+                match upward.map(|up| up.send((question, reply))) {
+                    Some(Ok(())) => answered
+                        .recv()
+                        .unwrap_or_else(|_| Answer::Failed("this node is ending".into())),
+                    _ => Answer::Failed(format!("node {} has no state dir", self.name)),
+                }
             }
         }
     }

@@ -11,7 +11,8 @@ use quokka_io::control::{
 };
 use thiserror::Error;
 
-use super::coordinator::Coordinator;
+use super::coordinator::{Checkpoints, Coordinator};
+use super::state_dir::StateDir;
 use super::{ChangeError, ChangeReport, Engine, StartError, Starting};
 use crate::app::App;
 use crate::cluster::wire::{self, JoinRequest, Welcome, WireError};
@@ -58,6 +59,12 @@ pub enum JoinError {
     Link(#[from] LinkError),
     #[error("this node is the coordinator")]
     IsCoordinator,
+    #[error("cannot restore this node's part of checkpoint {checkpoint}: {error}")]
+    Restore {
+        checkpoint: u64,
+        #[source]
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Engine {
@@ -77,6 +84,15 @@ impl Engine {
             addr: coordinator,
             error,
         };
+        // Opened first: a state dir in use or of another app ends the join before it starts.
+        let mut checkpoints = match &config.state_dir {
+            Some(dir) => Some(Checkpoints::open(
+                StateDir::open(dir, app.name(), config.n_slots)?,
+                app.name(),
+                &config.name,
+            )?),
+            None => None,
+        };
         let conversation = |e: ControlError| refused(JoinError::Control(e));
         let mut control =
             Client::connect(coordinator, Timeouts::default()).map_err(conversation)?;
@@ -90,6 +106,7 @@ impl Engine {
             n_slots: config.n_slots,
             cores: config.cores as u16,
             data_addr: data_addr.to_string(),
+            state_dir: checkpoints.is_some(),
         };
         let welcome = match control
             .request(&config.token, &Request::Join(wire::encode_join(&request)))
@@ -135,10 +152,33 @@ impl Engine {
                 given: config.outputs.len(),
             });
         }
+        let guarantee = if welcome.exactly_once {
+            crate::runtime::Guarantee::ExactlyOnce
+        } else {
+            crate::runtime::Guarantee::AtLeastOnce
+        };
+        if guarantee != config.guarantee {
+            tracing::warn!(
+                "the cluster's outputs are {guarantee:?}: this node's are too (not --guarantee {:?})",
+                config.guarantee
+            );
+            config.guarantee = guarantee;
+        }
         let table = welcome
             .table
             .to_table(config.n_slots)
             .map_err(|e| refused(JoinError::Garbled(e)))?;
+        let restore = match &mut checkpoints {
+            Some(c) => c
+                .restore_part(&app.dataflow, welcome.restore, &table)
+                .map_err(|error| {
+                    refused(JoinError::Restore {
+                        checkpoint: welcome.restore,
+                        error: error.into(),
+                    })
+                })?,
+            None => None,
+        };
         let (forward, forwarded) = flume::unbounded();
         let node = Node::new(
             config.name.clone(),
@@ -178,7 +218,7 @@ impl Engine {
             node.clone(),
             (forward, flume::unbounded().1),
             &welcome,
-            table,
+            (checkpoints, restore),
         )?;
         let lead_name = welcome.members[0].name.clone();
         let engine =

@@ -22,7 +22,7 @@ use thiserror::Error;
 pub use self::coordinator::{
     CheckpointError, CheckpointInfo, CheckpointStatus, MAX_SLOTS_PER_STEP,
 };
-use self::coordinator::{Checkpoints, Coordinator};
+use self::coordinator::{Checkpoints, Coordinator, Gate};
 pub use self::join::{JoinError, SourcesClosed};
 pub use self::state_dir::StateDirError;
 pub use self::status::{
@@ -144,6 +144,8 @@ pub struct Engine {
     /// Each TCP source's index and bound address.
     input_addrs: Vec<(usize, SocketAddr)>,
     started: Instant,
+    /// Shut while a restored cluster waits for its nodes: the acceptors wait on it.
+    sources: Arc<Gate>,
 }
 
 impl Engine {
@@ -166,6 +168,7 @@ impl Engine {
             Some(dir) => Some(Checkpoints::open(
                 state_dir::StateDir::open(dir, app.name(), config.n_slots)?,
                 app.name(),
+                &config.name,
             )?),
             None => None,
         };
@@ -239,11 +242,6 @@ impl Engine {
                 "--guarantee exactly-once needs --state-dir: outputs are released by durable checkpoints",
             ));
         }
-        if starting == Starting::Joining && config.state_dir.is_some() {
-            return Err(StartError::Config(
-                "--state-dir on a joining node: checkpoints of a cluster of several nodes are not built yet",
-            ));
-        }
         config.source_names = app.sources().to_vec();
         Ok(config)
     }
@@ -273,15 +271,19 @@ impl Engine {
         let view = coordinator.view.clone();
         let stopping = coordinator.stopping.clone();
         let checkpoint_interval = coordinator.checkpoint_interval();
+        let sources = coordinator.sources.clone();
         let acceptors = listeners
             .iter()
             .map(|&(source, ref listener)| {
                 let listener = listener.try_clone().expect("clone listener");
                 let (targets, stopping) = (coordinator.accept_targets.clone(), stopping.clone());
-                let node = node.clone();
+                let (node, sources) = (node.clone(), sources.clone());
                 std::thread::Builder::new()
                     .name(format!("quokka-accept-{source}"))
-                    .spawn(move || accept(source, listener, targets, stopping, &node))
+                    .spawn(move || {
+                        sources.wait();
+                        accept(source, listener, targets, stopping, &node)
+                    })
                     .expect("spawn acceptor thread")
             })
             .collect();
@@ -293,6 +295,9 @@ impl Engine {
         );
         let retired_latency = coordinator.retired_latency.clone();
         let coordinator = Arc::new(Mutex::new(coordinator));
+        if joined.is_some() {
+            answer_upward(&node, &coordinator);
+        }
         let changing = Arc::new(Mutex::new(None));
         let checkpointer = checkpoint_interval.map(|every| {
             let (coordinator, changing) = (coordinator.clone(), changing.clone());
@@ -311,6 +316,7 @@ impl Engine {
             view,
             listeners: listeners.into_iter().map(|(_, l)| l).collect(),
             acceptors: Mutex::new(acceptors),
+            sources,
             changing,
             checkpointer: Mutex::new(checkpointer),
             stopping,
@@ -570,6 +576,8 @@ impl Engine {
 impl Engine {
     fn close_inputs(&self) {
         self.stopping.store(true, Ordering::Release);
+        // Acceptors still waiting for the sources to open go on, and see the stop.
+        self.sources.open();
         if let Some(t) = self.checkpointer.lock().unwrap().take() {
             let _ = t.join();
         }
@@ -581,6 +589,29 @@ impl Engine {
             let _ = a.join();
         }
     }
+}
+
+/// On a member: answers the questions of the coordinator that the node layer answers (its part
+/// of a checkpoint, opening its sources), on a thread of its own, in turn.
+fn answer_upward(node: &Node, coordinator: &Arc<Mutex<Coordinator>>) {
+    let (up, questions) = flume::unbounded::<crate::cluster::Upward>();
+    *node.upward.lock().unwrap() = Some(up);
+    let coordinator = Arc::downgrade(coordinator);
+    std::thread::Builder::new()
+        .name("quokka-upward".into())
+        .spawn(move || {
+            for (question, reply) in questions {
+                let Some(c) = coordinator.upgrade() else {
+                    return;
+                };
+                let answer = c
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .answer_upward(question);
+                let _ = reply.send(answer);
+            }
+        })
+        .expect("spawn the upward answering thread");
 }
 
 /// What `changing` says while a checkpoint holds the coordinator's lock.

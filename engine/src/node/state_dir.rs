@@ -77,6 +77,10 @@ pub enum Unusable {
     Table,
     #[error("it is a checkpoint of app `{app}` with {n_slots} slots, not of this one")]
     OtherApp { app: String, n_slots: u32 },
+    #[error("it was written by node `{0}`: give each node its own state dir")]
+    OtherNode(String),
+    #[error("no checkpoint {0} here (this node's part of it was never written, or was removed)")]
+    Missing(u64),
     #[error("it stores slot {slot}, beyond the cluster's {n_slots}")]
     Slot { slot: u32, n_slots: u32 },
     #[error("stage {stage} slot {slot}: {error}")]
@@ -265,6 +269,44 @@ impl StateDir {
         None
     }
 
+    /// Checkpoint `checkpoint`, read back whole and taken by `accept` (a member restores the
+    /// one the coordinator names, or none).
+    pub fn restore_exact<T>(
+        &self,
+        checkpoint: u64,
+        accept: impl FnOnce(Restored) -> Result<T, Unusable>,
+    ) -> Result<T, Unusable> {
+        if !self.manifests().contains(&checkpoint) {
+            return Err(Unusable::Missing(checkpoint));
+        }
+        let read = self.read_manifest(checkpoint)?;
+        accept(self.read_parts(read)?)
+    }
+
+    /// Removes the manifests newer than `checkpoint` (0: all): a member's part of checkpoints
+    /// the cluster never completed, whose numbers the coordinator will use again.
+    pub fn forget_after(&self, checkpoint: u64) {
+        for n in self.manifests().into_iter().filter(|&n| n > checkpoint) {
+            let path = self.path.join(format!("{n:012}.manifest"));
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(
+                    "removed {}: the cluster never completed checkpoint {n}",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+            }
+        }
+    }
+
+    /// The oldest checkpoint kept after the next one is written (of the newest two on disk;
+    /// 0 if there is none): a member keeps its parts from there on.
+    pub fn oldest_kept(&self) -> u64 {
+        let newest_first = self.manifests();
+        (newest_first.get(1).or(newest_first.first()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The newest complete checkpoint's number, if any (without reading its parts).
     pub fn newest(&self) -> Option<Manifest> {
         self.manifests()
@@ -319,14 +361,16 @@ impl StateDir {
     /// Writes checkpoint `next` (its manifest, with no parts yet) from the cores' snapshots,
     /// on top of `previous`: the parts file, durably, then the manifest, durably. Returns the
     /// manifest as written. On an error nothing the previous checkpoints read is touched.
+    /// Keeps what `checkpoint::keep` says (`keep_from` on a member).
     pub fn write(
         &self,
         previous: Option<&Manifest>,
         next: Manifest,
         snapshots: Vec<Snapshot>,
+        keep_from: Option<u64>,
     ) -> Result<Manifest, WriteError> {
         let checkpoint = next.checkpoint;
-        let written = self.try_write(previous, next, snapshots);
+        let written = self.try_write(previous, next, snapshots, keep_from);
         if written.is_err() {
             // A full disk must not stay full of what failed.
             let _ = fs::remove_file(self.parts_path(checkpoint));
@@ -340,6 +384,7 @@ impl StateDir {
         previous: Option<&Manifest>,
         next: Manifest,
         snapshots: Vec<Snapshot>,
+        keep_from: Option<u64>,
     ) -> Result<Manifest, WriteError> {
         let checkpoint = next.checkpoint;
         let path = self.parts_path(checkpoint);
@@ -384,19 +429,19 @@ impl StateDir {
         next.written = offset;
         let name = format!("{checkpoint:012}.manifest");
         write_durably(&self.path, &name, &next.encode())?;
-        self.collect_garbage();
+        self.collect_garbage(keep_from);
         Ok(next)
     }
 
     /// Removes what no kept checkpoint reads: older manifests, their parts files, leftovers of
     /// checkpoints that never completed.
-    fn collect_garbage(&self) {
+    fn collect_garbage(&self, keep_from: Option<u64>) {
         let complete: Vec<(u64, BTreeSet<u64>)> = self
             .manifests()
             .into_iter()
             .filter_map(|n| self.read_manifest(n).ok().map(|m| (n, m.files())))
             .collect();
-        let (manifests, files) = checkpoint::keep(&complete);
+        let (manifests, files) = checkpoint::keep(&complete, keep_from);
         let newest = complete.first().map_or(0, |c| c.0);
         for entry in fs::read_dir(&self.path).into_iter().flatten().flatten() {
             let Ok(name) = entry.file_name().into_string() else {

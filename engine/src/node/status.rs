@@ -119,6 +119,8 @@ pub enum ChangeError {
     Busy { doing: String },
     #[error("this node is a member: send changes to the coordinator")]
     NotCoordinator,
+    #[error("the cluster is restoring checkpoint {checkpoint} and waits for nodes {nodes} to come back: changes wait until then")]
+    Awaiting { checkpoint: u64, nodes: String },
     #[error("node {node} was lost ({reason}); changes are refused until recovery exists")]
     NodeLost { node: String, reason: String },
     #[error("grow-cores needs at least 1")]
@@ -184,6 +186,8 @@ pub enum JoinRefusal {
     NameTaken(String),
     #[error("the joining node asks for {asked} cores; a node runs 1 to {limit}")]
     Cores { asked: u16, limit: usize },
+    #[error("{}", if *.cluster { "this cluster takes checkpoints: start the joining node with a --state-dir of its own" } else { "this cluster takes no checkpoints (its coordinator has no --state-dir): start the joining node without one" })]
+    StateDir { cluster: bool },
 }
 
 /// A node of the cluster as `status` shows it.
@@ -355,6 +359,13 @@ fn write_checkpoints(f: &mut fmt::Formatter<'_>, c: &CheckpointStatus) -> fmt::R
     }
     if let Some(n) = c.restored_from {
         writeln!(f, "restored from checkpoint {n} at start")?;
+    }
+    if !c.awaiting.is_empty() {
+        writeln!(
+            f,
+            "WAITING for nodes {} to come back with their part of it: no source is read until then",
+            c.awaiting.join(", ")
+        )?;
     }
     if let Some(e) = &c.failure {
         writeln!(f, "LAST CHECKPOINT FAILED: {e}")?;

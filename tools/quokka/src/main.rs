@@ -143,7 +143,9 @@ struct RunArgs {
     /// stage's entities and timers, and where each file source and durable stream stood.
     /// Started again with the same command after a crash (kill -9, power cut), the engine
     /// restores the newest complete checkpoint and those sources go on from there; what plain
-    /// TCP sources sent after it is lost.
+    /// TCP sources sent after it is lost. In a cluster every node has one (a joining node also
+    /// needs --name); restart the coordinator first, then each node with its command: no
+    /// source is read until all are back.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
     /// How often to take a checkpoint (with --state-dir), e.g. `1s`, `100ms`; `0s` takes them
@@ -318,6 +320,9 @@ fn run(args: RunArgs) -> Result<()> {
     config.name = match (&args.name, joining) {
         (Some(name), _) => name.clone(),
         (None, None) => "w1".into(),
+        (None, Some(_)) if config.state_dir.is_some() => anyhow::bail!(
+            "a joining node with --state-dir needs --name: after a crash it must come back under the same name"
+        ),
         (None, Some(_)) => format!("node-{}", std::process::id()),
     };
     config.data = args

@@ -27,7 +27,7 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// stage, a slot archive has a part per stage (and per stage's timers), cores exchange
 /// watermarks and say when they are done per stage; a welcome names every sink; 9: a plan has
 /// an id, and cores hold later stages' watermarks through a change, `Hold` and `ChangeDone`).
-pub const VERSION: u8 = 10;
+pub const VERSION: u8 = 11;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -41,6 +41,9 @@ pub struct JoinRequest {
     pub cores: u16,
     /// Where the joining node accepts links from the others.
     pub data_addr: String,
+    /// Whether it was started with a state dir (a cluster that checkpoints needs one on every
+    /// node; one that does not, on none).
+    pub state_dir: bool,
 }
 
 /// A member of the cluster as others reach it.
@@ -107,6 +110,13 @@ pub struct Welcome {
     pub table: TableWire,
     /// The sink addresses the cluster writes to, one per sink of the app.
     pub outputs: Vec<String>,
+    /// The cluster's run number (exactly-once sinks fence off older runs by it).
+    pub run: u64,
+    /// Whether the cluster's outputs are exactly-once (every node must hold them back alike).
+    pub exactly_once: bool,
+    /// The checkpoint the joining node restores its cores from (its part of it, in its state
+    /// dir), or 0: it starts empty and slots move to it.
+    pub restore: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -234,14 +244,32 @@ pub(crate) enum Question {
     /// A node is about to join: accept its links (they prove themselves with the member's
     /// secret) and link to it when it has `Joined`. Answered once it is expected.
     Expect(Member),
+    /// Write this node's part of checkpoint `checkpoint` (its cores were asked for their
+    /// snapshots), with the cluster's routing table, and keep every part from `keep_from` on. Answered `Written` once it is
+    /// durable, or `Failed`.
+    WritePart {
+        checkpoint: u64,
+        keep_from: u64,
+        table: TableWire,
+    },
+    /// Every node of a restored cluster is back: start reading sources.
+    OpenSources,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) enum Answer {
     Status(Vec<CoreStatus>),
     Latency(Vec<u8>),
-    Quiesced { open_sources: u32 },
+    Quiesced {
+        open_sources: u32,
+    },
     Done,
+    /// A node's part of a checkpoint is durable: bytes it wrote, bytes of state it holds.
+    Written {
+        written: u64,
+        state_bytes: u64,
+    },
+    Failed(String),
 }
 
 #[derive(Debug, Error)]

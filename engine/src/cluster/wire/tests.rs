@@ -126,6 +126,7 @@ fn messages_round_trip() {
         n_slots: 4096,
         cores: 1,
         data_addr: "127.0.0.1:6001".into(),
+        state_dir: false,
     };
     assert_eq!(decode_join(&encode_join(&j)).unwrap(), j);
 }
@@ -324,6 +325,9 @@ fn link_secrets_are_random_unprinted_and_equal_only_whole() {
         }],
         table: TableWire::from(&RoutingTable::uniform(8, 2)),
         outputs: vec!["127.0.0.1:7002".into(), "127.0.0.1:7003".into()],
+        run: 7,
+        exactly_once: true,
+        restore: 0,
     };
     let printed = format!("{welcome:?}");
     assert!(printed.contains("LinkSecret(..)"), "{printed}");

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 use super::Coordinator;
-use crate::checkpoint::{merge_marks, Manifest, SourceMark};
-use crate::dataflow::{Dataflow, StagePart};
-use crate::node::state_dir::{Restored, StateDir, Unusable};
+use crate::checkpoint::{merge_marks, Manifest, MemberPart, SourceMark};
+use crate::cluster::wire::{Answer, Question, TableWire};
+use crate::node::state_dir::StateDir;
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::messages::{CoreMsg, FileSource, PeerMsg, Scope, Snapshot};
-use crate::runtime::{Config, Input};
+use crate::runtime::Input;
 
 /// Why a checkpoint was not taken. The previous one stands; the next interval tries again.
 #[derive(Debug, Clone, Error)]
@@ -27,8 +27,20 @@ pub enum CheckpointError {
     Busy { doing: String },
     #[error("the engine is stopping")]
     Stopped,
-    #[error("checkpoints of a cluster of several nodes are not built yet")]
-    Cluster,
+    #[error("this node is a member: the coordinator takes the cluster's checkpoints (ask it)")]
+    NotCoordinator,
+    #[error("node {node} was lost: no checkpoint can be complete without it")]
+    Lost { node: String },
+    #[error(
+        "the cluster is restoring checkpoint {checkpoint} and waits for nodes {nodes} to come back"
+    )]
+    Awaiting { checkpoint: u64, nodes: String },
+    #[error("checkpoint {checkpoint}: node {node} did not write its part: {reason}")]
+    Member {
+        checkpoint: u64,
+        node: String,
+        reason: String,
+    },
     #[error("checkpoint {checkpoint}: core {core}: {reason}")]
     Core {
         checkpoint: u64,
@@ -68,80 +80,27 @@ pub struct CheckpointStatus {
     pub failure: Option<String>,
     /// The checkpoint this run restored from.
     pub restored_from: Option<u64>,
+    /// The nodes of that checkpoint not back yet: until they are, no source is read.
+    pub awaiting: Vec<String>,
 }
 
 /// A node's checkpoints: its state dir and the last manifest written.
 pub(crate) struct Checkpoints {
-    app: String,
+    pub(super) app: String,
+    /// This node's name, which its manifests carry.
+    pub(super) node: String,
     /// This start's run number on the state dir.
     pub run: u64,
-    dir: StateDir,
-    last: Option<Manifest>,
-    next: u64,
+    pub(super) dir: StateDir,
+    pub(super) last: Option<Manifest>,
+    pub(super) next: u64,
     /// The cores' archives of the last failed attempt were lost: write every slot next time.
     next_scope: Scope,
     pub status: CheckpointStatus,
 }
 
-/// What a node starts from: the slots each core gets back, and where its file sources stood.
-pub(crate) struct Restore {
-    pub table: RoutingTable,
-    pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
-    /// Where each file source and durable stream stood.
-    pub offsets: Vec<SourceMark>,
-}
-
-/// How a node's coordinator starts: from the newest checkpoint that restores, or afresh.
-pub(super) struct Start {
-    pub table: RoutingTable,
-    pub ids: Vec<CoreId>,
-    pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
-    pub offsets: Vec<SourceMark>,
-}
-
-impl Start {
-    pub fn from(
-        checkpoints: Option<&mut Checkpoints>,
-        dataflow: &Dataflow,
-        config: &Config,
-    ) -> Self {
-        let restored = match checkpoints {
-            Some(c) => {
-                let r = c.restore(dataflow, config.n_slots);
-                // Never a number in use, even by a checkpoint that could not be restored.
-                c.skip_past_existing();
-                r
-            }
-            None => None,
-        };
-        let Some(r) = restored else {
-            return Start {
-                table: RoutingTable::uniform(config.n_slots, config.cores as CoreId),
-                ids: (0..config.cores as CoreId).collect(),
-                per_core: BTreeMap::new(),
-                offsets: Vec::new(),
-            };
-        };
-        let ids: std::collections::BTreeSet<CoreId> =
-            (0..r.table.n_slots()).map(|s| r.table.owner(s)).collect();
-        if ids.len() != config.cores {
-            tracing::info!(
-                "the checkpoint had {} cores: starting with those (not --cores {}); grow or shrink to change",
-                ids.len(),
-                config.cores
-            );
-        }
-        Start {
-            table: r.table,
-            ids: ids.into_iter().collect(),
-            per_core: r.per_core,
-            offsets: r.offsets,
-        }
-    }
-}
-
 impl Checkpoints {
-    pub fn open(dir: StateDir, app: &str) -> Result<Self, crate::node::StateDirError> {
+    pub fn open(dir: StateDir, app: &str, node: &str) -> Result<Self, crate::node::StateDirError> {
         let run = dir.next_run()?;
         let status = CheckpointStatus {
             state_dir: dir.path().to_path_buf(),
@@ -149,6 +108,7 @@ impl Checkpoints {
         };
         Ok(Checkpoints {
             app: app.into(),
+            node: node.into(),
             run,
             dir,
             last: None,
@@ -157,35 +117,10 @@ impl Checkpoints {
             status,
         })
     }
-
-    /// Reads back the newest checkpoint that restores whole (skipping, loudly, any that does
-    /// not), into what each core starts with.
-    pub fn restore(&mut self, dataflow: &Dataflow, n_slots: u32) -> Option<Restore> {
-        let started = Instant::now();
-        let app = self.app.clone();
-        let (manifest, restore, bytes) =
-            self.dir.restore(|r| decode(dataflow, &app, n_slots, r))?;
-        tracing::info!(
-            checkpoint = manifest.checkpoint,
-            bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "restored from checkpoint {}",
-            manifest.checkpoint
-        );
-        self.next = manifest.checkpoint + 1;
-        self.status.restored_from = Some(manifest.checkpoint);
-        self.status.last = Some(info(&manifest, Duration::ZERO));
-        self.last = Some(manifest);
-        Some(restore)
-    }
-
-    /// Counts on after every checkpoint on disk (restored or not), so a number is never reused.
-    pub fn skip_past_existing(&mut self) {
-        if let Some(newest) = self.dir.newest() {
-            self.next = self.next.max(newest.checkpoint + 1);
-        }
-    }
 }
+
+/// How much longer than a node waits for its cores the coordinator waits for a member's part.
+const MEMBER_SLACK: Duration = Duration::from_secs(5);
 
 /// Whether a checkpoint is the last one, taken as the engine stops (which a stop does not
 /// call off).
@@ -195,47 +130,12 @@ enum Last {
     Final,
 }
 
-/// A checkpoint read back, as each core's slots: a part the app cannot read (another build of
-/// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable.
-fn decode(
-    dataflow: &Dataflow,
-    app: &str,
-    n_slots: u32,
-    r: Restored,
-) -> Result<(Manifest, Restore, u64), Unusable> {
-    if r.manifest.app != app || r.manifest.n_slots != n_slots {
-        return Err(Unusable::OtherApp {
-            app: r.manifest.app.clone(),
-            n_slots: r.manifest.n_slots,
-        });
-    }
-    let table = (r.manifest.table()).ok_or(Unusable::Table)?;
-    let mut per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>> = BTreeMap::new();
-    for (part, archives) in r.parts {
-        let (stage, slot) = (part.stage, part.slot);
-        if slot >= n_slots {
-            return Err(Unusable::Slot { slot, n_slots });
-        }
-        let p = dataflow
-            .read_part(stage, slot, n_slots, archives)
-            .map_err(|error| Unusable::Decode { stage, slot, error })?;
-        (per_core.entry(table.owner(part.slot)).or_default()).push((part.stage, part.slot, p));
-    }
-    let offsets = r.manifest.sources.clone();
-    let restore = Restore {
-        table,
-        per_core,
-        offsets,
-    };
-    Ok((r.manifest, restore, r.bytes))
-}
-
 /// The source marks of the last checkpoint written, if any.
 fn last_sources(c: &Option<Checkpoints>) -> &[SourceMark] {
     (c.as_ref().and_then(|c| c.last.as_ref())).map_or(&[], |m| &m.sources)
 }
 
-fn info(m: &Manifest, duration: Duration) -> CheckpointInfo {
+pub(super) fn info(m: &Manifest, duration: Duration) -> CheckpointInfo {
     CheckpointInfo {
         checkpoint: m.checkpoint,
         taken: UNIX_EPOCH + Duration::from_millis(m.taken_ms),
@@ -266,6 +166,15 @@ impl Coordinator {
         }
     }
 
+    /// Makes the checkpoints' state visible to `status`.
+    pub(super) fn publish_checkpoints(&self) {
+        if let Some(c) = &self.checkpoints {
+            let mut status = c.status.clone();
+            status.awaiting = self.awaiting();
+            self.view.lock().unwrap().checkpoints = Some(status);
+        }
+    }
+
     fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -285,6 +194,9 @@ impl Coordinator {
     /// How often to take a checkpoint on its own (with a state dir and an interval).
     pub fn checkpoint_interval(&self) -> Option<Duration> {
         self.checkpoints.as_ref()?;
+        if !self.node.is_coordinator() {
+            return None;
+        }
         self.config.checkpoint_interval
     }
 
@@ -329,8 +241,9 @@ impl Coordinator {
                     c.status.last = Some(info.clone());
                     c.status.failure = None;
                 }
-                // Stopping is not a failure: the last checkpoint stands as the final one.
-                Err(CheckpointError::Stopped) => {}
+                // Stopping is not a failure: the last checkpoint stands as the final one. Nor
+                // is waiting for the nodes of a restored cluster (status says so).
+                Err(CheckpointError::Stopped | CheckpointError::Awaiting { .. }) => {}
                 Err(e) => {
                     tracing::error!(
                         "checkpoint failed: {e}; the previous one stands, the next will try again"
@@ -338,8 +251,8 @@ impl Coordinator {
                     c.status.failure = Some(e.to_string());
                 }
             }
-            self.view.lock().unwrap().checkpoints = Some(c.status.clone());
         }
+        self.publish_checkpoints();
         result
     }
 
@@ -350,8 +263,17 @@ impl Coordinator {
         if self.stopped || (last == Last::NotYet && self.is_stopping()) {
             return Err(CheckpointError::Stopped);
         }
-        if !self.node.members().is_empty() || !self.node.lost_nodes().is_empty() {
-            return Err(CheckpointError::Cluster);
+        if !self.node.is_coordinator() {
+            return Err(CheckpointError::NotCoordinator);
+        }
+        if let Some(lost) = self.node.lost_nodes().into_iter().next() {
+            return Err(CheckpointError::Lost { node: lost.name });
+        }
+        if !self.awaiting.is_empty() {
+            return Err(CheckpointError::Awaiting {
+                checkpoint: self.last_durable(),
+                nodes: self.awaiting().join(", "),
+            });
         }
         if let Some(u) = &self.unfinished {
             if !u.window.is_done() {
@@ -365,6 +287,7 @@ impl Coordinator {
         let checkpoint = c.next;
         c.next += 1;
         let scope = std::mem::replace(&mut c.next_scope, Scope::Changed);
+        let keep_from = c.dir.oldest_kept();
         let taken_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -374,7 +297,55 @@ impl Coordinator {
                 .addr
                 .send_control(PeerMsg::Checkpoint { checkpoint, scope });
         }
-        let snapshots = match self.gather(checkpoint, &cores, last) {
+        let members = self.node.members();
+        let table = TableWire::from(&*self.table);
+        // Each member writes its own cores' part while this node gathers and writes its own.
+        let (node, wait) = (&self.node, self.config.change_timeout + MEMBER_SLACK);
+        let (snapshots, parts) = std::thread::scope(|s| {
+            let asks: Vec<_> = (members.iter())
+                .map(|m| {
+                    let question = Question::WritePart {
+                        checkpoint,
+                        keep_from,
+                        table: table.clone(),
+                    };
+                    (
+                        m.name.clone(),
+                        s.spawn(move || node.ask(&m.name, question, wait)),
+                    )
+                })
+                .collect();
+            let local = self.gather(checkpoint, &self.local_ids(), last);
+            let parts: Vec<_> = (asks.into_iter())
+                .map(|(node, ask)| (node, ask.join().ok().flatten()))
+                .collect();
+            (local, parts)
+        });
+        let members_written = snapshots.and_then(|snapshots| {
+            let mut written = (0, 0);
+            for (node, answer) in parts {
+                match answer {
+                    Some(Answer::Written {
+                        written: w,
+                        state_bytes,
+                    }) => written = (written.0 + w, written.1 + state_bytes),
+                    other => {
+                        let reason = match other {
+                            Some(Answer::Failed(reason)) => reason,
+                            None => "it did not answer in time".into(),
+                            Some(a) => format!("it answered {a:?}"),
+                        };
+                        return Err(CheckpointError::Member {
+                            checkpoint,
+                            node,
+                            reason,
+                        });
+                    }
+                }
+            }
+            Ok((snapshots, written))
+        });
+        let (snapshots, (member_bytes, member_state)) = match members_written {
             Ok(s) => s,
             Err(e) => {
                 for id in &cores {
@@ -387,26 +358,19 @@ impl Coordinator {
                 return Err(e);
             }
         };
-        let next = Manifest {
-            checkpoint,
-            app,
-            n_slots: self.table.n_slots(),
-            epoch: self.table.epoch(),
-            owners: (0..self.table.n_slots())
-                .map(|s| self.table.owner(s))
-                .collect(),
-            sources: merge_marks(
-                last_sources(&self.checkpoints),
-                snapshots.iter().flat_map(|s| s.sources.clone()).collect(),
-            ),
-            parts: Vec::new(),
-            written: 0,
-            taken_ms,
-        };
+        let mut next = self.manifest(checkpoint, app, taken_ms, &snapshots);
+        next.members = (members.into_iter())
+            .map(|m| MemberPart {
+                node: m.name,
+                cores: m.cores,
+            })
+            .collect();
         let c = self.checkpoints.as_mut().expect("checked");
-        match c.dir.write(c.last.as_ref(), next, snapshots) {
+        match c.dir.write(c.last.as_ref(), next, snapshots, None) {
             Ok(manifest) => {
-                let info = info(&manifest, started.elapsed());
+                let mut info = info(&manifest, started.elapsed());
+                info.written += member_bytes;
+                info.state_bytes += member_state;
                 for id in &cores {
                     self.cores[id]
                         .addr
@@ -422,12 +386,83 @@ impl Coordinator {
                 Ok(info)
             }
             Err(e) => {
+                for id in &cores {
+                    self.cores[id]
+                        .addr
+                        .send_control(PeerMsg::CheckpointAbort { checkpoint });
+                }
                 c.next_scope = Scope::Everything;
                 Err(CheckpointError::Write {
                     checkpoint,
                     reason: e.to_string(),
                 })
             }
+        }
+    }
+
+    /// This node's manifest of `checkpoint` (no parts yet) from its cores' snapshots.
+    fn manifest(
+        &self,
+        checkpoint: u64,
+        app: String,
+        taken_ms: u64,
+        snapshots: &[Snapshot],
+    ) -> Manifest {
+        Manifest {
+            checkpoint,
+            app,
+            node: self.node.name.clone(),
+            members: Vec::new(),
+            n_slots: self.table.n_slots(),
+            epoch: self.table.epoch(),
+            owners: (0..self.table.n_slots())
+                .map(|s| self.table.owner(s))
+                .collect(),
+            sources: merge_marks(
+                last_sources(&self.checkpoints),
+                snapshots.iter().flat_map(|s| s.sources.clone()).collect(),
+            ),
+            parts: Vec::new(),
+            written: 0,
+            taken_ms,
+        }
+    }
+
+    /// On a member: gathers this node's cores' snapshots of `checkpoint` and writes them as
+    /// its part, keeping every part from `keep_from` on (the coordinator may restore those).
+    pub(super) fn write_part(
+        &mut self,
+        checkpoint: u64,
+        keep_from: u64,
+        table: &RoutingTable,
+    ) -> Answer {
+        let Some(app) = self.checkpoints.as_ref().map(|c| c.app.clone()) else {
+            return Answer::Failed(format!("node {} has no state dir", self.node.name));
+        };
+        // A member learns the table from the coordinator, whose changes it does not follow.
+        self.table = std::sync::Arc::new(table.clone());
+        let snapshots = match self.gather(checkpoint, &self.local_ids(), Last::NotYet) {
+            Ok(s) => s,
+            Err(e) => return Answer::Failed(e.to_string()),
+        };
+        let taken_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let next = self.manifest(checkpoint, app, taken_ms, &snapshots);
+        let c = self.checkpoints.as_mut().expect("checked");
+        match c
+            .dir
+            .write(c.last.as_ref(), next, snapshots, Some(keep_from))
+        {
+            Ok(manifest) => {
+                let answer = Answer::Written {
+                    written: manifest.written,
+                    state_bytes: manifest.state_bytes(),
+                };
+                c.last = Some(manifest);
+                answer
+            }
+            Err(e) => Answer::Failed(e.to_string()),
         }
     }
 
@@ -483,16 +518,4 @@ impl Coordinator {
         }
         Ok(got.into_values().collect())
     }
-}
-
-/// A new run's id: random, or from the clock if the system has no random source.
-pub(super) fn run_id() -> u64 {
-    let mut bytes = [0; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
-    }
-    u64::from_le_bytes(bytes)
 }

@@ -79,6 +79,12 @@ impl Coordinator {
         if !self.node.is_coordinator() {
             return Err(ChangeError::NotCoordinator);
         }
+        if !self.awaiting.is_empty() {
+            return Err(ChangeError::Awaiting {
+                checkpoint: self.last_durable(),
+                nodes: self.awaiting().join(", "),
+            });
+        }
         if let Some(lost) = self.node.lost_nodes().into_iter().next() {
             return Err(ChangeError::NodeLost {
                 node: lost.name,

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use glommio::ExecutorJoinHandle;
 use hdrhistogram::Histogram;
 
-use super::status::{ChangeError, ChangeReport, JoinRefusal, MigrationProgress, View};
+use super::status::{ChangeError, ChangeReport, MigrationProgress, View};
 use super::StartError;
-use crate::cluster::wire::{Answer, JoinRequest, Member, Question, Welcome, Wire};
+use crate::cluster::wire::{Member, Question, Welcome};
 use crate::cluster::Node;
 use crate::dataflow::{Dataflow, StagePart};
 use crate::metrics::{latency_histogram, CoreReport, Retired};
@@ -30,12 +30,15 @@ use crate::runtime::{core_channels, online_cpus, spawn_core, Config, Input};
 
 mod checkpoint;
 mod ids;
+mod members;
 mod migrate;
+mod restore;
 pub(crate) use checkpoint::Checkpoints;
-use checkpoint::Start;
 pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointStatus};
 use migrate::Aborted;
 pub use migrate::MAX_SLOTS_PER_STEP;
+pub(crate) use restore::Gate;
+use restore::Start;
 
 /// Steps of a change that ended early after they were switched: every core carries them out,
 /// and no other change starts until they are done.
@@ -84,6 +87,12 @@ pub(crate) struct Coordinator {
     run: u64,
     /// Where each durable TCP stream of this node stands.
     streams: Arc<DurableStreams>,
+    /// Whether this node reads its sources yet (not while a restored cluster is incomplete).
+    pub sources: Arc<Gate>,
+    /// Where this node's file sources stood in the checkpoint it started from, until they open.
+    offsets: Vec<crate::checkpoint::SourceMark>,
+    /// The members of the restored checkpoint not back yet, with the cores each ran.
+    awaiting: BTreeMap<String, Vec<CoreId>>,
 }
 
 impl Coordinator {
@@ -100,32 +109,61 @@ impl Coordinator {
         let mut c = Self::new(config, dataflow, node, events, start.table);
         c.restoring = start.per_core;
         c.streams = Arc::new(DurableStreams::restored(&start.offsets));
+        c.offsets = start.offsets;
         if let Some(k) = &checkpoints {
             c.run = k.run;
         }
         c.checkpoints = checkpoints;
         c.spawn_cores(&start.ids)?;
-        c.read_files(&start.offsets);
+        c.awaiting = start.awaiting;
+        if c.awaiting.is_empty() {
+            c.open_own_sources();
+        } else {
+            c.sources = Arc::new(Gate::new(false));
+        }
         c.publish(None);
-        c.view.lock().unwrap().checkpoints = c.checkpoints.as_ref().map(|k| k.status.clone());
+        c.publish_checkpoints();
         Ok(c)
     }
 
     /// A member node's cores, as the coordinator's welcome names them, knowing every core of
-    /// the cluster as a peer (links to the other members are open already).
+    /// the cluster as a peer (links to the other members are open already). With `restore`,
+    /// they start with this node's part of a checkpoint, and its sources stay shut until the
+    /// coordinator says the cluster is whole.
     pub fn start_member(
         config: Arc<Config>,
         dataflow: Arc<Dataflow>,
         node: Arc<Node>,
         events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
         welcome: &Welcome,
-        table: RoutingTable,
+        (checkpoints, restore): (Option<Checkpoints>, Option<restore::Restore>),
     ) -> Result<Self, StartError> {
+        let table = match &restore {
+            Some(r) => r.table.clone(),
+            None => welcome
+                .table
+                .to_table(config.n_slots)
+                .map_err(|e| StartError::Join {
+                    addr: node.data_addr,
+                    error: super::JoinError::Garbled(e),
+                })?,
+        };
         let mut c = Self::new(config, dataflow, node, events, table);
+        c.run = welcome.run;
+        c.checkpoints = checkpoints;
+        if let Some(r) = restore {
+            c.restoring = r.per_core;
+            c.streams = Arc::new(DurableStreams::restored(&r.offsets));
+            c.offsets = r.offsets;
+            c.sources = Arc::new(Gate::new(false));
+        }
         for m in &welcome.members {
             c.add_remote(m);
         }
         c.spawn_cores(&welcome.cores)?;
+        if c.sources.is_open() {
+            c.open_own_sources();
+        }
         c.publish(None);
         Ok(c)
     }
@@ -156,8 +194,11 @@ impl Coordinator {
             checkpoints: None,
             snapshots: flume::unbounded(),
             restoring: BTreeMap::new(),
-            run: checkpoint::run_id(),
+            run: restore::run_id(),
             streams: Arc::default(),
+            sources: Arc::new(Gate::new(true)),
+            offsets: Vec::new(),
+            awaiting: BTreeMap::new(),
         }
     }
 
@@ -498,182 +539,6 @@ impl Coordinator {
                 }
             }
         }
-    }
-
-    /// Checks a join request and gives the new node its core ids and the cluster's picture.
-    pub fn welcome(&mut self, join: &JoinRequest, app: &str) -> Result<Welcome, ChangeError> {
-        self.check_can_change()?;
-        let refuse = |why: JoinRefusal| Err(ChangeError::JoinRefused(why));
-        if join.version != crate::cluster::wire::VERSION {
-            return refuse(JoinRefusal::Version {
-                got: join.version,
-                speaks: crate::cluster::wire::VERSION,
-            });
-        }
-        if join.app != app {
-            return refuse(JoinRefusal::App {
-                cluster: app.to_string(),
-                joining: join.app.clone(),
-            });
-        }
-        if join.n_slots != self.table.n_slots() {
-            return refuse(JoinRefusal::SlotCount {
-                cluster: self.table.n_slots(),
-                joining: join.n_slots,
-            });
-        }
-        if join.node.is_empty()
-            || join.node == self.node.name
-            || self.node.link(&join.node).is_some()
-        {
-            return refuse(JoinRefusal::NameTaken(join.node.clone()));
-        }
-        if join.cores == 0 || usize::from(join.cores) > Config::MAX_CORES {
-            return refuse(JoinRefusal::Cores {
-                asked: join.cores,
-                limit: Config::MAX_CORES,
-            });
-        }
-        // Nothing is recorded: the ids stay free until `add_node` makes the cores members, and
-        // the change lock keeps any other change from taking them meanwhile.
-        let cores = self.free_ids(usize::from(join.cores))?;
-        let members =
-            self.node
-                .expect_joiner(&join.node, &join.data_addr, &cores, self.local_ids())?;
-        Ok(Welcome {
-            cores,
-            members,
-            table: (&*self.table).into(),
-            outputs: self.config.outputs.iter().map(|a| a.to_string()).collect(),
-        })
-    }
-
-    /// The welcomed node is up: link to it, tell the others, move slots to its cores. What can
-    /// be refused (the plan, the link to the node) is checked before anything changes; once
-    /// the link is up only the migration itself can fail.
-    pub fn add_node(
-        &mut self,
-        join: &JoinRequest,
-        ids: &[CoreId],
-    ) -> Result<ChangeReport, ChangeError> {
-        let started = Instant::now();
-        let before = self.cores.len();
-        let old: Vec<CoreId> = self.cores.keys().copied().collect();
-        let p = plan(&self.table, &old, &Change::Add(ids.to_vec()))?;
-        let others = self.node.members();
-        let member = self.node.link_expected(&join.node)?;
-        for other in &others {
-            if let Some(link) = self.node.link(&other.name) {
-                link.send_node(Wire::Joined {
-                    node: join.node.clone(),
-                });
-            }
-        }
-        self.add_remote(&member);
-        match self.move_onto(
-            &old,
-            ids,
-            p,
-            &format!("join {}", join.node),
-            started,
-            before,
-        ) {
-            Ok(report) => Ok(report),
-            Err(Aborted { error, switched: 0 }) => {
-                // No slot moved: the node was never really part of the cluster, so whether it
-                // went away or stalled, it goes, and the cluster is as it was.
-                self.forget(ids);
-                for id in ids {
-                    self.cores.remove(id);
-                }
-                for other in &others {
-                    if let Some(link) = self.node.link(&other.name) {
-                        link.send_node(Wire::Gone {
-                            node: member.name.clone(),
-                        });
-                    }
-                }
-                self.node.remove_member(&member.name);
-                self.node.forget_lost(&member.name);
-                self.publish(None);
-                tracing::warn!("the join of node {} was rolled back: {error}", member.name);
-                Err(error)
-            }
-            Err(aborted) => Err(aborted.error),
-        }
-    }
-
-    /// Moves every slot of node `name` to the other cores, then lets it go. A node with open
-    /// source connections refuses (they cannot move to another process).
-    pub fn remove_node(&mut self, name: &str) -> Result<ChangeReport, ChangeError> {
-        self.check_can_change()?;
-        if name == self.node.name {
-            return Err(ChangeError::CoordinatorStays {
-                node: name.to_string(),
-            });
-        }
-        let Some(link) = self.node.link(name) else {
-            let mut names = vec![self.node.name.clone()];
-            names.extend(self.node.members().into_iter().map(|m| m.name));
-            return Err(ChangeError::NoSuchMember {
-                node: name.to_string(),
-                members: names.join(", "),
-            });
-        };
-        let wait = Duration::from_secs(10);
-        match self.node.ask(name, Question::Quiesce, wait) {
-            Some(Answer::Quiesced { open_sources: 0 }) => {}
-            Some(Answer::Quiesced { open_sources }) => {
-                self.node.ask(name, Question::Resume, wait);
-                return Err(ChangeError::OpenSources {
-                    node: name.to_string(),
-                    open: open_sources,
-                });
-            }
-            _ => {
-                return Err(ChangeError::NoAnswer {
-                    node: name.to_string(),
-                    waited: wait,
-                })
-            }
-        }
-        let started = Instant::now();
-        let before = self.cores.len();
-        let members: Vec<CoreId> = self.cores.keys().copied().collect();
-        let victims: Vec<CoreId> = self
-            .node
-            .members()
-            .into_iter()
-            .find(|m| m.name == name)
-            .map_or_else(Vec::new, |m| m.cores);
-        let p = plan(&self.table, &members, &Change::Remove(victims.clone()))?;
-        let label = format!("remove-node {name}");
-        let report = match self.migrate(p, &label) {
-            Ok(report) => report,
-            Err(Aborted { error, switched }) => {
-                if switched == 0 {
-                    self.node.ask(name, Question::Resume, wait);
-                }
-                return Err(error);
-            }
-        };
-        self.forget(&victims);
-        for v in &victims {
-            self.cores.remove(v);
-        }
-        for other in self.node.members() {
-            if other.name != name {
-                if let Some(l) = self.node.link(&other.name) {
-                    l.send_node(Wire::Gone {
-                        node: name.to_string(),
-                    });
-                }
-            }
-        }
-        link.send_node(Wire::Depart);
-        self.node.remove_member(name);
-        self.publish(None);
-        Ok(self.finished(report, &label, started, before))
     }
 
     fn check_running(&self) -> Result<(), ChangeError> {

@@ -1,0 +1,291 @@
+//! Starting from a checkpoint. The coordinator reads back the newest complete one: its own
+//! part, whose manifest names the members that hold the rest. It starts its cores with their
+//! slots and keeps every source shut until those members are back. A member restores the
+//! part the coordinator's welcome names, and opens its sources when told that the whole
+//! cluster is back (a source read earlier could route to a core that is not there yet).
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::checkpoint::{info, Checkpoints};
+use super::Coordinator;
+use crate::checkpoint::{Manifest, MemberPart, SourceMark};
+use crate::cluster::wire::{Answer, Question};
+use crate::dataflow::{Dataflow, StagePart};
+use crate::node::state_dir::{Restored, Unusable};
+use crate::routing::{CoreId, RoutingTable};
+use crate::runtime::Config;
+
+/// What a node starts from: the slots each of its cores gets back, and where its sources stood.
+pub(crate) struct Restore {
+    pub table: RoutingTable,
+    pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
+    /// Where each file source and durable stream of this node stood.
+    pub offsets: Vec<SourceMark>,
+    /// The members holding the rest of the checkpoint (on the coordinator).
+    pub members: Vec<MemberPart>,
+}
+
+/// How a node's coordinator starts: from the newest checkpoint that restores, or afresh.
+pub(super) struct Start {
+    pub table: RoutingTable,
+    /// This node's cores.
+    pub ids: Vec<CoreId>,
+    pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
+    pub offsets: Vec<SourceMark>,
+    /// The members to wait for, with the cores each ran.
+    pub awaiting: BTreeMap<String, Vec<CoreId>>,
+}
+
+impl Start {
+    pub fn from(
+        checkpoints: Option<&mut Checkpoints>,
+        dataflow: &Dataflow,
+        config: &Config,
+    ) -> Self {
+        let restored = match checkpoints {
+            Some(c) => {
+                let r = c.restore(dataflow, config.n_slots);
+                // Never a number in use, even by a checkpoint that could not be restored.
+                c.skip_past_existing();
+                r
+            }
+            None => None,
+        };
+        let Some(r) = restored else {
+            return Start {
+                table: RoutingTable::uniform(config.n_slots, config.cores as CoreId),
+                ids: (0..config.cores as CoreId).collect(),
+                per_core: BTreeMap::new(),
+                offsets: Vec::new(),
+                awaiting: BTreeMap::new(),
+            };
+        };
+        let elsewhere: Vec<CoreId> = r.members.iter().flat_map(|m| m.cores.clone()).collect();
+        let ids: std::collections::BTreeSet<CoreId> = (0..r.table.n_slots())
+            .map(|s| r.table.owner(s))
+            .filter(|id| !elsewhere.contains(id))
+            .collect();
+        if ids.len() != config.cores {
+            tracing::info!(
+                "the checkpoint had {} cores on this node: starting with those (not --cores {}); grow or shrink to change",
+                ids.len(),
+                config.cores
+            );
+        }
+        let awaiting: BTreeMap<String, Vec<CoreId>> =
+            (r.members.into_iter()).map(|m| (m.node, m.cores)).collect();
+        if !awaiting.is_empty() {
+            let names: Vec<&str> = awaiting.keys().map(String::as_str).collect();
+            tracing::warn!(
+                "the checkpoint is of a cluster: no source is read until nodes {} are back (start each with its command and --state-dir)",
+                names.join(", ")
+            );
+        }
+        Start {
+            table: r.table,
+            ids: ids.into_iter().collect(),
+            per_core: r.per_core,
+            offsets: r.offsets,
+            awaiting,
+        }
+    }
+}
+
+impl Checkpoints {
+    /// Reads back the newest checkpoint that restores whole (skipping, loudly, any that does
+    /// not), into what each core starts with.
+    pub fn restore(&mut self, dataflow: &Dataflow, n_slots: u32) -> Option<Restore> {
+        let started = Instant::now();
+        let (app, node) = (self.app.clone(), self.node.clone());
+        let (manifest, restore, bytes) =
+            (self.dir).restore(|r| decode(dataflow, &app, &node, n_slots, r, None))?;
+        self.restored(manifest, bytes, started);
+        Some(restore)
+    }
+
+    /// On a member: reads back this node's part of checkpoint `checkpoint`, whose routing
+    /// table the coordinator sent, and forgets any newer part (the cluster never completed
+    /// it). With `checkpoint` 0 the member starts afresh: every part it holds is forgotten.
+    pub fn restore_part(
+        &mut self,
+        dataflow: &Dataflow,
+        checkpoint: u64,
+        table: &RoutingTable,
+    ) -> Result<Option<Restore>, Unusable> {
+        self.dir.forget_after(checkpoint);
+        if checkpoint == 0 {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let (app, node) = (self.app.clone(), self.node.clone());
+        let (manifest, restore, bytes) = self.dir.restore_exact(checkpoint, |r| {
+            decode(dataflow, &app, &node, table.n_slots(), r, Some(table))
+        })?;
+        self.restored(manifest, bytes, started);
+        Ok(Some(restore))
+    }
+
+    fn restored(&mut self, manifest: Manifest, bytes: u64, started: Instant) {
+        tracing::info!(
+            checkpoint = manifest.checkpoint,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "restored from checkpoint {}",
+            manifest.checkpoint
+        );
+        self.next = manifest.checkpoint + 1;
+        self.status.restored_from = Some(manifest.checkpoint);
+        self.status.last = Some(info(&manifest, Duration::ZERO));
+        self.last = Some(manifest);
+    }
+
+    /// Counts on after every checkpoint on disk (restored or not), so a number is never reused.
+    pub fn skip_past_existing(&mut self) {
+        if let Some(newest) = self.dir.newest() {
+            self.next = self.next.max(newest.checkpoint + 1);
+        }
+    }
+}
+
+/// A checkpoint read back, as each core's slots: a part the app cannot read (another build of
+/// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable. A member's
+/// part must have the `table` the coordinator's part has.
+fn decode(
+    dataflow: &Dataflow,
+    app: &str,
+    node: &str,
+    n_slots: u32,
+    r: Restored,
+    table: Option<&RoutingTable>,
+) -> Result<(Manifest, Restore, u64), Unusable> {
+    if r.manifest.app != app || r.manifest.n_slots != n_slots {
+        return Err(Unusable::OtherApp {
+            app: r.manifest.app.clone(),
+            n_slots: r.manifest.n_slots,
+        });
+    }
+    if r.manifest.node != node {
+        return Err(Unusable::OtherNode(r.manifest.node.clone()));
+    }
+    let own = (r.manifest.table()).ok_or(Unusable::Table)?;
+    if table.is_some_and(|t| *t != own) {
+        return Err(Unusable::Table);
+    }
+    let mut per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>> = BTreeMap::new();
+    for (part, archives) in r.parts {
+        let (stage, slot) = (part.stage, part.slot);
+        if slot >= n_slots {
+            return Err(Unusable::Slot { slot, n_slots });
+        }
+        let p = dataflow
+            .read_part(stage, slot, n_slots, archives)
+            .map_err(|error| Unusable::Decode { stage, slot, error })?;
+        (per_core.entry(own.owner(part.slot)).or_default()).push((part.stage, part.slot, p));
+    }
+    let restore = Restore {
+        table: own,
+        per_core,
+        offsets: r.manifest.sources.clone(),
+        members: r.manifest.members.clone(),
+    };
+    Ok((r.manifest, restore, r.bytes))
+}
+
+/// Whether this node reads its sources yet: shut while a restored cluster waits for its
+/// members, open otherwise. Acceptors wait here before their first accept.
+pub(crate) struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    pub fn new(open: bool) -> Self {
+        Gate {
+            open: Mutex::new(open),
+            opened: Condvar::new(),
+        }
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    pub fn is_open(&self) -> bool {
+        *self.open.lock().unwrap()
+    }
+
+    /// Returns once the gate is open.
+    pub fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        drop(self.opened.wait_while(open, |open| !*open).unwrap());
+    }
+}
+
+impl Coordinator {
+    /// The members of a restored cluster that are not back yet.
+    pub fn awaiting(&self) -> Vec<String> {
+        self.awaiting.keys().cloned().collect()
+    }
+
+    /// This node's sources open: its file sources from where the checkpoint says, and its
+    /// acceptors.
+    pub(super) fn open_own_sources(&mut self) {
+        let offsets = std::mem::take(&mut self.offsets);
+        self.read_files(&offsets);
+        self.sources.open();
+    }
+
+    /// Every node of a restored cluster is back: this node's sources open, then every
+    /// member's.
+    pub(super) fn open_sources(&mut self) {
+        self.open_own_sources();
+        for m in self.node.members() {
+            match self.node.ask(&m.name, Question::OpenSources, OPEN_WAIT) {
+                Some(Answer::Done) => {}
+                other => tracing::error!(
+                    "node {} did not open its sources ({other:?}): its sources stay shut",
+                    m.name
+                ),
+            }
+        }
+        tracing::info!("the restored cluster is whole: sources open");
+    }
+
+    /// On a member: what the coordinator asks of the node layer (its part of a checkpoint,
+    /// opening its sources).
+    pub fn answer_upward(&mut self, question: Question) -> Answer {
+        match question {
+            Question::WritePart {
+                checkpoint,
+                keep_from,
+                table,
+            } => match table.to_table(self.table.n_slots()) {
+                Ok(table) => self.write_part(checkpoint, keep_from, &table),
+                Err(e) => Answer::Failed(format!("a garbled routing table: {e}")),
+            },
+            Question::OpenSources => {
+                self.open_own_sources();
+                Answer::Done
+            }
+            other => Answer::Failed(format!("not a question for the node layer: {other:?}")),
+        }
+    }
+}
+
+/// How long the coordinator waits for a member to open its sources.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// A new run's id: random, or from the clock if the system has no random source.
+pub(super) fn run_id() -> u64 {
+    let mut bytes = [0; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
+}

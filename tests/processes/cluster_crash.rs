@@ -1,0 +1,139 @@
+//! A cluster stopped as a whole (issue 18): both nodes killed with `kill -9` at random moments
+//! and each started again with its command and state dir; the coordinator restores its part
+//! of the newest complete checkpoint and waits for the member, which restores its own part;
+//! the file source on one node and the durable stream on the other go on from the
+//! checkpoint, and an exactly-once receiver ends up with every output once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use quokka_tests::harness::{load_text, DEADLINE};
+use quokka_tests::reference::reference_counts;
+
+use crate::crash::{
+    append_slowly, check_exact_totals, exactly_once_sink, temp_dir, wait_status, Rng,
+};
+use crate::{ctl, quokka, signal, Service};
+
+/// Word count's coordinator `w1`: a file of lines it follows, 2 cores.
+fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Service {
+    Service::start(
+        "w1",
+        Command::new(quokka())
+            .args(["run", "word_count", "--name", "w1", "--cores", "2"])
+            .args(["--in", &format!("lines:{}", file.display()), "--follow"])
+            .args(["--control", control, "--data", "127.0.0.1:0"])
+            .args(["--out", &out.to_string()])
+            .args(["--state-dir", &state.display().to_string()])
+            .args([
+                "--checkpoint-interval",
+                "30ms",
+                "--guarantee",
+                "exactly-once",
+            ])
+            .env("RUST_LOG", "info"),
+    )
+}
+
+/// Member `w2`, listening for source connections at `input`, 1 core.
+fn member(state: &Path, input: &str, lead: SocketAddr) -> Service {
+    Service::start(
+        "w2",
+        Command::new(quokka())
+            .args(["run", "word_count", "--name", "w2", "--cores", "1"])
+            .args(["--in", input, "--data", "127.0.0.1:0"])
+            .args(["--join", &lead.to_string()])
+            .args(["--state-dir", &state.display().to_string()])
+            .env("RUST_LOG", "info"),
+    )
+}
+
+#[test]
+fn a_cluster_killed_as_a_whole_comes_back_from_its_checkpoint_each_output_once() {
+    let dir = temp_dir("cluster");
+    let text = load_text();
+    let (a, b) = text.split_at(text.len() / 2);
+    let file_lines: Vec<String> = a.iter().cycle().take(40_000).cloned().collect();
+    let sent_lines: Vec<String> = b.iter().cycle().take(15_000).cloned().collect();
+    let expected = reference_counts((file_lines.iter()).chain(&sent_lines).map(String::as_str));
+    let file = dir.join("input.txt");
+    let len: usize = file_lines.iter().map(|l| l.len() + 1).sum();
+    let sent = dir.join("sent.txt");
+    std::fs::write(&sent, sent_lines.join("\n") + "\n").unwrap();
+    let (s1, s2) = (dir.join("w1"), dir.join("w2"));
+    let (receiver, got) = exactly_once_sink();
+    let out = receiver.addr();
+
+    // The first runs pick the ports; every restart binds them again.
+    let writer = append_slowly(file.clone(), file_lines);
+    let mut w1 = coordinator(&file, &s1, "127.0.0.1:0", out);
+    let lead = w1.addrs.control();
+    let mut w2 = member(&s2, "127.0.0.1:0", lead);
+    let input = w2.addrs.input();
+    let sender = crate::Proc::spawn(
+        Command::new(crate::tool("quokka-send"))
+            .args(["--to", &input.to_string(), "--lines", "--durable", "b"])
+            .args(["--rate", "3000", "--connect-timeout", "60"])
+            .arg("--file")
+            .arg(&sent)
+            .stdout(std::process::Stdio::piped()),
+    );
+    let mut rng = Rng::seeded();
+    let mut restored_whole = 0;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(150 + rng.below(500)));
+        // Both go, in either order: a cluster stopped as a whole, mid-checkpoint or not.
+        let (first, second) = if rng.below(2) == 0 {
+            (&w1, &w2)
+        } else {
+            (&w2, &w1)
+        };
+        signal(&first.child, "-KILL");
+        signal(&second.child, "-KILL");
+        let _ = w1.child.wait();
+        let _ = w2.child.wait();
+        w1 = coordinator(&file, &s1, &lead.to_string(), out);
+        // Until the member is back, a coordinator restored with it reads nothing.
+        let (_, status, _) = ctl(lead, &["status"]);
+        if status.contains("WAITING for nodes w2") {
+            assert!(!status.contains("read to byte"), "{status}");
+        }
+        w2 = member(&s2, &input.to_string(), lead);
+        if w2.log_text().contains("restored from checkpoint") {
+            assert!(status.contains("WAITING for nodes w2"), "{status}");
+            restored_whole += 1;
+        }
+    }
+    assert!(restored_whole > 0, "w2 never restored a checkpoint");
+    let out_of_sender = sender.into_child().wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out_of_sender.stdout);
+    assert!(
+        out_of_sender.status.success(),
+        "the durable sender failed: {said}"
+    );
+    assert!(said.contains("all durable"), "{said}");
+    writer.join().unwrap();
+    let status = wait_status(lead, "w1 did not read its file", |s| {
+        s.contains(&format!("read to byte {len}\n"))
+    });
+    assert!(status.contains("restored from checkpoint"), "{status}");
+    assert!(!status.contains("WAITING"), "{status}");
+    // A checkpoint after everything was read releases every output.
+    let (code, answer, err) = ctl(lead, &["checkpoint"]);
+    assert_eq!(code, Some(0), "{answer}{err}");
+    let last: u64 = (answer.split(' ').nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoint number in {answer:?}"));
+    let deadline = Instant::now() + DEADLINE;
+    while receiver.committed() < last {
+        assert!(Instant::now() < deadline, "commit {last} never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check_exact_totals(&got.lock().unwrap(), &expected);
+    signal(&w1.child, "-INT");
+    w1.wait_exit_ok();
+    w2.wait_exit_ok();
+    let _ = std::fs::remove_dir_all(&dir);
+}
