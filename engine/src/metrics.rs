@@ -278,7 +278,7 @@ impl Window {
 }
 
 /// One core as `status` shows it.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct CoreStatus {
     /// The node that runs the core (filled in by the node that answers).
     pub node: String,

@@ -7,6 +7,7 @@ mod coordinator;
 mod join;
 mod state_dir;
 mod status;
+mod status_json;
 #[cfg(test)]
 mod tests;
 

@@ -52,6 +52,8 @@ pub enum Request {
     Ready,
     /// Take a checkpoint now and answer once it is durable.
     Checkpoint,
+    /// What `Status` says, as one JSON object.
+    StatusJson,
 }
 
 /// A request with the cluster token it was sent with.
@@ -184,6 +186,7 @@ const REMOVE_NODE: u8 = 4;
 const JOIN: u8 = 5;
 const READY: u8 = 6;
 const CHECKPOINT: u8 = 7;
+const STATUS_JSON: u8 = 8;
 const GREETING: u8 = 0x80;
 const OK: u8 = 0x81;
 const ERROR: u8 = 0x82;
@@ -221,6 +224,7 @@ impl Request {
             Request::Join(body) => (JOIN, body),
             Request::Ready => (READY, &[]),
             Request::Checkpoint => (CHECKPOINT, &[]),
+            Request::StatusJson => (STATUS_JSON, &[]),
         };
         Self::with_body(kind, token, body)
     }
@@ -236,7 +240,7 @@ impl Request {
 
     pub fn decode(payload: &[u8]) -> Result<Envelope, ControlError> {
         let (kind, rest) = open(payload)?;
-        if !(STATUS..=CHECKPOINT).contains(&kind) {
+        if !(STATUS..=STATUS_JSON).contains(&kind) {
             return Err(ControlError::UnknownKind(kind));
         }
         let len = usize::from(*rest.first().ok_or(ControlError::Truncated)?);
@@ -272,6 +276,7 @@ impl Request {
             JOIN => Request::Join(body.to_vec()),
             READY => empty(body, Request::Ready)?,
             CHECKPOINT => empty(body, Request::Checkpoint)?,
+            STATUS_JSON => empty(body, Request::StatusJson)?,
             _ => return Err(ControlError::UnknownKind(kind)),
         };
         Ok(Envelope { token, request })
@@ -360,6 +365,7 @@ mod tests {
             Request::Join(Vec::new()),
             Request::Ready,
             Request::Checkpoint,
+            Request::StatusJson,
         ] {
             for token in ["", "secret", &"t".repeat(255)] {
                 let payload = r.encode(token).unwrap();

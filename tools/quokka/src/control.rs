@@ -65,6 +65,7 @@ fn handle(mut session: Session, engine: &Engine) {
 fn execute(engine: &Engine, request: Request) -> Response {
     let result = match request {
         Request::Status => Ok(engine.status().to_string()),
+        Request::StatusJson => Ok(engine.status().to_json()),
         Request::GrowCores(n) => engine
             .grow(usize::from(n))
             .map(|r| format!("grow-cores {n}: {r}")),

@@ -99,8 +99,12 @@ impl TokenArgs {
 #[derive(Subcommand)]
 enum CtlCommand {
     /// Every node with its cores, slots per core, routing epoch, per-core rates and latency,
-    /// any migration, any lost node.
-    Status,
+    /// any migration, any lost node, the last checkpoint.
+    Status {
+        /// One JSON object instead of text (its fields are listed in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Start N more cores on the coordinator's node and move slots onto them while the app runs
     /// (a node runs at most 256 cores).
     GrowCores { n: u16 },
@@ -253,7 +257,8 @@ fn main() {
 fn ctl(args: CtlArgs) -> Result<()> {
     let addr = parse_addr(&args.control).context("--control")?;
     let request = match args.command {
-        CtlCommand::Status => Request::Status,
+        CtlCommand::Status { json: false } => Request::Status,
+        CtlCommand::Status { json: true } => Request::StatusJson,
         CtlCommand::GrowCores { n } => Request::GrowCores(n),
         CtlCommand::ShrinkCores { n } => Request::ShrinkCores(n),
         CtlCommand::RemoveNode { name } => Request::RemoveNode(name),

@@ -1,0 +1,170 @@
+//! `status` as one JSON object (`quokka ctl status --json`): the same facts as the text, with
+//! units in the field names (`_ms`, `_ns`, `_bytes`, `_per_sec`) and times as milliseconds
+//! since the Unix epoch. The README lists the fields.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use super::coordinator::CheckpointStatus;
+use super::status::Status;
+use crate::metrics::CoreStatus;
+
+impl Status {
+    pub fn to_json(&self) -> String {
+        let migration = self.migration.as_ref().map(|m| {
+            json!({
+                "change": m.change,
+                "steps_done": m.steps_done,
+                "steps": m.steps,
+                "slots_moved": m.slots_moved,
+                "slots": m.slots,
+                "running_ms": m.started.elapsed().as_millis() as u64,
+            })
+        });
+        let lost: Vec<Value> = (self.lost.iter())
+            .map(|l| {
+                json!({
+                    "node": l.node.name,
+                    "cores": l.node.cores,
+                    "slots": l.slots,
+                    "reason": l.node.reason,
+                })
+            })
+            .collect();
+        let nodes: Vec<Value> = (self.nodes.iter())
+            .map(|n| json!({"name": n.name, "data": n.data_addr, "coordinator": n.coordinator}))
+            .collect();
+        let status = json!({
+            "epoch": self.epoch,
+            "slots": self.n_slots,
+            "retired_cores": self.retired,
+            "nodes": nodes,
+            "cores": self.cores.iter().map(core).collect::<Vec<_>>(),
+            "silent_cores": self.silent,
+            "lost": lost,
+            "migration": migration,
+            "checkpoints": self.checkpoints.as_ref().map(checkpoints),
+        });
+        status.to_string()
+    }
+}
+
+fn core(c: &CoreStatus) -> Value {
+    let files: Vec<Value> = (c.files.iter())
+        .map(|(name, offset, ended)| json!({"source": name, "offset": offset, "ended": ended}))
+        .collect();
+    json!({
+        "node": c.node,
+        "core": c.core,
+        "cpu": c.cpu,
+        "epoch": c.epoch,
+        "slots": c.slots,
+        "entities": c.entities,
+        "state_bytes": c.state_bytes,
+        "buffered": c.buffered,
+        "connections": c.connections,
+        "frames": c.frames,
+        "applied": c.applied,
+        "late": c.late,
+        "timers": c.timers,
+        "watermark": c.watermark,
+        "outputs": c.outputs,
+        "sink_down": c.sink_down,
+        "sink_failures": c.sink_failures,
+        "outputs_at_risk": c.at_risk,
+        "frames_per_sec": c.frames_per_sec,
+        "outputs_per_sec": c.outputs_per_sec,
+        "latency_p50_ns": c.latency_p50,
+        "latency_p99_ns": c.latency_p99,
+        "latency_max_ns": c.latency_max,
+        "files": files,
+    })
+}
+
+fn checkpoints(c: &CheckpointStatus) -> Value {
+    let ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let last = c.last.as_ref().map(|l| {
+        json!({
+            "checkpoint": l.checkpoint,
+            "taken_ms": ms(l.taken),
+            "age_ms": SystemTime::now().duration_since(l.taken).map_or(0, |d| d.as_millis() as u64),
+            "written_bytes": l.written,
+            "state_bytes": l.state_bytes,
+            "duration_ms": l.duration.as_millis() as u64,
+        })
+    });
+    json!({
+        "state_dir": c.state_dir.display().to_string(),
+        "last_complete": last,
+        "failure": c.failure,
+        "restored_from": c.restored_from,
+        "awaiting_nodes": c.awaiting,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::node::coordinator::CheckpointInfo;
+    use crate::node::status::NodeInfo;
+
+    #[test]
+    fn status_reads_back_as_json_with_every_checkpoint_fact() {
+        let taken = UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
+        let status = Status {
+            epoch: 3,
+            n_slots: 64,
+            nodes: vec![NodeInfo {
+                name: "w1 \"lead\"".into(),
+                data_addr: "127.0.0.1:7000".into(),
+                coordinator: true,
+            }],
+            cores: vec![CoreStatus {
+                node: "w1".into(),
+                core: 1,
+                files: vec![("text".into(), 42, Some("read to its end".into()))],
+                latency_p99: Some(1500),
+                ..CoreStatus::default()
+            }],
+            lost: Vec::new(),
+            silent: vec![2],
+            migration: None,
+            retired: 1,
+            checkpoints: Some(CheckpointStatus {
+                state_dir: PathBuf::from("/var/lib/q"),
+                last: Some(CheckpointInfo {
+                    checkpoint: 9,
+                    taken,
+                    written: 100,
+                    state_bytes: 1000,
+                    duration: Duration::from_millis(12),
+                }),
+                failure: Some("disk full".into()),
+                restored_from: Some(8),
+                awaiting: vec!["w2".into()],
+            }),
+        };
+        let v: Value = serde_json::from_str(&status.to_json()).unwrap();
+        assert_eq!(v["epoch"], 3);
+        assert_eq!(v["nodes"][0]["name"], "w1 \"lead\"");
+        assert_eq!(v["cores"][0]["core"], 1);
+        assert_eq!(v["cores"][0]["latency_p99_ns"], 1500);
+        assert_eq!(v["cores"][0]["latency_p50_ns"], Value::Null);
+        assert_eq!(v["cores"][0]["files"][0]["offset"], 42);
+        assert_eq!(v["silent_cores"][0], 2);
+        let c = &v["checkpoints"];
+        assert_eq!(c["last_complete"]["checkpoint"], 9);
+        assert_eq!(c["last_complete"]["taken_ms"], 1_800_000_000_000u64);
+        assert_eq!(c["last_complete"]["duration_ms"], 12);
+        assert_eq!(c["failure"], "disk full");
+        assert_eq!(c["restored_from"], 8);
+        assert_eq!(c["awaiting_nodes"][0], "w2");
+    }
+}
