@@ -290,7 +290,7 @@ impl StateDir {
             let path = self.path.join(format!("{n:012}.manifest"));
             match fs::remove_file(&path) {
                 Ok(()) => tracing::info!(
-                    "removed {}: the cluster never completed checkpoint {n}",
+                    "removed {}: the cluster restores checkpoint {checkpoint} (0: none), not {n}",
                     path.display()
                 ),
                 Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),

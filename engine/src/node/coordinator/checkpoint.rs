@@ -365,8 +365,9 @@ impl Coordinator {
                 cores: m.cores,
             })
             .collect();
+        let previous = self.previous_part();
         let c = self.checkpoints.as_mut().expect("checked");
-        match c.dir.write(c.last.as_ref(), next, snapshots, None) {
+        match c.dir.write(previous.as_ref(), next, snapshots, None) {
             Ok(manifest) => {
                 let mut info = info(&manifest, started.elapsed());
                 info.written += member_bytes;
@@ -398,6 +399,15 @@ impl Coordinator {
                 })
             }
         }
+    }
+
+    /// The last manifest this node wrote, without the parts of slots its cores no longer own:
+    /// those moved to another node, whose part stores them now.
+    fn previous_part(&self) -> Option<Manifest> {
+        let mut previous = self.checkpoints.as_ref()?.last.clone()?;
+        let local = self.local_ids();
+        (previous.parts).retain(|p| local.contains(&self.table.owner(p.slot)));
+        Some(previous)
     }
 
     /// This node's manifest of `checkpoint` (no parts yet) from its cores' snapshots.
@@ -449,10 +459,11 @@ impl Coordinator {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let next = self.manifest(checkpoint, app, taken_ms, &snapshots);
+        let previous = self.previous_part();
         let c = self.checkpoints.as_mut().expect("checked");
         match c
             .dir
-            .write(c.last.as_ref(), next, snapshots, Some(keep_from))
+            .write(previous.as_ref(), next, snapshots, Some(keep_from))
         {
             Ok(manifest) => {
                 let answer = Answer::Written {

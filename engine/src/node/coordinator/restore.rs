@@ -83,10 +83,12 @@ impl Start {
                 names.join(", ")
             );
         }
+        let mut per_core = r.per_core;
+        per_core.retain(|id, _| ids.contains(id));
         Start {
             table: r.table,
             ids: ids.into_iter().collect(),
-            per_core: r.per_core,
+            per_core,
             offsets: r.offsets,
             awaiting,
         }
