@@ -567,7 +567,7 @@ pub(crate) fn exactly_once_sink() -> (quokka_io::exactly_once::Receiver, Arc<Mut
 }
 
 /// Waits until the receiver applied the commit of the checkpoint the summary names last.
-fn wait_committed(receiver: &quokka_io::exactly_once::Receiver, summary: &str) {
+pub(crate) fn wait_committed(receiver: &quokka_io::exactly_once::Receiver, summary: &str) {
     let last: u64 = summary
         .split("checkpoint ")
         .nth(1)

@@ -584,6 +584,13 @@ impl Node {
                 self.expect(member);
                 Answer::Done
             }
+            Question::CutSources => {
+                self.accepting.store(false, Ordering::Release);
+                for addr in self.local.read().unwrap().values() {
+                    addr.send_control(CoreMsg::CutSources);
+                }
+                Answer::Done
+            }
             Question::WritePart { .. } | Question::OpenSources => {
                 let (reply, answered) = flume::bounded(1);
                 let upward = self.upward.lock().unwrap().clone();

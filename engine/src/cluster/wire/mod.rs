@@ -254,6 +254,9 @@ pub(crate) enum Question {
     },
     /// Every node of a restored cluster is back: start reading sources.
     OpenSources,
+    /// The cluster stops: stop accepting source connections and end the open ones where they
+    /// are (what they received is applied), for a last checkpoint.
+    CutSources,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

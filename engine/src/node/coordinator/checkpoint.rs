@@ -119,6 +119,9 @@ impl Checkpoints {
     }
 }
 
+/// How long the coordinator waits for a member to answer a question at stop.
+const ASK_WAIT: Duration = Duration::from_secs(10);
+
 /// How much longer than a node waits for its cores the coordinator waits for a member's part.
 const MEMBER_SLACK: Duration = Duration::from_secs(5);
 
@@ -200,20 +203,31 @@ impl Coordinator {
         self.config.checkpoint_interval
     }
 
-    /// Stopping with a state dir: the sources stop where they are, and once everything they
-    /// read is applied (the barriers follow it) a last checkpoint is taken, so a restart goes
-    /// on from here and, with exactly-once sinks, every output so far is released.
+    /// Stopping with a state dir: the sources stop where they are (on every node), and once
+    /// everything they read is applied (the barriers follow it) a last checkpoint is taken, so
+    /// a restart goes on from here and, with exactly-once sinks, every output so far is
+    /// released.
     pub fn final_checkpoint(&mut self) {
-        if self.checkpoints.is_none() || self.stopped || !self.node.members().is_empty() {
+        if self.checkpoints.is_none() || self.stopped || !self.node.is_coordinator() {
             return;
         }
         for id in self.local_ids() {
             self.cores[&id].addr.send_control(CoreMsg::CutSources);
         }
+        let members = self.node.members();
+        for m in &members {
+            if self.node.ask(&m.name, Question::CutSources, ASK_WAIT) != Some(Answer::Done) {
+                tracing::warn!(
+                    "node {} did not end its sources: no final checkpoint",
+                    m.name
+                );
+                return;
+            }
+        }
         let deadline = Instant::now() + self.config.change_timeout;
-        while (self.node.local_status().iter()).any(|s| s.connections > 0) {
+        while let Some(open) = self.open_source_somewhere(&members) {
             if Instant::now() > deadline {
-                tracing::warn!("sources still open at stop: no final checkpoint");
+                tracing::warn!("sources still open at stop ({open}): no final checkpoint");
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -225,6 +239,19 @@ impl Coordinator {
             ),
             Err(e) => tracing::warn!("no final checkpoint: {e}"),
         }
+    }
+
+    /// A node with a source connection still open (or that did not say), if any.
+    fn open_source_somewhere(&self, members: &[crate::cluster::wire::Member]) -> Option<String> {
+        if (self.node.local_status().iter()).any(|s| s.connections > 0) {
+            return Some(self.node.name.clone());
+        }
+        members.iter().find_map(
+            |m| match self.node.ask(&m.name, Question::Status, ASK_WAIT) {
+                Some(Answer::Status(cores)) if cores.iter().all(|c| c.connections == 0) => None,
+                _ => Some(m.name.clone()),
+            },
+        )
     }
 
     /// Takes a checkpoint and waits until it is durable.
