@@ -103,6 +103,16 @@ fn a_cluster_killed_as_a_whole_comes_back_from_its_checkpoint_each_output_once()
         if status.contains("WAITING for nodes w2") {
             assert!(!status.contains("read to byte"), "{status}");
             restored_whole += 1;
+            let (code, json, err) = ctl(lead, &["status", "--json"]);
+            assert_eq!(code, Some(0), "{err}");
+            let json: serde_json::Value = serde_json::from_str(&json).expect("status --json");
+            let checkpoints = &json["checkpoints"];
+            assert_eq!(
+                checkpoints["awaiting_nodes"],
+                serde_json::json!(["w2"]),
+                "{json}"
+            );
+            assert!(checkpoints["restored_from"].as_u64() > Some(0), "{json}");
         }
         w2 = member(&s2, &input.to_string(), lead);
     }

@@ -190,16 +190,16 @@ impl Manifest {
 }
 
 /// Of the checkpoints on disk (newest first, each with the files it reads), the ones to keep:
-/// the newest two that are complete, or on a member every one from `keep_from` on (the
-/// coordinator's, which completes a checkpoint, may be older than the member's newest two).
-/// Returns (manifests to keep, data files to keep).
+/// the newest two that are complete, or on a member those of `only` (the checkpoints the
+/// coordinator keeps, which complete the cluster's, and the one just written, which the next
+/// builds on). Returns (manifests to keep, data files to keep).
 pub(crate) fn keep(
     complete: &[(u64, BTreeSet<u64>)],
-    keep_from: Option<u64>,
+    only: Option<&BTreeSet<u64>>,
 ) -> (BTreeSet<u64>, BTreeSet<u64>) {
-    let kept: Vec<_> = match keep_from {
+    let kept: Vec<_> = match only {
         None => complete.iter().take(2).collect(),
-        Some(from) => complete.iter().filter(|(n, _)| *n >= from).collect(),
+        Some(only) => complete.iter().filter(|(n, _)| only.contains(n)).collect(),
     };
     let manifests = kept.iter().map(|(n, _)| *n).collect();
     let files = kept.iter().flat_map(|(_, f)| f.iter().copied()).collect();
@@ -329,17 +329,19 @@ mod tests {
     }
 
     #[test]
-    fn a_member_keeps_every_checkpoint_the_coordinator_may_restore() {
-        // The coordinator keeps 3 and 5 (its 4 failed on another member): this member must
-        // keep 3 although it wrote 4 and 5 since.
+    fn a_member_keeps_the_checkpoints_the_coordinator_keeps_and_its_newest() {
+        // The coordinator keeps 3 and 5 (its 4 failed on another member), this member just
+        // wrote 6: it keeps 3, 5 and 6 and whatever they read, not 4 (and not 7, a part the
+        // cluster never completed before a restore from 5).
         let on_disk = vec![
+            (7, BTreeSet::from([7])),
+            (6, BTreeSet::from([4, 6])),
             (5, BTreeSet::from([5])),
             (4, BTreeSet::from([2, 4])),
             (3, BTreeSet::from([1, 3])),
-            (2, BTreeSet::from([2])),
         ];
-        let (manifests, files) = keep(&on_disk, Some(3));
-        assert_eq!(manifests, BTreeSet::from([3, 4, 5]));
-        assert_eq!(files, BTreeSet::from([1, 2, 3, 4, 5]));
+        let (manifests, files) = keep(&on_disk, Some(&BTreeSet::from([3, 5, 6])));
+        assert_eq!(manifests, BTreeSet::from([3, 5, 6]));
+        assert_eq!(files, BTreeSet::from([1, 3, 4, 5, 6]));
     }
 }

@@ -75,7 +75,35 @@ pub enum LinkError {
 const EXPECT_WAIT: Duration = Duration::from_secs(10);
 
 /// A question for the node layer, with where its answer goes.
-pub(crate) type Upward = (Question, flume::Sender<Answer>);
+pub(crate) type Upward = (Question, Reply);
+
+/// Where the answer to a question goes: back on the link to the node that asked. The node
+/// layer answers its questions (a checkpoint's part may take a while) on a thread of its own,
+/// so the answering thread goes on with the others meanwhile.
+pub(crate) struct Reply {
+    node: Weak<Node>,
+    to: String,
+    id: u64,
+}
+
+impl Reply {
+    pub fn send(self, answer: Answer) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        match node.link(&self.to) {
+            Some(link) => {
+                link.send_node(Wire::Answer {
+                    id: self.id,
+                    answer,
+                });
+            }
+            None => {
+                tracing::warn!(node = %node.name, "no link back to node {} to answer it", self.to)
+            }
+        }
+    }
+}
 
 /// A node that went away without saying goodbye.
 #[derive(Debug, Clone)]
@@ -591,15 +619,9 @@ impl Node {
                 }
                 Answer::Done
             }
+            // Handed up by `answer_questions`, never asked here.
             Question::WritePart { .. } | Question::OpenSources => {
-                let (reply, answered) = flume::bounded(1);
-                let upward = self.upward.lock().unwrap().clone();
-                match upward.map(|up| up.send((question, reply))) {
-                    Some(Ok(())) => answered
-                        .recv()
-                        .unwrap_or_else(|_| Answer::Failed("this node is ending".into())),
-                    _ => Answer::Failed(format!("node {} has no state dir", self.name)),
-                }
+                Answer::Failed(format!("node {} cannot answer that here", self.name))
             }
         }
     }
@@ -649,16 +671,25 @@ impl Node {
 }
 
 /// Answers other nodes' questions, one at a time, until the node is gone.
-fn answer_questions(node: &Weak<Node>, asked: &flume::Receiver<(String, u64, Question)>) {
+fn answer_questions(weak: &Weak<Node>, asked: &flume::Receiver<(String, u64, Question)>) {
     for (from, id, question) in asked {
-        let Some(node) = node.upgrade() else { return };
-        let answer = node.answer(question);
-        match node.link(&from) {
-            Some(link) => {
-                link.send_node(Wire::Answer { id, answer });
+        let Some(node) = weak.upgrade() else { return };
+        let reply = Reply {
+            node: weak.clone(),
+            to: from,
+            id,
+        };
+        if matches!(question, Question::WritePart { .. } | Question::OpenSources) {
+            let upward = node.upward.lock().unwrap().clone();
+            // Not a member yet: the asker's deadline answers for it.
+            if let Some(up) = upward {
+                if let Err(flume::SendError((_, reply))) = up.send((question, reply)) {
+                    reply.send(Answer::Failed(format!("node {} is ending", node.name)));
+                }
             }
-            None => tracing::warn!(node = %node.name, "no link back to node {from} to answer it"),
+            continue;
         }
+        reply.send(node.answer(question));
     }
 }
 

@@ -20,6 +20,10 @@ use crate::cluster::{link, Ending, LinkError, Node, Role};
 use crate::runtime::messages::CoreMsg;
 use crate::runtime::Config;
 
+/// How long a node coming back to a restored cluster may take to restore its part and say it
+/// is ready (the cluster reads nothing until it is back anyway).
+const RESTORE_READY: Duration = Duration::from_secs(600);
+
 /// How often a leaving member looks whether its source connections have closed.
 const SOURCES_POLL: Duration = Duration::from_millis(10);
 
@@ -355,8 +359,14 @@ impl Engine {
         session
             .answer(&Response::Welcome(wire::encode_welcome(welcome)))
             .map_err(|e| lost(e.to_string()))?;
+        // A node restoring its part of a checkpoint reads all of it first.
+        let deadline = if welcome.restore > 0 {
+            RESTORE_READY
+        } else {
+            READY_DEADLINE
+        };
         let ready = session
-            .next_request(Step::Ready, READY_DEADLINE)
+            .next_request(Step::Ready, deadline)
             .map_err(|e| lost(e.to_string()))?;
         if ready.request != Request::Ready || !self.token_matches(&ready.token) {
             return Err(lost("it did not say it was ready".into()));

@@ -243,6 +243,13 @@ impl Engine {
                 "--guarantee exactly-once needs --state-dir: outputs are released by durable checkpoints",
             ));
         }
+        if starting == Starting::Joining
+            && (config.inputs.iter()).any(|i| matches!(i, crate::runtime::Input::File(_)))
+        {
+            return Err(StartError::Config(
+                "a file source on a joining node: a node may leave the cluster, and a file being read cannot move with its slots; read files on the coordinator's node",
+            ));
+        }
         config.source_names = app.sources().to_vec();
         Ok(config)
     }
@@ -609,7 +616,7 @@ fn answer_upward(node: &Node, coordinator: &Arc<Mutex<Coordinator>>) {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .answer_upward(question);
-                let _ = reply.send(answer);
+                reply.send(answer);
             }
         })
         .expect("spawn the upward answering thread");

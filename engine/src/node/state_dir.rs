@@ -283,28 +283,10 @@ impl StateDir {
         accept(self.read_parts(read)?)
     }
 
-    /// Removes the manifests newer than `checkpoint` (0: all): a member's part of checkpoints
-    /// the cluster never completed, whose numbers the coordinator will use again.
-    pub fn forget_after(&self, checkpoint: u64) {
-        for n in self.manifests().into_iter().filter(|&n| n > checkpoint) {
-            let path = self.path.join(format!("{n:012}.manifest"));
-            match fs::remove_file(&path) {
-                Ok(()) => tracing::info!(
-                    "removed {}: the cluster restores checkpoint {checkpoint} (0: none), not {n}",
-                    path.display()
-                ),
-                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
-            }
-        }
-    }
-
-    /// The oldest checkpoint kept after the next one is written (of the newest two on disk;
-    /// 0 if there is none): a member keeps its parts from there on.
-    pub fn oldest_kept(&self) -> u64 {
-        let newest_first = self.manifests();
-        (newest_first.get(1).or(newest_first.first()))
-            .copied()
-            .unwrap_or(0)
+    /// The newest two checkpoints with a manifest: those the coordinator keeps as long as the
+    /// next one is not written (a member keeps its parts of them).
+    pub fn kept(&self) -> Vec<u64> {
+        self.manifests().into_iter().take(2).collect()
     }
 
     /// The newest complete checkpoint's number, if any (without reading its parts).
@@ -361,16 +343,16 @@ impl StateDir {
     /// Writes checkpoint `next` (its manifest, with no parts yet) from the cores' snapshots,
     /// on top of `previous`: the parts file, durably, then the manifest, durably. Returns the
     /// manifest as written. On an error nothing the previous checkpoints read is touched.
-    /// Keeps what `checkpoint::keep` says (`keep_from` on a member).
+    /// Keeps what `checkpoint::keep` says (`only` those on a member).
     pub fn write(
         &self,
         previous: Option<&Manifest>,
         next: Manifest,
         snapshots: Vec<Snapshot>,
-        keep_from: Option<u64>,
+        only: Option<&BTreeSet<u64>>,
     ) -> Result<Manifest, WriteError> {
         let checkpoint = next.checkpoint;
-        let written = self.try_write(previous, next, snapshots, keep_from);
+        let written = self.try_write(previous, next, snapshots, only);
         if written.is_err() {
             // A full disk must not stay full of what failed.
             let _ = fs::remove_file(self.parts_path(checkpoint));
@@ -384,7 +366,7 @@ impl StateDir {
         previous: Option<&Manifest>,
         next: Manifest,
         snapshots: Vec<Snapshot>,
-        keep_from: Option<u64>,
+        only: Option<&BTreeSet<u64>>,
     ) -> Result<Manifest, WriteError> {
         let checkpoint = next.checkpoint;
         let path = self.parts_path(checkpoint);
@@ -429,19 +411,19 @@ impl StateDir {
         next.written = offset;
         let name = format!("{checkpoint:012}.manifest");
         write_durably(&self.path, &name, &next.encode())?;
-        self.collect_garbage(keep_from);
+        self.collect_garbage(only);
         Ok(next)
     }
 
     /// Removes what no kept checkpoint reads: older manifests, their parts files, leftovers of
     /// checkpoints that never completed.
-    fn collect_garbage(&self, keep_from: Option<u64>) {
+    fn collect_garbage(&self, only: Option<&BTreeSet<u64>>) {
         let complete: Vec<(u64, BTreeSet<u64>)> = self
             .manifests()
             .into_iter()
             .filter_map(|n| self.read_manifest(n).ok().map(|m| (n, m.files())))
             .collect();
-        let (manifests, files) = checkpoint::keep(&complete, keep_from);
+        let (manifests, files) = checkpoint::keep(&complete, only);
         let newest = complete.first().map_or(0, |c| c.0);
         for entry in fs::read_dir(&self.path).into_iter().flatten().flatten() {
             let Ok(name) = entry.file_name().into_string() else {

@@ -245,11 +245,12 @@ pub(crate) enum Question {
     /// secret) and link to it when it has `Joined`. Answered once it is expected.
     Expect(Member),
     /// Write this node's part of checkpoint `checkpoint` (its cores were asked for their
-    /// snapshots), with the cluster's routing table, and keep every part from `keep_from` on. Answered `Written` once it is
-    /// durable, or `Failed`.
+    /// snapshots), with the cluster's routing table, and keep only it and the parts of `keep`
+    /// (the checkpoints the coordinator keeps). Answered `Written` once it is durable, or
+    /// `Failed`.
     WritePart {
         checkpoint: u64,
-        keep_from: u64,
+        keep: Vec<u64>,
         table: TableWire,
     },
     /// Every node of a restored cluster is back: start reading sources.

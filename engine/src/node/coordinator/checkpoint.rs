@@ -314,7 +314,7 @@ impl Coordinator {
         let checkpoint = c.next;
         c.next += 1;
         let scope = std::mem::replace(&mut c.next_scope, Scope::Changed);
-        let keep_from = c.dir.oldest_kept();
+        let keep = c.dir.kept();
         let taken_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -333,7 +333,7 @@ impl Coordinator {
                 .map(|m| {
                     let question = Question::WritePart {
                         checkpoint,
-                        keep_from,
+                        keep: keep.clone(),
                         table: table.clone(),
                     };
                     (
@@ -466,11 +466,11 @@ impl Coordinator {
     }
 
     /// On a member: gathers this node's cores' snapshots of `checkpoint` and writes them as
-    /// its part, keeping every part from `keep_from` on (the coordinator may restore those).
+    /// its part, keeping only it and its parts of `keep` (the coordinator may restore those).
     pub(super) fn write_part(
         &mut self,
         checkpoint: u64,
-        keep_from: u64,
+        keep: &[u64],
         table: &RoutingTable,
     ) -> Answer {
         let Some(app) = self.checkpoints.as_ref().map(|c| c.app.clone()) else {
@@ -488,10 +488,9 @@ impl Coordinator {
         let next = self.manifest(checkpoint, app, taken_ms, &snapshots);
         let previous = self.previous_part();
         let c = self.checkpoints.as_mut().expect("checked");
-        match c
-            .dir
-            .write(previous.as_ref(), next, snapshots, Some(keep_from))
-        {
+        let only: std::collections::BTreeSet<u64> =
+            keep.iter().copied().chain([checkpoint]).collect();
+        match c.dir.write(previous.as_ref(), next, snapshots, Some(&only)) {
             Ok(manifest) => {
                 let answer = Answer::Written {
                     written: manifest.written,

@@ -84,13 +84,7 @@ impl Coordinator {
     fn rejoin(&mut self, join: &JoinRequest, ids: &[CoreId]) -> Result<ChangeReport, ChangeError> {
         let others = self.node.members();
         let member = self.node.link_expected(&join.node)?;
-        for other in &others {
-            if let Some(link) = self.node.link(&other.name) {
-                link.send_node(Wire::Joined {
-                    node: join.node.clone(),
-                });
-            }
-        }
+        self.announce(&others, &join.node);
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
         self.add_remote(&member);
         self.introduce(&old, ids);
@@ -129,13 +123,7 @@ impl Coordinator {
         let p = plan(&self.table, &old, &Change::Add(ids.to_vec()))?;
         let others = self.node.members();
         let member = self.node.link_expected(&join.node)?;
-        for other in &others {
-            if let Some(link) = self.node.link(&other.name) {
-                link.send_node(Wire::Joined {
-                    node: join.node.clone(),
-                });
-            }
-        }
+        self.announce(&others, &join.node);
         self.add_remote(&member);
         match self.move_onto(
             &old,
@@ -241,5 +229,16 @@ impl Coordinator {
         self.node.remove_member(name);
         self.publish(None);
         Ok(self.finished(report, &label, started, before))
+    }
+
+    /// Tells the members `others` that node `joined` joined: each links to it.
+    fn announce(&self, others: &[crate::cluster::wire::Member], joined: &str) {
+        for other in others {
+            if let Some(link) = self.node.link(&other.name) {
+                link.send_node(Wire::Joined {
+                    node: joined.to_string(),
+                });
+            }
+        }
     }
 }

@@ -153,6 +153,7 @@ impl Coordinator {
         c.checkpoints = checkpoints;
         if let Some(r) = restore {
             c.restoring = r.per_core;
+            restore::warn_foreign(&mut c.restoring, |id| welcome.cores.contains(&id));
             c.streams = Arc::new(DurableStreams::restored(&r.offsets));
             c.offsets = r.offsets;
             c.sources = Arc::new(Gate::new(false));
@@ -161,9 +162,6 @@ impl Coordinator {
             c.add_remote(m);
         }
         c.spawn_cores(&welcome.cores)?;
-        if c.sources.is_open() {
-            c.open_own_sources();
-        }
         c.publish(None);
         Ok(c)
     }

@@ -84,7 +84,7 @@ impl Start {
             );
         }
         let mut per_core = r.per_core;
-        per_core.retain(|id, _| ids.contains(id));
+        warn_foreign(&mut per_core, |id| ids.contains(&id));
         Start {
             table: r.table,
             ids: ids.into_iter().collect(),
@@ -107,17 +107,22 @@ impl Checkpoints {
         Some(restore)
     }
 
-    /// On a member: reads back this node's part of checkpoint `checkpoint`, whose routing
-    /// table the coordinator sent, and forgets any newer part (the cluster never completed
-    /// it). With `checkpoint` 0 the member starts afresh: every part it holds is forgotten.
+    /// On a member: reads back this node's part of checkpoint `checkpoint` (0: none, the
+    /// node starts empty), whose routing table the coordinator sent. Its other parts stay
+    /// until its first checkpoint in this cluster removes them.
     pub fn restore_part(
         &mut self,
         dataflow: &Dataflow,
         checkpoint: u64,
         table: &RoutingTable,
     ) -> Result<Option<Restore>, Unusable> {
-        self.dir.forget_after(checkpoint);
         if checkpoint == 0 {
+            if let Some(newest) = self.dir.newest() {
+                tracing::warn!(
+                    "this state dir holds this node's parts of checkpoints up to {}, which the cluster does not restore: the first checkpoint taken now removes them",
+                    newest.checkpoint
+                );
+            }
             return Ok(None);
         }
         let started = Instant::now();
@@ -149,6 +154,24 @@ impl Checkpoints {
             self.next = self.next.max(newest.checkpoint + 1);
         }
     }
+}
+
+/// Drops (loudly) restored parts of cores this node does not run: a node's part stores only
+/// its own cores' slots, so there should be none.
+pub(super) fn warn_foreign(
+    per_core: &mut BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
+    here: impl Fn(CoreId) -> bool,
+) {
+    per_core.retain(|&id, parts| {
+        if !here(id) {
+            tracing::warn!(
+                core = id,
+                "the checkpoint holds {} part(s) of core {id}, which does not run here: left out",
+                parts.len()
+            );
+        }
+        here(id)
+    });
 }
 
 /// A checkpoint read back, as each core's slots: a part the app cannot read (another build of
@@ -215,10 +238,6 @@ impl Gate {
         self.opened.notify_all();
     }
 
-    pub fn is_open(&self) -> bool {
-        *self.open.lock().unwrap()
-    }
-
     /// Returns once the gate is open.
     pub fn wait(&self) {
         let open = self.open.lock().unwrap();
@@ -262,10 +281,10 @@ impl Coordinator {
         match question {
             Question::WritePart {
                 checkpoint,
-                keep_from,
+                keep,
                 table,
             } => match table.to_table(self.table.n_slots()) {
-                Ok(table) => self.write_part(checkpoint, keep_from, &table),
+                Ok(table) => self.write_part(checkpoint, &keep, &table),
                 Err(e) => Answer::Failed(format!("a garbled routing table: {e}")),
             },
             Question::OpenSources => {
