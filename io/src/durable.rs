@@ -147,6 +147,9 @@ pub fn send_durably(
     }
 }
 
+/// How long written frames may wait in the sender's buffer.
+const FLUSH_EVERY: Duration = Duration::from_millis(2);
+
 /// Why a connection ended: an error to give up with, or `None` to reconnect.
 struct Stop(Option<DurableError>);
 
@@ -197,10 +200,16 @@ fn connection(
     };
     let result = (|| -> Result<(), Stop> {
         let mut out = io::BufWriter::with_capacity(1 << 16, &stream);
+        let mut flushed = Instant::now();
         for frame in from(position).map_err(|e| Stop(Some(DurableError::Input(e))))? {
             let frame = frame.map_err(|e| Stop(Some(DurableError::Input(e))))?;
             write_frame(&mut out, &frame).map_err(io::Error::from)?;
             sent.frames_written += 1;
+            // Frames that come slowly (a paced sender) go out as they come, not 64 KiB later.
+            if flushed.elapsed() >= FLUSH_EVERY {
+                out.flush()?;
+                flushed = Instant::now();
+            }
             if broken.load(Ordering::Acquire) {
                 return Err(Stop(None));
             }

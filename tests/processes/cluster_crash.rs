@@ -146,3 +146,42 @@ fn a_cluster_killed_as_a_whole_comes_back_from_its_checkpoint_each_output_once()
     check_exact_totals(&got.lock().unwrap(), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_member_refuses_the_coordinator_of_another_cluster_and_keeps_its_parts() {
+    let dir = temp_dir("other-cluster");
+    let file = dir.join("input.txt");
+    std::fs::write(&file, "a b c\n").unwrap();
+    let (receiver, _) = exactly_once_sink();
+    let (s1, s2) = (dir.join("w1"), dir.join("w2"));
+    let mut w1 = coordinator(&file, &s1, "127.0.0.1:0", receiver.addr());
+    let mut w2 = member(&s2, "127.0.0.1:0", w1.addrs.control());
+    let (code, answer, err) = ctl(w1.addrs.control(), &["checkpoint"]);
+    assert_eq!(code, Some(0), "{answer}{err}");
+    signal(&w1.child, "-INT");
+    w1.wait_exit_ok();
+    w2.wait_exit_ok();
+    let parts = |dir: &Path| {
+        (std::fs::read_dir(dir).unwrap().flatten())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+            .count()
+    };
+    let kept = parts(&s2);
+    assert!(kept > 0, "w2 wrote no part");
+
+    // The coordinator comes back on a new state dir: a new cluster, which w2's parts are not of.
+    let mut lead = coordinator(&file, &dir.join("w1-new"), "127.0.0.1:0", receiver.addr());
+    let refused = Command::new(quokka())
+        .args(["run", "word_count", "--name", "w2", "--in", "127.0.0.1:0"])
+        .args(["--join", &lead.addrs.control().to_string()])
+        .args(["--state-dir", &s2.display().to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains("another cluster's checkpoints"), "{said}");
+    assert_eq!(parts(&s2), kept, "w2's parts were touched");
+    signal(&lead.child, "-INT");
+    lead.wait_exit_ok();
+    let _ = std::fs::remove_dir_all(&dir);
+}

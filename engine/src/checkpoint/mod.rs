@@ -84,6 +84,8 @@ pub(crate) struct MemberPart {
 pub(crate) struct Manifest {
     pub checkpoint: u64,
     pub app: String,
+    /// The cluster it is of (the id its coordinator's state dir keeps).
+    pub cluster: u64,
     /// The node that wrote it.
     pub node: String,
     /// On the coordinator, the other nodes' parts of this checkpoint (none on one node).
@@ -233,6 +235,7 @@ mod tests {
         Manifest {
             checkpoint,
             app: "word_count".into(),
+            cluster: 0x5eed,
             node: "w1".into(),
             members: vec![MemberPart {
                 node: "w2".into(),

@@ -536,7 +536,10 @@ impl Node {
                     tracing::error!(node = %self.name, "node {node} joined but: {e}");
                 }
             }
-            Wire::Gone { node } => self.remove_member(&node),
+            Wire::Gone { node } => {
+                self.remove_member(&node);
+                self.forget_lost(&node);
+            }
             Wire::Ask { id, question } => {
                 let _ = self.questions.send((from.to_string(), id, question));
             }

@@ -63,7 +63,10 @@ pub enum JoinError {
     Link(#[from] LinkError),
     #[error("this node is the coordinator")]
     IsCoordinator,
-    #[error("cannot restore this node's part of checkpoint {checkpoint}: {error}")]
+    // The reason is the source only, so `{:#}` shows it once.
+    #[error("its --state-dir holds this node's parts of another cluster's checkpoints (was the coordinator started with another --state-dir?); they are kept: to start this node afresh, give it an empty state dir")]
+    OtherCluster(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot restore this node's part of checkpoint {checkpoint}")]
     Restore {
         checkpoint: u64,
         #[source]
@@ -162,7 +165,7 @@ impl Engine {
             crate::runtime::Guarantee::AtLeastOnce
         };
         if guarantee != config.guarantee {
-            tracing::warn!(
+            tracing::info!(
                 "the cluster's outputs are {guarantee:?}: this node's are too (not --guarantee {:?})",
                 config.guarantee
             );
@@ -173,16 +176,27 @@ impl Engine {
             .to_table(config.n_slots)
             .map_err(|e| refused(JoinError::Garbled(e)))?;
         let restore = match &mut checkpoints {
-            Some(c) => c
-                .restore_part(&app.dataflow, welcome.restore, &table)
-                .map_err(|error| {
-                    refused(JoinError::Restore {
-                        checkpoint: welcome.restore,
-                        error: error.into(),
-                    })
-                })?,
+            Some(c) => {
+                c.join_cluster(welcome.cluster)
+                    .map_err(|error| refused(JoinError::OtherCluster(error.into())))?;
+                c.restore_part(&app.dataflow, welcome.restore, &table)
+                    .map_err(|error| {
+                        refused(JoinError::Restore {
+                            checkpoint: welcome.restore,
+                            error: error.into(),
+                        })
+                    })?
+            }
             None => None,
         };
+        if welcome.restore > 0 && welcome.cores.len() != config.cores {
+            tracing::info!(
+                "restoring this node's {} core(s) of checkpoint {} (not --cores {}); grow or shrink to change",
+                welcome.cores.len(),
+                welcome.restore,
+                config.cores
+            );
+        }
         let (forward, forwarded) = flume::unbounded();
         let node = Node::new(
             config.name.clone(),

@@ -166,11 +166,15 @@ impl Engine {
             Role::Coordinator,
         );
         let checkpoints = match &config.state_dir {
-            Some(dir) => Some(Checkpoints::open(
-                state_dir::StateDir::open(dir, app.name(), config.n_slots)?,
-                app.name(),
-                &config.name,
-            )?),
+            Some(dir) => {
+                let mut c = Checkpoints::open(
+                    state_dir::StateDir::open(dir, app.name(), config.n_slots)?,
+                    app.name(),
+                    &config.name,
+                )?;
+                c.lead()?;
+                Some(c)
+            }
             None => None,
         };
         link::serve(node.clone(), data);

@@ -3,6 +3,8 @@
 //! - `LOCK`: held by the engine that uses the dir (a second one is refused);
 //! - `RUN`: how many times an engine started on this dir: each start's run number, which
 //!   exactly-once sink connections carry so a receiver can fence off an older run;
+//! - `CLUSTER` (a coordinator's): its cluster's random id, which every node's manifests carry,
+//!   so a member's parts are never taken for (or removed by) another cluster's;
 //! - `NNNNNNNNNNNN.parts`: what checkpoint N wrote: the archives of the slots its cores had
 //!   changed, back to back (each at a multiple of 16 bytes), then fsynced;
 //! - `NNNNNNNNNNNN.manifest`: checkpoint N itself (`checkpoint::Manifest`), written after its
@@ -36,7 +38,7 @@ pub enum StateDirError {
     NotEmpty { path: PathBuf, found: String },
     #[error("state dir {path} is in use by another running engine (its LOCK is held)")]
     Locked { path: PathBuf },
-    #[error("state dir {path}: its RUN file says `{found}`, not a run number")]
+    #[error("state dir {path}: it says `{found}`, not a number")]
     Run { path: PathBuf, found: String },
     #[error("state dir {path} holds checkpoints of {found}, not of app `{app}` with {n_slots} slots; give this app a state dir of its own")]
     OtherApp {
@@ -79,6 +81,8 @@ pub enum Unusable {
     OtherApp { app: String, n_slots: u32 },
     #[error("it was written by node `{0}`: give each node its own state dir")]
     OtherNode(String),
+    #[error("it is of cluster {found:016x}, not of this one ({cluster:016x})")]
+    OtherCluster { found: u64, cluster: u64 },
     #[error("no checkpoint {0} here (this node's part of it was never written, or was removed)")]
     Missing(u64),
     #[error("it stores slot {slot}, beyond the cluster's {n_slots}")]
@@ -189,6 +193,28 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The id of the cluster this dir's coordinator leads: made (random) at its first start.
+    pub fn cluster_id(&self, fresh: impl FnOnce() -> u64) -> Result<u64, StateDirError> {
+        let path = self.path.join("CLUSTER");
+        match fs::read_to_string(&path) {
+            Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|_| StateDirError::Run {
+                path: path.clone(),
+                found: text.trim().chars().take(40).collect(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = fresh();
+                write_durably(&self.path, "CLUSTER", format!("{id:016x}\n").as_bytes()).map_err(
+                    |e| StateDirError::Io {
+                        path: path.clone(),
+                        error: e.error,
+                    },
+                )?;
+                Ok(id)
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
 
     /// Counts this start: the run number, one more than the last start's, written durably.
@@ -438,7 +464,10 @@ impl StateDir {
             } else {
                 // Only this module's own temporary names.
                 (name.strip_suffix(".tmp")).is_some_and(|n| {
-                    n == "IDENTITY" || n == "RUN" || ours(n.trim_end_matches(".manifest"))
+                    n == "IDENTITY"
+                        || n == "RUN"
+                        || n == "CLUSTER"
+                        || ours(n.trim_end_matches(".manifest"))
                 })
             };
             if remove {

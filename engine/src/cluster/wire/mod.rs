@@ -112,6 +112,8 @@ pub struct Welcome {
     pub outputs: Vec<String>,
     /// The cluster's run number (exactly-once sinks fence off older runs by it).
     pub run: u64,
+    /// The cluster's id, which every node's checkpoint parts carry (0: no checkpoints).
+    pub cluster: u64,
     /// Whether the cluster's outputs are exactly-once (every node must hold them back alike).
     pub exactly_once: bool,
     /// The checkpoint the joining node restores its cores from (its part of it, in its state

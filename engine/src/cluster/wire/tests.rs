@@ -326,6 +326,7 @@ fn link_secrets_are_random_unprinted_and_equal_only_whole() {
         table: TableWire::from(&RoutingTable::uniform(8, 2)),
         outputs: vec!["127.0.0.1:7002".into(), "127.0.0.1:7003".into()],
         run: 7,
+        cluster: 0xc1,
         exactly_once: true,
         restore: 0,
     };

@@ -89,6 +89,8 @@ pub(crate) struct Checkpoints {
     pub(super) app: String,
     /// This node's name, which its manifests carry.
     pub(super) node: String,
+    /// The cluster's id, which its manifests carry (see `state_dir.rs`).
+    pub(super) cluster: u64,
     /// This start's run number on the state dir.
     pub run: u64,
     pub(super) dir: StateDir,
@@ -109,6 +111,7 @@ impl Checkpoints {
         Ok(Checkpoints {
             app: app.into(),
             node: node.into(),
+            cluster: 0,
             run,
             dir,
             last: None,
@@ -116,6 +119,28 @@ impl Checkpoints {
             next_scope: Scope::Changed,
             status,
         })
+    }
+
+    /// On the coordinator: this cluster's id, from its state dir (made at its first start).
+    pub fn lead(&mut self) -> Result<(), crate::node::StateDirError> {
+        self.cluster = self.dir.cluster_id(random_id)?;
+        Ok(())
+    }
+
+    /// On a joining node: joins cluster `cluster`. Refused if this dir holds parts of another
+    /// cluster's checkpoints (its coordinator started on another state dir?): they are never
+    /// restored there, and this cluster's first checkpoint would remove them.
+    pub fn join_cluster(&mut self, cluster: u64) -> Result<(), crate::node::state_dir::Unusable> {
+        if let Some(newest) = self.dir.newest() {
+            if newest.cluster != cluster {
+                return Err(crate::node::state_dir::Unusable::OtherCluster {
+                    found: newest.cluster,
+                    cluster,
+                });
+            }
+        }
+        self.cluster = cluster;
+        Ok(())
     }
 }
 
@@ -182,9 +207,10 @@ impl Coordinator {
         self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The last durable checkpoint, if checkpoints are on and one was taken (or restored).
+    /// The last durable checkpoint, if checkpoints are on and one was taken (or restored); on
+    /// a member none (the coordinator's completes a checkpoint, and restarts the cluster).
     pub fn last_checkpoint(&self) -> Option<u64> {
-        Some(self.last_durable()).filter(|&n| n > 0)
+        Some(self.last_durable()).filter(|&n| n > 0 && self.node.is_coordinator())
     }
 
     /// The last durable checkpoint's number (0: none).
@@ -448,6 +474,7 @@ impl Coordinator {
         Manifest {
             checkpoint,
             app,
+            cluster: self.checkpoints.as_ref().map_or(0, |c| c.cluster),
             node: self.node.name.clone(),
             members: Vec::new(),
             n_slots: self.table.n_slots(),
@@ -555,4 +582,17 @@ impl Coordinator {
         }
         Ok(got.into_values().collect())
     }
+}
+
+/// A new id (a run's, a cluster's): random, or from the clock if the system has no random
+/// source.
+pub(super) fn random_id() -> u64 {
+    let mut bytes = [0; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
 }

@@ -16,6 +16,7 @@ impl Coordinator {
     /// Checks a join request and gives the new node its core ids and the cluster's picture.
     pub fn welcome(&mut self, join: &JoinRequest, app: &str) -> Result<Welcome, ChangeError> {
         // A node of a restored checkpoint comes back to the cores it had.
+        self.await_lost_again();
         let rejoining = self.awaiting.get(&join.node).cloned();
         if rejoining.is_some() {
             self.check_running()?;
@@ -73,6 +74,7 @@ impl Coordinator {
             table: (&*self.table).into(),
             outputs: self.config.outputs.iter().map(|a| a.to_string()).collect(),
             run: self.run,
+            cluster: self.checkpoints.as_ref().map_or(0, |c| c.cluster),
             exactly_once: self.config.guarantee == crate::runtime::Guarantee::ExactlyOnce,
             restore,
         })
@@ -89,6 +91,7 @@ impl Coordinator {
         self.add_remote(&member);
         self.introduce(&old, ids);
         self.awaiting.remove(&join.node);
+        self.await_lost_again();
         tracing::info!(
             "node {} is back with its part of checkpoint {}",
             join.node,

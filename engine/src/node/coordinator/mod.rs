@@ -93,6 +93,8 @@ pub(crate) struct Coordinator {
     offsets: Vec<crate::checkpoint::SourceMark>,
     /// The members of the restored checkpoint not back yet, with the cores each ran.
     awaiting: BTreeMap<String, Vec<CoreId>>,
+    /// Every member of the restored checkpoint, until the cluster is whole.
+    restored_members: BTreeMap<String, Vec<CoreId>>,
 }
 
 impl Coordinator {
@@ -116,6 +118,7 @@ impl Coordinator {
         c.checkpoints = checkpoints;
         c.spawn_cores(&start.ids)?;
         c.awaiting = start.awaiting;
+        c.restored_members = c.awaiting.clone();
         if c.awaiting.is_empty() {
             c.open_own_sources();
         } else {
@@ -192,11 +195,12 @@ impl Coordinator {
             checkpoints: None,
             snapshots: flume::unbounded(),
             restoring: BTreeMap::new(),
-            run: restore::run_id(),
+            run: checkpoint::random_id(),
             streams: Arc::default(),
             sources: Arc::new(Gate::new(true)),
             offsets: Vec::new(),
             awaiting: BTreeMap::new(),
+            restored_members: BTreeMap::new(),
         }
     }
 

@@ -100,9 +100,9 @@ impl Checkpoints {
     /// not), into what each core starts with.
     pub fn restore(&mut self, dataflow: &Dataflow, n_slots: u32) -> Option<Restore> {
         let started = Instant::now();
-        let (app, node) = (self.app.clone(), self.node.clone());
+        let (app, node, cluster) = (self.app.clone(), self.node.clone(), self.cluster);
         let (manifest, restore, bytes) =
-            (self.dir).restore(|r| decode(dataflow, &app, &node, n_slots, r, None))?;
+            (self.dir).restore(|r| decode(dataflow, (&app, &node, cluster), n_slots, r, None))?;
         self.restored(manifest, bytes, started);
         Some(restore)
     }
@@ -126,9 +126,15 @@ impl Checkpoints {
             return Ok(None);
         }
         let started = Instant::now();
-        let (app, node) = (self.app.clone(), self.node.clone());
+        let (app, node, cluster) = (self.app.clone(), self.node.clone(), self.cluster);
         let (manifest, restore, bytes) = self.dir.restore_exact(checkpoint, |r| {
-            decode(dataflow, &app, &node, table.n_slots(), r, Some(table))
+            decode(
+                dataflow,
+                (&app, &node, cluster),
+                table.n_slots(),
+                r,
+                Some(table),
+            )
         })?;
         self.restored(manifest, bytes, started);
         Ok(Some(restore))
@@ -175,12 +181,12 @@ pub(super) fn warn_foreign(
 }
 
 /// A checkpoint read back, as each core's slots: a part the app cannot read (another build of
-/// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable. A member's
-/// part must have the `table` the coordinator's part has.
+/// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable. It must be
+/// this app's, node's and cluster's, and a member's part must have the `table` the
+/// coordinator's part has.
 fn decode(
     dataflow: &Dataflow,
-    app: &str,
-    node: &str,
+    (app, node, cluster): (&str, &str, u64),
     n_slots: u32,
     r: Restored,
     table: Option<&RoutingTable>,
@@ -193,6 +199,12 @@ fn decode(
     }
     if r.manifest.node != node {
         return Err(Unusable::OtherNode(r.manifest.node.clone()));
+    }
+    if r.manifest.cluster != cluster {
+        return Err(Unusable::OtherCluster {
+            found: r.manifest.cluster,
+            cluster,
+        });
     }
     let own = (r.manifest.table()).ok_or(Unusable::Table)?;
     if table.is_some_and(|t| *t != own) {
@@ -259,9 +271,41 @@ impl Coordinator {
         self.sources.open();
     }
 
+    /// A node of the restored checkpoint that came back and was lost again before the cluster
+    /// was whole is waited for again, as if it had never come back: no source was read
+    /// meanwhile, so nothing it held changed.
+    pub(super) fn await_lost_again(&mut self) {
+        for lost in self.node.lost_nodes() {
+            let Some(cores) = self.restored_members.get(&lost.name).cloned() else {
+                continue;
+            };
+            tracing::warn!(
+                "node {} was lost before the restored cluster was whole: waiting for it again",
+                lost.name
+            );
+            self.forget(&cores);
+            for id in &cores {
+                self.cores.remove(id);
+            }
+            for other in self.node.members() {
+                if let Some(link) = self.node.link(&other.name) {
+                    link.send_node(crate::cluster::wire::Wire::Gone {
+                        node: lost.name.clone(),
+                    });
+                }
+            }
+            self.node.remove_member(&lost.name);
+            self.node.forget_lost(&lost.name);
+            self.awaiting.insert(lost.name, cores);
+        }
+        self.publish(None);
+        self.publish_checkpoints();
+    }
+
     /// Every node of a restored cluster is back: this node's sources open, then every
     /// member's.
     pub(super) fn open_sources(&mut self) {
+        self.restored_members.clear();
         self.open_own_sources();
         for m in self.node.members() {
             match self.node.ask(&m.name, Question::OpenSources, OPEN_WAIT) {
@@ -298,15 +342,3 @@ impl Coordinator {
 
 /// How long the coordinator waits for a member to open its sources.
 const OPEN_WAIT: Duration = Duration::from_secs(10);
-
-/// A new run's id: random, or from the clock if the system has no random source.
-pub(super) fn run_id() -> u64 {
-    let mut bytes = [0; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
-    }
-    u64::from_le_bytes(bytes)
-}
