@@ -185,3 +185,71 @@ fn a_member_refuses_the_coordinator_of_another_cluster_and_keeps_its_parts() {
     lead.wait_exit_ok();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Member `name` with no source of its own.
+fn bare_member(name: &str, state: &Path, lead: SocketAddr) -> Service {
+    Service::start(
+        name,
+        Command::new(quokka())
+            .args(["run", "word_count", "--name", name, "--cores", "1"])
+            .args(["--data", "127.0.0.1:0", "--join", &lead.to_string()])
+            .args(["--state-dir", &state.display().to_string()])
+            .env("RUST_LOG", "info"),
+    )
+}
+
+#[test]
+fn a_node_lost_again_before_the_restored_cluster_is_whole_is_waited_for_again() {
+    let dir = temp_dir("lost-again");
+    let text = load_text();
+    let lines: Vec<String> = text.iter().cycle().take(5_000).cloned().collect();
+    let expected = reference_counts(lines.iter().map(String::as_str));
+    let file = dir.join("input.txt");
+    let len: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let (receiver, got) = exactly_once_sink();
+    let out = receiver.addr();
+    let (s1, s2, s3) = (dir.join("w1"), dir.join("w2"), dir.join("w3"));
+    // A cluster of three checkpoints once with all three, before any input.
+    std::fs::write(&file, "").unwrap();
+    let mut w1 = coordinator(&file, &s1, "127.0.0.1:0", out);
+    let lead = w1.addrs.control();
+    let mut w2 = bare_member("w2", &s2, lead);
+    let mut w3 = bare_member("w3", &s3, lead);
+    let (code, answer, err) = ctl(lead, &["checkpoint"]);
+    assert_eq!(code, Some(0), "{answer}{err}");
+    for node in [&w1, &w2, &w3] {
+        signal(&node.child, "-KILL");
+    }
+    for node in [&mut w1, &mut w2, &mut w3] {
+        let _ = node.child.wait();
+    }
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    // w2 comes back, is lost again, then w3 comes back: the cluster is not whole.
+    w1 = coordinator(&file, &s1, &lead.to_string(), out);
+    w2 = bare_member("w2", &s2, lead);
+    signal(&w2.child, "-KILL");
+    let _ = w2.child.wait();
+    wait_status(lead, "w1 did not see w2 go", |s| s.contains("LOST node w2"));
+    w3 = bare_member("w3", &s3, lead);
+    let status = wait_status(lead, "w1 stopped waiting for w2", |s| {
+        s.contains("WAITING for nodes w2\n") || s.contains("WAITING for nodes w2 ")
+    });
+    assert!(
+        !status.contains("read to byte"),
+        "sources opened:\n{status}"
+    );
+    // w2 comes back: now every source opens, and nothing was lost.
+    w2 = bare_member("w2", &s2, lead);
+    wait_status(lead, "w1 did not read its file", |s| {
+        s.contains(&format!("read to byte {len}\n"))
+    });
+    signal(&w1.child, "-INT");
+    w1.wait_exit_ok();
+    w2.wait_exit_ok();
+    w3.wait_exit_ok();
+    let summary = w1.rest_of_stdout();
+    wait_committed(&receiver, &summary);
+    check_exact_totals(&got.lock().unwrap(), &expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
