@@ -40,12 +40,17 @@ fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Ser
 
 /// Member `w2`, listening for source connections at `input`, 1 core.
 fn member(state: &Path, input: &str, lead: SocketAddr) -> Service {
+    member_named("w2", state, &["--in", input], lead)
+}
+
+/// Member `name` with 1 core and `extra` arguments.
+fn member_named(name: &str, state: &Path, extra: &[&str], lead: SocketAddr) -> Service {
     Service::start(
-        "w2",
+        name,
         Command::new(quokka())
-            .args(["run", "word_count", "--name", "w2", "--cores", "1"])
-            .args(["--in", input, "--data", "127.0.0.1:0"])
-            .args(["--join", &lead.to_string()])
+            .args(["run", "word_count", "--name", name, "--cores", "1"])
+            .args(extra)
+            .args(["--data", "127.0.0.1:0", "--join", &lead.to_string()])
             .args(["--state-dir", &state.display().to_string()])
             .env("RUST_LOG", "info"),
     )
@@ -188,14 +193,7 @@ fn a_member_refuses_the_coordinator_of_another_cluster_and_keeps_its_parts() {
 
 /// Member `name` with no source of its own.
 fn bare_member(name: &str, state: &Path, lead: SocketAddr) -> Service {
-    Service::start(
-        name,
-        Command::new(quokka())
-            .args(["run", "word_count", "--name", name, "--cores", "1"])
-            .args(["--data", "127.0.0.1:0", "--join", &lead.to_string()])
-            .args(["--state-dir", &state.display().to_string()])
-            .env("RUST_LOG", "info"),
-    )
+    member_named(name, state, &[], lead)
 }
 
 #[test]

@@ -544,11 +544,19 @@ impl Coordinator {
         };
         let deadline = crate::runtime::deadline_after(waited);
         let mut got: BTreeMap<CoreId, Snapshot> = BTreeMap::new();
+        let mut early = self.early_snapshots.take().into_iter();
         while got.len() < cores.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             let tick = left.min(Duration::from_millis(100));
-            match self.snapshots.1.recv_timeout(tick) {
-                Ok(s) if s.checkpoint != checkpoint => {} // of an attempt called off
+            let next = match early.next() {
+                Some(s) => Ok(s),
+                None => self.snapshots.1.recv_timeout(tick),
+            };
+            match next {
+                // A member still gathering an attempt the coordinator gave up on may see the
+                // next checkpoint's: kept for it.
+                Ok(s) if s.checkpoint > checkpoint => self.early_snapshots.borrow_mut().push(s),
+                Ok(s) if s.checkpoint < checkpoint => {} // of an attempt called off
                 Ok(Snapshot {
                     core,
                     error: Some(reason),
@@ -580,6 +588,7 @@ impl Coordinator {
                 Err(_) => {}
             }
         }
+        self.early_snapshots.borrow_mut().extend(early);
         Ok(got.into_values().collect())
     }
 }

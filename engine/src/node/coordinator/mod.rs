@@ -81,6 +81,8 @@ pub(crate) struct Coordinator {
     checkpoints: Option<Checkpoints>,
     /// Where cores send their checkpoint snapshots.
     snapshots: (flume::Sender<Snapshot>, flume::Receiver<Snapshot>),
+    /// Snapshots of a checkpoint newer than the one being gathered, for when it is.
+    early_snapshots: RefCell<Vec<Snapshot>>,
     /// Slots read back from a checkpoint, for cores about to start.
     restoring: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
     /// This run's id (new at every start), which exactly-once sink connections name.
@@ -194,6 +196,7 @@ impl Coordinator {
             changes: 0,
             checkpoints: None,
             snapshots: flume::unbounded(),
+            early_snapshots: RefCell::default(),
             restoring: BTreeMap::new(),
             run: checkpoint::random_id(),
             streams: Arc::default(),
