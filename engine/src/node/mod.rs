@@ -3,6 +3,7 @@
 //! reports, and the acceptors that deal source connections to the cores. The top layer: it
 //! stands on the runtime (cores) and the cluster (links, wire).
 
+mod change_lock;
 mod coordinator;
 mod join;
 mod state_dir;
@@ -13,13 +14,14 @@ mod tests;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use thiserror::Error;
 
+use self::change_lock::{hold, Changing, Wait, CHECKPOINT};
 pub use self::coordinator::{
     CheckpointError, CheckpointInfo, CheckpointStatus, MAX_SLOTS_PER_STEP,
 };
@@ -138,7 +140,7 @@ pub struct Engine {
     listeners: Vec<TcpListener>,
     acceptors: Mutex<Vec<JoinHandle<()>>>,
     /// The change that holds the coordinator's lock, and since when.
-    changing: Arc<Mutex<Option<(String, Instant)>>>,
+    changing: Arc<Changing>,
     /// Takes a checkpoint every interval (with a state dir and an interval).
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
@@ -416,47 +418,34 @@ impl Engine {
         what: String,
         f: impl FnOnce(&mut Coordinator) -> Result<ChangeReport, ChangeError>,
     ) -> Result<ChangeReport, ChangeError> {
-        let mut coordinator = match self.coordinator.try_lock() {
-            Ok(c) => c,
-            // A checkpoint ends within the change timeout: wait for it, not refuse.
-            Err(TryLockError::WouldBlock) if self.checkpointing() => {
-                self.coordinator.lock().unwrap_or_else(|e| e.into_inner())
-            }
-            Err(TryLockError::WouldBlock) => {
-                return Err(ChangeError::Busy {
-                    doing: self.doing(),
-                })
-            }
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        let Ok(mut coordinator) = hold(
+            &self.coordinator,
+            &self.changing,
+            &what,
+            Wait::ForCheckpoint,
+        ) else {
+            return Err(ChangeError::Busy {
+                doing: self.doing(),
+            });
         };
-        *self.changing.lock().unwrap() = Some((what, Instant::now()));
-        let result = f(&mut coordinator);
-        // Cleared while the lock is still held: a refusal never names a change that ended.
-        *self.changing.lock().unwrap() = None;
-        result
+        f(&mut coordinator)
     }
 
     /// Takes a checkpoint now and waits until it is durable. Refused while a change runs (a
     /// migration and a checkpoint never overlap); waits for a checkpoint already running.
     pub fn checkpoint(&self) -> Result<CheckpointInfo, CheckpointError> {
-        let mut coordinator = match self.coordinator.try_lock() {
-            Ok(c) => c,
-            Err(TryLockError::WouldBlock) if self.checkpointing() => {
-                self.coordinator.lock().unwrap_or_else(|e| e.into_inner())
-            }
-            Err(TryLockError::WouldBlock) => {
-                return Err(CheckpointError::Busy {
-                    doing: self.doing(),
-                })
-            }
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        let held = hold(
+            &self.coordinator,
+            &self.changing,
+            CHECKPOINT,
+            Wait::ForCheckpoint,
+        );
+        let Ok(mut coordinator) = held else {
+            return Err(CheckpointError::Busy {
+                doing: self.doing(),
+            });
         };
-        take_checkpoint(&mut coordinator, &self.changing)
-    }
-
-    /// Whether the coordinator's lock is held by a checkpoint.
-    fn checkpointing(&self) -> bool {
-        (self.changing.lock().unwrap().as_ref()).is_some_and(|(what, _)| what == CHECKPOINT)
+        coordinator.checkpoint()
     }
 
     /// What holds the change lock, for a refusal.
@@ -468,8 +457,8 @@ impl Engine {
             Some((what, since)) => {
                 format!("{what}, running {:.1}s", since.elapsed().as_secs_f64())
             }
-            // Between taking the lock and naming the change, or a stop.
-            None => "another change, or the engine is stopping".into(),
+            // Only a stop holds the lock unnamed (or it was let go of just now).
+            None => "the engine is stopping, or a change just ended".into(),
         }
     }
 
@@ -626,25 +615,12 @@ fn answer_upward(node: &Node, coordinator: &Arc<Mutex<Coordinator>>) {
         .expect("spawn the upward answering thread");
 }
 
-/// What `changing` says while a checkpoint holds the coordinator's lock.
-const CHECKPOINT: &str = "checkpoint";
-
-fn take_checkpoint(
-    coordinator: &mut Coordinator,
-    changing: &Mutex<Option<(String, Instant)>>,
-) -> Result<CheckpointInfo, CheckpointError> {
-    *changing.lock().unwrap() = Some((CHECKPOINT.into(), Instant::now()));
-    let result = coordinator.checkpoint();
-    *changing.lock().unwrap() = None;
-    result
-}
-
 /// Takes a checkpoint every `every` until the engine stops; an interval that finds a change
 /// running skips its turn (the next one tries again).
 fn checkpoint_every(
     every: Duration,
     coordinator: &Mutex<Coordinator>,
-    changing: &Mutex<Option<(String, Instant)>>,
+    changing: &Changing,
     stopping: &AtomicBool,
 ) {
     // An interval past any clock never comes.
@@ -662,15 +638,10 @@ fn checkpoint_every(
             return;
         };
         next = after;
-        match coordinator.try_lock() {
-            Ok(mut c) => {
-                // Failures are logged and shown by `status`.
-                let _ = take_checkpoint(&mut c, changing);
-            }
-            Err(TryLockError::WouldBlock) => {
-                tracing::debug!("checkpoint skipped: a change is running");
-            }
-            Err(TryLockError::Poisoned(_)) => return,
+        match hold(coordinator, changing, CHECKPOINT, Wait::Never) {
+            // Failures are logged and shown by `status`.
+            Ok(mut c) => drop(c.checkpoint()),
+            Err(()) => tracing::debug!("checkpoint skipped: a change is running"),
         }
     }
 }
