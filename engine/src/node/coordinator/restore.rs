@@ -275,6 +275,9 @@ impl Coordinator {
     /// was whole is waited for again, as if it had never come back: no source was read
     /// meanwhile, so nothing it held changed.
     pub(super) fn await_lost_again(&mut self) {
+        if self.restored_members.is_empty() {
+            return;
+        }
         for lost in self.node.lost_nodes() {
             let Some(cores) = self.restored_members.get(&lost.name).cloned() else {
                 continue;
