@@ -236,6 +236,7 @@ impl Engine {
             node.clone(),
             (forward, flume::unbounded().1),
             &welcome,
+            table,
             (checkpoints, restore),
         )?;
         let lead_name = welcome.members[0].name.clone();

@@ -341,9 +341,7 @@ impl Coordinator {
         c.next += 1;
         let scope = std::mem::replace(&mut c.next_scope, Scope::Changed);
         let keep = c.dir.kept();
-        let taken_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let taken_ms = now_ms();
         let cores: Vec<CoreId> = self.cores.keys().copied().collect();
         for id in &cores {
             self.cores[id]
@@ -509,9 +507,7 @@ impl Coordinator {
             Ok(s) => s,
             Err(e) => return Answer::Failed(e.to_string()),
         };
-        let taken_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let taken_ms = now_ms();
         let next = self.manifest(checkpoint, app, taken_ms, &snapshots);
         let previous = self.previous_part();
         let c = self.checkpoints.as_mut().expect("checked");
@@ -604,4 +600,11 @@ pub(super) fn random_id() -> u64 {
         bytes = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
     }
     u64::from_le_bytes(bytes)
+}
+
+/// The wall clock in ms since the Unix epoch (0 before it), as manifests record it.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

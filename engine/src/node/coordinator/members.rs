@@ -84,9 +84,13 @@ impl Coordinator {
     /// the others, introduce its cores; no slot moves. Once the last one is back, every node's
     /// sources open.
     fn rejoin(&mut self, join: &JoinRequest, ids: &[CoreId]) -> Result<ChangeReport, ChangeError> {
-        let others = self.node.members();
         let member = self.node.link_expected(&join.node)?;
-        self.announce(&others, &join.node);
+        self.tell_others(
+            &join.node,
+            Wire::Joined {
+                node: join.node.clone(),
+            },
+        );
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
         self.add_remote(&member);
         self.introduce(&old, ids);
@@ -124,9 +128,13 @@ impl Coordinator {
         let before = self.cores.len();
         let old: Vec<CoreId> = self.cores.keys().copied().collect();
         let p = plan(&self.table, &old, &Change::Add(ids.to_vec()))?;
-        let others = self.node.members();
         let member = self.node.link_expected(&join.node)?;
-        self.announce(&others, &join.node);
+        self.tell_others(
+            &join.node,
+            Wire::Joined {
+                node: join.node.clone(),
+            },
+        );
         self.add_remote(&member);
         match self.move_onto(
             &old,
@@ -140,19 +148,7 @@ impl Coordinator {
             Err(Aborted { error, switched: 0 }) => {
                 // No slot moved: the node was never really part of the cluster, so whether it
                 // went away or stalled, it goes, and the cluster is as it was.
-                self.forget(ids);
-                for id in ids {
-                    self.cores.remove(id);
-                }
-                for other in &others {
-                    if let Some(link) = self.node.link(&other.name) {
-                        link.send_node(Wire::Gone {
-                            node: member.name.clone(),
-                        });
-                    }
-                }
-                self.node.remove_member(&member.name);
-                self.node.forget_lost(&member.name);
+                self.let_go(&member.name, ids);
                 self.publish(None);
                 tracing::warn!("the join of node {} was rolled back: {error}", member.name);
                 Err(error)
@@ -219,29 +215,43 @@ impl Coordinator {
         for v in &victims {
             self.cores.remove(v);
         }
-        for other in self.node.members() {
-            if other.name != name {
-                if let Some(l) = self.node.link(&other.name) {
-                    l.send_node(Wire::Gone {
-                        node: name.to_string(),
-                    });
-                }
-            }
-        }
+        self.tell_others(
+            name,
+            Wire::Gone {
+                node: name.to_string(),
+            },
+        );
         link.send_node(Wire::Depart);
         self.node.remove_member(name);
         self.publish(None);
         Ok(self.finished(report, &label, started, before))
     }
 
-    /// Tells the members `others` that node `joined` joined: each links to it.
-    fn announce(&self, others: &[crate::cluster::wire::Member], joined: &str) {
-        for other in others {
-            if let Some(link) = self.node.link(&other.name) {
-                link.send_node(Wire::Joined {
-                    node: joined.to_string(),
-                });
+    /// Tells every member but `except` `msg`.
+    fn tell_others(&self, except: &str, msg: Wire) {
+        for other in self.node.members() {
+            if other.name != except {
+                if let Some(link) = self.node.link(&other.name) {
+                    link.send_node(msg.clone());
+                }
             }
         }
+    }
+
+    /// Lets node `name` and its `cores` go as if it had never joined: every core forgets the
+    /// cores, every other member the node, and this node no longer counts it as lost.
+    pub(super) fn let_go(&mut self, name: &str, cores: &[CoreId]) {
+        self.forget(cores);
+        for id in cores {
+            self.cores.remove(id);
+        }
+        self.tell_others(
+            name,
+            Wire::Gone {
+                node: name.to_string(),
+            },
+        );
+        self.node.remove_member(name);
+        self.node.forget_lost(name);
     }
 }

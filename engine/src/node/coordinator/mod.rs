@@ -134,25 +134,17 @@ impl Coordinator {
     /// A member node's cores, as the coordinator's welcome names them, knowing every core of
     /// the cluster as a peer (links to the other members are open already). With `restore`,
     /// they start with this node's part of a checkpoint, and its sources stay shut until the
-    /// coordinator says the cluster is whole.
+    /// coordinator says the cluster is whole. `table` is the welcome's (a restored part's is the
+    /// same: it is checked when read).
     pub fn start_member(
         config: Arc<Config>,
         dataflow: Arc<Dataflow>,
         node: Arc<Node>,
         events: (flume::Sender<CoreEvent>, flume::Receiver<CoreEvent>),
         welcome: &Welcome,
+        table: RoutingTable,
         (checkpoints, restore): (Option<Checkpoints>, Option<restore::Restore>),
     ) -> Result<Self, StartError> {
-        let table = match &restore {
-            Some(r) => r.table.clone(),
-            None => welcome
-                .table
-                .to_table(config.n_slots)
-                .map_err(|e| StartError::Join {
-                    addr: node.data_addr,
-                    error: super::JoinError::Garbled(e),
-                })?,
-        };
         let mut c = Self::new(config, dataflow, node, events, table);
         c.run = welcome.run;
         c.checkpoints = checkpoints;

@@ -286,19 +286,7 @@ impl Coordinator {
                 "node {} was lost before the restored cluster was whole: waiting for it again",
                 lost.name
             );
-            self.forget(&cores);
-            for id in &cores {
-                self.cores.remove(id);
-            }
-            for other in self.node.members() {
-                if let Some(link) = self.node.link(&other.name) {
-                    link.send_node(crate::cluster::wire::Wire::Gone {
-                        node: lost.name.clone(),
-                    });
-                }
-            }
-            self.node.remove_member(&lost.name);
-            self.node.forget_lost(&lost.name);
+            self.let_go(&lost.name, &cores);
             self.awaiting.insert(lost.name, cores);
         }
         self.publish(None);
