@@ -48,8 +48,8 @@ pub use cluster::Ending;
 pub use metrics::Summary;
 pub use node::{
     ChangeError, ChangeReport, CheckpointError, CheckpointInfo, CheckpointStatus, Engine,
-    JoinError, JoinRefusal, LostReport, MigrationProgress, NodeInfo, SourcesClosed, StartError,
-    StateDirError, Status, MAX_SLOTS_PER_STEP,
+    JoinError, JoinRefusal, LostReport, MigrationProgress, NodeInfo, RecoveryError, RecoveryStatus,
+    SourcesClosed, StartError, StateDirError, Status, MAX_SLOTS_PER_STEP,
 };
 pub use quokka_io::file::FileFormat;
 pub use runtime::{default_cores, Config, FileInput, Guarantee, Input};

@@ -4,6 +4,10 @@
 /// coordinator, and never reused while the cluster runs.
 pub type CoreId = u16;
 
+/// What a replay table ([`RoutingTable::only`]) names as the owner of a slot that must not get
+/// the message: routing drops it at the source.
+pub(crate) const NOWHERE: CoreId = CoreId::MAX;
+
 /// Which core owns each slot, at one epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutingTable {
@@ -55,6 +59,24 @@ impl RoutingTable {
     /// The slots `core` owns, in order.
     pub fn owned_by(&self, core: CoreId) -> impl Iterator<Item = u32> + '_ {
         (0..self.n_slots()).filter(move |&s| self.owner(s) == core)
+    }
+
+    /// This table for `slots` only: every other slot is owned by [`NOWHERE`]. A recovery's
+    /// sources replay through it what every surviving slot has already applied.
+    pub(crate) fn only(&self, slots: &std::collections::BTreeSet<u32>) -> RoutingTable {
+        let owners = (0..self.n_slots())
+            .map(|s| {
+                if slots.contains(&s) {
+                    self.owner(s)
+                } else {
+                    NOWHERE
+                }
+            })
+            .collect();
+        RoutingTable {
+            epoch: self.epoch,
+            owners,
+        }
     }
 
     /// The next epoch's table: this one with `moves` applied.

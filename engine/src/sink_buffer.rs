@@ -2,6 +2,8 @@
 //! and ingress time. Plain data, no I/O: the keyed steps push into it, the runtime's sink writer
 //! drains it.
 
+use crate::routing::CoreId;
+
 /// A point between two outputs that an exactly-once sink connection marks (see
 /// `quokka_io::exactly_once`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,6 +12,9 @@ pub enum Mark {
     EpochEnd(u64),
     /// Checkpoint n is durable: the receiver may release epochs up to n.
     Commit(u64),
+    /// Core `core` was lost, and its slots restored from checkpoint `checkpoint`: the receiver
+    /// keeps its stream's epochs up to that one and drops the rest.
+    Dead { checkpoint: u64, core: CoreId },
 }
 
 /// Encoded outputs waiting for the sink connection.

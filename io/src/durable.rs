@@ -8,7 +8,10 @@
 //!   this many frames of the stream, send the next one; `A` + `u64` LE: a durable checkpoint
 //!   holds the first n frames, drop them; `B` + a reason: the stream is connected already (a
 //!   previous connection the engine has not seen end yet): try again later; `X` + a reason
-//!   (UTF-8): refused for good (no `--state-dir`, a bad name), then it closes.
+//!   (UTF-8): refused for good (no `--state-dir`, a bad name), then it closes; `R` + `u64`
+//!   LE: rewind (a node of the cluster was lost and its slots restored from a checkpoint that
+//!   holds this many frames): send a rewound frame, `\0QKREWOUND\x01` + that `u64` LE, then
+//!   the frames from there again. The engine drops what arrives before the rewound frame.
 //!
 //! [`send_durably`] is the blocking client `quokka-send --durable` uses.
 
@@ -22,6 +25,19 @@ use crate::framing::{read_frame, write_frame};
 
 /// What a durable sender's first frame starts with.
 pub const HELLO: &[u8] = b"\0QKDURABLE\x01";
+
+/// What a sender's rewound frame starts with (then the frame count it resends from).
+pub const REWOUND: &[u8] = b"\0QKREWOUND\x01";
+
+pub fn encode_rewound(from: u64) -> Vec<u8> {
+    [REWOUND, &from.to_le_bytes()].concat()
+}
+
+/// The frame count a rewound frame resends from; `None` if the frame is not one.
+pub fn rewound_at(frame: &[u8]) -> Option<u64> {
+    let n = frame.strip_prefix(REWOUND)?;
+    Some(u64::from_le_bytes(n.try_into().ok()?))
+}
 
 /// The stream name in a hello: `None` if the frame is not one; an error if it is one with a
 /// bad name.
@@ -51,6 +67,8 @@ pub enum Answer {
     /// The stream is connected already: try again later.
     Busy(String),
     Refused(String),
+    /// Send a rewound frame, then the frames from this count again.
+    Rewind(u64),
 }
 
 impl Answer {
@@ -60,6 +78,7 @@ impl Answer {
             Answer::Ack(n) => [&[b'A'][..], &n.to_le_bytes()].concat(),
             Answer::Busy(why) => [&[b'B'][..], why.as_bytes()].concat(),
             Answer::Refused(why) => [&[b'X'][..], why.as_bytes()].concat(),
+            Answer::Rewind(n) => [&[b'R'][..], &n.to_le_bytes()].concat(),
         }
     }
 
@@ -75,6 +94,7 @@ impl Answer {
         match payload.first()? {
             b'P' if payload.len() == 9 => Some(Answer::Position(number()?)),
             b'A' if payload.len() == 9 => Some(Answer::Ack(number()?)),
+            b'R' if payload.len() == 9 => Some(Answer::Rewind(number()?)),
             b'B' => Some(Answer::Busy(
                 String::from_utf8_lossy(&payload[1..]).into_owned(),
             )),
@@ -185,14 +205,22 @@ fn connection(
         return Err(Stop(Some(DurableError::Ahead { position, total })));
     }
     stream.set_read_timeout(None)?;
-    // Acknowledgements come on their own thread while frames go out.
+    // Acknowledgements (and rewinds) come on their own thread while frames go out.
     let broken = Arc::new(AtomicBool::new(false));
+    // A rewind asked for: the count to resend from, plus one (0: none).
+    let rewind = Arc::new(AtomicU64::new(0));
+    let rewound = || rewind.swap(0, Ordering::AcqRel).checked_sub(1);
     let reader = {
         let (mut input, acked, broken) = (stream.try_clone()?, acked.clone(), broken.clone());
+        let rewind = rewind.clone();
         std::thread::spawn(move || {
             while let Ok(Some(frame)) = read_frame(&mut input, 1 << 16) {
-                if let Some(Answer::Ack(n)) = Answer::decode(&frame) {
-                    acked.fetch_max(n, Ordering::AcqRel);
+                match Answer::decode(&frame) {
+                    Some(Answer::Ack(n)) => {
+                        acked.fetch_max(n, Ordering::AcqRel);
+                    }
+                    Some(Answer::Rewind(n)) => rewind.store(n + 1, Ordering::Release),
+                    _ => {}
                 }
             }
             broken.store(true, Ordering::Release);
@@ -201,29 +229,41 @@ fn connection(
     let result = (|| -> Result<(), Stop> {
         let mut out = io::BufWriter::with_capacity(1 << 16, &stream);
         let mut flushed = Instant::now();
-        for frame in from(position).map_err(|e| Stop(Some(DurableError::Input(e))))? {
-            let frame = frame.map_err(|e| Stop(Some(DurableError::Input(e))))?;
-            write_frame(&mut out, &frame).map_err(io::Error::from)?;
-            sent.frames_written += 1;
-            // Frames that come slowly (a paced sender) go out as they come, not 64 KiB later.
-            if flushed.elapsed() >= FLUSH_EVERY {
-                out.flush()?;
-                flushed = Instant::now();
+        let mut position = position;
+        'send: loop {
+            for frame in from(position).map_err(|e| Stop(Some(DurableError::Input(e))))? {
+                if let Some(n) = rewound() {
+                    write_frame(&mut out, &encode_rewound(n)).map_err(io::Error::from)?;
+                    position = n;
+                    continue 'send;
+                }
+                let frame = frame.map_err(|e| Stop(Some(DurableError::Input(e))))?;
+                write_frame(&mut out, &frame).map_err(io::Error::from)?;
+                sent.frames_written += 1;
+                // Frames that come slowly (a paced sender) go out as they come, not 64 KiB later.
+                if flushed.elapsed() >= FLUSH_EVERY {
+                    out.flush()?;
+                    flushed = Instant::now();
+                }
+                if broken.load(Ordering::Acquire) {
+                    return Err(Stop(None));
+                }
             }
-            if broken.load(Ordering::Acquire) {
-                return Err(Stop(None));
+            out.flush()?;
+            // Everything is sent: wait until it is durable.
+            while acked.load(Ordering::Acquire) < total {
+                if broken.load(Ordering::Acquire) {
+                    return Err(Stop(None));
+                }
+                if let Some(n) = rewound() {
+                    write_frame(&mut out, &encode_rewound(n)).map_err(io::Error::from)?;
+                    position = n;
+                    continue 'send;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
+            return Ok(());
         }
-        out.flush()?;
-        drop(out);
-        // Everything is sent: wait until it is durable.
-        while acked.load(Ordering::Acquire) < total {
-            if broken.load(Ordering::Acquire) {
-                return Err(Stop(None));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
     })();
     let _ = stream.shutdown(Shutdown::Both);
     let _ = reader.join();
@@ -248,10 +288,14 @@ mod tests {
             Answer::Ack(u64::MAX),
             Answer::Busy("later".into()),
             Answer::Refused("no".into()),
+            Answer::Rewind(12),
         ] {
             assert_eq!(Answer::decode(&a.encode()), Some(a));
         }
         assert_eq!(Answer::decode(b"P12"), None);
+        assert_eq!(rewound_at(&encode_rewound(41)), Some(41));
+        assert_eq!(rewound_at(&encode_hello("x")), None);
+        assert_eq!(rewound_at(REWOUND), None);
         assert_eq!(Answer::decode(b""), None);
     }
 }

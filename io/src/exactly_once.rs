@@ -15,6 +15,10 @@
 //! - `C` commit (`u64` LE): checkpoint n is durable: release every record of every epoch up to
 //!   n, of every stream. A commit at or below one already applied changes nothing.
 //!
+//! - `D` dead stream (`u64` LE, then a stream name): that stream's node was lost and its slots
+//!   restored from checkpoint d elsewhere: keep its records up to epoch d, drop the rest and
+//!   whatever it still delivers (the restored slots produce them again). Any stream may send it.
+//!
 //! A hello of a newer run that names checkpoint d releases what older runs left up to d and
 //! drops the rest (the new run produces it again from checkpoint d); from then on, whatever an
 //! older run's connection still delivers (its socket may hold a backlog after the crash) is
@@ -39,13 +43,17 @@ pub enum SinkFrame<'a> {
     Record(&'a [u8]),
     EpochEnd(u64),
     Commit(u64),
+    Dead {
+        checkpoint: u64,
+        stream: &'a str,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     #[error("an empty frame")]
     Empty,
-    #[error("frame kind {0:#04x} is not H, R, E, C or A")]
+    #[error("frame kind {0:#04x} is not H, R, E, C, D or A")]
     Kind(u8),
     #[error("a `{0}` frame of {1} bytes")]
     Length(char, usize),
@@ -88,6 +96,11 @@ impl<'a> SinkFrame<'a> {
                 out.push(b'C');
                 out.extend_from_slice(&n.to_le_bytes());
             }
+            SinkFrame::Dead { checkpoint, stream } => {
+                out.push(b'D');
+                out.extend_from_slice(&checkpoint.to_le_bytes());
+                out.extend_from_slice(stream.as_bytes());
+            }
         }
     }
 
@@ -114,6 +127,10 @@ impl<'a> SinkFrame<'a> {
             b'R' => SinkFrame::Record(&payload[1..]),
             b'E' => SinkFrame::EpochEnd(exact('E')?),
             b'C' => SinkFrame::Commit(exact('C')?),
+            b'D' => SinkFrame::Dead {
+                checkpoint: u64_at(payload, 'D')?,
+                stream: std::str::from_utf8(&payload[9..]).map_err(|_| ProtocolError::Name)?,
+            },
             other => return Err(ProtocolError::Kind(other)),
         })
     }
@@ -165,6 +182,8 @@ pub struct Committer {
     arrivals: u64,
     /// The newest run that said hello: older runs are fenced off.
     newest: u64,
+    /// Streams of lost nodes: what they still deliver is ignored.
+    dead: std::collections::HashSet<StreamKey>,
 }
 
 impl Committer {
@@ -200,13 +219,28 @@ impl Committer {
         Some((stream.ended.max(durable), released))
     }
 
+    /// Stream `key`'s node was lost and its slots restored from checkpoint `checkpoint`: its
+    /// records up to that epoch stay (a commit releases them), the rest are dropped, and so is
+    /// whatever it still delivers.
+    pub fn dead(&mut self, key: StreamKey, checkpoint: u64) {
+        if let Some(s) = self.streams.get_mut(&key) {
+            s.whole.retain(|(e, _, _)| *e <= checkpoint);
+            s.open.clear();
+        }
+        self.dead.insert(key);
+    }
+
+    fn ignores(&self, key: &StreamKey) -> bool {
+        self.is_fenced(key.0) || self.dead.contains(key)
+    }
+
     pub fn record(&mut self, key: &StreamKey, record: &[u8]) {
         self.records(key, vec![record.to_vec()]);
     }
 
     /// Records that arrived in this order.
     pub fn records(&mut self, key: &StreamKey, records: Vec<Vec<u8>>) {
-        if self.is_fenced(key.0) {
+        if self.ignores(key) {
             return;
         }
         let open = &mut self.streams.entry(key.clone()).or_default().open;
@@ -218,7 +252,7 @@ impl Committer {
 
     /// Epoch `epoch` of `key` ended: returns the epoch to acknowledge.
     pub fn epoch_end(&mut self, key: &StreamKey, epoch: u64) -> u64 {
-        if self.is_fenced(key.0) {
+        if self.ignores(key) {
             return 0;
         }
         let s = self.streams.entry(key.clone()).or_default();
@@ -377,6 +411,10 @@ fn serve(
                     on_commit(released);
                 }
             }
+            SinkFrame::Dead { checkpoint, stream } => {
+                hand_over(&mut records);
+                (committer.lock().unwrap()).dead((key.0, stream.to_string()), checkpoint);
+            }
             SinkFrame::Hello { .. } => return Err(ServeError::NoHello),
         }
     }
@@ -410,6 +448,10 @@ mod tests {
             SinkFrame::Record(b""),
             SinkFrame::EpochEnd(9),
             SinkFrame::Commit(u64::MAX),
+            SinkFrame::Dead {
+                checkpoint: 4,
+                stream: "w3/2/counts",
+            },
         ] {
             let mut bytes = Vec::new();
             f.encode(&mut bytes);
@@ -496,5 +538,26 @@ mod tests {
         c.record(&s, b"b");
         assert_eq!(c.epoch_end(&s, 2), 2);
         assert_eq!(texts(c.commit(2)), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_dead_stream_keeps_its_epochs_up_to_the_checkpoint_and_nothing_it_sends_later() {
+        let mut c = Committer::default();
+        let (lost, alive) = (key(1, "w3/2/s"), key(1, "w1/0/s"));
+        c.hello(&lost, 0);
+        c.hello(&alive, 0);
+        c.record(&lost, b"x1");
+        c.epoch_end(&lost, 1);
+        c.record(&lost, b"x2");
+        // The lost node ended epoch 2 but checkpoint 2 never became durable.
+        c.epoch_end(&lost, 2);
+        c.record(&lost, b"x3 (open)");
+        c.dead(lost.clone(), 1);
+        // Its socket's backlog still arrives: ignored.
+        c.record(&lost, b"late");
+        assert_eq!(c.epoch_end(&lost, 3), 0);
+        c.record(&alive, b"a2");
+        c.epoch_end(&alive, 3);
+        assert_eq!(texts(c.commit(3)), vec!["x1", "a2"]);
     }
 }

@@ -586,6 +586,7 @@ fn a_joiner_that_never_says_ready_holds_changes_back_only_until_the_deadline() {
         cores: 1,
         data_addr: "127.0.0.1:1".into(),
         state_dir: false,
+        state_path: String::new(),
     };
     let request = Request::Join(wire::encode_join(&join)).encode("").unwrap();
     framing::write_frame(&mut joiner, &request).unwrap();

@@ -136,7 +136,9 @@ pub(crate) struct Node {
     pub events: flume::Sender<CoreEvent>,
     /// Whether this node is the coordinator (lost cores are reported to its migrations).
     pub role: Role,
-    pending: Mutex<HashMap<u64, flume::Sender<Answer>>>,
+    /// Questions asked and not answered yet: whom, and where the answer goes (dropped when
+    /// that node is lost, so the asker stops waiting).
+    pending: Mutex<HashMap<u64, (String, flume::Sender<Answer>)>>,
     /// Questions from other nodes, answered one at a time by a thread of their own (asking the
     /// cores may take a moment, and the link must keep delivering meanwhile).
     questions: flume::Sender<(String, u64, Question)>,
@@ -147,6 +149,8 @@ pub(crate) struct Node {
     /// Where questions only the node layer can answer go (a part of a checkpoint to write,
     /// sources to open), with where to answer.
     pub upward: Mutex<Option<flume::Sender<Upward>>>,
+    /// Told of every node lost (the coordinator recovers its slots).
+    pub on_lost: Mutex<Option<flume::Sender<LostNode>>>,
     /// Acceptors take new source connections only while this is set.
     pub accepting: AtomicBool,
     pub open_sources: Arc<AtomicUsize>,
@@ -204,6 +208,7 @@ impl Node {
             events,
             role,
             pending: Mutex::default(),
+            on_lost: Mutex::default(),
             questions,
             next_ask: AtomicU64::new(0),
             lost: Mutex::default(),
@@ -401,7 +406,10 @@ impl Node {
         let link = self.link(name)?;
         let id = self.next_ask.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = flume::bounded(1);
-        self.pending.lock().unwrap().insert(id, tx);
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(id, (name.to_string(), tx));
         link.send_node(Wire::Ask { id, question });
         let answer = rx.recv_deadline(Instant::now() + wait).ok();
         self.pending.lock().unwrap().remove(&id);
@@ -544,7 +552,7 @@ impl Node {
                 let _ = self.questions.send((from.to_string(), id, question));
             }
             Wire::Answer { id, answer } => {
-                if let Some(reply) = self.pending.lock().unwrap().remove(&id) {
+                if let Some((_, reply)) = self.pending.lock().unwrap().remove(&id) {
                     let _ = reply.send(answer);
                 }
             }
@@ -649,6 +657,8 @@ impl Node {
             link.lost();
             self.lost_links.lock().unwrap().push(link);
         }
+        // No answer will come: whoever waits for one stops waiting.
+        (self.pending.lock().unwrap()).retain(|_, (asked, _)| asked != name);
         tracing::error!(
             node = %self.name,
             "lost node {name} ({reason}): its cores {:?} and their slots are gone; messages for them are dropped (how many is logged when this node stops)",
@@ -665,11 +675,15 @@ impl Node {
                 });
             }
         }
-        self.lost.lock().unwrap().push(LostNode {
+        let lost = LostNode {
             name: name.to_string(),
             cores: member.cores,
             reason: reason.to_string(),
-        });
+        };
+        self.lost.lock().unwrap().push(lost.clone());
+        if let Some(tell) = &*self.on_lost.lock().unwrap() {
+            let _ = tell.send(lost);
+        }
     }
 }
 

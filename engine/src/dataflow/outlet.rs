@@ -8,7 +8,7 @@ use super::{
     Batch, Chain, Decode, Encode, KeyFn, KeyedMsg, Meta, Out, SourcePipeline, Stamp, NO_TIME,
 };
 use crate::hash::{slot_of, stable_hash};
-use crate::routing::{CoreId, RoutingTable};
+use crate::routing::{CoreId, RoutingTable, NOWHERE};
 use crate::sink_buffer::SinkBuffer;
 use crate::step::DecodeError;
 
@@ -50,7 +50,12 @@ pub(crate) struct Router<O> {
 impl<O: Send + 'static> Router<O> {
     fn route(&mut self, value: O, meta: Meta, routes: &RoutingTable) {
         let hash = stable_hash((self.key)(&value));
-        let owner = usize::from(routes.owner(slot_of(hash, routes.n_slots())));
+        let owner = routes.owner(slot_of(hash, routes.n_slots()));
+        if owner == NOWHERE {
+            // A replayed message for a slot that has applied it already.
+            return;
+        }
+        let owner = usize::from(owner);
         if owner >= self.batches.len() {
             self.batches.resize_with(owner + 1, Vec::new);
         }

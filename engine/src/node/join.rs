@@ -114,6 +114,9 @@ impl Engine {
             cores: config.cores as u16,
             data_addr: data_addr.to_string(),
             state_dir: checkpoints.is_some(),
+            state_path: (checkpoints.as_ref())
+                .map(|c| c.status.state_dir.display().to_string())
+                .unwrap_or_default(),
         };
         let welcome = match control
             .request(&config.token, &Request::Join(wire::encode_join(&request)))

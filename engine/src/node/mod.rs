@@ -23,7 +23,8 @@ use thiserror::Error;
 
 use self::change_lock::{hold, Changing, Wait, CHECKPOINT};
 pub use self::coordinator::{
-    CheckpointError, CheckpointInfo, CheckpointStatus, MAX_SLOTS_PER_STEP,
+    CheckpointError, CheckpointInfo, CheckpointStatus, RecoveryError, RecoveryStatus,
+    MAX_SLOTS_PER_STEP,
 };
 use self::coordinator::{Checkpoints, Coordinator, Gate};
 pub use self::join::{JoinError, SourcesClosed};
@@ -141,8 +142,9 @@ pub struct Engine {
     acceptors: Mutex<Vec<JoinHandle<()>>>,
     /// The change that holds the coordinator's lock, and since when.
     changing: Arc<Changing>,
-    /// Takes a checkpoint every interval (with a state dir and an interval).
-    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    /// Take a checkpoint every interval (with a state dir and an interval), and recover the
+    /// slots of lost nodes (on the coordinator, with a state dir).
+    background: Mutex<Vec<JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
     /// Each TCP source's index and bound address.
     input_addrs: Vec<(usize, SocketAddr)>,
@@ -285,6 +287,7 @@ impl Engine {
         let view = coordinator.view.clone();
         let stopping = coordinator.stopping.clone();
         let checkpoint_interval = coordinator.checkpoint_interval();
+        let config_has_state_dir = coordinator.checkpoints_on();
         let sources = coordinator.sources.clone();
         let acceptors = listeners
             .iter()
@@ -321,6 +324,16 @@ impl Engine {
                 .spawn(move || checkpoint_every(every, &coordinator, &changing, &stopping))
                 .expect("spawn the checkpoint thread")
         });
+        let recoverer = (joined.is_none() && config_has_state_dir).then(|| {
+            let (lost_tx, lost) = flume::unbounded();
+            *node.on_lost.lock().unwrap() = Some(lost_tx);
+            let (coordinator, changing) = (coordinator.clone(), changing.clone());
+            let stopping = stopping.clone();
+            std::thread::Builder::new()
+                .name("quokka-recover".into())
+                .spawn(move || recover_lost(&lost, &coordinator, &changing, &stopping))
+                .expect("spawn the recovery thread")
+        });
         Ok(Engine {
             retired_latency,
             coordinator,
@@ -332,7 +345,7 @@ impl Engine {
             acceptors: Mutex::new(acceptors),
             sources,
             changing,
-            checkpointer: Mutex::new(checkpointer),
+            background: Mutex::new(checkpointer.into_iter().chain(recoverer).collect()),
             stopping,
             input_addrs,
             started: Instant::now(),
@@ -517,6 +530,7 @@ impl Engine {
             migration,
             retired,
             checkpoints: self.view.lock().unwrap().checkpoints.clone(),
+            recovery: self.view.lock().unwrap().recovery.clone(),
         }
     }
 
@@ -579,7 +593,7 @@ impl Engine {
         self.stopping.store(true, Ordering::Release);
         // Acceptors still waiting for the sources to open go on, and see the stop.
         self.sources.open();
-        if let Some(t) = self.checkpointer.lock().unwrap().take() {
+        for t in std::mem::take(&mut *self.background.lock().unwrap()) {
             let _ = t.join();
         }
         for l in &self.listeners {
@@ -642,6 +656,39 @@ fn checkpoint_every(
             // Failures are logged and shown by `status`.
             Ok(mut c) => drop(c.checkpoint()),
             Err(()) => tracing::debug!("checkpoint skipped: a change is running"),
+        }
+    }
+}
+
+/// On the coordinator: recovers each lost node's slots (`coordinator/recover.rs`) as soon as
+/// no change holds the lock, until the engine stops.
+fn recover_lost(
+    lost: &flume::Receiver<crate::cluster::LostNode>,
+    coordinator: &Mutex<Coordinator>,
+    changing: &Changing,
+    stopping: &AtomicBool,
+) {
+    let poll = Duration::from_millis(50);
+    while !stopping.load(Ordering::Acquire) {
+        let Ok(node) = lost.recv_timeout(poll) else {
+            continue;
+        };
+        let what = format!("recovery of node {}", node.name);
+        let mut c = loop {
+            if stopping.load(Ordering::Acquire) {
+                return;
+            }
+            // A change the loss cut short ends at its next wait; a checkpoint fails at once.
+            match hold(coordinator, changing, &what, Wait::ForCheckpoint) {
+                Ok(c) => break c,
+                Err(()) => std::thread::sleep(poll),
+            }
+        };
+        if let Err(e) = c.recover(&node) {
+            tracing::error!(
+                "node {} was lost and its slots were not recovered: {e}; they stay without an owner (messages for them are dropped) and changes are refused",
+                node.name
+            );
         }
     }
 }

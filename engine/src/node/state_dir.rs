@@ -114,8 +114,9 @@ pub(crate) struct Restored {
 
 pub(crate) struct StateDir {
     path: PathBuf,
-    /// Held (`flock`) while this engine runs: a second engine on the dir is refused.
-    _lock: File,
+    /// Held (`flock`) while this engine runs: a second engine on the dir is refused. `None`
+    /// for another node's dir, only read.
+    _lock: Option<File>,
 }
 
 /// Takes `LOCK` in `dir` for this process, or says who has it.
@@ -130,6 +131,16 @@ fn lock(dir: &Path) -> Result<File, StateDirError> {
         return Err(StateDirError::Locked { path: dir.into() });
     }
     Ok(file)
+}
+
+/// Whether a process holds `dir`'s lock (an engine runs on it).
+fn is_locked(dir: &Path) -> Result<bool, StateDirError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = File::open(&path).map_err(io_err(&path))?;
+    // SAFETY: as in `lock`; the shared lock, if taken, goes with the file at once.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    Ok(taken != 0)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateDirError + '_ {
@@ -148,6 +159,8 @@ impl StateDir {
     /// Opens (or creates) the state dir of `app`; refused if it holds another app's checkpoints.
     pub fn open(path: &Path, app: &str, n_slots: u32) -> Result<Self, StateDirError> {
         fs::create_dir_all(path).map_err(io_err(path))?;
+        // Absolute: a member tells the coordinator where it is (see `JoinRequest`).
+        let path = &fs::canonicalize(path).map_err(io_err(path))?;
         let lock = lock(path)?;
         let id_path = path.join("IDENTITY");
         let want = identity(app, n_slots);
@@ -187,7 +200,20 @@ impl StateDir {
         }
         Ok(StateDir {
             path: path.into(),
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Another node's state dir, to read its part of a checkpoint (the coordinator restoring
+    /// a lost member's slots, or slots a member held then). With `dead`, refused while an
+    /// engine runs on it: a node lost to this one may still be running.
+    pub fn other(path: &Path, dead: bool) -> Result<Self, StateDirError> {
+        if dead && is_locked(path)? {
+            return Err(StateDirError::Locked { path: path.into() });
+        }
+        Ok(StateDir {
+            path: path.into(),
+            _lock: None,
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::coordinator::CheckpointStatus;
+use super::coordinator::{CheckpointStatus, RecoveryStatus};
 use super::StartError;
 use crate::cluster::wire::{self, WireError};
 use crate::cluster::{LinkError, LostNode};
@@ -22,6 +22,7 @@ pub(crate) struct View {
     pub migration: Option<MigrationProgress>,
     pub retired: usize,
     pub checkpoints: Option<CheckpointStatus>,
+    pub recovery: Option<RecoveryStatus>,
 }
 
 impl View {
@@ -32,6 +33,7 @@ impl View {
             migration: None,
             retired: 0,
             checkpoints: None,
+            recovery: None,
         }
     }
 }
@@ -221,6 +223,31 @@ pub struct Status {
     pub retired: usize,
     /// With a state dir: the last checkpoint, and any failure since.
     pub checkpoints: Option<CheckpointStatus>,
+    /// The last recovery of a lost node's slots (running, done or failed).
+    pub recovery: Option<RecoveryStatus>,
+}
+
+impl fmt::Display for RecoveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = format!(
+            "node {}: {} slots from checkpoint {}",
+            self.node, self.slots, self.checkpoint
+        );
+        match (&self.failed, self.took) {
+            (Some(why), _) => write!(f, "recovery FAILED for {what}: {why}"),
+            (None, Some(took)) => write!(
+                f,
+                "recovered {what} in {:.2}s, {:.0}s ago (the sources replay what followed it)",
+                took.as_secs_f64(),
+                self.started.elapsed().as_secs_f64()
+            ),
+            (None, None) => write!(
+                f,
+                "RECOVERING {what}, for {:.1}s (changes are refused meanwhile)",
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
 }
 
 impl fmt::Display for Status {
@@ -239,6 +266,9 @@ impl fmt::Display for Status {
         }
         if let Some(c) = &self.checkpoints {
             write_checkpoints(f, c)?;
+        }
+        if let Some(r) = &self.recovery {
+            writeln!(f, "{r}")?;
         }
         for n in &self.nodes {
             let role = if n.coordinator { " (coordinator)" } else { "" };

@@ -32,6 +32,17 @@ impl Status {
                 })
             })
             .collect();
+        let recovery = self.recovery.as_ref().map(|r| {
+            json!({
+                "node": r.node,
+                "checkpoint": r.checkpoint,
+                "slots": r.slots,
+                "running": r.took.is_none() && r.failed.is_none(),
+                "since_ms": r.started.elapsed().as_millis() as u64,
+                "took_ms": r.took.map(|t| t.as_millis() as u64),
+                "failed": r.failed,
+            })
+        });
         let nodes: Vec<Value> = (self.nodes.iter())
             .map(|n| json!({"name": n.name, "data": n.data_addr, "coordinator": n.coordinator}))
             .collect();
@@ -45,6 +56,7 @@ impl Status {
             "lost": lost,
             "migration": migration,
             "checkpoints": self.checkpoints.as_ref().map(checkpoints),
+            "recovery": recovery,
         });
         status.to_string()
     }
@@ -150,6 +162,14 @@ mod tests {
                 restored_from: Some(8),
                 awaiting: vec!["w2".into()],
             }),
+            recovery: Some(super::super::coordinator::RecoveryStatus {
+                node: "w3".into(),
+                checkpoint: 9,
+                slots: 1365,
+                started: std::time::Instant::now(),
+                took: Some(Duration::from_millis(250)),
+                failed: None,
+            }),
         };
         let v: Value = serde_json::from_str(&status.to_json()).unwrap();
         assert_eq!(v["epoch"], 3);
@@ -159,6 +179,15 @@ mod tests {
         assert_eq!(v["cores"][0]["latency_p50_ns"], Value::Null);
         assert_eq!(v["cores"][0]["files"][0]["offset"], 42);
         assert_eq!(v["silent_cores"][0], 2);
+        let r = &v["recovery"];
+        assert_eq!(
+            (r["node"].as_str(), r["slots"].as_u64()),
+            (Some("w3"), Some(1365))
+        );
+        assert_eq!(
+            (r["running"].as_bool(), r["took_ms"].as_u64()),
+            (Some(false), Some(250))
+        );
         let c = &v["checkpoints"];
         assert_eq!(c["last_complete"]["checkpoint"], 9);
         assert_eq!(c["last_complete"]["taken_ms"], 1_800_000_000_000u64);

@@ -38,10 +38,11 @@ pub(crate) enum ConnectionKind {
     Unread,
     /// Frames; what a crash catches in flight is lost.
     Plain,
-    /// A durable stream: its id, and the frames of it routed so far.
+    /// A durable stream: its id, the frames of it routed so far, and the rewind it is in.
     Durable {
         id: crate::runtime::core::StreamId,
         position: u64,
+        rewind: crate::runtime::core::Rewind,
     },
 }
 
@@ -123,6 +124,14 @@ pub(crate) enum PeerMsg {
     Prepare(ChangePlan),
     /// Route with the next prepared step's table from now on.
     Switch,
+    /// Switch to the prepared step of a recovery, which restores the slots of node `node`'s
+    /// lost cores `lost` from checkpoint `checkpoint` onto the survivors, and in the same
+    /// action rewind every replayable source to where that checkpoint says it stood.
+    Recover {
+        checkpoint: u64,
+        node: String,
+        lost: Vec<CoreId>,
+    },
     /// The change ends early: forget the prepared steps not switched to yet.
     Abort,
     RemovePeer(CoreId),
@@ -181,6 +190,7 @@ impl PeerMsg {
 }
 
 /// A file to read as a replayable source, from `offset`.
+#[derive(Debug, Clone)]
 pub(crate) struct FileSource {
     pub source: usize,
     pub input: FileInput,

@@ -27,7 +27,7 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// stage, a slot archive has a part per stage (and per stage's timers), cores exchange
 /// watermarks and say when they are done per stage; a welcome names every sink; 9: a plan has
 /// an id, and cores hold later stages' watermarks through a change, `Hold` and `ChangeDone`).
-pub const VERSION: u8 = 11;
+pub const VERSION: u8 = 12;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -44,6 +44,9 @@ pub struct JoinRequest {
     /// Whether it was started with a state dir (a cluster that checkpoints needs one on every
     /// node; one that does not, on none).
     pub state_dir: bool,
+    /// Its state dir, absolute: should the node be lost, the coordinator reads its part of the
+    /// last checkpoint from there (the same machine, or a directory both mount).
+    pub state_path: String,
 }
 
 /// A member of the cluster as others reach it.

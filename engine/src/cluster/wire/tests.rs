@@ -127,6 +127,7 @@ fn messages_round_trip() {
         cores: 1,
         data_addr: "127.0.0.1:6001".into(),
         state_dir: false,
+        state_path: String::new(),
     };
     assert_eq!(decode_join(&encode_join(&j)).unwrap(), j);
 }

@@ -220,6 +220,11 @@ impl Coordinator {
             .map_or(0, |m| m.checkpoint)
     }
 
+    /// Whether this node has a state dir.
+    pub fn checkpoints_on(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+
     /// How often to take a checkpoint on its own (with a state dir and an interval).
     pub fn checkpoint_interval(&self) -> Option<Duration> {
         self.checkpoints.as_ref()?;

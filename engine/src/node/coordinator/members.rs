@@ -95,6 +95,7 @@ impl Coordinator {
         self.add_remote(&member);
         self.introduce(&old, ids);
         self.awaiting.remove(&join.node);
+        self.note_dir(join);
         self.await_lost_again();
         tracing::info!(
             "node {} is back with its part of checkpoint {}",
@@ -144,7 +145,10 @@ impl Coordinator {
             started,
             before,
         ) {
-            Ok(report) => Ok(report),
+            Ok(report) => {
+                self.note_dir(join);
+                Ok(report)
+            }
             Err(Aborted { error, switched: 0 }) => {
                 // No slot moved: the node was never really part of the cluster, so whether it
                 // went away or stalled, it goes, and the cluster is as it was.
@@ -225,6 +229,13 @@ impl Coordinator {
         self.node.remove_member(name);
         self.publish(None);
         Ok(self.finished(report, &label, started, before))
+    }
+
+    /// Where a member's state dir is, should it be lost.
+    fn note_dir(&mut self, join: &JoinRequest) {
+        if !join.state_path.is_empty() {
+            (self.member_dirs).insert(join.node.clone(), join.state_path.clone().into());
+        }
     }
 
     /// Tells every member but `except` `msg`.

@@ -32,11 +32,13 @@ mod checkpoint;
 mod ids;
 mod members;
 mod migrate;
+mod recover;
 mod restore;
 pub(crate) use checkpoint::Checkpoints;
 pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointStatus};
 use migrate::Aborted;
 pub use migrate::MAX_SLOTS_PER_STEP;
+pub use recover::{RecoveryError, RecoveryStatus};
 pub(crate) use restore::Gate;
 use restore::Start;
 
@@ -97,6 +99,10 @@ pub(crate) struct Coordinator {
     awaiting: BTreeMap<String, Vec<CoreId>>,
     /// Every member of the restored checkpoint, until the cluster is whole.
     restored_members: BTreeMap<String, Vec<CoreId>>,
+    /// Each member's state dir, as it said when it joined (a lost one's part is read there).
+    member_dirs: BTreeMap<String, std::path::PathBuf>,
+    /// The last recovery of a lost node, for `status`.
+    recovery: Option<RecoveryStatus>,
 }
 
 impl Coordinator {
@@ -112,7 +118,7 @@ impl Coordinator {
         let start = Start::from(checkpoints.as_mut(), &dataflow, &config);
         let mut c = Self::new(config, dataflow, node, events, start.table);
         c.restoring = start.per_core;
-        c.streams = Arc::new(DurableStreams::restored(&start.offsets));
+        c.streams = Arc::new(DurableStreams::restored(&start.offsets, start.checkpoint));
         c.offsets = start.offsets;
         if let Some(k) = &checkpoints {
             c.run = k.run;
@@ -151,7 +157,7 @@ impl Coordinator {
         if let Some(r) = restore {
             c.restoring = r.per_core;
             restore::warn_foreign(&mut c.restoring, |id| welcome.cores.contains(&id));
-            c.streams = Arc::new(DurableStreams::restored(&r.offsets));
+            c.streams = Arc::new(DurableStreams::restored(&r.offsets, welcome.restore));
             c.offsets = r.offsets;
             c.sources = Arc::new(Gate::new(false));
         }
@@ -196,6 +202,8 @@ impl Coordinator {
             offsets: Vec::new(),
             awaiting: BTreeMap::new(),
             restored_members: BTreeMap::new(),
+            member_dirs: BTreeMap::new(),
+            recovery: None,
         }
     }
 
@@ -555,6 +563,7 @@ impl Coordinator {
             .filter_map(|(&id, h)| Some((id, h.cpu, h.addr.local_control()?.clone())))
             .collect();
         view.migration = migration;
+        view.recovery = self.recovery.clone();
         view.retired = self.retired.count;
     }
 

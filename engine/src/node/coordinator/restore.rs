@@ -19,6 +19,7 @@ use crate::runtime::Config;
 
 /// What a node starts from: the slots each of its cores gets back, and where its sources stood.
 pub(crate) struct Restore {
+    pub checkpoint: u64,
     pub table: RoutingTable,
     pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
     /// Where each file source and durable stream of this node stood.
@@ -34,6 +35,8 @@ pub(super) struct Start {
     pub ids: Vec<CoreId>,
     pub per_core: BTreeMap<CoreId, Vec<(u32, u32, StagePart)>>,
     pub offsets: Vec<SourceMark>,
+    /// The checkpoint it restores (0: none).
+    pub checkpoint: u64,
     /// The members to wait for, with the cores each ran.
     pub awaiting: BTreeMap<String, Vec<CoreId>>,
 }
@@ -59,6 +62,7 @@ impl Start {
                 ids: (0..config.cores as CoreId).collect(),
                 per_core: BTreeMap::new(),
                 offsets: Vec::new(),
+                checkpoint: 0,
                 awaiting: BTreeMap::new(),
             };
         };
@@ -90,6 +94,7 @@ impl Start {
             ids: ids.into_iter().collect(),
             per_core,
             offsets: r.offsets,
+            checkpoint: r.checkpoint,
             awaiting,
         }
     }
@@ -184,7 +189,7 @@ pub(super) fn warn_foreign(
 /// it, or a bug: the bytes were checksummed) makes the whole checkpoint unusable. It must be
 /// this app's, node's and cluster's, and a member's part must have the `table` the
 /// coordinator's part has.
-fn decode(
+pub(super) fn decode(
     dataflow: &Dataflow,
     (app, node, cluster): (&str, &str, u64),
     n_slots: u32,
@@ -222,6 +227,7 @@ fn decode(
         (per_core.entry(own.owner(part.slot)).or_default()).push((part.stage, part.slot, p));
     }
     let restore = Restore {
+        checkpoint: r.manifest.checkpoint,
         table: own,
         per_core,
         offsets: r.manifest.sources.clone(),

@@ -39,7 +39,7 @@ impl Core {
         if let Err(e) = self.keyed.borrow_mut().begin_checkpoint(checkpoint) {
             return self.checkpoint_failed(checkpoint, e.to_string());
         }
-        let sources = self.sources.marks(checkpoint);
+        let sources = self.sources.marks(checkpoint, &self.streams);
         *self.checkpointing.snapshot.borrow_mut() = Some(Snapshot {
             core: self.id,
             checkpoint,

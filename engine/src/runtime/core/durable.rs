@@ -6,14 +6,16 @@
 //! which then drops those frames. After a crash the registry starts from the checkpoint's
 //! counts, so the sender resends what the crash lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use quokka_io::durable::Answer;
 
+use super::replay::Replay;
 use crate::checkpoint::SourceMark;
+use crate::routing::RoutingTable;
 
 /// Why a durable stream is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,45 +46,151 @@ struct Stream {
     /// Frames applied so far.
     position: u64,
     connected: bool,
+    /// A recovery's replay still under way (the connection that carries it on takes it).
+    replay: Option<Replay>,
+    /// The last recovery that rewound it.
+    rewound: u64,
+}
+
+/// A recovery as the node's streams see it: every stream is rewound once for it, by the core
+/// that reads it, or here if none does.
+#[derive(Debug, Clone)]
+pub(crate) struct Recovery {
+    /// Tells recoveries apart (the id of the change that carried it out).
+    pub id: u64,
+    pub checkpoint: u64,
+    pub restored: Arc<BTreeSet<u32>>,
 }
 
 /// The durable streams of a node: where each stands and whether a connection reads it now.
 /// Shared by the node's cores (a sender may reconnect to any of them).
 #[derive(Debug, Default)]
-pub(crate) struct DurableStreams(Mutex<HashMap<StreamId, Stream>>);
+pub(crate) struct DurableStreams {
+    streams: Mutex<HashMap<StreamId, Stream>>,
+    /// Each stream's count at the barriers of the last few checkpoints: where a recovery
+    /// rewinds it to.
+    noted: Mutex<BTreeMap<u64, HashMap<StreamId, u64>>>,
+    /// The last recovery: a stream connecting that it has not rewound yet is rewound then.
+    recovery: Mutex<Option<Recovery>>,
+}
+
+/// Checkpoints whose barrier counts are kept (a recovery restores the last durable one).
+const NOTED: usize = 3;
 
 impl DurableStreams {
     /// The streams as a checkpoint left them.
-    pub fn restored(marks: &[SourceMark]) -> Self {
-        let streams = (marks.iter().filter(|m| !m.stream.is_empty()))
+    pub fn restored(marks: &[SourceMark], checkpoint: u64) -> Self {
+        let streams: HashMap<StreamId, Stream> = (marks.iter().filter(|m| !m.stream.is_empty()))
             .map(|m| {
                 let stream = Stream {
                     position: m.offset,
-                    connected: false,
+                    ..Stream::default()
                 };
                 ((m.source, m.stream.clone()), stream)
             })
             .collect();
-        DurableStreams(Mutex::new(streams))
+        let counts = (streams.iter())
+            .map(|(id, s)| (id.clone(), s.position))
+            .collect();
+        DurableStreams {
+            streams: Mutex::new(streams),
+            noted: Mutex::new(BTreeMap::from([(checkpoint, counts)])),
+            ..Default::default()
+        }
     }
 
-    /// A connection takes `id` over: where it stands, or why not.
-    pub fn connect(&self, id: &StreamId) -> Result<u64, Refusal> {
-        let mut streams = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Stream>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection takes `id` over: where it stands (and the replay it carries on), or why
+    /// not.
+    pub fn connect(&self, id: &StreamId) -> Result<(u64, Option<Replay>), Refusal> {
+        let mut streams = self.streams();
         let s = streams.entry(id.clone()).or_default();
         if s.connected {
             return Err(Refusal::Connected(id.1.clone()));
         }
         s.connected = true;
-        Ok(s.position)
+        if let Some(r) = self
+            .recovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            self.rewind(id, s, r);
+        }
+        Ok((s.position, s.replay.take()))
     }
 
-    /// The connection reading `id` ended at `position`.
-    pub fn disconnect(&self, id: &StreamId, position: u64) {
-        let mut streams = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Rewinds stream `s` for recovery `r`, unless it was already.
+    fn rewind(&self, id: &StreamId, s: &mut Stream, r: &Recovery) {
+        if s.rewound >= r.id {
+            return;
+        }
+        s.rewound = r.id;
+        let to = self.at(r.checkpoint, id);
+        if to < s.position {
+            s.replay = Some(Replay::new(s.position, r.restored.clone()).merge(s.replay.take()));
+            s.position = to;
+        }
+    }
+
+    /// Recovery `r` begins on a core of this node: streams no connection reads are rewound
+    /// now, and any that connects later when it does.
+    pub fn recover(&self, r: &Recovery) {
+        {
+            let mut current = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+            if current.as_ref().is_some_and(|c| c.id >= r.id) {
+                return;
+            }
+            *current = Some(r.clone());
+        }
+        let mut streams = self.streams();
+        for (id, s) in streams.iter_mut().filter(|(_, s)| !s.connected) {
+            self.rewind(id, s, r);
+        }
+    }
+
+    /// Whether the connection reading `id` is to rewind for recovery `r` (once).
+    pub fn claim(&self, id: &StreamId, r: &Recovery) -> bool {
+        let mut streams = self.streams();
+        let s = streams.entry(id.clone()).or_default();
+        let claimed = s.rewound < r.id;
+        s.rewound = s.rewound.max(r.id);
+        claimed
+    }
+
+    /// The connection reading `id` ended at `position`, with what is left of its replay.
+    pub fn disconnect(&self, id: &StreamId, position: u64, replay: Option<Replay>) {
+        let mut streams = self.streams();
         let s = streams.entry(id.clone()).or_default();
         s.connected = false;
-        s.position = s.position.max(position);
+        s.position = position;
+        s.replay = replay.filter(|r| r.replays(position));
+    }
+
+    /// Streams counted at checkpoint `checkpoint`'s barrier by one core (the node's count is
+    /// the highest: a stream another core read before counts less there).
+    pub fn note(&self, checkpoint: u64, counts: &BTreeMap<StreamId, u64>) {
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        let at = noted.entry(checkpoint).or_default();
+        for (id, &n) in counts {
+            let c = at.entry(id.clone()).or_default();
+            *c = (*c).max(n);
+        }
+        while noted.len() > NOTED {
+            noted.pop_first();
+        }
+    }
+
+    /// Where stream `id` stood at checkpoint `checkpoint` (0 if it began after it).
+    pub fn at(&self, checkpoint: u64, id: &StreamId) -> u64 {
+        let noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        (noted.get(&checkpoint))
+            .and_then(|at| at.get(id))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -95,16 +203,77 @@ pub(super) struct DurableConn {
     writer: TcpStream,
     /// An answer the socket did not take whole yet.
     partial: Vec<u8>,
+    pub rewind: Rewind,
+}
+
+/// Where a durable connection stands in a recovery's rewind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Rewind {
+    /// Asked to rewind to this count: frames are dropped until the sender's rewound frame.
+    rewinding: Option<u64>,
+    /// What it sends again, up to where it was.
+    replay: Option<Replay>,
+}
+
+impl Rewind {
+    /// A connection that takes a stream's replay over.
+    pub fn replaying(replay: Option<Replay>) -> Self {
+        Rewind {
+            rewinding: None,
+            replay,
+        }
+    }
 }
 
 impl DurableConn {
-    pub fn new(id: StreamId, position: u64, writer: TcpStream) -> Self {
+    pub fn new(id: StreamId, position: u64, rewind: Rewind, writer: TcpStream) -> Self {
         DurableConn {
             id,
             position,
             writer,
             partial: Vec::new(),
+            rewind,
         }
+    }
+
+    /// A recovery to a checkpoint that holds `to` frames: the sender resends from there, and
+    /// what it sent since goes to the `restored` slots only.
+    pub fn rewind(&mut self, to: u64, restored: &Arc<BTreeSet<u32>>) {
+        let r = &mut self.rewind;
+        if to >= self.position && r.rewinding.is_none() {
+            return;
+        }
+        r.replay = Some(Replay::new(self.position, restored.clone()).merge(r.replay.take()));
+        r.rewinding = Some(to);
+        self.position = to;
+        self.answer(&Answer::Rewind(to));
+    }
+
+    /// Takes the connection's next frame: the table to route it with (`live`, or its replay's),
+    /// or `None` to drop it.
+    pub fn take<'a>(
+        &'a mut self,
+        frame: &[u8],
+        live: &'a RoutingTable,
+    ) -> Option<&'a RoutingTable> {
+        let r = &mut self.rewind;
+        if let Some(to) = r.rewinding {
+            if quokka_io::durable::rewound_at(frame) == Some(to) {
+                r.rewinding = None;
+            }
+            return None;
+        }
+        let n = self.position;
+        self.position += 1;
+        Some(match &mut r.replay {
+            Some(replay) => replay.routes(n, live),
+            None => live,
+        })
+    }
+
+    /// Its replay, if one is still under way (for the registry or an heir).
+    pub fn replay(&mut self) -> Option<Replay> {
+        (self.rewind.replay.take()).filter(|r| r.replays(self.position))
     }
 
     /// Writes `answer` (after what is left of the last one); what the socket does not take
@@ -139,16 +308,18 @@ pub(super) struct Durables {
 }
 
 impl Durables {
-    /// Connection `key` (stream `id`) has routed `position` frames of its stream.
-    pub fn routed(&mut self, key: u64, id: &StreamId, position: u64) {
-        if let Some(c) = self.open.get_mut(&key) {
-            c.position = position;
-        }
+    /// Where connection `key` (stream `id`) stands after a step: its count, now the stream's
+    /// mark here.
+    pub fn routed(&mut self, key: u64, id: &StreamId) -> u64 {
+        let position = self.open.get(&key).map_or(0, |c| c.position);
         self.marks.insert(id.clone(), position);
+        position
     }
 
-    /// The counts at checkpoint `checkpoint`'s barrier (kept to acknowledge it once durable).
-    pub fn barrier(&mut self, checkpoint: u64) -> Vec<SourceMark> {
+    /// The counts at checkpoint `checkpoint`'s barrier (kept to acknowledge it once durable,
+    /// and noted in `streams` for a recovery).
+    pub fn barrier(&mut self, checkpoint: u64, streams: &DurableStreams) -> Vec<SourceMark> {
+        streams.note(checkpoint, &self.marks);
         self.at_barrier = Some((checkpoint, self.marks.clone()));
         (self.marks.iter())
             .map(|((source, stream), &offset)| SourceMark {

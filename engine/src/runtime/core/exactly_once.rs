@@ -17,6 +17,7 @@ use quokka_io::exactly_once::{decode_ack, ProtocolError, SinkFrame};
 use quokka_io::framing::{frame_len, HEADER};
 
 use super::Core;
+use crate::routing::CoreId;
 use crate::runtime::notify::Notify;
 use crate::sink_buffer::{Mark, SinkBuffer};
 
@@ -75,8 +76,9 @@ fn frame(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
     out[at..at + HEADER].copy_from_slice(&len.to_be_bytes());
 }
 
-/// Frames a taken buffer: its outputs as `R`, its marks between them.
-fn frame_buffer(buffer: &SinkBuffer, unacked: &mut Unacked) {
+/// Frames a taken buffer: its outputs as `R`, its marks between them. `stream_of` names a
+/// lost core's stream of this sink.
+fn frame_buffer(buffer: &SinkBuffer, unacked: &mut Unacked, stream_of: &dyn Fn(CoreId) -> String) {
     let (bytes, ends, _) = buffer.records();
     let mut marks = buffer.marks().iter().peekable();
     let mut start = 0;
@@ -85,7 +87,7 @@ fn frame_buffer(buffer: &SinkBuffer, unacked: &mut Unacked) {
             if before > i {
                 break;
             }
-            put_mark(mark, unacked);
+            put_mark(mark, unacked, stream_of);
             marks.next();
         }
         let record = &bytes[start..end];
@@ -93,17 +95,23 @@ fn frame_buffer(buffer: &SinkBuffer, unacked: &mut Unacked) {
         start = end;
     }
     for &(_, mark) in marks {
-        put_mark(mark, unacked);
+        put_mark(mark, unacked, stream_of);
     }
 }
 
-fn put_mark(mark: Mark, unacked: &mut Unacked) {
+fn put_mark(mark: Mark, unacked: &mut Unacked, stream_of: &dyn Fn(CoreId) -> String) {
     match mark {
         Mark::EpochEnd(n) => {
             frame(unacked.open(), |o| SinkFrame::EpochEnd(n).encode(o));
             unacked.end_epoch(n);
         }
         Mark::Commit(n) => frame(unacked.open(), |o| SinkFrame::Commit(n).encode(o)),
+        Mark::Dead { checkpoint, core } => {
+            let stream = &stream_of(core);
+            frame(unacked.open(), |o| {
+                SinkFrame::Dead { checkpoint, stream }.encode(o)
+            })
+        }
     }
 }
 
@@ -112,12 +120,12 @@ fn put_mark(mark: Mark, unacked: &mut Unacked) {
 pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
     let state = &core.sink;
     let addr = core.config.outputs[i];
-    let name = format!(
-        "{}/{}/{}",
-        core.config.name,
-        core.id,
-        core.dataflow.sinks.get(i).map_or("", String::as_str)
-    );
+    let sink = core.dataflow.sinks.get(i).map_or("", String::as_str);
+    let name = format!("{}/{}/{sink}", core.config.name, core.id);
+    let stream_of = |lost: CoreId| {
+        let node = core.lost_nodes.borrow().get(&lost).cloned();
+        format!("{}/{lost}/{sink}", node.unwrap_or_default())
+    };
     let unacked = RefCell::new(Unacked::default());
     let mut writing = SinkBuffer::default();
     let mut conn: Option<(WriteHalf<TcpStream>, Rc<Acks>)> = None;
@@ -134,7 +142,7 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
         if conn.is_some() && !state.buffers.borrow()[i].is_empty() {
             state.buffers.borrow_mut()[i].swap_contents(&mut writing);
             state.progress.notify_all();
-            frame_buffer(&writing, &mut unacked.borrow_mut());
+            frame_buffer(&writing, &mut unacked.borrow_mut(), &stream_of);
             let n = writing.records().1.len() as u64;
             core.report.borrow_mut().outputs += n;
             framed += n;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_lite::future;
 use quokka_io::file::FileReader;
 
+use super::replay::Replay;
 use super::sources::{is_cut, FRAMES_PER_STEP};
 use super::Core;
 use crate::dataflow::SourcePipeline;
@@ -20,16 +21,22 @@ use crate::runtime::messages::FileSource;
 const FOLLOW_POLL: Duration = Duration::from_millis(20);
 
 pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
+    let sources = &core.sources;
+    sources
+        .file_inputs
+        .borrow_mut()
+        .insert(file.source as u32, file.clone());
     let FileSource {
         source,
         input,
         offset,
     } = file;
-    let sources = &core.sources;
     sources
         .file_offsets
         .borrow_mut()
         .insert(source as u32, offset);
+    // Where a recovery to the checkpoint this run started from rewinds it.
+    sources.note_start(core.durable.get(), source as u32, offset);
     let mut reader =
         match FileReader::open(&input.path, offset, input.format, core.config.max_frame) {
             Ok(r) if input.follow => r.follow(),
@@ -49,12 +56,33 @@ pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
     let key = sources.next_key();
     let mut pipeline = core.dataflow.source_pipeline(source);
     tracing::info!(core = core.id, path = %input.path.display(), offset, "reading file source");
+    let mut replay: Option<Replay> = None;
     let ended = loop {
         if is_cut(&core) {
             break Ok(());
         }
         let now = now_ns();
-        let step = step(&core, &mut reader, &mut *pipeline, now).await;
+        let step = step(
+            &core,
+            source as u32,
+            &mut reader,
+            &mut *pipeline,
+            now,
+            &mut replay,
+        )
+        .await;
+        if let Ok(Stepped::Rewind(to)) = step {
+            tracing::info!(core = core.id, path = %input.path.display(), from = reader.offset(), to, "file source rewound for a recovery");
+            match FileReader::open(&input.path, to, input.format, core.config.max_frame) {
+                Ok(r) => reader = if input.follow { r.follow() } else { r },
+                Err(e) => break Err(e.to_string()),
+            }
+            continue;
+        }
+        if replay.as_ref().is_some_and(|r| !r.replays(reader.offset())) {
+            tracing::info!(core = core.id, path = %input.path.display(), "file source replayed what a recovery needed");
+            replay = None;
+        }
         sources
             .file_offsets
             .borrow_mut()
@@ -71,6 +99,7 @@ pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
                 }
             }
             Ok(Stepped::AtEnd) => break reader.finish().map_err(|e| e.to_string()),
+            Ok(Stepped::Rewind(_)) => unreachable!("handled above"),
             Err(e) => break Err(e),
         }
     };
@@ -99,17 +128,26 @@ enum Stepped {
     More,
     /// The file is read to its end (for now).
     AtEnd,
+    /// A recovery asks to read it again from this offset (nothing was routed).
+    Rewind(u64),
 }
 
 /// One bounded step: up to [`FRAMES_PER_STEP`] messages decoded, routed and dispatched in one
 /// synchronous action.
 async fn step(
     core: &Core,
+    source: u32,
     reader: &mut FileReader,
     pipeline: &mut dyn SourcePipeline,
     ingress_ns: u64,
+    replay: &mut Option<Replay>,
 ) -> Result<Stepped, String> {
     core.wait_room().await;
+    // After the last wait: a recovery's switch came before anything this step routes.
+    if let Some((to, r)) = core.sources.take_file_rewind(source) {
+        *replay = Some(r);
+        return Ok(Stepped::Rewind(to));
+    }
     let table = core.table.borrow().clone();
     let mut frames = 0;
     let mut read_nothing = false;
@@ -117,8 +155,13 @@ async fn step(
         if frames == FRAMES_PER_STEP {
             break Ok(Stepped::More);
         }
+        let at = reader.offset();
+        let routes = match replay {
+            Some(r) => r.routes(at, &table),
+            None => &table,
+        };
         match reader.next_message() {
-            Ok(Some(message)) => match pipeline.push(message, ingress_ns, &table) {
+            Ok(Some(message)) => match pipeline.push(message, ingress_ns, routes) {
                 Ok(()) => frames += 1,
                 // A file cannot be sent again: the message is skipped (and counted), the rest
                 // read; a restart skips it the same way.

@@ -14,6 +14,8 @@ mod exactly_once;
 mod files;
 mod handoff;
 mod peers;
+mod recover;
+mod replay;
 mod shutdown;
 mod sink;
 mod sources;
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-pub(crate) use self::durable::{DurableStreams, StreamId};
+pub(crate) use self::durable::{DurableStreams, Rewind, StreamId};
 use self::handoff::Handoffs;
 use self::peers::{NoRoute, Peers};
 use self::shutdown::Shutdown;
@@ -54,6 +56,9 @@ pub(crate) struct Core {
     prepared: RefCell<VecDeque<Arc<Transition>>>,
     /// The change this core takes part in (its id and cores), until it is done with it here.
     change: RefCell<Option<(u64, Vec<CoreId>)>>,
+    /// Cores of lost nodes whose slots were recovered, with their node's name (exactly-once
+    /// receivers name their streams by it).
+    lost_nodes: RefCell<std::collections::BTreeMap<CoreId, String>>,
     keyed: RefCell<Stages>,
     time: time::EventTime,
     /// This core's inbox (data and control lanes), to see whether messages wait there.
@@ -133,6 +138,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         table: RefCell::new(table),
         prepared: RefCell::new(VecDeque::new()),
         change: RefCell::new(None),
+        lost_nodes: RefCell::default(),
         sink: Sink::new(config.sink_buffer, config.outputs.len()),
         config,
         dataflow,
@@ -365,6 +371,11 @@ impl Core {
                 tracing::trace!(core = self.id, "step: switch");
                 self.switch()
             }
+            PeerMsg::Recover {
+                checkpoint,
+                node,
+                lost,
+            } => self.recover(checkpoint, node, lost),
             PeerMsg::Abort => {
                 let dropped = self.keyed.borrow_mut().abort();
                 match dropped {

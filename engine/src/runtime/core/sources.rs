@@ -5,7 +5,7 @@
 //! the peer's (an info line and a count of its own, not an error).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpStream;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,13 +15,14 @@ use futures_lite::future;
 use quokka_io::framing::FrameError;
 use quokka_io::tcp::{FrameReader, SourceError};
 
-use super::durable::{DurableConn, Durables, Refusal, StreamId};
+use super::durable::{DurableConn, DurableStreams, Durables, Recovery, Refusal, Rewind, StreamId};
+use super::replay::Replay;
 use super::Core;
 use crate::checkpoint::SourceMark;
 use crate::dataflow::SourcePipeline;
 use crate::metrics::now_ns;
 use crate::routing::CoreId;
-use crate::runtime::messages::{ConnectionKind, CoreEvent, CoreMsg, SourceConnection};
+use crate::runtime::messages::{ConnectionKind, CoreEvent, CoreMsg, FileSource, SourceConnection};
 use crate::runtime::notify::Notify;
 use crate::step::DecodeError;
 use quokka_io::durable::Answer;
@@ -55,6 +56,13 @@ pub(super) struct Sources {
     pub(super) files_open: Cell<usize>,
     /// Durable TCP streams read here.
     pub(super) durables: RefCell<Durables>,
+    /// Each file source's offset at the barriers of the last few checkpoints (where a
+    /// recovery rewinds it to).
+    file_noted: RefCell<std::collections::BTreeMap<u64, Vec<(u32, u64)>>>,
+    /// File sources a recovery rewinds: to which offset, and what they replay.
+    file_rewinds: RefCell<std::collections::BTreeMap<u32, (u64, Replay)>>,
+    /// Each file source read here (a recovery reads one again that had ended).
+    pub(super) file_inputs: RefCell<std::collections::BTreeMap<u32, FileSource>>,
 }
 
 impl Sources {
@@ -74,6 +82,9 @@ impl Sources {
             file_ended: RefCell::default(),
             files_open: Cell::new(0),
             durables: RefCell::default(),
+            file_noted: RefCell::default(),
+            file_rewinds: RefCell::default(),
+            file_inputs: RefCell::default(),
         }
     }
 
@@ -119,17 +130,81 @@ impl Sources {
 
     /// Where each replayable source read here stands, for checkpoint `checkpoint`'s barrier:
     /// its files (byte offsets) and durable streams (frame counts).
-    pub fn marks(&self, checkpoint: u64) -> Vec<SourceMark> {
-        let files = self
-            .file_offsets()
-            .into_iter()
-            .map(|(source, offset)| SourceMark {
-                source,
-                stream: String::new(),
-                offset,
-            });
-        let streams = self.durables.borrow_mut().barrier(checkpoint);
+    pub fn marks(&self, checkpoint: u64, streams: &DurableStreams) -> Vec<SourceMark> {
+        let offsets = self.file_offsets();
+        let mut noted = self.file_noted.borrow_mut();
+        noted.insert(checkpoint, offsets.clone());
+        while noted.len() > 3 {
+            noted.pop_first();
+        }
+        let files = offsets.into_iter().map(|(source, offset)| SourceMark {
+            source,
+            stream: String::new(),
+            offset,
+        });
+        let streams = self.durables.borrow_mut().barrier(checkpoint, streams);
         files.chain(streams).collect()
+    }
+
+    /// A recovery to checkpoint `checkpoint`, whose `restored` slots are on their way to
+    /// their new owners: every replayable source read here resends what followed that
+    /// checkpoint, to those slots only up to where it is now. Files are rewound by their
+    /// task before it routes anything more; durable connections ask their senders.
+    pub fn rewind(
+        &self,
+        recovery: u64,
+        checkpoint: u64,
+        restored: &Arc<BTreeSet<u32>>,
+        streams: &DurableStreams,
+    ) {
+        let noted = self.file_noted.borrow().get(&checkpoint).cloned();
+        for (source, now) in self.file_offsets() {
+            let to = (noted.iter().flatten())
+                .find(|(s, _)| *s == source)
+                .map_or(0, |&(_, offset)| offset);
+            if to < now {
+                let replay = Replay::new(now, restored.clone());
+                let older = self.file_rewinds.borrow_mut().remove(&source).map(|r| r.1);
+                (self.file_rewinds.borrow_mut()).insert(source, (to, replay.merge(older)));
+            }
+        }
+        let recovery = Recovery {
+            id: recovery,
+            checkpoint,
+            restored: restored.clone(),
+        };
+        streams.recover(&recovery);
+        for conn in self.durables.borrow_mut().open.values_mut() {
+            if streams.claim(&conn.id, &recovery) {
+                conn.rewind(streams.at(checkpoint, &conn.id), restored);
+            }
+        }
+    }
+
+    /// File source `source` starts at `offset`, where checkpoint `checkpoint` left it (unless
+    /// that checkpoint's barrier noted it here already).
+    pub(super) fn note_start(&self, checkpoint: u64, source: u32, offset: u64) {
+        let mut noted = self.file_noted.borrow_mut();
+        let at = noted.entry(checkpoint).or_default();
+        if !at.iter().any(|(s, _)| *s == source) {
+            at.push((source, offset));
+        }
+    }
+
+    /// File sources a recovery rewound whose reading had ended: to read again.
+    pub(super) fn ended_rewound_files(&self) -> Vec<FileSource> {
+        let rewinds = self.file_rewinds.borrow();
+        let mut ended = self.file_ended.borrow_mut();
+        let inputs = self.file_inputs.borrow();
+        (rewinds.keys())
+            .filter(|s| ended.remove(s).is_some())
+            .filter_map(|s| inputs.get(s).cloned())
+            .collect()
+    }
+
+    /// The rewind waiting for file source `source`, if any.
+    pub(super) fn take_file_rewind(&self, source: u32) -> Option<(u64, Replay)> {
+        self.file_rewinds.borrow_mut().remove(&source)
     }
 
     /// Where each file source read here stands.
@@ -245,15 +320,20 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         .unwrap_or_default();
     tracing::debug!(core = core.id, %peer, source = %source_name, "reading source connection");
 
-    if let ConnectionKind::Durable { id, position } = &kind {
+    if let ConnectionKind::Durable {
+        id,
+        position,
+        rewind,
+    } = &mut kind
+    {
         if let Some(writer) = sources
             .open
             .borrow()
             .get(&key)
             .and_then(|s| s.try_clone().ok())
         {
-            (sources.durables.borrow_mut().open)
-                .insert(key, DurableConn::new(id.clone(), *position, writer));
+            let conn = DurableConn::new(id.clone(), *position, std::mem::take(rewind), writer);
+            sources.durables.borrow_mut().open.insert(key, conn);
         }
     }
     let mut reader = FrameReader::new(stream, core.config.max_frame, &pending);
@@ -274,17 +354,20 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
                     Err(e) => break 'read Ended::Failed(e),
                 }
             }
-            let Stepped {
-                consumed,
-                more,
-                error,
-            } = step(&core, &mut reader, &mut *pipeline, now).await;
+            let durable = matches!(kind, ConnectionKind::Durable { .. });
+            let Stepped { more, error } = step(
+                &core,
+                &mut reader,
+                &mut *pipeline,
+                now,
+                durable.then_some(key),
+            )
+            .await;
             core.source_mark(key, pipeline.watermark(), now);
-            if let ConnectionKind::Durable { id, position } = &mut kind {
+            if let ConnectionKind::Durable { id, position, .. } = &mut kind {
                 // Every frame taken off the stream counts, a rejected one too: a resend goes
                 // on after it (the error says which frame it was).
-                *position += consumed as u64;
-                sources.durables.borrow_mut().routed(key, id, *position);
+                *position = sources.durables.borrow_mut().routed(key, id);
             }
             if let Some(e) = error {
                 break 'read Ended::Failed(e);
@@ -312,11 +395,23 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         }
     };
     let handle = sources.open.borrow_mut().remove(&key);
-    sources.durables.borrow_mut().open.remove(&key);
-    if let (ConnectionKind::Durable { id, position }, false) =
-        (&kind, matches!(ended, Ended::Leaving))
+    let durable = sources.durables.borrow_mut().open.remove(&key);
+    if let (
+        ConnectionKind::Durable {
+            id,
+            position,
+            rewind,
+        },
+        Some(mut conn),
+    ) = (&mut kind, durable)
     {
-        core.streams.disconnect(id, *position);
+        *position = conn.position;
+        if matches!(ended, Ended::Leaving) {
+            // The heir carries the rewind on.
+            *rewind = std::mem::take(&mut conn.rewind);
+        } else {
+            core.streams.disconnect(id, conn.position, conn.replay());
+        }
     }
     if let (Ended::Cut { .. } | Ended::Failed(_), Some(stream)) = (&ended, &handle) {
         // Closed before its end: a reset, not a clean close, tells the sender that what it
@@ -398,19 +493,24 @@ fn hello(
         )));
     };
     let id: StreamId = (source as u32, name.clone().unwrap_or_default());
-    let position = match name {
+    let connected = match name {
         Err(why) => Err(Refusal::BadHello(why)),
         Ok(_) if core.config.state_dir.is_none() => Err(Refusal::NoStateDir),
         Ok(_) => core.streams.connect(&id),
     };
-    let mut conn = DurableConn::new(id.clone(), 0, writer);
-    match position {
-        Ok(position) => {
+    let mut conn = DurableConn::new(id.clone(), 0, Rewind::default(), writer);
+    match connected {
+        Ok((position, replay)) => {
             conn.answer(&Answer::Position(position));
             conn.position = position;
+            conn.rewind = Rewind::replaying(replay);
             tracing::info!(core = core.id, stream = ?id.1, position, "durable stream connected");
             core.sources.durables.borrow_mut().open.insert(key, conn);
-            Ok(ConnectionKind::Durable { id, position })
+            Ok(ConnectionKind::Durable {
+                id,
+                position,
+                rewind: Rewind::default(),
+            })
         }
         Err(refusal) => {
             conn.answer(&refusal.answer());
@@ -426,22 +526,35 @@ async fn step(
     reader: &mut FrameReader,
     pipeline: &mut dyn SourcePipeline,
     ingress_ns: u64,
+    durable: Option<u64>,
 ) -> Stepped {
     core.wait_room().await;
     let table = core.table.borrow().clone();
+    let mut durables = core.sources.durables.borrow_mut();
+    let mut conn = durable.and_then(|key| durables.open.get_mut(&key));
     let mut frames = 0;
+    let mut taken = 0;
     let mut error = None;
-    let mut rejected = 0;
-    while frames < FRAMES_PER_STEP {
+    while taken < FRAMES_PER_STEP {
         match reader.next_frame() {
-            Ok(Some(frame)) => match pipeline.push(frame, ingress_ns, &table) {
-                Ok(()) => frames += 1,
-                Err(e) => {
-                    rejected = 1;
-                    error = Some(e.into());
-                    break;
+            Ok(Some(frame)) => {
+                taken += 1;
+                let routes = match conn.as_deref_mut() {
+                    Some(c) => match c.take(frame, &table) {
+                        Some(routes) => routes,
+                        // Sent before the sender heard of a rewind.
+                        None => continue,
+                    },
+                    None => &table,
+                };
+                match pipeline.push(frame, ingress_ns, routes) {
+                    Ok(()) => frames += 1,
+                    Err(e) => {
+                        error = Some(e.into());
+                        break;
+                    }
                 }
-            },
+            }
             Ok(None) => break,
             Err(e) => {
                 error = Some(SourceError::from(e).into());
@@ -449,19 +562,17 @@ async fn step(
             }
         }
     }
+    drop(durables);
     core.report.borrow_mut().frames += frames as u64;
     core.dispatch(pipeline);
     Stepped {
-        consumed: frames + rejected,
-        more: error.is_none() && frames == FRAMES_PER_STEP,
+        more: error.is_none() && taken == FRAMES_PER_STEP,
         error,
     }
 }
 
 /// What a step did.
 struct Stepped {
-    /// Frames taken off the connection: routed, and one the decoder rejected.
-    consumed: usize,
     /// More frames may be waiting.
     more: bool,
     error: Option<ConnectionError>,

@@ -1,0 +1,307 @@
+//! Losing a member and going on: its slots come back from the last durable checkpoint onto
+//! the surviving cores, which never stop (the cores' side is `runtime/core/recover.rs`).
+//!
+//! A recovery is a change of one step that moves every slot of the lost cores to a survivor
+//! (planned as their removal). The survivors prepare it; the coordinator reads each moving
+//! slot's part of the checkpoint (from the lost node's state dir, or from whichever node held
+//! the slot then) and hands it to the new owner as if the lost core had handed it off; then
+//! every survivor switches and, in the same action, rewinds its replayable sources to where
+//! the checkpoint says they stood. What they read again goes to the restored slots only, up
+//! to where each source was, so no surviving slot applies anything twice.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::restore::decode;
+use super::Coordinator;
+use crate::cluster::LostNode;
+use crate::dataflow::StagePart;
+use crate::migration::ChangePlan;
+use crate::node::state_dir::StateDir;
+use crate::node::status::ChangeError;
+use crate::planner::{plan, Change};
+use crate::routing::{CoreId, Move};
+use crate::runtime::messages::{CoreEvent, CoreMsg, PeerMsg};
+
+/// Why a lost node's slots were not recovered (they stay without an owner, as before this
+/// existed, and changes stay refused).
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error("no checkpoints (--state-dir): a lost node's state cannot come back")]
+    NoCheckpoints,
+    #[error("no checkpoint of the cluster was taken before node {0} was lost")]
+    NotInCheckpoint(String),
+    #[error("the app has {stages} keyed stage(s), or timers: recovering one node is built for one keyed stage without timers so far (restart the whole cluster from its checkpoint instead)")]
+    App { stages: usize },
+    #[error("node {0} never said where its state dir is")]
+    NoStateDir(String),
+    #[error("a change cut short by the loss has steps unfinished: {0}")]
+    Unfinished(String),
+    #[error("reading node {node}'s part of checkpoint {checkpoint} from {dir}: {reason}")]
+    Read {
+        node: String,
+        checkpoint: u64,
+        dir: PathBuf,
+        reason: String,
+    },
+    #[error("planning: {0}")]
+    Plan(String),
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+}
+
+/// A recovery, as `status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryStatus {
+    pub node: String,
+    pub checkpoint: u64,
+    pub slots: usize,
+    pub started: Instant,
+    /// How long it took, once done.
+    pub took: Option<Duration>,
+    /// Why it failed, if it did.
+    pub failed: Option<String>,
+}
+
+impl Coordinator {
+    /// Restores the slots of lost node `lost` onto the surviving cores from the last durable
+    /// checkpoint. Holds the coordinator's lock throughout (no change or checkpoint overlaps).
+    /// `None` if there is nothing to recover: the node was let go already (a join rolled
+    /// back), or a restored cluster waits for it again.
+    pub fn recover(&mut self, lost: &LostNode) -> Result<Option<RecoveryStatus>, RecoveryError> {
+        if !self.node.lost_nodes().iter().any(|l| l.name == lost.name)
+            || self.restored_members.contains_key(&lost.name)
+        {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let checkpoint = self.last_durable();
+        let mut status = RecoveryStatus {
+            node: lost.name.clone(),
+            checkpoint,
+            slots: 0,
+            started,
+            took: None,
+            failed: None,
+        };
+        let result = self.try_recover(lost, &mut status);
+        match &result {
+            Ok(()) => status.took = Some(started.elapsed()),
+            Err(e) => status.failed = Some(e.to_string()),
+        }
+        self.recovery = Some(status.clone());
+        self.publish(None);
+        self.publish_checkpoints();
+        result.map(|()| Some(status))
+    }
+
+    fn try_recover(
+        &mut self,
+        lost: &LostNode,
+        status: &mut RecoveryStatus,
+    ) -> Result<(), RecoveryError> {
+        self.check_running()?;
+        let checkpoint = status.checkpoint;
+        let manifest = (self.checkpoints.as_ref())
+            .ok_or(RecoveryError::NoCheckpoints)?
+            .last
+            .clone()
+            .ok_or_else(|| RecoveryError::NotInCheckpoint(lost.name.clone()))?;
+        let stages = self.dataflow.stages.len();
+        if stages != 1 || self.dataflow.stages.iter().any(|s| s.has_timers()) {
+            return Err(RecoveryError::App { stages });
+        }
+        // Events of the change the loss ended must not count for this one.
+        while let Ok(e) = self.events.try_recv() {
+            if let (CoreEvent::StepDone { core, epoch }, Some(u)) = (&e, &mut self.unfinished) {
+                u.window.finished(*core, *epoch);
+            }
+        }
+        if let Some(u) = &self.unfinished {
+            if !u.window.is_done() {
+                return Err(RecoveryError::Unfinished(format!(
+                    "epoch {} waits for cores {:?}",
+                    u.window.awaiting(),
+                    u.window.missing(u.window.awaiting(), &u.cores)
+                )));
+            }
+            self.unfinished = None;
+        }
+        let all: Vec<CoreId> = self.cores.keys().copied().collect();
+        let survivors: Vec<CoreId> = (all.iter().copied())
+            .filter(|c| !lost.cores.contains(c))
+            .collect();
+        let p = plan(&self.table, &all, &Change::Remove(lost.cores.clone()))
+            .map_err(|e| RecoveryError::Plan(e.to_string()))?;
+        status.slots = p.moves.len();
+        self.publish_recovery(status);
+        tracing::warn!(
+            "recovering node {}: {} slots from checkpoint {checkpoint} onto cores {survivors:?}",
+            lost.name,
+            p.moves.len()
+        );
+        let mut parts = self.read_parts(&manifest, &p.moves, &lost.name)?;
+        // One step: every restored slot is on its way at once, so the rewind at its switch
+        // replays to all of them.
+        self.changes += 1;
+        let change = ChangePlan::new(
+            self.changes,
+            &self.table,
+            vec![p.moves.clone()],
+            survivors.clone(),
+        );
+        let step = change
+            .transitions(self.table.n_slots())
+            .map_err(|e| RecoveryError::Plan(e.to_string()))?
+            .remove(0);
+        for id in &survivors {
+            self.cores[id]
+                .addr
+                .send_control(PeerMsg::Prepare(change.clone()));
+        }
+        let prepared = RefCell::new(BTreeSet::new());
+        self.wait_events(
+            "cores to prepare the recovery",
+            |e| {
+                if let CoreEvent::Prepared(core) = e {
+                    prepared.borrow_mut().insert(*core);
+                }
+                prepared.borrow().len() == survivors.len()
+            },
+            || missing(&survivors, &prepared.borrow()),
+        )?;
+        self.hand_restored(&p.moves, &mut parts);
+        for id in &survivors {
+            self.cores[id].addr.send_control(PeerMsg::Recover {
+                checkpoint,
+                node: lost.name.clone(),
+                lost: lost.cores.clone(),
+            });
+        }
+        let epoch = step.table.epoch();
+        let done = RefCell::new(BTreeSet::new());
+        self.wait_events(
+            "cores to adopt the restored slots",
+            |e| {
+                if let CoreEvent::StepDone { core, epoch: e } = e {
+                    if *e == epoch {
+                        done.borrow_mut().insert(*core);
+                    }
+                }
+                done.borrow().len() == survivors.len()
+            },
+            || missing(&survivors, &done.borrow()),
+        )?;
+        self.table = step.table.clone();
+        self.let_go(&lost.name, &lost.cores);
+        self.member_dirs.remove(&lost.name);
+        // The restored slots' new owners write them whole at the next checkpoint.
+        tracing::warn!(
+            "recovered node {}: {} slots restored from checkpoint {checkpoint} in {:?}; the sources replay what followed it",
+            lost.name,
+            p.moves.len(),
+            status.started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Each moving slot's part of the checkpoint `manifest`, read from the state dir of the
+    /// node that held the slot then (mostly the lost one).
+    fn read_parts(
+        &self,
+        manifest: &crate::checkpoint::Manifest,
+        moves: &[Move],
+        lost: &str,
+    ) -> Result<BTreeMap<u32, Vec<(u32, StagePart)>>, RecoveryError> {
+        let table = manifest.table().ok_or_else(|| RecoveryError::Read {
+            node: self.node.name.clone(),
+            checkpoint: manifest.checkpoint,
+            dir: PathBuf::new(),
+            reason: "its routing table does not read back".into(),
+        })?;
+        let node_of = |core: CoreId| {
+            (manifest.members.iter())
+                .find(|m| m.cores.contains(&core))
+                .map_or(self.node.name.clone(), |m| m.node.clone())
+        };
+        let mut wanted: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+        for m in moves {
+            wanted
+                .entry(node_of(table.owner(m.slot)))
+                .or_default()
+                .insert(m.slot);
+        }
+        let c = self.checkpoints.as_ref().expect("checked by the caller");
+        let mut parts: BTreeMap<u32, Vec<(u32, StagePart)>> = BTreeMap::new();
+        for (node, slots) in wanted {
+            let dir = if node == self.node.name {
+                c.dir.path().to_path_buf()
+            } else {
+                (self.member_dirs.get(&node).cloned())
+                    .ok_or_else(|| RecoveryError::NoStateDir(node.clone()))?
+            };
+            let read = |reason: String| RecoveryError::Read {
+                node: node.clone(),
+                checkpoint: manifest.checkpoint,
+                dir: dir.clone(),
+                reason,
+            };
+            let other = StateDir::other(&dir, node == lost).map_err(|e| read(e.to_string()))?;
+            let identity = (c.app.as_str(), node.as_str(), c.cluster);
+            let n_slots = self.table.n_slots();
+            let (_, restore, _) = other
+                .restore_exact(manifest.checkpoint, |r| {
+                    decode(&self.dataflow, identity, n_slots, r, Some(&table))
+                })
+                .map_err(|e| read(e.to_string()))?;
+            for (stage, slot, part) in restore.per_core.into_values().flatten() {
+                if slots.contains(&slot) {
+                    parts.entry(slot).or_default().push((stage, part));
+                }
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Hands each restored slot to its new owner as its lost owner would have: to a core of
+    /// this node as the slot itself, to one of another node as an archive over the link.
+    fn hand_restored(&self, moves: &[Move], parts: &mut BTreeMap<u32, Vec<(u32, StagePart)>>) {
+        let mut scratch = self
+            .dataflow
+            .keyed(moves[0].from, &self.table, std::iter::empty());
+        for m in moves {
+            let slot_parts = parts.remove(&m.slot).unwrap_or_default();
+            scratch.restore(
+                slot_parts
+                    .into_iter()
+                    .map(|(stage, p)| (stage, m.slot, p))
+                    .collect(),
+            );
+            let to = &self.cores[&m.to];
+            if to.executor.is_some() {
+                to.addr.send_control(CoreMsg::Adopt {
+                    from: m.from,
+                    slots: vec![scratch.hand_over(m.slot)],
+                });
+            } else {
+                to.addr.send_control(CoreMsg::SendSlot {
+                    from: m.from,
+                    slot: scratch.send_off(m.slot),
+                });
+            }
+        }
+    }
+
+    fn publish_recovery(&mut self, status: &RecoveryStatus) {
+        self.recovery = Some(status.clone());
+        self.publish(None);
+    }
+}
+
+fn missing(all: &[CoreId], heard: &BTreeSet<CoreId>) -> Vec<CoreId> {
+    all.iter().filter(|c| !heard.contains(c)).copied().collect()
+}
