@@ -19,7 +19,7 @@ use crate::crash::{
 use crate::{ctl, quokka, signal, Service};
 
 /// Word count's coordinator `w1`: a file of lines it follows, 2 cores.
-fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Service {
+pub(crate) fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Service {
     Service::start(
         "w1",
         Command::new(quokka())
@@ -44,7 +44,7 @@ fn member(state: &Path, input: &str, lead: SocketAddr) -> Service {
 }
 
 /// Member `name` with 1 core and `extra` arguments.
-fn member_named(name: &str, state: &Path, extra: &[&str], lead: SocketAddr) -> Service {
+pub(crate) fn member_named(name: &str, state: &Path, extra: &[&str], lead: SocketAddr) -> Service {
     Service::start(
         name,
         Command::new(quokka())
@@ -192,7 +192,7 @@ fn a_member_refuses_the_coordinator_of_another_cluster_and_keeps_its_parts() {
 }
 
 /// Member `name` with no source of its own.
-fn bare_member(name: &str, state: &Path, lead: SocketAddr) -> Service {
+pub(crate) fn bare_member(name: &str, state: &Path, lead: SocketAddr) -> Service {
     member_named(name, state, &[], lead)
 }
 

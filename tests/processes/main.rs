@@ -15,6 +15,7 @@ mod cli;
 mod cluster_crash;
 mod crash;
 mod limits;
+mod lose_node;
 mod nodes;
 mod service;
 

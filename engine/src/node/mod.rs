@@ -477,13 +477,15 @@ impl Engine {
 
     /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
     pub fn status(&self) -> Status {
-        let (table, cores, migration, retired) = {
+        let (table, cores, migration, retired, checkpoints, recovery) = {
             let v = self.view.lock().unwrap();
             (
                 v.table.clone(),
                 v.cores.clone(),
                 v.migration.clone(),
                 v.retired,
+                v.checkpoints.clone(),
+                v.recovery.clone(),
             )
         };
         let mut answers = self.node.local_status();
@@ -529,8 +531,8 @@ impl Engine {
             silent,
             migration,
             retired,
-            checkpoints: self.view.lock().unwrap().checkpoints.clone(),
-            recovery: self.view.lock().unwrap().recovery.clone(),
+            checkpoints,
+            recovery,
         }
     }
 

@@ -208,8 +208,14 @@ impl StateDir {
     /// a lost member's slots, or slots a member held then). With `dead`, refused while an
     /// engine runs on it: a node lost to this one may still be running.
     pub fn other(path: &Path, dead: bool) -> Result<Self, StateDirError> {
-        if dead && is_locked(path)? {
-            return Err(StateDirError::Locked { path: path.into() });
+        // A process killed is seen gone by its peers a moment before the kernel has released
+        // all it held.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while dead && is_locked(path)? {
+            if std::time::Instant::now() > deadline {
+                return Err(StateDirError::Locked { path: path.into() });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Ok(StateDir {
             path: path.into(),
