@@ -74,7 +74,9 @@ impl Core {
     /// A producer is gone: its barriers will not come.
     pub(super) fn forget_barriers(self: &Rc<Self>, core: CoreId) {
         let aligned = self.keyed.borrow_mut().alignment().forget(core);
-        if let Some(checkpoint) = self.keyed.borrow_mut().alignment().running() {
+        // Not in the `if let`: its borrow would last through the block.
+        let running = self.keyed.borrow_mut().alignment().running();
+        if let Some(checkpoint) = running {
             self.stages_aligned(checkpoint, aligned);
         }
     }
