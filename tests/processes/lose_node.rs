@@ -76,7 +76,10 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
             break status;
         }
         assert!(!status.contains("recovery FAILED"), "{status}");
-        assert!(killed.elapsed() < Duration::from_secs(60), "no recovery:\n{status}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no recovery:\n{status}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     println!(
@@ -84,11 +87,17 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
         killed.elapsed()
     );
     assert!(!status.contains("LOST"), "{status}");
-    assert!(!status.contains("\nnode w3:"), "w3 is still a member:\n{status}");
+    assert!(
+        !status.contains("\nnode w3:"),
+        "w3 is still a member:\n{status}"
+    );
 
     let said = sender.into_child().wait_with_output().unwrap();
     let said_out = String::from_utf8_lossy(&said.stdout);
-    assert!(said.status.success(), "the durable sender failed: {said_out}");
+    assert!(
+        said.status.success(),
+        "the durable sender failed: {said_out}"
+    );
     writer.join().unwrap();
     wait_status(lead, "w1 did not read its file", |s| {
         s.contains(&format!("read to byte {len}\n"))

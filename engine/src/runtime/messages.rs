@@ -42,7 +42,7 @@ pub(crate) enum ConnectionKind {
     Durable {
         id: crate::runtime::core::StreamId,
         position: u64,
-        rewind: crate::runtime::core::Rewind,
+        rewind: Box<crate::runtime::core::Rewind>,
     },
 }
 

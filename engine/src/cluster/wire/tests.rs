@@ -53,6 +53,14 @@ fn samples() -> Vec<Wire> {
         ),
         core(1, PeerMsg::ChangeDone { from: 2, change: 3 }),
         core(
+            0,
+            PeerMsg::Recover {
+                checkpoint: 12,
+                node: "w3".into(),
+                lost: vec![5, 6],
+            },
+        ),
+        core(
             2,
             PeerMsg::Stop {
                 producers: vec![0, 1],

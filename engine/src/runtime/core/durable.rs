@@ -345,3 +345,104 @@ impl Durables {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::NOWHERE;
+    use quokka_io::durable::encode_rewound;
+
+    fn recovery(id: u64, checkpoint: u64, restored: &[u32]) -> Recovery {
+        Recovery {
+            id,
+            checkpoint,
+            restored: Arc::new(restored.iter().copied().collect()),
+        }
+    }
+
+    /// A connection whose answers go to a socket nobody reads (they are not checked here).
+    fn conn(position: u64) -> (DurableConn, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let id = (0, "s".to_string());
+        (
+            DurableConn::new(id, position, Rewind::default(), ours),
+            peer,
+        )
+    }
+
+    #[test]
+    fn a_rewound_connection_drops_what_precedes_the_rewound_frame_then_replays() {
+        let live = RoutingTable::uniform(4, 2);
+        let (mut c, _peer) = conn(10);
+        c.rewind(6, &Arc::new([3].into()));
+        assert_eq!(c.position, 6);
+        // In flight before the sender heard: dropped, and so is an older rewound frame.
+        assert!(c.take(b"frame 10", &live).is_none());
+        assert!(c.take(&encode_rewound(2), &live).is_none());
+        assert!(c.take(&encode_rewound(6), &live).is_none());
+        // Frames 6..10 go to slot 3 only; from 10 on, everywhere.
+        for _ in 6..10 {
+            let t = c.take(b"again", &live).unwrap();
+            assert_eq!((t.owner(0), t.owner(3)), (NOWHERE, 1));
+        }
+        assert_eq!(c.take(b"new", &live).unwrap(), &live);
+        assert_eq!(c.position, 11);
+        assert!(c.replay().is_none(), "the replay is over");
+    }
+
+    #[test]
+    fn every_stream_is_rewound_once_per_recovery_wherever_it_is_read() {
+        let streams = DurableStreams::default();
+        let (a, b, c) = (
+            (0, "a".to_string()),
+            (0, "b".to_string()),
+            (0, "c".to_string()),
+        );
+        streams.note(7, &BTreeMap::from([(a.clone(), 5), (b.clone(), 3)]));
+        // a is read by a connection; b was read and ended at 9; c is read too.
+        assert_eq!(streams.connect(&a).unwrap().0, 0);
+        streams.connect(&b).unwrap();
+        streams.disconnect(&b, 9, None);
+        streams.connect(&c).unwrap();
+        let r = recovery(40, 7, &[1]);
+        streams.recover(&r);
+        // b, not read now, resends from 3 and replays to 9.
+        let (at, replay) = streams.connect(&b).unwrap();
+        assert_eq!(at, 3);
+        assert!(replay.is_some_and(|r| r.replays(8) && !r.replays(9)));
+        // a's and c's cores claim them once (a second core of the node gets no claim).
+        assert!(streams.claim(&a, &r));
+        assert!(!streams.claim(&a, &r));
+        assert!(streams.claim(&c, &r));
+        assert_eq!(streams.at(7, &c), 0, "c began after checkpoint 7");
+        // The same recovery seen by another core changes nothing.
+        streams.disconnect(&b, 4, None);
+        streams.recover(&r);
+        assert_eq!(streams.connect(&b).unwrap().0, 4);
+    }
+
+    #[test]
+    fn a_stream_that_connects_after_a_recovery_began_is_rewound_then() {
+        let streams = DurableStreams::restored(
+            &[SourceMark {
+                source: 0,
+                stream: "a".into(),
+                offset: 2,
+            }],
+            5,
+        );
+        let a = (0, "a".to_string());
+        streams.connect(&a).unwrap();
+        streams.disconnect(&a, 8, None);
+        // Connected elsewhere when the recovery began, it drops before its core rewinds it.
+        streams.connect(&a).unwrap();
+        streams.recover(&recovery(12, 5, &[0]));
+        streams.disconnect(&a, 9, None);
+        let (at, replay) = streams.connect(&a).unwrap();
+        assert_eq!(at, 2, "from the checkpoint this run restored");
+        assert!(replay.is_some_and(|r| r.replays(8)));
+    }
+}

@@ -143,6 +143,14 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
             state.buffers.borrow_mut()[i].swap_contents(&mut writing);
             state.progress.notify_all();
             frame_buffer(&writing, &mut unacked.borrow_mut(), &stream_of);
+            // Latency up to the receiver's connection (it releases the outputs at the commit
+            // of their checkpoint, a checkpoint interval later).
+            let now = crate::metrics::now_ns();
+            let mut window = core.window.borrow_mut();
+            for &t in writing.records().2 {
+                window.record(now.saturating_sub(t));
+            }
+            drop(window);
             let n = writing.records().1.len() as u64;
             core.report.borrow_mut().outputs += n;
             framed += n;

@@ -16,6 +16,8 @@ mod handoff;
 mod peers;
 mod recover;
 mod replay;
+#[cfg(test)]
+mod replay_simulation;
 mod shutdown;
 mod sink;
 mod sources;

@@ -332,7 +332,8 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
             .get(&key)
             .and_then(|s| s.try_clone().ok())
         {
-            let conn = DurableConn::new(id.clone(), *position, std::mem::take(rewind), writer);
+            let conn =
+                DurableConn::new(id.clone(), *position, std::mem::take(&mut **rewind), writer);
             sources.durables.borrow_mut().open.insert(key, conn);
         }
     }
@@ -408,7 +409,7 @@ pub(super) async fn read_source(core: Rc<Core>, conn: SourceConnection) {
         *position = conn.position;
         if matches!(ended, Ended::Leaving) {
             // The heir carries the rewind on.
-            *rewind = std::mem::take(&mut conn.rewind);
+            **rewind = std::mem::take(&mut conn.rewind);
         } else {
             core.streams.disconnect(id, conn.position, conn.replay());
         }
@@ -509,7 +510,7 @@ fn hello(
             Ok(ConnectionKind::Durable {
                 id,
                 position,
-                rewind: Rewind::default(),
+                rewind: Box::default(),
             })
         }
         Err(refusal) => {
