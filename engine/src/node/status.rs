@@ -235,12 +235,20 @@ impl fmt::Display for RecoveryStatus {
         );
         match (&self.failed, self.took) {
             (Some(why), _) => write!(f, "recovery FAILED for {what}: {why}"),
-            (None, Some(took)) => write!(
-                f,
-                "recovered {what} in {:.2}s, {:.0}s ago (the sources replay what followed it)",
-                took.as_secs_f64(),
-                self.started.elapsed().as_secs_f64()
-            ),
+            (None, Some(took)) => {
+                write!(
+                    f,
+                    "recovered {what} in {:.2}s, {:.0}s ago (the sources replay what followed it",
+                    took.as_secs_f64(),
+                    self.started.elapsed().as_secs_f64()
+                )?;
+                if !self.lost_streams.is_empty() {
+                    write!(f, "; not the lost node's own durable streams {}, nor plain TCP inputs the lost slots had applied since", self.lost_streams.join(", "))?;
+                } else {
+                    write!(f, "; not plain TCP inputs the lost slots had applied since")?;
+                }
+                write!(f, ")")
+            }
             (None, None) => write!(
                 f,
                 "RECOVERING {what}, for {:.1}s (changes are refused meanwhile)",

@@ -41,6 +41,7 @@ impl Status {
                 "since_ms": r.started.elapsed().as_millis() as u64,
                 "took_ms": r.took.map(|t| t.as_millis() as u64),
                 "failed": r.failed,
+                "lost_streams": r.lost_streams,
             })
         });
         let nodes: Vec<Value> = (self.nodes.iter())
@@ -169,6 +170,7 @@ mod tests {
                 started: std::time::Instant::now(),
                 took: Some(Duration::from_millis(250)),
                 failed: None,
+                lost_streams: vec!["b".into()],
             }),
         };
         let v: Value = serde_json::from_str(&status.to_json()).unwrap();

@@ -65,6 +65,9 @@ pub struct RecoveryStatus {
     pub took: Option<Duration>,
     /// Why it failed, if it did.
     pub failed: Option<String>,
+    /// The lost node's own durable streams: what they sent it after the checkpoint is not
+    /// replayed.
+    pub lost_streams: Vec<String>,
 }
 
 impl Coordinator {
@@ -87,6 +90,7 @@ impl Coordinator {
             started,
             took: None,
             failed: None,
+            lost_streams: Vec::new(),
         };
         let result = self.try_recover(lost, &mut status);
         match &result {
@@ -144,7 +148,14 @@ impl Coordinator {
             lost.name,
             p.moves.len()
         );
-        let mut parts = self.read_parts(&manifest, &p.moves, &lost.name)?;
+        let (mut parts, lost_streams) = self.read_parts(&manifest, &p.moves, &lost.name)?;
+        if !lost_streams.is_empty() {
+            tracing::error!(
+                "node {} read durable streams {lost_streams:?}: what they sent it after checkpoint {checkpoint} cannot be replayed (their senders would have to reconnect to a survivor); the restored slots miss it",
+                lost.name
+            );
+        }
+        status.lost_streams = lost_streams;
         // One step: every restored slot is on its way at once, so the rewind at its switch
         // replays to all of them.
         self.changes += 1;
@@ -216,7 +227,7 @@ impl Coordinator {
         manifest: &crate::checkpoint::Manifest,
         moves: &[Move],
         lost: &str,
-    ) -> Result<BTreeMap<u32, Vec<(u32, StagePart)>>, RecoveryError> {
+    ) -> Result<(BTreeMap<u32, Vec<(u32, StagePart)>>, Vec<String>), RecoveryError> {
         let table = manifest.table().ok_or_else(|| RecoveryError::Read {
             node: self.node.name.clone(),
             checkpoint: manifest.checkpoint,
@@ -237,6 +248,7 @@ impl Coordinator {
         }
         let c = self.checkpoints.as_ref().expect("checked by the caller");
         let mut parts: BTreeMap<u32, Vec<(u32, StagePart)>> = BTreeMap::new();
+        let mut streams = Vec::new();
         for (node, slots) in wanted {
             let dir = if node == self.node.name {
                 c.dir.path().to_path_buf()
@@ -258,13 +270,17 @@ impl Coordinator {
                     decode(&self.dataflow, identity, n_slots, r, Some(&table))
                 })
                 .map_err(|e| read(e.to_string()))?;
+            if node == lost {
+                streams.extend(restore.offsets.into_iter().map(|m| m.stream));
+                streams.retain(|s| !s.is_empty());
+            }
             for (stage, slot, part) in restore.per_core.into_values().flatten() {
                 if slots.contains(&slot) {
                     parts.entry(slot).or_default().push((stage, part));
                 }
             }
         }
-        Ok(parts)
+        Ok((parts, streams))
     }
 
     /// Hands each restored slot to its new owner as its lost owner would have: to a core of
