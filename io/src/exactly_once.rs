@@ -17,7 +17,8 @@
 //!
 //! - `D` dead stream (`u64` LE, then a stream name): that stream's node was lost and its slots
 //!   restored from checkpoint d elsewhere: keep its records up to epoch d, drop the rest and
-//!   whatever it still delivers (the restored slots produce them again). Any stream may send it.
+//!   whatever it still delivers (the restored slots produce them again), until a hello names
+//!   that stream again (a new core under the lost one's name and id). Any stream may send it.
 //!
 //! A hello of a newer run that names checkpoint d releases what older runs left up to d and
 //! drops the rest (the new run produces it again from checkpoint d); from then on, whatever an
@@ -205,6 +206,8 @@ impl Committer {
             return None;
         }
         self.newest = key.0;
+        // A new core under a lost one's name (ids are reused): its stream lives again.
+        self.dead.remove(key);
         let released = self.commit(durable);
         // What older runs left beyond the checkpoint the new run starts from comes again.
         self.streams.retain(|(run, _), s| {
@@ -226,6 +229,7 @@ impl Committer {
         if let Some(s) = self.streams.get_mut(&key) {
             s.whole.retain(|(e, _, _)| *e <= checkpoint);
             s.open.clear();
+            s.ended = s.ended.min(checkpoint);
         }
         self.dead.insert(key);
     }
@@ -559,5 +563,10 @@ mod tests {
         c.record(&alive, b"a2");
         c.epoch_end(&alive, 3);
         assert_eq!(texts(c.commit(3)), vec!["x1", "a2"]);
+        // A node joins under the lost one's name, its core under the lost core's id.
+        assert_eq!(c.hello(&lost, 3), Some((3, vec![])));
+        c.record(&lost, b"y4");
+        assert_eq!(c.epoch_end(&lost, 4), 4);
+        assert_eq!(texts(c.commit(4)), vec!["y4"]);
     }
 }

@@ -662,8 +662,9 @@ fn checkpoint_every(
     }
 }
 
-/// On the coordinator: recovers each lost node's slots (`coordinator/recover.rs`) as soon as
-/// no change holds the lock, until the engine stops.
+/// On the coordinator: recovers the slots of lost nodes (`coordinator/recover.rs`) as soon as
+/// no change holds the lock, until the engine stops; a recovery that failed for a reason that
+/// may pass (a state dir still locked, a wait that timed out) is tried again.
 fn recover_lost(
     lost: &flume::Receiver<crate::cluster::LostNode>,
     coordinator: &Mutex<Coordinator>,
@@ -671,26 +672,40 @@ fn recover_lost(
     stopping: &AtomicBool,
 ) {
     let poll = Duration::from_millis(50);
+    let mut retry_at: Option<Instant> = None;
     while !stopping.load(Ordering::Acquire) {
-        let Ok(node) = lost.recv_timeout(poll) else {
+        let heard = lost.recv_timeout(poll).is_ok();
+        if !heard && retry_at.is_none_or(|at| Instant::now() < at) {
             continue;
-        };
-        let what = format!("recovery of node {}", node.name);
+        }
+        // Nodes lost together are recovered together: wait a moment for the others.
+        std::thread::sleep(poll);
+        while lost.try_recv().is_ok() {}
+        retry_at = None;
         let mut c = loop {
             if stopping.load(Ordering::Acquire) {
                 return;
             }
             // A change the loss cut short ends at its next wait; a checkpoint fails at once.
-            match hold(coordinator, changing, &what, Wait::ForCheckpoint) {
+            match hold(
+                coordinator,
+                changing,
+                "recovery of lost nodes",
+                Wait::ForCheckpoint,
+            ) {
                 Ok(c) => break c,
                 Err(()) => std::thread::sleep(poll),
             }
         };
-        if let Err(e) = c.recover(&node) {
+        if let Err(e) = c.recover() {
+            let again = e.may_pass();
             tracing::error!(
-                "node {} was lost and its slots were not recovered: {e}; they stay without an owner (messages for them are dropped) and changes are refused",
-                node.name
+                "lost slots were not recovered: {e}; they stay without an owner (messages for them are dropped) and changes are refused{}",
+                if again { "; trying again in 5s" } else { "" }
             );
+            if again {
+                retry_at = Some(Instant::now() + Duration::from_secs(5));
+            }
         }
     }
 }

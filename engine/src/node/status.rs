@@ -123,7 +123,7 @@ pub enum ChangeError {
     NotCoordinator,
     #[error("the cluster is restoring checkpoint {checkpoint} and waits for nodes {nodes} to come back: changes wait until then")]
     Awaiting { checkpoint: u64, nodes: String },
-    #[error("node {node} was lost ({reason}); changes are refused until recovery exists")]
+    #[error("node {node} was lost ({reason}) and its slots were not recovered (see `status` and the log); changes are refused")]
     NodeLost { node: String, reason: String },
     #[error("grow-cores needs at least 1")]
     GrowByZero,

@@ -124,13 +124,14 @@ pub(crate) enum PeerMsg {
     Prepare(ChangePlan),
     /// Route with the next prepared step's table from now on.
     Switch,
-    /// Switch to the prepared step of a recovery, which restores the slots of node `node`'s
-    /// lost cores `lost` from checkpoint `checkpoint` onto the survivors, and in the same
-    /// action rewind every replayable source to where that checkpoint says it stood.
+    /// Switch to the prepared step of a recovery, which restores the slots of the `lost`
+    /// nodes' cores from checkpoint `checkpoint` onto the survivors, and in the same action
+    /// rewind every replayable source to where that checkpoint says it stood. `streams` are
+    /// the durable streams lost nodes read, refused from now on.
     Recover {
         checkpoint: u64,
-        node: String,
-        lost: Vec<CoreId>,
+        lost: Vec<(String, Vec<CoreId>)>,
+        streams: Vec<(u32, String)>,
     },
     /// The change ends early: forget the prepared steps not switched to yet.
     Abort,

@@ -122,6 +122,8 @@ pub struct Welcome {
     /// The checkpoint the joining node restores its cores from (its part of it, in its state
     /// dir), or 0: it starts empty and slots move to it.
     pub restore: u64,
+    /// Durable streams of lost nodes, which the cluster refuses (source, name).
+    pub lost_streams: Vec<(u32, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

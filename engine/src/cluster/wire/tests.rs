@@ -56,8 +56,8 @@ fn samples() -> Vec<Wire> {
             0,
             PeerMsg::Recover {
                 checkpoint: 12,
-                node: "w3".into(),
-                lost: vec![5, 6],
+                lost: vec![("w3".into(), vec![5, 6])],
+                streams: vec![(0, "b".into())],
             },
         ),
         core(
@@ -338,6 +338,7 @@ fn link_secrets_are_random_unprinted_and_equal_only_whole() {
         cluster: 0xc1,
         exactly_once: true,
         restore: 0,
+        lost_streams: vec![(0, "b".into())],
     };
     let printed = format!("{welcome:?}");
     assert!(printed.contains("LinkSecret(..)"), "{printed}");

@@ -23,7 +23,7 @@ use crate::runtime::Input;
 pub enum CheckpointError {
     #[error("no --state-dir: checkpoints are off")]
     Off,
-    #[error("a change is in progress ({doing}); the checkpoint waits for it to end")]
+    #[error("a change is in progress ({doing}); ask for the checkpoint again once it ends")]
     Busy { doing: String },
     #[error("the engine is stopping")]
     Stopped,
@@ -303,10 +303,14 @@ impl Coordinator {
                 // is waiting for the nodes of a restored cluster (status says so).
                 Err(CheckpointError::Stopped | CheckpointError::Awaiting { .. }) => {}
                 Err(e) => {
-                    tracing::error!(
-                        "checkpoint failed: {e}; the previous one stands, the next will try again"
-                    );
-                    c.status.failure = Some(e.to_string());
+                    let failure = Some(e.to_string());
+                    // Once per reason in a row: a lost node fails every interval alike.
+                    if c.status.failure != failure {
+                        tracing::error!(
+                            "checkpoint failed: {e}; the previous one stands, the next will try again"
+                        );
+                    }
+                    c.status.failure = failure;
                 }
             }
         }

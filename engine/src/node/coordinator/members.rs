@@ -77,6 +77,7 @@ impl Coordinator {
             cluster: self.checkpoints.as_ref().map_or(0, |c| c.cluster),
             exactly_once: self.config.guarantee == crate::runtime::Guarantee::ExactlyOnce,
             restore,
+            lost_streams: self.lost_streams.iter().cloned().collect(),
         })
     }
 

@@ -91,24 +91,28 @@ impl Coordinator {
                 reason: lost.reason,
             });
         }
-        // Events of an earlier, failed change must not end this one; its unfinished steps count
-        // them.
+        self.drain_unfinished();
+        if let Some(u) = &self.unfinished {
+            let epoch = u.window.awaiting();
+            return Err(ChangeError::Unfinished {
+                epoch,
+                cores: u.window.missing(epoch, &u.cores),
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops the events of an earlier, failed change (they must not end the next one), counting
+    /// them for its unfinished steps; forgets those steps once they are done.
+    pub(super) fn drain_unfinished(&mut self) {
         while let Ok(e) = self.events.try_recv() {
             if let (CoreEvent::StepDone { core, epoch }, Some(u)) = (&e, &mut self.unfinished) {
                 u.window.finished(*core, *epoch);
             }
         }
-        if let Some(u) = &self.unfinished {
-            if !u.window.is_done() {
-                let epoch = u.window.awaiting();
-                return Err(ChangeError::Unfinished {
-                    epoch,
-                    cores: u.window.missing(epoch, &u.cores),
-                });
-            }
+        if self.unfinished.as_ref().is_some_and(|u| u.window.is_done()) {
             self.unfinished = None;
         }
-        Ok(())
     }
 
     /// Tells the cores `old` about the cores `new`, then moves slots onto `new` as planned.

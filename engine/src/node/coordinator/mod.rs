@@ -103,6 +103,8 @@ pub(crate) struct Coordinator {
     member_dirs: BTreeMap<String, std::path::PathBuf>,
     /// The last recovery of a lost node, for `status`.
     recovery: Option<RecoveryStatus>,
+    /// Durable streams that lost nodes read: refused, since where they stand is not known.
+    lost_streams: BTreeSet<(u32, String)>,
 }
 
 impl Coordinator {
@@ -161,6 +163,8 @@ impl Coordinator {
             c.offsets = r.offsets;
             c.sources = Arc::new(Gate::new(false));
         }
+        c.streams.refuse(welcome.lost_streams.iter().cloned());
+        c.lost_streams = welcome.lost_streams.iter().cloned().collect();
         for m in &welcome.members {
             c.add_remote(m);
         }
@@ -204,6 +208,7 @@ impl Coordinator {
             restored_members: BTreeMap::new(),
             member_dirs: BTreeMap::new(),
             recovery: None,
+            lost_streams: BTreeSet::new(),
         }
     }
 

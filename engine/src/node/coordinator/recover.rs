@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::restore::decode;
-use super::Coordinator;
+use super::{Coordinator, Unfinished};
 use crate::cluster::LostNode;
 use crate::dataflow::StagePart;
-use crate::migration::ChangePlan;
+use crate::migration::{ChangePlan, StepWindow};
 use crate::node::state_dir::StateDir;
 use crate::node::status::ChangeError;
 use crate::planner::{plan, Change};
@@ -54,9 +54,18 @@ pub enum RecoveryError {
     Change(#[from] ChangeError),
 }
 
+impl RecoveryError {
+    /// Whether trying again later may succeed (a dir still locked or unreadable for now, a
+    /// core slow to answer).
+    pub fn may_pass(&self) -> bool {
+        matches!(self, RecoveryError::Read { .. } | RecoveryError::Change(_))
+    }
+}
+
 /// A recovery, as `status` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryStatus {
+    /// The lost node (or nodes, comma-separated).
     pub node: String,
     pub checkpoint: u64,
     pub slots: usize,
@@ -71,30 +80,37 @@ pub struct RecoveryStatus {
 }
 
 impl Coordinator {
-    /// Restores the slots of lost node `lost` onto the surviving cores from the last durable
-    /// checkpoint. Holds the coordinator's lock throughout (no change or checkpoint overlaps).
-    /// `None` if there is nothing to recover: the node was let go already (a join rolled
-    /// back), or a restored cluster waits for it again.
-    pub fn recover(&mut self, lost: &LostNode) -> Result<Option<RecoveryStatus>, RecoveryError> {
-        if !self.node.lost_nodes().iter().any(|l| l.name == lost.name)
-            || self.restored_members.contains_key(&lost.name)
-        {
+    /// Restores the slots of every lost node onto the surviving cores from the last durable
+    /// checkpoint (several at once: one lost a moment after another is planned with it, not
+    /// onto its cores). Holds the coordinator's lock throughout (no change or checkpoint
+    /// overlaps). `None` if there is nothing to recover: every lost node was let go already (a
+    /// join rolled back), or a restored cluster waits for it again.
+    pub fn recover(&mut self) -> Result<Option<RecoveryStatus>, RecoveryError> {
+        let lost: Vec<LostNode> = (self.node.lost_nodes().into_iter())
+            .filter(|l| !self.restored_members.contains_key(&l.name))
+            .collect();
+        if lost.is_empty() {
             return Ok(None);
         }
-        let started = Instant::now();
-        let checkpoint = self.last_durable();
+        let lost_cores: BTreeSet<CoreId> = lost.iter().flat_map(|l| l.cores.clone()).collect();
         let mut status = RecoveryStatus {
-            node: lost.name.clone(),
-            checkpoint,
-            slots: 0,
-            started,
+            node: (lost.iter().map(|l| l.name.as_str()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            checkpoint: self.last_durable(),
+            slots: (0..self.table.n_slots())
+                .filter(|&s| lost_cores.contains(&self.table.owner(s)))
+                .count(),
+            started: Instant::now(),
             took: None,
             failed: None,
             lost_streams: Vec::new(),
         };
-        let result = self.try_recover(lost, &mut status);
+        self.recovery = Some(status.clone());
+        self.publish(None);
+        let result = self.try_recover(&lost, &mut status);
         match &result {
-            Ok(()) => status.took = Some(started.elapsed()),
+            Ok(()) => status.took = Some(status.started.elapsed()),
             Err(e) => status.failed = Some(e.to_string()),
         }
         self.recovery = Some(status.clone());
@@ -105,7 +121,7 @@ impl Coordinator {
 
     fn try_recover(
         &mut self,
-        lost: &LostNode,
+        lost: &[LostNode],
         status: &mut RecoveryStatus,
     ) -> Result<(), RecoveryError> {
         self.check_running()?;
@@ -114,68 +130,92 @@ impl Coordinator {
             .ok_or(RecoveryError::NoCheckpoints)?
             .last
             .clone()
-            .ok_or_else(|| RecoveryError::NotInCheckpoint(lost.name.clone()))?;
+            .ok_or_else(|| RecoveryError::NotInCheckpoint(status.node.clone()))?;
         let stages = self.dataflow.stages.len();
         if stages != 1 || self.dataflow.stages.iter().any(|s| s.has_timers()) {
             return Err(RecoveryError::App { stages });
         }
-        // Events of the change the loss ended must not count for this one.
-        while let Ok(e) = self.events.try_recv() {
-            if let (CoreEvent::StepDone { core, epoch }, Some(u)) = (&e, &mut self.unfinished) {
-                u.window.finished(*core, *epoch);
-            }
-        }
+        self.drain_unfinished();
         if let Some(u) = &self.unfinished {
-            if !u.window.is_done() {
-                return Err(RecoveryError::Unfinished(format!(
-                    "epoch {} waits for cores {:?}",
-                    u.window.awaiting(),
-                    u.window.missing(u.window.awaiting(), &u.cores)
-                )));
-            }
-            self.unfinished = None;
+            return Err(RecoveryError::Unfinished(format!(
+                "epoch {} waits for cores {:?}",
+                u.window.awaiting(),
+                u.window.missing(u.window.awaiting(), &u.cores)
+            )));
         }
+        let lost_cores: Vec<CoreId> = lost.iter().flat_map(|l| l.cores.clone()).collect();
         let all: Vec<CoreId> = self.cores.keys().copied().collect();
         let survivors: Vec<CoreId> = (all.iter().copied())
-            .filter(|c| !lost.cores.contains(c))
+            .filter(|c| !lost_cores.contains(c))
             .collect();
-        let p = plan(&self.table, &all, &Change::Remove(lost.cores.clone()))
+        let p = plan(&self.table, &all, &Change::Remove(lost_cores.clone()))
             .map_err(|e| RecoveryError::Plan(e.to_string()))?;
-        status.slots = p.moves.len();
-        self.publish_recovery(status);
-        tracing::warn!(
-            "recovering node {}: {} slots from checkpoint {checkpoint} onto cores {survivors:?}",
-            lost.name,
-            p.moves.len()
-        );
-        let (mut parts, lost_streams) = self.read_parts(&manifest, &p.moves, &lost.name)?;
-        if !lost_streams.is_empty() {
-            tracing::error!(
-                "node {} read durable streams {lost_streams:?}: what they sent it after checkpoint {checkpoint} cannot be replayed (their senders would have to reconnect to a survivor); the restored slots miss it",
-                lost.name
+        let names: BTreeSet<&str> = lost.iter().map(|l| l.name.as_str()).collect();
+        if !p.moves.is_empty() {
+            tracing::warn!(
+                "recovering nodes {}: {} slots from checkpoint {checkpoint} onto cores {survivors:?}",
+                status.node,
+                p.moves.len()
             );
+            let (parts, lost_streams) = self.read_parts(&manifest, &p.moves, &names)?;
+            if !lost_streams.is_empty() {
+                tracing::error!(
+                    "nodes {} read durable streams {:?}: where they stand is not known (the survivors applied part of what followed checkpoint {checkpoint}), so they are refused from now on: their senders must start them again under new names",
+                    status.node,
+                    lost_streams.iter().map(|s| &s.1).collect::<Vec<_>>()
+                );
+            }
+            status.lost_streams = lost_streams.iter().map(|s| s.1.clone()).collect();
+            self.lost_streams.extend(lost_streams);
+            let lost = lost
+                .iter()
+                .map(|l| (l.name.clone(), l.cores.clone()))
+                .collect();
+            self.restore_step(p.moves, parts, &survivors, checkpoint, lost)?;
         }
-        status.lost_streams = lost_streams;
+        for l in lost {
+            self.let_go(&l.name, &l.cores);
+        }
+        tracing::warn!(
+            "recovered nodes {}: {} slots restored from checkpoint {checkpoint} in {:?}; the sources replay what followed it",
+            status.node,
+            status.slots,
+            status.started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// The recovery's one step: the survivors prepare it, get the restored slots, and switch
+    /// (rewinding their sources). A failure before the switch calls the step off on every
+    /// core; after it, the step is left to finish, as a change's switched steps are.
+    fn restore_step(
+        &mut self,
+        moves: Vec<Move>,
+        mut parts: BTreeMap<u32, Vec<(u32, StagePart)>>,
+        survivors: &[CoreId],
+        checkpoint: u64,
+        lost: Vec<(String, Vec<CoreId>)>,
+    ) -> Result<(), RecoveryError> {
         // One step: every restored slot is on its way at once, so the rewind at its switch
         // replays to all of them.
         self.changes += 1;
         let change = ChangePlan::new(
             self.changes,
             &self.table,
-            vec![p.moves.clone()],
-            survivors.clone(),
+            vec![moves.clone()],
+            survivors.to_vec(),
         );
         let step = change
             .transitions(self.table.n_slots())
             .map_err(|e| RecoveryError::Plan(e.to_string()))?
             .remove(0);
-        for id in &survivors {
+        for id in survivors {
             self.cores[id]
                 .addr
                 .send_control(PeerMsg::Prepare(change.clone()));
         }
         let prepared = RefCell::new(BTreeSet::new());
-        self.wait_events(
+        let waited = self.wait_events(
             "cores to prepare the recovery",
             |e| {
                 if let CoreEvent::Prepared(core) = e {
@@ -183,19 +223,27 @@ impl Coordinator {
                 }
                 prepared.borrow().len() == survivors.len()
             },
-            || missing(&survivors, &prepared.borrow()),
-        )?;
-        self.hand_restored(&p.moves, &mut parts);
-        for id in &survivors {
+            || missing(survivors, &prepared.borrow()),
+        );
+        if let Err(e) = waited {
+            for id in survivors {
+                self.cores[id].addr.send_control(PeerMsg::Abort);
+            }
+            return Err(e.into());
+        }
+        self.hand_restored(&moves, &mut parts);
+        let streams: Vec<(u32, String)> = self.lost_streams.iter().cloned().collect();
+        for id in survivors {
             self.cores[id].addr.send_control(PeerMsg::Recover {
                 checkpoint,
-                node: lost.name.clone(),
-                lost: lost.cores.clone(),
+                lost: lost.clone(),
+                streams: streams.clone(),
             });
         }
         let epoch = step.table.epoch();
+        self.table = step.table.clone();
         let done = RefCell::new(BTreeSet::new());
-        self.wait_events(
+        let waited = self.wait_events(
             "cores to adopt the restored slots",
             |e| {
                 if let CoreEvent::StepDone { core, epoch: e } = e {
@@ -205,18 +253,20 @@ impl Coordinator {
                 }
                 done.borrow().len() == survivors.len()
             },
-            || missing(&survivors, &done.borrow()),
-        )?;
-        self.table = step.table.clone();
-        self.let_go(&lost.name, &lost.cores);
-        self.member_dirs.remove(&lost.name);
-        // The restored slots' new owners write them whole at the next checkpoint.
-        tracing::warn!(
-            "recovered node {}: {} slots restored from checkpoint {checkpoint} in {:?}; the sources replay what followed it",
-            lost.name,
-            p.moves.len(),
-            status.started.elapsed()
+            || missing(survivors, &done.borrow()),
         );
+        if let Err(e) = waited {
+            let mut window = StepWindow::new(epoch, 1, 1, survivors.len());
+            window.release();
+            for &core in done.borrow().iter() {
+                window.finished(core, epoch);
+            }
+            self.unfinished = Some(Unfinished {
+                window,
+                cores: survivors.to_vec(),
+            });
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -226,8 +276,8 @@ impl Coordinator {
         &self,
         manifest: &crate::checkpoint::Manifest,
         moves: &[Move],
-        lost: &str,
-    ) -> Result<(BTreeMap<u32, Vec<(u32, StagePart)>>, Vec<String>), RecoveryError> {
+        lost: &BTreeSet<&str>,
+    ) -> Result<(BTreeMap<u32, Vec<(u32, StagePart)>>, Vec<(u32, String)>), RecoveryError> {
         let table = manifest.table().ok_or_else(|| RecoveryError::Read {
             node: self.node.name.clone(),
             checkpoint: manifest.checkpoint,
@@ -262,7 +312,8 @@ impl Coordinator {
                 dir: dir.clone(),
                 reason,
             };
-            let other = StateDir::other(&dir, node == lost).map_err(|e| read(e.to_string()))?;
+            let dead = lost.contains(node.as_str());
+            let other = StateDir::other(&dir, dead).map_err(|e| read(e.to_string()))?;
             let identity = (c.app.as_str(), node.as_str(), c.cluster);
             let n_slots = self.table.n_slots();
             let (_, restore, _) = other
@@ -270,9 +321,9 @@ impl Coordinator {
                     decode(&self.dataflow, identity, n_slots, r, Some(&table))
                 })
                 .map_err(|e| read(e.to_string()))?;
-            if node == lost {
-                streams.extend(restore.offsets.into_iter().map(|m| m.stream));
-                streams.retain(|s| !s.is_empty());
+            if dead {
+                let durable = restore.offsets.into_iter().filter(|m| !m.stream.is_empty());
+                streams.extend(durable.map(|m| (m.source, m.stream)));
             }
             for (stage, slot, part) in restore.per_core.into_values().flatten() {
                 if slots.contains(&slot) {
@@ -310,11 +361,6 @@ impl Coordinator {
                 });
             }
         }
-    }
-
-    fn publish_recovery(&mut self, status: &RecoveryStatus) {
-        self.recovery = Some(status.clone());
-        self.publish(None);
     }
 }
 

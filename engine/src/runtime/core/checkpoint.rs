@@ -39,6 +39,12 @@ impl Core {
         if let Err(e) = self.keyed.borrow_mut().begin_checkpoint(checkpoint) {
             return self.checkpoint_failed(checkpoint, e.to_string());
         }
+        if self.sources.replaying() || self.streams.replaying() {
+            // Its sources' positions say less than some slots have applied: a restart from
+            // it would apply the difference twice. The next interval tries again.
+            let why = "a recovery's replay is under way here (the next checkpoint waits for it)";
+            return self.checkpoint_failed(checkpoint, why.into());
+        }
         let sources = self.sources.marks(checkpoint, &self.streams);
         *self.checkpointing.snapshot.borrow_mut() = Some(Snapshot {
             core: self.id,

@@ -23,6 +23,8 @@ pub(crate) enum Refusal {
     /// For now: its last connection has not ended here yet.
     #[error("stream `{0}` is connected already")]
     Connected(String),
+    #[error("stream `{0}` was read by a node that was lost: where it stands is not known (the cluster applied part of what the node had read), so it cannot go on exactly; send it again under a new name")]
+    Lost(String),
     #[error("durable streams need checkpoints: start the engine with --state-dir")]
     NoStateDir,
     #[error("{0}")]
@@ -60,6 +62,7 @@ pub(crate) struct Recovery {
     pub id: u64,
     pub checkpoint: u64,
     pub restored: Arc<BTreeSet<u32>>,
+    pub n_slots: u32,
 }
 
 /// The durable streams of a node: where each stands and whether a connection reads it now.
@@ -72,10 +75,9 @@ pub(crate) struct DurableStreams {
     noted: Mutex<BTreeMap<u64, HashMap<StreamId, u64>>>,
     /// The last recovery: a stream connecting that it has not rewound yet is rewound then.
     recovery: Mutex<Option<Recovery>>,
+    /// Streams lost nodes read: refused.
+    lost: Mutex<BTreeSet<StreamId>>,
 }
-
-/// Checkpoints whose barrier counts are kept (a recovery restores the last durable one).
-const NOTED: usize = 3;
 
 impl DurableStreams {
     /// The streams as a checkpoint left them.
@@ -106,6 +108,14 @@ impl DurableStreams {
     /// A connection takes `id` over: where it stands (and the replay it carries on), or why
     /// not.
     pub fn connect(&self, id: &StreamId) -> Result<(u64, Option<Replay>), Refusal> {
+        if self
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+        {
+            return Err(Refusal::Lost(id.1.clone()));
+        }
         let mut streams = self.streams();
         let s = streams.entry(id.clone()).or_default();
         if s.connected {
@@ -131,7 +141,12 @@ impl DurableStreams {
         s.rewound = r.id;
         let to = self.at(r.checkpoint, id);
         if to < s.position {
-            s.replay = Some(Replay::new(s.position, r.restored.clone()).merge(s.replay.take()));
+            s.replay = Some(Replay::rewound(
+                s.position,
+                &r.restored,
+                r.n_slots,
+                s.replay.as_ref(),
+            ));
             s.position = to;
         }
     }
@@ -170,6 +185,22 @@ impl DurableStreams {
         s.replay = replay.filter(|r| r.replays(position));
     }
 
+    /// Checkpoint `checkpoint` is durable: counts at older ones are needed no more.
+    pub fn committed(&self, checkpoint: u64) {
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        noted.retain(|&n, _| n >= checkpoint);
+    }
+
+    /// Whether a stream no connection reads waits to replay.
+    pub fn replaying(&self) -> bool {
+        self.streams().values().any(|s| s.replay.is_some())
+    }
+
+    /// Streams that lost nodes read: refused from now on.
+    pub fn refuse(&self, lost: impl IntoIterator<Item = StreamId>) {
+        (self.lost.lock().unwrap_or_else(|e| e.into_inner())).extend(lost);
+    }
+
     /// Streams counted at checkpoint `checkpoint`'s barrier by one core (the node's count is
     /// the highest: a stream another core read before counts less there).
     pub fn note(&self, checkpoint: u64, counts: &BTreeMap<StreamId, u64>) {
@@ -178,9 +209,6 @@ impl DurableStreams {
         for (id, &n) in counts {
             let c = at.entry(id.clone()).or_default();
             *c = (*c).max(n);
-        }
-        while noted.len() > NOTED {
-            noted.pop_first();
         }
     }
 
@@ -216,6 +244,11 @@ pub(crate) struct Rewind {
 }
 
 impl Rewind {
+    /// Whether it waits for the sender's rewound frame or replays.
+    pub fn is_active(&self) -> bool {
+        self.rewinding.is_some() || self.replay.is_some()
+    }
+
     /// A connection that takes a stream's replay over.
     pub fn replaying(replay: Option<Replay>) -> Self {
         Rewind {
@@ -237,13 +270,24 @@ impl DurableConn {
     }
 
     /// A recovery to a checkpoint that holds `to` frames: the sender resends from there, and
-    /// what it sent since goes to the `restored` slots only.
-    pub fn rewind(&mut self, to: u64, restored: &Arc<BTreeSet<u32>>) {
+    /// what it sent since goes to the slots `recovery` restores only.
+    pub fn rewind(&mut self, to: u64, recovery: &Recovery) {
         let r = &mut self.rewind;
         if to >= self.position && r.rewinding.is_none() {
             return;
         }
-        r.replay = Some(Replay::new(self.position, restored.clone()).merge(r.replay.take()));
+        let (restored, n_slots) = (&recovery.restored, recovery.n_slots);
+        r.replay = Some(Replay::rewound(
+            self.position,
+            restored,
+            n_slots,
+            r.replay.as_ref(),
+        ));
+        if r.rewinding == Some(to) {
+            // Asked already, and not rewound yet: one rewound frame answers both (a second
+            // request would make the sender resend twice).
+            return;
+        }
         r.rewinding = Some(to);
         self.position = to;
         self.answer(&Answer::Rewind(to));
@@ -269,6 +313,14 @@ impl DurableConn {
             Some(replay) => replay.routes(n, live),
             None => live,
         })
+    }
+
+    /// Ends the replay once past it.
+    pub fn replayed(&mut self) {
+        let done = (self.rewind.replay.as_ref()).is_some_and(|r| !r.replays(self.position));
+        if done {
+            self.rewind.replay = None;
+        }
     }
 
     /// Its replay, if one is still under way (for the registry or an heir).
@@ -311,7 +363,11 @@ impl Durables {
     /// Where connection `key` (stream `id`) stands after a step: its count, now the stream's
     /// mark here.
     pub fn routed(&mut self, key: u64, id: &StreamId) -> u64 {
-        let position = self.open.get(&key).map_or(0, |c| c.position);
+        let Some(conn) = self.open.get_mut(&key) else {
+            return 0;
+        };
+        conn.replayed();
+        let position = conn.position;
         self.marks.insert(id.clone(), position);
         position
     }
@@ -357,6 +413,7 @@ mod tests {
             id,
             checkpoint,
             restored: Arc::new(restored.iter().copied().collect()),
+            n_slots: 4,
         }
     }
 
@@ -377,7 +434,10 @@ mod tests {
     fn a_rewound_connection_drops_what_precedes_the_rewound_frame_then_replays() {
         let live = RoutingTable::uniform(4, 2);
         let (mut c, _peer) = conn(10);
-        c.rewind(6, &Arc::new([3].into()));
+        c.rewind(6, &recovery(1, 1, &[3]));
+        // A second recovery from the same checkpoint before the sender rewound: no second
+        // request (its rewound frame would make it resend twice).
+        c.rewind(6, &recovery(2, 1, &[2]));
         assert_eq!(c.position, 6);
         // In flight before the sender heard: dropped, and so is an older rewound frame.
         assert!(c.take(b"frame 10", &live).is_none());
@@ -386,9 +446,10 @@ mod tests {
         // Frames 6..10 go to slot 3 only; from 10 on, everywhere.
         for _ in 6..10 {
             let t = c.take(b"again", &live).unwrap();
-            assert_eq!((t.owner(0), t.owner(3)), (NOWHERE, 1));
+            assert_eq!((t.owner(0), t.owner(2), t.owner(3)), (NOWHERE, 1, 1));
         }
-        assert_eq!(c.take(b"new", &live).unwrap(), &live);
+        // The rewound frame came once: what follows is the stream's.
+        assert!(c.take(&encode_rewound(6), &live).is_some());
         assert_eq!(c.position, 11);
         assert!(c.replay().is_none(), "the replay is over");
     }

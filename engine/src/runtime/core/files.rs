@@ -56,21 +56,12 @@ pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
     let key = sources.next_key();
     let mut pipeline = core.dataflow.source_pipeline(source);
     tracing::info!(core = core.id, path = %input.path.display(), offset, "reading file source");
-    let mut replay: Option<Replay> = None;
     let ended = loop {
         if is_cut(&core) {
             break Ok(());
         }
         let now = now_ns();
-        let step = step(
-            &core,
-            source as u32,
-            &mut reader,
-            &mut *pipeline,
-            now,
-            &mut replay,
-        )
-        .await;
+        let step = step(&core, source as u32, &mut reader, &mut *pipeline, now).await;
         if let Ok(Stepped::Rewind(to)) = step {
             tracing::info!(core = core.id, path = %input.path.display(), from = reader.offset(), to, "file source rewound for a recovery");
             match FileReader::open(&input.path, to, input.format, core.config.max_frame) {
@@ -79,10 +70,12 @@ pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
             }
             continue;
         }
-        if replay.as_ref().is_some_and(|r| !r.replays(reader.offset())) {
+        let mut replays = sources.file_replays.borrow_mut();
+        if (replays.get(&(source as u32))).is_some_and(|r| !r.replays(reader.offset())) {
             tracing::info!(core = core.id, path = %input.path.display(), "file source replayed what a recovery needed");
-            replay = None;
+            replays.remove(&(source as u32));
         }
+        drop(replays);
         sources
             .file_offsets
             .borrow_mut()
@@ -140,14 +133,18 @@ async fn step(
     reader: &mut FileReader,
     pipeline: &mut dyn SourcePipeline,
     ingress_ns: u64,
-    replay: &mut Option<Replay>,
 ) -> Result<Stepped, String> {
     core.wait_room().await;
+    let mut replays = core.sources.file_replays.borrow_mut();
     // After the last wait: a recovery's switch came before anything this step routes.
-    if let Some((to, r)) = core.sources.take_file_rewind(source) {
-        *replay = Some(r);
-        return Ok(Stepped::Rewind(to));
+    if let Some(r) = core.sources.take_file_rewind(source) {
+        // A replay under way here (an earlier recovery's) has given some slots more.
+        let (position, older) = (reader.offset(), replays.get(&source));
+        let replay = Replay::rewound(position, &r.restored, r.n_slots, older);
+        replays.insert(source, replay);
+        return Ok(Stepped::Rewind(r.to));
     }
+    let mut replay = replays.get_mut(&source);
     let table = core.table.borrow().clone();
     let mut frames = 0;
     let mut read_nothing = false;
@@ -156,7 +153,7 @@ async fn step(
             break Ok(Stepped::More);
         }
         let at = reader.offset();
-        let routes = match replay {
+        let routes = match replay.as_deref_mut() {
             Some(r) => r.routes(at, &table),
             None => &table,
         };
@@ -180,6 +177,7 @@ async fn step(
             Err(e) => break Err(e.to_string()),
         }
     };
+    drop(replays);
     core.report.borrow_mut().frames += frames as u64;
     core.dispatch(pipeline);
     result

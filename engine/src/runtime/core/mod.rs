@@ -358,6 +358,8 @@ impl Core {
             PeerMsg::CheckpointAbort { checkpoint } => self.abort_checkpoint(checkpoint),
             PeerMsg::Commit { checkpoint } => {
                 self.durable.set(checkpoint);
+                self.sources.committed(checkpoint);
+                self.streams.committed(checkpoint);
                 self.sources.durables.borrow_mut().durable(checkpoint);
                 if self.config.guarantee == Guarantee::ExactlyOnce {
                     self.sink.mark(Mark::Commit(checkpoint));
@@ -371,13 +373,13 @@ impl Core {
             PeerMsg::Prepare(plan) => self.prepare(&plan),
             PeerMsg::Switch => {
                 tracing::trace!(core = self.id, "step: switch");
-                self.switch()
+                self.switch();
             }
             PeerMsg::Recover {
                 checkpoint,
-                node,
                 lost,
-            } => self.recover(checkpoint, node, lost),
+                streams,
+            } => self.recover(checkpoint, lost, streams),
             PeerMsg::Abort => {
                 let dropped = self.keyed.borrow_mut().abort();
                 match dropped {
@@ -424,9 +426,10 @@ impl Core {
 
     /// Switches to the prepared epoch: one synchronous action, so every batch this core routed
     /// at the old epoch is already queued ahead of the markers.
-    fn switch(self: &Rc<Self>) {
+    fn switch(self: &Rc<Self>) -> bool {
         let Some(t) = self.prepared.borrow_mut().pop_front() else {
-            return self.fail("switch without a prepared step".into());
+            self.fail("switch without a prepared step".into());
+            return false;
         };
         let switched = self.keyed.borrow_mut().switch();
         match switched {
@@ -439,8 +442,12 @@ impl Core {
                 }
                 self.start_handoffs(sw.handoffs);
                 self.report_finished_steps();
+                true
             }
-            Err(e) => self.fail(format!("switch: {e}")),
+            Err(e) => {
+                self.fail(format!("switch: {e}"));
+                false
+            }
         }
     }
 

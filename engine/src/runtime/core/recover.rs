@@ -10,38 +10,55 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::durable::Recovery;
 use super::Core;
 use crate::routing::CoreId;
 use crate::runtime::Guarantee;
 use crate::sink_buffer::Mark;
 
 impl Core {
-    pub(super) fn recover(self: &Rc<Self>, checkpoint: u64, node: String, lost: Vec<CoreId>) {
+    pub(super) fn recover(
+        self: &Rc<Self>,
+        checkpoint: u64,
+        lost: Vec<(String, Vec<CoreId>)>,
+        streams: Vec<(u32, String)>,
+    ) {
         let step = self.prepared.borrow().front().cloned();
         let Some(step) = step else {
             return self.fail("a recovery without a prepared step".into());
         };
-        let restored: Arc<BTreeSet<u32>> = Arc::new(step.moves.iter().map(|m| m.slot).collect());
-        // The step's epoch tells recoveries apart: it grows with every change.
-        let recovery = step.table.epoch();
-        self.switch();
-        (self.sources).rewind(recovery, checkpoint, &restored, &self.streams);
+        let restored: BTreeSet<u32> = step.moves.iter().map(|m| m.slot).collect();
+        let slots = restored.len();
+        let recovery = Recovery {
+            // The step's epoch tells recoveries apart: it grows with every change.
+            id: step.table.epoch(),
+            checkpoint,
+            restored: Arc::new(restored),
+            n_slots: step.table.n_slots(),
+        };
+        if !self.switch() {
+            return;
+        }
+        self.streams.refuse(streams);
+        self.sources.rewind(&recovery, &self.streams);
         for file in self.sources.ended_rewound_files() {
             glommio::spawn_local(super::files::read_file(self.clone(), file)).detach();
         }
-        for &core in &lost {
-            self.lost_nodes.borrow_mut().insert(core, node.clone());
-            if self.config.guarantee == Guarantee::ExactlyOnce {
-                // What the lost cores' receivers hold beyond the checkpoint comes again from
-                // the restored slots.
-                self.sink.mark(Mark::Dead { checkpoint, core });
+        for (node, cores) in &lost {
+            for &core in cores {
+                self.lost_nodes.borrow_mut().insert(core, node.clone());
+                if self.config.guarantee == Guarantee::ExactlyOnce {
+                    // What the lost cores' receivers hold beyond the checkpoint comes again
+                    // from the restored slots.
+                    self.sink.mark(Mark::Dead { checkpoint, core });
+                }
             }
         }
         tracing::info!(
             core = self.id,
             checkpoint,
-            slots = restored.len(),
-            "recovering node {node}: sources rewound to checkpoint {checkpoint}"
+            slots,
+            "recovering lost slots: sources rewound to checkpoint {checkpoint}"
         );
     }
 }

@@ -59,8 +59,10 @@ pub(super) struct Sources {
     /// Each file source's offset at the barriers of the last few checkpoints (where a
     /// recovery rewinds it to).
     file_noted: RefCell<std::collections::BTreeMap<u64, Vec<(u32, u64)>>>,
-    /// File sources a recovery rewinds: to which offset, and what they replay.
-    file_rewinds: RefCell<std::collections::BTreeMap<u32, (u64, Replay)>>,
+    /// File sources a recovery rewinds.
+    file_rewinds: RefCell<std::collections::BTreeMap<u32, FileRewind>>,
+    /// File sources replaying for a recovery.
+    pub(super) file_replays: RefCell<std::collections::BTreeMap<u32, Replay>>,
     /// Each file source read here (a recovery reads one again that had ended).
     pub(super) file_inputs: RefCell<std::collections::BTreeMap<u32, FileSource>>,
 }
@@ -84,6 +86,7 @@ impl Sources {
             durables: RefCell::default(),
             file_noted: RefCell::default(),
             file_rewinds: RefCell::default(),
+            file_replays: RefCell::default(),
             file_inputs: RefCell::default(),
         }
     }
@@ -132,11 +135,9 @@ impl Sources {
     /// its files (byte offsets) and durable streams (frame counts).
     pub fn marks(&self, checkpoint: u64, streams: &DurableStreams) -> Vec<SourceMark> {
         let offsets = self.file_offsets();
-        let mut noted = self.file_noted.borrow_mut();
-        noted.insert(checkpoint, offsets.clone());
-        while noted.len() > 3 {
-            noted.pop_first();
-        }
+        self.file_noted
+            .borrow_mut()
+            .insert(checkpoint, offsets.clone());
         let files = offsets.into_iter().map(|(source, offset)| SourceMark {
             source,
             stream: String::new(),
@@ -150,35 +151,55 @@ impl Sources {
     /// their new owners: every replayable source read here resends what followed that
     /// checkpoint, to those slots only up to where it is now. Files are rewound by their
     /// task before it routes anything more; durable connections ask their senders.
-    pub fn rewind(
-        &self,
-        recovery: u64,
-        checkpoint: u64,
-        restored: &Arc<BTreeSet<u32>>,
-        streams: &DurableStreams,
-    ) {
-        let noted = self.file_noted.borrow().get(&checkpoint).cloned();
-        for (source, now) in self.file_offsets() {
+    pub fn rewind(&self, recovery: &Recovery, streams: &DurableStreams) {
+        let noted = self.file_noted.borrow().get(&recovery.checkpoint).cloned();
+        if noted.is_none() && !self.file_offsets.borrow().is_empty() {
+            tracing::error!(
+                checkpoint = recovery.checkpoint,
+                "no record of where the file sources stood at the checkpoint recovered: they are not rewound, and the restored slots miss what followed it"
+            );
+        }
+        for (source, now) in self.file_offsets().into_iter().filter(|_| noted.is_some()) {
             let to = (noted.iter().flatten())
                 .find(|(s, _)| *s == source)
                 .map_or(0, |&(_, offset)| offset);
             if to < now {
-                let replay = Replay::new(now, restored.clone());
-                let older = self.file_rewinds.borrow_mut().remove(&source).map(|r| r.1);
-                (self.file_rewinds.borrow_mut()).insert(source, (to, replay.merge(older)));
+                // The task rewinds it before it routes anything more. Two recoveries before
+                // it does: neither replay has begun, both sets get everything again.
+                let mut rewinds = self.file_rewinds.borrow_mut();
+                let rewind = rewinds.entry(source).or_insert_with(|| FileRewind {
+                    to,
+                    restored: BTreeSet::new(),
+                    n_slots: recovery.n_slots,
+                });
+                rewind.restored.extend(recovery.restored.iter());
             }
         }
-        let recovery = Recovery {
-            id: recovery,
-            checkpoint,
-            restored: restored.clone(),
-        };
-        streams.recover(&recovery);
+        streams.recover(recovery);
         for conn in self.durables.borrow_mut().open.values_mut() {
-            if streams.claim(&conn.id, &recovery) {
-                conn.rewind(streams.at(checkpoint, &conn.id), restored);
+            if streams.claim(&conn.id, recovery) {
+                conn.rewind(streams.at(recovery.checkpoint, &conn.id), recovery);
             }
         }
+    }
+
+    /// Checkpoint `checkpoint` is durable: where sources stood at older ones is needed no
+    /// more (a recovery rewinds to the last durable one).
+    pub fn committed(&self, checkpoint: u64) {
+        self.file_noted.borrow_mut().retain(|&n, _| n >= checkpoint);
+    }
+
+    /// Whether a recovery's replay (or a rewind about to start one) is under way here: a
+    /// checkpoint now would note a position some slots are past.
+    pub fn replaying(&self) -> bool {
+        !self.file_rewinds.borrow().is_empty()
+            || !self.file_replays.borrow().is_empty()
+            || self
+                .durables
+                .borrow()
+                .open
+                .values()
+                .any(|c| c.rewind.is_active())
     }
 
     /// File source `source` starts at `offset`, where checkpoint `checkpoint` left it (unless
@@ -203,7 +224,7 @@ impl Sources {
     }
 
     /// The rewind waiting for file source `source`, if any.
-    pub(super) fn take_file_rewind(&self, source: u32) -> Option<(u64, Replay)> {
+    pub(super) fn take_file_rewind(&self, source: u32) -> Option<FileRewind> {
         self.file_rewinds.borrow_mut().remove(&source)
     }
 
@@ -231,6 +252,15 @@ impl Sources {
     fn closed(&self) {
         self.open_on_node.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A recovery's rewind of a file source, until its task carries it out.
+pub(super) struct FileRewind {
+    /// The offset to read from again.
+    pub to: u64,
+    /// The slots that get what it reads again.
+    pub restored: BTreeSet<u32>,
+    pub n_slots: u32,
 }
 
 /// Why a source connection is closed.
