@@ -54,6 +54,9 @@ pub enum RecoveryError {
     Change(#[from] ChangeError),
 }
 
+/// Per restored slot, its parts of the checkpoint: (stage, part).
+type RestoredParts = BTreeMap<u32, Vec<(u32, StagePart)>>;
+
 impl RecoveryError {
     /// Whether trying again later may succeed (a dir still locked or unreadable for now, a
     /// core slow to answer).
@@ -191,7 +194,7 @@ impl Coordinator {
     fn restore_step(
         &mut self,
         moves: Vec<Move>,
-        mut parts: BTreeMap<u32, Vec<(u32, StagePart)>>,
+        mut parts: RestoredParts,
         survivors: &[CoreId],
         checkpoint: u64,
         lost: Vec<(String, Vec<CoreId>)>,
@@ -277,7 +280,7 @@ impl Coordinator {
         manifest: &crate::checkpoint::Manifest,
         moves: &[Move],
         lost: &BTreeSet<&str>,
-    ) -> Result<(BTreeMap<u32, Vec<(u32, StagePart)>>, Vec<(u32, String)>), RecoveryError> {
+    ) -> Result<(RestoredParts, Vec<(u32, String)>), RecoveryError> {
         let table = manifest.table().ok_or_else(|| RecoveryError::Read {
             node: self.node.name.clone(),
             checkpoint: manifest.checkpoint,
@@ -336,7 +339,7 @@ impl Coordinator {
 
     /// Hands each restored slot to its new owner as its lost owner would have: to a core of
     /// this node as the slot itself, to one of another node as an archive over the link.
-    fn hand_restored(&self, moves: &[Move], parts: &mut BTreeMap<u32, Vec<(u32, StagePart)>>) {
+    fn hand_restored(&self, moves: &[Move], parts: &mut RestoredParts) {
         let mut scratch = self
             .dataflow
             .keyed(moves[0].from, &self.table, std::iter::empty());

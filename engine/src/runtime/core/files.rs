@@ -70,12 +70,12 @@ pub(super) async fn read_file(core: Rc<Core>, file: FileSource) {
             }
             continue;
         }
-        let mut replays = sources.file_replays.borrow_mut();
-        if (replays.get(&(source as u32))).is_some_and(|r| !r.replays(reader.offset())) {
+        let replayed = (sources.file_replays.borrow().get(&(source as u32)))
+            .is_some_and(|r| !r.replays(reader.offset()));
+        if replayed {
             tracing::info!(core = core.id, path = %input.path.display(), "file source replayed what a recovery needed");
-            replays.remove(&(source as u32));
+            sources.file_replays.borrow_mut().remove(&(source as u32));
         }
-        drop(replays);
         sources
             .file_offsets
             .borrow_mut()
