@@ -43,6 +43,10 @@ pub struct Args {
     /// The CPU of w2's core (w1's is CPU 0; the clients run on the last CPU).
     #[arg(long, default_value_t = 1)]
     member_cpu: usize,
+    /// Instead: three nodes as processes (build `quokka` first), `kill -9` of one under load:
+    /// its slots recovered on the survivors, against a whole-cluster restart.
+    #[arg(long)]
+    kill: bool,
 }
 
 /// A cluster of one or two nodes in this process: w1 on CPU 0, w2 (if any) on CPU 1.
@@ -125,6 +129,9 @@ impl Cluster {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.kill {
+        return crate::kill::run(args.runs, args.distinct, args.rate);
+    }
     let cpu = pin_to_last_cpu();
     println!(
         "# two nodes on one machine: w1 on CPU 0, w2 on CPU 1, clients on CPU {cpu}; {} runs",

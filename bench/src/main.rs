@@ -5,6 +5,7 @@
 mod channels;
 mod checkpoint;
 mod cluster;
+mod kill;
 mod market_spread;
 mod migrate;
 mod nexmark;
@@ -43,7 +44,7 @@ enum Bench {
     /// Market Spread (Wallaroo's benchmark app): messages/s and latency, 1 and 2 cores.
     MarketSpread(market_spread::Args),
     /// Two nodes on this machine: cross-node routing against one node, and a node joining
-    /// while a million words are in state.
+    /// while a million words are in state (`--kill`: three nodes, one killed and recovered).
     Cluster(cluster::Args),
     /// Checkpoints with a million words in state: throughput and latency cost, bytes written
     /// when 1% of the keys change, restore time, exactly-once latency.

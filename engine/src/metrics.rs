@@ -315,7 +315,10 @@ pub struct CoreStatus {
     /// the histogram, so that asking for status costs the core next to nothing.
     pub latency_p50: Option<u64>,
     pub latency_p99: Option<u64>,
+    pub latency_p999: Option<u64>,
     pub latency_max: Option<u64>,
+    /// A source read here replays what a lost node's restored slots need (or is about to).
+    pub replaying: bool,
     /// The file sources this core reads: each one's name, the offset of its first message not
     /// routed yet, and how it ended if it did.
     pub files: Vec<(String, u64, Option<String>)>,

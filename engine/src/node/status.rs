@@ -325,6 +325,9 @@ impl fmt::Display for Status {
             if c.late > 0 {
                 sink += &format!(", {} late messages", c.late);
             }
+            if c.replaying {
+                sink += ", a source replays for a recovery";
+            }
             writeln!(
                 f,
                 "{:>8} {:>4} {:>3} {:>6} {:>10} {:>9} {:>5} {:>11.0} {:>12.0} {:>9} {:>9} {:>9}  {}",

@@ -90,7 +90,9 @@ fn core(c: &CoreStatus) -> Value {
         "outputs_per_sec": c.outputs_per_sec,
         "latency_p50_ns": c.latency_p50,
         "latency_p99_ns": c.latency_p99,
+        "latency_p999_ns": c.latency_p999,
         "latency_max_ns": c.latency_max,
+        "replaying": c.replaying,
         "files": files,
     })
 }

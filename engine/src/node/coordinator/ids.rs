@@ -17,8 +17,10 @@
 //! batch for them). The cores of a removed node may still be retiring in their own process,
 //! but they own no slot and no source connection, and a core sends events only during a
 //! change's steps, so nothing from them can be taken for the new holder's. A failed joiner's
-//! ids were never introduced to any core at all. Lost nodes' cores stay members (the
-//! coordinator refuses changes while a node is lost), so their ids are never handed out again.
+//! ids were never introduced to any core at all. Lost nodes' cores stay members until their
+//! slots are recovered (changes are refused until then); then every core is told `RemovePeer`
+//! as for a removed node, and the ids are free again (an exactly-once receiver takes a hello
+//! under a lost stream's name as that stream living again).
 //! What reuse costs is only that a summary may list a retired core and a live one with the
 //! same number.
 

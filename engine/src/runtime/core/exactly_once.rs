@@ -145,12 +145,7 @@ pub(super) async fn write_outputs(core: &Rc<Core>, i: usize) {
             frame_buffer(&writing, &mut unacked.borrow_mut(), &stream_of);
             // Latency up to the receiver's connection (it releases the outputs at the commit
             // of their checkpoint, a checkpoint interval later).
-            let now = crate::metrics::now_ns();
-            let mut window = core.window.borrow_mut();
-            for &t in writing.records().2 {
-                window.record(now.saturating_sub(t));
-            }
-            drop(window);
+            core.record_latencies(writing.records().2);
             let n = writing.records().1.len() as u64;
             core.report.borrow_mut().outputs += n;
             framed += n;

@@ -597,7 +597,9 @@ impl Core {
             outputs_per_sec: window.last_outputs_per_sec,
             latency_p50: last.map(|h| h.value_at_quantile(0.5)),
             latency_p99: last.map(|h| h.value_at_quantile(0.99)),
+            latency_p999: last.map(|h| h.value_at_quantile(0.999)),
             latency_max: last.map(|h| h.max()),
+            replaying: self.sources.replaying(),
             files: (self.sources.file_offsets().into_iter())
                 .map(|(s, offset)| {
                     let name = self.config.source_names.get(s as usize);

@@ -195,7 +195,11 @@ fn run(seed: u64, total: u64) {
     let saved = sim.applied.clone();
     steps(&mut sim, total * 2);
     // Core 3 goes, then (in two runs of three) core 2, each recovered from the checkpoint.
-    let losses: &[CoreId] = if seed % 3 == 0 { &[3] } else { &[3, 2] };
+    let losses: &[CoreId] = if seed.is_multiple_of(3) {
+        &[3]
+    } else {
+        &[3, 2]
+    };
     let mut current = table.clone();
     for &lost in losses {
         sim.dead.insert(lost);

@@ -206,11 +206,7 @@ pub(super) async fn write_outputs(core: &Core, i: usize) {
             report.at_risk = state.at_risk.iter().map(Cell::get).sum();
             match result {
                 Ok(()) => {
-                    let now = now_ns();
-                    let mut window = core.window.borrow_mut();
-                    for &t in ingress_ns {
-                        window.record(now.saturating_sub(t));
-                    }
+                    core.record_latencies(ingress_ns);
                     report.outputs += n;
                 }
                 Err(e) => {
@@ -222,5 +218,16 @@ pub(super) async fn write_outputs(core: &Core, i: usize) {
         state.written[i].set(state.written[i].get() + n);
         state.progress.notify_all();
         writing.clear();
+    }
+}
+
+impl Core {
+    /// Source-to-sink latency of outputs written now, from their inputs' ingress times.
+    pub(super) fn record_latencies(&self, ingress_ns: &[u64]) {
+        let now = now_ns();
+        let mut window = self.window.borrow_mut();
+        for &t in ingress_ns {
+            window.record(now.saturating_sub(t));
+        }
     }
 }
