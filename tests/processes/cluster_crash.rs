@@ -56,18 +56,59 @@ pub(crate) fn member_named(name: &str, state: &Path, extra: &[&str], lead: Socke
     )
 }
 
+/// Inputs of a cluster under load: lines a file source follows (appended as the test goes),
+/// and a file of lines a durable sender sends, with the word counts of both together.
+pub(crate) struct Inputs {
+    pub file_lines: Vec<String>,
+    pub expected: std::collections::HashMap<String, u64>,
+    /// The followed file, and its length once every line is appended.
+    pub file: std::path::PathBuf,
+    pub len: usize,
+    /// What the durable sender sends.
+    pub sent: std::path::PathBuf,
+}
+
+impl Inputs {
+    pub(crate) fn new(dir: &Path) -> Inputs {
+        let text = load_text();
+        let (a, b) = text.split_at(text.len() / 2);
+        let file_lines: Vec<String> = a.iter().cycle().take(40_000).cloned().collect();
+        let sent_lines: Vec<String> = b.iter().cycle().take(15_000).cloned().collect();
+        let all = (file_lines.iter()).chain(&sent_lines).map(String::as_str);
+        let sent = dir.join("sent.txt");
+        std::fs::write(&sent, sent_lines.join("\n") + "\n").unwrap();
+        Inputs {
+            expected: reference_counts(all),
+            file: dir.join("input.txt"),
+            len: file_lines.iter().map(|l| l.len() + 1).sum(),
+            file_lines,
+            sent,
+        }
+    }
+}
+
+/// `quokka-send --durable b` of the lines in `sent` to `input`, at 3000 lines/s.
+pub(crate) fn durable_sender(input: SocketAddr, sent: &Path) -> crate::Proc {
+    crate::Proc::spawn(
+        Command::new(crate::tool("quokka-send"))
+            .args(["--to", &input.to_string(), "--lines", "--durable", "b"])
+            .args(["--rate", "3000", "--connect-timeout", "60"])
+            .arg("--file")
+            .arg(sent)
+            .stdout(std::process::Stdio::piped()),
+    )
+}
+
 #[test]
 fn a_cluster_killed_as_a_whole_comes_back_from_its_checkpoint_each_output_once() {
     let dir = temp_dir("cluster");
-    let text = load_text();
-    let (a, b) = text.split_at(text.len() / 2);
-    let file_lines: Vec<String> = a.iter().cycle().take(40_000).cloned().collect();
-    let sent_lines: Vec<String> = b.iter().cycle().take(15_000).cloned().collect();
-    let expected = reference_counts((file_lines.iter()).chain(&sent_lines).map(String::as_str));
-    let file = dir.join("input.txt");
-    let len: usize = file_lines.iter().map(|l| l.len() + 1).sum();
-    let sent = dir.join("sent.txt");
-    std::fs::write(&sent, sent_lines.join("\n") + "\n").unwrap();
+    let Inputs {
+        file_lines,
+        expected,
+        file,
+        len,
+        sent,
+    } = Inputs::new(&dir);
     let (s1, s2) = (dir.join("w1"), dir.join("w2"));
     let (receiver, got) = exactly_once_sink();
     let out = receiver.addr();
@@ -78,14 +119,7 @@ fn a_cluster_killed_as_a_whole_comes_back_from_its_checkpoint_each_output_once()
     let lead = w1.addrs.control();
     let mut w2 = member(&s2, "127.0.0.1:0", lead);
     let input = w2.addrs.input();
-    let sender = crate::Proc::spawn(
-        Command::new(crate::tool("quokka-send"))
-            .args(["--to", &input.to_string(), "--lines", "--durable", "b"])
-            .args(["--rate", "3000", "--connect-timeout", "60"])
-            .arg("--file")
-            .arg(&sent)
-            .stdout(std::process::Stdio::piped()),
-    );
+    let sender = durable_sender(input, &sent);
     let mut rng = Rng::seeded();
     let mut restored_whole = 0;
     for _ in 0..10 {

@@ -3,13 +3,12 @@
 //! every replayable source rewinds to that checkpoint and replays to the restored slots only,
 //! and an exactly-once receiver ends up with every output once, as if nothing had happened.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quokka_tests::harness::load_text;
 use quokka_tests::reference::reference_counts;
 
-use crate::cluster_crash::{bare_member, coordinator, member_named};
+use crate::cluster_crash::{bare_member, coordinator, durable_sender, member_named, Inputs};
 use crate::crash::{
     append_slowly, check_exact_totals, exactly_once_sink, temp_dir, wait_committed, wait_status,
 };
@@ -32,15 +31,13 @@ fn p99s(lead: std::net::SocketAddr) -> Vec<(String, u64)> {
 #[test]
 fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
     let dir = temp_dir("lose-node");
-    let text = load_text();
-    let (a, b) = text.split_at(text.len() / 2);
-    let file_lines: Vec<String> = a.iter().cycle().take(40_000).cloned().collect();
-    let sent_lines: Vec<String> = b.iter().cycle().take(15_000).cloned().collect();
-    let expected = reference_counts((file_lines.iter()).chain(&sent_lines).map(String::as_str));
-    let file = dir.join("input.txt");
-    let len: usize = file_lines.iter().map(|l| l.len() + 1).sum();
-    let sent = dir.join("sent.txt");
-    std::fs::write(&sent, sent_lines.join("\n") + "\n").unwrap();
+    let Inputs {
+        file_lines,
+        expected,
+        file,
+        len,
+        sent,
+    } = Inputs::new(&dir);
     let (receiver, got) = exactly_once_sink();
     let out = receiver.addr();
 
@@ -51,14 +48,7 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
     let mut w2 = member_named("w2", &dir.join("w2"), &["--in", "127.0.0.1:0"], lead);
     let input = w2.addrs.input();
     let mut w3 = bare_member("w3", &dir.join("w3"), lead);
-    let sender = crate::Proc::spawn(
-        Command::new(crate::tool("quokka-send"))
-            .args(["--to", &input.to_string(), "--lines", "--durable", "b"])
-            .args(["--rate", "3000", "--connect-timeout", "60"])
-            .arg("--file")
-            .arg(&sent)
-            .stdout(std::process::Stdio::piped()),
-    );
+    let sender = durable_sender(input, &sent);
     // Under load, with checkpoints taken every 30 ms (so a kill often lands in one): w3 goes,
     // its slots come back on w1 and w2; a replacement joins under the same name, takes slots
     // back, and goes too; three times.

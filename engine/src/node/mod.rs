@@ -287,7 +287,7 @@ impl Engine {
         let view = coordinator.view.clone();
         let stopping = coordinator.stopping.clone();
         let checkpoint_interval = coordinator.checkpoint_interval();
-        let config_has_state_dir = coordinator.checkpoints_on();
+        let checkpoints_on = coordinator.checkpoints_on();
         let sources = coordinator.sources.clone();
         let acceptors = listeners
             .iter()
@@ -324,7 +324,7 @@ impl Engine {
                 .spawn(move || checkpoint_every(every, &coordinator, &changing, &stopping))
                 .expect("spawn the checkpoint thread")
         });
-        let recoverer = (joined.is_none() && config_has_state_dir).then(|| {
+        let recoverer = (joined.is_none() && checkpoints_on).then(|| {
             let (lost_tx, lost) = flume::unbounded();
             *node.on_lost.lock().unwrap() = Some(lost_tx);
             let (coordinator, changing) = (coordinator.clone(), changing.clone());
