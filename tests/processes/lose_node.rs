@@ -151,3 +151,73 @@ fn two_members_killed_at_once_are_recovered_together_each_output_once() {
     check_exact_totals(&got.lock().unwrap(), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Losing the coordinator: `kill -9` of it under load, then the same command again. Its
+/// members, still running, stop their cores and join it again by themselves; the cluster
+/// restores its last checkpoint as a whole and every output comes once.
+#[test]
+fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once() {
+    let dir = temp_dir("lose-coordinator");
+    let Inputs {
+        file_lines,
+        expected,
+        file,
+        len,
+        sent,
+    } = Inputs::new(&dir);
+    let (receiver, got) = exactly_once_sink();
+    let out = receiver.addr();
+    let writer = append_slowly(file.clone(), file_lines);
+    let mut w1 = coordinator(&file, &dir.join("w1"), "127.0.0.1:0", out);
+    let lead = w1.addrs.control();
+    let mut w2 = member_named("w2", &dir.join("w2"), &["--in", "127.0.0.1:0"], lead);
+    let sender = durable_sender(w2.addrs.input(), &sent);
+    let mut w3 = bare_member("w3", &dir.join("w3"), lead);
+    for round in 0..2 {
+        let before = crate::crash::last_complete(&ctl(lead, &["status"]).1).unwrap_or(0);
+        wait_status(lead, "no checkpoint with w2 and w3", |s| {
+            s.contains("\nnode w3:") && crate::crash::last_complete(s) > Some(before + 1)
+        });
+        std::thread::sleep(Duration::from_millis(150 + 200 * round));
+        signal(&w1.child, "-KILL");
+        let _ = w1.child.wait();
+        w1 = coordinator(&file, &dir.join("w1"), &lead.to_string(), out);
+        let status = wait_status(lead, "w2 and w3 did not come back", |s| {
+            s.contains("\nnode w2:") && s.contains("\nnode w3:") && !s.contains("WAITING")
+        });
+        assert!(status.contains("restored from checkpoint"), "{status}");
+        for member in [&mut w2, &mut w3] {
+            assert!(
+                member.child.try_wait().unwrap().is_none(),
+                "a member exited:\n{}",
+                member.log_text()
+            );
+        }
+    }
+    for member in [&w2, &w3] {
+        let log = member.log_text();
+        assert_eq!(
+            log.matches("joined the coordinator again").count(),
+            2,
+            "{log}"
+        );
+    }
+    let said = sender.into_child().wait_with_output().unwrap();
+    let said_out = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.status.success(),
+        "the durable sender failed: {said_out}"
+    );
+    writer.join().unwrap();
+    wait_status(lead, "w1 did not read its file", |s| {
+        s.contains(&format!("read to byte {len}\n"))
+    });
+    signal(&w1.child, "-INT");
+    w1.wait_exit_ok();
+    w2.wait_exit_ok();
+    w3.wait_exit_ok();
+    let summary = w1.rest_of_stdout();
+    wait_committed(&receiver, &summary);
+    check_exact_totals(&got.lock().unwrap(), &expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}

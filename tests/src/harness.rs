@@ -126,7 +126,10 @@ impl Coordinator {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let control = listener.local_addr()?;
         let engine = Arc::new(engine);
-        quokka::control::serve(listener, engine.clone());
+        quokka::control::serve(
+            listener,
+            Arc::new(std::sync::RwLock::new(Some(engine.clone()))),
+        );
         Ok(Coordinator { engine, control })
     }
 }

@@ -33,13 +33,17 @@ pub enum Ending {
     Departed,
     /// The coordinator stopped the cluster.
     ClusterStopped,
+    /// The coordinator went away without a goodbye: this node stops on its own (with a state
+    /// dir, it can join the coordinator again once it is back: the cluster restores together).
+    CoordinatorLost,
 }
 
-/// Whether a node decides changes (the coordinator) or carries them out (a member).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a node decides changes (the coordinator) or carries them out (a member, which
+/// knows its coordinator's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Role {
     Coordinator,
-    Member,
+    Member { coordinator: String },
 }
 
 /// Why a link to another node could not be opened.
@@ -683,6 +687,9 @@ impl Node {
         self.lost.lock().unwrap().push(lost.clone());
         if let Some(tell) = &*self.on_lost.lock().unwrap() {
             let _ = tell.send(lost);
+        }
+        if matches!(&self.role, Role::Member { coordinator } if coordinator == name) {
+            let _ = self.ending.send(Ending::CoordinatorLost);
         }
     }
 }

@@ -208,7 +208,9 @@ impl Engine {
             config.n_slots,
             data_addr,
             forward.clone(),
-            Role::Member,
+            Role::Member {
+                coordinator: lead.clone(),
+            },
         );
         // Each member proves itself with the secret the welcome gives for it.
         for m in members {

@@ -379,14 +379,16 @@ impl Engine {
             .is_some_and(|(_, lead)| self.node.lost_nodes().iter().any(|l| &l.name == lead))
     }
 
-    /// On a member, after [`Self::ended`]: retires (departed) or waits for (cluster stopped)
-    /// this node's cores, closes the links, and reports.
+    /// On a member, after [`Self::ended`]: retires (departed), waits for (cluster stopped) or
+    /// stops on its own (coordinator lost) this node's cores, closes the links, and reports.
+    /// Once the engine is dropped its ports and state dir are free for a new one.
     pub fn finish(&self, ending: Ending) -> Summary {
         self.close_inputs();
         let mut coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());
         let cores = match ending {
             Ending::Departed => coordinator.retire_all(),
             Ending::ClusterStopped => coordinator.finish(),
+            Ending::CoordinatorLost => coordinator.stop(),
         };
         Summary {
             cores,

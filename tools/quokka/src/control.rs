@@ -1,7 +1,7 @@
 //! The control endpoint of `quokka run` (`--control`) and the client side of `quokka ctl`.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
 use quokka_engine::Engine;
@@ -9,11 +9,15 @@ use quokka_io::control::{
     self, Client, ControlError, Limits, Request, Response, Session, Timeouts,
 };
 
+/// The engine the control endpoint drives: none while a member whose coordinator was lost
+/// waits to join it again (its old engine is gone, its new one not started yet).
+pub type Current = RwLock<Option<Arc<Engine>>>;
+
 /// Serves control connections on `listener` for as long as the process runs, within the
 /// default [`Limits`]: at most 64 connections at once (each on its own thread, so `status`
 /// answers while a change is in progress; beyond that a connection is refused at once), and
 /// 10 s for a connection's whole request.
-pub fn serve(listener: TcpListener, engine: Arc<Engine>) {
+pub fn serve(listener: TcpListener, engine: Arc<Current>) {
     let limits = Limits::default();
     match listener.local_addr() {
         Ok(addr) => tracing::info!(
@@ -23,13 +27,25 @@ pub fn serve(listener: TcpListener, engine: Arc<Engine>) {
         ),
         Err(e) => tracing::warn!("control endpoint: no local address: {e}"),
     }
-    control::serve(listener, limits, move |session| handle(session, &engine))
-        .expect("spawn control thread");
+    control::serve(listener, limits, move |session| {
+        // Cloned out, so a member's rejoin never waits on a request in progress.
+        let current = engine.read().unwrap().clone();
+        handle(session, current.as_deref())
+    })
+    .expect("spawn control thread");
 }
 
-fn handle(mut session: Session, engine: &Engine) {
+fn handle(mut session: Session, engine: Option<&Engine>) {
     let peer = session.peer();
-    let response = match session.request() {
+    let request = session.request();
+    let Some(engine) = engine else {
+        if !matches!(request, Err(ControlError::Closed(_))) {
+            let waiting = "this node's coordinator was lost: it waits to join it again (restart the coordinator with its command and --state-dir)";
+            let _ = session.answer(&Response::Error(waiting.into()));
+        }
+        return;
+    };
+    let response = match request {
         Ok(envelope) if !engine.token_matches(&envelope.token) => {
             tracing::warn!(%peer, "refused a control connection: wrong cluster token");
             Response::Error("wrong cluster token (see --cluster-token)".into())

@@ -2,14 +2,14 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use quokka::duration::parse_duration;
 use quokka::inputs::{parse_addr, resolve, resolve_endpoints, OUTPUTS};
-use quokka_engine::{Config, Engine, JoinError, SourcesClosed};
+use quokka_engine::{Config, Ending, Engine, Input, JoinError, SourcesClosed};
 use quokka_io::control::{Request, Response, Timeouts};
 
 #[global_allocator]
@@ -371,18 +371,25 @@ fn run(args: RunArgs) -> Result<()> {
         }
     });
 
+    // A member whose coordinator is lost joins it again as it was: same name, state dir and
+    // source ports (a port given as 0 is the one chosen the first time).
+    let mut again = config.clone();
     let engine = match joining {
         None => Engine::start(&app, config)?,
         Some(coordinator) => {
-            let (engine, report) = Engine::join(&app, config, coordinator, outputs)?;
+            let (engine, report) = Engine::join(&app, config, coordinator, outputs.clone())?;
             tracing::info!("node {} joined: {report}", engine.node_name());
             engine
         }
     };
-    let engine = Arc::new(engine);
+    for &(source, addr) in engine.listening() {
+        again.inputs[source] = Input::Tcp(addr);
+    }
+    let mut engine = Arc::new(engine);
+    let current = Arc::new(RwLock::new(Some(engine.clone())));
     let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
     if let Some(control) = control {
-        quokka::control::serve(control, engine.clone());
+        quokka::control::serve(control, current.clone());
     }
     report_listening(control_addr, &engine, app.sources());
     let listening: Vec<String> = (app.sources().iter().enumerate())
@@ -410,6 +417,28 @@ fn run(args: RunArgs) -> Result<()> {
             .recv(engine.ended(), |e| e.ok().map(Ok))
             .wait();
         match event {
+            Some(Ok(Ending::CoordinatorLost)) => {
+                let Some(coordinator) = joining.filter(|_| again.state_dir.is_some()) else {
+                    tracing::warn!(
+                        "the coordinator is lost; without --state-dir this node cannot come back with the cluster: it runs on alone until a signal stops it"
+                    );
+                    continue;
+                };
+                tracing::warn!(
+                    "the coordinator is lost: this node stops its cores and joins it again once it is back (restart it with its command and --state-dir); the whole cluster then goes on from its last checkpoint"
+                );
+                let summary = engine.finish(Ending::CoordinatorLost);
+                tracing::info!("until the coordinator was lost:\n{summary}");
+                *current.write().unwrap() = None;
+                drop(engine);
+                match join_again(&app, &again, coordinator, &outputs, &signal_rx) {
+                    Some(joined) => {
+                        engine = Arc::new(joined);
+                        *current.write().unwrap() = Some(engine.clone());
+                    }
+                    None => break summary,
+                }
+            }
             Some(Ok(ending)) => {
                 tracing::info!("{ending:?}: finishing");
                 break engine.finish(ending);
@@ -463,6 +492,41 @@ fn run(args: RunArgs) -> Result<()> {
         anyhow::bail!("{} outputs were not delivered", summary.undelivered());
     }
     Ok(())
+}
+
+/// Joins the coordinator at `coordinator` again, once it is back, as the node `config` ran:
+/// tries every second (logging each new reason it is not back yet) until the join goes
+/// through, or a signal ends the wait (`None`).
+fn join_again(
+    app: &quokka_engine::App,
+    config: &Config,
+    coordinator: SocketAddr,
+    outputs: &[SocketAddr],
+    signals: &flume::Receiver<i32>,
+) -> Option<Engine> {
+    let mut said = String::new();
+    loop {
+        match Engine::join(app, config.clone(), coordinator, outputs.to_vec()) {
+            Ok((engine, report)) => {
+                tracing::info!(
+                    "node {} joined the coordinator again: {report}",
+                    engine.node_name()
+                );
+                return Some(engine);
+            }
+            Err(e) => {
+                let why = format!("{:#}", anyhow::Error::new(e));
+                if why != said {
+                    tracing::warn!("not joined again yet ({why}); trying every second");
+                    said = why;
+                }
+            }
+        }
+        if let Ok(signal) = signals.recv_timeout(Duration::from_secs(1)) {
+            tracing::info!("signal {signal}: no longer waiting for the coordinator");
+            return None;
+        }
+    }
 }
 
 /// Prints the addresses `quokka run` bound, once every listener accepts connections:
