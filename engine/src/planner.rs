@@ -27,6 +27,8 @@ pub enum PlanError {
     NotMember(CoreId),
     #[error("cannot remove every core: at least one must remain")]
     NoCoreLeft,
+    #[error("slot {slot} can only go to core {core}, which it was moving from or to when a loss cut its change short")]
+    Stuck { slot: u32, core: CoreId },
 }
 
 /// Where a change ends: the members, the target table (epoch unchanged) and the moves.
@@ -108,6 +110,69 @@ pub fn plan(
     })
 }
 
+/// A recovery: the table it starts from, and where each slot of the lost cores goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPlan {
+    pub from: RoutingTable,
+    pub moves: Vec<Move>,
+}
+
+/// Plans the recovery of the `lost` cores' slots onto the other `members`. `cut` are the moves
+/// of switched steps that a loss cut short: a slot on its way from a lost core to a survivor
+/// never arrived (the table names the survivor, which holds nothing), so it is the lost core's
+/// again; and no slot of a cut move goes to the survivor it was moving from or to, which may
+/// still await or hold it (and would take what producers routed there before the recovery
+/// for the replay's). Only the lost cores' slots move.
+pub fn plan_recovery(
+    current: &RoutingTable,
+    members: &[CoreId],
+    lost: &BTreeSet<CoreId>,
+    cut: &[Move],
+) -> Result<RecoveryPlan, PlanError> {
+    let survivor = |c: &CoreId| !lost.contains(c);
+    let back: Vec<Move> = (cut.iter())
+        .filter(|m| lost.contains(&m.from) && survivor(&m.to) && current.owner(m.slot) == m.to)
+        .map(|m| Move {
+            slot: m.slot,
+            from: m.to,
+            to: m.from,
+        })
+        .collect();
+    let mut from = current.with_moves(&back);
+    from.set_epoch(current.epoch());
+    let avoid: std::collections::BTreeMap<u32, CoreId> = (cut.iter())
+        .filter_map(|m| match (survivor(&m.from), survivor(&m.to)) {
+            (false, true) => Some((m.slot, m.to)),
+            (true, false) => Some((m.slot, m.from)),
+            _ => None,
+        })
+        .collect();
+    let removed = Change::Remove(lost.iter().copied().collect());
+    let p = plan(&from, members, &removed)?;
+    let mut moves: Vec<Move> = (p.moves.into_iter()).filter(|m| lost.contains(&m.from)).collect();
+    // A swap of two targets keeps every core's share.
+    for i in 0..moves.len() {
+        let Some(&bad) = avoid.get(&moves[i].slot) else {
+            continue;
+        };
+        if moves[i].to != bad {
+            continue;
+        }
+        let other = (0..moves.len())
+            .find(|&j| moves[j].to != bad && avoid.get(&moves[j].slot) != Some(&bad));
+        let Some(j) = other else {
+            return Err(PlanError::Stuck {
+                slot: moves[i].slot,
+                core: bad,
+            });
+        };
+        let to = moves[j].to;
+        moves[j].to = bad;
+        moves[i].to = to;
+    }
+    Ok(RecoveryPlan { from, moves })
+}
+
 /// Cuts `moves` into steps of at most `max_slots` moves: each step is one epoch, so no slot waits
 /// behind a large move. Returns each step's table (epochs `current + 1, + 2, ...`) and moves.
 pub fn steps(
@@ -177,6 +242,56 @@ mod tests {
             plan(&t, &[0, 1], &Change::Remove(vec![0, 1])),
             Err(PlanError::NoCoreLeft)
         );
+    }
+
+    /// Core 2 (of 0..3, 12 slots) is lost while a change that moved slot 0 to it and slot 8
+    /// from it (to core 1) was switched and unfinished: slot 8 is core 2's again, and neither
+    /// goes to the survivor it was moving from or to.
+    #[test]
+    fn a_recovery_takes_back_what_the_lost_core_was_handing_and_avoids_the_cut_survivors() {
+        let t = RoutingTable::uniform(12, 3);
+        let cut = [
+            Move {
+                slot: 0,
+                from: 0,
+                to: 2,
+            },
+            Move {
+                slot: 8,
+                from: 2,
+                to: 1,
+            },
+        ];
+        let now = t.with_moves(&cut);
+        let lost = BTreeSet::from([2]);
+        let r = plan_recovery(&now, &[0, 1, 2], &lost, &cut).unwrap();
+        assert_eq!(r.from.epoch(), now.epoch());
+        assert_eq!(r.from.owner(8), 2, "slot 8 never reached core 1");
+        assert_eq!(r.from.owner(0), 2);
+        let mut slots: Vec<u32> = r.moves.iter().map(|m| m.slot).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, vec![0, 8, 9, 10, 11], "every slot of core 2 moves");
+        assert!(r.moves.iter().all(|m| m.from == 2 && m.to != 2));
+        let to = |slot| r.moves.iter().find(|m| m.slot == slot).unwrap().to;
+        assert_eq!(to(0), 1, "not back to core 0, which handed it off");
+        assert_eq!(to(8), 0, "not to core 1, which awaited it");
+        let target = r.from.with_moves(&r.moves);
+        check_balanced(&target, &[0, 1]);
+        // One survivor only: the cut slot has nowhere else to go.
+        let to_1 = [Move {
+            slot: 0,
+            from: 0,
+            to: 1,
+        }];
+        let one = RoutingTable::uniform(4, 2).with_moves(&to_1);
+        assert_eq!(
+            plan_recovery(&one, &[0, 1], &BTreeSet::from([1]), &to_1),
+            Err(PlanError::Stuck { slot: 0, core: 0 })
+        );
+        // Nothing cut: the plain removal.
+        let plain = plan_recovery(&t, &[0, 1, 2], &lost, &[]).unwrap();
+        assert_eq!(plain.from, t);
+        assert_eq!(plain.moves, plan(&t, &[0, 1, 2], &Change::Remove(vec![2])).unwrap().moves);
     }
 
     #[test]

@@ -566,6 +566,19 @@ impl Stages {
         self.protocol.on_marker(from, epoch)
     }
 
+    /// Cores of another node were lost mid-step (see [`crate::migration::Protocol::lose`]):
+    /// the slots that were to go to them are dropped here; returns the slots now complete.
+    pub fn lose(&mut self, lost: &std::collections::BTreeSet<CoreId>) -> Vec<Move> {
+        let crate::migration::Lost { handoffs, dropped } = self.protocol.lose(lost);
+        for slot in dropped {
+            for s in &mut self.stages {
+                s.freeze(slot);
+                s.release(slot);
+            }
+        }
+        handoffs
+    }
+
     /// Takes a handed-off slot out of every stage, for a core of this node to adopt as it is.
     pub fn hand_over(&mut self, slot: u32) -> MovedSlot {
         MovedSlot::new(

@@ -229,7 +229,9 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
                 // once the slot is here, when this core's watermark may have passed it.
                 match protocol.route(slot) {
                     Route::Misrouted => misrouted += 1,
-                    _ => self.late_one(msg, out),
+                    // Replayed to the slot's restored copy.
+                    Route::Forsaken => {}
+                    Route::Apply | Route::Buffer => self.late_one(msg, out),
                 }
                 continue;
             }
@@ -241,6 +243,7 @@ impl<T: Message, S: State, R: 'static, O: 'static> StageCore for OnCore<T, S, R,
                     protocol.buffer(slot, Pending { stage, msg });
                 }
                 Route::Misrouted => misrouted += 1,
+                Route::Forsaken => {}
             }
         }
         misrouted

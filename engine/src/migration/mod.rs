@@ -15,6 +15,12 @@
 //!    until then.
 //!
 //! Slots that do not move are never held up: they stay `Owned` throughout.
+//!
+//! A core of another node lost mid-step ([`Protocol::lose`]) owes no marker any more; a slot
+//! it was to hand here is forsaken (what arrives for it is dropped: a recovery restores it
+//! from the checkpoint on another core and replays what it missed), and a slot this core was
+//! to hand to it is dropped here (the recovery restores it too). So a switched step finishes
+//! on every survivor.
 
 mod change;
 #[cfg(test)]
@@ -75,6 +81,8 @@ pub enum Delivery<M> {
     Buffered,
     /// The core neither owns nor expects the slot: a routing bug; the message is returned.
     Misrouted(M),
+    /// The slot was forsaken: dropped.
+    Forsaken,
 }
 
 /// Where a keyed message for a slot goes on this core.
@@ -83,6 +91,19 @@ pub enum Route {
     Apply,
     Buffer,
     Misrouted,
+    /// The slot was forsaken (its old owner was lost handing it here): dropped, as a recovery
+    /// replays it to the slot's restored copy.
+    Forsaken,
+}
+
+/// What a core does once peers are lost ([`Protocol::lose`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// Slots now complete (no marker is awaited from the lost cores): hand them off.
+    pub handoffs: Vec<Move>,
+    /// Slots that were to go to a lost core and are absent now: drop their state here (a
+    /// recovery restores them from the checkpoint).
+    pub dropped: Vec<u32>,
 }
 
 /// What a core must do after switching epochs.
@@ -98,11 +119,14 @@ pub struct Switched {
 enum SlotState<M> {
     Absent,
     Owned,
-    /// Coming here in the step to `epoch`; its messages wait in `buffer`.
+    /// Coming here from core `from` in the step to `epoch`; its messages wait in `buffer`.
     Incoming {
         epoch: u64,
+        from: CoreId,
         buffer: Vec<M>,
     },
+    /// Was coming here from a core that was lost: what arrives for it is dropped.
+    Forsaken,
     Outgoing,
     /// Sent in the step to `epoch`; kept until the new owner acknowledges.
     HandedOff {
@@ -118,6 +142,7 @@ impl<M> SlotState<M> {
             SlotState::Incoming { .. } => "incoming",
             SlotState::Outgoing => "outgoing",
             SlotState::HandedOff { .. } => "handed off",
+            SlotState::Forsaken => "forsaken",
         }
     }
 }
@@ -228,7 +253,7 @@ impl<M> Protocol<M> {
         }
         for m in &t.moves {
             let state = &self.slots[m.slot as usize];
-            let ok = (m.to != self.me || matches!(state, SlotState::Absent))
+            let ok = (m.to != self.me || matches!(state, SlotState::Absent | SlotState::Forsaken))
                 && (m.from != self.me || matches!(state, SlotState::Owned));
             if !ok {
                 let expected = if m.to == self.me { "absent" } else { "owned" };
@@ -249,6 +274,7 @@ impl<M> Protocol<M> {
         for m in t.moves.iter().filter(|m| m.to == self.me) {
             self.slots[m.slot as usize] = SlotState::Incoming {
                 epoch: to_epoch,
+                from: m.from,
                 buffer: Vec::new(),
             };
             incoming_left += 1;
@@ -289,7 +315,7 @@ impl<M> Protocol<M> {
         for step in &dropped {
             for (slot, state) in self.slots.iter_mut().enumerate() {
                 match state {
-                    SlotState::Incoming { epoch, buffer } if *epoch == step.to_epoch => {
+                    SlotState::Incoming { epoch, buffer, .. } if *epoch == step.to_epoch => {
                         if !buffer.is_empty() {
                             return Err(ProtocolError::SlotState {
                                 slot: slot as u32,
@@ -350,7 +376,7 @@ impl<M> Protocol<M> {
             return Vec::new();
         }
         step.handed_off = true;
-        step.unacknowledged = step.outgoing.len();
+        step.unacknowledged += step.outgoing.len();
         for m in &step.outgoing {
             self.slots[m.slot as usize] = SlotState::HandedOff {
                 epoch: step.to_epoch,
@@ -369,6 +395,7 @@ impl<M> Protocol<M> {
                 Delivery::Buffered
             }
             Route::Misrouted => Delivery::Misrouted(msg),
+            Route::Forsaken => Delivery::Forsaken,
         }
     }
 
@@ -379,7 +406,41 @@ impl<M> Protocol<M> {
             SlotState::Owned | SlotState::Outgoing => Route::Apply,
             SlotState::Incoming { .. } => Route::Buffer,
             SlotState::Absent | SlotState::HandedOff { .. } => Route::Misrouted,
+            SlotState::Forsaken => Route::Forsaken,
         }
+    }
+
+    /// Cores of another node were lost: no marker is awaited from them; slots they were to
+    /// hand here are forsaken, slots this core was to hand them are dropped. Every step can
+    /// finish without them.
+    pub fn lose(&mut self, lost: &BTreeSet<CoreId>) -> Lost {
+        let mut dropped = Vec::new();
+        for step in &mut self.steps {
+            step.markers_missing.retain(|c| !lost.contains(c));
+            step.marker_targets.retain(|c| !lost.contains(c));
+            let (gone, kept) = (step.outgoing.iter()).partition(|m| lost.contains(&m.to));
+            step.outgoing = kept;
+            for m in gone {
+                self.slots[m.slot as usize] = SlotState::Absent;
+                dropped.push(m.slot);
+            }
+        }
+        for state in &mut self.slots {
+            if let SlotState::Incoming { epoch, from, .. } = state {
+                if lost.contains(from) {
+                    let epoch = *epoch;
+                    *state = SlotState::Forsaken;
+                    if let Some(step) = self.steps.iter_mut().find(|s| s.to_epoch == epoch) {
+                        step.incoming_left -= 1;
+                    }
+                }
+            }
+        }
+        let handoffs = (0..self.steps.len())
+            .flat_map(|i| self.ready_handoffs(i))
+            .collect();
+        self.finish_done();
+        Lost { handoffs, dropped }
     }
 
     /// Whether `slot` is leaving this core (in a prepared or switched step, not yet
@@ -403,7 +464,7 @@ impl<M> Protocol<M> {
     /// waited for it, in arrival order.
     pub fn adopt(&mut self, slot: u32) -> Result<Vec<M>, ProtocolError> {
         let state = std::mem::replace(&mut self.slots[slot as usize], SlotState::Owned);
-        let SlotState::Incoming { epoch, buffer } = state else {
+        let SlotState::Incoming { epoch, buffer, .. } = state else {
             let name = state.name();
             self.slots[slot as usize] = state;
             return Err(ProtocolError::SlotState {
@@ -508,6 +569,93 @@ mod tests {
         assert!(!p.in_step());
         assert_eq!(p.epoch(), 1);
         assert_eq!(p.owned(), 1);
+    }
+
+    /// Slots 0..6 over cores 0, 1 (this node) and 2 (another node, lost mid-step): slot 1
+    /// moves 0 -> 1, slot 4 moves 2 -> 0, slot 0 moves 0 -> 2.
+    fn step_with_a_lost_core() -> (RoutingTable, Transition) {
+        let t0 = RoutingTable::uniform(6, 3);
+        let moves = vec![
+            Move {
+                slot: 0,
+                from: 0,
+                to: 2,
+            },
+            Move {
+                slot: 1,
+                from: 0,
+                to: 1,
+            },
+            Move {
+                slot: 4,
+                from: 2,
+                to: 0,
+            },
+        ];
+        let t1 = t0.with_moves(&moves);
+        let tr = Transition {
+            table: Arc::new(t1),
+            moves,
+            producers: vec![0, 1, 2],
+        };
+        (t0, tr)
+    }
+
+    /// A core lost mid-step owes no marker: the slot going to a survivor leaves once the
+    /// survivors' markers are in; the slot going to the lost core is dropped here; the slot
+    /// coming from it is forsaken (what arrives for it dropped, not misrouted); the step
+    /// finishes without the lost core.
+    #[test]
+    fn a_step_finishes_without_a_lost_core() {
+        let (t0, tr) = step_with_a_lost_core();
+        let mut p = Protocol::<&str>::new(0, &t0);
+        p.prepare(&tr).unwrap();
+        let sw = p.switch().unwrap();
+        assert!(sw.handoffs.is_empty());
+        assert_eq!(p.on_marker(1, 0), Ok(vec![]), "core 2's marker is missing");
+        assert_eq!(p.deliver(4, "buffered"), Delivery::Buffered);
+        let lost = p.lose(&BTreeSet::from([2]));
+        let to_1 = Move {
+            slot: 1,
+            from: 0,
+            to: 1,
+        };
+        assert_eq!(
+            lost,
+            Lost {
+                handoffs: vec![to_1],
+                dropped: vec![0],
+            }
+        );
+        assert_eq!(p.route(4), Route::Forsaken);
+        assert_eq!(p.route(0), Route::Misrouted);
+        assert_eq!(p.buffered(), 0, "what waited for the forsaken slot is dropped");
+        assert!(p.in_step(), "slot 1 waits for its acknowledgement");
+        p.acknowledged(1).unwrap();
+        assert!(!p.in_step());
+        assert_eq!(p.take_finished(), vec![1]);
+        assert_eq!(p.owned(), 0, "slots 0 and 1 left, slot 4 never came");
+        assert_eq!(p.deliver(4, "late"), Delivery::Forsaken);
+        // A later step may bring the forsaken slot here again (a recovery restoring it).
+        let back = vec![Move {
+            slot: 4,
+            from: 2,
+            to: 0,
+        }];
+        // The recovery plans from the table with the forsaken slot back on its lost owner.
+        let mut t2 = tr.table.with_moves(&[Move {
+            slot: 4,
+            from: 0,
+            to: 2,
+        }]);
+        t2.set_epoch(1);
+        let again = Transition {
+            table: Arc::new(t2.with_moves(&back)),
+            moves: back,
+            producers: vec![0, 1],
+        };
+        assert!(p.prepare(&again).is_ok());
+        assert_eq!(p.route(4), Route::Buffer);
     }
 
     /// A change that ends before its steps are switched leaves every slot where it was, on the

@@ -289,6 +289,7 @@ impl Sim {
             Delivery::Misrouted(m) => {
                 panic!("core {core} got {m:?} for slot {slot} it does not own")
             }
+            Delivery::Forsaken => panic!("no core is lost here"),
         }
     }
 

@@ -69,6 +69,14 @@ impl StepWindow {
         Some(index)
     }
 
+    /// Core `core` was lost: it finishes nothing more, so every released step counts it as
+    /// finished (the others finish without it).
+    pub fn forget(&mut self, core: CoreId) {
+        for i in 0..self.released {
+            self.finished(core, self.first_epoch + i as u64);
+        }
+    }
+
     /// The epoch of the first step.
     pub fn first_epoch(&self) -> u64 {
         self.first_epoch
@@ -171,6 +179,23 @@ mod tests {
         assert_eq!(w.finished(0, 10), Some(0));
         assert_eq!(w.finished(0, 10), None, "already done");
         assert_eq!(w.steps_done(), 1);
+    }
+
+    /// A core lost mid-change: the released steps finish without it, the later ones still
+    /// wait for every other core.
+    #[test]
+    fn a_lost_core_counts_as_finished_for_the_released_steps() {
+        let mut w = StepWindow::new(5, 3, 2, 3);
+        assert_eq!(w.release(), 2);
+        assert_eq!(w.finished(0, 5), None);
+        assert_eq!(w.finished(1, 5), None);
+        w.forget(2);
+        assert!(w.missing(5, &[0, 1, 2]).is_empty());
+        assert_eq!(w.missing(6, &[0, 1, 2]), vec![0, 1]);
+        assert_eq!(w.finished(0, 6), None);
+        assert_eq!(w.finished(1, 6), Some(1));
+        assert_eq!(w.applied(), 2);
+        assert!(!w.is_done(), "the unreleased step is not finished by a loss");
     }
 
     #[test]

@@ -324,7 +324,14 @@ impl Coordinator {
             self.table = transitions[last].table.clone();
         }
         if !window.is_done() && switched > 0 {
-            self.unfinished = Some(Unfinished { window, cores });
+            let moves = (transitions[..switched].iter())
+                .flat_map(|t| t.moves.iter().copied())
+                .collect();
+            self.unfinished = Some(Unfinished {
+                window,
+                cores,
+                moves,
+            });
         }
         tracing::warn!(
             "change ended early after {switched} of {} steps: {error}",

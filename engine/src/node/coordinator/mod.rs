@@ -47,6 +47,8 @@ use restore::Start;
 pub(crate) struct Unfinished {
     window: crate::migration::StepWindow,
     cores: Vec<CoreId>,
+    /// The moves of the switched steps (a recovery needs those a loss cut short).
+    moves: Vec<crate::routing::Move>,
 }
 
 /// How long `stop` waits for a member to answer before stopping without it.
@@ -77,6 +79,8 @@ pub(crate) struct Coordinator {
     /// Set when the engine stops: a change in progress ends at its next wait.
     pub stopping: Arc<AtomicBool>,
     unfinished: Option<Unfinished>,
+    /// The switched moves of a change a loss cut short, until a recovery has dealt with them.
+    cut_short: Vec<crate::routing::Move>,
     /// Changes planned so far (each plan's id).
     changes: u64,
     /// With a state dir: the checkpoints taken and the last manifest.
@@ -195,6 +199,7 @@ impl Coordinator {
             stopped: false,
             stopping: Arc::default(),
             unfinished: None,
+            cut_short: Vec::new(),
             changes: 0,
             checkpoints: None,
             snapshots: flume::unbounded(),

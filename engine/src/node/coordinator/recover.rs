@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -23,7 +24,7 @@ use crate::dataflow::StagePart;
 use crate::migration::{ChangePlan, StepWindow};
 use crate::node::state_dir::StateDir;
 use crate::node::status::ChangeError;
-use crate::planner::{plan, Change};
+use crate::planner::plan_recovery;
 use crate::routing::{CoreId, Move};
 use crate::runtime::messages::{CoreEvent, CoreMsg, PeerMsg};
 
@@ -39,8 +40,6 @@ pub enum RecoveryError {
     App { stages: usize },
     #[error("node {0} never said where its state dir is")]
     NoStateDir(String),
-    #[error("a change cut short by the loss has steps unfinished: {0}")]
-    Unfinished(String),
     #[error("reading node {node}'s part of checkpoint {checkpoint} from {dir}: {reason}")]
     Read {
         node: String,
@@ -138,21 +137,17 @@ impl Coordinator {
         if stages != 1 || self.dataflow.stages.iter().any(|s| s.has_timers()) {
             return Err(RecoveryError::App { stages });
         }
-        self.drain_unfinished();
-        if let Some(u) = &self.unfinished {
-            return Err(RecoveryError::Unfinished(format!(
-                "epoch {} waits for cores {:?}",
-                u.window.awaiting(),
-                u.window.missing(u.window.awaiting(), &u.cores)
-            )));
-        }
-        let lost_cores: Vec<CoreId> = lost.iter().flat_map(|l| l.cores.clone()).collect();
+        let lost_cores: BTreeSet<CoreId> = lost.iter().flat_map(|l| l.cores.clone()).collect();
+        self.finish_cut_short(&lost_cores)?;
         let all: Vec<CoreId> = self.cores.keys().copied().collect();
         let survivors: Vec<CoreId> = (all.iter().copied())
             .filter(|c| !lost_cores.contains(c))
             .collect();
-        let p = plan(&self.table, &all, &Change::Remove(lost_cores.clone()))
+        let p = plan_recovery(&self.table, &all, &lost_cores, &self.cut_short)
             .map_err(|e| RecoveryError::Plan(e.to_string()))?;
+        // A slot a lost core was handing off never arrived: the lost core's, to restore.
+        self.table = Arc::new(p.from);
+        status.slots = p.moves.len();
         let names: BTreeSet<&str> = lost.iter().map(|l| l.name.as_str()).collect();
         if !p.moves.is_empty() {
             tracing::warn!(
@@ -176,6 +171,7 @@ impl Coordinator {
                 .collect();
             self.restore_step(p.moves, parts, &survivors, checkpoint, lost)?;
         }
+        self.cut_short.clear();
         for l in lost {
             self.let_go(&l.name, &l.cores);
         }
@@ -267,10 +263,48 @@ impl Coordinator {
             self.unfinished = Some(Unfinished {
                 window,
                 cores: survivors.to_vec(),
+                // Handed from the checkpoint, not by the lost cores: nothing to take back.
+                moves: Vec::new(),
             });
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Waits until the survivors have finished the switched steps of a change the loss cut
+    /// short (the lost cores owe them nothing more: each survivor forgets them when its node
+    /// sees the loss), and keeps their moves for the plan.
+    fn finish_cut_short(&mut self, lost: &BTreeSet<CoreId>) -> Result<(), RecoveryError> {
+        self.drain_unfinished();
+        let Some(mut u) = self.unfinished.take() else {
+            return Ok(());
+        };
+        for &core in lost {
+            u.window.forget(core);
+        }
+        self.cut_short.extend(u.moves.iter().copied());
+        let window = RefCell::new(&mut u.window);
+        let waited = if window.borrow().is_done() {
+            Ok(())
+        } else {
+            self.wait_events(
+                "survivors to finish the steps the loss cut short",
+                |e| {
+                    if let CoreEvent::StepDone { core, epoch } = e {
+                        window.borrow_mut().finished(*core, *epoch);
+                    }
+                    window.borrow().is_done()
+                },
+                || {
+                    let w = window.borrow();
+                    w.missing(w.awaiting(), &u.cores)
+                },
+            )
+        };
+        if waited.is_err() {
+            self.unfinished = Some(u);
+        }
+        Ok(waited?)
     }
 
     /// Each moving slot's part of the checkpoint `manifest`, read from the state dir of the

@@ -5,7 +5,7 @@
 //! applies what waited for it and acknowledges.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -110,6 +110,19 @@ impl Core {
             }
         }
         self.report_finished_steps();
+    }
+
+    /// Cores of another node were lost mid-step: what was handed to them counts as
+    /// acknowledged (a recovery restores it from the checkpoint), and slots that waited only
+    /// for their markers go to their new owners now.
+    pub(super) fn lose_peers(self: &Rc<Self>, lost: &BTreeSet<CoreId>) {
+        let handoffs = self.keyed.borrow_mut().lose(lost);
+        let unacknowledged: Vec<u32> = (self.handoffs.unacknowledged.borrow().iter())
+            .filter(|(_, (to, _))| lost.contains(to))
+            .map(|(&slot, _)| slot)
+            .collect();
+        self.acknowledged(unacknowledged);
+        self.start_handoffs(handoffs);
     }
 
     pub(super) fn retry_handoff(&self, slot: u32, reason: &str) {

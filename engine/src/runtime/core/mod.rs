@@ -310,6 +310,7 @@ impl Core {
             // Their outboxes stay: what is routed to them is dropped (and counted) by the
             // broken link, so routing needs no special case and nothing waits on them.
             CoreMsg::PeerLost(peers) => {
+                self.lose_peers(&peers.iter().copied().collect());
                 for &peer in &peers {
                     self.forget_producer(peer, true);
                     self.forget_barriers(peer);
