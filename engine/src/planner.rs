@@ -149,7 +149,9 @@ pub fn plan_recovery(
         .collect();
     let removed = Change::Remove(lost.iter().copied().collect());
     let p = plan(&from, members, &removed)?;
-    let mut moves: Vec<Move> = (p.moves.into_iter()).filter(|m| lost.contains(&m.from)).collect();
+    let mut moves: Vec<Move> = (p.moves.into_iter())
+        .filter(|m| lost.contains(&m.from))
+        .collect();
     // A swap of two targets keeps every core's share.
     for i in 0..moves.len() {
         let Some(&bad) = avoid.get(&moves[i].slot) else {
@@ -171,6 +173,24 @@ pub fn plan_recovery(
         moves[i].to = to;
     }
     Ok(RecoveryPlan { from, moves })
+}
+
+/// The slots that moved between the `lost` cores and the others since a checkpoint whose
+/// table was `at`: by the table `now`, or in the switched steps of a change cut short (`cut`).
+/// Outputs of such a slot since the checkpoint came partly from a survivor: restoring the lost
+/// cores alone from the checkpoint would repeat or drop some of them.
+pub fn moved_across(
+    at: &RoutingTable,
+    now: &RoutingTable,
+    lost: &BTreeSet<CoreId>,
+    cut: &[Move],
+) -> BTreeSet<u32> {
+    let lost_at = |t: &RoutingTable, s: u32| lost.contains(&t.owner(s));
+    let by_table = (0..now.n_slots()).filter(|&s| lost_at(at, s) != lost_at(now, s));
+    let in_cut = (cut.iter())
+        .filter(|m| lost.contains(&m.from) != lost.contains(&m.to))
+        .map(|m| m.slot);
+    by_table.chain(in_cut).collect()
 }
 
 /// Cuts `moves` into steps of at most `max_slots` moves: each step is one epoch, so no slot waits
@@ -291,7 +311,42 @@ mod tests {
         // Nothing cut: the plain removal.
         let plain = plan_recovery(&t, &[0, 1, 2], &lost, &[]).unwrap();
         assert_eq!(plain.from, t);
-        assert_eq!(plain.moves, plan(&t, &[0, 1, 2], &Change::Remove(vec![2])).unwrap().moves);
+        assert_eq!(
+            plain.moves,
+            plan(&t, &[0, 1, 2], &Change::Remove(vec![2]))
+                .unwrap()
+                .moves
+        );
+    }
+
+    #[test]
+    fn slots_moved_between_lost_and_surviving_cores_since_a_checkpoint_are_found() {
+        let at = RoutingTable::uniform(8, 2);
+        let lost = BTreeSet::from([1]);
+        assert!(moved_across(&at, &at, &lost, &[]).is_empty());
+        let to_lost = Move {
+            slot: 0,
+            from: 0,
+            to: 1,
+        };
+        let from_lost = Move {
+            slot: 7,
+            from: 1,
+            to: 2,
+        };
+        let among_survivors = Move {
+            slot: 1,
+            from: 0,
+            to: 2,
+        };
+        let now = at.with_moves(&[to_lost, from_lost, among_survivors]);
+        assert_eq!(moved_across(&at, &now, &lost, &[]), BTreeSet::from([0, 7]));
+        let cut = [Move {
+            slot: 2,
+            from: 0,
+            to: 1,
+        }];
+        assert_eq!(moved_across(&at, &at, &lost, &cut), BTreeSet::from([2]));
     }
 
     #[test]

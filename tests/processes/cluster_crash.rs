@@ -18,8 +18,19 @@ use crate::crash::{
 };
 use crate::{ctl, quokka, signal, Service};
 
-/// Word count's coordinator `w1`: a file of lines it follows, 2 cores.
+/// Word count's coordinator `w1`: a file of lines it follows, 2 cores, exactly-once outputs.
 pub(crate) fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Service {
+    coordinator_with(file, state, control, out, "exactly-once")
+}
+
+/// [`coordinator`] with outputs `guarantee`d as said.
+pub(crate) fn coordinator_with(
+    file: &Path,
+    state: &Path,
+    control: &str,
+    out: SocketAddr,
+    guarantee: &str,
+) -> Service {
     Service::start(
         "w1",
         Command::new(quokka())
@@ -28,12 +39,7 @@ pub(crate) fn coordinator(file: &Path, state: &Path, control: &str, out: SocketA
             .args(["--control", control, "--data", "127.0.0.1:0"])
             .args(["--out", &out.to_string()])
             .args(["--state-dir", &state.display().to_string()])
-            .args([
-                "--checkpoint-interval",
-                "30ms",
-                "--guarantee",
-                "exactly-once",
-            ])
+            .args(["--checkpoint-interval", "30ms", "--guarantee", guarantee])
             .env("RUST_LOG", "info"),
     )
 }

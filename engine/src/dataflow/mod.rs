@@ -559,7 +559,9 @@ impl Stages {
     }
 
     pub fn switch(&mut self) -> Result<Switched, ProtocolError> {
-        self.protocol.switch()
+        let switched = self.protocol.switch()?;
+        self.drop_slots(&switched.dropped);
+        Ok(switched)
     }
 
     pub fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError> {
@@ -570,13 +572,18 @@ impl Stages {
     /// the slots that were to go to them are dropped here; returns the slots now complete.
     pub fn lose(&mut self, lost: &std::collections::BTreeSet<CoreId>) -> Vec<Move> {
         let crate::migration::Lost { handoffs, dropped } = self.protocol.lose(lost);
-        for slot in dropped {
+        self.drop_slots(&dropped);
+        handoffs
+    }
+
+    /// Drops the state of slots that were to go to a lost core.
+    fn drop_slots(&mut self, slots: &[u32]) {
+        for &slot in slots {
             for s in &mut self.stages {
                 s.freeze(slot);
                 s.release(slot);
             }
         }
-        handoffs
     }
 
     /// Takes a handed-off slot out of every stage, for a core of this node to adopt as it is.

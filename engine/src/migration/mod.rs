@@ -113,6 +113,8 @@ pub struct Switched {
     pub markers_to: Vec<CoreId>,
     /// Slots now complete: archive and hand them off.
     pub handoffs: Vec<Move>,
+    /// Slots that were to go to a core lost before this switch: drop their state here.
+    pub dropped: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -184,6 +186,9 @@ pub struct Protocol<M> {
     steps: VecDeque<Step>,
     /// Epochs of steps finished since the runtime last took them.
     finished: Vec<u64>,
+    /// Cores lost (a step switched after the loss is news to them too), until a change
+    /// counts them among its producers again (a replacement took their ids).
+    lost: BTreeSet<CoreId>,
 }
 
 impl<M> Protocol<M> {
@@ -204,6 +209,7 @@ impl<M> Protocol<M> {
             slots,
             steps: VecDeque::new(),
             finished: Vec::new(),
+            lost: BTreeSet::new(),
         }
     }
 
@@ -245,6 +251,7 @@ impl<M> Protocol<M> {
     pub fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError> {
         let last = self.steps.back().map_or(self.epoch, |s| s.to_epoch);
         let to_epoch = t.table.epoch();
+        self.lost.retain(|c| !t.producers.contains(c));
         if to_epoch != last + 1 {
             return Err(ProtocolError::EpochGap {
                 current: last,
@@ -348,11 +355,18 @@ impl<M> Protocol<M> {
         step.markers_missing.remove(&me);
         self.epoch = step.to_epoch;
         let markers_to = step.marker_targets.clone();
-        let handoffs = self.ready_handoffs(i);
+        let mut handoffs = self.ready_handoffs(i);
+        let mut dropped = Vec::new();
+        if !self.lost.is_empty() {
+            let lost = self.lose(&self.lost.clone());
+            handoffs.extend(lost.handoffs);
+            dropped = lost.dropped;
+        }
         self.finish_done();
         Ok(Switched {
             markers_to,
             handoffs,
+            dropped,
         })
     }
 
@@ -410,14 +424,16 @@ impl<M> Protocol<M> {
         }
     }
 
-    /// Cores of another node were lost: no marker is awaited from them; slots they were to
-    /// hand here are forsaken, slots this core was to hand them are dropped. Every step can
-    /// finish without them.
+    /// Cores of another node were lost: in the switched steps, no marker is awaited from them,
+    /// slots they were to hand here are forsaken, slots this core was to hand them are
+    /// dropped, so every switched step can finish without them. Steps not switched are left
+    /// as they are (the change is called off: [`Self::abort`]).
     pub fn lose(&mut self, lost: &BTreeSet<CoreId>) -> Lost {
+        self.lost.extend(lost);
         let mut dropped = Vec::new();
-        for step in &mut self.steps {
+        // Steps not switched are left as they are: the coordinator calls them off.
+        for step in self.steps.iter_mut().filter(|s| s.switched) {
             step.markers_missing.retain(|c| !lost.contains(c));
-            step.marker_targets.retain(|c| !lost.contains(c));
             let (gone, kept) = (step.outgoing.iter()).partition(|m| lost.contains(&m.to));
             step.outgoing = kept;
             for m in gone {
@@ -426,14 +442,13 @@ impl<M> Protocol<M> {
             }
         }
         for state in &mut self.slots {
-            if let SlotState::Incoming { epoch, from, .. } = state {
-                if lost.contains(from) {
-                    let epoch = *epoch;
-                    *state = SlotState::Forsaken;
-                    if let Some(step) = self.steps.iter_mut().find(|s| s.to_epoch == epoch) {
-                        step.incoming_left -= 1;
-                    }
-                }
+            let SlotState::Incoming { epoch, from, .. } = state else {
+                continue;
+            };
+            let step = self.steps.iter_mut().find(|s| s.to_epoch == *epoch);
+            if let Some(step) = step.filter(|s| s.switched && lost.contains(from)) {
+                step.incoming_left -= 1;
+                *state = SlotState::Forsaken;
             }
         }
         let handoffs = (0..self.steps.len())
@@ -629,7 +644,11 @@ mod tests {
         );
         assert_eq!(p.route(4), Route::Forsaken);
         assert_eq!(p.route(0), Route::Misrouted);
-        assert_eq!(p.buffered(), 0, "what waited for the forsaken slot is dropped");
+        assert_eq!(
+            p.buffered(),
+            0,
+            "what waited for the forsaken slot is dropped"
+        );
         assert!(p.in_step(), "slot 1 waits for its acknowledgement");
         p.acknowledged(1).unwrap();
         assert!(!p.in_step());
@@ -656,6 +675,41 @@ mod tests {
         };
         assert!(p.prepare(&again).is_ok());
         assert_eq!(p.route(4), Route::Buffer);
+    }
+
+    /// A core whose node sees the loss before the coordinator's switch reaches it applies
+    /// the loss at the switch; a later change that counts the core among its producers again
+    /// (a replacement under its id) expects its markers.
+    #[test]
+    fn a_loss_seen_before_the_switch_applies_at_the_switch() {
+        let (t0, tr) = step_with_a_lost_core();
+        let mut p = Protocol::<&str>::new(0, &t0);
+        p.prepare(&tr).unwrap();
+        assert_eq!(p.lose(&BTreeSet::from([2])), Lost::default());
+        assert_eq!(p.route(4), Route::Buffer, "not switched: left as it is");
+        assert_eq!(p.on_marker(1, 0), Ok(vec![]));
+        let sw = p.switch().unwrap();
+        assert_eq!(sw.dropped, vec![0]);
+        assert_eq!(
+            sw.handoffs.iter().map(|m| m.slot).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(p.route(4), Route::Forsaken);
+        p.acknowledged(1).unwrap();
+        assert!(!p.in_step());
+        let back = vec![Move {
+            slot: 5,
+            from: 2,
+            to: 0,
+        }];
+        let next = Transition {
+            table: Arc::new(tr.table.with_moves(&back)),
+            moves: back,
+            producers: vec![0, 1, 2],
+        };
+        p.prepare(&next).unwrap();
+        p.switch().unwrap();
+        assert!(p.in_step(), "slot 5 comes from core 2, alive again");
     }
 
     /// A change that ends before its steps are switched leaves every slot where it was, on the

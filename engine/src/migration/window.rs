@@ -69,6 +69,12 @@ impl StepWindow {
         Some(index)
     }
 
+    /// The change ends early: the steps not switched yet are called off, so the window is
+    /// done once the switched ones are.
+    pub fn call_off(&mut self) {
+        self.steps = self.released;
+    }
+
     /// Core `core` was lost: it finishes nothing more, so every released step counts it as
     /// finished (the others finish without it).
     pub fn forget(&mut self, core: CoreId) {
@@ -195,7 +201,15 @@ mod tests {
         assert_eq!(w.finished(0, 6), None);
         assert_eq!(w.finished(1, 6), Some(1));
         assert_eq!(w.applied(), 2);
-        assert!(!w.is_done(), "the unreleased step is not finished by a loss");
+        assert!(
+            !w.is_done(),
+            "the unreleased step is not finished by a loss"
+        );
+        w.call_off();
+        assert!(
+            w.is_done(),
+            "nothing left once the unreleased step is called off"
+        );
     }
 
     #[test]

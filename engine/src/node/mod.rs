@@ -443,7 +443,16 @@ impl Engine {
                 doing: self.doing(),
             });
         };
-        f(&mut coordinator)
+        let report = f(&mut coordinator)?;
+        // The slots stand where they moved in a checkpoint at once: a node lost later is
+        // restored from where its slots were, not from before they moved (which would repeat
+        // or drop outputs a survivor made for them meanwhile).
+        if report.slots_moved > 0 && coordinator.checkpoints_on() {
+            if let Err(e) = coordinator.checkpoint() {
+                tracing::warn!("no checkpoint after the change: {e}");
+            }
+        }
+        Ok(report)
     }
 
     /// Takes a checkpoint now and waits until it is durable. Refused while a change runs (a

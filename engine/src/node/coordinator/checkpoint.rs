@@ -376,6 +376,10 @@ impl Coordinator {
                 })
                 .collect();
             let local = self.gather(checkpoint, &self.local_ids(), last);
+            if local.is_err() {
+                // The members' cores stop waiting for barriers that will not come.
+                self.call_off(checkpoint, &cores);
+            }
             let parts: Vec<_> = (asks.into_iter())
                 .map(|(node, ask)| (node, ask.join().ok().flatten()))
                 .collect();
@@ -408,11 +412,7 @@ impl Coordinator {
         let (snapshots, (member_bytes, member_state)) = match members_written {
             Ok(s) => s,
             Err(e) => {
-                for id in &cores {
-                    self.cores[id]
-                        .addr
-                        .send_control(PeerMsg::CheckpointAbort { checkpoint });
-                }
+                self.call_off(checkpoint, &cores);
                 // Some cores archived their changes for nothing: write every slot next time.
                 self.checkpoints.as_mut().expect("checked").next_scope = Scope::Everything;
                 return Err(e);
@@ -532,6 +532,13 @@ impl Coordinator {
                 answer
             }
             Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+
+    /// Tells every core that `checkpoint` failed: nothing waits for it any more.
+    fn call_off(&self, checkpoint: u64, cores: &[CoreId]) {
+        for id in cores {
+            (self.cores[id].addr).send_control(PeerMsg::CheckpointAbort { checkpoint });
         }
     }
 

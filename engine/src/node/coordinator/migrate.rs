@@ -313,13 +313,14 @@ impl Coordinator {
         &mut self,
         error: ChangeError,
         transitions: &[Arc<Transition>],
-        window: StepWindow,
+        mut window: StepWindow,
         cores: Vec<CoreId>,
     ) -> Aborted {
         for h in self.cores.values() {
             h.addr.send_control(PeerMsg::Abort);
         }
         let switched = window.released();
+        window.call_off();
         if let Some(last) = switched.checked_sub(1) {
             self.table = transitions[last].table.clone();
         }

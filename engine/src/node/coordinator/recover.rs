@@ -24,7 +24,7 @@ use crate::dataflow::StagePart;
 use crate::migration::{ChangePlan, StepWindow};
 use crate::node::state_dir::StateDir;
 use crate::node::status::ChangeError;
-use crate::planner::plan_recovery;
+use crate::planner::{moved_across, plan_recovery};
 use crate::routing::{CoreId, Move};
 use crate::runtime::messages::{CoreEvent, CoreMsg, PeerMsg};
 
@@ -46,6 +46,12 @@ pub enum RecoveryError {
         checkpoint: u64,
         dir: PathBuf,
         reason: String,
+    },
+    #[error("{slots} slot(s) moved between nodes {nodes} and the others after checkpoint {checkpoint} (a change ran since, or was cut short by the loss): restoring the lost nodes alone would repeat or drop exactly-once outputs of those slots; restart the whole cluster from the checkpoint (stop every node, start each with its command)")]
+    MovedAcross {
+        nodes: String,
+        checkpoint: u64,
+        slots: usize,
     },
     #[error("planning: {0}")]
     Plan(String),
@@ -145,6 +151,17 @@ impl Coordinator {
             .collect();
         let p = plan_recovery(&self.table, &all, &lost_cores, &self.cut_short)
             .map_err(|e| RecoveryError::Plan(e.to_string()))?;
+        if self.config.guarantee == crate::runtime::Guarantee::ExactlyOnce {
+            let at = manifest.table().unwrap_or_else(|| (*self.table).clone());
+            let crossed = moved_across(&at, &self.table, &lost_cores, &self.cut_short);
+            if !crossed.is_empty() {
+                return Err(RecoveryError::MovedAcross {
+                    nodes: status.node.clone(),
+                    checkpoint,
+                    slots: crossed.len(),
+                });
+            }
+        }
         // A slot a lost core was handing off never arrived: the lost core's, to restore.
         self.table = Arc::new(p.from);
         status.slots = p.moves.len();

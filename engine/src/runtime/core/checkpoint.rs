@@ -42,8 +42,9 @@ impl Core {
         if self.sources.replaying() || self.streams.replaying() {
             // Its sources' positions say less than some slots have applied: a restart from
             // it would apply the difference twice. The next interval tries again.
+            // Expected for a moment after a recovery: the coordinator says so once.
             let why = "a recovery's replay is under way here (the next checkpoint waits for it)";
-            return self.checkpoint_failed(checkpoint, why.into());
+            return self.send_failed(checkpoint, why.into());
         }
         let sources = self.sources.marks(checkpoint, &self.streams);
         *self.checkpointing.snapshot.borrow_mut() = Some(Snapshot {
@@ -190,10 +191,17 @@ impl Core {
             self.release_held();
             tracing::warn!(core = self.id, checkpoint, "checkpoint called off");
         }
+        // A member's node still gathering this checkpoint stops waiting for this core.
+        self.send_failed(checkpoint, "called off".into());
     }
 
     fn checkpoint_failed(&self, checkpoint: u64, error: String) {
         tracing::error!(core = self.id, checkpoint, "checkpoint: {error}");
+        self.send_failed(checkpoint, error);
+    }
+
+    /// Tells the node this core has no snapshot of `checkpoint`, and why.
+    fn send_failed(&self, checkpoint: u64, error: String) {
         let _ = self.snapshots.send(Snapshot {
             core: self.id,
             checkpoint,
