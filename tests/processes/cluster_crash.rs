@@ -16,15 +16,17 @@ use crate::crash::{
     append_slowly, check_exact_totals, exactly_once_sink, temp_dir, wait_committed, wait_status,
     Rng,
 };
+use crate::net::{Loopback, Net};
 use crate::{ctl, quokka, signal, Service};
 
 /// Word count's coordinator `w1`: a file of lines it follows, 2 cores, exactly-once outputs.
 pub(crate) fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Service {
-    coordinator_with(file, state, control, out, "exactly-once")
+    coordinator_on(&Loopback, file, state, control, out, "exactly-once")
 }
 
-/// [`coordinator`] with outputs `guarantee`d as said.
-pub(crate) fn coordinator_with(
+/// [`coordinator`] as node 0 of `net`, with outputs `guarantee`d as said.
+pub(crate) fn coordinator_on(
+    net: &dyn Net,
     file: &Path,
     state: &Path,
     control: &str,
@@ -33,10 +35,15 @@ pub(crate) fn coordinator_with(
 ) -> Service {
     Service::start(
         "w1",
-        Command::new(quokka())
+        net.command(0)
             .args(["run", "word_count", "--name", "w1", "--cores", "2"])
             .args(["--in", &format!("lines:{}", file.display()), "--follow"])
-            .args(["--control", control, "--data", "127.0.0.1:0"])
+            .args([
+                "--control",
+                control,
+                "--data",
+                &format!("{}:0", net.host(0)),
+            ])
             .args(["--out", &out.to_string()])
             .args(["--state-dir", &state.display().to_string()])
             .args(["--checkpoint-interval", "30ms", "--guarantee", guarantee])
@@ -51,12 +58,25 @@ fn member(state: &Path, input: &str, lead: SocketAddr) -> Service {
 
 /// Member `name` with 1 core and `extra` arguments.
 pub(crate) fn member_named(name: &str, state: &Path, extra: &[&str], lead: SocketAddr) -> Service {
+    member_on(&Loopback, 0, name, state, extra, lead)
+}
+
+/// [`member_named`] as node `i` of `net`.
+pub(crate) fn member_on(
+    net: &dyn Net,
+    i: usize,
+    name: &str,
+    state: &Path,
+    extra: &[&str],
+    lead: SocketAddr,
+) -> Service {
     Service::start(
         name,
-        Command::new(quokka())
+        net.command(i)
             .args(["run", "word_count", "--name", name, "--cores", "1"])
             .args(extra)
-            .args(["--data", "127.0.0.1:0", "--join", &lead.to_string()])
+            .args(["--data", &format!("{}:0", net.host(i))])
+            .args(["--join", &lead.to_string()])
             .args(["--state-dir", &state.display().to_string()])
             .env("RUST_LOG", "info"),
     )

@@ -552,9 +552,16 @@ fn a_full_disk_fails_checkpoints_not_the_app_and_the_next_one_after_space_return
 
 /// An exactly-once receiver in the test: every record each commit releases, in order.
 pub(crate) fn exactly_once_sink() -> (quokka_io::exactly_once::Receiver, Arc<Mutex<Vec<String>>>) {
+    exactly_once_sink_at("127.0.0.1")
+}
+
+/// [`exactly_once_sink`] listening on `host`.
+pub(crate) fn exactly_once_sink_at(
+    host: &str,
+) -> (quokka_io::exactly_once::Receiver, Arc<Mutex<Vec<String>>>) {
     let got: Arc<Mutex<Vec<String>>> = Arc::default();
     let into = got.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = std::net::TcpListener::bind((host, 0)).unwrap();
     let receiver = quokka_io::exactly_once::Receiver::start(listener, move |records| {
         let mut got = into.lock().unwrap();
         for r in records {

@@ -1,7 +1,9 @@
-//! Losing a member while the cluster runs (issue 19): `kill -9` of a member under load; the
-//! coordinator restores its slots from the last durable checkpoint onto the surviving cores,
-//! every replayable source rewinds to that checkpoint and replays to the restored slots only,
-//! and an exactly-once receiver ends up with every output once, as if nothing had happened.
+//! Losing a node while the cluster runs (issue 19), each node in a network namespace of its
+//! own (the two-at-once test on loopback). `kill -9` of a member under load: the coordinator
+//! restores its slots from the last durable checkpoint onto the surviving cores, every
+//! replayable source rewinds to that checkpoint and replays to the restored slots only, and an
+//! exactly-once receiver ends up with every output once. A member killed mid-change; the
+//! coordinator killed and started again, its members joining it by themselves.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,12 +13,26 @@ use quokka_tests::harness::{load_text, Sink};
 use quokka_tests::reference::reference_counts;
 
 use crate::cluster_crash::{
-    bare_member, coordinator, coordinator_with, durable_sender, member_named, Inputs,
+    bare_member, coordinator, coordinator_on, durable_sender, member_on, Inputs,
 };
 use crate::crash::{
-    append_slowly, check_exact_totals, exactly_once_sink, temp_dir, wait_committed, wait_status,
+    append_slowly, check_exact_totals, exactly_once_sink, exactly_once_sink_at, temp_dir,
+    wait_committed, wait_status,
 };
+use crate::net::{Namespaces, Net};
 use crate::{ctl, signal};
+
+/// Three network namespaces, one per node (the test drives them over a bridge).
+fn three_hosts() -> Namespaces {
+    Namespaces::create(3).unwrap_or_else(|e| {
+        panic!("cannot create network namespaces for this test (it needs root and iproute2): {e}")
+    })
+}
+
+/// Any port on node `i`'s host.
+fn any_port(net: &dyn Net, i: usize) -> String {
+    format!("{}:0", net.host(i))
+}
 
 /// The survivors' p99 source-to-sink latency (ns) per core, as `status --json` shows it.
 fn p99s(lead: std::net::SocketAddr) -> Vec<(String, u64)> {
@@ -42,16 +58,19 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
         len,
         sent,
     } = Inputs::new(&dir);
-    let (receiver, got) = exactly_once_sink();
+    let net = three_hosts();
+    let (receiver, got) = exactly_once_sink_at(&net.sink_host());
     let out = receiver.addr();
 
     // w1 follows a growing file, w2 takes a durable stream, w3 only holds slots.
     let writer = append_slowly(file.clone(), file_lines);
-    let mut w1 = coordinator(&file, &dir.join("w1"), "127.0.0.1:0", out);
+    let (s1, e1) = (dir.join("w1"), "exactly-once");
+    let mut w1 = coordinator_on(&net, &file, &s1, &any_port(&net, 0), out, e1);
     let lead = w1.addrs.control();
-    let mut w2 = member_named("w2", &dir.join("w2"), &["--in", "127.0.0.1:0"], lead);
+    let w2_in = ["--in", &any_port(&net, 1)];
+    let mut w2 = member_on(&net, 1, "w2", &dir.join("w2"), &w2_in, lead);
     let input = w2.addrs.input();
-    let mut w3 = bare_member("w3", &dir.join("w3"), lead);
+    let mut w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
     let sender = durable_sender(input, &sent);
     // Under load, with checkpoints taken every 30 ms (so a kill often lands in one): w3 goes,
     // its slots come back on w1 and w2; a replacement joins under the same name, takes slots
@@ -98,7 +117,7 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
         );
         // A replacement joins under the same name, on a fresh state dir, and takes slots.
         let _ = std::fs::remove_dir_all(dir.join("w3"));
-        w3 = bare_member("w3", &dir.join("w3"), lead);
+        w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
     }
     let said = sender.into_child().wait_with_output().unwrap();
     let said_out = String::from_utf8_lossy(&said.stdout);
@@ -169,14 +188,17 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
         len,
         sent,
     } = Inputs::new(&dir);
-    let (receiver, got) = exactly_once_sink();
+    let net = three_hosts();
+    let (receiver, got) = exactly_once_sink_at(&net.sink_host());
     let out = receiver.addr();
     let writer = append_slowly(file.clone(), file_lines);
-    let mut w1 = coordinator(&file, &dir.join("w1"), "127.0.0.1:0", out);
+    let (s1, e1) = (dir.join("w1"), "exactly-once");
+    let mut w1 = coordinator_on(&net, &file, &s1, &any_port(&net, 0), out, e1);
     let lead = w1.addrs.control();
-    let mut w2 = member_named("w2", &dir.join("w2"), &["--in", "127.0.0.1:0"], lead);
+    let w2_in = ["--in", &any_port(&net, 1)];
+    let mut w2 = member_on(&net, 1, "w2", &dir.join("w2"), &w2_in, lead);
     let sender = durable_sender(w2.addrs.input(), &sent);
-    let mut w3 = bare_member("w3", &dir.join("w3"), lead);
+    let mut w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
     for round in 0..2 {
         let before = crate::crash::last_complete(&ctl(lead, &["status"]).1).unwrap_or(0);
         wait_status(lead, "no checkpoint with w2 and w3", |s| {
@@ -185,7 +207,7 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
         std::thread::sleep(Duration::from_millis(150 + 200 * round));
         signal(&w1.child, "-KILL");
         let _ = w1.child.wait();
-        w1 = coordinator(&file, &dir.join("w1"), &lead.to_string(), out);
+        w1 = coordinator_on(&net, &file, &s1, &lead.to_string(), out, e1);
         let status = wait_status(lead, "w2 and w3 did not come back", |s| {
             s.contains("\nnode w2:") && s.contains("\nnode w3:") && !s.contains("WAITING")
         });
@@ -242,14 +264,26 @@ fn a_member_killed_during_a_migration_comes_back_losing_nothing() {
         len,
         sent,
     } = Inputs::new(&dir);
-    let sink = Sink::start(Records::Lines);
+    let net = three_hosts();
+    let sink = Sink::on(
+        std::net::TcpListener::bind((net.sink_host().as_str(), 0)).unwrap(),
+        Records::Lines,
+    );
     let writer = append_slowly(file.clone(), file_lines);
     let state = dir.join("w1");
-    let mut w1 = coordinator_with(&file, &state, "127.0.0.1:0", sink.addr(), "at-least-once");
+    let mut w1 = coordinator_on(
+        &net,
+        &file,
+        &state,
+        &any_port(&net, 0),
+        sink.addr(),
+        "at-least-once",
+    );
     let lead = w1.addrs.control();
-    let mut w2 = member_named("w2", &dir.join("w2"), &["--in", "127.0.0.1:0"], lead);
+    let w2_in = ["--in", &any_port(&net, 1)];
+    let mut w2 = member_on(&net, 1, "w2", &dir.join("w2"), &w2_in, lead);
     let sender = durable_sender(w2.addrs.input(), &sent);
-    let mut w3 = bare_member("w3", &dir.join("w3"), lead);
+    let mut w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
     let cut_with_switched_steps = |log: &str| {
         (log.lines())
             .filter_map(|l| {
@@ -284,7 +318,7 @@ fn a_member_killed_during_a_migration_comes_back_losing_nothing() {
         });
         assert!(!status.contains("recovery FAILED"), "{status}");
         let _ = std::fs::remove_dir_all(dir.join("w3"));
-        w3 = bare_member("w3", &dir.join("w3"), lead);
+        w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
         rounds += 1;
     }
     let said = sender.into_child().wait_with_output().unwrap();

@@ -16,6 +16,7 @@ mod cluster_crash;
 mod crash;
 mod limits;
 mod lose_node;
+mod net;
 mod nodes;
 mod service;
 
