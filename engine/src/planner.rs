@@ -162,14 +162,21 @@ pub fn plan_recovery(
         }
         let other = (0..moves.len())
             .find(|&j| moves[j].to != bad && avoid.get(&moves[j].slot) != Some(&bad));
-        let Some(j) = other else {
+        if let Some(j) = other {
+            let to = moves[j].to;
+            moves[j].to = bad;
+            moves[i].to = to;
+            continue;
+        }
+        // No swap (most slots go to that core): another survivor takes it, a little over its
+        // share; a later change evens it out.
+        let elsewhere = (p.members.iter()).find(|&&c| c != bad);
+        let Some(&to) = elsewhere else {
             return Err(PlanError::Stuck {
                 slot: moves[i].slot,
                 core: bad,
             });
         };
-        let to = moves[j].to;
-        moves[j].to = bad;
         moves[i].to = to;
     }
     Ok(RecoveryPlan { from, moves })
@@ -307,6 +314,28 @@ mod tests {
         assert_eq!(
             plan_recovery(&one, &[0, 1], &BTreeSet::from([1]), &to_1),
             Err(PlanError::Stuck { slot: 0, core: 0 })
+        );
+        // Most slots go to the core the cut slots must avoid: another one takes those.
+        let t = RoutingTable::uniform(8, 3);
+        let shrinking = [
+            Move {
+                slot: 0,
+                from: 0,
+                to: 2,
+            },
+            Move {
+                slot: 1,
+                from: 0,
+                to: 2,
+            },
+        ];
+        let now = t.with_moves(&shrinking);
+        let r = plan_recovery(&now, &[0, 1, 2], &lost, &shrinking).unwrap();
+        assert!(r.moves.iter().all(|m| m.to != 2 && m.from == 2));
+        assert!(
+            (r.moves.iter()).all(|m| m.to != 0 || (m.slot != 0 && m.slot != 1)),
+            "{:?}",
+            r.moves
         );
         // Nothing cut: the plain removal.
         let plain = plan_recovery(&t, &[0, 1, 2], &lost, &[]).unwrap();

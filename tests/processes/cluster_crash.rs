@@ -19,24 +19,38 @@ use crate::crash::{
 use crate::net::{Loopback, Net};
 use crate::{ctl, quokka, signal, Service};
 
-/// Word count's coordinator `w1`: a file of lines it follows, 2 cores, exactly-once outputs.
-pub(crate) fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Service {
-    coordinator_on(&Loopback, file, state, control, out, "exactly-once")
+/// Where and how a test's cluster runs: its network, its app, its outputs' guarantee.
+pub(crate) struct Setup<'a> {
+    pub net: &'a dyn Net,
+    pub app: &'a str,
+    pub guarantee: &'a str,
 }
 
-/// [`coordinator`] as node 0 of `net`, with outputs `guarantee`d as said.
+/// Word count on loopback with exactly-once outputs.
+const WORD_COUNT: Setup = Setup {
+    net: &Loopback,
+    app: "word_count",
+    guarantee: "exactly-once",
+};
+
+/// Word count's coordinator `w1`: a file of lines it follows, 2 cores, exactly-once outputs.
+pub(crate) fn coordinator(file: &Path, state: &Path, control: &str, out: SocketAddr) -> Service {
+    coordinator_on(&WORD_COUNT, file, state, control, out)
+}
+
+/// [`coordinator`] as `setup` says (node 0 of its network).
 pub(crate) fn coordinator_on(
-    net: &dyn Net,
+    setup: &Setup,
     file: &Path,
     state: &Path,
     control: &str,
     out: SocketAddr,
-    guarantee: &str,
 ) -> Service {
+    let net = setup.net;
     Service::start(
         "w1",
         net.command(0)
-            .args(["run", "word_count", "--name", "w1", "--cores", "2"])
+            .args(["run", setup.app, "--name", "w1", "--cores", "2"])
             .args(["--in", &format!("lines:{}", file.display()), "--follow"])
             .args([
                 "--control",
@@ -46,7 +60,12 @@ pub(crate) fn coordinator_on(
             ])
             .args(["--out", &out.to_string()])
             .args(["--state-dir", &state.display().to_string()])
-            .args(["--checkpoint-interval", "30ms", "--guarantee", guarantee])
+            .args([
+                "--checkpoint-interval",
+                "30ms",
+                "--guarantee",
+                setup.guarantee,
+            ])
             .env("RUST_LOG", "info"),
     )
 }
@@ -58,12 +77,12 @@ fn member(state: &Path, input: &str, lead: SocketAddr) -> Service {
 
 /// Member `name` with 1 core and `extra` arguments.
 pub(crate) fn member_named(name: &str, state: &Path, extra: &[&str], lead: SocketAddr) -> Service {
-    member_on(&Loopback, 0, name, state, extra, lead)
+    member_on(&WORD_COUNT, 0, name, state, extra, lead)
 }
 
-/// [`member_named`] as node `i` of `net`.
+/// [`member_named`] as `setup` says, node `i` of its network.
 pub(crate) fn member_on(
-    net: &dyn Net,
+    setup: &Setup,
     i: usize,
     name: &str,
     state: &Path,
@@ -72,10 +91,12 @@ pub(crate) fn member_on(
 ) -> Service {
     Service::start(
         name,
-        net.command(i)
-            .args(["run", "word_count", "--name", name, "--cores", "1"])
+        setup
+            .net
+            .command(i)
+            .args(["run", setup.app, "--name", name, "--cores", "1"])
             .args(extra)
-            .args(["--data", &format!("{}:0", net.host(i))])
+            .args(["--data", &format!("{}:0", setup.net.host(i))])
             .args(["--join", &lead.to_string()])
             .args(["--state-dir", &state.display().to_string()])
             .env("RUST_LOG", "info"),
@@ -309,5 +330,43 @@ fn a_node_lost_again_before_the_restored_cluster_is_whole_is_waited_for_again() 
     let summary = w1.rest_of_stdout();
     wait_committed(&receiver, &summary);
     check_exact_totals(&got.lock().unwrap(), &expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Found by a probe: members started again at the same moment (as a service manager does)
+/// after the whole cluster was killed each wait their turn behind the other's join, instead
+/// of one being refused and the cluster waiting for it for good.
+#[test]
+fn members_started_again_together_both_come_back() {
+    let dir = temp_dir("together");
+    let file = dir.join("input.txt");
+    std::fs::write(&file, "a b c\n").unwrap();
+    let (receiver, _) = exactly_once_sink();
+    let out = receiver.addr();
+    let (s1, s2, s3) = (dir.join("w1"), dir.join("w2"), dir.join("w3"));
+    let mut w1 = coordinator(&file, &s1, "127.0.0.1:0", out);
+    let lead = w1.addrs.control();
+    let mut w2 = bare_member("w2", &s2, lead);
+    let mut w3 = bare_member("w3", &s3, lead);
+    let (code, answer, err) = ctl(lead, &["checkpoint"]);
+    assert_eq!(code, Some(0), "{answer}{err}");
+    for node in [&mut w1, &mut w2, &mut w3] {
+        signal(&node.child, "-KILL");
+        let _ = node.child.wait();
+    }
+    w1 = coordinator(&file, &s1, &lead.to_string(), out);
+    let (s2b, s3b) = (s2.clone(), s3.clone());
+    let starting = std::thread::spawn(move || bare_member("w2", &s2b, lead));
+    w3 = bare_member("w3", &s3b, lead);
+    w2 = starting.join().unwrap();
+    let status = wait_status(lead, "the cluster is not whole", |s| !s.contains("WAITING"));
+    assert!(
+        status.contains("\nnode w2:") && status.contains("\nnode w3:"),
+        "{status}"
+    );
+    signal(&w1.child, "-INT");
+    w1.wait_exit_ok();
+    w2.wait_exit_ok();
+    w3.wait_exit_ok();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use quokka_io::client::Records;
 use quokka_tests::harness::{load_text, Sink};
-use quokka_tests::reference::reference_counts;
+use quokka_tests::reference::{reference_buckets, reference_counts};
 
 use crate::cluster_crash::{
-    bare_member, coordinator, coordinator_on, durable_sender, member_on, Inputs,
+    bare_member, coordinator, coordinator_on, durable_sender, member_on, Inputs, Setup,
 };
 use crate::crash::{
     append_slowly, check_exact_totals, exactly_once_sink, exactly_once_sink_at, temp_dir,
@@ -64,13 +64,18 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
 
     // w1 follows a growing file, w2 takes a durable stream, w3 only holds slots.
     let writer = append_slowly(file.clone(), file_lines);
-    let (s1, e1) = (dir.join("w1"), "exactly-once");
-    let mut w1 = coordinator_on(&net, &file, &s1, &any_port(&net, 0), out, e1);
+    let setup = Setup {
+        net: &net,
+        app: "word_count",
+        guarantee: "exactly-once",
+    };
+    let s1 = dir.join("w1");
+    let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), out);
     let lead = w1.addrs.control();
     let w2_in = ["--in", &any_port(&net, 1)];
-    let mut w2 = member_on(&net, 1, "w2", &dir.join("w2"), &w2_in, lead);
+    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
     let input = w2.addrs.input();
-    let mut w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
+    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
     let sender = durable_sender(input, &sent);
     // Under load, with checkpoints taken every 30 ms (so a kill often lands in one): w3 goes,
     // its slots come back on w1 and w2; a replacement joins under the same name, takes slots
@@ -117,7 +122,7 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
         );
         // A replacement joins under the same name, on a fresh state dir, and takes slots.
         let _ = std::fs::remove_dir_all(dir.join("w3"));
-        w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
+        w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
     }
     let said = sender.into_child().wait_with_output().unwrap();
     let said_out = String::from_utf8_lossy(&said.stdout);
@@ -192,13 +197,18 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
     let (receiver, got) = exactly_once_sink_at(&net.sink_host());
     let out = receiver.addr();
     let writer = append_slowly(file.clone(), file_lines);
-    let (s1, e1) = (dir.join("w1"), "exactly-once");
-    let mut w1 = coordinator_on(&net, &file, &s1, &any_port(&net, 0), out, e1);
+    let setup = Setup {
+        net: &net,
+        app: "word_count",
+        guarantee: "exactly-once",
+    };
+    let s1 = dir.join("w1");
+    let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), out);
     let lead = w1.addrs.control();
     let w2_in = ["--in", &any_port(&net, 1)];
-    let mut w2 = member_on(&net, 1, "w2", &dir.join("w2"), &w2_in, lead);
+    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
     let sender = durable_sender(w2.addrs.input(), &sent);
-    let mut w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
+    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
     for round in 0..2 {
         let before = crate::crash::last_complete(&ctl(lead, &["status"]).1).unwrap_or(0);
         wait_status(lead, "no checkpoint with w2 and w3", |s| {
@@ -207,7 +217,7 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
         std::thread::sleep(Duration::from_millis(150 + 200 * round));
         signal(&w1.child, "-KILL");
         let _ = w1.child.wait();
-        w1 = coordinator_on(&net, &file, &s1, &lead.to_string(), out, e1);
+        w1 = coordinator_on(&setup, &file, &s1, &lead.to_string(), out);
         let status = wait_status(lead, "w2 and w3 did not come back", |s| {
             s.contains("\nnode w2:") && s.contains("\nnode w3:") && !s.contains("WAITING")
         });
@@ -251,12 +261,28 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
 /// A member killed while a change moves slots (the coordinator shrinking or growing, so the
 /// killed node gives, takes and produces in the change): the change ends early, the survivors
 /// finish its switched steps without the lost node, and the recovery restores what it held or
-/// was handing off. Rounds go on until one kill lands after some steps were switched. Outputs
-/// are at-least-once: slots moved between the lost node and a survivor since the checkpoint
-/// repeat some (exactly-once refuses such a recovery; see `status`), and none is lost.
+/// was handing off. Rounds go on until one kill lands after some steps were switched.
+/// At-least-once: nothing is lost (outputs of slots moved between the lost node and a survivor
+/// since the checkpoint may repeat).
 #[test]
 fn a_member_killed_during_a_migration_comes_back_losing_nothing() {
-    let dir = temp_dir("lose-mid-change");
+    killed_mid_change(false);
+}
+
+/// [`a_member_killed_during_a_migration_comes_back_losing_nothing`] with exactly-once outputs:
+/// when slots moved between the lost node and the survivors since the checkpoint, the whole
+/// cluster goes back to it instead; every output comes once.
+#[test]
+fn a_member_killed_during_a_migration_comes_back_each_output_once() {
+    killed_mid_change(true);
+}
+
+fn killed_mid_change(exactly_once: bool) {
+    let dir = temp_dir(if exactly_once {
+        "mid-change-eo"
+    } else {
+        "mid-change"
+    });
     let Inputs {
         file_lines,
         expected,
@@ -269,21 +295,25 @@ fn a_member_killed_during_a_migration_comes_back_losing_nothing() {
         std::net::TcpListener::bind((net.sink_host().as_str(), 0)).unwrap(),
         Records::Lines,
     );
+    let (receiver, got) = exactly_once_sink_at(&net.sink_host());
+    let (out, guarantee) = if exactly_once {
+        (receiver.addr(), "exactly-once")
+    } else {
+        (sink.addr(), "at-least-once")
+    };
     let writer = append_slowly(file.clone(), file_lines);
+    let setup = Setup {
+        net: &net,
+        app: "word_count",
+        guarantee,
+    };
     let state = dir.join("w1");
-    let mut w1 = coordinator_on(
-        &net,
-        &file,
-        &state,
-        &any_port(&net, 0),
-        sink.addr(),
-        "at-least-once",
-    );
+    let mut w1 = coordinator_on(&setup, &file, &state, &any_port(&net, 0), out);
     let lead = w1.addrs.control();
     let w2_in = ["--in", &any_port(&net, 1)];
-    let mut w2 = member_on(&net, 1, "w2", &dir.join("w2"), &w2_in, lead);
+    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
     let sender = durable_sender(w2.addrs.input(), &sent);
-    let mut w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
+    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
     let cut_with_switched_steps = |log: &str| {
         (log.lines())
             .filter_map(|l| {
@@ -313,12 +343,16 @@ fn a_member_killed_during_a_migration_comes_back_losing_nothing() {
         let _ = w3.child.wait();
         let (_, said, err) = changing.join().unwrap();
         println!("round {rounds}: {change}: {said}{err}");
+        // Recovered, or (exactly-once, slots moved across) the whole cluster went back.
         let status = wait_status(lead, "w3 was not recovered", |s| {
-            !s.contains("LOST") && !s.contains("\nnode w3:") && s.contains("recovered node")
+            !s.contains("LOST")
+                && !s.contains("\nnode w3:")
+                && !s.contains("WAITING")
+                && (s.contains("recovered node") || s.contains("restored from checkpoint"))
         });
         assert!(!status.contains("recovery FAILED"), "{status}");
         let _ = std::fs::remove_dir_all(dir.join("w3"));
-        w3 = member_on(&net, 2, "w3", &dir.join("w3"), &[], lead);
+        w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
         rounds += 1;
     }
     let said = sender.into_child().wait_with_output().unwrap();
@@ -344,6 +378,12 @@ fn a_member_killed_during_a_migration_comes_back_losing_nothing() {
     w1.wait_exit_ok();
     w2.wait_exit_ok();
     w3.wait_exit_ok();
+    if exactly_once {
+        wait_committed(&receiver, &w1.rest_of_stdout());
+        check_exact_totals(&got.lock().unwrap(), &expected);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     // Every running total 1..=n of every word reached the sink, none beyond n.
     let seen = || {
         let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
@@ -371,5 +411,79 @@ fn a_member_killed_during_a_migration_comes_back_losing_nothing() {
         assert_eq!(seen.get(word), Some(counts), "word {word:?}");
     }
     assert_eq!(seen.len(), want.len(), "words the input does not have");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An app of two keyed stages (word_buckets): a member killed under load cannot come back
+/// alone (a survivor's first stage would not send its restored second-stage slots again what
+/// it sent the lost node), so the whole cluster goes back to its last checkpoint by itself:
+/// the coordinator starts again running the lost member's cores, the other member joins it
+/// again, and every output comes once.
+#[test]
+fn a_member_of_a_two_stage_app_killed_rolls_the_cluster_back_each_output_once() {
+    let dir = temp_dir("lose-two-stages");
+    let Inputs {
+        file_lines,
+        expected,
+        file,
+        len,
+        sent,
+    } = Inputs::new(&dir);
+    let expected = reference_buckets(&expected);
+    let net = three_hosts();
+    let setup = Setup {
+        net: &net,
+        app: "word_buckets",
+        guarantee: "exactly-once",
+    };
+    let (receiver, got) = exactly_once_sink_at(&net.sink_host());
+    let writer = append_slowly(file.clone(), file_lines);
+    let s1 = dir.join("w1");
+    let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), receiver.addr());
+    let lead = w1.addrs.control();
+    let w2_in = ["--in", &any_port(&net, 1)];
+    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
+    let sender = durable_sender(w2.addrs.input(), &sent);
+    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
+    let before = crate::crash::last_complete(&ctl(lead, &["status"]).1).unwrap_or(0);
+    wait_status(lead, "no checkpoint with w3", |s| {
+        s.contains("\nnode w3:") && crate::crash::last_complete(s) > Some(before + 1)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&w3.child, "-KILL");
+    let _ = w3.child.wait();
+    let status = wait_status(lead, "the cluster did not come back", |s| {
+        s.contains("restored from checkpoint")
+            && s.contains("\nnode w2:")
+            && !s.contains("WAITING")
+            && !s.contains("LOST")
+    });
+    assert!(!status.contains("\nnode w3:"), "{status}");
+    for node in [&mut w1, &mut w2] {
+        assert!(
+            node.child.try_wait().unwrap().is_none(),
+            "a node exited:\n{}",
+            node.log_text()
+        );
+    }
+    let log = w1.log_text();
+    assert!(log.contains("running the cores [3] of node w3"), "{log}");
+    assert!(w2.log_text().contains("joined the coordinator again"));
+    let said = sender.into_child().wait_with_output().unwrap();
+    let said_out = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.status.success(),
+        "the durable sender failed: {said_out}"
+    );
+    writer.join().unwrap();
+    wait_status(lead, "w1 did not read its file", |s| {
+        s.contains(&format!("read to byte {len}\n"))
+    });
+    signal(&w1.child, "-INT");
+    w1.wait_exit_ok();
+    w2.wait_exit_ok();
+    let summary = w1.rest_of_stdout();
+    wait_committed(&receiver, &summary);
+    check_exact_totals(&got.lock().unwrap(), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }

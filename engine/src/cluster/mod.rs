@@ -36,6 +36,11 @@ pub enum Ending {
     /// The coordinator went away without a goodbye: this node stops on its own (with a state
     /// dir, it can join the coordinator again once it is back: the cluster restores together).
     CoordinatorLost,
+    /// On the coordinator: a node was lost whose slots cannot come back alone (see
+    /// `RecoveryError::rolls_back`): the whole cluster goes back to its last checkpoint. The
+    /// coordinator stops its cores and cuts its members off (they join it again); started
+    /// again with [`crate::Config::adopt`] naming the lost nodes, it runs their cores itself.
+    Rollback,
 }
 
 /// Whether a node decides changes (the coordinator) or carries them out (a member, which
@@ -232,6 +237,11 @@ impl Node {
             .spawn(move || answer_questions(&weak, &asked))
             .expect("spawn the answering thread");
         node
+    }
+
+    /// Ends this node's part in the cluster as `ending` says (its engine acts on it).
+    pub fn end(&self, ending: Ending) {
+        let _ = self.ending.send(ending);
     }
 
     pub fn is_coordinator(&self) -> bool {

@@ -24,6 +24,10 @@ use crate::runtime::Config;
 /// is ready (the cluster reads nothing until it is back anyway).
 const RESTORE_READY: Duration = Duration::from_secs(600);
 
+/// How long a joining node with a state dir waits behind a change in progress (another
+/// node's join) before it is refused.
+const JOIN_TURN: Duration = Duration::from_secs(10);
+
 /// How often a leaving member looks whether its source connections have closed.
 const SOURCES_POLL: Duration = Duration::from_millis(10);
 
@@ -346,15 +350,26 @@ impl Engine {
             Ok(j) => j,
             Err(e) => return Response::Error(format!("bad join request: {e}")),
         };
-        let result = self.change(format!("join of node {}", join.node), |c| {
-            let welcome = c.welcome(&join, &self.app_name)?;
-            let admitted = self.welcomed(c, session, &join, &welcome);
-            if admitted.is_err() {
-                // Unless it became a member, no node accepts its links any more.
-                c.node.forget_joiner(&join.node);
+        // Nodes coming back to a restored cluster start at once (a service manager starts them
+        // together): each waits its turn behind the others' joins, a while.
+        let turn = Instant::now() + JOIN_TURN;
+        let result = loop {
+            let result = self.change(format!("join of node {}", join.node), |c| {
+                let welcome = c.welcome(&join, &self.app_name)?;
+                let admitted = self.welcomed(c, session, &join, &welcome);
+                if admitted.is_err() {
+                    // Unless it became a member, no node accepts its links any more.
+                    c.node.forget_joiner(&join.node);
+                }
+                admitted
+            });
+            match result {
+                Err(ChangeError::Busy { .. }) if join.state_dir && Instant::now() < turn => {
+                    std::thread::sleep(SOURCES_POLL * 5);
+                }
+                result => break result,
             }
-            admitted
-        });
+        };
         match result {
             Ok(report) => Response::Joined(report.encode()),
             Err(e) => {

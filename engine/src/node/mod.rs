@@ -389,6 +389,7 @@ impl Engine {
             Ending::Departed => coordinator.retire_all(),
             Ending::ClusterStopped => coordinator.finish(),
             Ending::CoordinatorLost => coordinator.stop(),
+            Ending::Rollback => coordinator.abandon(),
         };
         Summary {
             cores,
@@ -396,6 +397,13 @@ impl Engine {
             elapsed: self.started.elapsed(),
             checkpoint: coordinator.last_checkpoint(),
         }
+    }
+
+    /// On the coordinator, before a rollback's [`Self::finish`]: the lost members and their
+    /// state dirs, for [`Config::adopt`].
+    pub fn lost_dirs(&self) -> Vec<(String, std::path::PathBuf)> {
+        let coordinator = self.coordinator.lock().unwrap_or_else(|e| e.into_inner());
+        coordinator.lost_dirs()
     }
 
     /// On the coordinator: moves a member's slots away and lets it exit.
@@ -709,6 +717,11 @@ fn recover_lost(
             }
         };
         if let Err(e) = c.recover() {
+            if e.rolls_back() {
+                tracing::error!("{e}: every node stops its cores and starts again from it");
+                c.node.end(Ending::Rollback);
+                return;
+            }
             let again = e.may_pass();
             tracing::error!(
                 "lost slots were not recovered: {e}; they stay without an owner (messages for them are dropped) and changes are refused{}",

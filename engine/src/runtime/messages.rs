@@ -210,6 +210,19 @@ pub(crate) struct Snapshot {
     pub error: Option<String>,
 }
 
+impl Snapshot {
+    /// No share of `checkpoint` from `core`, and why.
+    pub fn failed(core: CoreId, checkpoint: u64, error: String) -> Self {
+        Snapshot {
+            core,
+            checkpoint,
+            parts: Vec::new(),
+            sources: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
 /// What travels on a core's channels.
 pub(crate) enum CoreMsg {
     /// From another core.

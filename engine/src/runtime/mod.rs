@@ -58,6 +58,10 @@ pub struct Config {
     pub checkpoint_interval: Option<Duration>,
     /// What a sink receives after a crash (exactly-once needs a state dir).
     pub guarantee: Guarantee,
+    /// On a coordinator starting again after [`crate::Ending::Rollback`]: the members lost for
+    /// good, with their state dirs. It restores their parts of the checkpoint onto cores of its
+    /// own (their core ids) instead of waiting for them.
+    pub adopt: Vec<(String, PathBuf)>,
 }
 
 /// `now + after`, or a moment past any run if that overflows the clock (a huge flag value).
@@ -149,6 +153,7 @@ impl Config {
             state_dir: None,
             checkpoint_interval: None,
             guarantee: Guarantee::AtLeastOnce,
+            adopt: Vec::new(),
         }
     }
 }

@@ -439,6 +439,15 @@ fn run(args: RunArgs) -> Result<()> {
                     None => break summary,
                 }
             }
+            Some(Ok(Ending::Rollback)) => {
+                again.adopt = engine.lost_dirs();
+                let summary = engine.finish(Ending::Rollback);
+                tracing::info!("until the rollback:\n{summary}");
+                *current.write().unwrap() = None;
+                drop(engine);
+                engine = Arc::new(start_again(&app, &again)?);
+                *current.write().unwrap() = Some(engine.clone());
+            }
             Some(Ok(ending)) => {
                 tracing::info!("{ending:?}: finishing");
                 break engine.finish(ending);
@@ -525,6 +534,25 @@ fn join_again(
         if let Ok(signal) = signals.recv_timeout(Duration::from_secs(1)) {
             tracing::info!("signal {signal}: no longer waiting for the coordinator");
             return None;
+        }
+    }
+}
+
+/// Starts the coordinator again after a rollback, from its last checkpoint; a moment's retry
+/// while the old engine's state dir and ports are let go of.
+fn start_again(app: &quokka_engine::App, config: &Config) -> Result<Engine> {
+    let mut tries = 0;
+    loop {
+        match Engine::start(app, config.clone()) {
+            Ok(engine) => return Ok(engine),
+            Err(e) if tries < 20 => {
+                tries += 1;
+                tracing::debug!("not started again yet: {e:#}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("cannot start again after the rollback"))
+            }
         }
     }
 }

@@ -331,6 +331,18 @@ impl Coordinator {
         if let Some(lost) = self.node.lost_nodes().into_iter().next() {
             return Err(CheckpointError::Lost { node: lost.name });
         }
+        // A member whose link just broke is gone from the members a moment before it is
+        // among the lost: a checkpoint without its cores' part would restore them empty.
+        let members = self.node.members();
+        let unanswered: Vec<CoreId> = (self.cores.iter())
+            .filter(|(id, h)| h.executor.is_none() && !members.iter().any(|m| m.cores.contains(id)))
+            .map(|(&id, _)| id)
+            .collect();
+        if !unanswered.is_empty() {
+            return Err(CheckpointError::Lost {
+                node: format!("holding cores {unanswered:?}"),
+            });
+        }
         if !self.awaiting.is_empty() {
             return Err(CheckpointError::Awaiting {
                 checkpoint: self.last_durable(),
@@ -357,7 +369,6 @@ impl Coordinator {
                 .addr
                 .send_control(PeerMsg::Checkpoint { checkpoint, scope });
         }
-        let members = self.node.members();
         let table = TableWire::from(&*self.table);
         // Each member writes its own cores' part while this node gathers and writes its own.
         let (node, wait) = (&self.node, self.config.change_timeout + MEMBER_SLACK);
@@ -369,10 +380,24 @@ impl Coordinator {
                         keep: keep.clone(),
                         table: table.clone(),
                     };
-                    (
-                        m.name.clone(),
-                        s.spawn(move || node.ask(&m.name, question, wait)),
-                    )
+                    let tell = self.snapshots.0.clone();
+                    let ask = move || {
+                        let answer = node.ask(&m.name, question, wait);
+                        // A member that fails ends this node's wait too: its cores' barriers
+                        // may never come.
+                        if !matches!(answer, Some(Answer::Written { .. })) {
+                            let why = match &answer {
+                                Some(Answer::Failed(reason)) => {
+                                    format!("node {}: {reason}", m.name)
+                                }
+                                _ => format!("node {} did not write its part", m.name),
+                            };
+                            let core = m.cores.first().copied().unwrap_or_default();
+                            let _ = tell.send(Snapshot::failed(core, checkpoint, why));
+                        }
+                        answer
+                    };
+                    (m.name.clone(), s.spawn(ask))
                 })
                 .collect();
             let local = self.gather(checkpoint, &self.local_ids(), last);

@@ -623,6 +623,23 @@ impl Coordinator {
         }
     }
 
+    /// A rollback ([`crate::Ending::Rollback`]): the members are cut off (each takes its
+    /// coordinator for lost and joins it again), then this node's cores stop on their own,
+    /// with no last checkpoint: the cluster goes on from the one before.
+    pub fn abandon(&mut self) -> Vec<CoreReport> {
+        self.stopped = true;
+        for m in self.node.members() {
+            (self.node).sever(&m.name, "the cluster goes back to its last checkpoint");
+        }
+        let local = self.local_ids();
+        for id in &local {
+            self.cores[id].addr.send_control(PeerMsg::Stop {
+                producers: local.clone(),
+            });
+        }
+        self.finish()
+    }
+
     /// A member leaving the cluster: its cores (which own no slot any more) flush and end.
     pub fn retire_all(&mut self) -> Vec<CoreReport> {
         self.stopped = true;

@@ -36,7 +36,7 @@ pub enum RecoveryError {
     NoCheckpoints,
     #[error("no checkpoint of the cluster was taken before node {0} was lost")]
     NotInCheckpoint(String),
-    #[error("the app has {stages} keyed stage(s), or timers: recovering one node is built for one keyed stage without timers so far (restart the whole cluster from its checkpoint instead)")]
+    #[error("the app has {stages} keyed stage(s), or timers: one node's slots cannot come back alone (a survivor's stage would not send a restored slot again what it sent the lost one), so the whole cluster goes back to its last checkpoint")]
     App { stages: usize },
     #[error("node {0} never said where its state dir is")]
     NoStateDir(String),
@@ -47,7 +47,7 @@ pub enum RecoveryError {
         dir: PathBuf,
         reason: String,
     },
-    #[error("{slots} slot(s) moved between nodes {nodes} and the others after checkpoint {checkpoint} (a change ran since, or was cut short by the loss): restoring the lost nodes alone would repeat or drop exactly-once outputs of those slots; restart the whole cluster from the checkpoint (stop every node, start each with its command)")]
+    #[error("{slots} slot(s) moved between nodes {nodes} and the others after checkpoint {checkpoint} (a change ran since, or was cut short by the loss): restoring the lost nodes alone would repeat or drop exactly-once outputs of those slots, so the whole cluster goes back to the checkpoint")]
     MovedAcross {
         nodes: String,
         checkpoint: u64,
@@ -67,6 +67,14 @@ impl RecoveryError {
     /// core slow to answer).
     pub fn may_pass(&self) -> bool {
         matches!(self, RecoveryError::Read { .. } | RecoveryError::Change(_))
+    }
+
+    /// Whether the whole cluster goes back to the checkpoint instead ([`crate::Ending::Rollback`]).
+    pub fn rolls_back(&self) -> bool {
+        matches!(
+            self,
+            RecoveryError::App { .. } | RecoveryError::MovedAcross { .. }
+        )
     }
 }
 
@@ -286,6 +294,13 @@ impl Coordinator {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// The lost members and their state dirs, for a rollback whose restart runs their cores.
+    pub fn lost_dirs(&self) -> Vec<(String, PathBuf)> {
+        (self.node.lost_nodes().into_iter())
+            .filter_map(|l| Some((l.name.clone(), self.member_dirs.get(&l.name)?.clone())))
+            .collect()
     }
 
     /// Waits until the survivors have finished the switched steps of a change the loss cut

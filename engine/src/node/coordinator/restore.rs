@@ -13,7 +13,7 @@ use super::Coordinator;
 use crate::checkpoint::{Manifest, MemberPart, SourceMark};
 use crate::cluster::wire::{Answer, Question};
 use crate::dataflow::{Dataflow, StagePart};
-use crate::node::state_dir::{Restored, Unusable};
+use crate::node::state_dir::{Restored, StateDir, Unusable};
 use crate::routing::{CoreId, RoutingTable};
 use crate::runtime::Config;
 
@@ -52,7 +52,7 @@ impl Start {
                 let r = c.restore(dataflow, config.n_slots);
                 // Never a number in use, even by a checkpoint that could not be restored.
                 c.skip_past_existing();
-                r
+                r.map(|r| c.adopt(dataflow, r, &config.adopt))
             }
             None => None,
         };
@@ -157,6 +157,51 @@ impl Checkpoints {
         self.status.restored_from = Some(manifest.checkpoint);
         self.status.last = Some(info(&manifest, Duration::ZERO));
         self.last = Some(manifest);
+    }
+
+    /// After a rollback: restores the parts of the members lost for good (`adopt`) onto this
+    /// node, read from their state dirs, so the cluster need not wait for them; one whose part
+    /// does not read is waited for as any member.
+    fn adopt(
+        &self,
+        dataflow: &Dataflow,
+        mut r: Restore,
+        adopt: &[(String, std::path::PathBuf)],
+    ) -> Restore {
+        for (name, dir) in adopt {
+            let Some(at) = r.members.iter().position(|m| &m.node == name) else {
+                continue;
+            };
+            let identity = (self.app.as_str(), name.as_str(), self.cluster);
+            let part = StateDir::other(dir, true)
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    (d.restore_exact(r.checkpoint, |p| {
+                        decode(dataflow, identity, r.table.n_slots(), p, Some(&r.table))
+                    }))
+                    .map_err(|e| e.to_string())
+                });
+            match part {
+                Ok((_, part, _)) => {
+                    let lost = r.members.remove(at);
+                    tracing::warn!(
+                        "running the cores {:?} of node {name}, lost for good, with its part of checkpoint {} (from {})",
+                        lost.cores,
+                        r.checkpoint,
+                        dir.display()
+                    );
+                    for (core, slots) in part.per_core {
+                        r.per_core.entry(core).or_default().extend(slots);
+                    }
+                    r.offsets.extend(part.offsets);
+                }
+                Err(e) => tracing::error!(
+                    "cannot read the part of node {name}, lost for good, from {}: {e}; waiting for it instead",
+                    dir.display()
+                ),
+            }
+        }
+        r
     }
 
     /// Counts on after every checkpoint on disk (restored or not), so a number is never reused.

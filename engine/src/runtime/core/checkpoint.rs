@@ -202,12 +202,6 @@ impl Core {
 
     /// Tells the node this core has no snapshot of `checkpoint`, and why.
     fn send_failed(&self, checkpoint: u64, error: String) {
-        let _ = self.snapshots.send(Snapshot {
-            core: self.id,
-            checkpoint,
-            parts: Vec::new(),
-            sources: Vec::new(),
-            error: Some(error),
-        });
+        let _ = (self.snapshots).send(Snapshot::failed(self.id, checkpoint, error));
     }
 }
