@@ -118,20 +118,22 @@ pub struct RecoveryPlan {
 }
 
 /// Plans the recovery of the `lost` cores' slots onto the other `members`. `cut` are the moves
-/// of switched steps that a loss cut short: a slot on its way from a lost core to a survivor
-/// never arrived (the table names the survivor, which holds nothing), so it is the lost core's
-/// again; and no slot of a cut move goes to the survivor it was moving from or to, which may
-/// still await or hold it (and would take what producers routed there before the recovery
-/// for the replay's). Only the lost cores' slots move.
+/// of switched steps that a loss cut short; `forsaken` the slots of those a survivor awaited
+/// from a lost core and never got (the table names the survivor, which holds nothing): they
+/// are the lost core's again, to restore. No slot of a cut move goes to the survivor it was
+/// moving from or to, which may still await or hold it (and would take what producers routed
+/// there before the recovery for the replay's). Only the lost cores' slots move.
 pub fn plan_recovery(
     current: &RoutingTable,
     members: &[CoreId],
     lost: &BTreeSet<CoreId>,
     cut: &[Move],
+    forsaken: &BTreeSet<u32>,
 ) -> Result<RecoveryPlan, PlanError> {
     let survivor = |c: &CoreId| !lost.contains(c);
     let back: Vec<Move> = (cut.iter())
-        .filter(|m| lost.contains(&m.from) && survivor(&m.to) && current.owner(m.slot) == m.to)
+        .filter(|m| forsaken.contains(&m.slot) && lost.contains(&m.from) && survivor(&m.to))
+        .filter(|m| current.owner(m.slot) == m.to)
         .map(|m| Move {
             slot: m.slot,
             from: m.to,
@@ -291,7 +293,7 @@ mod tests {
         ];
         let now = t.with_moves(&cut);
         let lost = BTreeSet::from([2]);
-        let r = plan_recovery(&now, &[0, 1, 2], &lost, &cut).unwrap();
+        let r = plan_recovery(&now, &[0, 1, 2], &lost, &cut, &BTreeSet::from([8])).unwrap();
         assert_eq!(r.from.epoch(), now.epoch());
         assert_eq!(r.from.owner(8), 2, "slot 8 never reached core 1");
         assert_eq!(r.from.owner(0), 2);
@@ -304,6 +306,10 @@ mod tests {
         assert_eq!(to(8), 0, "not to core 1, which awaited it");
         let target = r.from.with_moves(&r.moves);
         check_balanced(&target, &[0, 1]);
+        // A slot that reached the survivor before the loss (not forsaken) stays with it.
+        let arrived = plan_recovery(&now, &[0, 1, 2], &lost, &cut, &BTreeSet::new()).unwrap();
+        assert_eq!(arrived.from.owner(8), 1);
+        assert!(arrived.moves.iter().all(|m| m.slot != 8));
         // One survivor only: the cut slot has nowhere else to go.
         let to_1 = [Move {
             slot: 0,
@@ -312,7 +318,7 @@ mod tests {
         }];
         let one = RoutingTable::uniform(4, 2).with_moves(&to_1);
         assert_eq!(
-            plan_recovery(&one, &[0, 1], &BTreeSet::from([1]), &to_1),
+            plan_recovery(&one, &[0, 1], &BTreeSet::from([1]), &to_1, &BTreeSet::new()),
             Err(PlanError::Stuck { slot: 0, core: 0 })
         );
         // Most slots go to the core the cut slots must avoid: another one takes those.
@@ -330,7 +336,7 @@ mod tests {
             },
         ];
         let now = t.with_moves(&shrinking);
-        let r = plan_recovery(&now, &[0, 1, 2], &lost, &shrinking).unwrap();
+        let r = plan_recovery(&now, &[0, 1, 2], &lost, &shrinking, &BTreeSet::new()).unwrap();
         assert!(r.moves.iter().all(|m| m.to != 2 && m.from == 2));
         assert!(
             (r.moves.iter()).all(|m| m.to != 0 || (m.slot != 0 && m.slot != 1)),
@@ -338,7 +344,8 @@ mod tests {
             r.moves
         );
         // Nothing cut: the plain removal.
-        let plain = plan_recovery(&t, &[0, 1, 2], &lost, &[]).unwrap();
+        let plain = plan_recovery(&t, &[0, 1, 2], &lost, &[], &BTreeSet::new()).unwrap();
+
         assert_eq!(plain.from, t);
         assert_eq!(
             plain.moves,

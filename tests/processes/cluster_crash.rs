@@ -24,6 +24,8 @@ pub(crate) struct Setup<'a> {
     pub net: &'a dyn Net,
     pub app: &'a str,
     pub guarantee: &'a str,
+    /// More arguments for every node.
+    pub args: &'a [&'a str],
 }
 
 /// Word count on loopback with exactly-once outputs.
@@ -31,6 +33,7 @@ const WORD_COUNT: Setup = Setup {
     net: &Loopback,
     app: "word_count",
     guarantee: "exactly-once",
+    args: &[],
 };
 
 /// Word count's coordinator `w1`: a file of lines it follows, 2 cores, exactly-once outputs.
@@ -66,6 +69,7 @@ pub(crate) fn coordinator_on(
                 "--guarantee",
                 setup.guarantee,
             ])
+            .args(setup.args)
             .env("RUST_LOG", "info"),
     )
 }
@@ -99,6 +103,7 @@ pub(crate) fn member_on(
             .args(["--data", &format!("{}:0", setup.net.host(i))])
             .args(["--join", &lead.to_string()])
             .args(["--state-dir", &state.display().to_string()])
+            .args(setup.args)
             .env("RUST_LOG", "info"),
     )
 }

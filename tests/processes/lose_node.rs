@@ -68,6 +68,7 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
         net: &net,
         app: "word_count",
         guarantee: "exactly-once",
+        args: &[],
     };
     let s1 = dir.join("w1");
     let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), out);
@@ -201,6 +202,7 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
         net: &net,
         app: "word_count",
         guarantee: "exactly-once",
+        args: &[],
     };
     let s1 = dir.join("w1");
     let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), out);
@@ -302,10 +304,12 @@ fn killed_mid_change(exactly_once: bool) {
         (sink.addr(), "at-least-once")
     };
     let writer = append_slowly(file.clone(), file_lines);
+    // Four times the slots: a change takes four times the steps, long enough to kill into.
     let setup = Setup {
         net: &net,
         app: "word_count",
         guarantee,
+        args: &["--slots", "16384"],
     };
     let state = dir.join("w1");
     let mut w1 = coordinator_on(&setup, &file, &state, &any_port(&net, 0), out);
@@ -338,7 +342,15 @@ fn killed_mid_change(exactly_once: bool) {
             "grow-cores"
         };
         let changing = std::thread::spawn(move || ctl(lead, &[change, "1"]));
-        std::thread::sleep(Duration::from_millis(5 + 7 * (rounds % 4)));
+        // Killed once the change has switched a step or more (or is over).
+        let asked = Instant::now();
+        while asked.elapsed() < Duration::from_secs(2) && !changing.is_finished() {
+            let (_, json, _) = ctl(lead, &["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            if v["migration"]["steps_done"].as_u64() > Some(rounds % 3) {
+                break;
+            }
+        }
         signal(&w3.child, "-KILL");
         let _ = w3.child.wait();
         let (_, said, err) = changing.join().unwrap();
@@ -435,6 +447,7 @@ fn a_member_of_a_two_stage_app_killed_rolls_the_cluster_back_each_output_once() 
         net: &net,
         app: "word_buckets",
         guarantee: "exactly-once",
+        args: &[],
     };
     let (receiver, got) = exactly_once_sink_at(&net.sink_host());
     let writer = append_slowly(file.clone(), file_lines);

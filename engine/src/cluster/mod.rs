@@ -661,8 +661,8 @@ impl Node {
     }
 
     /// A member went away without a goodbye: report it with its cores, stop expecting anything
-    /// from them, and end any migration waiting on them. Its slots' state is gone (recovery is
-    /// not built yet); the survivors keep running.
+    /// from them, and end any migration waiting on them. The survivors keep running; with a
+    /// state dir the coordinator recovers its slots (`on_lost`).
     pub fn lost(&self, name: &str, reason: &str) {
         let Some(member) = self.members.lock().unwrap().remove(name) else {
             return;

@@ -569,11 +569,12 @@ impl Stages {
     }
 
     /// Cores of another node were lost mid-step (see [`crate::migration::Protocol::lose`]):
-    /// the slots that were to go to them are dropped here; returns the slots now complete.
-    pub fn lose(&mut self, lost: &std::collections::BTreeSet<CoreId>) -> Vec<Move> {
-        let crate::migration::Lost { handoffs, dropped } = self.protocol.lose(lost);
-        self.drop_slots(&dropped);
-        handoffs
+    /// the slots that were to go to them are dropped here; returns the slots now complete and
+    /// those forsaken.
+    pub fn lose(&mut self, lost: &std::collections::BTreeSet<CoreId>) -> (Vec<Move>, Vec<u32>) {
+        let lost = self.protocol.lose(lost);
+        self.drop_slots(&lost.dropped);
+        (lost.handoffs, lost.forsaken)
     }
 
     /// Drops the state of slots that were to go to a lost core.

@@ -23,6 +23,7 @@
 //! on every survivor.
 
 mod change;
+mod loss;
 #[cfg(test)]
 mod simulation;
 mod window;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use self::change::ChangePlan;
+pub use self::loss::Lost;
 pub use self::window::StepWindow;
 use crate::routing::{CoreId, Move, RoutingTable};
 
@@ -96,16 +98,6 @@ pub enum Route {
     Forsaken,
 }
 
-/// What a core does once peers are lost ([`Protocol::lose`]).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Lost {
-    /// Slots now complete (no marker is awaited from the lost cores): hand them off.
-    pub handoffs: Vec<Move>,
-    /// Slots that were to go to a lost core and are absent now: drop their state here (a
-    /// recovery restores them from the checkpoint).
-    pub dropped: Vec<u32>,
-}
-
 /// What a core must do after switching epochs.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Switched {
@@ -115,6 +107,9 @@ pub struct Switched {
     pub handoffs: Vec<Move>,
     /// Slots that were to go to a core lost before this switch: drop their state here.
     pub dropped: Vec<u32>,
+    /// Slots that were to come from a core lost before this switch (the coordinator learns
+    /// of them: they are restored).
+    pub forsaken: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -251,13 +246,13 @@ impl<M> Protocol<M> {
     pub fn prepare(&mut self, t: &Transition) -> Result<(), ProtocolError> {
         let last = self.steps.back().map_or(self.epoch, |s| s.to_epoch);
         let to_epoch = t.table.epoch();
-        self.lost.retain(|c| !t.producers.contains(c));
         if to_epoch != last + 1 {
             return Err(ProtocolError::EpochGap {
                 current: last,
                 got: to_epoch,
             });
         }
+        self.lost.retain(|c| !t.producers.contains(c));
         for m in &t.moves {
             let state = &self.slots[m.slot as usize];
             let ok = (m.to != self.me || matches!(state, SlotState::Absent | SlotState::Forsaken))
@@ -355,24 +350,30 @@ impl<M> Protocol<M> {
         step.markers_missing.remove(&me);
         self.epoch = step.to_epoch;
         let markers_to = step.marker_targets.clone();
-        let mut handoffs = self.ready_handoffs(i);
-        let mut dropped = Vec::new();
-        if !self.lost.is_empty() {
-            let lost = self.lose(&self.lost.clone());
-            handoffs.extend(lost.handoffs);
-            dropped = lost.dropped;
-        }
+        // A loss seen before this switch applies first: nothing goes to a lost core.
+        let lost = if self.lost.is_empty() {
+            Lost::default()
+        } else {
+            self.apply_loss(&self.lost.clone())
+        };
+        let mut handoffs = lost.handoffs;
+        handoffs.extend(self.ready_handoffs(i));
         self.finish_done();
         Ok(Switched {
             markers_to,
             handoffs,
-            dropped,
+            dropped: lost.dropped,
+            forsaken: lost.forsaken,
         })
     }
 
     /// A producer's marker: it sends nothing more routed before `epoch + 1`. Returns the slots
     /// that became complete.
     pub fn on_marker(&mut self, from: CoreId, epoch: u64) -> Result<Vec<Move>, ProtocolError> {
+        // Queued before its core was lost, read after: no step waits for it any more.
+        if self.lost.contains(&from) {
+            return Ok(Vec::new());
+        }
         let i = self
             .steps
             .iter()
@@ -422,40 +423,6 @@ impl<M> Protocol<M> {
             SlotState::Absent | SlotState::HandedOff { .. } => Route::Misrouted,
             SlotState::Forsaken => Route::Forsaken,
         }
-    }
-
-    /// Cores of another node were lost: in the switched steps, no marker is awaited from them,
-    /// slots they were to hand here are forsaken, slots this core was to hand them are
-    /// dropped, so every switched step can finish without them. Steps not switched are left
-    /// as they are (the change is called off: [`Self::abort`]).
-    pub fn lose(&mut self, lost: &BTreeSet<CoreId>) -> Lost {
-        self.lost.extend(lost);
-        let mut dropped = Vec::new();
-        // Steps not switched are left as they are: the coordinator calls them off.
-        for step in self.steps.iter_mut().filter(|s| s.switched) {
-            step.markers_missing.retain(|c| !lost.contains(c));
-            let (gone, kept) = (step.outgoing.iter()).partition(|m| lost.contains(&m.to));
-            step.outgoing = kept;
-            for m in gone {
-                self.slots[m.slot as usize] = SlotState::Absent;
-                dropped.push(m.slot);
-            }
-        }
-        for state in &mut self.slots {
-            let SlotState::Incoming { epoch, from, .. } = state else {
-                continue;
-            };
-            let step = self.steps.iter_mut().find(|s| s.to_epoch == *epoch);
-            if let Some(step) = step.filter(|s| s.switched && lost.contains(from)) {
-                step.incoming_left -= 1;
-                *state = SlotState::Forsaken;
-            }
-        }
-        let handoffs = (0..self.steps.len())
-            .flat_map(|i| self.ready_handoffs(i))
-            .collect();
-        self.finish_done();
-        Lost { handoffs, dropped }
     }
 
     /// Whether `slot` is leaving this core (in a prepared or switched step, not yet
@@ -584,132 +551,6 @@ mod tests {
         assert!(!p.in_step());
         assert_eq!(p.epoch(), 1);
         assert_eq!(p.owned(), 1);
-    }
-
-    /// Slots 0..6 over cores 0, 1 (this node) and 2 (another node, lost mid-step): slot 1
-    /// moves 0 -> 1, slot 4 moves 2 -> 0, slot 0 moves 0 -> 2.
-    fn step_with_a_lost_core() -> (RoutingTable, Transition) {
-        let t0 = RoutingTable::uniform(6, 3);
-        let moves = vec![
-            Move {
-                slot: 0,
-                from: 0,
-                to: 2,
-            },
-            Move {
-                slot: 1,
-                from: 0,
-                to: 1,
-            },
-            Move {
-                slot: 4,
-                from: 2,
-                to: 0,
-            },
-        ];
-        let t1 = t0.with_moves(&moves);
-        let tr = Transition {
-            table: Arc::new(t1),
-            moves,
-            producers: vec![0, 1, 2],
-        };
-        (t0, tr)
-    }
-
-    /// A core lost mid-step owes no marker: the slot going to a survivor leaves once the
-    /// survivors' markers are in; the slot going to the lost core is dropped here; the slot
-    /// coming from it is forsaken (what arrives for it dropped, not misrouted); the step
-    /// finishes without the lost core.
-    #[test]
-    fn a_step_finishes_without_a_lost_core() {
-        let (t0, tr) = step_with_a_lost_core();
-        let mut p = Protocol::<&str>::new(0, &t0);
-        p.prepare(&tr).unwrap();
-        let sw = p.switch().unwrap();
-        assert!(sw.handoffs.is_empty());
-        assert_eq!(p.on_marker(1, 0), Ok(vec![]), "core 2's marker is missing");
-        assert_eq!(p.deliver(4, "buffered"), Delivery::Buffered);
-        let lost = p.lose(&BTreeSet::from([2]));
-        let to_1 = Move {
-            slot: 1,
-            from: 0,
-            to: 1,
-        };
-        assert_eq!(
-            lost,
-            Lost {
-                handoffs: vec![to_1],
-                dropped: vec![0],
-            }
-        );
-        assert_eq!(p.route(4), Route::Forsaken);
-        assert_eq!(p.route(0), Route::Misrouted);
-        assert_eq!(
-            p.buffered(),
-            0,
-            "what waited for the forsaken slot is dropped"
-        );
-        assert!(p.in_step(), "slot 1 waits for its acknowledgement");
-        p.acknowledged(1).unwrap();
-        assert!(!p.in_step());
-        assert_eq!(p.take_finished(), vec![1]);
-        assert_eq!(p.owned(), 0, "slots 0 and 1 left, slot 4 never came");
-        assert_eq!(p.deliver(4, "late"), Delivery::Forsaken);
-        // A later step may bring the forsaken slot here again (a recovery restoring it).
-        let back = vec![Move {
-            slot: 4,
-            from: 2,
-            to: 0,
-        }];
-        // The recovery plans from the table with the forsaken slot back on its lost owner.
-        let mut t2 = tr.table.with_moves(&[Move {
-            slot: 4,
-            from: 0,
-            to: 2,
-        }]);
-        t2.set_epoch(1);
-        let again = Transition {
-            table: Arc::new(t2.with_moves(&back)),
-            moves: back,
-            producers: vec![0, 1],
-        };
-        assert!(p.prepare(&again).is_ok());
-        assert_eq!(p.route(4), Route::Buffer);
-    }
-
-    /// A core whose node sees the loss before the coordinator's switch reaches it applies
-    /// the loss at the switch; a later change that counts the core among its producers again
-    /// (a replacement under its id) expects its markers.
-    #[test]
-    fn a_loss_seen_before_the_switch_applies_at_the_switch() {
-        let (t0, tr) = step_with_a_lost_core();
-        let mut p = Protocol::<&str>::new(0, &t0);
-        p.prepare(&tr).unwrap();
-        assert_eq!(p.lose(&BTreeSet::from([2])), Lost::default());
-        assert_eq!(p.route(4), Route::Buffer, "not switched: left as it is");
-        assert_eq!(p.on_marker(1, 0), Ok(vec![]));
-        let sw = p.switch().unwrap();
-        assert_eq!(sw.dropped, vec![0]);
-        assert_eq!(
-            sw.handoffs.iter().map(|m| m.slot).collect::<Vec<_>>(),
-            vec![1]
-        );
-        assert_eq!(p.route(4), Route::Forsaken);
-        p.acknowledged(1).unwrap();
-        assert!(!p.in_step());
-        let back = vec![Move {
-            slot: 5,
-            from: 2,
-            to: 0,
-        }];
-        let next = Transition {
-            table: Arc::new(tr.table.with_moves(&back)),
-            moves: back,
-            producers: vec![0, 1, 2],
-        };
-        p.prepare(&next).unwrap();
-        p.switch().unwrap();
-        assert!(p.in_step(), "slot 5 comes from core 2, alive again");
     }
 
     /// A change that ends before its steps are switched leaves every slot where it was, on the

@@ -3,6 +3,7 @@
 //! reports, and the acceptors that deal source connections to the cores. The top layer: it
 //! stands on the runtime (cores) and the cluster (links, wire).
 
+mod background;
 mod change_lock;
 mod coordinator;
 mod join;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use thiserror::Error;
 
+use self::background::{checkpoint_every, recover_lost};
 use self::change_lock::{hold, Changing, Wait, CHECKPOINT};
 pub use self::coordinator::{
     CheckpointError, CheckpointInfo, CheckpointStatus, RecoveryError, RecoveryStatus,
@@ -648,90 +650,6 @@ fn answer_upward(node: &Node, coordinator: &Arc<Mutex<Coordinator>>) {
             }
         })
         .expect("spawn the upward answering thread");
-}
-
-/// Takes a checkpoint every `every` until the engine stops; an interval that finds a change
-/// running skips its turn (the next one tries again).
-fn checkpoint_every(
-    every: Duration,
-    coordinator: &Mutex<Coordinator>,
-    changing: &Changing,
-    stopping: &AtomicBool,
-) {
-    // An interval past any clock never comes.
-    let Some(mut next) = Instant::now().checked_add(every) else {
-        return;
-    };
-    loop {
-        while Instant::now() < next {
-            if stopping.load(Ordering::Acquire) {
-                return;
-            }
-            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(20)));
-        }
-        let Some(after) = Instant::now().checked_add(every) else {
-            return;
-        };
-        next = after;
-        match hold(coordinator, changing, CHECKPOINT, Wait::Never) {
-            // Failures are logged and shown by `status`.
-            Ok(mut c) => drop(c.checkpoint()),
-            Err(()) => tracing::debug!("checkpoint skipped: a change is running"),
-        }
-    }
-}
-
-/// On the coordinator: recovers the slots of lost nodes (`coordinator/recover.rs`) as soon as
-/// no change holds the lock, until the engine stops; a recovery that failed for a reason that
-/// may pass (a state dir still locked, a wait that timed out) is tried again.
-fn recover_lost(
-    lost: &flume::Receiver<crate::cluster::LostNode>,
-    coordinator: &Mutex<Coordinator>,
-    changing: &Changing,
-    stopping: &AtomicBool,
-) {
-    let poll = Duration::from_millis(50);
-    let mut retry_at: Option<Instant> = None;
-    while !stopping.load(Ordering::Acquire) {
-        let heard = lost.recv_timeout(poll).is_ok();
-        if !heard && retry_at.is_none_or(|at| Instant::now() < at) {
-            continue;
-        }
-        // Nodes lost together are recovered together: wait a moment for the others.
-        std::thread::sleep(poll);
-        while lost.try_recv().is_ok() {}
-        retry_at = None;
-        let mut c = loop {
-            if stopping.load(Ordering::Acquire) {
-                return;
-            }
-            // A change the loss cut short ends at its next wait; a checkpoint fails at once.
-            match hold(
-                coordinator,
-                changing,
-                "recovery of lost nodes",
-                Wait::ForCheckpoint,
-            ) {
-                Ok(c) => break c,
-                Err(()) => std::thread::sleep(poll),
-            }
-        };
-        if let Err(e) = c.recover() {
-            if e.rolls_back() {
-                tracing::error!("{e}: every node stops its cores and starts again from it");
-                c.node.end(Ending::Rollback);
-                return;
-            }
-            let again = e.may_pass();
-            tracing::error!(
-                "lost slots were not recovered: {e}; they stay without an owner (messages for them are dropped) and changes are refused{}",
-                if again { "; trying again in 5s" } else { "" }
-            );
-            if again {
-                retry_at = Some(Instant::now() + Duration::from_secs(5));
-            }
-        }
-    }
 }
 
 /// Accepts connections of one source and deals them to the cores in turn.

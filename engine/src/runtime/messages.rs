@@ -281,10 +281,24 @@ impl From<PeerMsg> for CoreMsg {
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) enum CoreEvent {
     Prepared(CoreId),
-    StepDone { core: CoreId, epoch: u64 },
-    Adopted { entities: u32, bytes: u64 },
+    StepDone {
+        core: CoreId,
+        epoch: u64,
+    },
+    Adopted {
+        entities: u32,
+        bytes: u64,
+    },
     Left(CoreId),
-    Failed { core: CoreId, error: String },
+    Failed {
+        core: CoreId,
+        error: String,
+    },
+    /// Slots that were coming to `core` from cores lost mid-step, and never will.
+    Forsaken {
+        core: CoreId,
+        slots: Vec<u32>,
+    },
 }
 
 /// A boxed future, for the one async method of [`RemotePeer`] (a trait object cannot have an

@@ -29,7 +29,7 @@ pub fn serve(listener: TcpListener, engine: Arc<Current>) {
     }
     control::serve(listener, limits, move |session| {
         // Cloned out, so a member's rejoin never waits on a request in progress.
-        let current = engine.read().unwrap().clone();
+        let current = engine.read().unwrap_or_else(|e| e.into_inner()).clone();
         handle(session, current.as_deref())
     })
     .expect("spawn control thread");

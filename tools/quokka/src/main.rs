@@ -427,26 +427,28 @@ fn run(args: RunArgs) -> Result<()> {
                 tracing::warn!(
                     "the coordinator is lost: this node stops its cores and joins it again once it is back (restart it with its command and --state-dir); the whole cluster then goes on from its last checkpoint"
                 );
+                // The control endpoint lets go of the old engine first: its state dir and ports
+                // are free once it is dropped.
+                *current.write().unwrap_or_else(|e| e.into_inner()) = None;
                 let summary = engine.finish(Ending::CoordinatorLost);
                 tracing::info!("until the coordinator was lost:\n{summary}");
-                *current.write().unwrap() = None;
                 drop(engine);
                 match join_again(&app, &again, coordinator, &outputs, &signal_rx) {
                     Some(joined) => {
                         engine = Arc::new(joined);
-                        *current.write().unwrap() = Some(engine.clone());
+                        *current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine.clone());
                     }
                     None => break summary,
                 }
             }
             Some(Ok(Ending::Rollback)) => {
                 again.adopt = engine.lost_dirs();
+                *current.write().unwrap_or_else(|e| e.into_inner()) = None;
                 let summary = engine.finish(Ending::Rollback);
                 tracing::info!("until the rollback:\n{summary}");
-                *current.write().unwrap() = None;
                 drop(engine);
                 engine = Arc::new(start_again(&app, &again)?);
-                *current.write().unwrap() = Some(engine.clone());
+                *current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine.clone());
             }
             Some(Ok(ending)) => {
                 tracing::info!("{ending:?}: finishing");
@@ -538,17 +540,18 @@ fn join_again(
     }
 }
 
-/// Starts the coordinator again after a rollback, from its last checkpoint; a moment's retry
-/// while the old engine's state dir and ports are let go of.
+/// Starts the coordinator again after a rollback, from its last checkpoint; retried for a
+/// minute while the old engine's state dir and ports are let go of (a control request still
+/// under way holds it a moment).
 fn start_again(app: &quokka_engine::App, config: &Config) -> Result<Engine> {
     let mut tries = 0;
     loop {
         match Engine::start(app, config.clone()) {
             Ok(engine) => return Ok(engine),
-            Err(e) if tries < 20 => {
+            Err(e) if tries < 120 => {
                 tries += 1;
                 tracing::debug!("not started again yet: {e:#}");
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => {
                 return Err(anyhow::Error::new(e).context("cannot start again after the rollback"))

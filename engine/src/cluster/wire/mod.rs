@@ -27,7 +27,7 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// stage, a slot archive has a part per stage (and per stage's timers), cores exchange
 /// watermarks and say when they are done per stage; a welcome names every sink; 9: a plan has
 /// an id, and cores hold later stages' watermarks through a change, `Hold` and `ChangeDone`).
-pub const VERSION: u8 = 12;
+pub const VERSION: u8 = 13;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 

@@ -31,6 +31,8 @@ pub enum CheckpointError {
     NotCoordinator,
     #[error("node {node} was lost: no checkpoint can be complete without it")]
     Lost { node: String },
+    #[error("cores {cores:?} belong to no member that answers (their node was lost a moment ago): no checkpoint can be complete without them")]
+    Unanswered { cores: Vec<CoreId> },
     #[error(
         "the cluster is restoring checkpoint {checkpoint} and waits for nodes {nodes} to come back"
     )]
@@ -339,9 +341,7 @@ impl Coordinator {
             .map(|(&id, _)| id)
             .collect();
         if !unanswered.is_empty() {
-            return Err(CheckpointError::Lost {
-                node: format!("holding cores {unanswered:?}"),
-            });
+            return Err(CheckpointError::Unanswered { cores: unanswered });
         }
         if !self.awaiting.is_empty() {
             return Err(CheckpointError::Awaiting {

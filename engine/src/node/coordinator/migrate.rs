@@ -109,6 +109,7 @@ impl Coordinator {
             if let (CoreEvent::StepDone { core, epoch }, Some(u)) = (&e, &mut self.unfinished) {
                 u.window.finished(*core, *epoch);
             }
+            self.note_forsaken(&e);
         }
         if self.unfinished.as_ref().is_some_and(|u| u.window.is_done()) {
             self.unfinished = None;
@@ -342,6 +343,13 @@ impl Coordinator {
         Aborted { error, switched }
     }
 
+    /// Keeps the slots a survivor will never get from a lost core, whenever it says so.
+    fn note_forsaken(&self, e: &CoreEvent) {
+        if let CoreEvent::Forsaken { slots, .. } = e {
+            self.forsaken.borrow_mut().extend(slots);
+        }
+    }
+
     /// Waits for core events until `done` says so. Ends with an error when a core reports a
     /// protocol failure, when the engine stops, or when the change timeout passes; `missing`
     /// names the cores not heard from yet, for the log and the error.
@@ -383,6 +391,7 @@ impl Coordinator {
                     });
                 }
                 Ok(e) => {
+                    self.note_forsaken(&e);
                     if done(&e) {
                         return Ok(());
                     }

@@ -81,6 +81,9 @@ pub(crate) struct Coordinator {
     unfinished: Option<Unfinished>,
     /// The switched moves of a change a loss cut short, until a recovery has dealt with them.
     cut_short: Vec<crate::routing::Move>,
+    /// Of those, the slots a survivor awaited from a lost core and will never get (the others
+    /// arrived before the loss).
+    forsaken: RefCell<BTreeSet<u32>>,
     /// Changes planned so far (each plan's id).
     changes: u64,
     /// With a state dir: the checkpoints taken and the last manifest.
@@ -200,6 +203,7 @@ impl Coordinator {
             stopping: Arc::default(),
             unfinished: None,
             cut_short: Vec::new(),
+            forsaken: RefCell::default(),
             changes: 0,
             checkpoints: None,
             snapshots: flume::unbounded(),

@@ -69,11 +69,12 @@ impl RecoveryError {
         matches!(self, RecoveryError::Read { .. } | RecoveryError::Change(_))
     }
 
-    /// Whether the whole cluster goes back to the checkpoint instead ([`crate::Ending::Rollback`]).
+    /// Whether the whole cluster goes back to the checkpoint instead ([`crate::Ending::Rollback`]):
+    /// the lost slots cannot come back alone, or have nowhere to go.
     pub fn rolls_back(&self) -> bool {
         matches!(
             self,
-            RecoveryError::App { .. } | RecoveryError::MovedAcross { .. }
+            RecoveryError::App { .. } | RecoveryError::MovedAcross { .. } | RecoveryError::Plan(_)
         )
     }
 }
@@ -157,8 +158,6 @@ impl Coordinator {
         let survivors: Vec<CoreId> = (all.iter().copied())
             .filter(|c| !lost_cores.contains(c))
             .collect();
-        let p = plan_recovery(&self.table, &all, &lost_cores, &self.cut_short)
-            .map_err(|e| RecoveryError::Plan(e.to_string()))?;
         if self.config.guarantee == crate::runtime::Guarantee::ExactlyOnce {
             let at = manifest.table().unwrap_or_else(|| (*self.table).clone());
             let crossed = moved_across(&at, &self.table, &lost_cores, &self.cut_short);
@@ -170,6 +169,14 @@ impl Coordinator {
                 });
             }
         }
+        let p = plan_recovery(
+            &self.table,
+            &all,
+            &lost_cores,
+            &self.cut_short,
+            &self.forsaken.borrow(),
+        )
+        .map_err(|e| RecoveryError::Plan(e.to_string()))?;
         // A slot a lost core was handing off never arrived: the lost core's, to restore.
         self.table = Arc::new(p.from);
         status.slots = p.moves.len();
@@ -197,6 +204,7 @@ impl Coordinator {
             self.restore_step(p.moves, parts, &survivors, checkpoint, lost)?;
         }
         self.cut_short.clear();
+        self.forsaken.borrow_mut().clear();
         for l in lost {
             self.let_go(&l.name, &l.cores);
         }

@@ -193,7 +193,9 @@ impl Checkpoints {
                     for (core, slots) in part.per_core {
                         r.per_core.entry(core).or_default().extend(slots);
                     }
-                    r.offsets.extend(part.offsets);
+                    // Its durable streams (a file is read on this node only).
+                    let durable = part.offsets.into_iter().filter(|m| !m.stream.is_empty());
+                    r.offsets.extend(durable);
                 }
                 Err(e) => tracing::error!(
                     "cannot read the part of node {name}, lost for good, from {}: {e}; waiting for it instead",

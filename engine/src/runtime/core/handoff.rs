@@ -116,13 +116,22 @@ impl Core {
     /// acknowledged (a recovery restores it from the checkpoint), and slots that waited only
     /// for their markers go to their new owners now.
     pub(super) fn lose_peers(self: &Rc<Self>, lost: &BTreeSet<CoreId>) {
-        let handoffs = self.keyed.borrow_mut().lose(lost);
+        let (handoffs, forsaken) = self.keyed.borrow_mut().lose(lost);
+        self.report_forsaken(forsaken);
         let unacknowledged: Vec<u32> = (self.handoffs.unacknowledged.borrow().iter())
             .filter(|(_, (to, _))| lost.contains(to))
             .map(|(&slot, _)| slot)
             .collect();
         self.acknowledged(unacknowledged);
         self.start_handoffs(handoffs);
+    }
+
+    /// Tells the coordinator of slots that were coming from lost cores: it restores them.
+    pub(super) fn report_forsaken(&self, slots: Vec<u32>) {
+        if !slots.is_empty() {
+            let core = self.id;
+            let _ = self.events.send(CoreEvent::Forsaken { core, slots });
+        }
     }
 
     pub(super) fn retry_handoff(&self, slot: u32, reason: &str) {

@@ -442,6 +442,7 @@ impl Core {
                     self.send_to(peer, CoreMsg::Peer(PeerMsg::Marker { from, epoch }));
                 }
                 self.start_handoffs(sw.handoffs);
+                self.report_forsaken(sw.forsaken);
                 self.report_finished_steps();
                 true
             }
