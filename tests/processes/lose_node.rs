@@ -22,6 +22,46 @@ use crate::crash::{
 use crate::net::{Namespaces, Net};
 use crate::{ctl, signal};
 
+/// Waits until every input is in: the durable sender done, and the followed file appended
+/// whole and read to its end (`len` bytes) by the coordinator at `lead`.
+fn all_inputs_in(
+    sender: crate::Proc,
+    writer: std::thread::JoinHandle<()>,
+    lead: std::net::SocketAddr,
+    len: usize,
+) {
+    let said = sender.into_child().wait_with_output().unwrap();
+    let said_out = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.status.success(),
+        "the durable sender failed: {said_out}"
+    );
+    writer.join().unwrap();
+    wait_status(lead, "w1 did not read its file", |s| {
+        s.contains(&format!("read to byte {len}\n"))
+    });
+}
+
+/// Stops the cluster from its coordinator `w1` (a last checkpoint releases every output),
+/// waits for it and every member to exit 0, and checks that the receiver got each output once.
+fn stop_and_check_exact(
+    w1: &mut crate::Service,
+    members: &mut [&mut crate::Service],
+    (receiver, got): (
+        &quokka_io::exactly_once::Receiver,
+        &std::sync::Mutex<Vec<String>>,
+    ),
+    expected: &HashMap<String, u64>,
+) {
+    signal(&w1.child, "-INT");
+    w1.wait_exit_ok();
+    for m in members {
+        m.wait_exit_ok();
+    }
+    wait_committed(receiver, &w1.rest_of_stdout());
+    check_exact_totals(&got.lock().unwrap(), expected);
+}
+
 /// Three network namespaces, one per node (the test drives them over a bridge).
 fn three_hosts() -> Namespaces {
     Namespaces::create(3).unwrap_or_else(|e| {
@@ -125,23 +165,13 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
         let _ = std::fs::remove_dir_all(dir.join("w3"));
         w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
     }
-    let said = sender.into_child().wait_with_output().unwrap();
-    let said_out = String::from_utf8_lossy(&said.stdout);
-    assert!(
-        said.status.success(),
-        "the durable sender failed: {said_out}"
+    all_inputs_in(sender, writer, lead, len);
+    stop_and_check_exact(
+        &mut w1,
+        &mut [&mut w2, &mut w3],
+        (&receiver, &got),
+        &expected,
     );
-    writer.join().unwrap();
-    wait_status(lead, "w1 did not read its file", |s| {
-        s.contains(&format!("read to byte {len}\n"))
-    });
-    signal(&w1.child, "-INT");
-    w1.wait_exit_ok();
-    w2.wait_exit_ok();
-    w3.wait_exit_ok();
-    let summary = w1.rest_of_stdout();
-    wait_committed(&receiver, &summary);
-    check_exact_totals(&got.lock().unwrap(), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -173,11 +203,7 @@ fn two_members_killed_at_once_are_recovered_together_each_output_once() {
     wait_status(lead, "w1 did not read its file", |s| {
         s.contains(&format!("read to byte {len}\n"))
     });
-    signal(&w1.child, "-INT");
-    w1.wait_exit_ok();
-    let summary = w1.rest_of_stdout();
-    wait_committed(&receiver, &summary);
-    check_exact_totals(&got.lock().unwrap(), &expected);
+    stop_and_check_exact(&mut w1, &mut [], (&receiver, &got), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -240,23 +266,13 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
             "{log}"
         );
     }
-    let said = sender.into_child().wait_with_output().unwrap();
-    let said_out = String::from_utf8_lossy(&said.stdout);
-    assert!(
-        said.status.success(),
-        "the durable sender failed: {said_out}"
+    all_inputs_in(sender, writer, lead, len);
+    stop_and_check_exact(
+        &mut w1,
+        &mut [&mut w2, &mut w3],
+        (&receiver, &got),
+        &expected,
     );
-    writer.join().unwrap();
-    wait_status(lead, "w1 did not read its file", |s| {
-        s.contains(&format!("read to byte {len}\n"))
-    });
-    signal(&w1.child, "-INT");
-    w1.wait_exit_ok();
-    w2.wait_exit_ok();
-    w3.wait_exit_ok();
-    let summary = w1.rest_of_stdout();
-    wait_committed(&receiver, &summary);
-    check_exact_totals(&got.lock().unwrap(), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -367,16 +383,7 @@ fn killed_mid_change(exactly_once: bool) {
         w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
         rounds += 1;
     }
-    let said = sender.into_child().wait_with_output().unwrap();
-    let said_out = String::from_utf8_lossy(&said.stdout);
-    assert!(
-        said.status.success(),
-        "the durable sender failed: {said_out}"
-    );
-    writer.join().unwrap();
-    wait_status(lead, "w1 did not read its file", |s| {
-        s.contains(&format!("read to byte {len}\n"))
-    });
+    all_inputs_in(sender, writer, lead, len);
     let log = w1.log_text();
     for line in log
         .lines()
@@ -386,16 +393,20 @@ fn killed_mid_change(exactly_once: bool) {
     }
     // A slot in a cut step is dropped where it was or was going, not misrouted.
     assert!(!log.contains("does not own"), "{log}");
+    if exactly_once {
+        stop_and_check_exact(
+            &mut w1,
+            &mut [&mut w2, &mut w3],
+            (&receiver, &got),
+            &expected,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     signal(&w1.child, "-INT");
     w1.wait_exit_ok();
     w2.wait_exit_ok();
     w3.wait_exit_ok();
-    if exactly_once {
-        wait_committed(&receiver, &w1.rest_of_stdout());
-        check_exact_totals(&got.lock().unwrap(), &expected);
-        let _ = std::fs::remove_dir_all(&dir);
-        return;
-    }
     // Every running total 1..=n of every word reached the sink, none beyond n.
     let seen = || {
         let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
@@ -482,21 +493,7 @@ fn a_member_of_a_two_stage_app_killed_rolls_the_cluster_back_each_output_once() 
     let log = w1.log_text();
     assert!(log.contains("running the cores [3] of node w3"), "{log}");
     assert!(w2.log_text().contains("joined the coordinator again"));
-    let said = sender.into_child().wait_with_output().unwrap();
-    let said_out = String::from_utf8_lossy(&said.stdout);
-    assert!(
-        said.status.success(),
-        "the durable sender failed: {said_out}"
-    );
-    writer.join().unwrap();
-    wait_status(lead, "w1 did not read its file", |s| {
-        s.contains(&format!("read to byte {len}\n"))
-    });
-    signal(&w1.child, "-INT");
-    w1.wait_exit_ok();
-    w2.wait_exit_ok();
-    let summary = w1.rest_of_stdout();
-    wait_committed(&receiver, &summary);
-    check_exact_totals(&got.lock().unwrap(), &expected);
+    all_inputs_in(sender, writer, lead, len);
+    stop_and_check_exact(&mut w1, &mut [&mut w2], (&receiver, &got), &expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
