@@ -69,6 +69,26 @@ fn three_hosts() -> Namespaces {
     })
 }
 
+/// The three nodes of a test under load, each on its host of `setup.net`: w1 (coordinator)
+/// follows `file`, w2 takes a durable stream of `sent` (its sender is returned), w3 only
+/// holds slots; outputs go to `out`.
+fn three_nodes(
+    setup: &Setup,
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    sent: &std::path::Path,
+    out: std::net::SocketAddr,
+) -> (crate::Service, crate::Service, crate::Service, crate::Proc) {
+    let net = setup.net;
+    let w1 = coordinator_on(setup, file, &dir.join("w1"), &any_port(net, 0), out);
+    let lead = w1.addrs.control();
+    let w2_in = ["--in", &any_port(net, 1)];
+    let w2 = member_on(setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
+    let sender = durable_sender(w2.addrs.input(), sent);
+    let w3 = member_on(setup, 2, "w3", &dir.join("w3"), &[], lead);
+    (w1, w2, w3, sender)
+}
+
 /// Any port on node `i`'s host.
 fn any_port(net: &dyn Net, i: usize) -> String {
     format!("{}:0", net.host(i))
@@ -110,14 +130,8 @@ fn a_member_killed_under_load_comes_back_on_the_survivors_each_output_once() {
         guarantee: "exactly-once",
         args: &[],
     };
-    let s1 = dir.join("w1");
-    let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), out);
+    let (mut w1, mut w2, mut w3, sender) = three_nodes(&setup, &dir, &file, &sent, out);
     let lead = w1.addrs.control();
-    let w2_in = ["--in", &any_port(&net, 1)];
-    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
-    let input = w2.addrs.input();
-    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
-    let sender = durable_sender(input, &sent);
     // Under load, with checkpoints taken every 30 ms (so a kill often lands in one): w3 goes,
     // its slots come back on w1 and w2; a replacement joins under the same name, takes slots
     // back, and goes too; three times.
@@ -230,13 +244,8 @@ fn a_coordinator_killed_and_started_again_gets_its_members_back_each_output_once
         guarantee: "exactly-once",
         args: &[],
     };
-    let s1 = dir.join("w1");
-    let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), out);
-    let lead = w1.addrs.control();
-    let w2_in = ["--in", &any_port(&net, 1)];
-    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
-    let sender = durable_sender(w2.addrs.input(), &sent);
-    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
+    let (mut w1, mut w2, mut w3, sender) = three_nodes(&setup, &dir, &file, &sent, out);
+    let (lead, s1) = (w1.addrs.control(), dir.join("w1"));
     for round in 0..2 {
         let before = crate::crash::last_complete(&ctl(lead, &["status"]).1).unwrap_or(0);
         wait_status(lead, "no checkpoint with w2 and w3", |s| {
@@ -327,13 +336,8 @@ fn killed_mid_change(exactly_once: bool) {
         guarantee,
         args: &["--slots", "16384"],
     };
-    let state = dir.join("w1");
-    let mut w1 = coordinator_on(&setup, &file, &state, &any_port(&net, 0), out);
+    let (mut w1, mut w2, mut w3, sender) = three_nodes(&setup, &dir, &file, &sent, out);
     let lead = w1.addrs.control();
-    let w2_in = ["--in", &any_port(&net, 1)];
-    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
-    let sender = durable_sender(w2.addrs.input(), &sent);
-    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
     let cut_with_switched_steps = |log: &str| {
         (log.lines())
             .filter_map(|l| {
@@ -462,13 +466,8 @@ fn a_member_of_a_two_stage_app_killed_rolls_the_cluster_back_each_output_once() 
     };
     let (receiver, got) = exactly_once_sink_at(&net.sink_host());
     let writer = append_slowly(file.clone(), file_lines);
-    let s1 = dir.join("w1");
-    let mut w1 = coordinator_on(&setup, &file, &s1, &any_port(&net, 0), receiver.addr());
+    let (mut w1, mut w2, mut w3, sender) = three_nodes(&setup, &dir, &file, &sent, receiver.addr());
     let lead = w1.addrs.control();
-    let w2_in = ["--in", &any_port(&net, 1)];
-    let mut w2 = member_on(&setup, 1, "w2", &dir.join("w2"), &w2_in, lead);
-    let sender = durable_sender(w2.addrs.input(), &sent);
-    let mut w3 = member_on(&setup, 2, "w3", &dir.join("w3"), &[], lead);
     let before = crate::crash::last_complete(&ctl(lead, &["status"]).1).unwrap_or(0);
     wait_status(lead, "no checkpoint with w3", |s| {
         s.contains("\nnode w3:") && crate::crash::last_complete(s) > Some(before + 1)
