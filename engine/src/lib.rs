@@ -47,9 +47,9 @@ pub use app::{
 pub use cluster::Ending;
 pub use metrics::Summary;
 pub use node::{
-    ChangeError, ChangeReport, CheckpointError, CheckpointInfo, CheckpointStatus, Engine,
-    JoinError, JoinRefusal, LostReport, MigrationProgress, NodeInfo, RecoveryError, RecoveryStatus,
-    SourcesClosed, StartError, StateDirError, Status, MAX_SLOTS_PER_STEP,
+    ChangeError, ChangeReport, ChangeTally, CheckpointError, CheckpointInfo, CheckpointStatus,
+    Engine, JoinError, JoinRefusal, LostReport, MigrationProgress, NodeInfo, RecoveryError,
+    RecoveryStatus, SourcesClosed, StartError, StateDirError, Status, MAX_SLOTS_PER_STEP,
 };
 pub use quokka_io::file::FileFormat;
 pub use runtime::{default_cores, Config, FileInput, Guarantee, Input};

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use self::link::Link;
 use self::peers::{Admitted, Closed, LinkEnd, Peers, Refusal, RefusalLog};
-use self::wire::{Answer, Lane, LinkSecret, Member, Question, Wire};
+use self::wire::{Answer, JoinRequest, Lane, LinkSecret, Member, Question, Wire};
 use crate::archive::SlotArchive;
 use crate::dataflow::Dataflow;
 use crate::metrics::latency_histogram;
@@ -125,6 +125,8 @@ pub struct LostNode {
 pub(crate) struct Node {
     pub name: String,
     pub token: String,
+    /// Where this node serves HTTP, or empty (the others link their dashboards to it).
+    pub http: String,
     pub dataflow: Arc<Dataflow>,
     /// The cluster's slot count: a peer's message naming a slot beyond it is refused.
     pub n_slots: u32,
@@ -170,6 +172,8 @@ pub(crate) struct Node {
     closing: AtomicBool,
     /// The data port, to close when the node ends.
     listener: Mutex<Option<TcpListener>>,
+    /// What this node's cores last published about themselves.
+    pub board: crate::metrics::Board,
 }
 
 impl Node {
@@ -191,11 +195,10 @@ impl Node {
         same_token(token, &self.token)
     }
 
+    /// The node `config` describes (its name, token, slot count and HTTP address).
     pub fn new(
-        name: String,
-        token: String,
+        config: &crate::runtime::Config,
         dataflow: Arc<Dataflow>,
-        n_slots: u32,
         data_addr: SocketAddr,
         events: flume::Sender<CoreEvent>,
         role: Role,
@@ -203,10 +206,11 @@ impl Node {
         let (ending, ended) = flume::unbounded();
         let (questions, asked) = flume::unbounded();
         let node = Arc::new(Node {
-            name,
-            token,
+            name: config.name.clone(),
+            token: config.token.clone(),
+            http: config.http.map(|a| a.to_string()).unwrap_or_default(),
             dataflow,
-            n_slots,
+            n_slots: config.n_slots,
             data_addr,
             local: RwLock::default(),
             members: Mutex::default(),
@@ -230,6 +234,7 @@ impl Node {
             ended,
             closing: AtomicBool::new(false),
             listener: Mutex::default(),
+            board: crate::metrics::Board::default(),
         });
         let weak = Arc::downgrade(&node);
         std::thread::Builder::new()
@@ -305,14 +310,15 @@ impl Node {
     /// does not confirm, the ones that did forget the joiner again.
     pub fn expect_joiner(
         &self,
-        joiner: &str,
-        data_addr: &str,
+        join: &JoinRequest,
         cores: &[CoreId],
         own_cores: Vec<CoreId>,
     ) -> Result<Vec<Member>, LinkError> {
+        let joiner = join.node.as_str();
         let joining = |secret| Member {
             name: joiner.to_string(),
-            data_addr: data_addr.to_string(),
+            data_addr: join.data_addr.clone(),
+            http: join.http.clone(),
             cores: cores.to_vec(),
             secret,
         };
@@ -325,6 +331,7 @@ impl Node {
         let own = Member {
             name: self.name.clone(),
             data_addr: self.data_addr.to_string(),
+            http: self.http.clone(),
             cores: own_cores,
             secret: fresh()?,
         };

@@ -121,6 +121,7 @@ impl Engine {
             state_path: (checkpoints.as_ref())
                 .map(|c| c.status.state_dir.display().to_string())
                 .unwrap_or_default(),
+            http: config.http.map(|a| a.to_string()).unwrap_or_default(),
         };
         let welcome = match control
             .request(&config.token, &Request::Join(wire::encode_join(&request)))
@@ -206,10 +207,8 @@ impl Engine {
         }
         let (forward, forwarded) = flume::unbounded();
         let node = Node::new(
-            config.name.clone(),
-            config.token.clone(),
+            &config,
             app.dataflow.clone(),
-            config.n_slots,
             data_addr,
             forward.clone(),
             Role::Member {

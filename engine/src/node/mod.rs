@@ -7,6 +7,7 @@ mod background;
 mod change_lock;
 mod coordinator;
 mod join;
+mod prometheus;
 mod state_dir;
 mod status;
 mod status_json;
@@ -32,7 +33,8 @@ use self::coordinator::{Checkpoints, Coordinator, Gate};
 pub use self::join::{JoinError, SourcesClosed};
 pub use self::state_dir::StateDirError;
 pub use self::status::{
-    ChangeError, ChangeReport, JoinRefusal, LostReport, MigrationProgress, NodeInfo, Status,
+    ChangeError, ChangeReport, ChangeTally, JoinRefusal, LostReport, MigrationProgress, NodeInfo,
+    Status,
 };
 use crate::app::App;
 use crate::cluster::wire;
@@ -163,10 +165,8 @@ impl Engine {
         let data = Self::bind_data(config.data.unwrap_or(([127, 0, 0, 1], 0).into()))?;
         let events = flume::unbounded();
         let node = Node::new(
-            config.name.clone(),
-            config.token.clone(),
+            &config,
             app.dataflow.clone(),
-            config.n_slots,
             data.local_addr().expect("bound"),
             events.0.clone(),
             Role::Coordinator,
@@ -498,7 +498,7 @@ impl Engine {
 
     /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
     pub fn status(&self) -> Status {
-        let (table, cores, migration, retired, checkpoints, recovery) = {
+        let (table, cores, migration, retired, checkpoints, recovery, changes) = {
             let v = self.view.lock().unwrap();
             (
                 v.table.clone(),
@@ -507,6 +507,7 @@ impl Engine {
                 v.retired,
                 v.checkpoints.clone(),
                 v.recovery.clone(),
+                v.changes.clone(),
             )
         };
         let mut answers = self.node.local_status();
@@ -518,6 +519,7 @@ impl Engine {
         let mut nodes = vec![NodeInfo {
             name: self.node.name.clone(),
             data_addr: self.node.data_addr.to_string(),
+            http: Some(self.node.http.clone()).filter(|h| !h.is_empty()),
             coordinator: self.node.is_coordinator(),
         }];
         for m in self.node.members() {
@@ -531,6 +533,7 @@ impl Engine {
             nodes.push(NodeInfo {
                 name: m.name,
                 data_addr: m.data_addr,
+                http: Some(m.http).filter(|h| !h.is_empty()),
                 coordinator: false,
             });
         }
@@ -554,7 +557,35 @@ impl Engine {
             retired,
             checkpoints,
             recovery,
+            changes,
         }
+    }
+
+    /// This node's metrics in the Prometheus text format (`/metrics`): its cores' counters as
+    /// they last published them (at most a second old: reading them never asks a core), and on
+    /// the coordinator the cluster's changes and checkpoints.
+    pub fn metrics(&self) -> String {
+        let cores = self.node.board.read();
+        let coordinator = self.node.is_coordinator();
+        let facts = {
+            let v = self.view.lock().unwrap();
+            prometheus::NodeFacts {
+                node: self.node.name.clone(),
+                app: self.app_name.clone(),
+                coordinator,
+                nodes: self.node.members().len() + 1,
+                lost_nodes: self.node.lost_nodes().len(),
+                retired_cores: v.retired,
+                event_time: self.node.dataflow.stages.iter().any(|s| s.has_timers())
+                    || cores.iter().any(|c| c.status.watermark.is_some()),
+                changes: coordinator.then(|| v.changes.clone()),
+                migration: v.migration.clone(),
+                checkpoints: v.checkpoints.clone(),
+                recovering: (v.recovery.as_ref())
+                    .is_some_and(|r| r.took.is_none() && r.failed.is_none()),
+            }
+        };
+        prometheus::render(facts, cores)
     }
 
     /// Source-to-sink latency of the outputs written since the previous call (all cores), for

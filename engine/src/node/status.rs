@@ -23,6 +23,7 @@ pub(crate) struct View {
     pub retired: usize,
     pub checkpoints: Option<CheckpointStatus>,
     pub recovery: Option<RecoveryStatus>,
+    pub changes: ChangeTally,
 }
 
 impl View {
@@ -34,6 +35,36 @@ impl View {
             retired: 0,
             checkpoints: None,
             recovery: None,
+            changes: ChangeTally::default(),
+        }
+    }
+}
+
+/// The changes of cores this coordinator carried out since it started, added up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeTally {
+    /// Changes that moved their slots (joins, grows, shrinks, removals, recoveries' moves).
+    pub done: u64,
+    /// Changes that ended early (called off, a core failed, a node lost).
+    pub failed: u64,
+    pub slots_moved: u64,
+    pub entities_moved: u64,
+    pub bytes_moved: u64,
+    /// Time spent moving: from each change's first switch to its last slot adopted.
+    pub moving: Duration,
+}
+
+impl ChangeTally {
+    pub fn count<E>(&mut self, outcome: &Result<ChangeReport, E>) {
+        match outcome {
+            Ok(r) => {
+                self.done += 1;
+                self.slots_moved += r.slots_moved as u64;
+                self.entities_moved += r.entities_moved;
+                self.bytes_moved += r.bytes_moved;
+                self.moving += r.moving;
+            }
+            Err(_) => self.failed += 1,
         }
     }
 }
@@ -198,6 +229,8 @@ pub struct NodeInfo {
     pub name: String,
     /// Where the other nodes reach it.
     pub data_addr: String,
+    /// Where it serves HTTP (`/metrics`, its dashboard), if it does.
+    pub http: Option<String>,
     pub coordinator: bool,
 }
 
@@ -225,6 +258,8 @@ pub struct Status {
     pub checkpoints: Option<CheckpointStatus>,
     /// The last recovery of a lost node's slots (running, done or failed).
     pub recovery: Option<RecoveryStatus>,
+    /// The changes the coordinator carried out (on a member, none).
+    pub changes: ChangeTally,
 }
 
 impl fmt::Display for RecoveryStatus {
@@ -280,7 +315,11 @@ impl fmt::Display for Status {
         }
         for n in &self.nodes {
             let role = if n.coordinator { " (coordinator)" } else { "" };
-            writeln!(f, "node {}{role}: data {}", n.name, n.data_addr)?;
+            write!(f, "node {}{role}: data {}", n.name, n.data_addr)?;
+            match &n.http {
+                Some(http) => writeln!(f, ", dashboard http://{http}/")?,
+                None => writeln!(f)?,
+            }
         }
         for l in &self.lost {
             writeln!(

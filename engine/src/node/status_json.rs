@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::coordinator::CheckpointStatus;
-use super::status::Status;
+use super::status::{ChangeTally, Status};
 use crate::metrics::CoreStatus;
 
 impl Status {
@@ -45,7 +45,7 @@ impl Status {
             })
         });
         let nodes: Vec<Value> = (self.nodes.iter())
-            .map(|n| json!({"name": n.name, "data": n.data_addr, "coordinator": n.coordinator}))
+            .map(|n| json!({"name": n.name, "data": n.data_addr, "http": n.http, "coordinator": n.coordinator}))
             .collect();
         let status = json!({
             "epoch": self.epoch,
@@ -58,9 +58,21 @@ impl Status {
             "migration": migration,
             "checkpoints": self.checkpoints.as_ref().map(checkpoints),
             "recovery": recovery,
+            "changes": changes(&self.changes),
         });
         status.to_string()
     }
+}
+
+fn changes(c: &ChangeTally) -> Value {
+    json!({
+        "done": c.done,
+        "failed": c.failed,
+        "slots_moved": c.slots_moved,
+        "entities_moved": c.entities_moved,
+        "bytes_moved": c.bytes_moved,
+        "moving_ms": c.moving.as_millis() as u64,
+    })
 }
 
 fn core(c: &CoreStatus) -> Value {
@@ -78,6 +90,10 @@ fn core(c: &CoreStatus) -> Value {
         "buffered": c.buffered,
         "connections": c.connections,
         "frames": c.frames,
+        "bytes_in": c.bytes_in,
+        "source_errors": c.source_errors,
+        "inbox": c.inbox,
+        "outbox": c.outbox,
         "applied": c.applied,
         "late": c.late,
         "timers": c.timers,
@@ -118,6 +134,9 @@ fn checkpoints(c: &CheckpointStatus) -> Value {
         "failure": c.failure,
         "restored_from": c.restored_from,
         "awaiting_nodes": c.awaiting,
+        "completed": c.completed,
+        "failed": c.failed,
+        "written_bytes": c.written,
     })
 }
 
@@ -139,6 +158,7 @@ mod tests {
             nodes: vec![NodeInfo {
                 name: "w1 \"lead\"".into(),
                 data_addr: "127.0.0.1:7000".into(),
+                http: Some("127.0.0.1:6001".into()),
                 coordinator: true,
             }],
             cores: vec![CoreStatus {
@@ -164,6 +184,9 @@ mod tests {
                 failure: Some("disk full".into()),
                 restored_from: Some(8),
                 awaiting: vec!["w2".into()],
+                completed: 4,
+                failed: 1,
+                written: 400,
             }),
             recovery: Some(super::super::coordinator::RecoveryStatus {
                 node: "w3".into(),
@@ -174,6 +197,11 @@ mod tests {
                 failed: None,
                 lost_streams: vec!["b".into()],
             }),
+            changes: ChangeTally {
+                done: 2,
+                bytes_moved: 1 << 20,
+                ..ChangeTally::default()
+            },
         };
         let v: Value = serde_json::from_str(&status.to_json()).unwrap();
         assert_eq!(v["epoch"], 3);
@@ -199,5 +227,12 @@ mod tests {
         assert_eq!(c["failure"], "disk full");
         assert_eq!(c["restored_from"], 8);
         assert_eq!(c["awaiting_nodes"][0], "w2");
+        assert_eq!(
+            (c["completed"].as_u64(), c["failed"].as_u64()),
+            (Some(4), Some(1))
+        );
+        assert_eq!(v["changes"]["done"], 2);
+        assert_eq!(v["changes"]["bytes_moved"], 1 << 20);
+        assert_eq!(v["nodes"][0]["http"], "127.0.0.1:6001");
     }
 }

@@ -63,6 +63,7 @@ fn expect(engine: &Engine, name: &str, data_addr: SocketAddr, secret: LinkSecret
     engine.node.expect(Member {
         name: name.into(),
         data_addr: data_addr.to_string(),
+        http: String::new(),
         cores: Vec::new(),
         secret,
     });

@@ -48,6 +48,10 @@ pub struct Config {
     pub name: String,
     /// Where other nodes link to this one (port 0: any free port).
     pub data: Option<SocketAddr>,
+    /// Where this node serves HTTP (`/metrics`, `/status.json`, its dashboard), if it does:
+    /// the engine does not serve it (`quokka run --http` does), it tells the cluster, so that
+    /// each node's dashboard links to the others'.
+    pub http: Option<SocketAddr>,
     /// The shared secret every join, control and data connection must present.
     pub token: String,
     /// The CPUs this node's executors are placed on (empty: every online CPU).
@@ -148,6 +152,7 @@ impl Config {
             source_names: Vec::new(),
             name: "w1".into(),
             data: None,
+            http: None,
             token: String::new(),
             cpus: Vec::new(),
             state_dir: None,

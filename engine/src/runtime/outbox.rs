@@ -72,6 +72,11 @@ impl Outbox {
         self.ready.notify_all();
     }
 
+    /// Messages queued and not yet handed to the peer's inbox.
+    pub fn queued(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
     /// Whether producers may add another step's batches.
     pub fn has_room(&self) -> bool {
         self.queued_batches.get() < MAX_QUEUED_BATCHES

@@ -26,8 +26,10 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// 7: a slot archive carries its index, one slot per handoff frame; 8: a batch names its
 /// stage, a slot archive has a part per stage (and per stage's timers), cores exchange
 /// watermarks and say when they are done per stage; a welcome names every sink; 9: a plan has
-/// an id, and cores hold later stages' watermarks through a change, `Hold` and `ChangeDone`).
-pub const VERSION: u8 = 13;
+/// an id, and cores hold later stages' watermarks through a change, `Hold` and `ChangeDone`;
+/// 14: a join and a member carry the node's HTTP address, a core's status its bytes in,
+/// source errors and queue depths).
+pub const VERSION: u8 = 14;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 
@@ -47,6 +49,8 @@ pub struct JoinRequest {
     /// Its state dir, absolute: should the node be lost, the coordinator reads its part of the
     /// last checkpoint from there (the same machine, or a directory both mount).
     pub state_path: String,
+    /// Where it serves HTTP (`/metrics`, its dashboard), or empty.
+    pub http: String,
 }
 
 /// A member of the cluster as others reach it.
@@ -54,6 +58,8 @@ pub struct JoinRequest {
 pub struct Member {
     pub name: String,
     pub data_addr: String,
+    /// Where it serves HTTP (`/metrics`, its dashboard), or empty.
+    pub http: String,
     pub cores: Vec<CoreId>,
     /// The secret of the links between this member and the node this value is sent to: both
     /// say it in their hellos, and no third node knows it.

@@ -83,6 +83,7 @@ fn samples() -> Vec<Wire> {
             question: Question::Expect(Member {
                 name: "w3".into(),
                 data_addr: "127.0.0.1:6001".into(),
+                http: String::new(),
                 cores: vec![4, 5],
                 secret: LinkSecret([9; 16]),
             }),
@@ -134,6 +135,7 @@ fn messages_round_trip() {
         n_slots: 4096,
         cores: 1,
         data_addr: "127.0.0.1:6001".into(),
+        http: String::new(),
         state_dir: false,
         state_path: String::new(),
     };
@@ -329,6 +331,7 @@ fn link_secrets_are_random_unprinted_and_equal_only_whole() {
         members: vec![Member {
             name: "w1".into(),
             data_addr: "127.0.0.1:6001".into(),
+            http: String::new(),
             cores: vec![0, 1],
             secret: a,
         }],

@@ -84,6 +84,11 @@ pub struct CheckpointStatus {
     pub restored_from: Option<u64>,
     /// The nodes of that checkpoint not back yet: until they are, no source is read.
     pub awaiting: Vec<String>,
+    /// Checkpoints completed, and failed, since this node started.
+    pub completed: u64,
+    pub failed: u64,
+    /// Bytes the completed ones wrote, in all.
+    pub written: u64,
 }
 
 /// A node's checkpoints: its state dir and the last manifest written.
@@ -300,6 +305,8 @@ impl Coordinator {
                 Ok(info) => {
                     c.status.last = Some(info.clone());
                     c.status.failure = None;
+                    c.status.completed += 1;
+                    c.status.written += info.written;
                 }
                 // Stopping is not a failure: the last checkpoint stands as the final one. Nor
                 // is waiting for the nodes of a restored cluster (status says so).
@@ -313,6 +320,7 @@ impl Coordinator {
                         );
                     }
                     c.status.failure = failure;
+                    c.status.failed += 1;
                 }
             }
         }

@@ -65,9 +65,7 @@ impl Coordinator {
             // and the change lock keeps any other change from taking them meanwhile.
             None => (self.free_ids(usize::from(join.cores))?, 0),
         };
-        let members =
-            self.node
-                .expect_joiner(&join.node, &join.data_addr, &cores, self.local_ids())?;
+        let members = self.node.expect_joiner(join, &cores, self.local_ids())?;
         Ok(Welcome {
             cores,
             members,

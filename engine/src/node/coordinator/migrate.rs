@@ -188,6 +188,7 @@ impl Coordinator {
         let first_epoch = self.table.epoch() + 1;
         let mut window = StepWindow::new(first_epoch, transitions.len(), window, producers.len());
         let result = self.run_steps(&change, &transitions, &mut window, progress, &producers);
+        self.view.lock().unwrap().changes.count(&result);
         self.publish(None);
         result.map_err(|error| self.abort(error, &transitions, window, producers))
     }

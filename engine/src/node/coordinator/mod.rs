@@ -291,6 +291,7 @@ impl Coordinator {
                 run: self.run,
                 durable: self.last_durable(),
                 streams: self.streams.clone(),
+                board: self.node.board.clone(),
             };
             match spawn_core(setup, ready_tx.clone()) {
                 Ok(executor) => spawned.push((

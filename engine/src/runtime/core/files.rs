@@ -148,6 +148,7 @@ async fn step(
     let table = core.table.borrow().clone();
     let mut frames = 0;
     let mut read_nothing = false;
+    let start = reader.offset();
     let result = loop {
         if frames == FRAMES_PER_STEP {
             break Ok(Stepped::More);
@@ -178,7 +179,10 @@ async fn step(
         }
     };
     drop(replays);
-    core.report.borrow_mut().frames += frames as u64;
+    let mut report = core.report.borrow_mut();
+    report.frames += frames as u64;
+    report.bytes_in += reader.offset().saturating_sub(start);
+    drop(report);
     core.dispatch(pipeline);
     result
 }

@@ -42,7 +42,7 @@ use super::messages::{CoreAddr, CoreEvent, CoreMsg, PeerMsg, Scope, Snapshot};
 use super::notify::Notify;
 use super::{Config, Guarantee};
 use crate::dataflow::{Dataflow, Out, SendBatch, SourcePipeline, StagePart, Stages};
-use crate::metrics::{CoreReport, CoreStatus, Window};
+use crate::metrics::{Board, CoreReport, CoreStatus, LatencyBuckets, Published, Window};
 use crate::migration::{ChangePlan, Transition};
 use crate::routing::{CoreId, RoutingTable};
 use crate::sink_buffer::Mark;
@@ -87,6 +87,8 @@ pub(crate) struct Core {
     epoch: std::cell::Cell<u64>,
     report: RefCell<CoreReport>,
     window: RefCell<Window>,
+    /// Where this core publishes its status and latency once a second (`/metrics` reads it).
+    board: Board,
 }
 
 pub(crate) struct CoreSetup {
@@ -107,6 +109,7 @@ pub(crate) struct CoreSetup {
     /// The last durable checkpoint (0: none).
     pub durable: u64,
     pub streams: Arc<DurableStreams>,
+    pub board: Board,
 }
 
 /// Runs one core until it is stopped (or retired) and everything in flight is applied.
@@ -127,6 +130,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         run,
         durable,
         streams,
+        board,
     } = setup;
     let producers: Vec<CoreId> = peers.iter().map(|(p, _)| *p).chain([id]).collect();
     let mut keyed = dataflow.keyed(id, &table, producers.iter().copied());
@@ -158,6 +162,7 @@ pub(crate) async fn run(setup: CoreSetup) -> CoreReport {
         streams,
         report: RefCell::new(CoreReport::new(usize::from(id))),
         window: RefCell::new(Window::default()),
+        board,
     });
     core.peers.add(id, peers);
     core.speak_first();
@@ -587,6 +592,10 @@ impl Core {
             buffered: keyed.buffered(),
             connections: self.sources.count(),
             frames: report.frames,
+            bytes_in: report.bytes_in,
+            source_errors: report.connection_errors,
+            inbox: self.inbox.0.len() + self.inbox.1.len(),
+            outbox: self.peers.queued(),
             applied: keyed.applied(),
             late: keyed.late(),
             timers: keyed.timers(),
@@ -613,18 +622,32 @@ impl Core {
     }
 }
 
-/// Every second: the last second's rates and latency, for `status`. Ends with the core.
+/// Every second: the last second's rates and latency, for `status`, published on the node's
+/// board. Ends with the core, taking its copy off the board.
 async fn tick(core: Rc<Core>) {
     let mut last = Instant::now();
     let (mut frames, mut outputs) = (0, 0);
+    core.publish();
     while core.sleep_unless_done(Duration::from_secs(1)).await {
         let secs = last.elapsed().as_secs_f64();
         last = Instant::now();
-        let mut report = core.report.borrow_mut();
-        let mut w = core.window.borrow_mut();
-        w.last_frames_per_sec = (report.frames - frames) as f64 / secs;
-        w.last_outputs_per_sec = (report.outputs - outputs) as f64 / secs;
-        (frames, outputs) = (report.frames, report.outputs);
-        w.end_second(&mut report.latency);
+        {
+            let mut report = core.report.borrow_mut();
+            let mut w = core.window.borrow_mut();
+            w.last_frames_per_sec = (report.frames - frames) as f64 / secs;
+            w.last_outputs_per_sec = (report.outputs - outputs) as f64 / secs;
+            (frames, outputs) = (report.frames, report.outputs);
+            w.end_second(&mut report.latency);
+        }
+        core.publish();
+    }
+    core.board.remove(core.id);
+}
+
+impl Core {
+    fn publish(&self) {
+        let latency = LatencyBuckets::of(&self.report.borrow().latency);
+        let status = self.status();
+        self.board.publish(self.id, Published { status, latency });
     }
 }

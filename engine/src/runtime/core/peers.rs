@@ -64,6 +64,11 @@ impl Peers {
         }
     }
 
+    /// Messages queued in the outboxes, not yet in their peers' inboxes.
+    pub fn queued(&self) -> usize {
+        self.outboxes.borrow().values().map(|o| o.queued()).sum()
+    }
+
     /// Queues `msg` for `peer`'s data lane, behind everything queued for it before.
     pub fn send(&self, peer: CoreId, msg: CoreMsg) -> Result<(), NoRoute> {
         let outbox = self.outboxes.borrow().get(&peer).cloned();

@@ -564,12 +564,14 @@ async fn step(
     let mut durables = core.sources.durables.borrow_mut();
     let mut conn = durable.and_then(|key| durables.open.get_mut(&key));
     let mut frames = 0;
+    let mut bytes = 0;
     let mut taken = 0;
     let mut error = None;
     while taken < FRAMES_PER_STEP {
         match reader.next_frame() {
             Ok(Some(frame)) => {
                 taken += 1;
+                bytes += 4 + frame.len() as u64;
                 let routes = match conn.as_deref_mut() {
                     Some(c) => match c.take(frame, &table) {
                         Some(routes) => routes,
@@ -594,7 +596,10 @@ async fn step(
         }
     }
     drop(durables);
-    core.report.borrow_mut().frames += frames as u64;
+    let mut report = core.report.borrow_mut();
+    report.frames += frames as u64;
+    report.bytes_in += bytes;
+    drop(report);
     core.dispatch(pipeline);
     Stepped {
         more: error.is_none() && taken == FRAMES_PER_STEP,

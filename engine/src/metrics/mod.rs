@@ -1,9 +1,14 @@
-//! Counters and source-to-sink latency: each core keeps its own, the summary merges them.
+//! Counters and source-to-sink latency: each core keeps its own, the summary merges them, and
+//! the board holds what each core last published for readers on other threads.
+
+mod board;
 
 use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+pub use self::board::{latency_bounds_ns, Board, LatencyBuckets, Published};
 
 /// The system-wide monotonic clock (`CLOCK_MONOTONIC`) in nanoseconds: the ingress time of
 /// messages. One clock for every process on a machine, so latency stays meaningful when a message
@@ -38,6 +43,8 @@ pub struct CoreReport {
     pub handed_over: u64,
     /// Frames read from sources on this core.
     pub frames: u64,
+    /// Bytes of those frames, their length prefixes included.
+    pub bytes_in: u64,
     /// Outputs written to the sink.
     pub outputs: u64,
     /// Outputs written to a sink connection that then failed: TCP cannot say whether the sink
@@ -72,6 +79,7 @@ impl CoreReport {
             connections_cut: 0,
             handed_over: 0,
             frames: 0,
+            bytes_in: 0,
             outputs: 0,
             at_risk: 0,
             undelivered: 0,
@@ -91,6 +99,7 @@ impl CoreReport {
         self.connections_cut += other.connections_cut;
         self.handed_over += other.handed_over;
         self.frames += other.frames;
+        self.bytes_in += other.bytes_in;
         self.outputs += other.outputs;
         self.at_risk += other.at_risk;
         self.undelivered += other.undelivered;
@@ -293,6 +302,15 @@ pub struct CoreStatus {
     pub buffered: usize,
     pub connections: usize,
     pub frames: u64,
+    /// Bytes of the frames read, length prefixes included.
+    pub bytes_in: u64,
+    /// Source connections closed on bad framing, a frame the decoder rejected, or a read
+    /// error (and messages of file sources skipped for those).
+    pub source_errors: u64,
+    /// Messages waiting in this core's inbox (both lanes), when it last looked.
+    pub inbox: usize,
+    /// Messages queued for other cores and not yet in their inboxes.
+    pub outbox: usize,
     /// Keyed messages applied by this core's stateful steps (every stage's).
     pub applied: u64,
     /// Messages that came later than their stage's watermark (dropped, or sent to the app's
