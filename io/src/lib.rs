@@ -7,6 +7,8 @@
 //! - [`control`]: the control protocol (`quokka ctl`, joining and leaving nodes): a pure codec,
 //!   a blocking client that waits for the endpoint's greeting before it sends anything, and an
 //!   endpoint that bounds its connections and deadlines.
+//! - [`http`]: a small HTTP/1.1 endpoint for reading (GET and HEAD): bounded connections, a
+//!   deadline and a size limit for the request head, an optional bearer token.
 //! - [`durable`]: the durable TCP source protocol (a sender resends from where the engine
 //!   says) and its blocking client.
 //! - [`exactly_once`]: the exactly-once sink protocol (epochs, acknowledgements, commits) and
@@ -17,10 +19,12 @@
 //!
 //! This crate knows nothing of apps or of the engine; the engine calls into it.
 
+mod bounded;
 pub mod client;
 pub mod control;
 pub mod durable;
 pub mod exactly_once;
 pub mod file;
 pub mod framing;
+pub mod http;
 pub mod tcp;

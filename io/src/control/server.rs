@@ -3,8 +3,6 @@
 //! by deadlines for the whole message.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,66 +53,16 @@ pub fn serve(
     limits: Limits,
     handle: impl Fn(Session) + Send + Sync + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("quokka-control".into())
-        .spawn(move || accept(listener, limits, Arc::new(handle)))
-}
-
-fn accept(listener: TcpListener, limits: Limits, handle: Arc<dyn Fn(Session) + Send + Sync>) {
-    let served = Arc::new(AtomicUsize::new(0));
-    let mut refused = 0u64;
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors, say: do not spin.
-                tracing::warn!("control endpoint: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        // Only this thread adds; handlers only take away, so the check cannot overshoot.
-        if served.load(Ordering::Acquire) >= limits.connections {
-            if refused == 0 {
-                tracing::warn!(
-                    "control endpoint: {} connections are being served; refusing more",
-                    limits.connections
-                );
-            }
-            refused += 1;
-            refuse(stream, &limits);
-            continue;
-        }
-        if refused > 0 {
-            tracing::info!("control endpoint: refused {refused} connections while at the limit");
-            refused = 0;
-        }
-        served.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(served.clone());
-        let handle = handle.clone();
-        let spawned = std::thread::Builder::new()
-            .name("quokka-control-conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                match Session::open(stream, limits) {
-                    Ok(session) => handle(session),
-                    Err(e) => tracing::debug!("control connection gone before its greeting: {e}"),
-                }
-            });
-        if let Err(e) = spawned {
-            // The closure, and the slot with it, was dropped.
-            tracing::warn!("control endpoint: cannot start a thread for a connection: {e}");
-        }
-    }
-}
-
-/// One of the connections being served; frees its place when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    crate::bounded::serve(
+        listener,
+        "control",
+        limits.connections,
+        move |stream| refuse(stream, &limits),
+        move |stream| match Session::open(stream, limits) {
+            Ok(session) => handle(session),
+            Err(e) => tracing::debug!("control connection gone before its greeting: {e}"),
+        },
+    )
 }
 
 /// Turns a connection away: a refusal in place of the greeting, then close. The peer has not
