@@ -6,17 +6,21 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use quokka::inputs::parse_addr;
+use quokka::progress::{Progress, ProgressArgs};
 use quokka_io::client::{Collector, Records};
 use quokka_io::framing::encode_frame;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// Receive a Quokka sink's outputs.
+///
+/// The first line on stderr names the address it listens on; progress (records received, of
+/// --expect if given) follows on stderr, the summary goes to stdout.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -26,7 +30,7 @@ struct Args {
     /// Write every record here (lines as lines, frames as frames), in arrival order.
     #[arg(long, value_name = "FILE")]
     out: Option<std::path::PathBuf>,
-    /// Exit 0 once this many records arrived.
+    /// Exit 0 once this many records arrived (progress then shows an ETA).
     #[arg(long, value_name = "N")]
     expect: Option<u64>,
     /// Exit after this many seconds without a record (exit 1 if --expect was not reached).
@@ -40,6 +44,8 @@ struct Args {
     /// are counted (and --expect reached) as commits release them.
     #[arg(long)]
     exactly_once: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,21 +110,25 @@ fn run(args: Args) -> Result<bool> {
     // The bound address: with port 0 the system chose it, and this line reports it.
     eprintln!("quokka-recv: listening on {}", collector.addr());
     let started = Instant::now();
-    collector.wait_idle_or(
-        args.expect,
-        Duration::from_secs(args.idle_timeout),
-        &stopped,
-    );
+    let mut progress = start_progress(&args);
+    watch(&mut progress, &|| collector.records(), || {
+        collector.wait_idle_or(
+            args.expect,
+            Duration::from_secs(args.idle_timeout),
+            &stopped,
+        )
+    });
     if let Some(w) = &file {
         w.lock()
             .unwrap()
             .flush()
             .context("flushing the output file")?;
     }
+    let n = collector.records();
+    progress.finish(n);
     if stopped.load(Ordering::Acquire) {
         eprintln!("quokka-recv: stopped by a signal");
     }
-    let n = collector.records();
     let span = collector
         .last_record_at()
         .map_or(Duration::ZERO, |t| t - started);
@@ -176,20 +186,23 @@ fn receive_exactly_once(
     let started = Instant::now();
     let idle = Duration::from_secs(args.idle_timeout);
     let (lock, changed) = &*counted;
-    let mut c = lock.lock().unwrap();
-    loop {
-        if args.expect.is_some_and(|e| c.0 >= e) || stopped.load(Ordering::Acquire) {
-            break;
+    let mut progress = start_progress(args);
+    let (n, bytes, last) = watch(&mut progress, &|| lock.lock().unwrap().0, || {
+        let mut c = lock.lock().unwrap();
+        loop {
+            if args.expect.is_some_and(|e| c.0 >= e) || stopped.load(Ordering::Acquire) {
+                break;
+            }
+            let last = c.2.unwrap_or(started);
+            if last.elapsed() >= idle {
+                break;
+            }
+            let wait = (idle - last.elapsed()).min(Duration::from_millis(100));
+            c = changed.wait_timeout(c, wait).unwrap().0;
         }
-        let last = c.2.unwrap_or(started);
-        if last.elapsed() >= idle {
-            break;
-        }
-        let wait = (idle - last.elapsed()).min(Duration::from_millis(100));
-        c = changed.wait_timeout(c, wait).unwrap().0;
-    }
-    let (n, bytes, last) = *c;
-    drop(c);
+        *c
+    });
+    progress.finish(n);
     let secs = last.map_or(0.0, |t| (t - started).as_secs_f64()).max(1e-9);
     quokka::outln!(
         "received {n} committed records ({bytes} bytes; checkpoint {} committed last) in {secs:.2}s: {:.0} records/s",
@@ -197,6 +210,32 @@ fn receive_exactly_once(
         n as f64 / secs
     )?;
     Ok(reached(args, n))
+}
+
+/// Progress of the records received, towards `--expect` if given.
+fn start_progress(args: &Args) -> Progress {
+    Progress::start(&args.progress, "quokka-recv", "records", args.expect)
+}
+
+/// Runs `wait` while a thread shows `count()` as `progress` every 100 ms.
+fn watch<T>(
+    progress: &mut Progress,
+    count: &(dyn Fn() -> u64 + Sync),
+    wait: impl FnOnce() -> T,
+) -> T {
+    let (done, finished) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            while finished.recv_timeout(Duration::from_millis(100))
+                == Err(mpsc::RecvTimeoutError::Timeout)
+            {
+                progress.update(count());
+            }
+        });
+        let result = wait();
+        drop(done);
+        result
+    })
 }
 
 /// Whether `n` records meet `--expect` (saying so if not).

@@ -1,16 +1,22 @@
 //! `quokka-send`: sends a file to a Quokka source, one frame per line or as already-framed data.
 
+use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use quokka::inputs::parse_addr;
+use quokka::progress::{Progress, ProgressArgs};
 use quokka_io::client::FrameSender;
 
 /// Send a file to a Quokka source as Wallaroo frames (u32 big-endian length + payload).
+///
+/// Progress (frames sent of the file's frames times --repeat) goes to stderr, the summary to
+/// stdout.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -39,9 +45,13 @@ struct Args {
     /// Send as durable stream NAME (the engine needs --state-dir): frames are kept until the
     /// engine says a durable checkpoint holds them, and after a broken connection or an engine
     /// restart, resent from where the engine says (reconnecting with backoff). Exits 0 once
-    /// every frame is durable. One sender per name.
+    /// every frame is durable. One sender per name. Progress counts frames sent, not frames
+    /// made durable: it goes back when a reconnection resends, and waits at the total until
+    /// the engine says all are durable.
     #[arg(long, value_name = "NAME")]
     durable: Option<String>,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 fn main() {
@@ -67,9 +77,8 @@ fn run(args: Args) -> Result<()> {
         .with_context(|| format!("connecting to {addr}"))?;
 
     let total = frames * args.repeat;
-    let progress = std::io::stderr().is_terminal();
+    let mut progress = Progress::start(&args.progress, "quokka-send", "frames", Some(total));
     let started = Instant::now();
-    let mut last_report = started;
     let (mut sent, mut bytes) = (0u64, 0u64);
     for _ in 0..args.repeat {
         let mut frames =
@@ -89,12 +98,7 @@ fn run(args: Args) -> Result<()> {
             sender.send(frame).context("sending")?;
             sent += 1;
             bytes += frame.len() as u64 + 4;
-            if progress && sent % 1024 == 0 && last_report.elapsed() >= Duration::from_millis(250) {
-                last_report = Instant::now();
-                let pct = 100.0 * sent as f64 / total.max(1) as f64;
-                eprint!("\r{sent}/{total} frames ({pct:.0}%)   ");
-                let _ = std::io::stderr().flush();
-            }
+            progress.update(sent);
         }
     }
     // Returns once the engine has read every frame, so stopping it next loses none.
@@ -102,9 +106,7 @@ fn run(args: Args) -> Result<()> {
         .finish_read()
         .context("waiting for the engine to read every frame")?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
-    if progress {
-        eprint!("\r");
-    }
+    progress.finish(sent);
     quokka::outln!(
         "sent {sent} frames ({bytes} bytes) to {addr} in {secs:.2}s, all read by the engine: {:.0} frames/s, {:.1} MB/s",
         sent as f64 / secs,
@@ -119,10 +121,18 @@ fn send_durable(args: &Args, addr: std::net::SocketAddr, name: &str, frames: u64
     let total = frames * args.repeat;
     let started = Instant::now();
     let (path, framed, rate) = (args.file.clone(), args.framed, args.rate);
+    // The frames are drawn on this thread, one connection at a time.
+    let progress = Rc::new(RefCell::new(Progress::start(
+        &args.progress,
+        "quokka-send",
+        "frames",
+        Some(total),
+    )));
+    let shown = progress.clone();
     let from = move |first: u64| -> std::io::Result<quokka_io::durable::Frames> {
         let mut index = 0u64;
         let mut round = FileFrames::open(&path, framed)?;
-        let (path, total) = (path.clone(), total);
+        let (path, total, progress) = (path.clone(), total, shown.clone());
         Ok(Box::new(std::iter::from_fn(move || loop {
             if index >= total {
                 return None;
@@ -150,6 +160,7 @@ fn send_durable(args: &Args, addr: std::net::SocketAddr, name: &str, frames: u64
                     std::thread::sleep(wait);
                 }
             }
+            progress.borrow_mut().update(index);
             return Some(Ok(frame));
         })))
     };
@@ -157,6 +168,7 @@ fn send_durable(args: &Args, addr: std::net::SocketAddr, name: &str, frames: u64
     let sent = quokka_io::durable::send_durably(addr, name, total, &from, patience)
         .with_context(|| format!("durable stream `{name}` to {addr}"))?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
+    progress.borrow_mut().finish(total);
     quokka::outln!(
         "sent {total} frames to {addr} as durable stream `{name}` in {secs:.2}s over {} connection(s) ({} frames written, resends included), all durable: {:.0} frames/s",
         sent.connections,
