@@ -64,10 +64,12 @@ fn ctl(control: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 /// The addresses a `quokka run` bound, from the line it prints once it serves:
-/// `listening control=ADDR|none data=ADDR [in=NAME@ADDR]...`.
+/// `listening control=ADDR|none data=ADDR http=ADDR|none [in=NAME@ADDR]...`.
 struct Listening {
     control: Option<SocketAddr>,
     data: SocketAddr,
+    /// Where it serves HTTP (`/metrics`, the dashboard), unless `--http none`.
+    http: Option<SocketAddr>,
     /// Each source's name and address, in the app's order.
     inputs: Vec<(String, SocketAddr)>,
 }
@@ -81,12 +83,14 @@ impl Listening {
             a.parse()
                 .unwrap_or_else(|e| panic!("bad address {a:?} in {line:?}: {e}"))
         };
-        let (mut control, mut data, mut inputs) = (None, None, Vec::new());
+        let (mut control, mut data, mut http, mut inputs) = (None, None, None, Vec::new());
         for field in fields.split(' ') {
             match field.split_once('=') {
                 Some(("control", "none")) => control = Some(None),
                 Some(("control", a)) => control = Some(Some(addr(a))),
                 Some(("data", a)) => data = Some(addr(a)),
+                Some(("http", "none")) => http = Some(None),
+                Some(("http", a)) => http = Some(Some(addr(a))),
                 Some(("in", source)) => {
                     let (name, a) = source.split_once('@').expect("in=NAME@ADDR");
                     inputs.push((name.to_string(), addr(a)));
@@ -97,6 +101,7 @@ impl Listening {
         Listening {
             control: control.unwrap_or_else(|| panic!("no control= in {line:?}")),
             data: data.unwrap_or_else(|| panic!("no data= in {line:?}")),
+            http: http.unwrap_or_else(|| panic!("no http= in {line:?}")),
             inputs,
         }
     }

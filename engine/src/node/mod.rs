@@ -355,6 +355,10 @@ impl Engine {
     }
 
     /// This node's name and where other nodes link to it.
+    pub fn is_coordinator(&self) -> bool {
+        self.node.is_coordinator()
+    }
+
     pub fn node_name(&self) -> &str {
         &self.node.name
     }
@@ -496,8 +500,19 @@ impl Engine {
         }
     }
 
-    /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration.
+    /// Cores, slots, epoch, per-core rates and latency over the last second, and any migration:
+    /// every node's cores (the others are asked, each within 2 s).
     pub fn status(&self) -> Status {
+        self.status_asking(true)
+    }
+
+    /// As [`Self::status`], with this node's cores only: the other nodes are listed, not asked
+    /// (a member's dashboard shows itself and links to the others').
+    pub fn own_status(&self) -> Status {
+        self.status_asking(false)
+    }
+
+    fn status_asking(&self, others: bool) -> Status {
         let (table, cores, migration, retired, checkpoints, recovery, changes) = {
             let v = self.view.lock().unwrap();
             (
@@ -523,18 +538,19 @@ impl Engine {
             coordinator: self.node.is_coordinator(),
         }];
         for m in self.node.members() {
-            match self
-                .node
-                .ask(&m.name, wire::Question::Status, Duration::from_secs(2))
-            {
-                Some(wire::Answer::Status(s)) => answers.extend(s),
-                _ => silent.extend(&m.cores),
+            if others {
+                match (self.node).ask(&m.name, wire::Question::Status, Duration::from_secs(2)) {
+                    Some(wire::Answer::Status(s)) => answers.extend(s),
+                    _ => silent.extend(&m.cores),
+                }
             }
+            let leads =
+                matches!(&self.node.role, Role::Member { coordinator } if *coordinator == m.name);
             nodes.push(NodeInfo {
                 name: m.name,
                 data_addr: m.data_addr,
                 http: Some(m.http).filter(|h| !h.is_empty()),
-                coordinator: false,
+                coordinator: leads,
             });
         }
         let lost = self

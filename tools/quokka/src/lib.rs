@@ -6,7 +6,9 @@ pub mod control;
 pub mod demo;
 pub mod duration;
 pub mod inputs;
+pub mod progress;
 pub mod stdout;
+pub mod web;
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging() {

@@ -30,8 +30,9 @@ enum Command {
     ///
     /// Once it serves, it prints the addresses it bound as one line on stdout (a port given as
     /// 0 is chosen then), e.g. `listening control=127.0.0.1:6000 data=127.0.0.1:41235
-    /// in=text@127.0.0.1:7000`: one `in=NAME@HOST:PORT` per source, none on a joining node
-    /// without --in, and `control=none` on a joining node without --control.
+    /// http=127.0.0.1:6001 in=text@127.0.0.1:7000`: one `in=NAME@HOST:PORT` per source, none on
+    /// a joining node without --in, `control=none` on a joining node without --control, and
+    /// `http=none` with `--http none`.
     Run(Box<RunArgs>),
     /// List the apps linked into this binary.
     Apps,
@@ -226,6 +227,14 @@ struct RunArgs {
     /// whose cluster is driven through its coordinator]
     #[arg(long, value_name = "HOST:PORT")]
     control: Option<String>,
+    /// Where this node serves HTTP, for reading only: `/` a live dashboard, `/metrics` for
+    /// Prometheus, `/status.json` (what `quokka ctl status --json` prints) and `/series.json`;
+    /// `none` serves nothing. With a cluster token, every request must carry it
+    /// (`Authorization: Bearer TOKEN`, or `?token=TOKEN` in the URL). [default: the control
+    /// port + 1 on the control host (127.0.0.1:6001), or any free port if that one is taken; on
+    /// a joining node without --control, any free port on the --data host or 127.0.0.1]
+    #[arg(long, value_name = "HOST:PORT|none")]
+    http: Option<String>,
 }
 
 fn main() {
@@ -356,6 +365,9 @@ fn run(args: RunArgs) -> Result<()> {
             config.data = Some((l.local_addr()?.ip(), 0).into());
         }
     }
+    let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
+    let http = bind_http(args.http.as_deref(), control_addr, config.data)?;
+    config.http = http.as_ref().map(TcpListener::local_addr).transpose()?;
 
     // Signals go into a channel, so the main thread can also wait for the cluster's word.
     let (signal_tx, signal_rx) = flume::unbounded();
@@ -387,11 +399,14 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let mut engine = Arc::new(engine);
     let current = Arc::new(RwLock::new(Some(engine.clone())));
-    let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
     if let Some(control) = control {
         quokka::control::serve(control, current.clone());
     }
-    report_listening(control_addr, &engine, app.sources());
+    if let Some(http) = http {
+        quokka::web::serve(http, again.token.clone(), current.clone())
+            .context("cannot start the HTTP endpoint")?;
+    }
+    report_listening(control_addr, again.http, &engine, app.sources());
     let listening: Vec<String> = (app.sources().iter().enumerate())
         .map(
             |(i, name)| match engine.listening().iter().find(|(s, _)| *s == i) {
@@ -560,15 +575,57 @@ fn start_again(app: &quokka_engine::App, config: &Config) -> Result<Engine> {
     }
 }
 
-/// Prints the addresses `quokka run` bound, once every listener accepts connections:
-/// `listening control=ADDR|none data=ADDR [in=NAME@ADDR]...`. Tests and scripts pass port 0
-/// and read the ports from here, instead of guessing a free one.
-fn report_listening(control: Option<SocketAddr>, engine: &Engine, sources: &[String]) {
-    let mut line = match control {
-        Some(addr) => format!("listening control={addr}"),
-        None => "listening control=none".to_string(),
+/// Binds the HTTP endpoint: `--http` as given (`none`: none), else next to the control port
+/// (any free port if that one is taken), else any free port on the data host.
+fn bind_http(
+    flag: Option<&str>,
+    control: Option<SocketAddr>,
+    data: Option<SocketAddr>,
+) -> Result<Option<TcpListener>> {
+    let bind = |addr: SocketAddr| {
+        TcpListener::bind(addr).with_context(|| {
+            format!("cannot serve HTTP on {addr} (choose another --http, or --http none)")
+        })
     };
-    line += &format!(" data={}", engine.data_addr());
+    match flag {
+        Some("none") => Ok(None),
+        Some(addr) => Ok(Some(bind(parse_addr(addr).context("--http")?)?)),
+        None => {
+            let Some(control) = control else {
+                let ip = data.map_or([127, 0, 0, 1].into(), |d| d.ip());
+                return bind((ip, 0).into()).map(Some);
+            };
+            let next = match control.port() {
+                0 | u16::MAX => 0,
+                port => port + 1,
+            };
+            match TcpListener::bind((control.ip(), next)) {
+                Ok(l) => Ok(Some(l)),
+                Err(e) => {
+                    tracing::warn!("cannot serve HTTP on {}:{next} ({e}): serving it on any free port instead (see the listening line, or give --http)", control.ip());
+                    bind((control.ip(), 0).into()).map(Some)
+                }
+            }
+        }
+    }
+}
+
+/// Prints the addresses `quokka run` bound, once every listener accepts connections:
+/// `listening control=ADDR|none data=ADDR http=ADDR|none [in=NAME@ADDR]...`. Tests and scripts pass port 0
+/// and read the ports from here, instead of guessing a free one.
+fn report_listening(
+    control: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    engine: &Engine,
+    sources: &[String],
+) {
+    let name = |addr: Option<SocketAddr>| addr.map_or("none".to_string(), |a| a.to_string());
+    let mut line = format!(
+        "listening control={} data={} http={}",
+        name(control),
+        engine.data_addr(),
+        name(http)
+    );
     for &(source, addr) in engine.listening() {
         line += &format!(" in={}@{addr}", sources[source]);
     }
