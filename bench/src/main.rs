@@ -9,11 +9,15 @@ mod kill;
 mod market_spread;
 mod migrate;
 mod nexmark;
+mod plot;
+mod sampler;
 mod util;
 mod windows;
 mod wordcount;
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -24,6 +28,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     bench: Bench,
+    /// Where `wordcount` and `migrate` write their pictures (SVG): latency percentile
+    /// distributions, and for `migrate` throughput and p99 over time with the moves marked.
+    /// The default is this source tree's bench/results, which holds the committed ones (linked
+    /// from bench/RESULTS.md): pass another directory to keep them.
+    #[arg(long, global = true, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    plots: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -58,12 +68,17 @@ fn main() -> Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().bench {
-        Bench::Wordcount(args) => wordcount::run(args),
+    let cli = Cli::parse();
+    if matches!(cli.bench, Bench::Wordcount(_) | Bench::Migrate(_)) {
+        std::fs::create_dir_all(&cli.plots)
+            .with_context(|| format!("creating {}", cli.plots.display()))?;
+    }
+    match cli.bench {
+        Bench::Wordcount(args) => wordcount::run(args, &cli.plots),
         Bench::Windows(args) => windows::run(args),
         Bench::Nexmark(args) => nexmark::run(args),
         Bench::Channels(args) => channels::run(args),
-        Bench::Migrate(args) => migrate::run(args),
+        Bench::Migrate(args) => migrate::run(args, &cli.plots),
         Bench::MarketSpread(args) => market_spread::run(args),
         Bench::Cluster(args) => cluster::run(args),
         Bench::Checkpoint(args) => checkpoint::run(args),

@@ -1,8 +1,11 @@
 //! Migration under load: word count with a million distinct words in state, at a steady offered
 //! rate, grows from 1 to 2 cores and shrinks back. Measures each change's duration, state moved
 //! and MB/s, and source-to-sink latency in the migration window against steady state before it.
+//! Throughput and latency are sampled (every 100 ms by default) for a picture of the run over
+//! time.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,8 @@ use quokka_engine::store::SlotStore;
 use quokka_engine::{ChangeReport, Config, Engine};
 use quokka_io::client::FrameSender;
 
+use crate::plot::{self, Interval, Mark};
+use crate::sampler::Sampler;
 use crate::util::{
     client_collector, median, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin,
     words_in_cycle, CLIENT_NICE,
@@ -37,6 +42,11 @@ pub struct Args {
     /// Seconds of steady state measured before each change.
     #[arg(long, default_value_t = 2.0)]
     steady_secs: f64,
+    /// Milliseconds between samples of throughput and p99 for migrate-timeline.svg; 0: no
+    /// sampling and no timeline. Each sample folds and copies every core's latency histogram
+    /// (about a quarter of a millisecond of each core's time on the 2-CPU VM).
+    #[arg(long, default_value_t = 100)]
+    sample_ms: u64,
 }
 
 struct Phase {
@@ -45,9 +55,19 @@ struct Phase {
     during: Histogram<u64>,
     /// The second after the change: what first touching moved state costs its new owner.
     after: Histogram<u64>,
+    /// The change on the run's timeline.
+    mark: Mark,
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// One run: the two changes, the offered rate (words/s), throughput and p99 per interval.
+struct Run {
+    grow: Phase,
+    shrink: Phase,
+    rate: f64,
+    intervals: Vec<Interval>,
+}
+
+pub fn run(args: Args, plots: &Path) -> Result<()> {
     let cpu = pin_to_last_cpu();
     let offered = args.rate.map_or_else(
         || "half of the max rate measured in each run".to_string(),
@@ -59,19 +79,29 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mut grows = Vec::new();
     let mut shrinks = Vec::new();
+    let mut first = None;
     for _ in 0..args.runs {
-        let (g, s, rate) = one_run(&args)?;
+        let run = one_run(&args)?;
         println!(
             "  run at {:.2} M words/s: grow {} | shrink {}",
-            rate / 1e6,
-            g.report,
-            s.report
+            run.rate / 1e6,
+            run.grow.report,
+            run.shrink.report
         );
-        grows.push(g);
-        shrinks.push(s);
+        let marks = vec![run.grow.mark.clone(), run.shrink.mark.clone()];
+        first.get_or_insert((run.intervals, marks, run.rate));
+        grows.push(run.grow);
+        shrinks.push(run.shrink);
     }
     summarize("grow 1 -> 2", &grows);
     summarize("shrink 2 -> 1", &shrinks);
+    pictures(
+        &args,
+        plots,
+        &grows,
+        &shrinks,
+        first.expect("at least one run"),
+    )?;
     let (adopt, archive): (Vec<f64>, Vec<f64>) =
         (0..args.runs).map(|_| baselines(args.distinct)).unzip();
     println!(
@@ -158,9 +188,64 @@ fn summarize(name: &str, phases: &[Phase]) {
     }
 }
 
+/// migrate-latency.svg: the latency distribution before, during and after each change, the runs
+/// merged; migrate-timeline.svg: throughput and p99 per interval over the first run.
+fn pictures(
+    args: &Args,
+    plots: &Path,
+    grows: &[Phase],
+    shrinks: &[Phase],
+    (intervals, marks, rate): (Vec<Interval>, Vec<Mark>, f64),
+) -> Result<()> {
+    let merged = |phases: &[Phase], pick: fn(&Phase) -> &Histogram<u64>| {
+        let mut all = quokka_engine::metrics::latency_histogram();
+        for p in phases {
+            all.add(pick(p)).expect("same histogram bounds");
+        }
+        all
+    };
+    let mut lines = Vec::new();
+    for (change, phases) in [("grow 1 → 2", grows), ("shrink 2 → 1", shrinks)] {
+        lines.push((
+            format!("steady before {change}"),
+            merged(phases, |p| &p.steady),
+        ));
+        lines.push((format!("during {change}"), merged(phases, |p| &p.during)));
+        lines.push((
+            format!("second after {change}"),
+            merged(phases, |p| &p.after),
+        ));
+    }
+    let series: Vec<(&str, &Histogram<u64>)> = lines.iter().map(|(n, h)| (n.as_str(), h)).collect();
+    let words = match args.distinct {
+        n if n >= 1_000_000 => format!("{}M", n / 1_000_000),
+        n => format!("{}k", n / 1000),
+    };
+    let path = plots.join("migrate-latency.svg");
+    let title = format!(
+        "migrate: word count latency around the changes, {words} words in state, {}",
+        plot::runs_merged(args.runs)
+    );
+    plot::latency_distribution(&path, &title, &series)?;
+    println!("picture: {}", path.display());
+    if args.sample_ms == 0 {
+        return Ok(());
+    }
+    let path = plots.join("migrate-timeline.svg");
+    let title = format!(
+        "migrate: {words} words in state, {:.2} M words/s offered, per {} ms (run 1 of {})",
+        rate / 1e6,
+        args.sample_ms,
+        args.runs
+    );
+    plot::timeline(&path, &title, &intervals, &marks)?;
+    println!("picture: {}", path.display());
+    Ok(())
+}
+
 /// One engine: fill the state, measure the max rate (unless given), grow and shrink under half
-/// of it. Returns the two phases and the offered rate in words/s.
-fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
+/// of it, sampling throughput and latency per interval from the load's start.
+fn one_run(args: &Args) -> Result<Run> {
     let collector = client_collector()?;
     let mut config = Config::new(vec!["127.0.0.1:0".parse()?], collector.addr());
     config.cores = 1;
@@ -194,6 +279,7 @@ fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
     let max_rate = burst_words as f64 / started.elapsed().as_secs_f64();
     let rate = args.rate.unwrap_or(max_rate / 2.0);
     let stop = AtomicBool::new(false);
+    let sampler = Sampler::new(&engine, &collector);
     let (grow, shrink, sent) = std::thread::scope(|s| -> Result<_> {
         let sender = s.spawn(|| {
             set_nice(CLIENT_NICE);
@@ -204,10 +290,21 @@ fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
         // The clients stay on their CPU; the coordinator (this thread) goes where the OS finds
         // room, as a control thread would in production.
         unpin();
+        let ticker = s.spawn(|| {
+            if args.sample_ms > 0 {
+                sampler.tick(Duration::from_millis(args.sample_ms), &stop);
+            }
+        });
         let steady = Duration::from_secs_f64(args.steady_secs);
-        let grow = phase(&engine, steady, |e| e.grow(1))?;
-        let shrink = phase(&engine, steady, |e| e.shrink(1))?;
+        let phases = (|| -> Result<_> {
+            let grow = phase(&engine, &sampler, steady, "grow", |e| e.grow(1))?;
+            let shrink = phase(&engine, &sampler, steady, "shrink", |e| e.shrink(1))?;
+            Ok((grow, shrink))
+        })();
+        // Stopped on a failed change too, or the scope would wait for the load forever.
         stop.store(true, Ordering::Release);
+        ticker.join().expect("sampler");
+        let (grow, shrink) = phases?;
         let (sent, sending) = sender.join().expect("sender")?;
         let achieved = words_in_cycle(&load, sent) as f64 / sending.as_secs_f64();
         println!("  (sender achieved {:.2} M words/s)", achieved / 1e6);
@@ -226,29 +323,51 @@ fn one_run(args: &Args) -> Result<(Phase, Phase, f64)> {
             summary.misrouted()
         );
     }
-    Ok((grow, shrink, rate))
+    let intervals = sampler.intervals(Duration::from_millis(args.sample_ms) / 2);
+    Ok(Run {
+        grow,
+        shrink,
+        rate,
+        intervals,
+    })
 }
 
 /// Measures `steady` of steady state, then the change and the window until it has finished
 /// (plus 100 ms for outputs of messages that waited for their slot), then the second after.
+/// The windows' edges are samples cut by this thread, between the sampler's ticks.
 fn phase(
     engine: &Engine,
+    sampler: &Sampler,
     steady: Duration,
+    verb: &str,
     change: impl Fn(&Engine) -> Result<ChangeReport, quokka_engine::ChangeError>,
 ) -> Result<Phase> {
-    engine.take_latency();
+    let begin = sampler.sample();
     std::thread::sleep(steady);
-    let steady = engine.take_latency();
+    let changing = sampler.sample();
+    let start = sampler.elapsed();
     let report = change(engine)?;
+    let end = sampler.elapsed();
     std::thread::sleep(Duration::from_millis(100));
-    let during = engine.take_latency();
+    let changed = sampler.sample();
     std::thread::sleep(Duration::from_secs(1));
-    let after = engine.take_latency();
+    let done = sampler.sample();
+    let mark = Mark {
+        start: start.as_secs_f64(),
+        end: end.as_secs_f64(),
+        label: format!(
+            "{verb} {} → {} ({:.0} ms)",
+            report.cores_before,
+            report.cores_after,
+            report.elapsed.as_secs_f64() * 1e3
+        ),
+    };
     Ok(Phase {
         report,
-        steady,
-        during,
-        after,
+        steady: sampler.latency_between(begin, changing),
+        during: sampler.latency_between(changing, changed),
+        after: sampler.latency_between(changed, done),
+        mark,
     })
 }
 

@@ -114,7 +114,6 @@ pub fn median(xs: &[f64]) -> f64 {
     v[(v.len() - 1) / 2]
 }
 
-/// Latency percentiles, each the median over runs' histograms.
 /// Each run's rate in millions: `2.45, 2.35, 2.81`.
 pub fn millions(xs: &[f64]) -> String {
     xs.iter()
@@ -143,6 +142,7 @@ fn durations(ns: &[f64]) -> String {
         .join(", ")
 }
 
+/// Latency percentiles, each the median over runs' histograms.
 pub fn median_percentiles(hists: &[hdrhistogram::Histogram<u64>]) -> String {
     let at = |q: f64| {
         let xs: Vec<f64> = hists

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -13,6 +14,7 @@ use quokka_apps::word_count;
 use quokka_engine::{Config, Engine, Summary};
 use quokka_io::client::{Collector, Records};
 
+use crate::plot;
 use crate::util::{self, median, pin_to_last_cpu, resident_bytes, send_paced};
 
 #[derive(clap::Args)]
@@ -45,7 +47,7 @@ struct Run {
     summary: Summary,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, plots: &Path) -> Result<()> {
     let cpu = pin_to_last_cpu();
     let app = quokka_apps::find(&args.app).expect("a linked app").build;
     let app = app();
@@ -70,6 +72,8 @@ pub fn run(args: Args) -> Result<()> {
         base_median / 1e6
     );
 
+    // For the picture: each measurement's histograms, the runs merged.
+    let mut pictured: Vec<(String, Histogram<u64>)> = Vec::new();
     for &cores in &args.cores {
         let max: Vec<Run> = (0..args.runs)
             .map(|_| one_run(&app, cores, &frames, total_words, None))
@@ -111,7 +115,29 @@ pub fn run(args: Args) -> Result<()> {
         let share = median_percentiles(&paced, |s| s.engine_latency());
         println!("  latency (median of runs): {latency}");
         println!("  engine share (median of runs): {share}");
+        let cores_name = match cores {
+            1 => "1 core".to_string(),
+            n => format!("{n} cores"),
+        };
+        pictured.push((
+            format!("{cores_name}, half rate ({:.2} M words/s)", half / 1e6),
+            merged(paced.iter().map(|r| r.summary.latency())),
+        ));
+        pictured.push((
+            format!("{cores_name}, max rate ({:.2} M words/s)", max_rate / 1e6),
+            merged(max.iter().map(|r| r.summary.latency())),
+        ));
     }
+    let path = plots.join(format!("{}-latency.svg", args.app.replace('_', "")));
+    let title = format!(
+        "{}: source-to-sink latency, {} per line",
+        args.app,
+        plot::runs_merged(args.runs)
+    );
+    let series: Vec<(&str, &Histogram<u64>)> =
+        pictured.iter().map(|(n, h)| (n.as_str(), h)).collect();
+    plot::latency_distribution(&path, &title, &series)?;
+    println!("picture: {}", path.display());
     if !args.no_memory {
         memory(args.distinct)?;
     }
@@ -124,6 +150,15 @@ fn count_words(lines: &[String]) -> u64 {
         word_count::words(l, |_| n += 1);
     }
     n
+}
+
+/// The runs' histograms in one.
+fn merged(hists: impl Iterator<Item = Histogram<u64>>) -> Histogram<u64> {
+    let mut all = quokka_engine::metrics::latency_histogram();
+    for h in hists {
+        all.add(&h).expect("same histogram bounds");
+    }
+    all
 }
 
 /// Each latency percentile as the median over the runs.
