@@ -1,6 +1,7 @@
 //! Black-box tests of the real binaries as processes: the `quokka` CLI and its signals
 //! ([`cli`]), `quokka run` as a long-running service ([`service`]), and clusters of `quokka`
-//! nodes on loopback and in network namespaces ([`nodes`]).
+//! nodes on loopback and in network namespaces ([`nodes`]), and what a node serves over HTTP
+//! ([`web`]).
 //!
 //! They are integration tests of the `quokka` package (declared in `tools/quokka/Cargo.toml`),
 //! so `cargo test` builds the binaries they run, with the same features as everything else it
@@ -19,6 +20,7 @@ mod lose_node;
 mod net;
 mod nodes;
 mod service;
+mod web;
 
 use std::io::BufRead;
 use std::net::SocketAddr;

@@ -52,6 +52,7 @@ impl SilentJoiner {
             data_addr: data.local_addr().unwrap().to_string(),
             state_dir: false,
             state_path: String::new(),
+            http: String::new(),
         };
         let mut client = Client::connect(control, Timeouts::default()).unwrap();
         let join = Request::Join(wire::encode_join(&request));

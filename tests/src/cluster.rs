@@ -277,6 +277,7 @@ fn bad_joins_and_garbage_are_refused_and_change_nothing() {
         data_addr: "127.0.0.1:1".into(),
         state_dir: false,
         state_path: String::new(),
+        http: String::new(),
     };
     let payload = Request::Join(wire::encode_join(&old))
         .encode(TOKEN)
@@ -380,6 +381,7 @@ fn a_failed_join_leaves_no_link_secret_behind() {
         data_addr: "127.0.0.1:1".into(),
         state_dir: false,
         state_path: String::new(),
+        http: String::new(),
     };
     let mut joiner = Client::connect(lead.control, Timeouts::default()).unwrap();
     let welcome = match joiner.request(TOKEN, &Request::Join(wire::encode_join(&join))) {
@@ -431,6 +433,7 @@ fn join_and_hang_up(control: SocketAddr, node: &str, cores: u16) -> Response {
         data_addr: "127.0.0.1:1".into(),
         state_dir: false,
         state_path: String::new(),
+        http: String::new(),
     };
     let payload = Request::Join(wire::encode_join(&request));
     let deadline = Instant::now() + DEADLINE;
@@ -557,6 +560,7 @@ fn a_change_refused_while_a_join_runs_names_the_join() {
         data_addr: "127.0.0.1:1".into(),
         state_dir: false,
         state_path: String::new(),
+        http: String::new(),
     };
     let welcome = joiner
         .request(TOKEN, &Request::Join(wire::encode_join(&request)))

@@ -196,5 +196,6 @@ async function refresh() {
   }
 }
 
+for (const a of document.querySelectorAll("a.own")) a.href = withToken(a.getAttribute("href"));
 refresh();
 setInterval(refresh, 1000);

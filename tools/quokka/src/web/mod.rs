@@ -2,7 +2,8 @@
 //! - `/metrics`: the Prometheus text of [`Engine::metrics`] (what the cores last published);
 //! - `/status.json`: what `quokka ctl status --json` prints, as of the last second;
 //! - `/series.json`: the last five minutes of per-core rates and latency, one sample a second;
-//! - `/`: the dashboard (HTML, CSS and JS compiled into the binary; it polls the two above).
+//! - `/`: the dashboard, one page with its CSS and JS inlined (compiled into the binary, so
+//!   one request with the token gets all of it); it polls the two above.
 //!
 //! One sampler thread asks the engine for its status once a second, whoever watches: however
 //! many clients poll, the cores answer one status a second (and `/metrics` never asks them).
@@ -21,9 +22,15 @@ use crate::control::Current;
 /// Samples kept for the charts: five minutes at one a second.
 const SAMPLES: usize = 300;
 
-const INDEX: &str = include_str!("index.html");
-const SCRIPT: &str = include_str!("dashboard.js");
-const STYLE: &str = include_str!("dashboard.css");
+/// The dashboard page with its style and script inlined.
+fn page() -> &'static str {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PAGE.get_or_init(|| {
+        include_str!("index.html")
+            .replace("/* dashboard.css */", include_str!("dashboard.css"))
+            .replace("/* dashboard.js */", include_str!("dashboard.js"))
+    })
+}
 
 /// What the sampler saw last.
 #[derive(Default)]
@@ -65,9 +72,7 @@ fn route(request: &Request, seen: &Mutex<Seen>, engine: &Current) -> Response {
         )
     };
     match request.path.as_str() {
-        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", INDEX),
-        "/dashboard.js" => Response::ok("text/javascript; charset=utf-8", SCRIPT),
-        "/dashboard.css" => Response::ok("text/css; charset=utf-8", STYLE),
+        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", page()),
         "/metrics" => match current(engine) {
             Some(engine) => Response::ok(
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
