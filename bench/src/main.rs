@@ -11,6 +11,7 @@ mod migrate;
 mod nexmark;
 mod plot;
 mod sampler;
+mod scrape;
 mod util;
 mod windows;
 mod wordcount;
@@ -59,6 +60,9 @@ enum Bench {
     /// Checkpoints with a million words in state: throughput and latency cost, bytes written
     /// when 1% of the keys change, restore time, exactly-once latency.
     Checkpoint(checkpoint::Args),
+    /// What watching costs: word count at max rate with the HTTP endpoint (`quokka run
+    /// --http`) scraped every second, against no endpoint.
+    Scrape(scrape::Args),
 }
 
 fn main() -> Result<()> {
@@ -82,5 +86,6 @@ fn main() -> Result<()> {
         Bench::MarketSpread(args) => market_spread::run(args),
         Bench::Cluster(args) => cluster::run(args),
         Bench::Checkpoint(args) => checkpoint::run(args),
+        Bench::Scrape(args) => scrape::run(args),
     }
 }
