@@ -160,29 +160,27 @@ fn read_head(stream: &TcpStream, deadline: Instant, limits: HttpLimits) -> Resul
             Err(_) => return Err(Refused::Gone),
         };
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => return Ok(head_of(&req)),
-            Ok(httparse::Status::Partial) if buf.len() < limits.head_bytes => {}
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                let text = format!(
-                    "the request head is larger than {} bytes (or has more than 64 headers)",
-                    limits.head_bytes
-                );
-                return Err(Refused::With(Response::error(431, &text)));
-            }
-            Err(e) => {
-                let text = format!("not an HTTP/1.x request: {e}");
-                return Err(Refused::With(Response::error(400, &text)));
-            }
-        }
         if buf.len() > limits.head_bytes {
+            // Whole or not, the head is over the limit.
             let text = format!(
                 "the request head is larger than {} bytes",
                 limits.head_bytes
             );
             return Err(Refused::With(Response::error(431, &text)));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => return Ok(head_of(&req)),
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                let text = "the request head has more than 64 headers";
+                return Err(Refused::With(Response::error(431, text)));
+            }
+            Err(e) => {
+                let text = format!("not an HTTP/1.x request: {e}");
+                return Err(Refused::With(Response::error(400, &text)));
+            }
         }
     }
 }
@@ -214,13 +212,18 @@ fn check(head: &Head, token: &str) -> Result<Request, Response> {
     let request = parse_target(&head.target)
         .ok_or_else(|| Response::error(400, "the request target is not a path"))?;
     if !token.is_empty() {
+        // The scheme's name is case-insensitive (RFC 7235).
         let bearer = (head.authorization.as_deref())
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|a| a.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         let given = (request.query.iter())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.as_str());
-        if !bearer.or(given).is_some_and(|t| same(t, token)) {
+        if !bearer
+            .or(given)
+            .is_some_and(|t| crate::same_secret(t, token))
+        {
             return Err(Response::error(
                 401,
                 "missing or wrong cluster token: send `Authorization: Bearer TOKEN` or add ?token=TOKEN",
@@ -228,12 +231,6 @@ fn check(head: &Head, token: &str) -> Result<Request, Response> {
         }
     }
     Ok(request)
-}
-
-/// Takes the same time wherever the first difference is.
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// `/path?k=v&...` into its path and decoded parameters; `None` if it is not origin-form.
@@ -263,6 +260,9 @@ fn decode(s: &str) -> Option<String> {
         match b {
             b'%' => {
                 let hex = [bytes.next()?, bytes.next()?];
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
             }
             b'+' => out.push(b' '),
@@ -287,8 +287,10 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Writes the answer by one deadline for all of it: a client that reads a byte now and then
+/// does not hold its place any longer.
 fn answer(stream: &TcpStream, r: &Response, head_only: bool, within: Duration) -> io::Result<()> {
-    stream.set_write_timeout(Some(within))?;
+    let deadline = Instant::now() + within;
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
         r.status,
@@ -302,12 +304,23 @@ fn answer(stream: &TcpStream, r: &Response, head_only: bool, within: Duration) -
         _ => {}
     }
     head += "\r\n";
-    let mut out = io::BufWriter::new(stream);
-    out.write_all(head.as_bytes())?;
-    if !head_only {
-        out.write_all(&r.body)?;
+    let body: &[u8] = if head_only { &[] } else { &r.body };
+    for mut part in [head.as_bytes(), body] {
+        while !part.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            stream.set_write_timeout(Some(left))?;
+            match (&*stream).write(part) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => part = &part[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
-    out.flush()
+    Ok(())
 }
 
 /// Closes after an answer without resetting it away: the client may still be sending (an
@@ -386,6 +399,7 @@ mod tests {
         assert_eq!(parse_target("/%zz"), None);
         assert_eq!(parse_target("/%ff"), None, "not UTF-8");
         assert_eq!(parse_target("/%4"), None);
+        assert_eq!(parse_target("/%+f"), None, "a sign is not a hex digit");
     }
 
     #[test]
@@ -407,6 +421,11 @@ mod tests {
         let mut bearer = head("GET", "/metrics");
         bearer.authorization = Some("Bearer s3cret".into());
         assert!(check(&bearer, "s3cret").is_ok());
+        bearer.authorization = Some("bearer s3cret".into());
+        assert!(
+            check(&bearer, "s3cret").is_ok(),
+            "the scheme is case-insensitive"
+        );
         bearer.authorization = Some("Basic s3cret".into());
         assert_eq!(check(&bearer, "s3cret").unwrap_err().status, 401);
     }

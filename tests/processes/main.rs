@@ -19,6 +19,7 @@ mod limits;
 mod lose_node;
 mod net;
 mod nodes;
+mod progress;
 mod service;
 mod web;
 

@@ -55,9 +55,25 @@ fn get_ok(http: SocketAddr, target: &str) -> String {
     body
 }
 
-/// `/metrics` parsed: every line is a comment or a sample the parser reads (none ignored).
+/// `/metrics` parsed: every line is a comment or a sample the parser reads (none ignored), and
+/// every counter's samples end in `_total` (the parser reads the classic format, which types a
+/// sample by its own name, so counters come back untyped: their types are checked here).
 fn scrape(http: SocketAddr) -> prometheus_parse::Scrape {
     let text = get_ok(http, "/metrics");
+    for counter in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+    {
+        let samples = (text.lines())
+            .filter(|l| l.starts_with(counter) && l[counter.len()..].starts_with(['{', ' ', '_']))
+            .collect::<Vec<_>>();
+        assert!(
+            samples
+                .iter()
+                .all(|l| l[counter.len()..].starts_with("_total")),
+            "{counter}: {samples:?}"
+        );
+    }
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(
             matches!(
@@ -161,8 +177,21 @@ fn metrics_read_by_a_prometheus_parser_agree_with_the_summary() {
         words
     );
 
-    // /status.json is what `ctl status --json` prints.
-    let from_http: serde_json::Value = serde_json::from_str(&get_ok(http, "/status.json")).unwrap();
+    // /status.json is what `ctl status --json` prints (as of the last second: wait for it).
+    let from_http = loop {
+        let v: serde_json::Value = serde_json::from_str(&get_ok(http, "/status.json")).unwrap();
+        let outputs: u64 = (v["cores"].as_array().unwrap().iter())
+            .map(|c| c["outputs"].as_u64().unwrap())
+            .sum();
+        if outputs == words {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/status.json never showed {words} outputs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let (_, out, _) = ctl(control, &["status", "--json"]);
     let from_ctl: serde_json::Value = serde_json::from_str(&out).unwrap();
     let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
@@ -249,6 +278,8 @@ fn data_value(dom: &str, id: &str) -> f64 {
 /// A real headless Chromium opens the dashboard of a running engine (with a cluster token in
 /// the URL, which the page must pass on to what it polls), sees non-zero rates, then the
 /// second core `grow-cores 1` adds; a screenshot is left in target/tmp for a person to look at.
+/// The test reads the page's DOM (the total rate the charts are drawn from, the slot map's
+/// rows, the error bar), not the canvas pixels.
 #[test]
 fn the_dashboard_in_a_headless_browser_shows_rates_and_a_grown_core() {
     let sink = Sink::start(Records::Lines);

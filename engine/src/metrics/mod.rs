@@ -43,7 +43,7 @@ pub struct CoreReport {
     pub handed_over: u64,
     /// Frames read from sources on this core.
     pub frames: u64,
-    /// Bytes of those frames, their length prefixes included.
+    /// Bytes read from sources: TCP frames with their length prefixes, a file's bytes.
     pub bytes_in: u64,
     /// Outputs written to the sink.
     pub outputs: u64,
@@ -302,7 +302,7 @@ pub struct CoreStatus {
     pub buffered: usize,
     pub connections: usize,
     pub frames: u64,
-    /// Bytes of the frames read, length prefixes included.
+    /// Bytes read from sources: TCP frames with their length prefixes, a file's bytes.
     pub bytes_in: u64,
     /// Source connections closed on bad framing, a frame the decoder rejected, or a read
     /// error (and messages of file sources skipped for those).

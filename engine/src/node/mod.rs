@@ -354,11 +354,11 @@ impl Engine {
         })
     }
 
-    /// This node's name and where other nodes link to it.
     pub fn is_coordinator(&self) -> bool {
         self.node.is_coordinator()
     }
 
+    /// This node's name and where other nodes link to it.
     pub fn node_name(&self) -> &str {
         &self.node.name
     }

@@ -53,6 +53,15 @@ struct Snapshot {
 
 type Labels = [(&'static str, String); 2];
 
+/// A label value as the text format writes it: `prometheus-client` writes values as given, so
+/// a node named `a"b` would end the value early.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', r#"\""#)
+        .replace('\n', r"\n")
+}
+
 /// A node-wide value: a counter of things or of seconds, a gauge of things or of a reading.
 enum Value {
     Count(u64),
@@ -73,7 +82,7 @@ impl Value {
 impl Snapshot {
     fn labels(&self, c: &CoreStatus) -> Labels {
         [
-            ("node", self.facts.node.clone()),
+            ("node", label(&self.facts.node)),
             ("core", c.core.to_string()),
         ]
     }
@@ -124,9 +133,9 @@ impl Snapshot {
             "member"
         };
         let labels = [
-            ("node", f.node.clone()),
+            ("node", label(&f.node)),
             ("role", role.to_string()),
-            ("app", f.app.clone()),
+            ("app", label(&f.app)),
         ];
         let mut info = encoder.encode_descriptor(
             "quokka_node",
@@ -135,7 +144,7 @@ impl Snapshot {
             MetricType::Info,
         )?;
         info.encode_info(&labels)?;
-        let node = [("node", f.node.clone())];
+        let node = [("node", label(&f.node))];
         let mut one = |name: &str, help: &str, value: Value| {
             let mut family = encoder.encode_descriptor(name, help, None, value.kind())?;
             let sample = family.encode_family(&node)?;
@@ -177,6 +186,11 @@ impl Snapshot {
                 ("quokka_migration_entities_moved", "State entities moved by completed changes.", Count(c.entities_moved)),
                 ("quokka_migration_bytes_moved", "Bytes of state moved by completed changes.", Count(c.bytes_moved)),
                 ("quokka_migration_moving_seconds", "Time completed changes spent moving slots (first switch to last slot adopted).", Seconds(c.moving.as_secs_f64())),
+                (
+                    "quokka_migration_last_moving_seconds",
+                    "The last completed change's time moving slots.",
+                    Reading(c.last_moving.as_secs_f64()),
+                ),
                 ("quokka_migration_running", "1 while a change of cores runs.", flag(m.is_some())),
                 ("quokka_migration_slots", "Slots the running change moves (0: none runs).", Level(m.map_or(0, |m| m.slots) as i64)),
                 ("quokka_migration_slots_done", "Slots the running change has moved so far.", Level(m.map_or(0, |m| m.slots_moved) as i64)),
@@ -249,7 +263,7 @@ impl Collector for Snapshot {
             e,
             (
                 "quokka_source_bytes",
-                "Bytes of the frames read from sources, length prefixes included.",
+                "Bytes read from sources: TCP frames with their length prefixes, a file's bytes.",
                 Counter,
             ),
             |c| ConstCounter::new(c.bytes_in),
@@ -424,6 +438,17 @@ mod tests {
         assert!(
             samples(&text, "quokka_late_events_total").is_empty(),
             "no event time, no late events"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut f = facts(false);
+        f.node = "a\"b\\c\nd".into();
+        let text = render(f, vec![]);
+        assert!(
+            text.contains(r#"quokka_lost_nodes{node="a\"b\\c\nd"} 0"#),
+            "{text}"
         );
     }
 

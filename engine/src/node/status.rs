@@ -52,6 +52,8 @@ pub struct ChangeTally {
     pub bytes_moved: u64,
     /// Time spent moving: from each change's first switch to its last slot adopted.
     pub moving: Duration,
+    /// The last completed change's moving time.
+    pub last_moving: Duration,
 }
 
 impl ChangeTally {
@@ -63,6 +65,7 @@ impl ChangeTally {
                 self.entities_moved += r.entities_moved;
                 self.bytes_moved += r.bytes_moved;
                 self.moving += r.moving;
+                self.last_moving = r.moving;
             }
             Err(_) => self.failed += 1,
         }

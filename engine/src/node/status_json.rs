@@ -72,6 +72,7 @@ fn changes(c: &ChangeTally) -> Value {
         "entities_moved": c.entities_moved,
         "bytes_moved": c.bytes_moved,
         "moving_ms": c.moving.as_millis() as u64,
+        "last_moving_ms": c.last_moving.as_millis() as u64,
     })
 }
 

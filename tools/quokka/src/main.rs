@@ -231,8 +231,9 @@ struct RunArgs {
     /// Prometheus, `/status.json` (what `quokka ctl status --json` prints) and `/series.json`;
     /// `none` serves nothing. With a cluster token, every request must carry it
     /// (`Authorization: Bearer TOKEN`, or `?token=TOKEN` in the URL). [default: the control
-    /// port + 1 on the control host (127.0.0.1:6001), or any free port if that one is taken; on
-    /// a joining node without --control, any free port on the --data host or 127.0.0.1]
+    /// port + 1 on the control host (127.0.0.1:6001), or any free port if that one is taken or
+    /// is the --data port; on a joining node without --control, any free port on the --data
+    /// host or 127.0.0.1]
     #[arg(long, value_name = "HOST:PORT|none")]
     http: Option<String>,
 }
@@ -595,8 +596,10 @@ fn bind_http(
                 let ip = data.map_or([127, 0, 0, 1].into(), |d| d.ip());
                 return bind((ip, 0).into()).map(Some);
             };
+            // Not the port --data asks for (the README's cluster puts it there).
             let next = match control.port() {
                 0 | u16::MAX => 0,
+                port if data.is_some_and(|d| d.port() == port + 1) => 0,
                 port => port + 1,
             };
             match TcpListener::bind((control.ip(), next)) {

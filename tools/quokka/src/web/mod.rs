@@ -6,7 +6,8 @@
 //!   one request with the token gets all of it); it polls the two above.
 //!
 //! One sampler thread asks the engine for its status once a second, whoever watches: however
-//! many clients poll, the cores answer one status a second (and `/metrics` never asks them).
+//! many clients poll, this node's cores answer one status request a second for it (a member's
+//! cores one more for the coordinator's sampler), and `/metrics` never asks them.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
