@@ -31,17 +31,24 @@ fn accept(
     handle: Arc<dyn Fn(TcpStream) + Send + Sync>,
 ) {
     let served = Arc::new(AtomicUsize::new(0));
-    let mut refused = 0u64;
+    let (mut refused, mut failed) = (0u64, 0u64);
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                // Out of descriptors, say: do not spin.
-                tracing::warn!("{name} endpoint: accept failed: {e}");
+                // Out of descriptors, say: do not spin, and say so once per spell.
+                if failed == 0 {
+                    tracing::warn!("{name} endpoint: accept failed: {e}; retrying");
+                }
+                failed += 1;
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
+        if failed > 0 {
+            tracing::info!("{name} endpoint: accepting again after {failed} failed attempts");
+            failed = 0;
+        }
         // Only this thread adds; handlers only take away, so the check cannot overshoot.
         if served.load(Ordering::Acquire) >= limit {
             if refused == 0 {

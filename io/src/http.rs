@@ -100,9 +100,10 @@ fn serve_one(
     let accepted = Instant::now();
     let peer = stream.peer_addr().ok();
     let (response, head_only) = match read_head(&stream, accepted + limits.head, limits) {
+        // A HEAD is answered without a body, a refusal too.
         Ok(head) => match check(&head, token) {
             Ok(request) => (handle(&request), head.method == "HEAD"),
-            Err(refusal) => (refusal, false),
+            Err(refusal) => (refusal, head.method == "HEAD"),
         },
         Err(Refused::Gone) => return,
         Err(Refused::With(response)) => (response, false),
@@ -192,7 +193,7 @@ fn head_of(req: &httparse::Request) -> Head {
             .map(|h| String::from_utf8_lossy(h.value).into_owned())
     };
     let has_body = header("transfer-encoding").is_some()
-        || header("content-length").is_some_and(|v| v.trim() != "0");
+        || header("content-length").is_some_and(|v| v.trim().parse::<u64>() != Ok(0));
     Head {
         method: req.method.unwrap_or_default().to_string(),
         target: req.path.unwrap_or_default().to_string(),
@@ -214,16 +215,14 @@ fn check(head: &Head, token: &str) -> Result<Request, Response> {
     if !token.is_empty() {
         // The scheme's name is case-insensitive (RFC 7235).
         let bearer = (head.authorization.as_deref())
-            .and_then(|a| a.split_once(' '))
+            .and_then(|a| a.trim().split_once([' ', '\t']))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim());
         let given = (request.query.iter())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.as_str());
-        if !bearer
-            .or(given)
-            .is_some_and(|t| crate::same_secret(t, token))
-        {
+        let carried = |t: Option<&str>| t.is_some_and(|t| crate::same_secret(t, token));
+        if !carried(bearer) && !carried(given) {
             return Err(Response::error(
                 401,
                 "missing or wrong cluster token: send `Authorization: Bearer TOKEN` or add ?token=TOKEN",
@@ -233,8 +232,13 @@ fn check(head: &Head, token: &str) -> Result<Request, Response> {
     Ok(request)
 }
 
-/// `/path?k=v&...` into its path and decoded parameters; `None` if it is not origin-form.
+/// `/path?k=v&...` (or `http://host/path?...`, which HTTP/1.1 servers must take too) into its
+/// path and decoded parameters; `None` if it is neither.
 fn parse_target(target: &str) -> Option<Request> {
+    let target = match target.strip_prefix("http://") {
+        Some(rest) => &rest[rest.find('/')?..],
+        None => target,
+    };
     if !target.starts_with('/') {
         return None;
     }
@@ -392,10 +396,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            parse_target("http://host/"),
-            None,
-            "absolute form is not served"
+            parse_target("http://host:1/m?a=b").unwrap().path,
+            "/m",
+            "absolute form"
         );
+        assert_eq!(parse_target("*"), None);
         assert_eq!(parse_target("/%zz"), None);
         assert_eq!(parse_target("/%ff"), None, "not UTF-8");
         assert_eq!(parse_target("/%4"), None);

@@ -232,8 +232,8 @@ struct RunArgs {
     /// `none` serves nothing. With a cluster token, every request must carry it
     /// (`Authorization: Bearer TOKEN`, or `?token=TOKEN` in the URL). [default: the control
     /// port + 1 on the control host (127.0.0.1:6001), or any free port if that one is taken or
-    /// is the --data port; on a joining node without --control, any free port on the --data
-    /// host or 127.0.0.1]
+    /// given to --data or --in; on a joining node without --control, any free port on the
+    /// --data host or 127.0.0.1]
     #[arg(long, value_name = "HOST:PORT|none")]
     http: Option<String>,
 }
@@ -367,7 +367,16 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
-    let http = bind_http(args.http.as_deref(), control_addr, config.data)?;
+    // Ports asked for explicitly, which the default HTTP port must leave alone.
+    let asked: Vec<u16> = (config.inputs.iter())
+        .filter_map(|i| match i {
+            Input::Tcp(a) => Some(a.port()),
+            _ => None,
+        })
+        .chain(config.data.map(|d| d.port()))
+        .filter(|&p| p != 0)
+        .collect();
+    let http = bind_http(args.http.as_deref(), control_addr, config.data, &asked)?;
     config.http = http.as_ref().map(TcpListener::local_addr).transpose()?;
 
     // Signals go into a channel, so the main thread can also wait for the cluster's word.
@@ -577,11 +586,13 @@ fn start_again(app: &quokka_engine::App, config: &Config) -> Result<Engine> {
 }
 
 /// Binds the HTTP endpoint: `--http` as given (`none`: none), else next to the control port
-/// (any free port if that one is taken), else any free port on the data host.
+/// (any free port if that one is taken or `asked` for something else), else any free port on
+/// the data host.
 fn bind_http(
     flag: Option<&str>,
     control: Option<SocketAddr>,
     data: Option<SocketAddr>,
+    asked: &[u16],
 ) -> Result<Option<TcpListener>> {
     let bind = |addr: SocketAddr| {
         TcpListener::bind(addr).with_context(|| {
@@ -596,10 +607,10 @@ fn bind_http(
                 let ip = data.map_or([127, 0, 0, 1].into(), |d| d.ip());
                 return bind((ip, 0).into()).map(Some);
             };
-            // Not the port --data asks for (the README's cluster puts it there).
+            // Not a port --data or --in asks for (the README's cluster puts --data there).
             let next = match control.port() {
                 0 | u16::MAX => 0,
-                port if data.is_some_and(|d| d.port() == port + 1) => 0,
+                port if asked.contains(&(port + 1)) => 0,
                 port => port + 1,
             };
             match TcpListener::bind((control.ip(), next)) {

@@ -76,7 +76,7 @@ fn run(args: Args) -> Result<()> {
     let mut sender = FrameSender::connect(addr, Duration::from_secs(args.connect_timeout))
         .with_context(|| format!("connecting to {addr}"))?;
 
-    let total = frames * args.repeat;
+    let total = frames.saturating_mul(args.repeat);
     let mut progress = Progress::start(&args.progress, "quokka-send", "frames", Some(total));
     let started = Instant::now();
     let (mut sent, mut bytes) = (0u64, 0u64);
@@ -118,7 +118,7 @@ fn run(args: Args) -> Result<()> {
 /// `--durable NAME`: the file (`--repeat` times) as a durable stream; each (re)connection
 /// resends from the frame the engine names, at `--rate` counted from the start.
 fn send_durable(args: &Args, addr: std::net::SocketAddr, name: &str, frames: u64) -> Result<()> {
-    let total = frames * args.repeat;
+    let total = frames.saturating_mul(args.repeat);
     let started = Instant::now();
     let (path, framed, rate) = (args.file.clone(), args.framed, args.rate);
     // The frames are drawn on this thread, one connection at a time.

@@ -54,9 +54,11 @@ function chart(canvas, lines, { log, format }) {
   const W = canvas.width, H = canvas.height, L = 70, R = 10, T = 10, B = 24;
   ctx.clearRect(0, 0, W, H);
   const now = Date.now(), t0 = now - 300e3;
-  const values = lines.flatMap((l) => l.points.map((p) => p[1])).filter((v) => v > 0);
-  let lo = log ? Math.min(...values, 1e5) : 0;
-  let hi = Math.max(...values, log ? 1e6 : 4);
+  // Loops, not Math.min(...values): a spread of a few hundred thousand points overflows the stack.
+  let lo = log ? 1e5 : 0, hi = log ? 1e6 : 4;
+  for (const l of lines) for (const [, v] of l.points) {
+    if (v > 0) { if (log && v < lo) lo = v; if (v > hi) hi = v; }
+  }
   if (log) { lo = Math.pow(10, Math.floor(Math.log10(lo))); hi = Math.pow(10, Math.ceil(Math.log10(hi))); }
   else hi = niceStep(hi / 4) * 4;
   const y = (v) => {
