@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "store",
     "archive",
     "planner",
+    "autoscale",
     "migration",
     "checkpoint",
     "dataflow",

@@ -11,6 +11,7 @@
 //! Modules depend downward only, in this order (a tidy test, `layers`, enforces it):
 //! - pure parts, no I/O: `hash`, `routing`, `step` (what app steps see), `time` (timers,
 //!   watermarks), [`window`], `sink_buffer`, `metrics`, [`store`], [`archive`], `planner`,
+//!   [`autoscale`] (the policy that grows and shrinks the cores),
 //!   `migration` (the per-core protocol, a change's steps and the coordinator's step window),
 //!   `checkpoint` (manifests, barrier alignment);
 //! - `dataflow`: the app erased into per-connection and per-core objects; [`app`]: the builder;
@@ -23,6 +24,7 @@
 
 pub mod app;
 pub mod archive;
+pub mod autoscale;
 mod checkpoint;
 pub mod cluster;
 mod dataflow;
@@ -52,4 +54,4 @@ pub use node::{
     RecoveryStatus, SourcesClosed, StartError, StateDirError, Status, MAX_SLOTS_PER_STEP,
 };
 pub use quokka_io::file::FileFormat;
-pub use runtime::{default_cores, Config, FileInput, Guarantee, Input};
+pub use runtime::{auto_cores, default_cores, usable_cpus, Config, FileInput, Guarantee, Input};

@@ -45,6 +45,8 @@ pub struct CoreReport {
     pub frames: u64,
     /// Bytes read from sources: TCP frames with their length prefixes, a file's bytes.
     pub bytes_in: u64,
+    /// Time the core's executor spent running tasks (not parked).
+    pub busy: Duration,
     /// Outputs written to the sink.
     pub outputs: u64,
     /// Outputs written to a sink connection that then failed: TCP cannot say whether the sink
@@ -80,6 +82,7 @@ impl CoreReport {
             handed_over: 0,
             frames: 0,
             bytes_in: 0,
+            busy: Duration::ZERO,
             outputs: 0,
             at_risk: 0,
             undelivered: 0,
@@ -100,6 +103,7 @@ impl CoreReport {
         self.handed_over += other.handed_over;
         self.frames += other.frames;
         self.bytes_in += other.bytes_in;
+        self.busy += other.busy;
         self.outputs += other.outputs;
         self.at_risk += other.at_risk;
         self.undelivered += other.undelivered;
@@ -238,6 +242,8 @@ pub struct Window {
     interval: Histogram<u64>,
     pub last_frames_per_sec: f64,
     pub last_outputs_per_sec: f64,
+    /// The fraction of the last second the executor ran tasks.
+    pub last_busy: f64,
 }
 
 impl Default for Window {
@@ -249,6 +255,7 @@ impl Default for Window {
             interval: latency_histogram(),
             last_frames_per_sec: 0.0,
             last_outputs_per_sec: 0.0,
+            last_busy: 0.0,
         }
     }
 }
@@ -311,6 +318,11 @@ pub struct CoreStatus {
     pub inbox: usize,
     /// Messages queued for other cores and not yet in their inboxes.
     pub outbox: usize,
+    /// The fraction of the last second the core's executor ran tasks, 0 to 1 (the rest it was
+    /// parked, waiting for work).
+    pub busy: f64,
+    /// Seconds it ran tasks since it started.
+    pub busy_seconds: f64,
     /// Keyed messages applied by this core's stateful steps (every stage's).
     pub applied: u64,
     /// Messages that came later than their stage's watermark (dropped, or sent to the app's

@@ -256,6 +256,24 @@ impl Collector for Snapshot {
         let n = |v: usize| ConstGauge::new(v as i64);
         self.per_core(
             e,
+            (
+                "quokka_busy_seconds",
+                "Time the core's executor ran tasks (not parked); its rate is the busy fraction.",
+                Counter,
+            ),
+            |c| ConstCounter::new(c.busy_seconds),
+        )?;
+        self.per_core(
+            e,
+            (
+                "quokka_busy_ratio",
+                "The fraction of the last second the core's executor ran tasks.",
+                Gauge,
+            ),
+            |c| ConstGauge::new(c.busy),
+        )?;
+        self.per_core(
+            e,
             ("quokka_source_frames", "Frames read from sources.", Counter),
             |c| ConstCounter::new(c.frames),
         )?;

@@ -95,6 +95,8 @@ fn core(c: &CoreStatus) -> Value {
         "source_errors": c.source_errors,
         "inbox": c.inbox,
         "outbox": c.outbox,
+        "busy": c.busy,
+        "busy_seconds": c.busy_seconds,
         "applied": c.applied,
         "late": c.late,
         "timers": c.timers,

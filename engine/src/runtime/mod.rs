@@ -8,6 +8,7 @@
 //! inbox holds the sender, which then stops reading its sockets: back-pressure, never a drop.
 
 pub(crate) mod core;
+mod cpus;
 pub(crate) mod messages;
 mod notify;
 mod outbox;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use self::core::CoreSetup;
+pub use self::cpus::{auto_cores, usable_cpus};
 use self::messages::{CoreAddr, CoreMsg};
 use crate::metrics::CoreReport;
 

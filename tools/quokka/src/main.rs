@@ -120,6 +120,23 @@ enum CtlCommand {
     Checkpoint,
 }
 
+/// `--cores`: a count, or one per CPU this process may use.
+#[derive(Clone, Copy)]
+enum Cores {
+    Count(usize),
+    Auto,
+}
+
+fn parse_cores(s: &str) -> std::result::Result<Cores, String> {
+    match s {
+        "auto" => Ok(Cores::Auto),
+        n => n
+            .parse()
+            .map(Cores::Count)
+            .map_err(|_| format!("`{n}` is neither a number of cores nor `auto`")),
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum GuaranteeArg {
     AtLeastOnce,
@@ -188,10 +205,12 @@ struct RunArgs {
     join: Option<String>,
     #[command(flatten)]
     token: TokenArgs,
-    /// Executors, 1 to 256 (one per CPU in production; more than the CPUs share them)
-    /// [default: all CPUs]
-    #[arg(long)]
-    cores: Option<usize>,
+    /// Executors, 1 to 256 (one per CPU in production; more than the CPUs share them), or
+    /// `auto`: one per CPU this process may use (its CPU affinity, e.g. `taskset` or a
+    /// container's cpuset, capped by its cgroup's CPU quota, e.g. `docker --cpus 1.5` gives 2),
+    /// placed on those CPUs.
+    #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = parse_cores)]
+    cores: Cores,
     /// CPUs to place this node's executors on, e.g. `1` or `0,2`, each an online CPU (two
     /// nodes on one machine should not share CPUs) [default: every online CPU]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -322,11 +341,22 @@ fn run(args: RunArgs) -> Result<()> {
         GuaranteeArg::AtLeastOnce => quokka_engine::Guarantee::AtLeastOnce,
         GuaranteeArg::ExactlyOnce => quokka_engine::Guarantee::ExactlyOnce,
     };
-    if let Some(cores) = args.cores {
-        config.cores = cores;
+    config.cpus = args.cpus;
+    match args.cores {
+        Cores::Count(n) => config.cores = n,
+        Cores::Auto => {
+            config.cores = quokka_engine::auto_cores();
+            if config.cpus.is_empty() {
+                config.cpus = quokka_engine::usable_cpus();
+            }
+            tracing::info!(
+                "--cores auto: {} core(s), on CPUs {:?} (this process's affinity and CPU quota)",
+                config.cores,
+                config.cpus
+            );
+        }
     }
     config.n_slots = args.slots;
-    config.cpus = args.cpus;
     config.max_frame = args.max_frame;
     config.sink_buffer = args.sink_buffer;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);

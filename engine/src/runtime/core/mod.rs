@@ -596,6 +596,8 @@ impl Core {
             source_errors: report.connection_errors,
             inbox: self.inbox.0.len() + self.inbox.1.len(),
             outbox: self.peers.queued(),
+            busy: window.last_busy,
+            busy_seconds: report.busy.as_secs_f64(),
             applied: keyed.applied(),
             late: keyed.late(),
             timers: keyed.timers(),
@@ -634,6 +636,11 @@ async fn tick(core: Rc<Core>) {
         {
             let mut report = core.report.borrow_mut();
             let mut w = core.window.borrow_mut();
+            // glommio hands over (and resets) the time its executor ran tasks since last asked;
+            // nothing else on this core asks.
+            let ran = glommio::executor().executor_stats().executor_runtime();
+            report.busy += ran;
+            w.last_busy = (ran.as_secs_f64() / secs).min(1.0);
             w.last_frames_per_sec = (report.frames - frames) as f64 / secs;
             w.last_outputs_per_sec = (report.outputs - outputs) as f64 / secs;
             (frames, outputs) = (report.frames, report.outputs);

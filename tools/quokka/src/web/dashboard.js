@@ -171,7 +171,7 @@ function drawStatus(s) {
   }
 
   const rows = s.cores.map((k) => el("tr", { "data-core": k.core, "data-node": k.node },
-    el("td", {}, k.node), el("td", {}, k.core), el("td", {}, k.cpu), el("td", {}, k.slots),
+    el("td", {}, k.node), el("td", {}, k.core), el("td", {}, k.cpu), el("td", {}, (100 * k.busy).toFixed(0) + "%"), el("td", {}, k.slots),
     el("td", {}, el("div", { class: "bar" }, el("div", { style: `width:${(100 * k.slots) / s.slots}%` }))),
     el("td", {}, k.entities), el("td", {}, bytes(k.state_bytes)), el("td", {}, rate(k.outputs_per_sec)),
     el("td", {}, ns(k.latency_p99_ns)), el("td", {}, k.inbox), el("td", {}, k.outbox), el("td", {}, k.connections),
