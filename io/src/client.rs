@@ -122,6 +122,8 @@ pub struct Collector {
 }
 
 struct CollectorShared {
+    /// Connections accepted and not yet at their end.
+    open: AtomicU64,
     records: AtomicU64,
     bytes: AtomicU64,
     last_record: Mutex<Option<Instant>>,
@@ -137,6 +139,7 @@ impl Collector {
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(CollectorShared {
+            open: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             last_record: Mutex::new(None),
@@ -148,7 +151,14 @@ impl Collector {
             for (conn, stream) in listener.incoming().enumerate() {
                 let Ok(stream) = stream else { continue };
                 let (sh, on_record) = (sh.clone(), on_record.clone());
-                std::thread::spawn(move || read_records(conn, stream, records, &sh, &*on_record));
+                sh.open.fetch_add(1, Ordering::AcqRel);
+                std::thread::spawn(move || {
+                    read_records(conn, stream, records, &sh, &*on_record);
+                    // Under the lock a waiter checks in, so it cannot miss this.
+                    let _guard = sh.last_record.lock().unwrap();
+                    sh.open.fetch_sub(1, Ordering::AcqRel);
+                    sh.changed.notify_all();
+                });
             }
         });
         Ok(Self {
@@ -181,6 +191,21 @@ impl Collector {
         let deadline = Instant::now() + timeout;
         let mut guard = self.shared.last_record.lock().unwrap();
         while self.records() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = self.shared.changed.wait_timeout(guard, left).unwrap().0;
+        }
+        true
+    }
+
+    /// Waits until every connection accepted so far has ended (its peer closed it, or a
+    /// process that had it exited) and everything it sent is counted; false after `timeout`.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.shared.last_record.lock().unwrap();
+        while self.shared.open.load(Ordering::Acquire) > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;

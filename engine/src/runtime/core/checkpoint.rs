@@ -140,9 +140,11 @@ impl Core {
         }
     }
 
-    /// Every stage is snapshotted here. With exactly-once sinks, the epoch ends in every sink
-    /// (every output before this is the checkpoint's), and the snapshot goes to the node only
-    /// once every receiver holds the epoch: a durable checkpoint's outputs are never lost.
+    /// Every stage is snapshotted here. The snapshot goes to the node only once the outputs
+    /// made before it are safe, since a restore from it does not make them again: at least
+    /// once, written to the sinks' sockets (a crash loses what waits in the sink buffer, not
+    /// what the kernel holds); exactly once, the epoch ends in every sink (every output before
+    /// this is the checkpoint's) and every receiver holds it.
     fn finish_checkpoint(self: &Rc<Self>) {
         let Some(checkpoint) = self.keyed.borrow_mut().alignment().finish() else {
             return;
@@ -152,7 +154,25 @@ impl Core {
         };
         self.epoch.set(checkpoint);
         if self.config.guarantee == Guarantee::AtLeastOnce {
-            let _ = self.snapshots.send(snapshot);
+            let targets = self.sink.pushed_so_far();
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                let written = future::or(
+                    async {
+                        core.sink.written_up_to(&targets).await;
+                        true
+                    },
+                    async {
+                        core.sink.finished().await;
+                        false
+                    },
+                )
+                .await;
+                if written {
+                    let _ = core.snapshots.send(snapshot);
+                }
+            })
+            .detach();
             return;
         }
         self.sink.mark(Mark::EpochEnd(checkpoint));

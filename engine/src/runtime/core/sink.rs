@@ -92,8 +92,18 @@ impl Sink {
 
     /// Waits until every output pushed so far has been written (or given up on).
     pub async fn flushed(&self) {
-        let targets: Vec<u64> = self.buffers.borrow().iter().map(|b| b.pushed()).collect();
-        let behind = || (self.written.iter().zip(&targets)).any(|(w, &t)| w.get() < t);
+        let targets = self.pushed_so_far();
+        self.written_up_to(&targets).await;
+    }
+
+    /// How much each sink was given so far, for [`Self::written_up_to`].
+    pub fn pushed_so_far(&self) -> Vec<u64> {
+        self.buffers.borrow().iter().map(|b| b.pushed()).collect()
+    }
+
+    /// Completes once each sink's connection took what `targets` counts.
+    pub async fn written_up_to(&self, targets: &[u64]) {
+        let behind = || (self.written.iter().zip(targets)).any(|(w, &t)| w.get() < t);
         while behind() {
             self.progress.wait().await;
         }
