@@ -130,7 +130,8 @@ impl Autoscaler {
         let longest = self.policy.sustain.max(self.policy.idle);
         self.window.push_back(sample);
         let now = self.window.back().expect("just pushed").at;
-        while self.window.front().is_some_and(|s| now - s.at > longest) {
+        // Keep the newest sample at least `longest` old: it starts the longest spell.
+        while self.window.len() >= 2 && now - self.window[1].at >= longest {
             self.window.pop_front();
         }
         if let Some(since) = self.last_change.filter(|&t| now < t + self.policy.cooldown) {
@@ -172,14 +173,12 @@ impl Autoscaler {
         ))
     }
 
-    /// The samples of the last `span`, if the window reaches that far back.
+    /// The samples of the last `span`, from the newest one at least `span` old (samples come
+    /// about a second apart, never exactly), if the window reaches that far back.
     fn spell(&self, span: Duration) -> Option<Vec<&Sample>> {
         let now = self.window.back()?.at;
-        let first = self.window.front()?.at;
-        if now - first < span {
-            return None;
-        }
-        Some(self.window.iter().filter(|s| now - s.at <= span).collect())
+        let start = self.window.iter().rposition(|s| now - s.at >= span)?;
+        Some(self.window.iter().skip(start).collect())
     }
 
     /// The backlog rose at every sample over the sustain window, to more than double where it
@@ -445,6 +444,27 @@ mod tests {
             d.to_string().contains("backlog rose from 5000 to 55000"),
             "{d}"
         );
+    }
+
+    /// Samples come a little more than a second apart: a spell must still be found (a window
+    /// pruned by age alone never reached back far enough, and the engine never shrank).
+    #[test]
+    fn samples_a_little_more_than_a_second_apart_still_make_a_spell() {
+        let mut a = Autoscaler::new(Policy::new(1, 2));
+        let mut shrank = None;
+        for i in 0..60u32 {
+            let d = a.decide(Sample {
+                at: Duration::from_micros(1_000_700) * i,
+                cores: 2,
+                busy: vec![0.01; 2],
+                backlog: 0,
+            });
+            if matches!(d, Decision::Shrink { .. }) {
+                shrank = Some(i);
+                break;
+            }
+        }
+        assert_eq!(shrank, Some(30), "after the 30 s idle window");
     }
 
     #[test]

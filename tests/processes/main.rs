@@ -12,6 +12,7 @@
 //! prints once it serves ([`Service`]); tests wait on that line, on `quokka ctl status`, on exit
 //! statuses and printed summaries, never on log text.
 
+mod autoscale;
 mod cli;
 mod cluster_crash;
 mod crash;

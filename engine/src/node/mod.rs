@@ -3,6 +3,7 @@
 //! reports, and the acceptors that deal source connections to the cores. The top layer: it
 //! stands on the runtime (cores) and the cluster (links, wire).
 
+mod autoscaling;
 mod background;
 mod change_lock;
 mod coordinator;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use thiserror::Error;
 
+pub use self::autoscaling::AutoscaleStatus;
 use self::background::{checkpoint_every, recover_lost};
 use self::change_lock::{hold, Changing, Wait, CHECKPOINT};
 pub use self::coordinator::{
@@ -155,6 +157,7 @@ pub struct Engine {
     started: Instant,
     /// Shut while a restored cluster waits for its nodes: the acceptors wait on it.
     sources: Arc<Gate>,
+    autoscaling: autoscaling::Autoscaling,
 }
 
 impl Engine {
@@ -289,6 +292,8 @@ impl Engine {
         let view = coordinator.view.clone();
         let stopping = coordinator.stopping.clone();
         let checkpoint_interval = coordinator.checkpoint_interval();
+        let (range, knobs) = coordinator.autoscale();
+        let autoscaling = autoscaling::Autoscaling::new(range, knobs);
         let checkpoints_on = coordinator.checkpoints_on();
         let sources = coordinator.sources.clone();
         let acceptors = listeners
@@ -351,6 +356,7 @@ impl Engine {
             stopping,
             input_addrs,
             started: Instant::now(),
+            autoscaling,
         })
     }
 
@@ -457,7 +463,10 @@ impl Engine {
                 doing: self.doing(),
             });
         };
-        let report = f(&mut coordinator)?;
+        let report = f(&mut coordinator);
+        // Every change, done or not, the autoscaler's or a person's, restarts its cooldown.
+        self.autoscaling.changed(self.started.elapsed());
+        let report = report?;
         // The slots stand where they moved in a checkpoint at once: a node lost later is
         // restored from where its slots were, not from before they moved (which would repeat
         // or drop outputs a survivor made for them meanwhile).
@@ -525,6 +534,7 @@ impl Engine {
                 v.changes.clone(),
             )
         };
+        let autoscale = self.autoscaling.status();
         let mut answers = self.node.local_status();
         let mut silent: Vec<CoreId> = cores
             .iter()
@@ -574,6 +584,7 @@ impl Engine {
             checkpoints,
             recovery,
             changes,
+            autoscale,
         }
     }
 
@@ -599,6 +610,7 @@ impl Engine {
                 checkpoints: v.checkpoints.clone(),
                 recovering: (v.recovery.as_ref())
                     .is_some_and(|r| r.took.is_none() && r.failed.is_none()),
+                autoscale: coordinator.then(|| self.autoscaling.status()),
             }
         };
         prometheus::render(facts, cores)

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use super::coordinator::CheckpointStatus;
 use super::status::{ChangeTally, MigrationProgress};
+use super::AutoscaleStatus;
 use crate::metrics::{latency_bounds_ns, CoreStatus, Published};
 
 /// What the node knows of itself and, on the coordinator, of the cluster's changes.
@@ -33,6 +34,8 @@ pub struct NodeFacts {
     pub migration: Option<MigrationProgress>,
     pub checkpoints: Option<CheckpointStatus>,
     pub recovering: bool,
+    /// On the coordinator: what the autoscaler did.
+    pub autoscale: Option<AutoscaleStatus>,
 }
 
 /// The text `/metrics` serves: `facts` and the cores' last published copies.
@@ -194,6 +197,43 @@ impl Snapshot {
                 ("quokka_migration_running", "1 while a change of cores runs.", flag(m.is_some())),
                 ("quokka_migration_slots", "Slots the running change moves (0: none runs).", Level(m.map_or(0, |m| m.slots) as i64)),
                 ("quokka_migration_slots_done", "Slots the running change has moved so far.", Level(m.map_or(0, |m| m.slots_moved) as i64)),
+            ] {
+                one(name, help, value)?;
+            }
+        }
+        if let Some(a) = &f.autoscale {
+            let (min, max) = a.range.unwrap_or((0, 0));
+            for (name, help, value) in [
+                (
+                    "quokka_autoscale_on",
+                    "1 while autoscaling is on.",
+                    flag(a.range.is_some()),
+                ),
+                (
+                    "quokka_autoscale_min_cores",
+                    "The fewest cores autoscaling keeps (0: off).",
+                    Level(min as i64),
+                ),
+                (
+                    "quokka_autoscale_max_cores",
+                    "The most cores autoscaling grows to (0: off).",
+                    Level(max as i64),
+                ),
+                (
+                    "quokka_autoscale_grows",
+                    "Grows the autoscaler carried out.",
+                    Count(a.grows),
+                ),
+                (
+                    "quokka_autoscale_shrinks",
+                    "Shrinks the autoscaler carried out.",
+                    Count(a.shrinks),
+                ),
+                (
+                    "quokka_autoscale_failures",
+                    "Changes the autoscaler asked for that failed.",
+                    Count(a.failed),
+                ),
             ] {
                 one(name, help, value)?;
             }
@@ -409,6 +449,7 @@ mod tests {
             migration: None,
             checkpoints: None,
             recovering: false,
+            autoscale: None,
         }
     }
 

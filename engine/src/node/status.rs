@@ -263,6 +263,8 @@ pub struct Status {
     pub recovery: Option<RecoveryStatus>,
     /// The changes the coordinator carried out (on a member, none).
     pub changes: ChangeTally,
+    /// What the autoscaler does (on a member, off).
+    pub autoscale: super::AutoscaleStatus,
 }
 
 impl fmt::Display for RecoveryStatus {
@@ -315,6 +317,19 @@ impl fmt::Display for Status {
         }
         if let Some(r) = &self.recovery {
             writeln!(f, "{r}")?;
+        }
+        let a = &self.autoscale;
+        let last = (a.last.as_ref())
+            .map(|(at, what)| format!("; last, {:.0}s ago: {what}", at.elapsed().as_secs_f64()))
+            .unwrap_or_default();
+        match a.range {
+            Some((min, max)) => writeln!(
+                f,
+                "autoscale {min}..{max} cores: {} grows, {} shrinks, {} failed{last}",
+                a.grows, a.shrinks, a.failed
+            )?,
+            None if a.last.is_some() => writeln!(f, "autoscale off{last}")?,
+            None => {}
         }
         for n in &self.nodes {
             let role = if n.coordinator { " (coordinator)" } else { "" };

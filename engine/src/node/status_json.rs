@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::coordinator::CheckpointStatus;
 use super::status::{ChangeTally, Status};
+use super::AutoscaleStatus;
 use crate::metrics::CoreStatus;
 
 impl Status {
@@ -59,9 +60,23 @@ impl Status {
             "checkpoints": self.checkpoints.as_ref().map(checkpoints),
             "recovery": recovery,
             "changes": changes(&self.changes),
+            "autoscale": autoscale(&self.autoscale),
         });
         status.to_string()
     }
+}
+
+fn autoscale(a: &AutoscaleStatus) -> Value {
+    json!({
+        "on": a.range.is_some(),
+        "min": a.range.map(|r| r.0),
+        "max": a.range.map(|r| r.1),
+        "grows": a.grows,
+        "shrinks": a.shrinks,
+        "failed": a.failed,
+        "last": a.last.as_ref().map(|(_, what)| what),
+        "last_age_ms": a.last.as_ref().map(|(at, _)| at.elapsed().as_millis() as u64),
+    })
 }
 
 fn changes(c: &ChangeTally) -> Value {
@@ -200,6 +215,7 @@ mod tests {
                 failed: None,
                 lost_streams: vec!["b".into()],
             }),
+            autoscale: AutoscaleStatus::default(),
             changes: ChangeTally {
                 done: 2,
                 bytes_moved: 1 << 20,

@@ -54,6 +54,12 @@ pub struct Config {
     /// the engine does not serve it (`quokka run --http` does), it tells the cluster, so that
     /// each node's dashboard links to the others'.
     pub http: Option<SocketAddr>,
+    /// Autoscale the coordinator's cores between these counts from the start (`None`: off
+    /// until `Engine::set_autoscale`).
+    pub autoscale: Option<(usize, usize)>,
+    /// The autoscaling policy's knobs (thresholds, windows, cooldown; its range is the one
+    /// above or set later).
+    pub autoscale_policy: crate::autoscale::Policy,
     /// The shared secret every join, control and data connection must present.
     pub token: String,
     /// The CPUs this node's executors are placed on (empty: every online CPU).
@@ -155,6 +161,8 @@ impl Config {
             name: "w1".into(),
             data: None,
             http: None,
+            autoscale: None,
+            autoscale_policy: crate::autoscale::Policy::new(1, 1),
             token: String::new(),
             cpus: Vec::new(),
             state_dir: None,

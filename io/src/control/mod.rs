@@ -54,6 +54,8 @@ pub enum Request {
     Checkpoint,
     /// What `Status` says, as one JSON object.
     StatusJson,
+    /// Autoscaling `on`, `off`, or on between `MIN..MAX` cores.
+    Autoscale(String),
 }
 
 /// A request with the cluster token it was sent with.
@@ -187,6 +189,7 @@ const JOIN: u8 = 5;
 const READY: u8 = 6;
 const CHECKPOINT: u8 = 7;
 const STATUS_JSON: u8 = 8;
+const AUTOSCALE: u8 = 9;
 const GREETING: u8 = 0x80;
 const OK: u8 = 0x81;
 const ERROR: u8 = 0x82;
@@ -225,6 +228,7 @@ impl Request {
             Request::Ready => (READY, &[]),
             Request::Checkpoint => (CHECKPOINT, &[]),
             Request::StatusJson => (STATUS_JSON, &[]),
+            Request::Autoscale(how) => (AUTOSCALE, how.as_bytes()),
         };
         Self::with_body(kind, token, body)
     }
@@ -240,7 +244,7 @@ impl Request {
 
     pub fn decode(payload: &[u8]) -> Result<Envelope, ControlError> {
         let (kind, rest) = open(payload)?;
-        if !(STATUS..=STATUS_JSON).contains(&kind) {
+        if !(STATUS..=AUTOSCALE).contains(&kind) {
             return Err(ControlError::UnknownKind(kind));
         }
         let len = usize::from(*rest.first().ok_or(ControlError::Truncated)?);
@@ -277,6 +281,9 @@ impl Request {
             READY => empty(body, Request::Ready)?,
             CHECKPOINT => empty(body, Request::Checkpoint)?,
             STATUS_JSON => empty(body, Request::StatusJson)?,
+            AUTOSCALE => Request::Autoscale(
+                String::from_utf8(body.to_vec()).map_err(|_| ControlError::BadText)?,
+            ),
             _ => return Err(ControlError::UnknownKind(kind)),
         };
         Ok(Envelope { token, request })
@@ -366,6 +373,7 @@ mod tests {
             Request::Ready,
             Request::Checkpoint,
             Request::StatusJson,
+            Request::Autoscale("1..4".into()),
         ] {
             for token in ["", "secret", &"t".repeat(255)] {
                 let payload = r.encode(token).unwrap();

@@ -103,6 +103,12 @@ fn execute(engine: &Engine, request: Request) -> Response {
                 Err(e) => Response::Error(e.to_string()),
             }
         }
+        Request::Autoscale(how) => {
+            return match parse_autoscale(&how).and_then(|range| engine.set_autoscale(range)) {
+                Ok(text) => Response::Ok(text),
+                Err(e) => Response::Error(e),
+            }
+        }
         Request::Join(_) | Request::Ready => {
             return Response::Error("a join must start with a join request".into())
         }
@@ -114,6 +120,26 @@ fn execute(engine: &Engine, request: Request) -> Response {
             Response::Error(e.to_string())
         }
     }
+}
+
+/// `off`, `on` (the range it last had) or `MIN..MAX`, as `ctl autoscale` takes it; `None`:
+/// off, `Some(None)`: on again.
+pub fn parse_autoscale(how: &str) -> Result<Option<Option<(usize, usize)>>, String> {
+    match how {
+        "off" => Ok(None),
+        "on" => Ok(Some(None)),
+        range => Ok(Some(Some(parse_range(range)?))),
+    }
+}
+
+/// `MIN..MAX` cores.
+pub fn parse_range(range: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{range}`: give MIN..MAX cores, e.g. 1..4 (or off, or on)");
+    let (min, max) = range.split_once("..").ok_or_else(bad)?;
+    Ok((
+        min.parse().map_err(|_| bad())?,
+        max.parse().map_err(|_| bad())?,
+    ))
 }
 
 /// Sends one request with the cluster token and waits for the answer, within `timeouts`

@@ -118,6 +118,12 @@ enum CtlCommand {
     /// Take a checkpoint now (needs `--state-dir` on `quokka run`) and wait until it is
     /// durable; refused while a change runs.
     Checkpoint,
+    /// Autoscaling: `MIN..MAX` turns it on between those core counts, `on` with the range it
+    /// last had, `off` turns it off (see `quokka run --autoscale`).
+    Autoscale {
+        #[arg(value_name = "on|off|MIN..MAX")]
+        how: String,
+    },
 }
 
 /// `--cores`: a count, or one per CPU this process may use.
@@ -255,6 +261,82 @@ struct RunArgs {
     /// --data host or 127.0.0.1]
     #[arg(long, value_name = "HOST:PORT|none")]
     http: Option<String>,
+    #[command(flatten)]
+    autoscale: AutoscaleArgs,
+}
+
+/// Autoscaling: the coordinator grows and shrinks its cores to fit the load.
+#[derive(clap::Args)]
+struct AutoscaleArgs {
+    /// Let a policy add and remove this node's cores between MIN and MAX (on the coordinator;
+    /// `quokka ctl autoscale on|off|MIN..MAX` changes it while it runs). It grows when the
+    /// cores stay busy (or the queues keep growing) for --autoscale-sustain, shrinks when they
+    /// stay idle for --autoscale-idle, and waits --autoscale-cooldown after every change,
+    /// a person's too. Every decision is logged with its reason and shown by `ctl status`.
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_cores_range)]
+    autoscale: Option<(usize, usize)>,
+    /// Grow when the cores' mean busy fraction (time running tasks, not waiting for work)
+    /// stays at least this, in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
+    autoscale_grow_busy: f64,
+    /// Shrink when it stays at most this, in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 30.0, value_parser = parse_percent)]
+    autoscale_shrink_busy: f64,
+    /// What a change aims at, in percent: a grow adds cores until the load would be at most
+    /// this on each; a shrink happens only if the cores left would stay at most this.
+    #[arg(long, value_name = "PERCENT", default_value_t = 60.0, value_parser = parse_percent)]
+    autoscale_target_busy: f64,
+    /// How long the cores must stay busy before a grow, e.g. `10s`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    autoscale_sustain: Duration,
+    /// How long they must stay idle before a shrink.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    autoscale_idle: Duration,
+    /// How long to wait after any change of cores before the next one.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    autoscale_cooldown: Duration,
+}
+
+impl AutoscaleArgs {
+    fn policy(&self) -> Result<quokka_engine::autoscale::Policy> {
+        let (min, max) = self.autoscale.unwrap_or((1, 1));
+        let p = quokka_engine::autoscale::Policy {
+            min,
+            max,
+            grow_busy: self.autoscale_grow_busy / 100.0,
+            shrink_busy: self.autoscale_shrink_busy / 100.0,
+            target_busy: self.autoscale_target_busy / 100.0,
+            sustain: self.autoscale_sustain,
+            idle: self.autoscale_idle,
+            cooldown: self.autoscale_cooldown,
+        };
+        if !(p.shrink_busy < p.target_busy && p.target_busy < p.grow_busy) {
+            anyhow::bail!(
+                "--autoscale-shrink-busy ({}%) < --autoscale-target-busy ({}%) < --autoscale-grow-busy ({}%) must hold, or it would flap",
+                self.autoscale_shrink_busy,
+                self.autoscale_target_busy,
+                self.autoscale_grow_busy
+            );
+        }
+        if min == 0 || min > max {
+            anyhow::bail!("--autoscale {min}..{max}: give MIN..MAX with 1 <= MIN <= MAX");
+        }
+        Ok(p)
+    }
+}
+
+fn parse_cores_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    quokka::control::parse_range(s)
+}
+
+fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 =
+        (s.trim_end_matches('%').parse()).map_err(|_| format!("`{s}` is not a percentage"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v}% is not between 0 and 100"))
+    }
 }
 
 fn main() {
@@ -292,6 +374,7 @@ fn ctl(args: CtlArgs) -> Result<()> {
         CtlCommand::ShrinkCores { n } => Request::ShrinkCores(n),
         CtlCommand::RemoveNode { name } => Request::RemoveNode(name),
         CtlCommand::Checkpoint => Request::Checkpoint,
+        CtlCommand::Autoscale { how } => Request::Autoscale(how),
     };
     let timeouts = Timeouts {
         answer: Duration::from_secs(args.timeout),
@@ -362,6 +445,8 @@ fn run(args: RunArgs) -> Result<()> {
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.change_timeout = Duration::from_secs(args.change_timeout);
     config.token = args.token.token()?;
+    config.autoscale_policy = args.autoscale.policy()?;
+    config.autoscale = args.autoscale.autoscale;
     config.name = match (&args.name, joining) {
         (Some(name), _) => name.clone(),
         (None, None) => "w1".into(),
@@ -442,6 +527,17 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(control) = control {
         quokka::control::serve(control, current.clone());
     }
+    // The policy decides about once a second (it does nothing while autoscaling is off).
+    let scaling = current.clone();
+    std::thread::Builder::new()
+        .name("quokka-autoscale".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let engine = scaling.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(engine) = engine {
+                engine.autoscale_step();
+            }
+        })?;
     if let Some(http) = http {
         quokka::web::serve(http, again.token.clone(), current.clone())
             .context("cannot start the HTTP endpoint")?;

@@ -569,6 +569,13 @@ impl Coordinator {
     }
 
     /// Makes the current membership and table visible to `status`.
+    /// The autoscaling range the engine was started with (on the coordinator only) and the
+    /// policy's knobs.
+    pub fn autoscale(&self) -> (Option<(usize, usize)>, crate::autoscale::Policy) {
+        let range = self.config.autoscale.filter(|_| self.node.is_coordinator());
+        (range, self.config.autoscale_policy.clone())
+    }
+
     fn publish(&self, migration: Option<MigrationProgress>) {
         let mut view = self.view.lock().unwrap();
         view.table = self.table.clone();
