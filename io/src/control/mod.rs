@@ -440,8 +440,8 @@ mod tests {
             "token not UTF-8"
         );
         assert!(matches!(
-            bad_request(b"QK\x03\x09\x00"),
-            ControlError::UnknownKind(9)
+            bad_request(b"QK\x03\x0a\x00"),
+            ControlError::UnknownKind(10)
         ));
         assert!(matches!(
             bad_request(b"QK\x03\x01\x00x"),
