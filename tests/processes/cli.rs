@@ -69,7 +69,10 @@ fn unknown_app_and_bad_addresses_are_clear_errors() {
     let err = failure(&out);
     // The error line (a log line before it may say a default port was taken too).
     let error = err.lines().find(|l| l.starts_with("error:")).unwrap_or("");
-    assert!(error.contains(&format!("cannot listen on {taken}")), "{err}");
+    assert!(
+        error.contains(&format!("cannot listen on {taken}")),
+        "{err}"
+    );
     assert_eq!(error.matches("in use").count(), 1, "the reason once: {err}");
 }
 
