@@ -22,6 +22,7 @@ mod net;
 mod nodes;
 mod progress;
 mod service;
+mod sink_down;
 mod web;
 
 use std::io::BufRead;
