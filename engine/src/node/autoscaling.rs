@@ -139,12 +139,15 @@ impl Engine {
         let status = self.status();
         let at = self.started.elapsed();
         let sample = sample(at, &status);
-        let seen = format!("{sample:?}");
+        // Written out only when the debug line is on.
+        let seen = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{sample:?}"));
         let decision = match self.autoscaling.scaler.lock().unwrap().as_mut() {
             Some(s) => s.decide(sample),
             None => return,
         };
-        tracing::debug!("autoscale: {seen} -> {decision}");
+        if let Some(seen) = seen {
+            tracing::debug!("autoscale: {seen} -> {decision}");
+        }
         let a = &self.autoscaling;
         let (result, what) = match decision {
             Decision::Hold(None) => return,
