@@ -5,31 +5,71 @@
 //! a person's, or one that failed), and never flaps under a steady load: it grows to a target
 //! busy fraction below the grow threshold, and shrinks only when the cores left would stay
 //! below that target too.
+//!
+//! It changes this node's cores between `min` and `max`. Beyond them, if the operator wired
+//! commands for it, it asks for a node (busy at `max`) or lets a member go (idle at `min`): a
+//! node is asked for once, then waited for until it joins (or [`NODE_PATIENCE`] passes), and a
+//! request the orchestrator refused is not repeated while the load stays as it was.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
+
+/// How long a node asked for is waited for before the policy may ask again.
+pub const NODE_PATIENCE: Duration = Duration::from_secs(300);
 
 /// What the engine measured over the last interval.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     /// When, since any fixed start.
     pub at: Duration,
-    /// Cores running.
+    /// This node's cores: the ones the policy grows and shrinks.
     pub cores: usize,
-    /// Each core's busy fraction over the interval (time in tasks against time parked), 0..=1.
+    /// Each core's busy fraction over the interval (time in tasks against time parked), 0..=1:
+    /// every core of the cluster that answered.
     pub busy: Vec<f64>,
     /// Messages and bytes waiting: inbox and outbox depths plus unread source bytes, in one
     /// number whose trend is what counts.
     pub backlog: u64,
+    /// The highest source-to-sink p99 latency of any core over the interval (ns), said in the
+    /// reasons.
+    pub p99: Option<u64>,
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// The cores of the member a scale-in would let go (the one whose slots are cheapest to
+    /// move); `None`: no member can go.
+    pub spare_node: Option<usize>,
 }
 
 impl Sample {
+    /// One node's sample: `cores` cores, each `busy`.
+    pub fn one_node(at: Duration, cores: usize, busy: f64, backlog: u64) -> Sample {
+        Sample {
+            at,
+            cores,
+            busy: vec![busy; cores],
+            backlog,
+            p99: None,
+            nodes: 1,
+            spare_node: None,
+        }
+    }
+
     fn mean_busy(&self) -> f64 {
         match self.busy.len() {
             0 => 0.0,
             n => self.busy.iter().sum::<f64>() / n as f64,
         }
+    }
+
+    /// Every core of the cluster.
+    fn all_cores(&self) -> usize {
+        self.busy.len().max(self.cores)
+    }
+
+    /// The work there is, in cores' worth (a saturated core hides how much more there is).
+    fn work(&self) -> f64 {
+        self.mean_busy() * self.all_cores() as f64
     }
 }
 
@@ -48,6 +88,10 @@ pub struct Policy {
     pub sustain: Duration,
     pub idle: Duration,
     pub cooldown: Duration,
+    /// Busy at `max`: ask for a node (`--on-scale-out` is wired).
+    pub ask_for_nodes: bool,
+    /// Idle at `min`: let a member go (`--on-scale-in` is wired).
+    pub let_nodes_go: bool,
 }
 
 impl Policy {
@@ -63,8 +107,21 @@ impl Policy {
             sustain: Duration::from_secs(10),
             idle: Duration::from_secs(30),
             cooldown: Duration::from_secs(20),
+            ask_for_nodes: false,
+            let_nodes_go: false,
         }
     }
+}
+
+/// Shell commands that ask the orchestrator for a node and tell it one was let go: the policy
+/// asks for nodes only if the first is set, and lets them go only if the second is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeCommands {
+    pub scale_out: Option<String>,
+    pub scale_in: Option<String>,
+    /// Where a new node joins (`--join`): the coordinator's control address, for the commands'
+    /// environment.
+    pub join: String,
 }
 
 /// What to do now, and why.
@@ -80,6 +137,14 @@ pub enum Decision {
         by: usize,
         reason: String,
     },
+    /// Ask the orchestrator for one more node.
+    AddNode {
+        reason: String,
+    },
+    /// Let the member a scale-in would pick go.
+    RemoveNode {
+        reason: String,
+    },
 }
 
 impl fmt::Display for Decision {
@@ -89,6 +154,8 @@ impl fmt::Display for Decision {
             Decision::Hold(Some(why)) => write!(f, "hold: {why}"),
             Decision::Grow { by, reason } => write!(f, "grow by {by}: {reason}"),
             Decision::Shrink { by, reason } => write!(f, "shrink by {by}: {reason}"),
+            Decision::AddNode { reason } => write!(f, "ask for a node: {reason}"),
+            Decision::RemoveNode { reason } => write!(f, "let a node go: {reason}"),
         }
     }
 }
@@ -100,8 +167,11 @@ pub struct Autoscaler {
     window: VecDeque<Sample>,
     /// When the last change (or failed attempt) ended: the cooldown runs from there.
     last_change: Option<Duration>,
-    /// Said once per spell that the load wants more than `max`.
+    /// Said once per spell that the load wants more than `max` (or the orchestrator refused
+    /// a node): quiet until the load drops below the grow threshold.
     said_at_max: bool,
+    /// A node asked for: the nodes wanted, and when.
+    node_asked: Option<(usize, Duration)>,
 }
 
 impl Autoscaler {
@@ -111,6 +181,7 @@ impl Autoscaler {
             window: VecDeque::new(),
             last_change: None,
             said_at_max: false,
+            node_asked: None,
         }
     }
 
@@ -118,6 +189,15 @@ impl Autoscaler {
     /// starts afresh (what it held was measured on other cores) and so does the cooldown.
     pub fn changed(&mut self, at: Duration) {
         self.window.clear();
+        self.last_change = Some(at);
+        self.said_at_max = false;
+    }
+
+    /// The node asked for will not come (its command failed) at `at`: the cooldown starts
+    /// again, and no node is asked for while the load stays as it is.
+    pub fn node_refused(&mut self, at: Duration) {
+        self.node_asked = None;
+        self.said_at_max = true;
         self.last_change = Some(at);
     }
 
@@ -133,6 +213,18 @@ impl Autoscaler {
         // Keep the newest sample at least `longest` old: it starts the longest spell.
         while self.window.len() >= 2 && now - self.window[1].at >= longest {
             self.window.pop_front();
+        }
+        let nodes = self.window.back().expect("just pushed").nodes;
+        if let Some((wanted, asked)) = self.node_asked {
+            if nodes < wanted && now < asked + NODE_PATIENCE {
+                return Decision::Hold(Some(format!(
+                    "waiting for the node asked for to join ({} -> {wanted} nodes)",
+                    wanted - 1
+                )));
+            }
+            // It joined, or it never came: ask again if the load still wants it.
+            self.node_asked = None;
+            self.said_at_max = false;
         }
         if let Some(since) = self.last_change.filter(|&t| now < t + self.policy.cooldown) {
             let left = since + self.policy.cooldown - now;
@@ -165,8 +257,12 @@ impl Autoscaler {
             .iter()
             .map(|s| s.mean_busy())
             .fold((1.0f64, 0.0f64), |(lo, hi), b| (lo.min(b), hi.max(b)));
+        let p99 = match self.window.back().and_then(|s| s.p99) {
+            Some(ns) => format!(", p99 latency {}", crate::metrics::human_ns(ns)),
+            None => String::new(),
+        };
         Some(format!(
-            "the cores were {:.0}-{:.0}% busy on average for {:.0?}",
+            "the cores were {:.0}-{:.0}% busy on average for {:.0?}{p99}",
             lo * 100.0,
             hi * 100.0,
             span
@@ -198,20 +294,29 @@ impl Autoscaler {
 
     fn grow(&mut self, why: String) -> Decision {
         let last = self.window.back().expect("a sample");
-        let cores = last.cores;
-        if cores >= self.policy.max {
+        let (cores, max) = (last.cores, self.policy.max);
+        if cores >= max {
             if std::mem::replace(&mut self.said_at_max, true) {
                 return Decision::Hold(None);
             }
+            if self.policy.ask_for_nodes {
+                let wanted = last.nodes + 1;
+                self.node_asked = Some((wanted, last.at));
+                return Decision::AddNode {
+                    reason: format!(
+                        "{why}, and {cores} cores is the most allowed here (--autoscale ..{max}): {} -> {wanted} nodes",
+                        last.nodes
+                    ),
+                };
+            }
             return Decision::Hold(Some(format!(
-                "{why}, but {cores} cores is the most allowed (--autoscale ..{}): staying at {cores}",
-                self.policy.max
+                "{why}, but {cores} cores is the most allowed (--autoscale ..{max}): staying at {cores}"
             )));
         }
         // Enough cores that the same work would keep them at the target.
-        let work = last.mean_busy() * cores as f64;
-        let wanted = (work / self.policy.target_busy).ceil() as usize;
-        let to = wanted.clamp(cores + 1, self.policy.max);
+        let all = last.all_cores();
+        let wanted = (last.work() / self.policy.target_busy).ceil() as usize;
+        let to = (cores + wanted.saturating_sub(all)).clamp(cores + 1, max);
         Decision::Grow {
             by: to - cores,
             reason: format!("{why}: {cores} -> {to} cores"),
@@ -220,23 +325,32 @@ impl Autoscaler {
 
     fn shrink(&mut self, why: String) -> Decision {
         let last = self.window.back().expect("a sample");
-        let cores = last.cores;
-        if cores <= self.policy.min {
+        let (cores, all) = (last.cores, last.all_cores());
+        // The cores that would go: one of this node's, or else a whole member's.
+        let (going, what) = if cores > self.policy.min {
+            (1, format!("{cores} -> {} cores", cores - 1))
+        } else if let Some(spare) = last.spare_node.filter(|_| self.policy.let_nodes_go) {
+            (spare, format!("{} -> {} nodes", last.nodes, last.nodes - 1))
+        } else {
             return Decision::Hold(None);
-        }
-        let work = last.mean_busy() * cores as f64;
-        let after = work / (cores - 1) as f64;
+        };
+        let left = all.saturating_sub(going);
+        let after = match left {
+            0 => f64::INFINITY,
+            n => last.work() / n as f64,
+        };
         if after > self.policy.target_busy {
             return Decision::Hold(Some(format!(
-                "{why}, but {} cores would be {:.0}% busy (more than the {:.0}% aimed at)",
-                cores - 1,
+                "{why}, but {left} cores would be {:.0}% busy (more than the {:.0}% aimed at)",
                 after * 100.0,
                 self.policy.target_busy * 100.0
             )));
         }
-        Decision::Shrink {
-            by: 1,
-            reason: format!("{why}: {cores} -> {} cores", cores - 1),
+        let reason = format!("{why}: {what}");
+        if cores > self.policy.min {
+            Decision::Shrink { by: 1, reason }
+        } else {
+            Decision::RemoveNode { reason }
         }
     }
 }
@@ -260,16 +374,14 @@ mod tests {
         let mut changes = Vec::new();
         for t in from..from + secs {
             let busy = (load(t) / *cores as f64).min(1.0);
-            let d = a.decide(Sample {
-                at: SEC * t as u32,
-                cores: *cores,
-                busy: vec![busy; *cores],
-                backlog: 0,
-            });
+            let d = a.decide(Sample::one_node(SEC * t as u32, *cores, busy, 0));
             match &d {
                 Decision::Grow { by, .. } => *cores += by,
                 Decision::Shrink { by, .. } => *cores -= by,
                 Decision::Hold(_) => continue,
+                Decision::AddNode { .. } | Decision::RemoveNode { .. } => {
+                    panic!("one node without commands: {d}")
+                }
             }
             a.changed(SEC * t as u32);
             changes.push((t, d));
@@ -365,12 +477,7 @@ mod tests {
         let mut said = Vec::new();
         for t in 0..200u64 {
             let busy = (5.0 / cores as f64).min(1.0);
-            let d = a.decide(Sample {
-                at: SEC * t as u32,
-                cores,
-                busy: vec![busy; cores],
-                backlog: 0,
-            });
+            let d = a.decide(Sample::one_node(SEC * t as u32, cores, busy, 0));
             match d {
                 Decision::Grow { by, .. } => {
                     cores += by;
@@ -393,12 +500,7 @@ mod tests {
     #[test]
     fn a_failed_change_or_a_persons_change_restarts_the_cooldown() {
         let mut a = Autoscaler::new(Policy::new(1, 4));
-        let busy = |t: u64, cores: usize| Sample {
-            at: SEC * t as u32,
-            cores,
-            busy: vec![1.0; cores],
-            backlog: 0,
-        };
+        let busy = |t: u64, cores: usize| Sample::one_node(SEC * t as u32, cores, 1.0, 0);
         for t in 0..10 {
             assert_eq!(a.decide(busy(t, 1)), Decision::Hold(None));
         }
@@ -432,12 +534,7 @@ mod tests {
         let mut a = Autoscaler::new(Policy::new(1, 2));
         let mut d = Decision::Hold(None);
         for t in 0..=10u64 {
-            d = a.decide(Sample {
-                at: SEC * t as u32,
-                cores: 1,
-                busy: vec![0.7],
-                backlog: 5_000 * (t + 1),
-            });
+            d = a.decide(Sample::one_node(SEC * t as u32, 1, 0.7, 5_000 * (t + 1)));
         }
         assert!(matches!(d, Decision::Grow { by: 1, .. }), "{d}");
         assert!(
@@ -453,12 +550,12 @@ mod tests {
         let mut a = Autoscaler::new(Policy::new(1, 2));
         let mut shrank = None;
         for i in 0..60u32 {
-            let d = a.decide(Sample {
-                at: Duration::from_micros(1_000_700) * i,
-                cores: 2,
-                busy: vec![0.01; 2],
-                backlog: 0,
-            });
+            let d = a.decide(Sample::one_node(
+                Duration::from_micros(1_000_700) * i,
+                2,
+                0.01,
+                0,
+            ));
             if matches!(d, Decision::Shrink { .. }) {
                 shrank = Some(i);
                 break;
@@ -472,5 +569,147 @@ mod tests {
         let mut a = Autoscaler::new(Policy::new(2, 4));
         let mut cores = 2;
         assert_eq!(run(&mut a, &mut cores, 0, 300, |_| 0.0), []);
+    }
+
+    /// A sample of a cluster: this node's `cores`, `all` cores in `nodes` nodes, each `busy`;
+    /// a member of `spare` cores could go.
+    fn cluster(
+        t: u64,
+        cores: usize,
+        all: usize,
+        nodes: usize,
+        busy: f64,
+        spare: Option<usize>,
+    ) -> Sample {
+        Sample {
+            nodes,
+            spare_node: spare,
+            busy: vec![busy; all],
+            ..Sample::one_node(SEC * t as u32, cores, busy, 0)
+        }
+    }
+
+    fn with_nodes(min: usize, max: usize) -> Autoscaler {
+        Autoscaler::new(Policy {
+            ask_for_nodes: true,
+            let_nodes_go: true,
+            ..Policy::new(min, max)
+        })
+    }
+
+    #[test]
+    fn busy_at_max_asks_for_a_node_once_and_waits_for_it() {
+        let mut a = with_nodes(1, 2);
+        let mut d = Vec::new();
+        for t in 0..=10 {
+            d.push(a.decide(cluster(t, 2, 2, 1, 0.95, None)));
+        }
+        let asked = d.last().unwrap();
+        assert!(matches!(asked, Decision::AddNode { .. }), "{d:?}");
+        assert!(
+            asked
+                .to_string()
+                .contains("2 cores is the most allowed here (--autoscale ..2): 1 -> 2 nodes"),
+            "{asked}"
+        );
+        // Not again while it is on its way, however busy the cores stay.
+        for t in 11..200 {
+            let d = a.decide(cluster(t, 2, 2, 1, 1.0, None));
+            assert!(
+                d.to_string()
+                    .contains("waiting for the node asked for to join (1 -> 2 nodes)"),
+                "{t}: {d}"
+            );
+        }
+        // It joins (a change: the cooldown starts), and 4 cores hold the load.
+        a.changed(SEC * 200);
+        for t in 200..400 {
+            let d = a.decide(cluster(t, 2, 4, 2, 0.5, Some(2)));
+            assert!(
+                !matches!(
+                    d,
+                    Decision::AddNode { .. } | Decision::RemoveNode { .. } | Decision::Grow { .. }
+                ),
+                "{t}: {d}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_that_never_joins_is_asked_for_again_after_the_patience() {
+        let mut a = with_nodes(1, 1);
+        let asks: Vec<u64> = (0..700u64)
+            .filter(|&t| {
+                matches!(
+                    a.decide(cluster(t, 1, 1, 1, 1.0, None)),
+                    Decision::AddNode { .. }
+                )
+            })
+            .collect();
+        assert_eq!(asks, [10, 310, 610]);
+    }
+
+    #[test]
+    fn a_refused_node_is_not_asked_for_again_until_the_load_changes() {
+        let mut a = with_nodes(1, 1);
+        let mut asks = Vec::new();
+        for t in 0..300u64 {
+            // Busy for 100 s, a lull, busy again from 150 s.
+            let busy = if (100..150).contains(&t) { 0.5 } else { 1.0 };
+            if let Decision::AddNode { .. } = a.decide(cluster(t, 1, 1, 1, busy, None)) {
+                asks.push(t);
+                a.node_refused(SEC * t as u32);
+            }
+        }
+        assert_eq!(asks, [10, 160]);
+    }
+
+    #[test]
+    fn idle_at_min_lets_the_spare_member_go_if_the_rest_hold_the_load() {
+        let run = |busy: f64, spare: Option<usize>| {
+            let mut a = with_nodes(1, 2);
+            (0..=30)
+                .map(|t| a.decide(cluster(t, 1, 3, 2, busy, spare)))
+                .last()
+                .unwrap()
+        };
+        // 3 cores at 10%: the 1 left after a 2-core member goes is 30% busy.
+        let d = run(0.1, Some(2));
+        assert!(matches!(d, Decision::RemoveNode { .. }), "{d}");
+        assert!(d.to_string().contains(": 2 -> 1 nodes"), "{d}");
+        // At 25% the one left would be 75% busy: the member stays, and it says why.
+        let d = run(0.25, Some(2));
+        assert!(d.to_string().contains("1 cores would be 75% busy"), "{d}");
+        // No member can go (the coordinator alone, or open source connections).
+        assert_eq!(run(0.1, None), Decision::Hold(None));
+        // Without --on-scale-in the member stays.
+        let mut a = Autoscaler::new(Policy::new(1, 2));
+        let d = (0..=30)
+            .map(|t| a.decide(cluster(t, 1, 3, 2, 0.1, Some(2))))
+            .last()
+            .unwrap();
+        assert_eq!(d, Decision::Hold(None));
+    }
+
+    #[test]
+    fn this_nodes_cores_shrink_to_min_before_a_node_goes() {
+        let mut a = with_nodes(1, 4);
+        let mut d = Decision::Hold(None);
+        for t in 0..=30 {
+            d = a.decide(cluster(t, 2, 4, 2, 0.1, Some(2)));
+        }
+        assert!(matches!(d, Decision::Shrink { by: 1, .. }), "{d}");
+    }
+
+    #[test]
+    fn a_grow_counts_the_work_of_the_whole_cluster() {
+        // 4 cores (2 here, 2 on a member) at 90%: 3.6 cores of work want 6 cores at 60%.
+        let mut a = with_nodes(1, 8);
+        let d = (0..=10)
+            .map(|t| a.decide(cluster(t, 2, 4, 2, 0.9, Some(2))))
+            .last()
+            .unwrap();
+        assert!(matches!(d, Decision::Grow { by: 2, .. }), "{d}");
+        assert!(d.to_string().contains("2 -> 4 cores"), "{d}");
     }
 }

@@ -318,6 +318,8 @@ pub struct CoreStatus {
     pub inbox: usize,
     /// Messages queued for other cores and not yet in their inboxes.
     pub outbox: usize,
+    /// Bytes waiting in this core's source sockets, not read yet, when it last looked.
+    pub unread: u64,
     /// The fraction of the last second the core's executor ran tasks, 0 to 1 (the rest it was
     /// parked, waiting for work).
     pub busy: f64,

@@ -2,13 +2,16 @@
 //! status a second, its decisions carried out through the same `grow`/`shrink` as `quokka
 //! ctl`, each logged with its reason, and what it last did kept for `status` and `/metrics`.
 //! Every change of cores, the policy's or a person's, done or failed, restarts its cooldown.
+//! Beyond its range it runs the operator's commands: `--on-scale-out` to ask for a node,
+//! `--on-scale-in` once a member it chose (the one whose slots are cheapest to move) has left.
 
-use std::sync::Mutex;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::status::Status;
 use super::Engine;
-use crate::autoscale::{Autoscaler, Decision, Policy, Sample};
+use crate::autoscale::{Autoscaler, Decision, NodeCommands, Policy, Sample};
 
 /// What the autoscaler did, for `status`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -19,7 +22,10 @@ pub struct AutoscaleStatus {
     pub last: Option<(Instant, String)>,
     pub grows: u64,
     pub shrinks: u64,
-    /// Its changes that failed (refused or ended early).
+    /// Nodes it asked for (`--on-scale-out`) and members it let go (`--on-scale-in`).
+    pub nodes_asked: u64,
+    pub nodes_let_go: u64,
+    /// Its changes that failed (refused or ended early), and node requests refused.
     pub failed: u64,
 }
 
@@ -27,15 +33,23 @@ pub struct AutoscaleStatus {
 pub(crate) struct Autoscaling {
     /// The knobs a range is turned on with (thresholds, windows, cooldown).
     knobs: Policy,
+    commands: NodeCommands,
     /// The range it last had, for `autoscale on`.
     last_range: Mutex<Option<(usize, usize)>>,
-    scaler: Mutex<Option<Autoscaler>>,
-    status: Mutex<AutoscaleStatus>,
+    /// Shared with the threads that wait for the node commands.
+    scaler: Arc<Mutex<Option<Autoscaler>>>,
+    status: Arc<Mutex<AutoscaleStatus>>,
 }
 
 impl Autoscaling {
-    /// On between `range` (or off), with `knobs`.
-    pub fn new(range: Option<(usize, usize)>, knobs: Policy) -> Self {
+    /// On between `range` (or off), with `knobs`; asks for nodes and lets them go with
+    /// `commands`, if set.
+    pub fn new(range: Option<(usize, usize)>, knobs: Policy, commands: NodeCommands) -> Self {
+        let knobs = Policy {
+            ask_for_nodes: commands.scale_out.is_some(),
+            let_nodes_go: commands.scale_in.is_some(),
+            ..knobs
+        };
         let scaler = range.map(|(min, max)| {
             Autoscaler::new(Policy {
                 min,
@@ -45,12 +59,13 @@ impl Autoscaling {
         });
         Self {
             knobs,
+            commands,
             last_range: Mutex::new(range),
-            scaler: Mutex::new(scaler),
-            status: Mutex::new(AutoscaleStatus {
+            scaler: Arc::new(Mutex::new(scaler)),
+            status: Arc::new(Mutex::new(AutoscaleStatus {
                 range,
                 ..AutoscaleStatus::default()
-            }),
+            })),
         }
     }
 
@@ -66,25 +81,100 @@ impl Autoscaling {
     }
 
     fn note(&self, what: String) {
-        let mut status = self.status.lock().unwrap();
-        if status.last.as_ref().is_some_and(|(_, said)| *said == what) {
-            return;
-        }
-        tracing::info!("autoscale: {what}");
-        status.last = Some((Instant::now(), what));
+        note(&self.status, what);
     }
 }
 
-/// One sample for the policy from a status: each core's busy fraction, and the messages
-/// waiting in and between the cores.
-fn sample(at: Duration, status: &Status) -> Sample {
+/// Says `what` the autoscaler did (in the log and in `status`), unless it just said it.
+fn note(status: &Mutex<AutoscaleStatus>, what: String) {
+    let mut status = status.lock().unwrap();
+    if status.last.as_ref().is_some_and(|(_, said)| *said == what) {
+        return;
+    }
+    tracing::info!("autoscale: {what}");
+    status.last = Some((Instant::now(), what));
+}
+
+/// One sample for the policy from the cluster's status, this node having `cores` cores and
+/// being named `own`: each core's busy fraction, the messages waiting in and between the cores
+/// and the bytes waiting unread in source sockets, the worst p99, and the member a scale-in
+/// would let go.
+fn sample(at: Duration, status: &Status, own: &str, cores: usize) -> Sample {
     Sample {
         at,
-        cores: status.cores.len() + status.silent.len(),
+        cores,
         busy: status.cores.iter().map(|c| c.busy).collect(),
         backlog: (status.cores.iter())
-            .map(|c| (c.inbox + c.outbox + c.buffered) as u64)
+            .map(|c| (c.inbox + c.outbox + c.buffered) as u64 + c.unread)
             .sum(),
+        p99: status.cores.iter().filter_map(|c| c.latency_p99).max(),
+        nodes: status.nodes.len(),
+        spare_node: spare_member(status, own).map(|(_, cores)| cores),
+    }
+}
+
+/// The member whose slots are cheapest to move (the fewest state bytes, then slots), among
+/// those that could leave (no open source connection, every core answered), and its cores.
+fn spare_member<'a>(status: &'a Status, own: &str) -> Option<(&'a str, usize)> {
+    let members = status
+        .nodes
+        .iter()
+        .filter(|n| n.name != own && !n.coordinator);
+    let costs = members.filter_map(|n| {
+        let cores: Vec<_> = status.cores.iter().filter(|c| c.node == n.name).collect();
+        let leavable = !cores.is_empty() && cores.iter().all(|c| c.connections == 0);
+        let bytes: u64 = cores.iter().map(|c| c.state_bytes).sum();
+        let slots: usize = cores.iter().map(|c| c.slots).sum();
+        leavable.then_some(((bytes, slots, n.name.as_str()), cores.len()))
+    });
+    // A silent core may be a member's: its node cannot be weighed, so none goes.
+    if !status.silent.is_empty() {
+        return None;
+    }
+    costs
+        .min_by_key(|(cost, _)| *cost)
+        .map(|((_, _, name), cores)| (name, cores))
+}
+
+/// Runs `command` with `sh -c` and `env` in its environment; a thread waits for it and
+/// says how it ended, calling `refused` if it failed.
+fn run_command(
+    flag: &str,
+    command: &str,
+    env: &[(&str, String)],
+    status: Arc<Mutex<AutoscaleStatus>>,
+    refused: impl FnOnce() + Send + 'static,
+) {
+    let flag = flag.to_string();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            status.lock().unwrap().failed += 1;
+            note(&status, format!("{flag} could not start: {e}"));
+            return refused();
+        }
+    };
+    let waiter = std::thread::Builder::new()
+        .name("quokka-scale-command".into())
+        .spawn(move || match child.wait() {
+            Ok(exit) if exit.success() => tracing::info!("autoscale: {flag} ran ({exit})"),
+            ended => {
+                let how = match ended {
+                    Ok(exit) => exit.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                status.lock().unwrap().failed += 1;
+                note(&status, format!("{flag} failed ({how})"));
+                refused();
+            }
+        });
+    if let Err(e) = waiter {
+        tracing::warn!("autoscale: cannot wait for the command: {e}");
     }
 }
 
@@ -138,7 +228,8 @@ impl Engine {
         }
         let status = self.status();
         let at = self.started.elapsed();
-        let sample = sample(at, &status);
+        let cores = self.view.lock().unwrap().cores.len();
+        let sample = sample(at, &status, &self.node.name, cores);
         // Written out only when the debug line is on.
         let seen = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{sample:?}"));
         let decision = match self.autoscaling.scaler.lock().unwrap().as_mut() {
@@ -156,6 +247,8 @@ impl Engine {
             Decision::Shrink { by, reason } => {
                 (self.shrink(by), format!("shrink by {by}: {reason}"))
             }
+            Decision::AddNode { reason } => return self.ask_for_node(&status, reason),
+            Decision::RemoveNode { reason } => return self.let_node_go(&status, reason),
         };
         let mut status = a.status.lock().unwrap();
         let said = match result {
@@ -175,38 +268,163 @@ impl Engine {
         drop(status);
         a.note(said);
     }
+
+    /// Runs `--on-scale-out` with the nodes there are, the nodes wanted and where to join.
+    fn ask_for_node(&self, status: &Status, reason: String) {
+        let a = &self.autoscaling;
+        let Some(command) = &a.commands.scale_out else {
+            return;
+        };
+        let nodes = status.nodes.len();
+        a.status.lock().unwrap().nodes_asked += 1;
+        a.note(format!("ask for a node: {reason}; running --on-scale-out"));
+        let env = [
+            ("QUOKKA_SCALE", "out".to_string()),
+            ("QUOKKA_NODES", nodes.to_string()),
+            ("QUOKKA_NODES_WANTED", (nodes + 1).to_string()),
+            ("QUOKKA_JOIN", a.commands.join.clone()),
+            ("QUOKKA_REASON", reason),
+        ];
+        let (scaler, started) = (a.scaler.clone(), self.started);
+        run_command(
+            "--on-scale-out",
+            command,
+            &env,
+            a.status.clone(),
+            move || {
+                if let Some(s) = scaler.lock().unwrap().as_mut() {
+                    s.node_refused(started.elapsed());
+                }
+            },
+        );
+    }
+
+    /// Removes the member whose slots are cheapest to move, then runs `--on-scale-in` with
+    /// its name and address and the nodes left.
+    fn let_node_go(&self, status: &Status, reason: String) {
+        let a = &self.autoscaling;
+        let Some(command) = &a.commands.scale_in else {
+            return;
+        };
+        let Some((name, _)) = spare_member(status, &self.node.name) else {
+            return;
+        };
+        let addr = (status.nodes.iter())
+            .find(|n| n.name == name)
+            .map_or_else(String::new, |n| n.data_addr.clone());
+        let what = format!("let node {name} go: {reason}");
+        match self.remove_node(name) {
+            Ok(report) => {
+                a.status.lock().unwrap().nodes_let_go += 1;
+                a.note(format!("{what}; done: {report}; running --on-scale-in"));
+            }
+            Err(e) => {
+                a.status.lock().unwrap().failed += 1;
+                return a.note(format!("{what}; FAILED: {e}"));
+            }
+        }
+        let env = [
+            ("QUOKKA_SCALE", "in".to_string()),
+            ("QUOKKA_NODES", (status.nodes.len() - 1).to_string()),
+            ("QUOKKA_NODE", name.to_string()),
+            ("QUOKKA_NODE_ADDR", addr),
+            ("QUOKKA_REASON", reason),
+        ];
+        run_command("--on-scale-in", command, &env, a.status.clone(), || {});
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::CoreStatus;
+    use crate::node::status::NodeInfo;
 
-    #[test]
-    fn a_sample_counts_silent_cores_and_every_queue() {
-        let core = |busy, inbox, outbox, buffered| CoreStatus {
+    fn core(node: &str, busy: f64, queued: usize, unread: u64) -> CoreStatus {
+        CoreStatus {
+            node: node.into(),
             busy,
-            inbox,
-            outbox,
-            buffered,
+            inbox: queued,
+            outbox: 1,
+            buffered: 2,
+            unread,
             ..CoreStatus::default()
-        };
-        let status = Status {
+        }
+    }
+
+    fn node(name: &str, coordinator: bool) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            data_addr: format!("{name}:1"),
+            http: None,
+            coordinator,
+        }
+    }
+
+    fn status(nodes: Vec<NodeInfo>, cores: Vec<CoreStatus>, silent: Vec<u16>) -> Status {
+        Status {
             epoch: 0,
             n_slots: 8,
-            nodes: Vec::new(),
-            cores: vec![core(0.5, 1, 2, 3), core(1.0, 10, 0, 0)],
+            nodes,
+            cores,
             lost: Vec::new(),
-            silent: vec![7],
+            silent,
             migration: None,
             retired: 0,
             checkpoints: None,
             recovery: None,
             changes: Default::default(),
             autoscale: AutoscaleStatus::default(),
+        }
+    }
+
+    #[test]
+    fn a_sample_counts_every_core_of_the_cluster_and_every_queue() {
+        let mut cores = vec![core("c", 0.5, 1, 100), core("c", 1.0, 10, 0)];
+        cores.push(core("w", 0.25, 0, 7));
+        cores[0].latency_p99 = Some(5);
+        cores[2].latency_p99 = Some(9);
+        let nodes = vec![node("c", true), node("w", false)];
+        let s = sample(SEC3, &status(nodes, cores, vec![]), "c", 2);
+        // Queues (1 + 10 + 0, and 1 + 2 each) and unread bytes (100 + 7).
+        assert_eq!((s.cores, s.nodes, s.backlog), (2, 2, 11 + 9 + 107));
+        assert_eq!(s.busy, [0.5, 1.0, 0.25]);
+        assert_eq!((s.p99, s.spare_node), (Some(9), Some(1)));
+    }
+
+    const SEC3: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn the_spare_member_is_the_cheapest_to_move_of_those_that_can_leave() {
+        let member = |name: &str, bytes: u64, connections: usize| CoreStatus {
+            state_bytes: bytes,
+            connections,
+            ..core(name, 0.1, 0, 0)
         };
-        let s = sample(Duration::from_secs(3), &status);
-        assert_eq!((s.cores, s.backlog), (3, 16));
-        assert_eq!(s.busy, [0.5, 1.0]);
+        let nodes = vec![node("c", true), node("a", false), node("b", false)];
+        let nodes3 = nodes.clone();
+        let with = |cores: Vec<CoreStatus>, silent: Vec<u16>| status(nodes.clone(), cores, silent);
+        let cores = vec![member("c", 1, 0), member("a", 500, 0), member("a", 500, 0)];
+        let mut all = cores.clone();
+        all.push(member("b", 900, 0));
+        // a holds 1000 bytes on two cores, b 900 on one: b.
+        assert_eq!(
+            spare_member(&with(all.clone(), vec![]), "c"),
+            Some(("b", 1))
+        );
+        // b has a source connection open (it could not leave): a.
+        all[3].connections = 1;
+        assert_eq!(
+            spare_member(&with(all.clone(), vec![]), "c"),
+            Some(("a", 2))
+        );
+        // A core did not answer: nobody can be weighed.
+        assert_eq!(spare_member(&with(all, vec![4]), "c"), None);
+        // The coordinator alone.
+        let alone = status(vec![node("c", true)], cores.clone(), vec![]);
+        assert_eq!(spare_member(&alone, "c"), None);
+        // A member's status (the coordinator is another node): never the coordinator.
+        let seen_from_a = status(nodes3, cores, vec![]);
+        assert_eq!(spare_member(&seen_from_a, "a"), None);
     }
 }

@@ -292,8 +292,8 @@ impl Engine {
         let view = coordinator.view.clone();
         let stopping = coordinator.stopping.clone();
         let checkpoint_interval = coordinator.checkpoint_interval();
-        let (range, knobs) = coordinator.autoscale();
-        let autoscaling = autoscaling::Autoscaling::new(range, knobs);
+        let (range, knobs, commands) = coordinator.autoscale();
+        let autoscaling = autoscaling::Autoscaling::new(range, knobs, commands);
         let checkpoints_on = coordinator.checkpoints_on();
         let sources = coordinator.sources.clone();
         let acceptors = listeners

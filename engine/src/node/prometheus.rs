@@ -230,8 +230,18 @@ impl Snapshot {
                     Count(a.shrinks),
                 ),
                 (
+                    "quokka_autoscale_nodes_asked",
+                    "Nodes the autoscaler asked for (--on-scale-out).",
+                    Count(a.nodes_asked),
+                ),
+                (
+                    "quokka_autoscale_nodes_let_go",
+                    "Members the autoscaler let go (--on-scale-in).",
+                    Count(a.nodes_let_go),
+                ),
+                (
                     "quokka_autoscale_failures",
-                    "Changes the autoscaler asked for that failed.",
+                    "Changes the autoscaler asked for that failed, and node requests refused.",
                     Count(a.failed),
                 ),
             ] {
@@ -382,6 +392,15 @@ impl Collector for Snapshot {
                 Gauge,
             ),
             |c| n(c.outbox),
+        )?;
+        self.per_core(
+            e,
+            (
+                "quokka_source_unread_bytes",
+                "Bytes waiting in the core's source sockets, not read yet.",
+                Gauge,
+            ),
+            |c| ConstGauge::new(c.unread as i64),
         )?;
         self.per_core(
             e,

@@ -322,10 +322,14 @@ impl fmt::Display for Status {
         let last = (a.last.as_ref())
             .map(|(at, what)| format!("; last, {:.0}s ago: {what}", at.elapsed().as_secs_f64()))
             .unwrap_or_default();
+        let nodes = match (a.nodes_asked, a.nodes_let_go) {
+            (0, 0) => String::new(),
+            (asked, let_go) => format!(", {asked} nodes asked for, {let_go} let go"),
+        };
         match a.range {
             Some((min, max)) => writeln!(
                 f,
-                "autoscale {min}..{max} cores: {} grows, {} shrinks, {} failed{last}",
+                "autoscale {min}..{max} cores: {} grows, {} shrinks{nodes}, {} failed{last}",
                 a.grows, a.shrinks, a.failed
             )?,
             None if a.last.is_some() => writeln!(f, "autoscale off{last}")?,

@@ -60,6 +60,9 @@ pub struct Config {
     /// The autoscaling policy's knobs (thresholds, windows, cooldown; its range is the one
     /// above or set later).
     pub autoscale_policy: crate::autoscale::Policy,
+    /// The commands the autoscaler runs to ask the orchestrator for a node, or to say it let
+    /// one go (`quokka run --on-scale-out/--on-scale-in`).
+    pub on_scale: crate::autoscale::NodeCommands,
     /// The shared secret every join, control and data connection must present.
     pub token: String,
     /// The CPUs this node's executors are placed on (empty: every online CPU).
@@ -163,6 +166,7 @@ impl Config {
             http: None,
             autoscale: None,
             autoscale_policy: crate::autoscale::Policy::new(1, 1),
+            on_scale: Default::default(),
             token: String::new(),
             cpus: Vec::new(),
             state_dir: None,

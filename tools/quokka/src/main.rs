@@ -295,6 +295,28 @@ struct AutoscaleArgs {
     /// How long to wait after any change of cores before the next one.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
     autoscale_cooldown: Duration,
+    /// A shell command (`sh -c`) the autoscaler runs to ask for one more node, when the cores
+    /// stay busy at MAX: wire it to your orchestrator, and the node it starts joins as any
+    /// does. Its environment: QUOKKA_SCALE=out, QUOKKA_NODES (now), QUOKKA_NODES_WANTED,
+    /// QUOKKA_JOIN (the coordinator's --control address, for the new node's --join) and
+    /// QUOKKA_REASON. The node is waited for (up to 5 minutes) before asking again; a command
+    /// that fails is not run again until the load has eased.
+    #[arg(long, value_name = "CMD", value_parser = parse_command)]
+    on_scale_out: Option<String>,
+    /// A shell command the autoscaler runs once it let a member go, when the cores stay idle
+    /// at MIN: it moves away the slots of the member cheapest to move (the fewest state
+    /// bytes; one with open source connections stays), the member exits, then CMD runs with
+    /// QUOKKA_SCALE=in, QUOKKA_NODES (left), QUOKKA_NODE (its name), QUOKKA_NODE_ADDR (its
+    /// --data address) and QUOKKA_REASON, for the orchestrator to release its machine.
+    #[arg(long, value_name = "CMD", value_parser = parse_command)]
+    on_scale_in: Option<String>,
+}
+
+fn parse_command(s: &str) -> std::result::Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("give a shell command".into());
+    }
+    Ok(s.to_string())
 }
 
 impl AutoscaleArgs {
@@ -309,6 +331,9 @@ impl AutoscaleArgs {
             sustain: self.autoscale_sustain,
             idle: self.autoscale_idle,
             cooldown: self.autoscale_cooldown,
+            // From the commands, by the engine.
+            ask_for_nodes: false,
+            let_nodes_go: false,
         };
         if !(p.shrink_busy < p.target_busy && p.target_busy < p.grow_busy) {
             anyhow::bail!(
@@ -482,6 +507,14 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
+    if args.autoscale.on_scale_out.is_some() && control_addr.is_none() {
+        anyhow::bail!("--on-scale-out needs a --control address: the new node joins there");
+    }
+    config.on_scale = quokka_engine::autoscale::NodeCommands {
+        scale_out: args.autoscale.on_scale_out.clone(),
+        scale_in: args.autoscale.on_scale_in.clone(),
+        join: control_addr.map(|a| a.to_string()).unwrap_or_default(),
+    };
     // Ports asked for explicitly, which the default HTTP port must leave alone.
     let asked: Vec<u16> = (config.inputs.iter())
         .filter_map(|i| match i {

@@ -28,8 +28,8 @@ pub const MAGIC: [u8; 2] = *b"QN";
 /// watermarks and say when they are done per stage; a welcome names every sink; 9: a plan has
 /// an id, and cores hold later stages' watermarks through a change, `Hold` and `ChangeDone`;
 /// 14: a join and a member carry the node's HTTP address, a core's status its bytes in,
-/// source errors and queue depths; 15: and its busy fraction).
-pub const VERSION: u8 = 15;
+/// source errors and queue depths; 15: and its busy fraction; 16: and its unread source bytes).
+pub const VERSION: u8 = 16;
 /// Largest link frame accepted (a batch or one slot's archive).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 

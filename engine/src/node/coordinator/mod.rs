@@ -570,10 +570,17 @@ impl Coordinator {
 
     /// Makes the current membership and table visible to `status`.
     /// The autoscaling range the engine was started with (on the coordinator only) and the
-    /// policy's knobs.
-    pub fn autoscale(&self) -> (Option<(usize, usize)>, crate::autoscale::Policy) {
+    /// policy's knobs, and the commands it runs for nodes.
+    pub fn autoscale(
+        &self,
+    ) -> (
+        Option<(usize, usize)>,
+        crate::autoscale::Policy,
+        crate::autoscale::NodeCommands,
+    ) {
         let range = self.config.autoscale.filter(|_| self.node.is_coordinator());
-        (range, self.config.autoscale_policy.clone())
+        let c = &self.config;
+        (range, c.autoscale_policy.clone(), c.on_scale.clone())
     }
 
     fn publish(&self, migration: Option<MigrationProgress>) {

@@ -596,6 +596,7 @@ impl Core {
             source_errors: report.connection_errors,
             inbox: self.inbox.0.len() + self.inbox.1.len(),
             outbox: self.peers.queued(),
+            unread: self.sources.unread(),
             busy: window.last_busy,
             busy_seconds: report.busy.as_secs_f64(),
             applied: keyed.applied(),

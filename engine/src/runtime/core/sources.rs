@@ -96,6 +96,24 @@ impl Sources {
         self.open.borrow().len() + self.files_open.get()
     }
 
+    /// Bytes the kernel holds for the open connections, not read yet (`FIONREAD`).
+    pub fn unread(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        let open = self.open.borrow();
+        let unread = open.values().map(|stream| {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one c_int through a pointer to one; the fd is open for
+            // as long as `stream` is.
+            let done = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+            if done == 0 {
+                n.max(0) as u64
+            } else {
+                0
+            }
+        });
+        unread.sum()
+    }
+
     pub fn is_leaving(&self) -> bool {
         self.leaving.get()
     }
