@@ -2,6 +2,7 @@
 //! per message and latency percentiles, and times a baseline in the same run so results can be
 //! quoted as ratios. Results worth keeping go to `bench/RESULTS.md`.
 
+mod autoscale;
 mod channels;
 mod checkpoint;
 mod cluster;
@@ -63,6 +64,10 @@ enum Bench {
     /// What watching costs: word count at max rate with the HTTP endpoint (`quokka run
     /// --http`) scraped every second, against no endpoint.
     Scrape(scrape::Args),
+    /// Autoscaling: word count under a low -> 3x -> low load profile on fixed 1 core, fixed 2
+    /// cores and `autoscale 1..2` (the policy's defaults): p99 over time, time to react,
+    /// core-seconds.
+    Autoscale(autoscale::Args),
 }
 
 fn main() -> Result<()> {
@@ -73,7 +78,10 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if matches!(cli.bench, Bench::Wordcount(_) | Bench::Migrate(_)) {
+    if matches!(
+        cli.bench,
+        Bench::Wordcount(_) | Bench::Migrate(_) | Bench::Autoscale(_)
+    ) {
         std::fs::create_dir_all(&cli.plots)
             .with_context(|| format!("creating {}", cli.plots.display()))?;
     }
@@ -87,5 +95,6 @@ fn main() -> Result<()> {
         Bench::Cluster(args) => cluster::run(args),
         Bench::Checkpoint(args) => checkpoint::run(args),
         Bench::Scrape(args) => scrape::run(args),
+        Bench::Autoscale(args) => autoscale::run(args, &cli.plots),
     }
 }

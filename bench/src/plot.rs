@@ -205,6 +205,129 @@ pub fn timeline(path: &Path, title: &str, intervals: &[Interval], marks: &[Mark]
     Ok(())
 }
 
+/// One configuration's run of a load profile, for [`profiles`].
+pub struct Profile<'a> {
+    pub name: String,
+    pub intervals: &'a [Interval],
+    /// (seconds since the start, cores from then on).
+    pub cores: &'a [(f64, usize)],
+}
+
+/// Several configurations under the same load profile, one colour each: throughput above,
+/// p99 latency (log scale) in the middle, cores below, with the profile's phases shaded.
+pub fn profiles(path: &Path, title: &str, series: &[Profile], marks: &[Mark]) -> Result<()> {
+    let all = || series.iter().flat_map(|s| s.intervals.iter());
+    let t_end = all().map(|i| i.end).fold(1e-3, f64::max);
+    let rate = |i: &Interval| i.outputs as f64 / (i.end - i.start).max(1e-9);
+    let top = all().map(rate).fold(1.0, f64::max) * 1.35;
+    let p99s = || all().filter_map(|i| i.p99).map(|p| p as f64);
+    let (lat_range, lat_points) = log_axis(
+        p99s().fold(f64::INFINITY, f64::min),
+        p99s().fold(0.0, f64::max),
+    );
+    let most_cores = (series.iter())
+        .flat_map(|s| s.cores.iter().map(|c| c.1))
+        .max()
+        .unwrap_or(1) as f64
+        + 0.5;
+
+    let root = SVGBackend::new(path, (960, 960)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, (FONT, 22))?;
+    let (upper, rest) = root.split_vertically(320);
+    let (middle, lower) = rest.split_vertically(360);
+    let time_desc = "time since the load started (s)";
+
+    let mut chart = ChartBuilder::on(&upper)
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(75)
+        .build_cartesian_2d(0.0..t_end, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc(time_desc)
+        .y_desc("throughput (outputs/s)")
+        .y_label_formatter(&|y| rate_label(*y))
+        .light_line_style(TRANSPARENT)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .draw()?;
+    draw_marks(&mut chart, marks, (0.0, top), true)?;
+    for (k, s) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                steps(s.intervals, |i| Some(rate(i))),
+                color.stroke_width(2),
+            ))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+
+    let mut chart = ChartBuilder::on(&middle)
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(75)
+        .build_cartesian_2d(
+            0.0..t_end,
+            lat_range.clone().log_scale().with_key_points(lat_points),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc(time_desc)
+        .y_desc("p99 latency per second (log)")
+        .y_label_formatter(&|y| duration_label(*y))
+        .light_line_style(TRANSPARENT)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .draw()?;
+    draw_marks(&mut chart, marks, (lat_range.start, lat_range.end), false)?;
+    for (k, s) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        chart.draw_series(LineSeries::new(
+            steps(s.intervals, |i| i.p99.map(|p| p as f64)),
+            color.stroke_width(2),
+        ))?;
+    }
+
+    let mut chart = ChartBuilder::on(&lower)
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(75)
+        .build_cartesian_2d(0.0..t_end, 0.0..most_cores)?;
+    chart
+        .configure_mesh()
+        .x_desc(time_desc)
+        .y_desc("cores")
+        .y_labels(most_cores as usize + 1)
+        .light_line_style(TRANSPARENT)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .draw()?;
+    draw_marks(&mut chart, marks, (0.0, most_cores), false)?;
+    for (k, s) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        // Drawn a hair apart, so lines at the same count stay visible.
+        let lift = 0.03 * k as f64;
+        let mut points = Vec::new();
+        for (j, &(t, n)) in s.cores.iter().enumerate() {
+            let until = s.cores.get(j + 1).map_or(t_end, |c| c.0);
+            points.extend([(t, n as f64 + lift), (until, n as f64 + lift)]);
+        }
+        chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
+    }
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Each interval's value as a horizontal step from its start to its end (intervals without a
 /// value are left out).
 fn steps(intervals: &[Interval], value: impl Fn(&Interval) -> Option<f64>) -> Vec<(f64, f64)> {

@@ -15,6 +15,16 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
+/// Checks a range of cores: `1 <= min <= max <= most`.
+pub fn check_range(min: usize, max: usize, most: usize) -> Result<(), String> {
+    if min == 0 || min > max || max > most {
+        return Err(format!(
+            "autoscale {min}..{max}: give MIN..MAX with 1 <= MIN <= MAX <= {most}"
+        ));
+    }
+    Ok(())
+}
+
 /// How long a node asked for is waited for before the policy may ask again.
 pub const NODE_PATIENCE: Duration = Duration::from_secs(300);
 
@@ -28,9 +38,10 @@ pub struct Sample {
     /// Each core's busy fraction over the interval (time in tasks against time parked), 0..=1:
     /// every core of the cluster that answered.
     pub busy: Vec<f64>,
-    /// Messages and bytes waiting: inbox and outbox depths plus unread source bytes, in one
-    /// number whose trend is what counts.
+    /// Messages waiting: inbox and outbox depths, and messages buffered for moving slots.
     pub backlog: u64,
+    /// Bytes waiting unread in source sockets.
+    pub unread: u64,
     /// The highest source-to-sink p99 latency of any core over the interval (ns), said in the
     /// reasons.
     pub p99: Option<u64>,
@@ -39,6 +50,8 @@ pub struct Sample {
     /// The cores of the member a scale-in would let go (the one whose slots are cheapest to
     /// move); `None`: no member can go.
     pub spare_node: Option<usize>,
+    /// A sink is down: queues grow waiting for it, not for want of cores.
+    pub sink_down: bool,
 }
 
 impl Sample {
@@ -49,9 +62,11 @@ impl Sample {
             cores,
             busy: vec![busy; cores],
             backlog,
+            unread: 0,
             p99: None,
             nodes: 1,
             spare_node: None,
+            sink_down: false,
         }
     }
 
@@ -137,8 +152,9 @@ pub enum Decision {
         by: usize,
         reason: String,
     },
-    /// Ask the orchestrator for one more node.
+    /// Ask the orchestrator for one more node: `nodes` in all.
     AddNode {
+        nodes: usize,
         reason: String,
     },
     /// Let the member a scale-in would pick go.
@@ -154,7 +170,7 @@ impl fmt::Display for Decision {
             Decision::Hold(Some(why)) => write!(f, "hold: {why}"),
             Decision::Grow { by, reason } => write!(f, "grow by {by}: {reason}"),
             Decision::Shrink { by, reason } => write!(f, "shrink by {by}: {reason}"),
-            Decision::AddNode { reason } => write!(f, "ask for a node: {reason}"),
+            Decision::AddNode { reason, .. } => write!(f, "ask for a node: {reason}"),
             Decision::RemoveNode { reason } => write!(f, "let a node go: {reason}"),
         }
     }
@@ -167,11 +183,14 @@ pub struct Autoscaler {
     window: VecDeque<Sample>,
     /// When the last change (or failed attempt) ended: the cooldown runs from there.
     last_change: Option<Duration>,
-    /// Said once per spell that the load wants more than `max` (or the orchestrator refused
-    /// a node): quiet until the load drops below the grow threshold.
+    /// Said once per spell that the load wants more than `max`: quiet until the load drops
+    /// below the grow threshold.
     said_at_max: bool,
     /// A node asked for: the nodes wanted, and when.
     node_asked: Option<(usize, Duration)>,
+    /// The orchestrator refused a node: none is asked for until the load has eased (a whole
+    /// sustain window below the target).
+    refused: bool,
 }
 
 impl Autoscaler {
@@ -182,7 +201,17 @@ impl Autoscaler {
             last_change: None,
             said_at_max: false,
             node_asked: None,
+            refused: false,
         }
+    }
+
+    /// Keeps the cores between `min` and `max` from now on, measuring afresh; the cooldown,
+    /// and a node asked for or refused, stay as they were.
+    pub fn set_range(&mut self, min: usize, max: usize) {
+        self.policy.min = min;
+        self.policy.max = max;
+        self.window.clear();
+        self.said_at_max = false;
     }
 
     /// A change of cores ended at `at`, the policy's or a person's, done or failed: the window
@@ -197,7 +226,7 @@ impl Autoscaler {
     /// again, and no node is asked for while the load stays as it is.
     pub fn node_refused(&mut self, at: Duration) {
         self.node_asked = None;
-        self.said_at_max = true;
+        self.refused = true;
         self.last_change = Some(at);
     }
 
@@ -214,24 +243,36 @@ impl Autoscaler {
         while self.window.len() >= 2 && now - self.window[1].at >= longest {
             self.window.pop_front();
         }
-        let nodes = self.window.back().expect("just pushed").nodes;
+        let (nodes, cores) = (self.window.back()).map_or((1, 1), |s| (s.nodes, s.cores));
         if let Some((wanted, asked)) = self.node_asked {
-            if nodes < wanted && now < asked + NODE_PATIENCE {
-                return Decision::Hold(Some(format!(
-                    "waiting for the node asked for to join ({} -> {wanted} nodes)",
-                    wanted - 1
-                )));
+            if nodes >= wanted || now.saturating_sub(asked) >= NODE_PATIENCE {
+                // It joined, or it never came: ask again if the load still wants it.
+                self.node_asked = None;
+                self.said_at_max = false;
             }
-            // It joined, or it never came: ask again if the load still wants it.
-            self.node_asked = None;
-            self.said_at_max = false;
         }
-        if let Some(since) = self.last_change.filter(|&t| now < t + self.policy.cooldown) {
-            let left = since + self.policy.cooldown - now;
-            return Decision::Hold(Some(format!(
-                "cooling down after a change ({:.0?} left)",
-                left
-            )));
+        // Quiet while cooling down: the last thing said (the change, or why it failed) stays.
+        let cooling =
+            (self.last_change).is_some_and(|t| now.saturating_sub(t) < self.policy.cooldown);
+        if cooling {
+            return Decision::Hold(None);
+        }
+        let (min, max) = (self.policy.min, self.policy.max);
+        if cores < min {
+            return Decision::Grow {
+                by: min - cores,
+                reason: format!(
+                    "{cores} cores is below the range {min}..{max}: {cores} -> {min} cores"
+                ),
+            };
+        }
+        if cores > max {
+            return Decision::Shrink {
+                by: cores - max,
+                reason: format!(
+                    "{cores} cores is above the range {min}..{max}: {cores} -> {max} cores"
+                ),
+            };
         }
         if let Some(why) = self.busy_for(self.policy.sustain, |b| b >= self.policy.grow_busy) {
             return self.grow(why);
@@ -240,6 +281,11 @@ impl Autoscaler {
             return self.grow(why);
         }
         self.said_at_max = false;
+        if self.refused
+            && (self.busy_for(self.policy.sustain, |b| b < self.policy.target_busy)).is_some()
+        {
+            self.refused = false;
+        }
         if let Some(why) = self.busy_for(self.policy.idle, |b| b <= self.policy.shrink_busy) {
             return self.shrink(why);
         }
@@ -257,16 +303,21 @@ impl Autoscaler {
             .iter()
             .map(|s| s.mean_busy())
             .fold((1.0f64, 0.0f64), |(lo, hi), b| (lo.min(b), hi.max(b)));
-        let p99 = match self.window.back().and_then(|s| s.p99) {
-            Some(ns) => format!(", p99 latency {}", crate::metrics::human_ns(ns)),
-            None => String::new(),
-        };
         Some(format!(
-            "the cores were {:.0}-{:.0}% busy on average for {:.0?}{p99}",
+            "the cores were {:.0}-{:.0}% busy on average for {:.0?}{}",
             lo * 100.0,
             hi * 100.0,
-            span
+            span,
+            self.p99_said()
         ))
+    }
+
+    /// The newest sample's p99, for a reason.
+    fn p99_said(&self) -> String {
+        match self.window.back().and_then(|s| s.p99) {
+            Some(ns) => format!(", p99 latency {}", crate::metrics::human_ns(ns)),
+            None => String::new(),
+        }
     }
 
     /// The samples of the last `span`, from the newest one at least `span` old (samples come
@@ -277,32 +328,48 @@ impl Autoscaler {
         Some(self.window.iter().skip(start).collect())
     }
 
-    /// The backlog rose at every sample over the sustain window, to more than double where it
-    /// started (and beyond a floor, so that a few messages in flight are not a trend).
+    /// The messages queued, or the bytes unread in source sockets, rose at every sample over
+    /// the sustain window, to more than double where they started (and beyond a floor, so
+    /// that what is in flight anyway is not a trend).
     fn backlog_rising(&self) -> Option<String> {
-        const FLOOR: u64 = 10_000;
         let spell = self.spell(self.policy.sustain)?;
-        let (first, last) = (spell.first()?.backlog, spell.last()?.backlog);
-        let rising = spell.windows(2).all(|w| w[1].backlog >= w[0].backlog);
-        (rising && last > FLOOR && last > 2 * first).then(|| {
-            format!(
-                "the backlog rose from {first} to {last} over {:.0?}",
-                self.policy.sustain
-            )
-        })
+        if spell.iter().any(|s| s.sink_down) {
+            return None;
+        }
+        let rising = |what: &str, floor: u64, of: fn(&Sample) -> u64| {
+            let (first, last) = (of(spell.first()?), of(spell.last()?));
+            let rising = spell.windows(2).all(|w| of(w[1]) >= of(w[0]));
+            (rising && last > floor && last > 2 * first).then(|| {
+                format!(
+                    "{what} rose from {first} to {last} over {:.0?}{}",
+                    self.policy.sustain,
+                    self.p99_said()
+                )
+            })
+        };
+        rising("the messages queued", 10_000, |s| s.backlog)
+            .or_else(|| rising("the bytes unread in source sockets", 4 << 20, |s| s.unread))
     }
 
     fn grow(&mut self, why: String) -> Decision {
         let last = self.window.back().expect("a sample");
         let (cores, max) = (last.cores, self.policy.max);
         if cores >= max {
+            if let Some((wanted, _)) = self.node_asked {
+                // The same words each time: said once.
+                return Decision::Hold(Some(format!(
+                    "busy; waiting for the node asked for to join ({} -> {wanted} nodes)",
+                    wanted - 1
+                )));
+            }
             if std::mem::replace(&mut self.said_at_max, true) {
                 return Decision::Hold(None);
             }
-            if self.policy.ask_for_nodes {
+            if self.policy.ask_for_nodes && !self.refused {
                 let wanted = last.nodes + 1;
                 self.node_asked = Some((wanted, last.at));
                 return Decision::AddNode {
+                    nodes: wanted,
                     reason: format!(
                         "{why}, and {cores} cores is the most allowed here (--autoscale ..{max}): {} -> {wanted} nodes",
                         last.nodes
@@ -330,7 +397,8 @@ impl Autoscaler {
         let (going, what) = if cores > self.policy.min {
             (1, format!("{cores} -> {} cores", cores - 1))
         } else if let Some(spare) = last.spare_node.filter(|_| self.policy.let_nodes_go) {
-            (spare, format!("{} -> {} nodes", last.nodes, last.nodes - 1))
+            let left = last.nodes.saturating_sub(1);
+            (spare, format!("{} -> {left} nodes", last.nodes))
         } else {
             return Decision::Hold(None);
         };
@@ -509,8 +577,8 @@ mod tests {
         // count: the cores are the same).
         a.changed(SEC * 10);
         for t in 11..30 {
-            let d = a.decide(busy(t, 1));
-            assert!(d.to_string().contains("cooling down"), "{t}: {d}");
+            // Quiet: what was said of the change stays.
+            assert_eq!(a.decide(busy(t, 1)), Decision::Hold(None), "{t}");
         }
         assert!(matches!(
             a.decide(busy(30, 1)),
@@ -520,8 +588,7 @@ mod tests {
         // holds only what 3 cores did.
         a.changed(SEC * 31);
         for t in 32..51 {
-            let d = a.decide(busy(t, 3));
-            assert!(d.to_string().contains("cooling down"), "{t}: {d}");
+            assert_eq!(a.decide(busy(t, 3)), Decision::Hold(None), "{t}");
         }
         assert!(
             matches!(a.decide(busy(51, 3)), Decision::Grow { by: 1, .. }),
@@ -538,7 +605,8 @@ mod tests {
         }
         assert!(matches!(d, Decision::Grow { by: 1, .. }), "{d}");
         assert!(
-            d.to_string().contains("backlog rose from 5000 to 55000"),
+            d.to_string()
+                .contains("messages queued rose from 5000 to 55000"),
             "{d}"
         );
     }
@@ -650,18 +718,67 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_node_is_not_asked_for_again_until_the_load_changes() {
+    fn a_refused_node_is_not_asked_for_again_until_the_load_eases() {
         let mut a = with_nodes(1, 1);
         let mut asks = Vec::new();
-        for t in 0..300u64 {
-            // Busy for 100 s, a lull, busy again from 150 s.
-            let busy = if (100..150).contains(&t) { 0.5 } else { 1.0 };
+        for t in 0..400u64 {
+            // Busy, with a one-second dip every 15 s (not an easing); from 150 s a lull of
+            // 50 s below the target; busy again from 200 s.
+            let busy = match t {
+                150..200 => 0.5,
+                _ if t % 15 == 0 => 0.7,
+                _ => 1.0,
+            };
             if let Decision::AddNode { .. } = a.decide(cluster(t, 1, 1, 1, busy, None)) {
                 asks.push(t);
                 a.node_refused(SEC * t as u32);
             }
         }
-        assert_eq!(asks, [10, 160]);
+        // (0 and 210 are dips: the spells start a second later.)
+        assert_eq!(asks[..2], [11, 221], "{asks:?}");
+        // A person's change does not make it ask again either.
+        let mut a = with_nodes(1, 1);
+        assert!(matches!(
+            (0..=10)
+                .map(|t| a.decide(cluster(t, 1, 1, 1, 1.0, None)))
+                .last()
+                .unwrap(),
+            Decision::AddNode { .. }
+        ));
+        a.node_refused(SEC * 10);
+        a.changed(SEC * 20);
+        for t in 11..200 {
+            let d = a.decide(cluster(t, 1, 1, 1, 1.0, None));
+            assert!(!matches!(d, Decision::AddNode { .. }), "{t}: {d}");
+        }
+    }
+
+    #[test]
+    fn a_rising_backlog_at_max_asks_for_a_node_and_says_why() {
+        let mut a = with_nodes(1, 1);
+        let mut d = Decision::Hold(None);
+        for t in 0..=10u64 {
+            let mut s = cluster(t, 1, 1, 1, 0.7, None);
+            s.unread = (5 << 20) * (t + 1);
+            s.p99 = Some(2_500_000);
+            d = a.decide(s);
+        }
+        assert!(matches!(d, Decision::AddNode { nodes: 2, .. }), "{d}");
+        assert!(
+            d.to_string().contains("bytes unread in source sockets rose from 5242880 to 57671680 over 10s, p99 latency 2.50ms"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn a_member_that_holds_every_core_never_goes() {
+        // A sample claiming a spare member with all the cores: none would be left.
+        let mut a = with_nodes(1, 2);
+        let d = (0..=30)
+            .map(|t| a.decide(cluster(t, 1, 2, 2, 0.0, Some(2))))
+            .last()
+            .unwrap();
+        assert!(d.to_string().contains("0 cores would be"), "{d}");
     }
 
     #[test]
@@ -711,5 +828,78 @@ mod tests {
             .unwrap();
         assert!(matches!(d, Decision::Grow { by: 2, .. }), "{d}");
         assert!(d.to_string().contains("2 -> 4 cores"), "{d}");
+    }
+
+    #[test]
+    fn cores_outside_the_range_are_brought_into_it() {
+        let mut a = Autoscaler::new(Policy::new(2, 3));
+        let d = a.decide(Sample::one_node(SEC, 1, 0.0, 0));
+        assert!(matches!(d, Decision::Grow { by: 1, .. }), "{d}");
+        assert!(
+            d.to_string().contains("1 cores is below the range 2..3"),
+            "{d}"
+        );
+        a.set_range(1, 2);
+        let d = a.decide(Sample::one_node(SEC * 2, 5, 1.0, 0));
+        assert!(matches!(d, Decision::Shrink { by: 3, .. }), "{d}");
+        assert!(
+            d.to_string().contains("above the range 1..2: 5 -> 2 cores"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn queues_behind_a_down_sink_are_not_a_reason_to_grow() {
+        let mut a = Autoscaler::new(Policy::new(1, 2));
+        for t in 0..=30u64 {
+            let mut s = Sample::one_node(SEC * t as u32, 1, 0.01, 50_000 * (t + 1));
+            s.unread = (5 << 20) * (t + 1);
+            s.sink_down = t % 7 == 3;
+            let d = a.decide(s);
+            assert!(!matches!(d, Decision::Grow { .. }), "{t}: {d}");
+        }
+    }
+
+    #[test]
+    fn waiting_for_a_node_still_shrinks_when_the_load_is_gone() {
+        let mut a = with_nodes(1, 2);
+        for t in 0..=10 {
+            a.decide(cluster(t, 2, 2, 1, 1.0, None));
+        }
+        let d = (11..=45)
+            .map(|t| a.decide(cluster(t, 2, 2, 1, 0.05, None)))
+            .find(|d| !matches!(d, Decision::Hold(_)));
+        assert!(matches!(d, Some(Decision::Shrink { by: 1, .. })), "{d:?}");
+    }
+
+    #[test]
+    fn a_new_range_keeps_the_node_asked_for_and_the_cooldown() {
+        let mut a = with_nodes(1, 1);
+        for t in 0..=10 {
+            a.decide(cluster(t, 1, 1, 1, 1.0, None));
+        }
+        a.changed(SEC * 11);
+        a.set_range(1, 1);
+        for t in 12..100 {
+            let d = a.decide(cluster(t, 1, 1, 1, 1.0, None));
+            assert!(!matches!(d, Decision::AddNode { .. }), "{t}: {d}");
+        }
+    }
+
+    #[test]
+    fn the_longest_windows_do_not_overflow() {
+        let mut a = Autoscaler::new(Policy {
+            cooldown: Duration::MAX,
+            sustain: Duration::MAX,
+            idle: Duration::MAX,
+            ..Policy::new(1, 2)
+        });
+        a.changed(SEC);
+        for t in 0..5 {
+            assert_eq!(
+                a.decide(Sample::one_node(SEC * t, 1, 1.0, 0)),
+                Decision::Hold(None)
+            );
+        }
     }
 }

@@ -9,13 +9,12 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use quokka_io::client::Records;
 use quokka_tests::fixtures::BILL_OF_RIGHTS;
-use quokka_tests::harness::{
-    load_text, send_frames, send_until, sent_lines, Sink, DEADLINE, LINES_PER_SEC,
-};
+use quokka_tests::harness::{load_text, send_frames, send_until, sent_lines, Sink, DEADLINE};
 use quokka_tests::reference::{check_running_totals, reference_counts};
 
 use crate::crash::temp_dir;
@@ -178,13 +177,7 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
             .args(token)
             .args(["--autoscale", "1..1", "--autoscale-sustain", "2s"])
             .args(["--autoscale-idle", "3s", "--autoscale-cooldown", "1s"])
-            .args([
-                "--autoscale-grow-busy",
-                "40",
-                "--autoscale-target-busy",
-                "30",
-            ])
-            .args(["--autoscale-shrink-busy", "10"])
+            .args(LOW_THRESHOLDS)
             .args(["--on-scale-out", &out, "--on-scale-in", &scale_in]),
     );
     let (control, input) = (engine.addrs.control(), engine.addrs.input());
@@ -214,18 +207,14 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
     let member: u32 = wait_file(&dir.join("w2.pid")).parse().unwrap();
     // It joins; then, idle, it is let go and exits.
     let deadline = Instant::now() + DEADLINE;
-    let mut joined = false;
     loop {
         let s = status(control);
-        joined |= s["nodes"].as_array().unwrap().len() == 2;
         if s["autoscale"]["nodes_let_go"] == 1 {
             break;
         }
         assert!(Instant::now() < deadline, "never let go: {s}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log = std::fs::read_to_string(dir.join("w2.log")).unwrap_or_default();
-    assert!(joined || log.contains("joined"), "w2 never joined: {log}");
     assert_eq!(wait_file(&dir.join("in")), "in 1 w2");
     let s = status(control);
     assert_eq!(s["nodes"].as_array().unwrap().len(), 1, "{s}");
@@ -276,29 +265,66 @@ fn a_steady_rate_makes_no_change_after_the_first() {
     );
     let (control, input) = (engine.addrs.control(), engine.addrs.input());
     let lines = load_text();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let limit = (LINES_PER_SEC * 64.0) as usize;
+    let stop = AtomicBool::new(false);
     let sent = std::thread::scope(|s| {
-        let sender = s.spawn(|| send_until(input, &lines, &stop, limit));
+        let sender = s.spawn(|| send_until(input, &lines, &stop, usize::MAX));
         wait_status(control, "grew once", |s| s["autoscale"]["grows"] == 1);
+        // A minute of the same rate on 2 cores, looked at every second: no change.
         let grew = Instant::now();
-        let sent = sender.join().unwrap();
-        assert!(
-            grew.elapsed() > Duration::from_secs(55),
-            "the load ended early"
-        );
-        sent
+        while grew.elapsed() < Duration::from_secs(60) {
+            let s = status(control);
+            let a = &s["autoscale"];
+            assert_eq!(
+                (cores(&s), &a["grows"], &a["shrinks"], &a["failed"]),
+                (2, &1.into(), &0.into(), &0.into()),
+                "{s}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        stop.store(true, Ordering::Release);
+        sender.join().unwrap()
     });
-    let s = status(control);
-    let a = &s["autoscale"];
-    assert_eq!(
-        (cores(&s), &a["grows"], &a["shrinks"], &a["failed"]),
-        (2, &1.into(), &0.into(), &0.into()),
-        "{s}"
-    );
     let expected = reference_counts(sent_lines(&lines, sent));
     sink.wait_for(expected.values().sum());
     signal(&engine.child, "-TERM");
     engine.wait_exit_ok();
     check_running_totals(&sink.lines(), &expected);
+}
+
+/// Flags that cannot work are refused before anything starts, saying why.
+#[test]
+fn autoscale_flags_that_cannot_work_are_refused() {
+    let run = |extra: &[&str]| {
+        let base = [
+            "run",
+            "word_count",
+            "--in",
+            "127.0.0.1:0",
+            "--out",
+            "127.0.0.1:9",
+        ];
+        let out = crate::quokka_output(&[&base[..], &["--http", "none"], extra].concat());
+        assert_ne!(out.status.code(), Some(0), "{extra:?} was taken");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--join", "127.0.0.1:9", "--on-scale-out", "true"]);
+    assert!(
+        err.contains("are the coordinator's: give them to it"),
+        "{err}"
+    );
+    let err = run(&["--on-scale-in", " "]);
+    assert!(err.contains("give a shell command"), "{err}");
+    let err = run(&["--autoscale", "2..1"]);
+    assert!(err.contains("1 <= MIN <= MAX <= 256"), "{err}");
+    let err = run(&["--autoscale", "1..999"]);
+    assert!(err.contains("--autoscale 1..999: give MIN..MAX"), "{err}");
+    let err = run(&[
+        "--autoscale-grow-busy",
+        "20",
+        "--autoscale-target-busy",
+        "30",
+    ]);
+    assert!(err.contains("must hold, or it would flap"), "{err}");
+    let err = run(&["--autoscale-shrink-busy", "101"]);
+    assert!(err.contains("101% is not between 0 and 100"), "{err}");
 }

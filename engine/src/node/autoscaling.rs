@@ -5,13 +5,14 @@
 //! Beyond its range it runs the operator's commands: `--on-scale-out` to ask for a node,
 //! `--on-scale-in` once a member it chose (the one whose slots are cheapest to move) has left.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::scale_commands::{ScaleCommands, COMMAND_TIMEOUT};
 use super::status::Status;
 use super::Engine;
 use crate::autoscale::{Autoscaler, Decision, NodeCommands, Policy, Sample};
+use crate::runtime::Config;
 
 /// What the autoscaler did, for `status`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -29,15 +30,15 @@ pub struct AutoscaleStatus {
     pub failed: u64,
 }
 
-/// The engine's autoscaler: the policy (none while off) and what it did.
+/// The engine's autoscaler: the policy, on while `status.range` is set, and what it did.
 pub(crate) struct Autoscaling {
-    /// The knobs a range is turned on with (thresholds, windows, cooldown).
-    knobs: Policy,
     commands: NodeCommands,
+    running: ScaleCommands,
     /// The range it last had, for `autoscale on`.
     last_range: Mutex<Option<(usize, usize)>>,
-    /// Shared with the threads that wait for the node commands.
-    scaler: Arc<Mutex<Option<Autoscaler>>>,
+    /// Kept while off too, with its cooldown and the node it asked for. Shared with the
+    /// threads that wait for the node commands.
+    scaler: Arc<Mutex<Autoscaler>>,
     status: Arc<Mutex<AutoscaleStatus>>,
 }
 
@@ -50,16 +51,11 @@ impl Autoscaling {
             let_nodes_go: commands.scale_in.is_some(),
             ..knobs
         };
-        let scaler = range.map(|(min, max)| {
-            Autoscaler::new(Policy {
-                min,
-                max,
-                ..knobs.clone()
-            })
-        });
+        let (min, max) = range.unwrap_or((knobs.min, knobs.max));
+        let scaler = Autoscaler::new(Policy { min, max, ..knobs });
         Self {
-            knobs,
             commands,
+            running: ScaleCommands::default(),
             last_range: Mutex::new(range),
             scaler: Arc::new(Mutex::new(scaler)),
             status: Arc::new(Mutex::new(AutoscaleStatus {
@@ -75,13 +71,16 @@ impl Autoscaling {
 
     /// A change of cores ended at `at`: the cooldown starts again.
     pub fn changed(&self, at: Duration) {
-        if let Some(s) = self.scaler.lock().unwrap().as_mut() {
-            s.changed(at);
-        }
+        self.scaler.lock().unwrap().changed(at);
     }
 
     fn note(&self, what: String) {
         note(&self.status, what);
+    }
+
+    /// Notes a failure: counted, and logged as a warning.
+    fn failed(&self, what: String) {
+        failed(&self.status, what);
     }
 }
 
@@ -95,6 +94,14 @@ fn note(status: &Mutex<AutoscaleStatus>, what: String) {
     status.last = Some((Instant::now(), what));
 }
 
+/// Says what failed, counts it, and warns.
+fn failed(status: &Mutex<AutoscaleStatus>, what: String) {
+    let mut status = status.lock().unwrap();
+    status.failed += 1;
+    tracing::warn!("autoscale: {what}");
+    status.last = Some((Instant::now(), what));
+}
+
 /// One sample for the policy from the cluster's status, this node having `cores` cores and
 /// being named `own`: each core's busy fraction, the messages waiting in and between the cores
 /// and the bytes waiting unread in source sockets, the worst p99, and the member a scale-in
@@ -105,11 +112,13 @@ fn sample(at: Duration, status: &Status, own: &str, cores: usize) -> Sample {
         cores,
         busy: status.cores.iter().map(|c| c.busy).collect(),
         backlog: (status.cores.iter())
-            .map(|c| (c.inbox + c.outbox + c.buffered) as u64 + c.unread)
+            .map(|c| (c.inbox + c.outbox + c.buffered) as u64)
             .sum(),
+        unread: status.cores.iter().map(|c| c.unread).sum(),
         p99: status.cores.iter().filter_map(|c| c.latency_p99).max(),
         nodes: status.nodes.len(),
         spare_node: spare_member(status, own).map(|(_, cores)| cores),
+        sink_down: status.cores.iter().any(|c| c.sink_down),
     }
 }
 
@@ -136,48 +145,6 @@ fn spare_member<'a>(status: &'a Status, own: &str) -> Option<(&'a str, usize)> {
         .map(|((_, _, name), cores)| (name, cores))
 }
 
-/// Runs `command` with `sh -c` and `env` in its environment; a thread waits for it and
-/// says how it ended, calling `refused` if it failed.
-fn run_command(
-    flag: &str,
-    command: &str,
-    env: &[(&str, String)],
-    status: Arc<Mutex<AutoscaleStatus>>,
-    refused: impl FnOnce() + Send + 'static,
-) {
-    let flag = flag.to_string();
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            status.lock().unwrap().failed += 1;
-            note(&status, format!("{flag} could not start: {e}"));
-            return refused();
-        }
-    };
-    let waiter = std::thread::Builder::new()
-        .name("quokka-scale-command".into())
-        .spawn(move || match child.wait() {
-            Ok(exit) if exit.success() => tracing::info!("autoscale: {flag} ran ({exit})"),
-            ended => {
-                let how = match ended {
-                    Ok(exit) => exit.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                status.lock().unwrap().failed += 1;
-                note(&status, format!("{flag} failed ({how})"));
-                refused();
-            }
-        });
-    if let Err(e) = waiter {
-        tracing::warn!("autoscale: cannot wait for the command: {e}");
-    }
-}
-
 impl Engine {
     /// Turns autoscaling on between `min` and `max` cores (on this node), on again with the
     /// range it last had (`Some(None)`), or off (`None`). Only the coordinator scales.
@@ -197,22 +164,12 @@ impl Engine {
             None => None,
         };
         let Some((min, max)) = range else {
-            *a.scaler.lock().unwrap() = None;
             a.status.lock().unwrap().range = None;
             tracing::info!("autoscale: off");
             return Ok("autoscale off".into());
         };
-        if min == 0 || min > max {
-            return Err(format!(
-                "autoscale {min}..{max}: give MIN..MAX with 1 <= MIN <= MAX"
-            ));
-        }
-        let policy = Policy {
-            min,
-            max,
-            ..a.knobs.clone()
-        };
-        *a.scaler.lock().unwrap() = Some(Autoscaler::new(policy));
+        crate::autoscale::check_range(min, max, Config::MAX_CORES)?;
+        a.scaler.lock().unwrap().set_range(min, max);
         *a.last_range.lock().unwrap() = Some((min, max));
         a.status.lock().unwrap().range = Some((min, max));
         tracing::info!("autoscale: on, {min}..{max} cores");
@@ -223,7 +180,7 @@ impl Engine {
     /// shrink as `quokka ctl` would. Call it about once a second (`quokka run` does, on a
     /// thread of its own); it does nothing while autoscaling is off.
     pub fn autoscale_step(&self) {
-        if self.autoscaling.scaler.lock().unwrap().is_none() {
+        if self.autoscaling.status.lock().unwrap().range.is_none() {
             return;
         }
         let status = self.status();
@@ -232,75 +189,74 @@ impl Engine {
         let sample = sample(at, &status, &self.node.name, cores);
         // Written out only when the debug line is on.
         let seen = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{sample:?}"));
-        let decision = match self.autoscaling.scaler.lock().unwrap().as_mut() {
-            Some(s) => s.decide(sample),
-            None => return,
-        };
+        let decision = self.autoscaling.scaler.lock().unwrap().decide(sample);
         if let Some(seen) = seen {
             tracing::debug!("autoscale: {seen} -> {decision}");
         }
         let a = &self.autoscaling;
-        let (result, what) = match decision {
+        let what = decision.to_string();
+        let (result, grew) = match decision {
             Decision::Hold(None) => return,
             Decision::Hold(Some(why)) => return a.note(why),
-            Decision::Grow { by, reason } => (self.grow(by), format!("grow by {by}: {reason}")),
-            Decision::Shrink { by, reason } => {
-                (self.shrink(by), format!("shrink by {by}: {reason}"))
-            }
-            Decision::AddNode { reason } => return self.ask_for_node(&status, reason),
+            Decision::Grow { by, .. } => (self.grow(by), true),
+            Decision::Shrink { by, .. } => (self.shrink(by), false),
+            Decision::AddNode { nodes, .. } => return self.ask_for_node(nodes, what),
             Decision::RemoveNode { reason } => return self.let_node_go(&status, reason),
         };
-        let mut status = a.status.lock().unwrap();
-        let said = match result {
+        match result {
             Ok(report) => {
-                if what.starts_with("grow") {
-                    status.grows += 1;
+                let mut status = a.status.lock().unwrap();
+                *(if grew {
+                    &mut status.grows
                 } else {
-                    status.shrinks += 1;
-                }
-                format!("{what}; done: {report}")
+                    &mut status.shrinks
+                }) += 1;
+                drop(status);
+                a.note(format!("{what}; done: {report}"));
             }
-            Err(e) => {
-                status.failed += 1;
-                format!("{what}; FAILED: {e}")
-            }
-        };
-        drop(status);
-        a.note(said);
+            Err(e) => a.failed(format!("{what}; FAILED: {e}")),
+        }
     }
 
-    /// Runs `--on-scale-out` with the nodes there are, the nodes wanted and where to join.
-    fn ask_for_node(&self, status: &Status, reason: String) {
+    /// Runs `--on-scale-out` for `nodes` nodes in all; a command that fails tells the policy
+    /// the node will not come.
+    fn ask_for_node(&self, nodes: usize, what: String) {
         let a = &self.autoscaling;
         let Some(command) = &a.commands.scale_out else {
             return;
         };
-        let nodes = status.nodes.len();
-        a.status.lock().unwrap().nodes_asked += 1;
-        a.note(format!("ask for a node: {reason}; running --on-scale-out"));
         let env = [
             ("QUOKKA_SCALE", "out".to_string()),
-            ("QUOKKA_NODES", nodes.to_string()),
-            ("QUOKKA_NODES_WANTED", (nodes + 1).to_string()),
+            ("QUOKKA_NODES", (nodes - 1).to_string()),
+            ("QUOKKA_NODES_WANTED", nodes.to_string()),
             ("QUOKKA_JOIN", a.commands.join.clone()),
-            ("QUOKKA_REASON", reason),
+            ("QUOKKA_REASON", what.clone()),
         ];
-        let (scaler, started) = (a.scaler.clone(), self.started);
-        run_command(
-            "--on-scale-out",
-            command,
-            &env,
-            a.status.clone(),
-            move || {
-                if let Some(s) = scaler.lock().unwrap().as_mut() {
-                    s.node_refused(started.elapsed());
-                }
-            },
-        );
+        let (scaler, status, started) = (a.scaler.clone(), a.status.clone(), self.started);
+        let ended = move |how: Result<(), String>| match how {
+            Ok(()) => tracing::info!("autoscale: --on-scale-out ran"),
+            Err(e) => {
+                failed(&status, format!("--on-scale-out failed ({e})"));
+                scaler.lock().unwrap().node_refused(started.elapsed());
+            }
+        };
+        match a.running.run(command, &env, COMMAND_TIMEOUT, ended) {
+            Ok(()) => {
+                a.status.lock().unwrap().nodes_asked += 1;
+                a.note(format!("{what}; running --on-scale-out"));
+            }
+            Err(e) => {
+                a.failed(format!("{what}; --on-scale-out not run: {e}"));
+                a.scaler
+                    .lock()
+                    .unwrap()
+                    .node_refused(self.started.elapsed());
+            }
+        }
     }
 
-    /// Removes the member whose slots are cheapest to move, then runs `--on-scale-in` with
-    /// its name and address and the nodes left.
+    /// Removes the member whose slots are cheapest to move (it is told to leave and exits),
+    /// then runs `--on-scale-in` with its name and address and the nodes left.
     fn let_node_go(&self, status: &Status, reason: String) {
         let a = &self.autoscaling;
         let Some(command) = &a.commands.scale_in else {
@@ -316,21 +272,25 @@ impl Engine {
         match self.remove_node(name) {
             Ok(report) => {
                 a.status.lock().unwrap().nodes_let_go += 1;
-                a.note(format!("{what}; done: {report}; running --on-scale-in"));
+                a.note(format!("{what}; done: {report}"));
             }
-            Err(e) => {
-                a.status.lock().unwrap().failed += 1;
-                return a.note(format!("{what}; FAILED: {e}"));
-            }
+            Err(e) => return a.failed(format!("{what}; FAILED: {e}")),
         }
         let env = [
             ("QUOKKA_SCALE", "in".to_string()),
-            ("QUOKKA_NODES", (status.nodes.len() - 1).to_string()),
+            ("QUOKKA_NODES", (self.node.members().len() + 1).to_string()),
             ("QUOKKA_NODE", name.to_string()),
             ("QUOKKA_NODE_ADDR", addr),
             ("QUOKKA_REASON", reason),
         ];
-        run_command("--on-scale-in", command, &env, a.status.clone(), || {});
+        let status = a.status.clone();
+        let ended = move |how: Result<(), String>| match how {
+            Ok(()) => tracing::info!("autoscale: --on-scale-in ran"),
+            Err(e) => failed(&status, format!("--on-scale-in failed ({e})")),
+        };
+        if let Err(e) = a.running.run(command, &env, COMMAND_TIMEOUT, ended) {
+            a.failed(format!("--on-scale-in not run: {e}"));
+        }
     }
 }
 
@@ -387,7 +347,7 @@ mod tests {
         let nodes = vec![node("c", true), node("w", false)];
         let s = sample(SEC3, &status(nodes, cores, vec![]), "c", 2);
         // Queues (1 + 10 + 0, and 1 + 2 each) and unread bytes (100 + 7).
-        assert_eq!((s.cores, s.nodes, s.backlog), (2, 2, 11 + 9 + 107));
+        assert_eq!((s.cores, s.nodes, s.backlog, s.unread), (2, 2, 11 + 9, 107));
         assert_eq!(s.busy, [0.5, 1.0, 0.25]);
         assert_eq!((s.p99, s.spare_node), (Some(9), Some(1)));
     }

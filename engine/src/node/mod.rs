@@ -9,6 +9,7 @@ mod change_lock;
 mod coordinator;
 mod join;
 mod prometheus;
+mod scale_commands;
 mod state_dir;
 mod status;
 mod status_json;
@@ -459,6 +460,8 @@ impl Engine {
             &what,
             Wait::ForCheckpoint,
         ) else {
+            // Refused too: the autoscaler waits out its cooldown rather than ask every second.
+            self.autoscaling.changed(self.started.elapsed());
             return Err(ChangeError::Busy {
                 doing: self.doing(),
             });

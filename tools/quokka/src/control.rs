@@ -128,13 +128,15 @@ pub fn parse_autoscale(how: &str) -> Result<Option<Option<(usize, usize)>>, Stri
     match how {
         "off" => Ok(None),
         "on" => Ok(Some(None)),
-        range => Ok(Some(Some(parse_range(range)?))),
+        range => Ok(Some(Some(
+            parse_range(range).map_err(|e| format!("{e} (or off, or on)"))?,
+        ))),
     }
 }
 
 /// `MIN..MAX` cores.
 pub fn parse_range(range: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("`{range}`: give MIN..MAX cores, e.g. 1..4 (or off, or on)");
+    let bad = || format!("`{range}`: give MIN..MAX cores, e.g. 1..4");
     let (min, max) = range.split_once("..").ok_or_else(bad)?;
     Ok((
         min.parse().map_err(|_| bad())?,

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod duration;
 pub mod inputs;
 pub mod progress;
+pub mod scaling;
 pub mod stdout;
 pub mod web;
 
