@@ -25,6 +25,9 @@ pub fn check_range(min: usize, max: usize, most: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// How far below the grow threshold a second of a busy spell may dip.
+pub const DIP: f64 = 0.15;
+
 /// How long a node asked for is waited for before the policy may ask again.
 pub const NODE_PATIENCE: Duration = Duration::from_secs(300);
 
@@ -274,7 +277,7 @@ impl Autoscaler {
                 ),
             };
         }
-        if let Some(why) = self.busy_for(self.policy.sustain, |b| b >= self.policy.grow_busy) {
+        if let Some(why) = self.busy_most_of(self.policy.sustain) {
             return self.grow(why);
         }
         if let Some(why) = self.backlog_rising() {
@@ -290,6 +293,25 @@ impl Autoscaler {
             return self.shrink(why);
         }
         Decision::Hold(None)
+    }
+
+    /// Whether the cores were busy over the sustain window: the median sample at least the
+    /// grow threshold and none more than [`DIP`] below it (a busy core's measure wobbles
+    /// around the threshold; a spike shorter than the window has idle seconds in it).
+    fn busy_most_of(&self, span: Duration) -> Option<String> {
+        let mut busy: Vec<f64> = self.spell(span)?.iter().map(|s| s.mean_busy()).collect();
+        busy.sort_by(f64::total_cmp);
+        let (lo, median) = (busy[0], busy[busy.len() / 2]);
+        let grow = self.policy.grow_busy;
+        (median >= grow && lo >= grow - DIP).then(|| {
+            format!(
+                "the cores were {:.0}-{:.0}% busy on average for {span:.0?} (median {:.0}%){}",
+                lo * 100.0,
+                busy[busy.len() - 1] * 100.0,
+                median * 100.0,
+                self.p99_said()
+            )
+        })
     }
 
     /// Whether every sample over the last `span` (the window covering it) has a mean busy
@@ -497,8 +519,9 @@ mod tests {
         let mut cores = 1;
         // From 0.2 to 2.0 cores of work over 180 s.
         let changes = run(&mut a, &mut cores, 0, 180, |t| 0.2 + 1.8 * t as f64 / 180.0);
-        // 80% is reached at t = 60; 10 s later it grows to what the work then needs.
-        assert_eq!(times(&changes)[0], 70, "{changes:?}");
+        // 80% is reached at t = 60; at 65 the median of the 10 s window is there, and none
+        // of it more than 15 points below: it grows to what the work then needs.
+        assert_eq!(times(&changes)[0], 65, "{changes:?}");
         assert!(cores >= 2, "{changes:?}");
         for (_, d) in &changes {
             assert!(
@@ -734,8 +757,8 @@ mod tests {
                 a.node_refused(SEC * t as u32);
             }
         }
-        // (0 and 210 are dips: the spells start a second later.)
-        assert_eq!(asks[..2], [11, 221], "{asks:?}");
+        // (The dips to 70% are within a busy spell's tolerance.)
+        assert_eq!(asks[..2], [10, 210], "{asks:?}");
         // A person's change does not make it ask again either.
         let mut a = with_nodes(1, 1);
         assert!(matches!(
@@ -901,5 +924,23 @@ mod tests {
                 Decision::Hold(None)
             );
         }
+    }
+
+    /// Recorded: one core's busy fraction each second under `quokka-bench autoscale`'s peak on
+    /// the 2-CPU VM (word count at 3.4 M words/s): it wobbles around 80%, and must grow.
+    #[test]
+    fn a_recorded_peak_that_wobbles_around_the_threshold_grows() {
+        const PEAK: [f64; 20] = [
+            0.97, 0.90, 0.97, 0.98, 0.96, 0.89, 0.88, 0.90, 0.80, 0.82, 0.97, 0.87, 0.87, 0.83,
+            0.89, 0.82, 0.81, 0.79, 0.80, 0.83,
+        ];
+        let mut a = Autoscaler::new(Policy::new(1, 2));
+        let grew = (PEAK.iter().enumerate()).position(|(t, &b)| {
+            matches!(
+                a.decide(Sample::one_node(SEC * t as u32, 1, b, 0)),
+                Decision::Grow { .. }
+            )
+        });
+        assert_eq!(grew, Some(10), "10 s into the peak");
     }
 }
