@@ -113,15 +113,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The defaults: grow at 80% busy for 10 s, shrink at 30% for 30 s, aim at 60%, wait 20 s
+    /// The defaults: grow at 80% busy for 10 s, shrink at 40% for 30 s, aim at 70%, wait 20 s
     /// after a change.
     pub fn new(min: usize, max: usize) -> Self {
         Self {
             min,
             max,
             grow_busy: 0.8,
-            shrink_busy: 0.3,
-            target_busy: 0.6,
+            shrink_busy: 0.4,
+            target_busy: 0.7,
             sustain: Duration::from_secs(10),
             idle: Duration::from_secs(30),
             cooldown: Duration::from_secs(20),
@@ -492,7 +492,7 @@ mod tests {
         let changes = run(&mut a, &mut cores, 0, 400, load);
         let (t, grow) = &changes[0];
         assert_eq!(*t, 70, "10 s of being busy: {changes:?}");
-        // A saturated core shows 100%, not the 150% of work there is: 1 core's worth at 60%
+        // A saturated core shows 100%, not the 150% of work there is: 1 core's worth at 70%
         // each is 2 cores, which then run at 75%, below the grow threshold.
         assert!(matches!(grow, Decision::Grow { by: 1, .. }), "{grow}");
         assert!(grow.to_string().contains("100-100% busy"), "{grow}");
@@ -538,13 +538,13 @@ mod tests {
         // 1.5 cores of work with ±0.2 of noise: 65-85% on 2 cores, never 80% for 10 s.
         let noisy = |t: u64| 1.5 + if t.is_multiple_of(3) { 0.2 } else { -0.1 };
         assert_eq!(run(&mut a, &mut cores, 0, 600, noisy), []);
-        // Around the shrink threshold: 25% and 35% busy in turns, never 30 s at or below 30%.
+        // Around the shrink threshold: 35% and 45% busy in turns, never 30 s at or below 40%.
         let mut a = Autoscaler::new(Policy::new(1, 4));
         assert_eq!(
             run(&mut a, &mut cores, 0, 600, |t| if t % 2 == 0 {
-                0.5
-            } else {
                 0.7
+            } else {
+                0.9
             }),
             []
         );
@@ -554,10 +554,11 @@ mod tests {
     fn a_steady_load_after_a_grow_makes_no_further_change() {
         let mut a = Autoscaler::new(Policy::new(1, 8));
         let mut cores = 1;
-        let changes = run(&mut a, &mut cores, 0, 900, |_| 2.4);
+        let changes = run(&mut a, &mut cores, 0, 900, |_| 2.7);
         // A saturated core hides how much more work there is: 1 -> 2, then (2 cores at 100%)
-        // 2 -> 4, where 2.4 cores of work is 60% each; then nothing for the 14 minutes left.
-        assert_eq!(times(&changes), [10, 30], "{changes:?}");
+        // 2 -> 3 (at 90%), then 3 -> 4, where 2.7 cores of work is 68% each; then nothing for
+        // the 14 minutes left.
+        assert_eq!(times(&changes), [10, 30, 50], "{changes:?}");
         assert_eq!(cores, 4);
     }
 
@@ -843,7 +844,7 @@ mod tests {
 
     #[test]
     fn a_grow_counts_the_work_of_the_whole_cluster() {
-        // 4 cores (2 here, 2 on a member) at 90%: 3.6 cores of work want 6 cores at 60%.
+        // 4 cores (2 here, 2 on a member) at 90%: 3.6 cores of work want 6 cores at 70%.
         let mut a = with_nodes(1, 8);
         let d = (0..=10)
             .map(|t| a.decide(cluster(t, 2, 4, 2, 0.9, Some(2))))

@@ -123,7 +123,7 @@ fn sample(at: Duration, status: &Status, own: &str, cores: usize) -> Sample {
 }
 
 /// The member whose slots are cheapest to move (the fewest state bytes, then slots), among
-/// those that could leave (no open source connection, every core answered), and its cores.
+/// those that could leave (no source read there, every core answered), and its cores.
 fn spare_member<'a>(status: &'a Status, own: &str) -> Option<(&'a str, usize)> {
     let members = status
         .nodes
@@ -131,7 +131,9 @@ fn spare_member<'a>(status: &'a Status, own: &str) -> Option<(&'a str, usize)> {
         .filter(|n| n.name != own && !n.coordinator);
     let costs = members.filter_map(|n| {
         let cores: Vec<_> = status.cores.iter().filter(|c| c.node == n.name).collect();
-        let leavable = !cores.is_empty() && cores.iter().all(|c| c.connections == 0);
+        // One that reads sources (its --in has had traffic) keeps its address up.
+        let reads = |c: &&crate::metrics::CoreStatus| c.connections > 0 || c.bytes_in > 0;
+        let leavable = !cores.is_empty() && !cores.iter().any(reads);
         let bytes: u64 = cores.iter().map(|c| c.state_bytes).sum();
         let slots: usize = cores.iter().map(|c| c.slots).sum();
         leavable.then_some(((bytes, slots, n.name.as_str()), cores.len()))
@@ -374,6 +376,13 @@ mod tests {
         );
         // b has a source connection open (it could not leave): a.
         all[3].connections = 1;
+        assert_eq!(
+            spare_member(&with(all.clone(), vec![]), "c"),
+            Some(("a", 2))
+        );
+        // b's connections closed, but it has read from its source: it serves one, a again.
+        all[3].connections = 0;
+        all[3].bytes_in = 10;
         assert_eq!(
             spare_member(&with(all.clone(), vec![]), "c"),
             Some(("a", 2))

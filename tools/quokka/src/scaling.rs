@@ -24,11 +24,11 @@ pub struct AutoscaleArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
     autoscale_grow_busy: f64,
     /// Shrink when it stays at most this, in percent.
-    #[arg(long, value_name = "PERCENT", default_value_t = 30.0, value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", default_value_t = 40.0, value_parser = parse_percent)]
     autoscale_shrink_busy: f64,
     /// What a change aims at, in percent: a grow adds cores until the load would be at most
     /// this on each; a shrink happens only if the cores left would stay at most this.
-    #[arg(long, value_name = "PERCENT", default_value_t = 60.0, value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
     autoscale_target_busy: f64,
     /// How long the cores must stay busy before a grow, e.g. `10s`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -51,7 +51,7 @@ pub struct AutoscaleArgs {
     on_scale_out: Option<String>,
     /// With this set, the autoscaler lets members go: when the cores stay idle at MIN and the
     /// cores left would stay at --autoscale-target-busy, it moves away the slots of the member
-    /// cheapest to move (the fewest state bytes; one with open source connections stays, and
+    /// cheapest to move (the fewest state bytes; one that has read from its --in stays, and
     /// it may be a node started by hand), tells it to leave (it exits), then runs CMD with
     /// QUOKKA_SCALE=in, QUOKKA_NODES (left), QUOKKA_NODE (its name), QUOKKA_NODE_ADDR (its
     /// --data address) and QUOKKA_REASON, for the orchestrator to release its machine.
