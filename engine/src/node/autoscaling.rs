@@ -119,6 +119,7 @@ fn sample(at: Duration, status: &Status, own: &str, cores: usize) -> Sample {
         nodes: status.nodes.len(),
         spare_node: spare_member(status, own).map(|(_, cores)| cores),
         sink_down: status.cores.iter().any(|c| c.sink_down),
+        frames_per_sec: status.cores.iter().map(|c| c.frames_per_sec).sum(),
     }
 }
 
