@@ -25,6 +25,9 @@ pub fn check_range(min: usize, max: usize, most: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// How long what a count of cores cost per frame is trusted after they last ran.
+pub const COST_MEMORY: Duration = Duration::from_secs(600);
+
 /// How far below the grow threshold a second of a busy spell may dip.
 pub const DIP: f64 = 0.15;
 
@@ -198,9 +201,12 @@ pub struct Autoscaler {
     /// sustain window below the target).
     refused: bool,
     /// Per count of cores in the cluster, the work a frame a second took there (busy cores
-    /// per frame/s), as last seen: what fewer cores would cost is judged by what they cost
-    /// when they ran (spread over more cores, the same load measures busier: cross-core hops).
-    cost: BTreeMap<usize, f64>,
+    /// per frame/s) and when last seen: what fewer cores would cost is judged by what they
+    /// cost when they ran, within [`COST_MEMORY`] (spread over more cores, the same load
+    /// measures busier: cross-core hops).
+    cost: BTreeMap<usize, (f64, Duration)>,
+    /// Nodes in the newest sample.
+    nodes: usize,
     /// Said once per idle spell that a shrink would overload the cores left.
     said_too_busy: bool,
 }
@@ -215,6 +221,7 @@ impl Autoscaler {
             node_asked: None,
             refused: false,
             cost: BTreeMap::new(),
+            nodes: 1,
             said_too_busy: false,
         }
     }
@@ -238,6 +245,14 @@ impl Autoscaler {
 
     /// The node asked for will not come (its command failed) at `at`: the cooldown starts
     /// again, and no node is asked for while the load stays as it is.
+    /// The node asked for was not asked for after all (its command could not start): the
+    /// cooldown starts again, then it may ask again.
+    pub fn node_not_asked(&mut self, at: Duration) {
+        self.node_asked = None;
+        self.said_at_max = false;
+        self.last_change = Some(at);
+    }
+
     pub fn node_refused(&mut self, at: Duration) {
         self.node_asked = None;
         self.refused = true;
@@ -251,16 +266,14 @@ impl Autoscaler {
             self.window.clear();
         }
         let longest = self.policy.sustain.max(self.policy.idle);
-        // Too few frames to weigh them (a cost per frame of an idle engine is all overhead).
-        if sample.frames_per_sec >= 1000.0 {
-            let cost = sample.work() / sample.frames_per_sec;
-            let seen = self.cost.entry(sample.all_cores()).or_insert(cost);
-            *seen += 0.2 * (cost - *seen);
+        if sample.nodes > std::mem::replace(&mut self.nodes, sample.nodes) {
+            // A node joined after all: the orchestrator's refusal is over.
+            self.refused = false;
         }
         self.window.push_back(sample);
         let now = self.window.back().expect("just pushed").at;
         // Keep the newest sample at least `longest` old: it starts the longest spell.
-        while self.window.len() >= 2 && now - self.window[1].at >= longest {
+        while self.window.len() >= 2 && now.saturating_sub(self.window[1].at) >= longest {
             self.window.pop_front();
         }
         let (nodes, cores) = (self.window.back()).map_or((1, 1), |s| (s.nodes, s.cores));
@@ -277,6 +290,7 @@ impl Autoscaler {
         if cooling {
             return Decision::Hold(None);
         }
+        self.learn_cost();
         let (min, max) = (self.policy.min, self.policy.max);
         if cores < min {
             return Decision::Grow {
@@ -311,6 +325,22 @@ impl Autoscaler {
         }
         self.said_too_busy = false;
         Decision::Hold(None)
+    }
+
+    /// Notes what the newest sample's work cost per frame, for its count of cores (not while
+    /// cooling down: a change's first seconds are moves and cold cores; nor with too few
+    /// frames to weigh them: an idle engine's cost per frame is all overhead).
+    fn learn_cost(&mut self) {
+        let Some(s) = self.window.back() else {
+            return;
+        };
+        if s.frames_per_sec < 1000.0 {
+            return;
+        }
+        let cost = s.work() / s.frames_per_sec;
+        let (seen, at) = self.cost.entry(s.all_cores()).or_insert((cost, s.at));
+        *seen += 0.2 * (cost - *seen);
+        *at = s.at;
     }
 
     /// Whether the cores were busy over the sustain window: the median sample at least the
@@ -364,7 +394,7 @@ impl Autoscaler {
     /// about a second apart, never exactly), if the window reaches that far back.
     fn spell(&self, span: Duration) -> Option<Vec<&Sample>> {
         let now = self.window.back()?.at;
-        let start = self.window.iter().rposition(|s| now - s.at >= span)?;
+        let start = (self.window.iter()).rposition(|s| now.saturating_sub(s.at) >= span)?;
         Some(self.window.iter().skip(start).collect())
     }
 
@@ -379,7 +409,7 @@ impl Autoscaler {
         let rising = |what: &str, floor: u64, of: fn(&Sample) -> u64| {
             let (first, last) = (of(spell.first()?), of(spell.last()?));
             let rising = spell.windows(2).all(|w| of(w[1]) >= of(w[0]));
-            (rising && last > floor && last > 2 * first).then(|| {
+            (rising && last > floor && last > first.saturating_mul(2)).then(|| {
                 format!(
                     "{what} rose from {first} to {last} over {:.0?}{}",
                     self.policy.sustain,
@@ -444,8 +474,9 @@ impl Autoscaler {
         };
         let left = all.saturating_sub(going);
         // What they cost per frame when they last ran, else the work measured now.
-        let work = match self.cost.get(&left) {
-            Some(cost) if last.frames_per_sec >= 1000.0 => cost * last.frames_per_sec,
+        let fresh = |&&(_, at): &&(f64, Duration)| last.at.saturating_sub(at) <= COST_MEMORY;
+        let work = match self.cost.get(&left).filter(fresh) {
+            Some((cost, _)) if last.frames_per_sec >= 1000.0 => cost * last.frames_per_sec,
             _ => last.work(),
         };
         let after = match left {
@@ -998,5 +1029,51 @@ mod tests {
             changes.push((t, cores));
         }
         assert_eq!(changes, [(110, 2), (170, 1)]);
+    }
+
+    #[test]
+    fn a_node_that_joins_after_a_refusal_ends_it_and_one_not_asked_is_asked_again() {
+        let busy = |a: &mut Autoscaler, from: u64, to: u64, nodes: usize| {
+            (from..to)
+                .filter(|&t| {
+                    let d = a.decide(cluster(t, 1, nodes, nodes, 1.0, None));
+                    matches!(d, Decision::AddNode { .. })
+                })
+                .collect::<Vec<u64>>()
+        };
+        let mut a = with_nodes(1, 1);
+        assert_eq!(busy(&mut a, 0, 11, 1), [10]);
+        a.node_refused(SEC * 10);
+        assert_eq!(busy(&mut a, 11, 100, 1), Vec::<u64>::new());
+        // A node joins anyway (a person started it): the next busy spell asks again.
+        a.changed(SEC * 100);
+        assert_eq!(busy(&mut a, 100, 200, 2), [120]);
+        // A command that could not start: asked again after the cooldown.
+        let mut a = with_nodes(1, 1);
+        assert_eq!(busy(&mut a, 0, 11, 1), [10]);
+        a.node_not_asked(SEC * 10);
+        assert_eq!(busy(&mut a, 11, 41, 1), [30]);
+    }
+
+    #[test]
+    fn what_fewer_cores_cost_is_forgotten_after_a_while() {
+        let mut a = Autoscaler::new(Policy::new(1, 2));
+        let sample = |t: u64, cores: usize, busy: f64| {
+            let mut s = Sample::one_node(SEC * t as u32, cores, busy, 0);
+            s.frames_per_sec = 100_000.0;
+            s
+        };
+        // One core at 50%: cheap. Then, long after, two cores at 38% each.
+        a.decide(sample(0, 1, 0.5));
+        a.changed(SEC);
+        let d = (1000..1100)
+            .map(|t| a.decide(sample(t, 2, 0.38)))
+            .find(|d| !matches!(d, Decision::Hold(None)));
+        // Judged by what two cores measure: 76% on one, more than the target.
+        assert!(
+            d.as_ref()
+                .is_some_and(|d| d.to_string().contains("1 cores would be 76% busy")),
+            "{d:?}"
+        );
     }
 }

@@ -71,7 +71,9 @@ impl Autoscaling {
 
     /// A change of cores ended at `at`: the cooldown starts again.
     pub fn changed(&self, at: Duration) {
-        self.scaler.lock().unwrap().changed(at);
+        // Called inside every change: a panic of the policy must not stop them too.
+        let mut scaler = self.scaler.lock().unwrap_or_else(|e| e.into_inner());
+        scaler.changed(at);
     }
 
     fn note(&self, what: String) {
@@ -250,10 +252,8 @@ impl Engine {
             }
             Err(e) => {
                 a.failed(format!("{what}; --on-scale-out not run: {e}"));
-                a.scaler
-                    .lock()
-                    .unwrap()
-                    .node_refused(self.started.elapsed());
+                let mut scaler = a.scaler.lock().unwrap();
+                scaler.node_not_asked(self.started.elapsed());
             }
         }
     }
@@ -268,6 +268,10 @@ impl Engine {
         let Some((name, _)) = spare_member(status, &self.node.name) else {
             return;
         };
+        if a.running.is_running() {
+            // Its command could not run after the member left: the machine would stay taken.
+            return a.note("a member could go, but the last command still runs".into());
+        }
         let addr = (status.nodes.iter())
             .find(|n| n.name == name)
             .map_or_else(String::new, |n| n.data_addr.clone());

@@ -408,7 +408,7 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
-    config.on_scale = args.autoscale.commands(control_addr)?;
+    config.on_scale = args.autoscale.commands(control_addr, joining.is_some())?;
     // Ports asked for explicitly, which the default HTTP port must leave alone.
     let asked: Vec<u16> = (config.inputs.iter())
         .filter_map(|i| match i {

@@ -94,13 +94,14 @@ impl AutoscaleArgs {
         Ok(p)
     }
 
-    /// The node commands, a new node joining at `control` (the coordinator's control address).
-    pub fn commands(&self, control: Option<SocketAddr>) -> Result<NodeCommands> {
+    /// The node commands, a new node joining at `control` (the coordinator's control address);
+    /// refused on a `joining` node.
+    pub fn commands(&self, control: Option<SocketAddr>, joining: bool) -> Result<NodeCommands> {
         let given =
             self.autoscale.is_some() || self.on_scale_out.is_some() || self.on_scale_in.is_some();
-        if given && control.is_none() {
+        if given && joining {
             anyhow::bail!(
-                "--autoscale, --on-scale-out and --on-scale-in are the coordinator's: give them to it (a joining node has no --control; `quokka ctl autoscale` turns autoscaling on later)"
+                "--autoscale, --on-scale-out and --on-scale-in are the coordinator's: give them to it (this node joins; `quokka ctl autoscale` turns autoscaling on later)"
             );
         }
         Ok(NodeCommands {
