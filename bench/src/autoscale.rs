@@ -16,8 +16,8 @@ use quokka_apps::corpus::{self, CorpusSpec};
 use quokka_apps::word_count;
 use quokka_engine::metrics::human_ns;
 use quokka_engine::{Config, Engine};
-use quokka_io::client::FrameSender;
 
+use crate::migrate::send_due;
 use crate::plot::{self, Interval, Mark, Profile};
 use crate::sampler::Sampler;
 use crate::util::{
@@ -328,24 +328,13 @@ fn one_run(setup: Setup, lines: &[String], profile: LoadProfile) -> Result<Run> 
 
 /// Sends `lines` round and round at the profile's rate; returns the lines sent.
 fn send_profile(addr: SocketAddr, lines: &[String], profile: LoadProfile) -> Result<usize> {
-    let mut sender = FrameSender::connect(addr, Duration::from_secs(10))?;
-    let started = Instant::now();
     let total = profile.due(profile.end());
-    let mut sent = 0;
-    while sent < total {
-        let due = profile.due(started.elapsed().as_secs_f64()).min(total);
-        if due <= sent {
-            std::thread::sleep(Duration::from_micros(200));
-            continue;
-        }
-        for i in sent..due {
-            sender.send(lines[i % lines.len()].as_bytes())?;
-        }
-        sender.flush()?;
-        sent = due;
-    }
-    sender.finish()?;
-    Ok(sent)
+    send_due(
+        addr,
+        lines,
+        |secs| profile.due(secs).min(total),
+        |sent| sent >= total,
+    )
 }
 
 #[cfg(test)]

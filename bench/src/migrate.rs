@@ -378,11 +378,27 @@ pub(crate) fn send_until(
     rate: f64,
     stop: &AtomicBool,
 ) -> Result<usize> {
+    send_due(
+        addr,
+        lines,
+        |secs| (secs * rate) as usize + 1,
+        |_| stop.load(Ordering::Acquire),
+    )
+}
+
+/// Sends `lines` round and round, `due(s)` of them by `s` seconds since the start, until
+/// `done(sent)`; returns the lines sent.
+pub(crate) fn send_due(
+    addr: SocketAddr,
+    lines: &[String],
+    due: impl Fn(f64) -> usize,
+    done: impl Fn(usize) -> bool,
+) -> Result<usize> {
     let mut sender = FrameSender::connect(addr, Duration::from_secs(10))?;
     let started = Instant::now();
     let mut sent = 0usize;
-    while !stop.load(Ordering::Acquire) {
-        let due = (started.elapsed().as_secs_f64() * rate) as usize + 1;
+    while !done(sent) {
+        let due = due(started.elapsed().as_secs_f64());
         if due <= sent {
             std::thread::sleep(Duration::from_micros(50));
             continue;

@@ -52,6 +52,22 @@ const LOW_THRESHOLDS: [&str; 6] = [
     "1",
 ];
 
+/// `quokka run word_count` on 1 core with `extra` flags and this test's thresholds, windows of
+/// seconds, and its control endpoint and input on any free port.
+fn autoscaled(sink: &Sink, extra: &[&str]) -> Service {
+    Service::start(
+        "word_count",
+        Command::new(quokka())
+            .args(["run", "word_count", "--cores", "1", "--out"])
+            .arg(sink.addr().to_string())
+            .args(["--in", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+            .args(["--http", "none", "--autoscale-sustain", "2s"])
+            .args(["--autoscale-idle", "3s", "--autoscale-cooldown", "1s"])
+            .args(LOW_THRESHOLDS)
+            .args(extra),
+    )
+}
+
 fn cores(s: &serde_json::Value) -> usize {
     s["cores"].as_array().unwrap().len()
 }
@@ -59,29 +75,7 @@ fn cores(s: &serde_json::Value) -> usize {
 #[test]
 fn the_engine_grows_under_load_shrinks_when_idle_and_loses_nothing() {
     let sink = Sink::start(Records::Lines);
-    let mut engine = Service::start(
-        "word_count",
-        Command::new(quokka())
-            .args([
-                "run",
-                "word_count",
-                "--cores",
-                "1",
-                "--out",
-                &sink.addr().to_string(),
-            ])
-            .args([
-                "--in",
-                "127.0.0.1:0",
-                "--control",
-                "127.0.0.1:0",
-                "--http",
-                "none",
-            ])
-            .args(["--autoscale", "1..2", "--autoscale-sustain", "2s"])
-            .args(["--autoscale-idle", "3s", "--autoscale-cooldown", "1s"])
-            .args(LOW_THRESHOLDS),
-    );
+    let mut engine = autoscaled(&sink, &["--autoscale", "1..2"]);
     let (control, input) = (engine.addrs.control(), engine.addrs.input());
     let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
@@ -167,18 +161,21 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
         "echo \"$QUOKKA_SCALE $QUOKKA_NODES $QUOKKA_NODE\" > {dir}/in.tmp; mv {dir}/in.tmp {dir}/in",
         dir = dir.display()
     );
-    let mut engine = Service::start(
-        "word_count",
-        Command::new(quokka())
-            .args(["run", "word_count", "--cores", "1", "--out"])
-            .arg(sink.addr().to_string())
-            .args(["--in", "127.0.0.1:0", "--control", "127.0.0.1:0"])
-            .args(["--data", "127.0.0.1:0", "--http", "none"])
-            .args(token)
-            .args(["--autoscale", "1..1", "--autoscale-sustain", "2s"])
-            .args(["--autoscale-idle", "3s", "--autoscale-cooldown", "1s"])
-            .args(LOW_THRESHOLDS)
-            .args(["--on-scale-out", &out, "--on-scale-in", &scale_in]),
+    let mut engine = autoscaled(
+        &sink,
+        &[
+            &["--data", "127.0.0.1:0"][..],
+            &token,
+            &[
+                "--autoscale",
+                "1..1",
+                "--on-scale-out",
+                &out,
+                "--on-scale-in",
+                &scale_in,
+            ],
+        ]
+        .concat(),
     );
     let (control, input) = (engine.addrs.control(), engine.addrs.input());
     let status = |c| {
@@ -247,23 +244,7 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
 #[test]
 fn a_steady_rate_makes_no_change_after_the_first() {
     let sink = Sink::start(Records::Lines);
-    let mut engine = Service::start(
-        "word_count",
-        Command::new(quokka())
-            .args(["run", "word_count", "--cores", "1", "--out"])
-            .arg(sink.addr().to_string())
-            .args([
-                "--in",
-                "127.0.0.1:0",
-                "--control",
-                "127.0.0.1:0",
-                "--http",
-                "none",
-            ])
-            .args(["--autoscale", "1..2", "--autoscale-sustain", "2s"])
-            .args(["--autoscale-idle", "3s", "--autoscale-cooldown", "1s"])
-            .args(LOW_THRESHOLDS),
-    );
+    let mut engine = autoscaled(&sink, &["--autoscale", "1..2"]);
     let (control, input) = (engine.addrs.control(), engine.addrs.input());
     let lines = load_text();
     let stop = AtomicBool::new(false);
