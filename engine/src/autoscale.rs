@@ -25,6 +25,14 @@ pub fn check_range(min: usize, max: usize, most: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// "1 core", "2 cores".
+fn n_cores(n: usize) -> String {
+    match n {
+        1 => "1 core".into(),
+        n => format!("{n} cores"),
+    }
+}
+
 /// How long what a count of cores cost per frame is trusted after they last ran.
 pub const COST_MEMORY: Duration = Duration::from_secs(600);
 
@@ -296,7 +304,8 @@ impl Autoscaler {
             return Decision::Grow {
                 by: min - cores,
                 reason: format!(
-                    "{cores} cores is below the range {min}..{max}: {cores} -> {min} cores"
+                    "{} is below the range {min}..{max}: {cores} -> {min} cores",
+                    n_cores(cores)
                 ),
             };
         }
@@ -304,7 +313,8 @@ impl Autoscaler {
             return Decision::Shrink {
                 by: cores - max,
                 reason: format!(
-                    "{cores} cores is above the range {min}..{max}: {cores} -> {max} cores"
+                    "{} is above the range {min}..{max}: {cores} -> {max} cores",
+                    n_cores(cores)
                 ),
             };
         }
@@ -441,13 +451,15 @@ impl Autoscaler {
                 return Decision::AddNode {
                     nodes: wanted,
                     reason: format!(
-                        "{why}, and {cores} cores is the most allowed here (--autoscale ..{max}): {} -> {wanted} nodes",
+                        "{why}, and {} is the most allowed here (--autoscale ..{max}): {} -> {wanted} nodes",
+                        n_cores(cores),
                         last.nodes
                     ),
                 };
             }
             return Decision::Hold(Some(format!(
-                "{why}, but {cores} cores is the most allowed (--autoscale ..{max}): staying at {cores}"
+                "{why}, but {} is the most allowed (--autoscale ..{max}): staying at {cores}",
+                n_cores(cores)
             )));
         }
         // Enough cores that the same work would keep them at the target.
@@ -488,7 +500,8 @@ impl Autoscaler {
                 return Decision::Hold(None);
             }
             return Decision::Hold(Some(format!(
-                "{why}, but {left} cores would be {:.0}% busy (more than the {:.0}% aimed at)",
+                "{why}, but {} would be {:.0}% busy (more than the {:.0}% aimed at)",
+                n_cores(left),
                 after * 100.0,
                 self.policy.target_busy * 100.0
             )));
@@ -877,7 +890,7 @@ mod tests {
         assert!(d.to_string().contains(": 2 -> 1 nodes"), "{d}");
         // At 25% the one left would be 75% busy: the member stays, and it says why.
         let d = run(0.25, Some(2));
-        assert!(d.to_string().contains("1 cores would be 75% busy"), "{d}");
+        assert!(d.to_string().contains("1 core would be 75% busy"), "{d}");
         // No member can go (the coordinator alone, or open source connections).
         assert_eq!(run(0.1, None), Decision::Hold(None));
         // Without --on-scale-in the member stays.
@@ -917,7 +930,7 @@ mod tests {
         let d = a.decide(Sample::one_node(SEC, 1, 0.0, 0));
         assert!(matches!(d, Decision::Grow { by: 1, .. }), "{d}");
         assert!(
-            d.to_string().contains("1 cores is below the range 2..3"),
+            d.to_string().contains("1 core is below the range 2..3"),
             "{d}"
         );
         a.set_range(1, 2);
@@ -1072,7 +1085,7 @@ mod tests {
         // Judged by what two cores measure: 76% on one, more than the target.
         assert!(
             d.as_ref()
-                .is_some_and(|d| d.to_string().contains("1 cores would be 76% busy")),
+                .is_some_and(|d| d.to_string().contains("1 core would be 76% busy")),
             "{d:?}"
         );
     }

@@ -324,7 +324,7 @@ impl fmt::Display for Status {
             .unwrap_or_default();
         let nodes = match (a.nodes_asked, a.nodes_let_go) {
             (0, 0) => String::new(),
-            (asked, let_go) => format!(", {asked} nodes asked for, {let_go} let go"),
+            (asked, let_go) => format!(", nodes asked for: {asked}, let go: {let_go}"),
         };
         match a.range {
             Some((min, max)) => writeln!(
