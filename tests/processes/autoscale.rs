@@ -4,7 +4,7 @@
 //! joins, and idle it lets that node go and runs `--on-scale-in`. Every word's running totals
 //! arrive exactly; `ctl autoscale` turns it off and on; `status` says what the autoscaler did.
 //! (Its policy's traces, the sustain window, noise, a spike, a load beyond MAX, a failed
-//! change, are unit tests of `autoscale.rs`; the defaults are measured by `quokka-bench
+//! change, are unit tests of `engine/src/autoscale/tests.rs`; the defaults are measured by `quokka-bench
 //! autoscale`.)
 
 use std::net::SocketAddr;
@@ -240,7 +240,7 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
 /// threshold), then, with windows of seconds that would let it change many times over,
 /// changes nothing more, looked at every second. (That 2 cores at this rate stay above the 1%
 /// shrink threshold is what holds it here; the policy's own guards against flapping, the
-/// target and what fewer cores cost, are unit tests of `autoscale.rs`.)
+/// target and what fewer cores cost, are unit tests of `engine/src/autoscale/tests.rs`.)
 #[test]
 fn a_steady_rate_makes_no_change_after_the_first() {
     let sink = Sink::start(Records::Lines);
