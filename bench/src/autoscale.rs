@@ -21,8 +21,8 @@ use crate::migrate::send_due;
 use crate::plot::{self, Interval, Mark, Profile};
 use crate::sampler::Sampler;
 use crate::util::{
-    client_collector, median, pin_to_last_cpu, send_paced, set_nice, unpin, words_in_cycle,
-    CLIENT_NICE,
+    client_collector, median, pin_to_last_cpu, send_paced, set_nice, stop_exact, unpin,
+    words_in_cycle, CLIENT_NICE,
 };
 
 #[derive(clap::Args)]
@@ -285,18 +285,7 @@ fn one_run(setup: Setup, lines: &[String], profile: LoadProfile) -> Result<Run> 
         Ok((sent?, marks))
     })?;
     let expected = words_in_cycle(lines, sent);
-    if !collector.wait_for(expected, Duration::from_secs(120)) {
-        bail!("only {} of {expected} outputs arrived", collector.records());
-    }
-    let summary = engine.stop();
-    pin_to_last_cpu();
-    if summary.outputs() != expected || summary.misrouted() != 0 {
-        bail!(
-            "{}: output not exact: {} outputs, {expected} expected",
-            setup.name(),
-            summary.outputs()
-        );
-    }
+    stop_exact(&engine, &collector, expected).map_err(|e| e.context(setup.name()))?;
     let p99 = |h: Histogram<u64>| h.value_at_quantile(0.99);
     let intervals = sampler.intervals(Duration::from_millis(500));
     let (start, end) = (profile.before, profile.before + profile.peak);

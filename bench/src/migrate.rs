@@ -23,8 +23,8 @@ use quokka_io::client::FrameSender;
 use crate::plot::{self, Interval, Mark};
 use crate::sampler::Sampler;
 use crate::util::{
-    client_collector, median, pin_to_last_cpu, print_moves, send_paced, set_nice, unpin,
-    words_in_cycle, CLIENT_NICE,
+    client_collector, median, pin_to_last_cpu, print_moves, send_paced, set_nice, stop_exact,
+    unpin, words_in_cycle, CLIENT_NICE,
 };
 
 #[derive(clap::Args)]
@@ -311,18 +311,7 @@ fn one_run(args: &Args) -> Result<Run> {
         Ok((grow, shrink, sent))
     })?;
     let expected = args.distinct as u64 + burst_words + words_in_cycle(&load, sent);
-    if !collector.wait_for(expected, Duration::from_secs(120)) {
-        bail!("only {} of {expected} outputs arrived", collector.records());
-    }
-    let summary = engine.stop();
-    pin_to_last_cpu();
-    if summary.outputs() != expected || summary.misrouted() != 0 {
-        bail!(
-            "output not exact: {} outputs, {expected} expected, {} misrouted",
-            summary.outputs(),
-            summary.misrouted()
-        );
-    }
+    stop_exact(&engine, &collector, expected)?;
     let intervals = sampler.intervals(Duration::from_millis(args.sample_ms) / 2);
     Ok(Run {
         grow,

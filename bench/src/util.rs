@@ -190,3 +190,25 @@ pub fn print_moves(label: &str, runs: &[(f64, f64)]) {
             .join(", ")
     );
 }
+
+/// Waits for `expected` outputs, stops the engine, puts this thread back on the clients' CPU,
+/// and checks the run was exact: as many outputs as expected, none misrouted.
+pub fn stop_exact(
+    engine: &quokka_engine::Engine,
+    collector: &Collector,
+    expected: u64,
+) -> Result<quokka_engine::Summary> {
+    if !collector.wait_for(expected, Duration::from_secs(120)) {
+        anyhow::bail!("only {} of {expected} outputs arrived", collector.records());
+    }
+    let summary = engine.stop();
+    pin_to_last_cpu();
+    if summary.outputs() != expected || summary.misrouted() != 0 {
+        anyhow::bail!(
+            "output not exact: {} outputs, {expected} expected, {} misrouted",
+            summary.outputs(),
+            summary.misrouted()
+        );
+    }
+    Ok(summary)
+}

@@ -68,6 +68,16 @@ fn autoscaled(sink: &Sink, extra: &[&str]) -> Service {
     )
 }
 
+/// Waits for the running totals of every word `sent`, stops the engine with SIGTERM, and
+/// checks the sink got each exactly once, in order per word.
+fn stop_and_check<'a>(mut engine: Service, sink: &Sink, sent: impl Iterator<Item = &'a str>) {
+    let expected = reference_counts(sent);
+    sink.wait_for(expected.values().sum());
+    signal(&engine.child, "-TERM");
+    engine.wait_exit_ok();
+    check_running_totals(&sink.lines(), &expected);
+}
+
 fn cores(s: &serde_json::Value) -> usize {
     s["cores"].as_array().unwrap().len()
 }
@@ -75,7 +85,7 @@ fn cores(s: &serde_json::Value) -> usize {
 #[test]
 fn the_engine_grows_under_load_shrinks_when_idle_and_loses_nothing() {
     let sink = Sink::start(Records::Lines);
-    let mut engine = autoscaled(&sink, &["--autoscale", "1..2"]);
+    let engine = autoscaled(&sink, &["--autoscale", "1..2"]);
     let (control, input) = (engine.addrs.control(), engine.addrs.input());
     let lines: Vec<&str> = BILL_OF_RIGHTS.lines().collect();
     let frames: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
@@ -118,12 +128,11 @@ fn the_engine_grows_under_load_shrinks_when_idle_and_loses_nothing() {
     assert_ne!(code, Some(0));
     assert!(err.contains("1 <= MIN <= MAX"), "{err}");
     // Every word's running totals, exactly once each.
-    let all: Vec<&str> = (0..rounds).flat_map(|_| lines.iter().copied()).collect();
-    let expected = reference_counts(all.iter().copied());
-    sink.wait_for(expected.values().sum());
-    signal(&engine.child, "-TERM");
-    engine.wait_exit_ok();
-    check_running_totals(&sink.lines(), &expected);
+    stop_and_check(
+        engine,
+        &sink,
+        (0..rounds).flat_map(|_| lines.iter().copied()),
+    );
 }
 
 /// Waits until `path` holds a line; returns it.
@@ -161,7 +170,7 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
         "echo \"$QUOKKA_SCALE $QUOKKA_NODES $QUOKKA_NODE\" > {dir}/in.tmp; mv {dir}/in.tmp {dir}/in",
         dir = dir.display()
     );
-    let mut engine = autoscaled(
+    let engine = autoscaled(
         &sink,
         &[
             &["--data", "127.0.0.1:0"][..],
@@ -227,12 +236,11 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Every word's running totals, exactly once each, whichever node counted them.
-    let all: Vec<&str> = (0..rounds).flat_map(|_| lines.iter().copied()).collect();
-    let expected = reference_counts(all.iter().copied());
-    sink.wait_for(expected.values().sum());
-    signal(&engine.child, "-TERM");
-    engine.wait_exit_ok();
-    check_running_totals(&sink.lines(), &expected);
+    stop_and_check(
+        engine,
+        &sink,
+        (0..rounds).flat_map(|_| lines.iter().copied()),
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -244,7 +252,7 @@ fn busy_at_max_it_asks_for_a_node_and_lets_it_go_when_idle() {
 #[test]
 fn a_steady_rate_makes_no_change_after_the_first() {
     let sink = Sink::start(Records::Lines);
-    let mut engine = autoscaled(&sink, &["--autoscale", "1..2"]);
+    let engine = autoscaled(&sink, &["--autoscale", "1..2"]);
     let (control, input) = (engine.addrs.control(), engine.addrs.input());
     let lines = load_text();
     let stop = AtomicBool::new(false);
@@ -266,11 +274,7 @@ fn a_steady_rate_makes_no_change_after_the_first() {
         stop.store(true, Ordering::Release);
         sender.join().unwrap()
     });
-    let expected = reference_counts(sent_lines(&lines, sent));
-    sink.wait_for(expected.values().sum());
-    signal(&engine.child, "-TERM");
-    engine.wait_exit_ok();
-    check_running_totals(&sink.lines(), &expected);
+    stop_and_check(engine, &sink, sent_lines(&lines, sent));
 }
 
 /// Flags that cannot work are refused before anything starts, saying why.
